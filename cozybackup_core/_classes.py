@@ -1,0 +1,192 @@
+"""BackupClass catalog and resolution.
+
+``(class name, applicationRef)`` -> driver, validated parameters, storage location.
+The first binding whose application kind matches wins.  ``cozy-default`` and the
+``cozy-backups`` location are built in; an admin object of the same name overrides them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ._driver import Driver
+from ._errors import (
+    ClassNotFoundError,
+    DriverNotFoundError,
+    DriverParametersError,
+    NoBindingError,
+    NotFoundError,
+    ValidationError,
+)
+from ._plugins import DriverRegistry
+from ._types import (
+    APPS_GROUP,
+    ApplicationRef,
+    BackupClass,
+    BackupClassSpec,
+    GroupKind,
+    LocalObjectRef,
+    ObjectMeta,
+    StorageLocation,
+    StorageLocationSpec,
+    StrategyBinding,
+    StrategyRef,
+)
+from ._wire import structure, unstructure
+
+DEFAULT_CLASS = "cozy-default"
+DEFAULT_BUCKET = "cozy-backups"
+
+# Built-in kinds and the strategy (driver) that serves each.
+_DEFAULT_BINDINGS = (
+    ("Postgres", "Postgres"),
+    ("MariaDB", "MariaDB"),
+    ("ClickHouse", "ClickHouse"),
+    ("Etcd", "Etcd"),
+    ("VMInstance", "KubeVirt"),
+    ("VMDisk", "KubeVirt"),
+)
+
+BUILTIN_CLASS = BackupClass(
+    metadata=ObjectMeta(name=DEFAULT_CLASS),
+    spec=BackupClassSpec(
+        strategies=tuple(
+            StrategyBinding(
+                application=GroupKind(api_group=APPS_GROUP, kind=kind),
+                strategy_ref=StrategyRef(kind=strategy, name=DEFAULT_CLASS),
+            )
+            for kind, strategy in _DEFAULT_BINDINGS
+        ),
+        storage_ref=LocalObjectRef(name=DEFAULT_BUCKET),
+    ),
+)
+
+BUILTIN_STORAGE = StorageLocation(
+    metadata=ObjectMeta(name=DEFAULT_BUCKET),
+    spec=StorageLocationSpec(provider="Local", bucket=DEFAULT_BUCKET),
+)
+
+
+@attrs.frozen(kw_only=True)
+class Resolved:
+    """Everything the engine needs to run one job for one application."""
+
+    class_name: str
+    binding: StrategyBinding
+    driver: Driver
+    parameters: Any
+    storage: StorageLocation
+
+    @property
+    def parameters_snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = unstructure(self.parameters)
+        return snap
+
+
+@attrs.define
+class Catalog:
+    """The classes and storage locations in force, plus the installed drivers."""
+
+    drivers: DriverRegistry
+    classes: dict[str, BackupClass] = attrs.field(factory=dict)
+    storages: dict[str, StorageLocation] = attrs.field(factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        drivers: DriverRegistry,
+        classes: list[BackupClass] = [],  # noqa: B006 - never mutated
+        storages: list[StorageLocation] = [],  # noqa: B006
+    ) -> Catalog:
+        cat = cls(drivers)
+        cat.classes[DEFAULT_CLASS] = BUILTIN_CLASS
+        cat.storages[DEFAULT_BUCKET] = BUILTIN_STORAGE
+        cat.classes.update({c.metadata.name: c for c in classes})
+        cat.storages.update({s.metadata.name: s for s in storages})
+        return cat
+
+    def resolve(self, class_name: str, app: ApplicationRef) -> Resolved:
+        bc = self.classes.get(class_name)
+        if bc is None:
+            raise ClassNotFoundError(
+                f"BackupClass {class_name!r} does not exist; ask the platform operator which "
+                f"classes are available (the default is {DEFAULT_CLASS!r})"
+            )
+        for i, binding in enumerate(bc.spec.strategies):
+            if binding.application == app.group_kind:
+                driver = self.drivers.for_strategy(binding.strategy_ref.kind)
+                if app.group_kind not in driver.kinds:
+                    raise NoBindingError(
+                        f"BackupClass {class_name!r} binds {app.group_kind} to a strategy that "
+                        "cannot back it up; ask the platform operator to fix the class"
+                    )
+                params = self._parameters(driver, binding, f"spec.strategies[{i}].parameters")
+                return Resolved(
+                    class_name=class_name,
+                    binding=binding,
+                    driver=driver,
+                    parameters=params,
+                    storage=self._storage(bc, binding),
+                )
+        raise NoBindingError(
+            f"BackupClass {class_name!r} cannot back up applications of kind {app.group_kind}"
+        )
+
+    def validate(self, bc: BackupClass) -> None:
+        """Check a class when it is applied: drivers installed, parameters valid, storage known."""
+        problems: list[tuple[str, str]] = []
+        seen: set[GroupKind] = set()
+        for i, binding in enumerate(bc.spec.strategies):
+            path = f"spec.strategies[{i}]"
+            if binding.application in seen:
+                problems.append((f"{path}.application", f"{binding.application} is bound twice; only the first binding would ever be used"))
+            seen.add(binding.application)
+            try:
+                driver = self.drivers.for_strategy(binding.strategy_ref.kind)
+            except DriverNotFoundError as exc:
+                problems.append((f"{path}.strategyRef.kind", str(exc)))
+                continue
+            if binding.application not in driver.kinds:
+                served = ", ".join(str(k) for k in driver.kinds)
+                problems.append((f"{path}.application", f"driver {driver.name!r} serves {served}, not {binding.application}"))
+            try:
+                self._parameters(driver, binding, f"{path}.parameters")
+            except ValidationError as exc:
+                problems.extend(exc.problems)
+            ref = binding.storage_ref or bc.spec.storage_ref
+            if ref is not None and ref.name not in self.storages:
+                where = f"{path}.storageRef" if binding.storage_ref else "spec.storageRef"
+                problems.append((f"{where}.name", f"StorageLocation {ref.name!r} does not exist"))
+        if problems:
+            raise DriverParametersError(problems)
+
+    @staticmethod
+    def _parameters(driver: Driver, binding: StrategyBinding, path: str) -> Any:
+        params = structure(dict(binding.parameters), driver.parameters_type, path)
+        try:
+            driver.validate_parameters(params)
+        except ValueError as exc:
+            if isinstance(exc, ValidationError):
+                raise
+            raise DriverParametersError([(path, str(exc))]) from None
+        return params
+
+    def _storage(self, bc: BackupClass, binding: StrategyBinding) -> StorageLocation:
+        ref = binding.storage_ref or bc.spec.storage_ref or LocalObjectRef(name=DEFAULT_BUCKET)
+        try:
+            return self.storages[ref.name]
+        except KeyError:
+            # Tenant-visible: say what is wrong without naming the location.
+            raise NotFoundError(
+                f"BackupClass {bc.metadata.name!r} points at a storage location that does not "
+                "exist; ask the platform operator"
+            ) from None
+
+
+def storage_summary(loc: StorageLocation) -> Mapping[str, str]:
+    """Admin-side description, for ``describe``; never shown to tenants."""
+    spec = loc.spec
+    return {"provider": spec.provider, "bucket": spec.bucket, "prefix": spec.prefix}

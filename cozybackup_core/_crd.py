@@ -1,0 +1,141 @@
+"""CustomResourceDefinitions generated from the attrs types.
+
+The same field declarations drive validation (``_fields``), the wire format (``_wire``)
+and these schemas, so the three cannot drift apart.  Tests validate every object the
+engine writes against these schemas.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from ._fields import SCHEMA_KEY
+from ._types import GROUP, KINDS, VERSION
+from ._wire import camel
+
+_PRINTER_COLUMNS: dict[str, list[dict[str, str]]] = {
+    "BackupJob": [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Application", "type": "string", "jsonPath": ".spec.applicationRef.name"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ],
+    "RestoreJob": [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Backup", "type": "string", "jsonPath": ".spec.backupRef.name"},
+    ],
+    "Backup": [
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Application", "type": "string", "jsonPath": ".spec.applicationRef.name"},
+        {"name": "Taken", "type": "date", "jsonPath": ".spec.takenAt"},
+    ],
+    "Plan": [
+        {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule.cron"},
+        {"name": "Last", "type": "date", "jsonPath": ".status.lastScheduleTime"},
+    ],
+}
+
+
+def schema_of(tp: Any) -> dict[str, Any]:
+    """The openAPIV3Schema fragment of a Python type used in the API."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return schema_of(args[0])
+        raise TypeError(f"unsupported union {tp}")
+    if tp is str:
+        return {"type": "string"}
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        return {"type": "integer", "format": "int64"}
+    if tp is dt.datetime:
+        return {"type": "string", "format": "date-time"}
+    if origin is tuple:
+        return {"type": "array", "items": schema_of(typing.get_args(tp)[0])}
+    if origin in (Mapping, dict):
+        value_t = typing.get_args(tp)[1]
+        if value_t is str:
+            return {"type": "object", "additionalProperties": {"type": "string"}}
+        return {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    if attrs.has(tp):
+        return _object_schema(tp)
+    raise TypeError(f"no schema for {tp!r}")
+
+
+def _object_schema(cls: type[Any]) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    props: dict[str, Any] = {}
+    required: list[str] = []
+    for field in attrs.fields(cls):
+        key = camel(field.name)
+        prop = schema_of(hints[field.name])
+        prop.update(
+            {k: v for k, v in field.metadata.get(SCHEMA_KEY, {}).items() if not k.startswith("x-")}
+        )
+        props[key] = prop
+        if field.default is attrs.NOTHING:
+            required.append(key)
+    out: dict[str, Any] = {"type": "object", "properties": props}
+    if required:
+        out["required"] = required
+    return out
+
+
+def crd(kind: str) -> dict[str, Any]:
+    """The CustomResourceDefinition manifest of one kind."""
+    cls = KINDS[kind]
+    hints = typing.get_type_hints(cls)
+    properties: dict[str, Any] = {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        "spec": schema_of(hints["spec"]),
+    }
+    if "status" in hints:
+        properties["status"] = schema_of(hints["status"])
+    plural = kind.lower() + ("es" if kind.endswith("s") else "s")
+    version: dict[str, Any] = {
+        "name": VERSION,
+        "served": True,
+        "storage": True,
+        "schema": {
+            "openAPIV3Schema": {"type": "object", "required": ["spec"], "properties": properties}
+        },
+    }
+    if "status" in hints:
+        version["subresources"] = {"status": {}}
+    if kind in _PRINTER_COLUMNS:
+        version["additionalPrinterColumns"] = _PRINTER_COLUMNS[kind]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}"},
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+            },
+            "scope": "Namespaced" if cls.namespaced else "Cluster",
+            "versions": [version],
+        },
+    }
+
+
+def all_crds() -> list[dict[str, Any]]:
+    return [crd(kind) for kind in KINDS]
+
+
+def object_schema(kind: str) -> dict[str, Any]:
+    """The openAPIV3Schema of ``kind``, for validating objects before they are sent."""
+    schema: dict[str, Any] = crd(kind)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema

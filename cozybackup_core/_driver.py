@@ -1,0 +1,156 @@
+"""The driver contract: what a driver declares and the contexts it works against."""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import IO, Any, ClassVar, Protocol
+
+import attrs
+
+from ._errors import DeadlineExceeded
+from ._types import ApplicationRef, GroupKind
+
+
+@attrs.frozen(kw_only=True)
+class NoParameters:
+    """The parameters type of a driver that takes none."""
+
+
+@attrs.frozen(kw_only=True)
+class Capabilities:
+    """What a driver can do; the engine refuses the rest before any work starts."""
+
+    in_place_restore: bool = True
+    to_copy_restore: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class AppLocation:
+    """How to reach one application: driver-specific connection keys and credentials.
+
+    Platform-only: it never reaches a tenant-visible object.  ``credentials`` is kept out
+    of ``repr`` so a stray log line cannot leak it.
+    """
+
+    ref: ApplicationRef
+    namespace: str
+    connection: Mapping[str, Any] = attrs.field(factory=dict)
+    credentials: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+
+
+@attrs.frozen
+class Deadline:
+    """A point on the monotonic clock after which the work is abandoned."""
+
+    at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds)
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def check(self) -> None:
+        if self.expired:
+            raise DeadlineExceeded("the job ran past its deadline and was stopped")
+
+
+class ProgressReporter(Protocol):
+    """Drivers call ``stage`` at each step; bytes written to streams are counted for them."""
+
+    def stage(self, name: str, *, bytes_total: int | None = None) -> None: ...
+
+    def advance(self, nbytes: int) -> None: ...
+
+
+class StreamSink(Protocol):
+    """Where a driver writes its data: named streams, compressed and hashed on the fly."""
+
+    def open(self, name: str) -> AbstractContextManager[IO[bytes]]:
+        """A writable binary stream; closing it records its size and checksums."""
+        ...
+
+
+class StreamSource(Protocol):
+    """Where a driver reads its data back from.  Reads verify checksums at the end."""
+
+    def names(self) -> list[str]: ...
+
+    def open(self, name: str) -> AbstractContextManager[IO[bytes]]:
+        """A readable binary stream; reaching EOF on a corrupted stream raises."""
+        ...
+
+
+@attrs.define(kw_only=True)
+class BackupContext:
+    application: AppLocation
+    parameters: Any
+    artifact: StreamSink
+    progress: ProgressReporter
+    log: logging.Logger
+    deadline: Deadline
+    #: Recorded on ``Backup.spec.driverMetadata``: tenant-visible, so no secrets or paths.
+    metadata: dict[str, Any] = attrs.field(factory=dict)
+    #: Recorded in the manifest only (platform-visible): e.g. ``{"pg_dump": "15.8"}``.
+    tool_versions: dict[str, str] = attrs.field(factory=dict)
+
+
+@attrs.define(kw_only=True)
+class RestoreContext:
+    target: AppLocation
+    source: ApplicationRef
+    in_place: bool
+    parameters: Any
+    artifact: StreamSource
+    driver_metadata: Mapping[str, Any]
+    taken_at: dt.datetime
+    progress: ProgressReporter
+    log: logging.Logger
+    deadline: Deadline
+
+
+class Driver(abc.ABC):
+    """Base class of every driver.  Subclass it and register the class from a hook.
+
+    Class attributes declare what it is; ``backup`` and ``restore`` do the work.  Raise
+    :class:`~cozybackup_core.DriverError` with a message a tenant can act on; anything
+    else is reported to the tenant as an internal error and logged for the operator.
+    """
+
+    #: Unique registry name, e.g. ``"postgres"``.
+    name: ClassVar[str]
+    #: ``strategyRef.kind`` that selects this driver in a BackupClass, e.g. ``"Postgres"``.
+    strategy_kind: ClassVar[str]
+    #: Application kinds it can serve.
+    kinds: ClassVar[tuple[GroupKind, ...]]
+    #: A frozen attrs class; ``BackupClass`` parameters are structured into it.
+    parameters_type: ClassVar[type[Any]] = NoParameters
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    version: ClassVar[str] = "0"
+
+    def validate_parameters(self, parameters: Any) -> None:  # noqa: B027 - optional hook
+        """Checks beyond the type; raise ``ValueError`` naming the problem."""
+
+    @abc.abstractmethod
+    def backup(self, ctx: BackupContext) -> None:
+        """Write the application's data into ``ctx.artifact``."""
+
+    @abc.abstractmethod
+    def restore(self, ctx: RestoreContext) -> None:
+        """Replay ``ctx.artifact`` into ``ctx.target``."""
+
+
+def iter_chunks(stream: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    """Read a binary stream in fixed-size chunks (for drivers copying streams)."""
+    while chunk := stream.read(size):
+        yield chunk

@@ -1,0 +1,29 @@
+"""Scrubbing of tenant-visible text: defence in depth behind tenant-safe messages."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+MASK = "[redacted]"
+
+
+class Redactor:
+    """Replaces every known sensitive string (credentials, endpoints, buckets, paths)."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        self.add(*secrets)
+
+    def add(self, *values: object) -> None:
+        for value in values:
+            if isinstance(value, str) and len(value) >= 3:
+                self._secrets.add(value)
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                continue  # ports alone are not worth masking every digit run for
+
+    def __call__(self, text: str) -> str:
+        # Longest first, so a URL is masked whole before its host part is.
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return text

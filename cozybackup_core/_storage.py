@@ -1,0 +1,428 @@
+"""The artifact store over fsspec: streamed zstd + sha256, manifest written last.
+
+Layout under the location's root (admin-visible only)::
+
+    <bucket>/<prefix>/<namespace>/<kind>/<application>/<backup-uid>/
+        streams/<name>.zst
+        manifest.json        <- written last: its presence is the commit
+
+Every stream records two sha256 digests: of the stored (compressed) bytes, which checks
+the store, and of the raw bytes, which checks the whole pipeline end to end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, Any
+
+import attrs
+import fsspec
+import zstandard
+from fsspec.implementations.local import LocalFileSystem
+
+from ._errors import ArtifactCorruptError, NotFoundError, StorageError, ValidationError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_STREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+CHUNK = 1 << 20
+# s3fs multipart part size.  Memory per open stream is about one part.
+BLOCK_SIZE = 8 << 20
+
+
+@attrs.frozen(kw_only=True)
+class ArtifactKey:
+    """Which backup: the path segments are validated so nothing escapes the root."""
+
+    namespace: str
+    kind: str
+    application: str
+    uid: str
+
+    def __attrs_post_init__(self) -> None:
+        for field in attrs.fields(type(self)):
+            value = getattr(self, field.name)
+            if not _SEGMENT.match(value) or value in (".", ".."):
+                raise ValidationError([(field.name, f"{value[:40]!r} is not a safe path segment")])
+
+    @property
+    def relpath(self) -> str:
+        return f"{self.namespace}/{self.kind}/{self.application}/{self.uid}"
+
+
+@attrs.frozen(kw_only=True)
+class StreamInfo:
+    name: str
+    size_bytes: int
+    stored_bytes: int
+    sha256: str
+    stored_sha256: str
+    compression: str = "zstd"
+    encryption: str = "none"
+
+
+@attrs.frozen(kw_only=True)
+class Manifest:
+    format_version: int
+    backup_uid: str
+    namespace: str
+    application: Mapping[str, str]
+    driver: Mapping[str, str]
+    strategy_ref: Mapping[str, str]
+    parameters: Mapping[str, Any]
+    taken_at: str
+    streams: tuple[StreamInfo, ...]
+    tool_versions: Mapping[str, str] = attrs.field(factory=dict)
+    driver_metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size_bytes for s in self.streams)
+
+    @property
+    def stored_bytes(self) -> int:
+        return sum(s.stored_bytes for s in self.streams)
+
+    def stream(self, name: str) -> StreamInfo:
+        for s in self.streams:
+            if s.name == name:
+                return s
+        raise NotFoundError(f"the backup has no stream named {name!r}")
+
+
+def _manifest_to_json(m: Manifest) -> bytes:
+    from ._wire import unstructure
+
+    return json.dumps(unstructure(m), indent=2, sort_keys=True).encode()
+
+
+def _manifest_from_json(data: bytes) -> Manifest:
+    from ._wire import structure
+
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        raise ArtifactCorruptError("the backup's manifest is unreadable") from None
+    try:
+        m: Manifest = structure(raw, Manifest)
+    except ValidationError as exc:
+        raise ArtifactCorruptError("the backup's manifest is malformed", admin_detail=str(exc)) from None
+    if m.format_version != FORMAT_VERSION:
+        raise ArtifactCorruptError(f"unsupported artifact format version {m.format_version}")
+    return m
+
+
+def checksum_of(manifest_bytes: bytes) -> str:
+    return "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
+
+
+class _HashingSink(io.RawIOBase):
+    """Counts and hashes what passes through to ``target`` (the stored bytes)."""
+
+    def __init__(self, target: IO[bytes]) -> None:
+        self.target = target
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        self.target.write(data)
+        self.hash.update(data)
+        self.count += len(data)
+        return len(data)
+
+
+class _StreamWriter(io.RawIOBase):
+    """What a driver writes to: raw bytes in, zstd + hashes on the way to storage."""
+
+    def __init__(self, target: IO[bytes], threads: int, on_bytes: Callable[[int], None]) -> None:
+        self._sink = _HashingSink(target)
+        cctx = zstandard.ZstdCompressor(level=3, threads=threads, write_checksum=True)
+        self._zw = cctx.stream_writer(self._sink, closefd=False, write_return_read=True)
+        self._hash = hashlib.sha256()
+        self.count = 0
+        self._on_bytes = on_bytes
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        view = memoryview(b).cast("B")
+        self._zw.write(view)
+        self._hash.update(view)
+        self.count += len(view)
+        self._on_bytes(len(view))
+        return len(view)
+
+    def finish(self, name: str) -> StreamInfo:
+        self._zw.flush(zstandard.FLUSH_FRAME)
+        self._zw.close()
+        return StreamInfo(
+            name=name,
+            size_bytes=self.count,
+            stored_bytes=self._sink.count,
+            sha256=self._hash.hexdigest(),
+            stored_sha256=self._sink.hash.hexdigest(),
+        )
+
+
+class _HashingSource(io.RawIOBase):
+    def __init__(self, source: IO[bytes]) -> None:
+        self.source = source
+        self.hash = hashlib.sha256()
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self.source.read(size)
+        self.hash.update(data)
+        self.count += len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+class _VerifyingReader(io.RawIOBase):
+    """Decompresses a stored stream; at EOF both digests and sizes must match."""
+
+    def __init__(self, source: IO[bytes], info: StreamInfo) -> None:
+        self._src = _HashingSource(source)
+        self._zr = zstandard.ZstdDecompressor().stream_reader(self._src, read_across_frames=True)
+        self._hash = hashlib.sha256()
+        self._count = 0
+        self._info = info
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._done:
+            return 0
+        try:
+            data = self._zr.read(len(b))
+        except zstandard.ZstdError:
+            raise ArtifactCorruptError(
+                f"stream {self._info.name!r} of the backup is corrupted (undecodable)"
+            ) from None
+        if not data:
+            self._verify()
+            return 0
+        self._hash.update(data)
+        self._count += len(data)
+        b[: len(data)] = data
+        return len(data)
+
+    def _verify(self) -> None:
+        self._done = True
+        # Drain trailing stored bytes (none in a sound stream) so the stored digest is complete.
+        while self._src.read(CHUNK):
+            pass
+        info = self._info
+        if (
+            self._src.count != info.stored_bytes
+            or self._src.hash.hexdigest() != info.stored_sha256
+            or self._count != info.size_bytes
+            or self._hash.hexdigest() != info.sha256
+        ):
+            raise ArtifactCorruptError(
+                f"stream {info.name!r} of the backup does not match its recorded checksum"
+            )
+
+
+class ArtifactWriter:
+    """Named streams of one backup being written.  ``commit`` writes the manifest last."""
+
+    def __init__(self, store: ArtifactStore, key: ArtifactKey, on_bytes: Callable[[int], None]) -> None:
+        self.store = store
+        self.key = key
+        self.streams: list[StreamInfo] = []
+        self._open: set[str] = set()
+        self._on_bytes = on_bytes
+
+    @contextlib.contextmanager
+    def open(self, name: str) -> Iterator[IO[bytes]]:
+        if not _STREAM_NAME.match(name):
+            raise ValueError(f"stream name {name!r} must match {_STREAM_NAME.pattern}")
+        if name in self._open or any(s.name == name for s in self.streams):
+            raise ValueError(f"stream {name!r} was already written")
+        self._open.add(name)
+        path = self.store.stream_path(self.key, name)
+        try:
+            target = self.store.fs.open(path, "wb", block_size=BLOCK_SIZE)
+        except Exception as exc:
+            raise StorageError("the backup storage could not be written", admin_detail=repr(exc)) from exc
+        writer = _StreamWriter(target, self.store.threads, self._on_bytes)
+        ok = False
+        try:
+            yield writer  # type: ignore[misc]
+            info = writer.finish(name)
+            ok = True
+        finally:
+            self._open.discard(name)
+            if ok:
+                try:
+                    target.close()
+                except Exception as exc:
+                    raise StorageError("the backup storage could not be written", admin_detail=repr(exc)) from exc
+            else:
+                _discard(target)
+        self.streams.append(info)
+
+    def commit(self, manifest: Manifest) -> bytes:
+        """Write ``manifest.json``; from then on the artifact exists.  Returns its bytes."""
+        data = _manifest_to_json(manifest)
+        self.store.put_atomic(self.store.path(self.key, MANIFEST), data)
+        return data
+
+
+class ArtifactReader:
+    def __init__(self, store: ArtifactStore, key: ArtifactKey, manifest: Manifest, raw: bytes) -> None:
+        self.store = store
+        self.key = key
+        self.manifest = manifest
+        self.manifest_bytes = raw
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.manifest.streams]
+
+    @contextlib.contextmanager
+    def open(self, name: str) -> Iterator[IO[bytes]]:
+        info = self.manifest.stream(name)
+        try:
+            source = self.store.fs.open(self.store.stream_path(self.key, name), "rb", block_size=BLOCK_SIZE)
+        except FileNotFoundError:
+            raise ArtifactCorruptError(f"stream {name!r} of the backup is missing") from None
+        except Exception as exc:
+            raise StorageError("the backup storage could not be read", admin_detail=repr(exc)) from exc
+        try:
+            yield io.BufferedReader(_VerifyingReader(source, info), CHUNK)
+        finally:
+            source.close()
+
+    def verify(self, on_bytes: Callable[[int], None] = lambda n: None) -> None:
+        """Read every stream to the end; raise :class:`ArtifactCorruptError` on mismatch."""
+        for name in self.names():
+            with self.open(name) as stream:
+                while chunk := stream.read(CHUNK):
+                    on_bytes(len(chunk))
+
+
+def _discard(f: Any) -> None:
+    # s3fs: abort the multipart upload instead of completing a partial object.
+    with contextlib.suppress(Exception):
+        if hasattr(f, "discard"):
+            f.discard()
+        f.close()
+
+
+@attrs.define
+class ArtifactStore:
+    """Artifacts under ``root`` on an fsspec filesystem."""
+
+    fs: Any
+    root: str
+    threads: int = attrs.field(factory=lambda: min(4, os.cpu_count() or 1))
+
+    @classmethod
+    def local(cls, path: str) -> ArtifactStore:
+        fs = fsspec.filesystem("file", auto_mkdir=True)
+        fs.makedirs(path, exist_ok=True)
+        return cls(fs, path.rstrip("/"))
+
+    @classmethod
+    def s3(
+        cls, *, endpoint: str | None, bucket: str, prefix: str, key: str, secret: str,
+        region: str | None = None,
+    ) -> ArtifactStore:
+        client_kwargs: dict[str, Any] = {}
+        if endpoint:
+            client_kwargs["endpoint_url"] = endpoint
+        config: dict[str, Any] = {"signature_version": "s3v4"}
+        if region:
+            # Not in client_kwargs: that would send a LocationConstraint on mkdir.
+            config["region_name"] = region
+        fs = fsspec.filesystem(
+            "s3", key=key, secret=secret, client_kwargs=client_kwargs, config_kwargs=config,
+            use_listings_cache=False, skip_instance_cache=True,
+        )
+        root = "/".join(p for p in (bucket, prefix.strip("/")) if p)
+        try:
+            if not fs.exists(bucket):
+                fs.mkdir(bucket)
+        except Exception as exc:
+            raise StorageError("the backup storage is unreachable", admin_detail=repr(exc)) from exc
+        return cls(fs, root)
+
+    def path(self, key: ArtifactKey, name: str = "") -> str:
+        base = f"{self.root}/{key.relpath}"
+        return f"{base}/{name}" if name else base
+
+    def stream_path(self, key: ArtifactKey, name: str) -> str:
+        return self.path(key, f"streams/{name}.zst")
+
+    def writer(self, key: ArtifactKey, on_bytes: Callable[[int], None] = lambda n: None) -> ArtifactWriter:
+        return ArtifactWriter(self, key, on_bytes)
+
+    def put_atomic(self, path: str, data: bytes) -> None:
+        try:
+            if isinstance(self.fs, LocalFileSystem):
+                tmp = f"{path}.tmp-{os.getpid()}"
+                with open(tmp, "wb") as f:  # noqa: PTH123 - a plain local path
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            else:
+                self.fs.pipe_file(path, data)  # one PUT: atomic on S3
+        except Exception as exc:
+            raise StorageError("the backup storage could not be written", admin_detail=repr(exc)) from exc
+
+    def is_committed(self, key: ArtifactKey) -> bool:
+        try:
+            return bool(self.fs.exists(self.path(key, MANIFEST)))
+        except Exception as exc:
+            raise StorageError("the backup storage is unreachable", admin_detail=repr(exc)) from exc
+
+    def reader(self, key: ArtifactKey) -> ArtifactReader:
+        try:
+            raw = self.fs.cat_file(self.path(key, MANIFEST))
+        except FileNotFoundError:
+            raise ArtifactCorruptError("the backup's data is missing from storage") from None
+        except Exception as exc:
+            raise StorageError("the backup storage could not be read", admin_detail=repr(exc)) from exc
+        return ArtifactReader(self, key, _manifest_from_json(raw), raw)
+
+    def delete(self, key: ArtifactKey) -> None:
+        """Remove an artifact, manifest first so a half-deleted one is never 'committed'."""
+        base = self.path(key)
+        try:
+            if self.fs.exists(self.path(key, MANIFEST)):
+                self.fs.rm_file(self.path(key, MANIFEST))
+            if self.fs.exists(base):
+                self.fs.rm(base, recursive=True)
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise StorageError("the backup storage could not be cleaned up", admin_detail=repr(exc)) from exc
+
+    def exists(self, key: ArtifactKey) -> bool:
+        try:
+            return bool(self.fs.exists(self.path(key)))
+        except Exception as exc:
+            raise StorageError("the backup storage is unreachable", admin_detail=repr(exc)) from exc

@@ -1,0 +1,102 @@
+"""Running a dump/restore tool as a subprocess, streaming, under a deadline.
+
+Drivers use this to pipe ``pg_dump``-style tools into an artifact stream (or a stream
+into a restore tool) without a temp file.  Stderr is kept (last 64 KiB) for the
+operator; the tenant gets a message naming the tool and its exit status only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from typing import IO
+
+from ._driver import Deadline
+from ._errors import DeadlineExceeded, DriverError
+
+CHUNK = 1 << 20
+_STDERR_KEEP = 64 << 10
+
+
+def run_tool(
+    argv: Sequence[str],
+    *,
+    deadline: Deadline,
+    stdout: IO[bytes] | None = None,
+    stdin: IO[bytes] | None = None,
+    env: Mapping[str, str] | None = None,
+    what: str | None = None,
+) -> bytes:
+    """Run ``argv``; copy its stdout to ``stdout`` and/or feed ``stdin`` from a stream.
+
+    Returns the tool's stdout if ``stdout`` is None.  Raises :class:`DriverError` if it
+    exits non-zero (``admin_detail`` holds its stderr) and :class:`DeadlineExceeded`
+    (after killing it) if the deadline passes.
+    """
+    label = what or os.path.basename(argv[0])
+    full_env = {**os.environ, **(env or {})}
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - argv is built by drivers, never a shell
+            list(argv), stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, start_new_session=True,
+        )
+    except OSError as exc:
+        raise DriverError(f"{label} could not be started on the backup worker", admin_detail=repr(exc)) from None
+    assert proc.stdout is not None and proc.stderr is not None
+    err = bytearray()
+    captured = bytearray()
+    failure: list[BaseException] = []
+
+    def pump_err() -> None:
+        assert proc.stderr is not None
+        while chunk := proc.stderr.read(8192):
+            err.extend(chunk)
+            del err[:-_STDERR_KEEP]
+
+    def feed() -> None:
+        assert proc.stdin is not None and stdin is not None
+        try:
+            while chunk := stdin.read(CHUNK):
+                proc.stdin.write(chunk)
+        except BrokenPipeError:
+            pass  # the tool exited; its status says why
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            failure.append(exc)
+            proc.kill()
+        finally:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+
+    threads = [threading.Thread(target=pump_err, daemon=True)]
+    if stdin is not None:
+        threads.append(threading.Thread(target=feed, daemon=True))
+    for t in threads:
+        t.start()
+    timer = threading.Timer(deadline.remaining(), proc.kill)
+    timer.start()
+    try:
+        while chunk := proc.stdout.read(CHUNK):
+            if stdout is None:
+                captured.extend(chunk)
+            else:
+                stdout.write(chunk)
+        rc = proc.wait()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        timer.cancel()
+        for t in threads:
+            t.join(timeout=30)
+    if failure:
+        raise failure[0]
+    if deadline.expired:
+        raise DeadlineExceeded(f"{label} ran past the job's deadline and was stopped")
+    if rc != 0:
+        detail = err.decode(errors="replace")
+        raise DriverError(f"{label} failed with exit status {rc}", admin_detail=detail)
+    return bytes(captured)

@@ -1,0 +1,372 @@
+"""The ``backups.cozystack.io/v1alpha1`` API as frozen attrs value types.
+
+Field names are snake_case here and camelCase on the wire (see ``_wire``).  Only
+invariants are guarded here; I/O and resolution live elsewhere.  Fields marked
+*extension* are ours, optional, so every Cozystack manifest still loads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import attrs
+
+from ._fields import (
+    enum_field,
+    group_field,
+    kind_field,
+    name_field,
+    namespace_field,
+    text_field,
+)
+
+GROUP = "backups.cozystack.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+APPS_GROUP = "apps.cozystack.io"
+STRATEGY_GROUP = "strategy.backups.cozystack.io"
+
+
+def _default_apps_group(value: str | None) -> str:
+    # Cozystack: an empty apiGroup means the platform's application group.
+    return value or APPS_GROUP
+
+
+# --------------------------------------------------------------------------- references
+
+
+@attrs.frozen(kw_only=True)
+class ApplicationRef:
+    """The application a tenant protects, e.g. ``apps.cozystack.io/Postgres db1``."""
+
+    api_group: str = attrs.field(default=APPS_GROUP, converter=_default_apps_group)
+    kind: str = kind_field()
+    name: str = name_field()
+
+    @property
+    def group_kind(self) -> GroupKind:
+        return GroupKind(api_group=self.api_group, kind=self.kind)
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+@attrs.frozen(kw_only=True)
+class GroupKind:
+    """An application kind without a name: what a BackupClass binding matches."""
+
+    api_group: str = attrs.field(default=APPS_GROUP, converter=_default_apps_group)
+    kind: str = kind_field()
+
+    def __str__(self) -> str:
+        return f"{self.api_group}/{self.kind}"
+
+
+@attrs.frozen(kw_only=True)
+class LocalObjectRef:
+    """A reference to an object in the same namespace (planRef, backupRef)."""
+
+    name: str = name_field()
+
+
+@attrs.frozen(kw_only=True)
+class StrategyRef:
+    """Which strategy (driver) does the work.  ``kind`` selects the driver."""
+
+    api_group: str = group_field(default=STRATEGY_GROUP)
+    kind: str = kind_field()
+    name: str = name_field()
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+@attrs.frozen(kw_only=True)
+class ObjectMeta:
+    """The part of Kubernetes ObjectMeta we use.  Unknown keys are accepted and dropped."""
+
+    name: str = name_field()
+    namespace: str | None = namespace_field(default=None)
+    uid: str | None = text_field(default=None, max_length=64)
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    annotations: Mapping[str, str] = attrs.field(factory=dict)
+    resource_version: str | None = text_field(default=None, max_length=64)
+    generation: int | None = None
+    creation_timestamp: dt.datetime | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Condition:
+    """A standard Kubernetes condition (reason is CamelCase, no spaces)."""
+
+    type: str = kind_field()
+    status: str = enum_field("True", "False", "Unknown")
+    reason: str = attrs.field(default="", validator=attrs.validators.matches_re(r"^([A-Za-z][A-Za-z0-9_,:]*)?$"))
+    message: str = text_field(default="")
+    last_transition_time: dt.datetime | None = None
+    observed_generation: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Progress:
+    """*Extension*: how far long work has got."""
+
+    stage: str = text_field(default="", max_length=253)
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    updated_at: dt.datetime | None = None
+
+
+# --------------------------------------------------------------------------- BackupJob
+
+
+JOB_PHASES = ("Pending", "Running", "Succeeded", "Failed")
+
+
+@attrs.frozen(kw_only=True)
+class BackupJobSpec:
+    application_ref: ApplicationRef
+    backup_class_name: str = name_field()
+    plan_ref: LocalObjectRef | None = None
+
+
+@attrs.frozen(kw_only=True)
+class BackupJobStatus:
+    phase: str | None = enum_field(*JOB_PHASES, default=None)
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+    message: str | None = text_field(default=None)
+    backup_ref: LocalObjectRef | None = None
+    conditions: tuple[Condition, ...] = ()
+    progress: Progress | None = None  # extension
+
+
+@attrs.frozen(kw_only=True)
+class BackupJob:
+    kind: ClassVar[str] = "BackupJob"
+    namespaced: ClassVar[bool] = True
+    tenant_visible: ClassVar[bool] = True
+
+    metadata: ObjectMeta
+    spec: BackupJobSpec
+    status: BackupJobStatus = attrs.field(factory=BackupJobStatus)
+
+
+# --------------------------------------------------------------------------- Plan
+
+
+@attrs.frozen(kw_only=True)
+class Schedule:
+    type: str = enum_field("cron", default="cron")
+    cron: str = text_field(max_length=256)
+
+
+@attrs.frozen(kw_only=True)
+class PlanSpec:
+    application_ref: ApplicationRef
+    backup_class_name: str = name_field()
+    schedule: Schedule
+    suspend: bool = False  # extension
+
+
+@attrs.frozen(kw_only=True)
+class PlanStatus:
+    last_schedule_time: dt.datetime | None = None
+    next_schedule_time: dt.datetime | None = None
+    last_successful_time: dt.datetime | None = None
+    conditions: tuple[Condition, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Plan:
+    kind: ClassVar[str] = "Plan"
+    namespaced: ClassVar[bool] = True
+    tenant_visible: ClassVar[bool] = True
+
+    metadata: ObjectMeta
+    spec: PlanSpec
+    status: PlanStatus = attrs.field(factory=PlanStatus)
+
+
+# --------------------------------------------------------------------------- Backup
+
+
+@attrs.frozen(kw_only=True)
+class Artifact:
+    """Where the bytes are, as far as a tenant may know: an opaque id, a size, a digest."""
+
+    uri: str = text_field(max_length=512)
+    size_bytes: int = 0
+    checksum: str = text_field(default="", max_length=128)
+
+
+@attrs.frozen(kw_only=True)
+class BackupSpec:
+    application_ref: ApplicationRef
+    plan_ref: LocalObjectRef | None = None
+    strategy_ref: StrategyRef
+    taken_at: dt.datetime
+    driver_metadata: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class BackupStatus:
+    phase: str | None = enum_field("Ready", "Deleting", "Failed", default=None)
+    artifact: Artifact | None = None
+    conditions: tuple[Condition, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
+class Backup:
+    kind: ClassVar[str] = "Backup"
+    namespaced: ClassVar[bool] = True
+    tenant_visible: ClassVar[bool] = True
+
+    metadata: ObjectMeta
+    spec: BackupSpec
+    status: BackupStatus = attrs.field(factory=BackupStatus)
+
+
+# --------------------------------------------------------------------------- RestoreJob
+
+
+@attrs.frozen(kw_only=True)
+class RestoreJobSpec:
+    backup_ref: LocalObjectRef
+    target_application_ref: ApplicationRef | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RestoreJobStatus:
+    phase: str | None = enum_field(*JOB_PHASES, default=None)
+    started_at: dt.datetime | None = None
+    completed_at: dt.datetime | None = None
+    message: str | None = text_field(default=None)
+    conditions: tuple[Condition, ...] = ()
+    progress: Progress | None = None  # extension
+
+
+@attrs.frozen(kw_only=True)
+class RestoreJob:
+    kind: ClassVar[str] = "RestoreJob"
+    namespaced: ClassVar[bool] = True
+    tenant_visible: ClassVar[bool] = True
+
+    metadata: ObjectMeta
+    spec: RestoreJobSpec
+    status: RestoreJobStatus = attrs.field(factory=RestoreJobStatus)
+
+
+# --------------------------------------------------------------------------- BackupClass
+
+
+@attrs.frozen(kw_only=True)
+class StrategyBinding:
+    """One entry of ``BackupClass.spec.strategies``: first match wins."""
+
+    application: GroupKind
+    strategy_ref: StrategyRef
+    parameters: Mapping[str, Any] = attrs.field(factory=dict)
+    storage_ref: LocalObjectRef | None = None  # extension: a dedicated StorageLocation
+
+
+@attrs.frozen(kw_only=True)
+class BackupClassSpec:
+    strategies: tuple[StrategyBinding, ...]
+    storage_ref: LocalObjectRef | None = None  # extension: default StorageLocation
+
+
+@attrs.frozen(kw_only=True)
+class BackupClass:
+    kind: ClassVar[str] = "BackupClass"
+    namespaced: ClassVar[bool] = False
+    tenant_visible: ClassVar[bool] = False
+
+    metadata: ObjectMeta
+    spec: BackupClassSpec
+
+
+# --------------------------------------------------------------------------- admin-only
+
+
+@attrs.frozen(kw_only=True)
+class SecretKeyRef:
+    name: str = name_field()
+
+
+@attrs.frozen(kw_only=True)
+class StorageLocationSpec:
+    """*Extension*, admin-only: where artifacts go.
+
+    ``provider: Local`` keeps the bucket as a directory (``path``, or under the host's
+    home when empty); ``provider: S3`` talks to ``endpoint`` with the access key pair
+    in ``credentialsSecretRef`` (keys ``accessKeyId`` and ``secretAccessKey``).
+    """
+
+    provider: str = enum_field("Local", "S3", default="Local")
+    bucket: str = name_field()
+    prefix: str = text_field(default="", max_length=253)
+    path: str | None = text_field(default=None, max_length=4096)
+    endpoint: str | None = text_field(default=None, max_length=2048)
+    region: str | None = text_field(default=None, max_length=64)
+    credentials_secret_ref: SecretKeyRef | None = None
+
+
+@attrs.frozen(kw_only=True)
+class StorageLocation:
+    kind: ClassVar[str] = "StorageLocation"
+    namespaced: ClassVar[bool] = False
+    tenant_visible: ClassVar[bool] = False
+
+    metadata: ObjectMeta
+    spec: StorageLocationSpec
+
+
+@attrs.frozen(kw_only=True)
+class ObjectRef:
+    kind: str = kind_field()
+    namespace: str = namespace_field()
+    name: str = name_field()
+
+
+@attrs.frozen(kw_only=True)
+class ArtifactRecordSpec:
+    """Platform-only index entry: which location and path hold one backup's artifact.
+
+    Written *before* any byte is uploaded (phase ``Writing``), so that after a crash the
+    engine can find and remove partial data; ``Committed`` once the manifest is stored.
+    """
+
+    storage_ref: LocalObjectRef
+    namespace: str = namespace_field()
+    application_kind: str = kind_field()
+    application_name: str = name_field()
+    job_ref: ObjectRef
+    backup_name: str = name_field()
+
+
+@attrs.frozen(kw_only=True)
+class ArtifactRecordStatus:
+    phase: str = enum_field("Writing", "Committed", "Deleting", default="Writing")
+    checksum: str | None = text_field(default=None, max_length=128)
+    size_bytes: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ArtifactRecord:
+    kind: ClassVar[str] = "ArtifactRecord"
+    namespaced: ClassVar[bool] = False
+    tenant_visible: ClassVar[bool] = False
+
+    metadata: ObjectMeta
+    spec: ArtifactRecordSpec
+    status: ArtifactRecordStatus = attrs.field(factory=ArtifactRecordStatus)
+
+
+Resource = BackupJob | Plan | Backup | RestoreJob | BackupClass | StorageLocation | ArtifactRecord
+KINDS: dict[str, type[Any]] = {
+    cls.kind: cls
+    for cls in (BackupJob, Plan, Backup, RestoreJob, BackupClass, StorageLocation, ArtifactRecord)
+}

@@ -1,0 +1,263 @@
+"""The wire format: one cattrs converter, camelCase keys, field-path errors.
+
+``load(dict)`` dispatches on ``apiVersion``/``kind``; ``dump(obj)`` is its inverse.
+Closed schemas (spec, status) forbid unknown keys so a typo such as ``backupClassname``
+is an error naming the field, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import attrs
+import cattrs
+import yaml
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+)
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from ._errors import ValidationError
+from ._fields import FieldInvalid
+from ._types import API_VERSION, KINDS, ApplicationRef, GroupKind, ObjectMeta, Schedule
+
+# (apiVersion, kind) -> class.  Hosts may add their own admin-only kinds.
+REGISTRY: dict[tuple[str, str], type[Any]] = {(API_VERSION, k): c for k, c in KINDS.items()}
+API_VERSIONS: dict[type[Any], str] = {c: API_VERSION for c in KINDS.values()}
+
+# Keys that must be emitted even when equal to their default, so dumps stay explicit.
+_ALWAYS_EMIT: dict[type[Any], set[str]] = {
+    ApplicationRef: {"api_group"},
+    GroupKind: {"api_group"},
+    Schedule: {"type"},
+}
+_OPEN_SCHEMAS: set[type[Any]] = {ObjectMeta}  # Kubernetes adds metadata keys we do not model
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def register_kind(api_version: str, cls: type[Any]) -> None:
+    """Let a host add an admin-only kind of its own (e.g. the local host's Application)."""
+    REGISTRY[(api_version, cls.kind)] = cls
+    API_VERSIONS[cls] = api_version
+
+
+def _structure_datetime(value: Any, _t: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        parsed = value
+    elif isinstance(value, str):
+        try:
+            parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{value[:40]!r} is not an RFC 3339 time") from None
+    else:
+        raise TypeError(f"expected an RFC 3339 time, got {type(value).__name__}")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def _unstructure_datetime(value: dt.datetime) -> str:
+    return value.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _strict_str(value: Any, _t: Any) -> str:
+    # cattrs would call str() on anything; a number where a name belongs is an error.
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _strict_int(value: Any, _t: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _strict_bool(value: Any, _t: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+    return value
+
+
+def _str_map(value: Any, _t: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a mapping, got {type(value).__name__}")
+    bad = [k for k, v in value.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"keys and values must be strings (see {str(bad[0])[:40]!r})")
+    return dict(value)
+
+
+def _any_map(value: Any, _t: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a mapping, got {type(value).__name__}")
+    if not all(isinstance(k, str) for k in value):
+        raise TypeError("keys must be strings")
+    return dict(value)
+
+
+def make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(unstruct_collection_overrides={tuple: list})
+    conv.register_structure_hook(dt.datetime, _structure_datetime)
+    conv.register_unstructure_hook(dt.datetime, _unstructure_datetime)
+    conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(bool, _strict_bool)
+    conv.register_structure_hook_func(lambda t: t == Mapping[str, str], _str_map)
+    conv.register_structure_hook_func(lambda t: t == Mapping[str, Any], _any_map)
+
+    def structure_factory(cls: type[Any]) -> Any:
+        overrides = {a.name: override(rename=camel(a.name)) for a in attrs.fields(cls)}
+        inner = make_dict_structure_fn(
+            cls,
+            conv,
+            _cattrs_forbid_extra_keys=cls not in _OPEN_SCHEMAS,
+            _cattrs_detailed_validation=True,
+            **overrides,
+        )
+
+        def structure(value: Any, t: Any) -> Any:
+            if not isinstance(value, Mapping):
+                raise TypeError(f"expected a mapping, got {type(value).__name__}")
+            try:
+                return inner(value, t)
+            except FieldInvalid as exc:
+                # An attrs validator fired in the constructor: group it so the path builds up.
+                raise ClassValidationError(str(exc), [exc], cls) from None
+
+        return structure
+
+    def unstructure_factory(cls: type[Any]) -> Any:
+        keep = _ALWAYS_EMIT.get(cls, set())
+        overrides = {
+            a.name: override(rename=camel(a.name), omit_if_default=a.name not in keep)
+            for a in attrs.fields(cls)
+        }
+        return make_dict_unstructure_fn(cls, conv, **overrides)
+
+    conv.register_structure_hook_factory(attrs.has, structure_factory)
+    conv.register_unstructure_hook_factory(attrs.has, unstructure_factory)
+    return conv
+
+
+CONVERTER = make_converter()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _flatten(exc: BaseException, path: str) -> Iterable[tuple[str, str]]:
+    if isinstance(exc, ForbiddenExtraKeysError):
+        for key in sorted(exc.extra_fields):
+            yield _join(path, str(key)), "unknown field"
+        return
+    if isinstance(exc, (ClassValidationError, IterableValidationError)):
+        for sub in exc.exceptions:
+            yield from _flatten(sub, _join(path, _segment(sub)))
+        return
+    if isinstance(exc, KeyError):
+        yield path, "required"
+        return
+    if isinstance(exc, FieldInvalid):
+        yield path, exc.message
+        return
+    yield path, str(exc) or type(exc).__name__
+
+
+def _segment(exc: BaseException) -> str:
+    if isinstance(exc, FieldInvalid):  # raised by an attrs validator in the constructor
+        return camel(exc.field)
+    for note in getattr(exc, "__notes__", ()):
+        name = getattr(note, "name", None)
+        if isinstance(name, str):
+            return camel(name)
+        index = getattr(note, "index", None)
+        if isinstance(index, int):
+            return f"[{index}]"
+    return ""
+
+
+def _join(path: str, seg: str) -> str:
+    if not seg:
+        return path
+    if seg.startswith("["):
+        return path + seg
+    return f"{path}.{seg}" if path else seg
+
+
+def structure(data: Any, cls: type[Any], path: str = "") -> Any:
+    """Structure ``data`` into ``cls`` or raise :class:`ValidationError` with field paths."""
+    try:
+        return CONVERTER.structure(data, cls)
+    except (ClassValidationError, IterableValidationError) as exc:
+        raise ValidationError(list(_flatten(exc, path))) from None
+    except (TypeError, ValueError) as exc:
+        raise ValidationError([(path, str(exc))]) from None
+
+
+def unstructure(obj: Any) -> Any:
+    return CONVERTER.unstructure(obj)
+
+
+# --------------------------------------------------------------------------- manifests
+
+_KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+
+
+def load(doc: Any) -> Any:
+    """Load one Kubernetes-style manifest (a dict) into its typed object."""
+    if not isinstance(doc, Mapping):
+        raise ValidationError([("", f"expected a mapping, got {type(doc).__name__}")])
+    api_version, kind = doc.get("apiVersion"), doc.get("kind")
+    problems = []
+    if not isinstance(api_version, str):
+        problems.append(("apiVersion", "required"))
+    if not isinstance(kind, str):
+        problems.append(("kind", "required"))
+    if problems:
+        raise ValidationError(problems)
+    cls = REGISTRY.get((str(api_version), str(kind)))
+    if cls is None:
+        known = sorted({k for (v, k) in REGISTRY if v == api_version})
+        hint = f" (known kinds: {', '.join(known)})" if known else ""
+        raise ValidationError([("kind", f"{str(api_version)[:80]}/{str(kind)[:80]} is not a kind cozybackup knows{hint}")])
+    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind")}
+    obj = structure(body, cls)
+    if cls.namespaced and not obj.metadata.namespace:
+        raise ValidationError([("metadata.namespace", f"required for {cls.kind}")])
+    if not cls.namespaced and obj.metadata.namespace:
+        raise ValidationError([("metadata.namespace", f"{cls.kind} is cluster-scoped; remove it")])
+    return obj
+
+
+def dump(obj: Any) -> dict[str, Any]:
+    """The manifest of a typed object: ``apiVersion``, ``kind``, then its fields."""
+    body = unstructure(obj)
+    return {"apiVersion": API_VERSIONS[type(obj)], "kind": obj.kind, **body}
+
+
+def load_yaml(text: str, source: str = "<input>") -> list[Any]:
+    """Load every document of a YAML stream; errors name the document and field."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise ValidationError([("", f"{source}: not valid YAML: {exc}")]) from None
+    out = []
+    for i, doc in enumerate(docs):
+        try:
+            out.append(load(doc))
+        except ValidationError as exc:
+            where = f"{source}" + (f" (document {i + 1})" if len(docs) > 1 else "")
+            raise ValidationError([(p, f"{m} [{where}]") for p, m in exc.problems]) from None
+    return out
+
+
+def dump_yaml(objs: Iterable[Any]) -> str:
+    return yaml.safe_dump_all([dump(o) for o in objs], sort_keys=False)

@@ -1,0 +1,355 @@
+"""``cozybackup``: a kubectl-like CLI over the embedded host."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import __version__
+from ._classes import BUILTIN_CLASS, BUILTIN_STORAGE, DEFAULT_CLASS
+from ._crd import all_crds
+from ._engine import Engine, EngineConfig
+from ._errors import CozyError, ValidationError
+from ._plans import check_cron, fire_due_plans
+from ._plugins import PluginHost
+from ._progress import ProgressUpdate
+from ._types import KINDS, Backup, BackupClass, BackupJob, Plan, RestoreJob, StorageLocation
+from ._wire import dump, load_yaml
+from .hosts.local import LocalHost, default_home
+from .hosts._local_types import Application, Secret
+
+log = logging.getLogger("cozybackup")
+
+_ALIASES: dict[str, type[Any]] = {}
+for _cls in (*KINDS.values(), Application, Secret):
+    for _alias in (_cls.kind.lower(), _cls.kind.lower() + "s", _cls.kind.lower() + "es"):
+        _ALIASES[_alias] = _cls
+_ALIASES.update({"bj": BackupJob, "rj": RestoreJob, "bc": BackupClass, "apps": Application})
+
+
+def _kind(name: str) -> type[Any]:
+    try:
+        return _ALIASES[name.lower()]
+    except KeyError:
+        kinds = ", ".join(sorted(c.kind for c in {*_ALIASES.values()}))
+        raise ValidationError([("KIND", f"{name!r} is not a kind (one of {kinds})")]) from None
+
+
+def _load_plugins() -> PluginHost:
+    extra = [p for p in os.environ.get("COZYBACKUP_PLUGINS", "").split(",") if p.strip()]
+    import importlib
+
+    host = PluginHost.load()
+    for modname in extra:
+        try:
+            host.register(importlib.import_module(modname.strip()), name=modname.strip())
+        except Exception as exc:
+            host._broken(modname, f"import failed: {type(exc).__name__}: {exc}", exc)
+    return host
+
+
+class Ctx:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.host = LocalHost(Path(args.home))
+        self._plugins: PluginHost | None = None
+
+    @property
+    def plugins(self) -> PluginHost:
+        if self._plugins is None:
+            self._plugins = _load_plugins()
+        return self._plugins
+
+    def engine(self, on_progress: Any = None) -> Engine:
+        cfg = EngineConfig(workers=self.args.workers) if hasattr(self.args, "workers") else EngineConfig()
+        return Engine(self.host, self.plugins, cfg, on_progress=on_progress)
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_apply(ctx: Ctx) -> int:
+    paths: list[Path] = []
+    for f in ctx.args.filename:
+        p = Path(f)
+        paths.extend(sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml", ".json")) if p.is_dir() else [p])
+    objs = []
+    for p in paths:
+        text = sys.stdin.read() if str(p) == "-" else p.read_text()
+        objs.extend(load_yaml(text, str(p)))
+    # Admin objects first, so a class applied with its storage in one file validates.
+    order = {StorageLocation: 0, Secret: 0, BackupClass: 1, Application: 1}
+    objs.sort(key=lambda o: order.get(type(o), 2))
+    store = ctx.host.objects
+    for obj in objs:
+        if isinstance(obj, Plan):
+            check_cron(obj.spec.schedule.cron)
+        if isinstance(obj, BackupClass):
+            cat = ctx.engine().catalog()
+            cat.classes[obj.metadata.name] = obj
+            cat.validate(obj)
+        current = store.get(type(obj), obj.metadata.namespace, obj.metadata.name)
+        if isinstance(obj, (BackupJob, RestoreJob, Backup)) and current is not None:
+            if current.spec != obj.spec:
+                raise ValidationError([("spec", f"{obj.kind} {obj.metadata.name} exists and its spec is immutable; create a new one")])
+            print(f"{obj.kind.lower()}/{obj.metadata.name} unchanged")
+            continue
+        if isinstance(obj, (BackupJob, RestoreJob)) and obj.status.phase is not None:
+            raise ValidationError([("status", "is set by the platform; remove it")])
+        store.replace(obj)
+        print(f"{obj.kind.lower()}/{obj.metadata.name} {'configured' if current else 'created'}")
+    return 0
+
+
+def _all(ctx: Ctx, cls: type[Any], ns: str | None) -> list[Any]:
+    items = list(ctx.host.objects.list(cls, ns))
+    if cls is BackupClass and not any(c.metadata.name == DEFAULT_CLASS for c in items):
+        items.insert(0, BUILTIN_CLASS)
+    if cls is StorageLocation and not any(s.metadata.name == BUILTIN_STORAGE.metadata.name for s in items):
+        items.insert(0, BUILTIN_STORAGE)
+    return items
+
+
+def cmd_get(ctx: Ctx) -> int:
+    cls = _kind(ctx.args.kind)
+    ns = None if (ctx.args.all_namespaces or not cls.namespaced) else ctx.args.namespace
+    items = _all(ctx, cls, ns)
+    if ctx.args.name:
+        items = [i for i in items if i.metadata.name == ctx.args.name]
+        if not items:
+            print(f"error: {cls.kind} {ctx.args.name} not found", file=sys.stderr)
+            return 1
+    if ctx.args.output == "yaml":
+        print(yaml.safe_dump_all([dump(i) for i in items], sort_keys=False), end="")
+    elif ctx.args.output == "json":
+        out = [dump(i) for i in items]
+        print(json.dumps(out[0] if ctx.args.name else {"items": out}, indent=2))
+    else:
+        rows = [_row(i, ctx.args.all_namespaces) for i in items]
+        if not rows:
+            print(f"No {cls.kind} objects found.", file=sys.stderr)
+            return 0
+        header = list(rows[0].keys())
+        widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]
+        print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+        for r in rows:
+            print("  ".join(str(r[h]).ljust(w) for h, w in zip(header, widths)).rstrip())
+    return 0
+
+
+def _row(obj: Any, with_ns: bool) -> dict[str, str]:
+    row = {"NAMESPACE": obj.metadata.namespace or ""} if with_ns else {}
+    row["NAME"] = obj.metadata.name
+    if isinstance(obj, (BackupJob, RestoreJob)):
+        row["PHASE"] = obj.status.phase or "Pending"
+        row["MESSAGE"] = (obj.status.message or "")[:90]
+    elif isinstance(obj, Backup):
+        art = obj.status.artifact
+        row["PHASE"] = obj.status.phase or ""
+        row["APPLICATION"] = str(obj.spec.application_ref)
+        row["TAKEN"] = obj.spec.taken_at.isoformat(timespec="seconds")
+        row["SIZE"] = str(art.size_bytes if art else "")
+    elif isinstance(obj, Plan):
+        row["SCHEDULE"] = obj.spec.schedule.cron
+        row["LAST"] = obj.status.last_schedule_time.isoformat() if obj.status.last_schedule_time else ""
+    elif isinstance(obj, BackupClass):
+        row["KINDS"] = ",".join(s.application.kind for s in obj.spec.strategies)
+    elif isinstance(obj, Application):
+        row["KIND"] = obj.spec.kind
+    return row
+
+
+def cmd_describe(ctx: Ctx) -> int:
+    cls = _kind(ctx.args.kind)
+    ns = ctx.args.namespace if cls.namespaced else None
+    items = [i for i in _all(ctx, cls, ns) if i.metadata.name == ctx.args.name]
+    if not items:
+        print(f"error: {cls.kind} {ctx.args.name} not found in namespace {ns}", file=sys.stderr)
+        return 1
+    print(yaml.safe_dump(dump(items[0]), sort_keys=False), end="")
+    events = ctx.host.events(ns, cls.kind, ctx.args.name)
+    print("events:" if events else "events: []")
+    for e in events:
+        print(f"  - {e['time']}  {e['type']:<7}  {e['reason']:<12}  {e['message']}")
+    return 0
+
+
+def cmd_delete(ctx: Ctx) -> int:
+    cls = _kind(ctx.args.kind)
+    ns = ctx.args.namespace if cls.namespaced else None
+    if ctx.host.objects.get(cls, ns, ctx.args.name) is None:
+        print(f"error: {cls.kind} {ctx.args.name} not found", file=sys.stderr)
+        return 1
+    if cls is Backup:
+        print("error: deleting Backups (and their data) is done by retention; not supported here yet", file=sys.stderr)
+        return 2
+    ctx.host.objects.delete(cls, ns, ctx.args.name)
+    print(f"{cls.kind.lower()}/{ctx.args.name} deleted")
+    return 0
+
+
+class _ProgressPrinter:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, u: ProgressUpdate) -> None:
+        if self.quiet:
+            return
+        done = u.bytes_done / 2**20
+        rate = done / u.elapsed if u.elapsed > 0 else 0.0
+        total = f" of {u.bytes_total / 2**20:.1f}" if u.bytes_total else ""
+        line = f"{u.kind} {u.namespace}/{u.name}: {u.stage} {done:.1f}{total} MiB ({rate:.1f} MiB/s)"
+        print(line, file=sys.stderr, flush=True)
+
+
+def cmd_run(ctx: Ctx) -> int:
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        print(f"cozybackup: signal {signum}: finishing the current jobs, then stopping", file=sys.stderr)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    engine = ctx.engine(_ProgressPrinter(ctx.args.quiet))
+    for b in ctx.plugins.broken:
+        print(f"warning: driver plugin {b.name} is broken: {b.error}", file=sys.stderr)
+    with ctx.host.runner_lock():
+        for note in engine.recover():
+            print(f"recovered: {note}", file=sys.stderr)
+        failed = 0
+        while True:
+            fire_due_plans(ctx.host)
+            for job in engine.run_once():
+                failed += job.status.phase == "Failed"
+                print(f"{job.kind.lower()}/{job.metadata.name} {job.status.phase}: {job.status.message}")
+            if ctx.args.once or stop.wait(ctx.args.interval):
+                break
+    return 1 if failed and ctx.args.once else 0
+
+
+def cmd_verify(ctx: Ctx) -> int:
+    if _kind(ctx.args.kind) is not Backup:
+        raise ValidationError([("KIND", "only backups can be verified")])
+    engine = ctx.engine()
+    start = time.monotonic()
+    m = engine.verify_backup(ctx.args.namespace, ctx.args.name)
+    took = time.monotonic() - start
+    print(f"backup/{ctx.args.name} verified: {len(m.streams)} stream(s), {m.size_bytes} bytes, "
+          f"checksums match ({took:.1f}s)")
+    return 0
+
+
+def cmd_drivers(ctx: Ctx) -> int:
+    plugins = ctx.plugins
+    for d in plugins.registry:
+        kinds = ", ".join(str(k) for k in d.kinds)
+        caps = [n for n, v in (("in-place", d.capabilities.in_place_restore), ("to-copy", d.capabilities.to_copy_restore)) if v]
+        print(f"{d.name:<12} {d.version:<8} strategy={d.strategy_kind:<12} kinds={kinds}  restore={'/'.join(caps)}  [{plugins.registry.origin(d.name)}]")
+    for b in plugins.broken:
+        print(f"BROKEN {b.name}: {b.error}")
+    if not len(plugins.registry) and not plugins.broken:
+        print("no drivers installed (pip install cozybackup-postgres, ...)", file=sys.stderr)
+    return 1 if plugins.broken else 0
+
+
+def cmd_crds(_ctx: Ctx) -> int:
+    print(yaml.safe_dump_all(all_crds(), sort_keys=False), end="")
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cozybackup",
+        description="Backups for multi-tenant platforms, on the embedded local host. "
+        "Tenants apply BackupJobs, Plans and RestoreJobs; `cozybackup run` does the work.",
+        epilog="examples:\n  cozybackup apply -f backupjob.yaml\n  cozybackup run --once\n"
+        "  cozybackup get backups -n tenant-user1\n  cozybackup describe backupjob oneshot -n tenant-user1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"cozybackup {__version__}")
+    p.add_argument("--home", default=str(default_home()),
+                   help="state and default bucket directory (env COZYBACKUP_HOME; default %(default)s)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    a = sub.add_parser("apply", help="create or update objects from YAML files or directories")
+    a.add_argument("-f", "--filename", action="append", required=True, help="file, directory or - for stdin")
+    a.set_defaults(fn=cmd_apply)
+
+    g = sub.add_parser("get", help="list objects of a kind")
+    g.add_argument("kind", help="backupjobs, plans, backups, restorejobs, backupclasses, ...")
+    g.add_argument("name", nargs="?")
+    g.add_argument("-n", "--namespace", default="default")
+    g.add_argument("-A", "--all-namespaces", action="store_true")
+    g.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    g.set_defaults(fn=cmd_get)
+
+    d = sub.add_parser("describe", help="show one object with its events")
+    d.add_argument("kind")
+    d.add_argument("name")
+    d.add_argument("-n", "--namespace", default="default")
+    d.set_defaults(fn=cmd_describe)
+
+    rm = sub.add_parser("delete", help="delete an object (not Backups: see retention)")
+    rm.add_argument("kind")
+    rm.add_argument("name")
+    rm.add_argument("-n", "--namespace", default="default")
+    rm.set_defaults(fn=cmd_delete)
+
+    r = sub.add_parser("run", help="process due Plans and pending jobs (after recovering from a crash)")
+    r.add_argument("--once", action="store_true", help="process what is due now, then exit (exit 1 if a job failed)")
+    r.add_argument("--interval", type=float, default=30.0, help="seconds between passes (default %(default)s)")
+    r.add_argument("--workers", type=int, default=2, help="jobs for different applications run in parallel")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    r.set_defaults(fn=cmd_run)
+
+    v = sub.add_parser("verify", help="re-read a backup and check every checksum")
+    v.add_argument("kind", help="backup")
+    v.add_argument("name")
+    v.add_argument("-n", "--namespace", default="default")
+    v.set_defaults(fn=cmd_verify)
+
+    dr = sub.add_parser("drivers", help="list installed and broken drivers")
+    dr.set_defaults(fn=cmd_drivers)
+
+    c = sub.add_parser("crds", help="print the CustomResourceDefinitions")
+    c.set_defaults(fn=cmd_crds)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.fn(Ctx(args)))
+    except ValidationError as exc:
+        for path, msg in exc.problems:
+            print(f"error: {path}: {msg}" if path else f"error: {msg}", file=sys.stderr)
+        return 2
+    except CozyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:
+        print(f"error: {exc.filename}: no such file", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Host adapters for the engine's port."""

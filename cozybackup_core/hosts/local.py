@@ -1,0 +1,235 @@
+"""The embedded host: state and the default bucket under one home directory.
+
+Layout of ``$COZYBACKUP_HOME`` (default ``~/.local/share/cozybackup``)::
+
+    state/<Kind>/<namespace or _cluster>/<name>.yaml   one object per file, atomic writes
+    events/<namespace or _cluster>.jsonl                events, appended
+    buckets/<bucket>/                                  Local storage locations
+    state.lock / run.lock                              flock()s: object writes / the runner
+
+Only one ``cozybackup run`` works at a time (``run.lock``); ``apply`` may run beside it,
+object writes are serialised by ``state.lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import yaml
+
+from .._driver import AppLocation
+from .._errors import ConflictError, CozyError, NotFoundError
+from .._types import ApplicationRef
+from .._wire import dump, load, register_kind
+from ._local_types import LOCAL_API_VERSION, Application, Secret
+
+T = TypeVar("T")
+
+register_kind(LOCAL_API_VERSION, Application)
+register_kind("v1", Secret)
+
+
+def default_home() -> Path:
+    env = os.environ.get("COZYBACKUP_HOME")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "cozybackup"
+
+
+class RunnerBusy(CozyError):
+    reason = "RunnerBusy"
+
+
+class LocalObjectStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "state").mkdir(parents=True, exist_ok=True)
+        self._lock_path = root / "state.lock"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        with open(self._lock_path, "a+") as f:  # noqa: PTH123
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _path(self, kind: str, namespace: str | None, name: str) -> Path:
+        return self.root / "state" / kind / (namespace or "_cluster") / f"{name}.yaml"
+
+    def _read(self, path: Path) -> Any:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        return load(yaml.safe_load(text))
+
+    def _write(self, obj: Any) -> None:
+        path = self._path(obj.kind, obj.metadata.namespace, obj.metadata.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp-{os.getpid()}")
+        with open(tmp, "w") as f:  # noqa: PTH123
+            yaml.safe_dump(dump(obj), f, sort_keys=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def get(self, cls: type[T], namespace: str | None, name: str) -> T | None:
+        obj: T | None = self._read(self._path(cls.kind, namespace, name))  # type: ignore[attr-defined]
+        return obj
+
+    def list(self, cls: type[T], namespace: str | None = None) -> list[T]:
+        base = self.root / "state" / cls.kind  # type: ignore[attr-defined]
+        dirs = [base / namespace] if namespace else (sorted(base.iterdir()) if base.exists() else [])
+        out: list[T] = []
+        for d in dirs:
+            if d.is_dir():
+                for p in sorted(d.glob("*.yaml")):
+                    obj = self._read(p)
+                    if obj is not None:
+                        out.append(obj)
+        return out
+
+    def create(self, obj: T) -> T:
+        with self.locked():
+            meta = obj.metadata  # type: ignore[attr-defined]
+            if self.get(type(obj), meta.namespace, meta.name) is not None:
+                raise ConflictError(f"{obj.kind} {meta.name} already exists")  # type: ignore[attr-defined]
+            meta = attrs.evolve(
+                meta, uid=meta.uid or str(uuid.uuid4()), resource_version="1", generation=1,
+                creation_timestamp=meta.creation_timestamp or _now(),
+            )
+            obj = attrs.evolve(obj, metadata=meta)  # type: ignore[misc]
+            self._write(obj)
+            return obj
+
+    def replace(self, obj: T) -> T:
+        """Create or update spec and metadata, keeping status (``apply``)."""
+        with self.locked():
+            meta = obj.metadata  # type: ignore[attr-defined]
+            current = self.get(type(obj), meta.namespace, meta.name)
+            if current is None:
+                meta = attrs.evolve(meta, uid=str(uuid.uuid4()), resource_version="1", generation=1,
+                                    creation_timestamp=_now())
+            else:
+                cm = current.metadata  # type: ignore[attr-defined]
+                meta = attrs.evolve(meta, uid=cm.uid, creation_timestamp=cm.creation_timestamp,
+                                    resource_version=str(int(cm.resource_version or 0) + 1),
+                                    generation=(cm.generation or 1) + 1)
+                if hasattr(current, "status"):
+                    obj = attrs.evolve(obj, status=current.status)  # type: ignore[misc]
+            obj = attrs.evolve(obj, metadata=meta)  # type: ignore[misc]
+            self._write(obj)
+            return obj
+
+    def update_status(self, obj: T) -> T:
+        with self.locked():
+            meta = obj.metadata  # type: ignore[attr-defined]
+            current = self.get(type(obj), meta.namespace, meta.name)
+            if current is None:
+                raise NotFoundError(f"{obj.kind} {meta.name} does not exist")  # type: ignore[attr-defined]
+            cm = current.metadata  # type: ignore[attr-defined]
+            new = attrs.evolve(current, status=obj.status,  # type: ignore[misc, attr-defined]
+                               metadata=attrs.evolve(cm, resource_version=str(int(cm.resource_version or 0) + 1)))
+            self._write(new)
+            return new  # type: ignore[no-any-return]
+
+    def delete(self, cls: type[Any], namespace: str | None, name: str) -> None:
+        with self.locked():
+            with contextlib.suppress(FileNotFoundError):
+                self._path(cls.kind, namespace, name).unlink()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+@attrs.define
+class LocalHost:
+    """Implements the engine's host port on a local directory."""
+
+    home: Path
+    objects: LocalObjectStore = attrs.field(init=False)
+    clock: Any = None  # a callable returning an aware datetime; tests pass their own
+
+    def __attrs_post_init__(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.objects = LocalObjectStore(self.home)
+
+    def now(self) -> dt.datetime:
+        return self.clock() if self.clock else _now()
+
+    def locate(self, namespace: str, ref: ApplicationRef) -> AppLocation:
+        app = self.objects.get(Application, namespace, ref.name)
+        if app is None or app.ref.group_kind != ref.group_kind:
+            raise NotFoundError(f"application {ref.kind} {ref.name} does not exist in namespace {namespace}")
+        creds: Mapping[str, str] = {}
+        if app.spec.credentials_secret_ref:
+            creds = self.secret(app.spec.credentials_secret_ref.name)
+        return AppLocation(ref=app.ref, namespace=namespace, connection=dict(app.spec.connection), credentials=creds)
+
+    def secret(self, name: str) -> Mapping[str, str]:
+        s = self.objects.get(Secret, None, name)
+        if s is None:
+            # Tenant-visible through job messages: do not name the secret.
+            raise NotFoundError("credentials for this application are not configured; ask the platform operator",
+                                admin_detail=f"Secret {name} not found")
+        return s.values()
+
+    def local_bucket_path(self, bucket: str) -> str:
+        return str(self.home / "buckets" / bucket)
+
+    def event(self, obj: Any, type_: str, reason: str, message: str) -> None:
+        ns = obj.metadata.namespace or "_cluster"
+        path = self.home / "events" / f"{ns}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rec = {"time": dump_time(self.now()), "type": type_, "reason": reason, "message": message,
+               "involvedObject": {"kind": obj.kind, "namespace": obj.metadata.namespace, "name": obj.metadata.name}}
+        with self.objects.locked(), open(path, "a") as f:  # noqa: PTH123
+            f.write(json.dumps(rec) + "\n")
+
+    def events(self, namespace: str | None, kind: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
+        path = self.home / "events" / f"{namespace or '_cluster'}.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            inv = rec["involvedObject"]
+            if (kind is None or inv["kind"] == kind) and (name is None or inv["name"] == name):
+                out.append(rec)
+        return out
+
+    @contextlib.contextmanager
+    def runner_lock(self) -> Iterator[None]:
+        """Only one runner per home: recovery relies on it (a Running job has no live owner)."""
+        path = self.home / "run.lock"
+        with open(path, "a+") as f:  # noqa: PTH123
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                raise RunnerBusy(f"another cozybackup run is active on this home (pid {f.read().strip() or '?'})") from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def dump_time(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

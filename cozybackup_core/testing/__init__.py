@@ -1,0 +1,13 @@
+"""Test support for cozybackup drivers: a local platform and a conformance kit.
+
+A driver's own tests subclass :class:`DriverConformance` and say how to create an
+application of its kind, write data, checksum it and break it.  The kit then checks the
+guarantees every driver must keep (see ``docs/writing-a-driver.md``).
+"""
+
+from __future__ import annotations
+
+from ._conformance import AppHandle, DriverConformance
+from ._platform import LocalPlatform, tenant_visible_text
+
+__all__ = ["AppHandle", "DriverConformance", "LocalPlatform", "tenant_visible_text"]
