@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
@@ -65,7 +66,8 @@ def run_tool(
             pass  # the tool exited; its status says why
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             failure.append(exc)
-            proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         finally:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
@@ -75,7 +77,12 @@ def run_tool(
         threads.append(threading.Thread(target=feed, daemon=True))
     for t in threads:
         t.start()
-    timer = threading.Timer(deadline.remaining(), proc.kill)
+    def kill_group() -> None:
+        # The tool may have children holding our pipes: stop its whole session.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    timer = threading.Timer(deadline.remaining(), kill_group)
     timer.start()
     try:
         while chunk := proc.stdout.read(CHUNK):
@@ -85,13 +92,15 @@ def run_tool(
                 stdout.write(chunk)
         rc = proc.wait()
     except BaseException:
-        proc.kill()
+        kill_group()
         proc.wait()
         raise
     finally:
         timer.cancel()
         for t in threads:
             t.join(timeout=30)
+        for pipe in (proc.stdout, proc.stderr):
+            pipe.close()
     if failure:
         raise failure[0]
     if deadline.expired:

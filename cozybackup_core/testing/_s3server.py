@@ -131,17 +131,18 @@ def _s3_request(info: S3ServerInfo, method: str, path: str, body: bytes = b"") -
         conn.close()
 
 
-def _probe(info: S3ServerInfo) -> str | None:
+def _probe(info: S3ServerInfo, bucket: str) -> str | None:
     """Create a bucket, write/delete an object, drop the bucket; None when all worked."""
-    bucket = f"/cozy-probe-{secrets.token_hex(6)}"
     steps = [("PUT", bucket, b""), ("PUT", f"{bucket}/probe", b"ok"),
              ("DELETE", f"{bucket}/probe", b""), ("DELETE", bucket, b"")]  # fmt: skip
+    # 409 / 404: an earlier try created / deleted the bucket but its answer got lost
+    fine = {("PUT", bucket, 409), ("DELETE", bucket, 404)}
     for method, path, body in steps:
         try:
             status = _s3_request(info, method, path, body)
         except OSError as e:  # refused, reset, timeout
             return f"{method} {path}: {e!r}"
-        if status >= 300:
+        if status >= 300 and (method, path, status) not in fine:
             return f"{method} {path}: HTTP {status}"
     return None
 
@@ -198,7 +199,7 @@ def seaweed_s3(tmp_dir: Path, *, startup_timeout: float = 30.0) -> Iterator[S3Se
             *prefix, weed, "mini", f"-dir={data}", f"-ip={_HOST}", f"-ip.bind={_HOST}",
             "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
             f"-admin.password={secrets.token_urlsafe(16)}", "-s3.port.iceberg=0",
-            "-s3.port.lance=0", f"-s3.config={s3_json}", *sockets,
+            "-s3.port.lance=0", "-volume.preStopSeconds=0", f"-s3.config={s3_json}", *sockets,
             *(f"-{flag}={port}" for flag, port in ports.items()),
         ]  # fmt: skip
         with log.open("ab") as out:
@@ -208,11 +209,12 @@ def seaweed_s3(tmp_dir: Path, *, startup_timeout: float = 30.0) -> Iterator[S3Se
                 cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 cwd=data, start_new_session=True,
             )  # fmt: skip
+        probe_bucket = f"/cozy-probe-{secrets.token_hex(6)}"
         try:
-            while (error := _probe(info)) is not None and proc.poll() is None:
+            while (error := _probe(info, probe_bucket)) is not None and proc.poll() is None:
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"weed mini not ready after {startup_timeout:.0f} s ({error});"
+                        f"weed mini not ready after {startup_timeout:g} s ({error});"
                         f" log {log}:\n{_log_tail(log)}"
                     )
                 time.sleep(0.1)

@@ -1,0 +1,1 @@
+"""Drivers and plugins used by the core's own tests (not shipped)."""

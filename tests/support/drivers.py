@@ -1,0 +1,93 @@
+"""Purpose-built drivers that exercise the engine's failure paths.
+
+These test the *engine* (what it does when a driver raises, a tool fails, storage
+breaks); real backups of real data are tested with the SQLite driver in plugins-example.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from cozybackup_core import (
+    BackupContext,
+    Driver,
+    DriverError,
+    GroupKind,
+    RestoreContext,
+    hookimpl,
+    run_tool,
+)
+
+FILES = GroupKind(api_group="apps.example.com", kind="Directory")
+
+
+class FilesDriver(Driver):
+    """Backs up the regular files of a directory, one stream each."""
+
+    name = "files"
+    strategy_kind = "Files"
+    kinds = (FILES,)
+    version = "1"
+
+    def backup(self, ctx: BackupContext) -> None:
+        root = Path(ctx.application.connection["path"])
+        if not root.is_dir():
+            raise DriverError("the application's data directory is missing", admin_detail=str(root))
+        kill_after = int(os.environ.get("COZYBACKUP_TEST_KILL_AFTER_BYTES", "0"))
+        written = 0
+        for f in sorted(root.iterdir()):
+            ctx.progress.stage(f"copying {f.name}")
+            with ctx.artifact.open(f.name) as out, f.open("rb") as src:
+                while chunk := src.read(1 << 16):
+                    out.write(chunk)
+                    written += len(chunk)
+                    if kill_after and written >= kill_after:
+                        sys.stdout.flush()
+                        os.kill(os.getpid(), signal.SIGKILL)
+        ctx.metadata["files"] = len(list(root.iterdir()))
+
+    def restore(self, ctx: RestoreContext) -> None:
+        root = Path(ctx.target.connection["path"])
+        root.mkdir(parents=True, exist_ok=True)
+        for old in root.iterdir():
+            old.unlink()
+        for name in ctx.artifact.names():
+            with ctx.artifact.open(name) as src, (root / name).open("wb") as out:
+                while chunk := src.read(1 << 16):
+                    out.write(chunk)
+
+
+class RaisingDriver(FilesDriver):
+    name = "raising"
+    strategy_kind = "Raising"
+
+    def backup(self, ctx: BackupContext) -> None:
+        with ctx.artifact.open("partial") as out:
+            out.write(b"some bytes before the crash" * 1000)
+        raise RuntimeError(f"boom at {ctx.application.connection['path']} password={ctx.application.credentials.get('password')}")
+
+
+class ToolDriver(FilesDriver):
+    """Runs a shell command as its 'dump tool' (exit status chosen by the connection)."""
+
+    name = "tool"
+    strategy_kind = "Tool"
+
+    def backup(self, ctx: BackupContext) -> None:
+        script = ctx.application.connection["script"]
+        with ctx.artifact.open("dump") as out:
+            run_tool(["sh", "-c", script], stdout=out, deadline=ctx.deadline, what="the dump tool")
+
+
+@hookimpl
+def cozybackup_register_drivers(registry: object) -> None:
+    registry.add(FilesDriver)  # type: ignore[attr-defined]
+
+
+@hookimpl
+def cozybackup_job_stage(stage: str) -> None:
+    if os.environ.get("COZYBACKUP_TEST_KILL_AT") == stage:
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,99 @@
+"""BackupClass resolution: first match wins, and each failure has its own error."""
+
+from __future__ import annotations
+
+import pytest
+
+from cozybackup_core import (
+    BUILTIN_CLASS,
+    ApplicationRef,
+    Catalog,
+    ClassNotFoundError,
+    DriverNotFoundError,
+    DriverParametersError,
+    NoBindingError,
+    PluginHost,
+    load_yaml,
+)
+from cozybackup_core.testing._platform import _InProcess
+from support.drivers import FilesDriver, ToolDriver
+
+
+def _catalog(*yaml_docs: str) -> Catalog:
+    host = PluginHost.load(entry_points=False, plugins=[_InProcess([FilesDriver, ToolDriver])])
+    objs = [o for d in yaml_docs for o in load_yaml(d)]
+    classes = [o for o in objs if o.kind == "BackupClass"]
+    storages = [o for o in objs if o.kind == "StorageLocation"]
+    return Catalog.build(host.registry, classes, storages)
+
+
+TWO = """
+apiVersion: backups.cozystack.io/v1alpha1
+kind: BackupClass
+metadata: {name: two}
+spec:
+  storageRef: {name: dedicated}
+  strategies:
+  - application: {apiGroup: apps.example.com, kind: Directory}
+    strategyRef: {kind: Files, name: first}
+  - application: {apiGroup: apps.example.com, kind: Directory}
+    strategyRef: {kind: Tool, name: second}
+---
+apiVersion: backups.cozystack.io/v1alpha1
+kind: StorageLocation
+metadata: {name: dedicated}
+spec: {provider: Local, bucket: tenant-a-backups}
+"""
+
+APP = ApplicationRef(api_group="apps.example.com", kind="Directory", name="x")
+
+
+def test_cozy_default_binds_the_platform_kinds() -> None:
+    kinds = {b.application.kind for b in BUILTIN_CLASS.spec.strategies}
+    assert kinds == {"Postgres", "MariaDB", "ClickHouse", "Etcd", "VMInstance", "VMDisk"}
+    assert {b.application.api_group for b in BUILTIN_CLASS.spec.strategies} == {"apps.cozystack.io"}
+
+
+def test_first_matching_binding_wins_and_storage_is_dedicated() -> None:
+    resolved = _catalog(TWO).resolve("two", APP)
+    assert resolved.driver.name == "files"
+    assert resolved.binding.strategy_ref.name == "first"
+    assert resolved.storage.spec.bucket == "tenant-a-backups"
+
+
+def test_unknown_class() -> None:
+    with pytest.raises(ClassNotFoundError, match="'nope' does not exist"):
+        _catalog().resolve("nope", APP)
+
+
+def test_kind_without_binding() -> None:
+    with pytest.raises(NoBindingError, match="cannot back up applications of kind apps.example.com/Directory"):
+        _catalog().resolve("cozy-default", APP)
+
+
+def test_driver_not_installed() -> None:
+    with pytest.raises(DriverNotFoundError, match="Postgres strategy's driver is not installed"):
+        _catalog().resolve("cozy-default", ApplicationRef(kind="Postgres", name="db"))
+
+
+def test_class_is_validated_when_applied() -> None:
+    cat = _catalog(TWO)
+    [bad] = load_yaml("""
+apiVersion: backups.cozystack.io/v1alpha1
+kind: BackupClass
+metadata: {name: bad}
+spec:
+  strategies:
+  - application: {kind: Postgres}
+    strategyRef: {kind: Postgres, name: pg}
+  - application: {apiGroup: apps.example.com, kind: Directory}
+    strategyRef: {kind: Files, name: f}
+    parameters: {compression: 99}
+    storageRef: {name: nowhere}
+""")
+    with pytest.raises(DriverParametersError) as info:
+        cat.validate(bad)
+    text = str(info.value)
+    assert "spec.strategies[0].strategyRef.kind: the Postgres strategy's driver is not installed" in text
+    assert "spec.strategies[1].parameters.compression: unknown field" in text
+    assert "spec.strategies[1].storageRef.name: StorageLocation 'nowhere' does not exist" in text
