@@ -158,11 +158,21 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(wait)
 
 
-def _log_tail(log: Path, n: int = 4000) -> str:
-    try:
-        return log.read_bytes()[-n:].decode(errors="replace")
-    except OSError as e:
-        return f"<no log: {e}>"
+def _remove_stale_sockets(ports: dict[str, int]) -> None:
+    """Unlink the /tmp/seaweedfs-*-grpc-PORT.sock a stop mid-startup can leave behind.
+
+    Only while holding PORT ourselves: no other weed can then be serving that socket.
+    """
+    for flag, port in ports.items():
+        sock = Path(f"/tmp/seaweedfs-{flag.split('.')[0]}-grpc-{port}.sock")  # noqa: S108 weed's
+        if flag.endswith(".grpc") and sock.is_socket():
+            with socket.socket() as s, contextlib.suppress(OSError):
+                s.bind((_HOST, port))
+                sock.unlink()
+
+
+def _log_tail(log: Path) -> str:
+    return log.read_bytes()[-4000:].decode(errors="replace") if log.exists() else "<no log>"
 
 
 @contextlib.contextmanager
@@ -226,7 +236,11 @@ def seaweed_s3(tmp_dir: Path, *, startup_timeout: float = 30.0) -> Iterator[S3Se
         except BaseException:
             _stop(proc)
             raise
+        finally:
+            if proc.poll() is not None:
+                _remove_stale_sockets(ports)
     try:
         yield info
     finally:
         _stop(proc)
+        _remove_stale_sockets(ports)

