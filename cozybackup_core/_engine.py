@@ -21,7 +21,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -68,6 +68,7 @@ LABEL_JOB = "backups.cozystack.io/backup-job"
 LABEL_PLAN = "backups.cozystack.io/plan"
 
 Job = BackupJob | RestoreJob
+J = TypeVar("J", BackupJob, RestoreJob)
 
 
 @attrs.frozen(kw_only=True)
@@ -82,7 +83,9 @@ class EngineConfig:
 
 
 def _condition(type_: str, reason: str, message: str, now: Any) -> Condition:
-    return Condition(type=type_, status="True", reason=reason, message=message, last_transition_time=now)
+    return Condition(
+        type=type_, status="True", reason=reason, message=message, last_transition_time=now
+    )
 
 
 class Engine:
@@ -104,7 +107,9 @@ class Engine:
 
     def catalog(self) -> Catalog:
         objs = self.host.objects
-        return Catalog.build(self.plugins.registry, objs.list(BackupClass), objs.list(StorageLocation))
+        return Catalog.build(
+            self.plugins.registry, objs.list(BackupClass), objs.list(StorageLocation)
+        )
 
     def store_for(self, loc: StorageLocation) -> ArtifactStore:
         name = loc.metadata.name
@@ -116,10 +121,17 @@ class Engine:
                     root = f"{root.rstrip('/')}/{spec.prefix.strip('/')}"
                 self._stores[name] = ArtifactStore.local(root)
             else:
-                creds = self.host.secret(spec.credentials_secret_ref.name) if spec.credentials_secret_ref else {}
+                creds = (
+                    self.host.secret(spec.credentials_secret_ref.name)
+                    if spec.credentials_secret_ref
+                    else {}
+                )
                 self._stores[name] = ArtifactStore.s3(
-                    endpoint=spec.endpoint, bucket=spec.bucket, prefix=spec.prefix,
-                    key=creds.get("accessKeyId", ""), secret=creds.get("secretAccessKey", ""),
+                    endpoint=spec.endpoint,
+                    bucket=spec.bucket,
+                    prefix=spec.prefix,
+                    key=creds.get("accessKeyId", ""),
+                    secret=creds.get("secretAccessKey", ""),
                     region=spec.region,
                 )
         return self._stores[name]
@@ -152,7 +164,9 @@ class Engine:
         different applications run in parallel on ``config.workers`` threads.
         """
         objs = self.host.objects
-        pending: list[Job] = [j for j in objs.list(BackupJob) if j.status.phase in (None, "Pending")]
+        pending: list[Job] = [
+            j for j in objs.list(BackupJob) if j.status.phase in (None, "Pending")
+        ]
         pending += [j for j in objs.list(RestoreJob) if j.status.phase in (None, "Pending")]
         queues: dict[tuple[str, ...], list[Job]] = {}
         for job in sorted(pending, key=_created):
@@ -191,16 +205,21 @@ class Engine:
 
     # ------------------------------------------------------------------ status helpers
 
-    def _set_status(self, job: Any, **changes: Any) -> Any:
+    def _set_status(self, job: J, **changes: Any) -> J:
         with self._status_lock:
             current = self.host.objects.get(type(job), job.metadata.namespace, job.metadata.name)
             base = current if current is not None else job
-            return self.host.objects.update_status(attrs.evolve(base, status=attrs.evolve(base.status, **changes)))
+            new = attrs.evolve(base, status=attrs.evolve(base.status, **changes))
+            return self.host.objects.update_status(new)
 
-    def _start(self, job: Any) -> Any:
+    def _start(self, job: J) -> J:
         now = self.host.now()
         job = self._set_status(
-            job, phase="Running", started_at=now, completed_at=None, message="started",
+            job,
+            phase="Running",
+            started_at=now,
+            completed_at=None,
+            message="started",
             conditions=(_condition("Running", "Started", "the job is running", now),),
             progress=ProgressStatus(stage="starting", updated_at=now),
         )
@@ -208,13 +227,19 @@ class Engine:
         self._notify(job, "started")
         return job
 
-    def _finish(self, job: Any, ok: bool, reason: str, message: str, redact: Redactor, **extra: Any) -> Any:
+    def _finish(
+        self, job: J, ok: bool, reason: str, message: str, redact: Redactor, **extra: Any
+    ) -> J:
         now = self.host.now()
         message = redact(message)
         cond = _condition("Complete" if ok else "Failed", reason, message, now)
         job = self._set_status(
-            job, phase="Succeeded" if ok else "Failed", completed_at=now, message=message,
-            conditions=(cond,), **extra,
+            job,
+            phase="Succeeded" if ok else "Failed",
+            completed_at=now,
+            message=message,
+            conditions=(cond,),
+            **extra,
         )
         self.host.event(job, "Normal" if ok else "Warning", reason, message)
         self._notify(job, "finished")
@@ -226,27 +251,49 @@ class Engine:
     def _progress(self, job: Any) -> Progress:
         def publish(update: ProgressUpdate) -> None:
             try:
-                self._set_status(job, progress=ProgressStatus(
-                    stage=update.stage, bytes_done=update.bytes_done,
-                    bytes_total=update.bytes_total, updated_at=self.host.now()))
+                self._set_status(
+                    job,
+                    progress=ProgressStatus(
+                        stage=update.stage,
+                        bytes_done=update.bytes_done,
+                        bytes_total=update.bytes_total,
+                        updated_at=self.host.now(),
+                    ),
+                )
             except CozyError:
                 log.warning("could not record progress of %s", job.metadata.name)
             if self.on_progress:
                 self.on_progress(update)
 
-        return Progress(job.kind, job.metadata.namespace or "", job.metadata.name, publish,
-                        self.config.progress_interval)
+        return Progress(
+            job.kind,
+            job.metadata.namespace or "",
+            job.metadata.name,
+            publish,
+            self.config.progress_interval,
+        )
 
     def _failure(self, exc: BaseException, driver: Driver | None, job: Any) -> tuple[str, str]:
         """(reason, tenant-safe message) for an exception; details go to the platform log."""
         if isinstance(exc, CozyError):
             if exc.admin_detail:
-                log.warning("%s %s/%s: %s (%s)", job.kind, job.metadata.namespace, job.metadata.name, exc, exc.admin_detail)
+                log.warning(
+                    "%s %s/%s: %s (%s)",
+                    job.kind,
+                    job.metadata.namespace,
+                    job.metadata.name,
+                    exc,
+                    exc.admin_detail,
+                )
             return exc.reason, exc.message
         ref = uuid.uuid4().hex[:12]
         log.error(
-            "%s %s/%s failed (ref %s):\n%s", job.kind, job.metadata.namespace, job.metadata.name,
-            ref, "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            "%s %s/%s failed (ref %s):\n%s",
+            job.kind,
+            job.metadata.namespace,
+            job.metadata.name,
+            ref,
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
         )
         who = f"the {driver.name} driver" if driver else "cozybackup"
         return "InternalError", (
@@ -262,7 +309,9 @@ class Engine:
             except TransientError as exc:
                 if attempt == self.config.attempts:
                     raise
-                log.warning("transient error (attempt %d): %s %s", attempt, exc, exc.admin_detail or "")
+                log.warning(
+                    "transient error (attempt %d): %s %s", attempt, exc, exc.admin_detail or ""
+                )
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
@@ -275,10 +324,18 @@ class Engine:
         existing = self.host.objects.get(Backup, ns, job.metadata.name)
         if existing is not None and existing.metadata.labels.get(LABEL_JOB) == job.metadata.name:
             # Idempotent: the Backup exists (a retry after the record was written).
-            return self._finish(job, True, "Completed", f"Backup {job.metadata.name} is ready", redact,
-                                backup_ref=LocalObjectRef(name=job.metadata.name))
+            return self._finish(
+                job,
+                True,
+                "Completed",
+                f"Backup {job.metadata.name} is ready",
+                redact,
+                backup_ref=LocalObjectRef(name=job.metadata.name),
+            )
         if existing is not None:
-            return self._finish(job, False, "Conflict", f"a Backup named {job.metadata.name} already exists", redact)
+            return self._finish(
+                job, False, "Conflict", f"a Backup named {job.metadata.name} already exists", redact
+            )
         driver: Driver | None = None
         try:
             resolved = self.catalog().resolve(job.spec.backup_class_name, job.spec.application_ref)
@@ -296,33 +353,50 @@ class Engine:
             reason, msg = self._failure(exc, driver, job)
             return self._finish(job, False, reason, msg, redact)
         took = time.monotonic() - started
-        msg = (f"Backup {backup.metadata.name} is ready: {_size(manifest.size_bytes)} "
-               f"({_size(manifest.stored_bytes)} stored) in {took:.1f}s")
-        return self._finish(job, True, "Completed", msg, redact,
-                            backup_ref=LocalObjectRef(name=backup.metadata.name))
+        msg = (
+            f"Backup {backup.metadata.name} is ready: {_size(manifest.size_bytes)} "
+            f"({_size(manifest.stored_bytes)} stored) in {took:.1f}s"
+        )
+        return self._finish(
+            job,
+            True,
+            "Completed",
+            msg,
+            redact,
+            backup_ref=LocalObjectRef(name=backup.metadata.name),
+        )
 
-    def _backup_attempt(self, job: BackupJob, resolved: Resolved, app: AppLocation) -> tuple[Backup, Manifest]:
+    def _backup_attempt(
+        self, job: BackupJob, resolved: Resolved, app: AppLocation
+    ) -> tuple[Backup, Manifest]:
         ns = job.metadata.namespace or ""
         objs = self.host.objects
         store = self.store_for(resolved.storage)
         uid = str(uuid.uuid4())
         key = ArtifactKey(namespace=ns, kind=app.ref.kind, application=app.ref.name, uid=uid)
-        record = objs.create(ArtifactRecord(
-            metadata=ObjectMeta(name=uid),
-            spec=ArtifactRecordSpec(
-                storage_ref=LocalObjectRef(name=resolved.storage.metadata.name), namespace=ns,
-                application_kind=app.ref.kind, application_name=app.ref.name,
-                job_ref=ObjectRef(kind="BackupJob", namespace=ns, name=job.metadata.name),
-                backup_name=job.metadata.name,
-            ),
-        ))
+        record = objs.create(
+            ArtifactRecord(
+                metadata=ObjectMeta(name=uid),
+                spec=ArtifactRecordSpec(
+                    storage_ref=LocalObjectRef(name=resolved.storage.metadata.name),
+                    namespace=ns,
+                    application_kind=app.ref.kind,
+                    application_name=app.ref.name,
+                    job_ref=ObjectRef(kind="BackupJob", namespace=ns, name=job.metadata.name),
+                    backup_name=job.metadata.name,
+                ),
+            )
+        )
         progress = self._progress(job)
         writer = store.writer(key, on_bytes=progress.advance)
         taken_at = self.host.now()
         try:
             self._notify(job, "writing")
             ctx = BackupContext(
-                application=app, parameters=resolved.parameters, artifact=writer, progress=progress,
+                application=app,
+                parameters=resolved.parameters,
+                artifact=writer,
+                progress=progress,
                 log=logging.getLogger(f"cozybackup.driver.{resolved.driver.name}"),
                 deadline=Deadline.after(self.config.backup_timeout),
             )
@@ -331,13 +405,21 @@ class Engine:
             if not writer.streams:
                 raise PermanentError(f"the {resolved.driver.name} driver produced no data")
             manifest = Manifest(
-                format_version=1, backup_uid=uid, namespace=ns,
-                application={"apiGroup": app.ref.api_group, "kind": app.ref.kind, "name": app.ref.name},
+                format_version=1,
+                backup_uid=uid,
+                namespace=ns,
+                application={
+                    "apiGroup": app.ref.api_group,
+                    "kind": app.ref.kind,
+                    "name": app.ref.name,
+                },
                 driver={"name": resolved.driver.name, "version": resolved.driver.version},
                 strategy_ref=unstructure(resolved.binding.strategy_ref),
                 parameters=resolved.parameters_snapshot,
-                taken_at=unstructure(taken_at), streams=tuple(writer.streams),
-                tool_versions=dict(ctx.tool_versions), driver_metadata=dict(ctx.metadata),
+                taken_at=unstructure(taken_at),
+                streams=tuple(writer.streams),
+                tool_versions=dict(ctx.tool_versions),
+                driver_metadata=dict(ctx.metadata),
             )
             progress.stage("committing")
             raw = writer.commit(manifest)
@@ -346,28 +428,43 @@ class Engine:
             raise
         checksum = checksum_of(raw)
         self._notify(job, "committed")
-        objs.update_status(attrs.evolve(record, status=ArtifactRecordStatus(
-            phase="Committed", checksum=checksum, size_bytes=manifest.size_bytes)))
+        objs.update_status(
+            attrs.evolve(
+                record,
+                status=ArtifactRecordStatus(
+                    phase="Committed", checksum=checksum, size_bytes=manifest.size_bytes
+                ),
+            )
+        )
         backup = self._record_backup(job, resolved.binding.strategy_ref, manifest, uid, checksum)
         return backup, manifest
 
-    def _record_backup(self, job: BackupJob, strategy_ref: StrategyRef, manifest: Manifest, uid: str, checksum: str) -> Backup:
+    def _record_backup(
+        self, job: BackupJob, strategy_ref: StrategyRef, manifest: Manifest, uid: str, checksum: str
+    ) -> Backup:
         labels = {LABEL_JOB: job.metadata.name}
         if job.spec.plan_ref:
             labels[LABEL_PLAN] = job.spec.plan_ref.name
-        backup = self.host.objects.create(Backup(
-            metadata=ObjectMeta(name=job.metadata.name, namespace=job.metadata.namespace, labels=labels),
-            spec=BackupSpec(
-                application_ref=job.spec.application_ref, plan_ref=job.spec.plan_ref,
-                strategy_ref=strategy_ref,
-                taken_at=structure(manifest.taken_at, dt.datetime),
-                driver_metadata=dict(manifest.driver_metadata),
-            ),
-            status=BackupStatus(
-                phase="Ready",
-                artifact=Artifact(uri=URI_PREFIX + uid, size_bytes=manifest.size_bytes, checksum=checksum),
-            ),
-        ))
+        backup = self.host.objects.create(
+            Backup(
+                metadata=ObjectMeta(
+                    name=job.metadata.name, namespace=job.metadata.namespace, labels=labels
+                ),
+                spec=BackupSpec(
+                    application_ref=job.spec.application_ref,
+                    plan_ref=job.spec.plan_ref,
+                    strategy_ref=strategy_ref,
+                    taken_at=structure(manifest.taken_at, dt.datetime),
+                    driver_metadata=dict(manifest.driver_metadata),
+                ),
+                status=BackupStatus(
+                    phase="Ready",
+                    artifact=Artifact(
+                        uri=URI_PREFIX + uid, size_bytes=manifest.size_bytes, checksum=checksum
+                    ),
+                ),
+            )
+        )
         self._notify(job, "recorded")
         return backup
 
@@ -384,16 +481,30 @@ class Engine:
     def _artifact_of(self, backup: Backup) -> tuple[ArtifactStore, ArtifactKey, ArtifactRecord]:
         art = backup.status.artifact
         if backup.status.phase != "Ready" or art is None or not art.uri.startswith(URI_PREFIX):
-            raise PermanentError(f"Backup {backup.metadata.name} is not ready (phase {backup.status.phase or 'unknown'})")
-        uid = art.uri[len(URI_PREFIX):]
+            raise PermanentError(
+                f"Backup {backup.metadata.name} is not ready (phase {backup.status.phase or 'unknown'})"
+            )
+        uid = art.uri[len(URI_PREFIX) :]
         record = self.host.objects.get(ArtifactRecord, None, uid)
-        if record is None or record.status.phase != "Committed" or record.spec.namespace != backup.metadata.namespace:
-            raise ArtifactCorruptError(f"the data of Backup {backup.metadata.name} is missing from storage")
+        if (
+            record is None
+            or record.status.phase != "Committed"
+            or record.spec.namespace != backup.metadata.namespace
+        ):
+            raise ArtifactCorruptError(
+                f"the data of Backup {backup.metadata.name} is missing from storage"
+            )
         storage = self.catalog().storages.get(record.spec.storage_ref.name)
         if storage is None:
-            raise NotFoundError(f"the storage holding Backup {backup.metadata.name} is no longer configured; ask the platform operator")
-        key = ArtifactKey(namespace=record.spec.namespace, kind=record.spec.application_kind,
-                          application=record.spec.application_name, uid=uid)
+            raise NotFoundError(
+                f"the storage holding Backup {backup.metadata.name} is no longer configured; ask the platform operator"
+            )
+        key = ArtifactKey(
+            namespace=record.spec.namespace,
+            kind=record.spec.application_kind,
+            application=record.spec.application_name,
+            uid=uid,
+        )
         return self.store_for(storage), key, record
 
     def open_backup(self, backup: Backup) -> ArtifactReader:
@@ -402,10 +513,14 @@ class Engine:
         reader = store.reader(key)
         assert backup.status.artifact is not None
         if checksum_of(reader.manifest_bytes) != backup.status.artifact.checksum:
-            raise ArtifactCorruptError(f"the manifest of Backup {backup.metadata.name} does not match its recorded checksum")
+            raise ArtifactCorruptError(
+                f"the manifest of Backup {backup.metadata.name} does not match its recorded checksum"
+            )
         return reader
 
-    def verify_backup(self, namespace: str, name: str, on_bytes: Callable[[int], None] = lambda n: None) -> Manifest:
+    def verify_backup(
+        self, namespace: str, name: str, on_bytes: Callable[[int], None] = lambda n: None
+    ) -> Manifest:
         backup = self.host.objects.get(Backup, namespace, name)
         if backup is None:
             raise NotFoundError(f"Backup {name} does not exist in namespace {namespace}")
@@ -420,21 +535,33 @@ class Engine:
         try:
             backup = self.host.objects.get(Backup, ns, job.spec.backup_ref.name)
             if backup is None:
-                raise NotFoundError(f"Backup {job.spec.backup_ref.name} does not exist in namespace {ns}")
+                raise NotFoundError(
+                    f"Backup {job.spec.backup_ref.name} does not exist in namespace {ns}"
+                )
             source = backup.spec.application_ref
             target_ref = job.spec.target_application_ref or source
             in_place = job.spec.target_application_ref is None or target_ref == source
             if target_ref.group_kind != source.group_kind:
-                raise ValidationError([("spec.targetApplicationRef.kind",
-                                        f"must be {source.kind} ({source.api_group}), the kind of Backup {backup.metadata.name}")])
+                raise ValidationError(
+                    [
+                        (
+                            "spec.targetApplicationRef.kind",
+                            f"must be {source.kind} ({source.api_group}), the kind of Backup {backup.metadata.name}",
+                        )
+                    ]
+                )
             driver = self.plugins.registry.for_strategy(backup.spec.strategy_ref.kind)
             caps = driver.capabilities
             if in_place and not caps.in_place_restore:
-                raise UnsupportedError(f"the {driver.name} driver cannot restore in place; set spec.targetApplicationRef to restore into a copy")
+                raise UnsupportedError(
+                    f"the {driver.name} driver cannot restore in place; set spec.targetApplicationRef to restore into a copy"
+                )
             if not in_place and not caps.to_copy_restore:
                 raise UnsupportedError(f"the {driver.name} driver cannot restore into a copy")
             reader = self.open_backup(backup)
-            params = structure(dict(reader.manifest.parameters), driver.parameters_type, "parameters")
+            params = structure(
+                dict(reader.manifest.parameters), driver.parameters_type, "parameters"
+            )
             target = self.host.locate(ns, target_ref)
         except Exception as exc:
             reason, msg = self._failure(exc, driver, job)
@@ -451,9 +578,15 @@ class Engine:
             progress.stage("restoring", bytes_total=reader.manifest.size_bytes)
             self._notify(job, "restoring")
             ctx = RestoreContext(
-                target=target, source=source, in_place=in_place, parameters=params, artifact=reader,
-                driver_metadata=backup.spec.driver_metadata, taken_at=backup.spec.taken_at,
-                progress=progress, log=logging.getLogger(f"cozybackup.driver.{driver.name}"),
+                target=target,
+                source=source,
+                in_place=in_place,
+                parameters=params,
+                artifact=reader,
+                driver_metadata=backup.spec.driver_metadata,
+                taken_at=backup.spec.taken_at,
+                progress=progress,
+                log=logging.getLogger(f"cozybackup.driver.{driver.name}"),
                 deadline=Deadline.after(self.config.restore_timeout),
             )
             driver.restore(ctx)
@@ -481,29 +614,50 @@ class Engine:
                 notes.extend(self._recover_committed(record, redact))
         for job in objs.list(BackupJob):
             if job.status.phase == "Running":
-                self._finish(job, False, "Interrupted",
-                             "the backup was interrupted before it completed and no Backup was "
-                             "recorded; create a new BackupJob to try again", redact)
+                self._finish(
+                    job,
+                    False,
+                    "Interrupted",
+                    "the backup was interrupted before it completed and no Backup was "
+                    "recorded; create a new BackupJob to try again",
+                    redact,
+                )
                 notes.append(f"BackupJob {job.metadata.namespace}/{job.metadata.name}: interrupted")
         for rjob in objs.list(RestoreJob):
             if rjob.status.phase == "Running":
-                self._finish(rjob, False, "Interrupted",
-                             "the restore was interrupted; the target application may hold "
-                             "partially restored data; create the RestoreJob again to retry", redact)
-                notes.append(f"RestoreJob {rjob.metadata.namespace}/{rjob.metadata.name}: interrupted")
+                self._finish(
+                    rjob,
+                    False,
+                    "Interrupted",
+                    "the restore was interrupted; the target application may hold "
+                    "partially restored data; create the RestoreJob again to retry",
+                    redact,
+                )
+                notes.append(
+                    f"RestoreJob {rjob.metadata.namespace}/{rjob.metadata.name}: interrupted"
+                )
         return notes
 
     def _recover_record(self, record: ArtifactRecord, redact: Redactor) -> str:
         objs = self.host.objects
         spec = record.spec
         storage = self.catalog().storages.get(spec.storage_ref.name)
-        key = ArtifactKey(namespace=spec.namespace, kind=spec.application_kind,
-                          application=spec.application_name, uid=record.metadata.name)
+        key = ArtifactKey(
+            namespace=spec.namespace,
+            kind=spec.application_kind,
+            application=spec.application_name,
+            uid=record.metadata.name,
+        )
         if storage is None:
             return f"artifact {record.metadata.name}: storage location gone, left for the operator"
         store = self.store_for(storage)
         job = objs.get(BackupJob, spec.namespace, spec.job_ref.name)
-        if record.status.phase == "Writing" and job is not None and job.status.phase == "Running" and store.is_committed(key):
+        if (
+            record.status.phase == "Writing"
+            and job is not None
+            and job.status.phase == "Running"
+            and store.is_committed(key)
+        ):
             # Crashed between the manifest and the record: finish only if every byte verifies.
             try:
                 reader = store.reader(key)
@@ -512,8 +666,16 @@ class Engine:
                 pass
             else:
                 checksum = checksum_of(reader.manifest_bytes)
-                record = objs.update_status(attrs.evolve(record, status=ArtifactRecordStatus(
-                    phase="Committed", checksum=checksum, size_bytes=reader.manifest.size_bytes)))
+                record = objs.update_status(
+                    attrs.evolve(
+                        record,
+                        status=ArtifactRecordStatus(
+                            phase="Committed",
+                            checksum=checksum,
+                            size_bytes=reader.manifest.size_bytes,
+                        ),
+                    )
+                )
                 return f"artifact {record.metadata.name}: complete and verified, kept"
         store.delete(key)
         objs.delete(ArtifactRecord, None, record.metadata.name)
@@ -528,14 +690,26 @@ class Engine:
             return []
         if backup is None:
             storage = self.catalog().storages[spec.storage_ref.name]
-            key = ArtifactKey(namespace=spec.namespace, kind=spec.application_kind,
-                              application=spec.application_name, uid=record.metadata.name)
+            key = ArtifactKey(
+                namespace=spec.namespace,
+                kind=spec.application_kind,
+                application=spec.application_name,
+                uid=record.metadata.name,
+            )
             reader = self.store_for(storage).reader(key)
             m = reader.manifest
             strategy = structure(dict(m.strategy_ref), StrategyRef)
-            backup = self._record_backup(job, strategy, m, record.metadata.name, record.status.checksum or "")
-        self._finish(job, True, "Completed", f"Backup {backup.metadata.name} is ready (completed after an interruption)",
-                     redact, backup_ref=LocalObjectRef(name=backup.metadata.name))
+            backup = self._record_backup(
+                job, strategy, m, record.metadata.name, record.status.checksum or ""
+            )
+        self._finish(
+            job,
+            True,
+            "Completed",
+            f"Backup {backup.metadata.name} is ready (completed after an interruption)",
+            redact,
+            backup_ref=LocalObjectRef(name=backup.metadata.name),
+        )
         return [f"BackupJob {spec.namespace}/{job.metadata.name}: completed after interruption"]
 
 

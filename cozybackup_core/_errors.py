@@ -35,7 +35,9 @@ class TransientError(CozyError):
 
     reason = "Transient"
 
-    def __init__(self, message: str, *, delay: float = 5.0, admin_detail: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, delay: float = 5.0, admin_detail: str | None = None
+    ) -> None:
         super().__init__(message, admin_detail=admin_detail)
         self.delay = delay
 

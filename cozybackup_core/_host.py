@@ -40,7 +40,8 @@ class ObjectStore(Protocol):
 
 
 class Host(Protocol):
-    objects: ObjectStore
+    @property
+    def objects(self) -> ObjectStore: ...
 
     def locate(self, namespace: str, ref: ApplicationRef) -> AppLocation:
         """How to reach an application and its credentials.

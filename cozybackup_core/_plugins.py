@@ -57,9 +57,13 @@ class DriverRegistry:
         if not attrs.has(driver_cls.parameters_type):
             raise TypeError(f"{driver_cls.__qualname__}.parameters_type must be an attrs class")
         if name in self._by_name:
-            raise DuplicateDriverError(f"driver {name!r} is already registered by {self._origin[name]}")
+            raise DuplicateDriverError(
+                f"driver {name!r} is already registered by {self._origin[name]}"
+            )
         if kind in self._by_strategy:
-            raise DuplicateDriverError(f"strategy kind {kind!r} is already served by {self._by_strategy[kind].name!r}")
+            raise DuplicateDriverError(
+                f"strategy kind {kind!r} is already served by {self._by_strategy[kind].name!r}"
+            )
         driver = driver_cls()
         self._by_name[name] = driver
         self._by_strategy[kind] = driver
@@ -113,7 +117,7 @@ class PluginHost:
                 continue
             try:
                 plugin = ep.load()
-            except BaseException as exc:  # noqa: BLE001 - a plugin's import may raise anything
+            except BaseException as exc:
                 if isinstance(exc, KeyboardInterrupt):
                     raise
                 self._broken(ep.name, f"import failed: {type(exc).__name__}: {exc}", exc)
@@ -129,7 +133,9 @@ class PluginHost:
             self._broken(label, f"not a valid plugin: {exc}", exc)
             return
         impls = [
-            i for i in self.pm.hook.cozybackup_register_drivers.get_hookimpls() if i.plugin is plugin
+            i
+            for i in self.pm.hook.cozybackup_register_drivers.get_hookimpls()
+            if i.plugin is plugin
         ]
         before = dict(self.registry._by_name)
         for impl in impls:

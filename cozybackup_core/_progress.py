@@ -24,8 +24,12 @@ class Progress:
     """Implements :class:`ProgressReporter` for one job."""
 
     def __init__(
-        self, kind: str, namespace: str, name: str,
-        publish: Callable[[ProgressUpdate], None], interval: float = 2.0,
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        publish: Callable[[ProgressUpdate], None],
+        interval: float = 2.0,
     ) -> None:
         self._ident = (kind, namespace, name)
         self._publish = publish
@@ -56,8 +60,12 @@ class Progress:
         kind, ns, name = self._ident
         self._publish(
             ProgressUpdate(
-                kind=kind, namespace=ns, name=name, stage=self.stage_name,
-                bytes_done=self.bytes_done, bytes_total=self.bytes_total,
+                kind=kind,
+                namespace=ns,
+                name=name,
+                stage=self.stage_name,
+                bytes_done=self.bytes_done,
+                bytes_total=self.bytes_total,
                 elapsed=now - self._start,
             )
         )

@@ -19,7 +19,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import attrs
 import fsspec
@@ -113,7 +113,9 @@ def _manifest_from_json(data: bytes) -> Manifest:
     try:
         m: Manifest = structure(raw, Manifest)
     except ValidationError as exc:
-        raise ArtifactCorruptError("the backup's manifest is malformed", admin_detail=str(exc)) from None
+        raise ArtifactCorruptError(
+            "the backup's manifest is malformed", admin_detail=str(exc)
+        ) from None
     if m.format_version != FORMAT_VERSION:
         raise ArtifactCorruptError(f"unsupported artifact format version {m.format_version}")
     return m
@@ -148,7 +150,9 @@ class _StreamWriter(io.RawIOBase):
     def __init__(self, target: IO[bytes], threads: int, on_bytes: Callable[[int], None]) -> None:
         self._sink = _HashingSink(target)
         cctx = zstandard.ZstdCompressor(level=3, threads=threads, write_checksum=True)
-        self._zw = cctx.stream_writer(self._sink, closefd=False, write_return_read=True)
+        self._zw = cctx.stream_writer(
+            cast(IO[bytes], self._sink), closefd=False, write_return_read=True
+        )
         self._hash = hashlib.sha256()
         self.count = 0
         self._on_bytes = on_bytes
@@ -166,7 +170,7 @@ class _StreamWriter(io.RawIOBase):
 
     def finish(self, name: str) -> StreamInfo:
         self._zw.flush(zstandard.FLUSH_FRAME)
-        self._zw.close()
+        self._zw.close()  # type: ignore[no-untyped-call]
         return StreamInfo(
             name=name,
             size_bytes=self.count,
@@ -202,7 +206,9 @@ class _VerifyingReader(io.RawIOBase):
 
     def __init__(self, source: IO[bytes], info: StreamInfo) -> None:
         self._src = _HashingSource(source)
-        self._zr = zstandard.ZstdDecompressor().stream_reader(self._src, read_across_frames=True)
+        self._zr = zstandard.ZstdDecompressor().stream_reader(
+            cast(IO[bytes], self._src), read_across_frames=True
+        )
         self._hash = hashlib.sha256()
         self._count = 0
         self._info = info
@@ -248,7 +254,9 @@ class _VerifyingReader(io.RawIOBase):
 class ArtifactWriter:
     """Named streams of one backup being written.  ``commit`` writes the manifest last."""
 
-    def __init__(self, store: ArtifactStore, key: ArtifactKey, on_bytes: Callable[[int], None]) -> None:
+    def __init__(
+        self, store: ArtifactStore, key: ArtifactKey, on_bytes: Callable[[int], None]
+    ) -> None:
         self.store = store
         self.key = key
         self.streams: list[StreamInfo] = []
@@ -266,7 +274,9 @@ class ArtifactWriter:
         try:
             target = self.store.fs.open(path, "wb", block_size=BLOCK_SIZE)
         except Exception as exc:
-            raise StorageError("the backup storage could not be written", admin_detail=repr(exc)) from exc
+            raise StorageError(
+                "the backup storage could not be written", admin_detail=repr(exc)
+            ) from exc
         writer = _StreamWriter(target, self.store.threads, self._on_bytes)
         ok = False
         try:
@@ -279,7 +289,9 @@ class ArtifactWriter:
                 try:
                     target.close()
                 except Exception as exc:
-                    raise StorageError("the backup storage could not be written", admin_detail=repr(exc)) from exc
+                    raise StorageError(
+                        "the backup storage could not be written", admin_detail=repr(exc)
+                    ) from exc
             else:
                 _discard(target)
         self.streams.append(info)
@@ -292,7 +304,9 @@ class ArtifactWriter:
 
 
 class ArtifactReader:
-    def __init__(self, store: ArtifactStore, key: ArtifactKey, manifest: Manifest, raw: bytes) -> None:
+    def __init__(
+        self, store: ArtifactStore, key: ArtifactKey, manifest: Manifest, raw: bytes
+    ) -> None:
         self.store = store
         self.key = key
         self.manifest = manifest
@@ -305,11 +319,15 @@ class ArtifactReader:
     def open(self, name: str) -> Iterator[IO[bytes]]:
         info = self.manifest.stream(name)
         try:
-            source = self.store.fs.open(self.store.stream_path(self.key, name), "rb", block_size=BLOCK_SIZE)
+            source = self.store.fs.open(
+                self.store.stream_path(self.key, name), "rb", block_size=BLOCK_SIZE
+            )
         except FileNotFoundError:
             raise ArtifactCorruptError(f"stream {name!r} of the backup is missing") from None
         except Exception as exc:
-            raise StorageError("the backup storage could not be read", admin_detail=repr(exc)) from exc
+            raise StorageError(
+                "the backup storage could not be read", admin_detail=repr(exc)
+            ) from exc
         try:
             yield io.BufferedReader(_VerifyingReader(source, info), CHUNK)
         finally:
@@ -347,7 +365,13 @@ class ArtifactStore:
 
     @classmethod
     def s3(
-        cls, *, endpoint: str | None, bucket: str, prefix: str, key: str, secret: str,
+        cls,
+        *,
+        endpoint: str | None,
+        bucket: str,
+        prefix: str,
+        key: str,
+        secret: str,
         region: str | None = None,
     ) -> ArtifactStore:
         client_kwargs: dict[str, Any] = {}
@@ -358,8 +382,13 @@ class ArtifactStore:
             # Not in client_kwargs: that would send a LocationConstraint on mkdir.
             config["region_name"] = region
         fs = fsspec.filesystem(
-            "s3", key=key, secret=secret, client_kwargs=client_kwargs, config_kwargs=config,
-            use_listings_cache=False, skip_instance_cache=True,
+            "s3",
+            key=key,
+            secret=secret,
+            client_kwargs=client_kwargs,
+            config_kwargs=config,
+            use_listings_cache=False,
+            skip_instance_cache=True,
         )
         root = "/".join(p for p in (bucket, prefix.strip("/")) if p)
         try:
@@ -376,14 +405,16 @@ class ArtifactStore:
     def stream_path(self, key: ArtifactKey, name: str) -> str:
         return self.path(key, f"streams/{name}.zst")
 
-    def writer(self, key: ArtifactKey, on_bytes: Callable[[int], None] = lambda n: None) -> ArtifactWriter:
+    def writer(
+        self, key: ArtifactKey, on_bytes: Callable[[int], None] = lambda n: None
+    ) -> ArtifactWriter:
         return ArtifactWriter(self, key, on_bytes)
 
     def put_atomic(self, path: str, data: bytes) -> None:
         try:
             if isinstance(self.fs, LocalFileSystem):
                 tmp = f"{path}.tmp-{os.getpid()}"
-                with open(tmp, "wb") as f:  # noqa: PTH123 - a plain local path
+                with open(tmp, "wb") as f:
                     f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
@@ -391,7 +422,9 @@ class ArtifactStore:
             else:
                 self.fs.pipe_file(path, data)  # one PUT: atomic on S3
         except Exception as exc:
-            raise StorageError("the backup storage could not be written", admin_detail=repr(exc)) from exc
+            raise StorageError(
+                "the backup storage could not be written", admin_detail=repr(exc)
+            ) from exc
 
     def is_committed(self, key: ArtifactKey) -> bool:
         try:
@@ -405,7 +438,9 @@ class ArtifactStore:
         except FileNotFoundError:
             raise ArtifactCorruptError("the backup's data is missing from storage") from None
         except Exception as exc:
-            raise StorageError("the backup storage could not be read", admin_detail=repr(exc)) from exc
+            raise StorageError(
+                "the backup storage could not be read", admin_detail=repr(exc)
+            ) from exc
         return ArtifactReader(self, key, _manifest_from_json(raw), raw)
 
     def delete(self, key: ArtifactKey) -> None:
@@ -419,7 +454,9 @@ class ArtifactStore:
         except FileNotFoundError:
             pass
         except Exception as exc:
-            raise StorageError("the backup storage could not be cleaned up", admin_detail=repr(exc)) from exc
+            raise StorageError(
+                "the backup storage could not be cleaned up", admin_detail=repr(exc)
+            ) from exc
 
     def exists(self, key: ArtifactKey) -> bool:
         try:

@@ -40,12 +40,18 @@ def run_tool(
     label = what or os.path.basename(argv[0])
     full_env = {**os.environ, **(env or {})}
     try:
-        proc = subprocess.Popen(  # noqa: S603 - argv is built by drivers, never a shell
-            list(argv), stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env, start_new_session=True,
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=full_env,
+            start_new_session=True,
         )
     except OSError as exc:
-        raise DriverError(f"{label} could not be started on the backup worker", admin_detail=repr(exc)) from None
+        raise DriverError(
+            f"{label} could not be started on the backup worker", admin_detail=repr(exc)
+        ) from None
     assert proc.stdout is not None and proc.stderr is not None
     err = bytearray()
     captured = bytearray()
@@ -77,6 +83,7 @@ def run_tool(
         threads.append(threading.Thread(target=feed, daemon=True))
     for t in threads:
         t.start()
+
     def kill_group() -> None:
         # The tool may have children holding our pipes: stop its whole session.
         with contextlib.suppress(ProcessLookupError):

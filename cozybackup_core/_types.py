@@ -103,7 +103,9 @@ class Condition:
 
     type: str = kind_field()
     status: str = enum_field("True", "False", "Unknown")
-    reason: str = attrs.field(default="", validator=attrs.validators.matches_re(r"^([A-Za-z][A-Za-z0-9_,:]*)?$"))
+    reason: str = attrs.field(
+        default="", validator=attrs.validators.matches_re(r"^([A-Za-z][A-Za-z0-9_,:]*)?$")
+    )
     message: str = text_field(default="")
     last_transition_time: dt.datetime | None = None
     observed_generation: int | None = None

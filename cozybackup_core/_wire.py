@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import cattrs
@@ -120,7 +120,7 @@ def make_converter() -> cattrs.Converter:
             conv,
             _cattrs_forbid_extra_keys=cls not in _OPEN_SCHEMAS,
             _cattrs_detailed_validation=True,
-            **overrides,
+            **cast(dict[str, Any], overrides),
         )
 
         def structure(value: Any, t: Any) -> Any:
@@ -140,7 +140,7 @@ def make_converter() -> cattrs.Converter:
             a.name: override(rename=camel(a.name), omit_if_default=a.name not in keep)
             for a in attrs.fields(cls)
         }
-        return make_dict_unstructure_fn(cls, conv, **overrides)
+        return make_dict_unstructure_fn(cls, conv, **cast(dict[str, Any], overrides))
 
     conv.register_structure_hook_factory(attrs.has, structure_factory)
     conv.register_unstructure_hook_factory(attrs.has, unstructure_factory)
@@ -227,7 +227,14 @@ def load(doc: Any) -> Any:
     if cls is None:
         known = sorted({k for (v, k) in REGISTRY if v == api_version})
         hint = f" (known kinds: {', '.join(known)})" if known else ""
-        raise ValidationError([("kind", f"{str(api_version)[:80]}/{str(kind)[:80]} is not a kind cozybackup knows{hint}")])
+        raise ValidationError(
+            [
+                (
+                    "kind",
+                    f"{str(api_version)[:80]}/{str(kind)[:80]} is not a kind cozybackup knows{hint}",
+                )
+            ]
+        )
     body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind")}
     obj = structure(body, cls)
     if cls.namespaced and not obj.metadata.namespace:

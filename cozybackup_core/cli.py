@@ -26,12 +26,13 @@ from ._plugins import PluginHost
 from ._progress import ProgressUpdate
 from ._types import KINDS, Backup, BackupClass, BackupJob, Plan, RestoreJob, StorageLocation
 from ._wire import dump, load_yaml
-from .hosts.local import LocalHost, default_home
 from .hosts._local_types import Application, Secret
+from .hosts.local import LocalHost, default_home
 
 log = logging.getLogger("cozybackup")
 
 _ALIASES: dict[str, type[Any]] = {}
+_cls: Any
 for _cls in (*KINDS.values(), Application, Secret):
     for _alias in (_cls.kind.lower(), _cls.kind.lower() + "s", _cls.kind.lower() + "es"):
         _ALIASES[_alias] = _cls
@@ -72,7 +73,11 @@ class Ctx:
         return self._plugins
 
     def engine(self, on_progress: Any = None) -> Engine:
-        cfg = EngineConfig(workers=self.args.workers) if hasattr(self.args, "workers") else EngineConfig()
+        cfg = (
+            EngineConfig(workers=self.args.workers)
+            if hasattr(self.args, "workers")
+            else EngineConfig()
+        )
         return Engine(self.host, self.plugins, cfg, on_progress=on_progress)
 
 
@@ -83,7 +88,11 @@ def cmd_apply(ctx: Ctx) -> int:
     paths: list[Path] = []
     for f in ctx.args.filename:
         p = Path(f)
-        paths.extend(sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml", ".json")) if p.is_dir() else [p])
+        paths.extend(
+            sorted(q for q in p.rglob("*") if q.suffix in (".yaml", ".yml", ".json"))
+            if p.is_dir()
+            else [p]
+        )
     objs = []
     for p in paths:
         text = sys.stdin.read() if str(p) == "-" else p.read_text()
@@ -102,7 +111,14 @@ def cmd_apply(ctx: Ctx) -> int:
         current = store.get(type(obj), obj.metadata.namespace, obj.metadata.name)
         if isinstance(obj, (BackupJob, RestoreJob, Backup)) and current is not None:
             if current.spec != obj.spec:
-                raise ValidationError([("spec", f"{obj.kind} {obj.metadata.name} exists and its spec is immutable; create a new one")])
+                raise ValidationError(
+                    [
+                        (
+                            "spec",
+                            f"{obj.kind} {obj.metadata.name} exists and its spec is immutable; create a new one",
+                        )
+                    ]
+                )
             print(f"{obj.kind.lower()}/{obj.metadata.name} unchanged")
             continue
         if isinstance(obj, (BackupJob, RestoreJob)) and obj.status.phase is not None:
@@ -116,7 +132,9 @@ def _all(ctx: Ctx, cls: type[Any], ns: str | None) -> list[Any]:
     items = list(ctx.host.objects.list(cls, ns))
     if cls is BackupClass and not any(c.metadata.name == DEFAULT_CLASS for c in items):
         items.insert(0, BUILTIN_CLASS)
-    if cls is StorageLocation and not any(s.metadata.name == BUILTIN_STORAGE.metadata.name for s in items):
+    if cls is StorageLocation and not any(
+        s.metadata.name == BUILTIN_STORAGE.metadata.name for s in items
+    ):
         items.insert(0, BUILTIN_STORAGE)
     return items
 
@@ -142,9 +160,11 @@ def cmd_get(ctx: Ctx) -> int:
             return 0
         header = list(rows[0].keys())
         widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]
-        print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+        print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
         for r in rows:
-            print("  ".join(str(r[h]).ljust(w) for h, w in zip(header, widths)).rstrip())
+            print(
+                "  ".join(str(r[h]).ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()
+            )
     return 0
 
 
@@ -162,7 +182,9 @@ def _row(obj: Any, with_ns: bool) -> dict[str, str]:
         row["SIZE"] = str(art.size_bytes if art else "")
     elif isinstance(obj, Plan):
         row["SCHEDULE"] = obj.spec.schedule.cron
-        row["LAST"] = obj.status.last_schedule_time.isoformat() if obj.status.last_schedule_time else ""
+        row["LAST"] = (
+            obj.status.last_schedule_time.isoformat() if obj.status.last_schedule_time else ""
+        )
     elif isinstance(obj, BackupClass):
         row["KINDS"] = ",".join(s.application.kind for s in obj.spec.strategies)
     elif isinstance(obj, Application):
@@ -192,7 +214,10 @@ def cmd_delete(ctx: Ctx) -> int:
         print(f"error: {cls.kind} {ctx.args.name} not found", file=sys.stderr)
         return 1
     if cls is Backup:
-        print("error: deleting Backups (and their data) is done by retention; not supported here yet", file=sys.stderr)
+        print(
+            "error: deleting Backups (and their data) is done by retention; not supported here yet",
+            file=sys.stderr,
+        )
         return 2
     ctx.host.objects.delete(cls, ns, ctx.args.name)
     print(f"{cls.kind.lower()}/{ctx.args.name} deleted")
@@ -210,7 +235,9 @@ class _ProgressPrinter:
         done = u.bytes_done / 2**20
         rate = done / u.elapsed if u.elapsed > 0 else 0.0
         total = f" of {u.bytes_total / 2**20:.1f}" if u.bytes_total else ""
-        line = f"{u.kind} {u.namespace}/{u.name}: {u.stage} {done:.1f}{total} MiB ({rate:.1f} MiB/s)"
+        line = (
+            f"{u.kind} {u.namespace}/{u.name}: {u.stage} {done:.1f}{total} MiB ({rate:.1f} MiB/s)"
+        )
         print(line, file=sys.stderr, flush=True)
 
 
@@ -218,7 +245,10 @@ def cmd_run(ctx: Ctx) -> int:
     stop = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
-        print(f"cozybackup: signal {signum}: finishing the current jobs, then stopping", file=sys.stderr)
+        print(
+            f"cozybackup: signal {signum}: finishing the current jobs, then stopping",
+            file=sys.stderr,
+        )
         stop.set()
 
     signal.signal(signal.SIGTERM, _stop)
@@ -234,7 +264,9 @@ def cmd_run(ctx: Ctx) -> int:
             fire_due_plans(ctx.host)
             for job in engine.run_once():
                 failed += job.status.phase == "Failed"
-                print(f"{job.kind.lower()}/{job.metadata.name} {job.status.phase}: {job.status.message}")
+                print(
+                    f"{job.kind.lower()}/{job.metadata.name} {job.status.phase}: {job.status.message}"
+                )
             if ctx.args.once or stop.wait(ctx.args.interval):
                 break
     return 1 if failed and ctx.args.once else 0
@@ -247,8 +279,10 @@ def cmd_verify(ctx: Ctx) -> int:
     start = time.monotonic()
     m = engine.verify_backup(ctx.args.namespace, ctx.args.name)
     took = time.monotonic() - start
-    print(f"backup/{ctx.args.name} verified: {len(m.streams)} stream(s), {m.size_bytes} bytes, "
-          f"checksums match ({took:.1f}s)")
+    print(
+        f"backup/{ctx.args.name} verified: {len(m.streams)} stream(s), {m.size_bytes} bytes, "
+        f"checksums match ({took:.1f}s)"
+    )
     return 0
 
 
@@ -256,8 +290,17 @@ def cmd_drivers(ctx: Ctx) -> int:
     plugins = ctx.plugins
     for d in plugins.registry:
         kinds = ", ".join(str(k) for k in d.kinds)
-        caps = [n for n, v in (("in-place", d.capabilities.in_place_restore), ("to-copy", d.capabilities.to_copy_restore)) if v]
-        print(f"{d.name:<12} {d.version:<8} strategy={d.strategy_kind:<12} kinds={kinds}  restore={'/'.join(caps)}  [{plugins.registry.origin(d.name)}]")
+        caps = [
+            n
+            for n, v in (
+                ("in-place", d.capabilities.in_place_restore),
+                ("to-copy", d.capabilities.to_copy_restore),
+            )
+            if v
+        ]
+        print(
+            f"{d.name:<12} {d.version:<8} strategy={d.strategy_kind:<12} kinds={kinds}  restore={'/'.join(caps)}  [{plugins.registry.origin(d.name)}]"
+        )
     for b in plugins.broken:
         print(f"BROKEN {b.name}: {b.error}")
     if not len(plugins.registry) and not plugins.broken:
@@ -283,13 +326,20 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"cozybackup {__version__}")
-    p.add_argument("--home", default=str(default_home()),
-                   help="state and default bucket directory (env COZYBACKUP_HOME; default %(default)s)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    p.add_argument(
+        "--home",
+        default=str(default_home()),
+        help="state and default bucket directory (env COZYBACKUP_HOME; default %(default)s)",
+    )
+    p.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     a = sub.add_parser("apply", help="create or update objects from YAML files or directories")
-    a.add_argument("-f", "--filename", action="append", required=True, help="file, directory or - for stdin")
+    a.add_argument(
+        "-f", "--filename", action="append", required=True, help="file, directory or - for stdin"
+    )
     a.set_defaults(fn=cmd_apply)
 
     g = sub.add_parser("get", help="list objects of a kind")
@@ -312,10 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
     rm.add_argument("-n", "--namespace", default="default")
     rm.set_defaults(fn=cmd_delete)
 
-    r = sub.add_parser("run", help="process due Plans and pending jobs (after recovering from a crash)")
-    r.add_argument("--once", action="store_true", help="process what is due now, then exit (exit 1 if a job failed)")
-    r.add_argument("--interval", type=float, default=30.0, help="seconds between passes (default %(default)s)")
-    r.add_argument("--workers", type=int, default=2, help="jobs for different applications run in parallel")
+    r = sub.add_parser(
+        "run", help="process due Plans and pending jobs (after recovering from a crash)"
+    )
+    r.add_argument(
+        "--once",
+        action="store_true",
+        help="process what is due now, then exit (exit 1 if a job failed)",
+    )
+    r.add_argument(
+        "--interval", type=float, default=30.0, help="seconds between passes (default %(default)s)"
+    )
+    r.add_argument(
+        "--workers", type=int, default=2, help="jobs for different applications run in parallel"
+    )
     r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     r.set_defaults(fn=cmd_run)
 

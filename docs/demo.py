@@ -60,7 +60,7 @@ spec:
   backupRef: {name: shop-before-migration}
 """
 
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima", "mike"]
 
 
 def make_database(path: Path, rows: int) -> None:
@@ -79,14 +79,31 @@ def make_database(path: Path, rows: int) -> None:
             CREATE VIEW big_spenders AS SELECT customer_id, sum(total) AS spent FROM orders
                 GROUP BY customer_id HAVING spent > 1000;
         """)
-        con.executemany("INSERT INTO customers VALUES (?,?,?,?)", (
-            (i, f"{rnd.choice(WORDS)} {rnd.choice(WORDS)}", f"user{i}@example.com",
-             " ".join(rnd.choices(WORDS, k=rnd.randint(5, 40))) + " — ünïcödé ✓")
-            for i in range(rows // 10)))
-        con.executemany("INSERT INTO orders VALUES (?,?,?,?,?)", (
-            (i, rnd.randrange(rows // 10), round(rnd.uniform(1, 500), 2),
-             f"2026-{rnd.randint(1, 12):02d}-{rnd.randint(1, 28):02d}", rnd.randbytes(rnd.randint(100, 1500)))
-            for i in range(rows)))
+        con.executemany(
+            "INSERT INTO customers VALUES (?,?,?,?)",
+            (
+                (
+                    i,
+                    f"{rnd.choice(WORDS)} {rnd.choice(WORDS)}",
+                    f"user{i}@example.com",
+                    " ".join(rnd.choices(WORDS, k=rnd.randint(5, 40))) + " — ünïcödé ✓",
+                )
+                for i in range(rows // 10)
+            ),
+        )
+        con.executemany(
+            "INSERT INTO orders VALUES (?,?,?,?,?)",
+            (
+                (
+                    i,
+                    rnd.randrange(rows // 10),
+                    round(rnd.uniform(1, 500), 2),
+                    f"2026-{rnd.randint(1, 12):02d}-{rnd.randint(1, 28):02d}",
+                    rnd.randbytes(rnd.randint(100, 1500)),
+                )
+                for i in range(rows)
+            ),
+        )
         con.commit()
     finally:
         con.close()
@@ -95,11 +112,14 @@ def make_database(path: Path, rows: int) -> None:
 def table_checksums(path: Path) -> dict[str, str]:
     con = sqlite3.connect(path)
     try:
-        tables = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")]
+        tables = [
+            r[0]
+            for r in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
+        ]
         out = {}
         for t in tables:
             h = hashlib.sha256()
-            for row in con.execute(f'SELECT * FROM "{t}" ORDER BY rowid'):  # noqa: S608 - names from sqlite_master
+            for row in con.execute(f'SELECT * FROM "{t}" ORDER BY rowid'):
                 h.update(repr(row).encode())
             out[t] = h.hexdigest()[:16]
         return out
@@ -114,8 +134,12 @@ def cli(home: Path, *args: str, stdin: str | None = None) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=200_000, help="orders to create (default %(default)s, ~200 MB)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--rows", type=int, default=200_000, help="orders to create (default %(default)s, ~200 MB)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temp directory")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cozybackup-demo-"))
@@ -124,7 +148,9 @@ def main() -> int:
         print(f"== creating a database with {args.rows} orders")
         t = time.monotonic()
         make_database(db, args.rows)
-        size = db.stat().st_size + (Path(f"{db}-wal").stat().st_size if Path(f"{db}-wal").exists() else 0)
+        size = db.stat().st_size + (
+            Path(f"{db}-wal").stat().st_size if Path(f"{db}-wal").exists() else 0
+        )
         print(f"   {size / 2**20:.1f} MiB in {time.monotonic() - t:.1f}s")
         before = table_checksums(db)
 
@@ -163,8 +189,12 @@ def main() -> int:
         print("== report")
         print(f"   database   {size / 2**20:8.1f} MiB")
         print(f"   stored     {stored / 2**20:8.1f} MiB (zstd)")
-        print(f"   backup     {backup_s:8.1f} s  ({size / 2**20 / backup_s:.0f} MiB/s of database, incl. CLI start)")
-        print(f"   restore    {restore_s:8.1f} s  (checksums verified before the target was touched)")
+        print(
+            f"   backup     {backup_s:8.1f} s  ({size / 2**20 / backup_s:.0f} MiB/s of database, incl. CLI start)"
+        )
+        print(
+            f"   restore    {restore_s:8.1f} s  (checksums verified before the target was touched)"
+        )
         if before != after:
             print("FAILED: the restored data differs", file=sys.stderr)
             return 1

@@ -11,7 +11,7 @@ from cozybackup_core.testing import LocalPlatform
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.drivers import FILES, FilesDriver, RaisingDriver, ToolDriver  # noqa: E402
+from support.drivers import FILES, FilesDriver, RaisingDriver, ToolDriver
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seed-manifests"
 if not SEEDS.exists():
@@ -41,6 +41,12 @@ def files_app(platform: LocalPlatform, tmp_path: Path):  # type: ignore[no-untyp
     data.mkdir()
     (data / "a.bin").write_bytes(os.urandom(300_000))
     (data / "b.txt").write_text("hello\n" * 1000)
-    ref = platform.declare_app("tenant-a", "app1", "Directory", {"path": str(data)},
-                               {"password": "hunter2-very-secret"}, api_group=FILES.api_group)
+    ref = platform.declare_app(
+        "tenant-a",
+        "app1",
+        "Directory",
+        {"path": str(data)},
+        {"password": "hunter2-very-secret"},
+        api_group=FILES.api_group,
+    )
     return ref, data

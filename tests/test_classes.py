@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from support.drivers import FilesDriver, ToolDriver
 
 from cozybackup_core import (
     BUILTIN_CLASS,
@@ -16,7 +17,6 @@ from cozybackup_core import (
     load_yaml,
 )
 from cozybackup_core.testing._platform import _InProcess
-from support.drivers import FilesDriver, ToolDriver
 
 
 def _catalog(*yaml_docs: str) -> Catalog:
@@ -67,7 +67,9 @@ def test_unknown_class() -> None:
 
 
 def test_kind_without_binding() -> None:
-    with pytest.raises(NoBindingError, match="cannot back up applications of kind apps.example.com/Directory"):
+    with pytest.raises(
+        NoBindingError, match=r"cannot back up applications of kind apps\.example\.com/Directory"
+    ):
         _catalog().resolve("cozy-default", APP)
 
 
@@ -94,6 +96,9 @@ spec:
     with pytest.raises(DriverParametersError) as info:
         cat.validate(bad)
     text = str(info.value)
-    assert "spec.strategies[0].strategyRef.kind: the Postgres strategy's driver is not installed" in text
+    assert (
+        "spec.strategies[0].strategyRef.kind: the Postgres strategy's driver is not installed"
+        in text
+    )
     assert "spec.strategies[1].parameters.compression: unknown field" in text
     assert "spec.strategies[1].storageRef.name: StorageLocation 'nowhere' does not exist" in text

@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import FILES_CLASS
 
 from cozybackup_core import Backup, BackupJob
 from cozybackup_core._types import ArtifactRecord
 from cozybackup_core.testing import LocalPlatform
-from conftest import FILES_CLASS
 
 NS = "tenant-a"
 JOB = f"""
@@ -29,22 +29,39 @@ spec:
 """
 
 
-def _cli(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, "COZYBACKUP_HOME": str(home), "COZYBACKUP_PLUGINS": "support.drivers",
-            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
-            **(env or {})}
-    return subprocess.run([sys.executable, "-m", "cozybackup_core.cli", *args], env=full,
-                          capture_output=True, text=True, timeout=120)
+def _cli(
+    home: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full = {
+        **os.environ,
+        "COZYBACKUP_HOME": str(home),
+        "COZYBACKUP_PLUGINS": "support.drivers",
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+        ),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "cozybackup_core.cli", *args],
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-@pytest.mark.parametrize("kill", [
-    {"COZYBACKUP_TEST_KILL_AT": "started"},
-    {"COZYBACKUP_TEST_KILL_AT": "writing"},
-    {"COZYBACKUP_TEST_KILL_AFTER_BYTES": "65536"},
-    {"COZYBACKUP_TEST_KILL_AFTER_BYTES": "2000000"},
-    {"COZYBACKUP_TEST_KILL_AT": "committed"},
-    {"COZYBACKUP_TEST_KILL_AT": "recorded"},
-], ids=lambda k: "-".join(k.values()))
+@pytest.mark.parametrize(
+    "kill",
+    [
+        {"COZYBACKUP_TEST_KILL_AT": "started"},
+        {"COZYBACKUP_TEST_KILL_AT": "writing"},
+        {"COZYBACKUP_TEST_KILL_AFTER_BYTES": "65536"},
+        {"COZYBACKUP_TEST_KILL_AFTER_BYTES": "2000000"},
+        {"COZYBACKUP_TEST_KILL_AT": "committed"},
+        {"COZYBACKUP_TEST_KILL_AT": "recorded"},
+    ],
+    ids=lambda k: "-".join(k.values()),
+)
 def test_kill_9_then_run_once_settles_everything(tmp_path: Path, kill: dict[str, str]) -> None:
     home = tmp_path / "home"
     data = tmp_path / "app"

@@ -7,10 +7,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from conftest import SEEDS
 
 from cozybackup_core import all_crds, dump, load_yaml, object_schema
 from cozybackup_core.testing import LocalPlatform
-from conftest import SEEDS
 
 TENANT_KINDS = ("BackupJob", "Plan", "Backup", "RestoreJob")
 
@@ -44,7 +44,12 @@ def test_crd_rejects_what_the_types_reject() -> None:
 def test_engine_output_validates_against_crds(platform: LocalPlatform, files_app) -> None:  # type: ignore[no-untyped-def]
     ref, _ = files_app
     assert platform.backup("tenant-a", ref, "b1", "files").status.phase == "Succeeded"
-    platform.backup("tenant-a", ref.__class__(api_group=ref.api_group, kind=ref.kind, name="nope"), "b2", "files")
+    platform.backup(
+        "tenant-a",
+        ref.__class__(api_group=ref.api_group, kind=ref.kind, name="nope"),
+        "b2",
+        "files",
+    )
     platform.restore("tenant-a", "b1", "r1")
     platform.restore("tenant-a", "missing", "r2")
     written = [dump(o) for o in load_yaml(platform.tenant_view("tenant-a").split("\n[", 1)[0])]

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import attrs
 import pytest
+from support.drivers import FILES
 
 from cozybackup_core import ApplicationRef, Backup, BackupJob, EngineConfig, StorageError
 from cozybackup_core._types import ArtifactRecord
 from cozybackup_core.testing import LocalPlatform
-from support.drivers import FILES
 
 NS = "tenant-a"
 
@@ -22,8 +22,9 @@ def _nothing_committed(platform: LocalPlatform) -> None:
 
 
 def _declare(platform: LocalPlatform, name: str, kind: str, connection: dict) -> ApplicationRef:  # type: ignore[type-arg]
-    return platform.declare_app(NS, name, kind, connection, {"password": "hunter2-very-secret"},
-                                api_group=FILES.api_group)
+    return platform.declare_app(
+        NS, name, kind, connection, {"password": "hunter2-very-secret"}, api_group=FILES.api_group
+    )
 
 
 def _bind(platform: LocalPlatform, strategy: str) -> None:
@@ -38,7 +39,9 @@ spec:
 """)
 
 
-def test_backup_and_restore_succeed_with_a_backup_record(platform: LocalPlatform, files_app) -> None:  # type: ignore[no-untyped-def]
+def test_backup_and_restore_succeed_with_a_backup_record(
+    platform: LocalPlatform, files_app
+) -> None:  # type: ignore[no-untyped-def]
     ref, data = files_app
     original = {p.name: p.read_bytes() for p in data.iterdir()}
     job = platform.backup(NS, ref, "b1", "files")
@@ -58,7 +61,9 @@ def test_backup_and_restore_succeed_with_a_backup_record(platform: LocalPlatform
     assert {p.name: p.read_bytes() for p in data.iterdir()} == original
 
 
-def test_to_copy_restore_leaves_the_original_alone(platform: LocalPlatform, files_app, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_to_copy_restore_leaves_the_original_alone(
+    platform: LocalPlatform, files_app, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     ref, data = files_app
     platform.backup(NS, ref, "b1", "files")
     copy = _declare(platform, "copy", "Directory", {"path": str(tmp_path / "copy")})
@@ -85,13 +90,22 @@ def test_driver_that_raises(platform: LocalPlatform, tmp_path: Path) -> None:
     assert job.status.phase == "Failed"
     assert job.status.conditions[0].reason == "InternalError"
     assert "internal error in the raising driver" in (job.status.message or "")
-    assert "hunter2" not in (job.status.message or "") and str(tmp_path) not in (job.status.message or "")
+    assert "hunter2" not in (job.status.message or "") and str(tmp_path) not in (
+        job.status.message or ""
+    )
     _nothing_committed(platform)
 
 
 def test_dump_tool_exiting_non_zero(platform: LocalPlatform) -> None:
     _bind(platform, "Tool")
-    ref = _declare(platform, "app1", "Directory", {"script": "head -c 200000 /dev/zero; echo 'FATAL: password authentication failed' >&2; exit 3"})
+    ref = _declare(
+        platform,
+        "app1",
+        "Directory",
+        {
+            "script": "head -c 200000 /dev/zero; echo 'FATAL: password authentication failed' >&2; exit 3"
+        },
+    )
     job = platform.backup(NS, ref, "b1", "tool")
     assert job.status.phase == "Failed"
     assert job.status.conditions[0].reason == "DriverFailed"
@@ -102,8 +116,11 @@ def test_dump_tool_exiting_non_zero(platform: LocalPlatform) -> None:
 def test_dump_tool_past_its_deadline_is_killed(tmp_path: Path) -> None:
     from support.drivers import ToolDriver
 
-    plat = LocalPlatform(tmp_path / "home", drivers=(ToolDriver,),
-                         config=EngineConfig(attempts=1, workers=1, backup_timeout=0.5))
+    plat = LocalPlatform(
+        tmp_path / "home",
+        drivers=(ToolDriver,),
+        config=EngineConfig(attempts=1, workers=1, backup_timeout=0.5),
+    )
     _bind(plat, "Tool")
     ref = _declare(plat, "app1", "Directory", {"script": "exec sleep 30"})
     job = plat.backup(NS, ref, "b1", "tool")
@@ -112,7 +129,9 @@ def test_dump_tool_past_its_deadline_is_killed(tmp_path: Path) -> None:
     _nothing_committed(plat)
 
 
-def test_storage_write_error(platform: LocalPlatform, files_app, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_storage_write_error(
+    platform: LocalPlatform, files_app, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     ref, _ = files_app
     calls = []
     from cozybackup_core import _storage
@@ -121,7 +140,9 @@ def test_storage_write_error(platform: LocalPlatform, files_app, monkeypatch: py
 
     def failing(self, path, data):  # type: ignore[no-untyped-def]
         calls.append(path)
-        raise StorageError("the backup storage could not be written", admin_detail="disk full at " + path)
+        raise StorageError(
+            "the backup storage could not be written", admin_detail="disk full at " + path
+        )
 
     monkeypatch.setattr(_storage.ArtifactStore, "put_atomic", failing)
     platform.engine.config = attrs.evolve(platform.engine.config, attempts=2, backoff=0.01)
@@ -134,7 +155,9 @@ def test_storage_write_error(platform: LocalPlatform, files_app, monkeypatch: py
     monkeypatch.setattr(_storage.ArtifactStore, "put_atomic", real)
 
 
-def test_corrupted_artifact_is_refused_before_touching_the_target(platform: LocalPlatform, files_app) -> None:  # type: ignore[no-untyped-def]
+def test_corrupted_artifact_is_refused_before_touching_the_target(
+    platform: LocalPlatform, files_app
+) -> None:  # type: ignore[no-untyped-def]
     ref, data = files_app
     platform.backup(NS, ref, "b1", "files")
     (data / "b.txt").write_text("newer data")
@@ -157,12 +180,17 @@ def test_tampered_manifest_is_refused(platform: LocalPlatform, files_app) -> Non
     assert job.status.conditions[0].reason == "ArtifactCorrupt"
 
 
-@pytest.mark.parametrize(("klass", "kind", "reason", "text"), [
-    ("nope", "Directory", "BackupClassNotFound", "BackupClass 'nope' does not exist"),
-    ("cozy-default", "Directory", "KindNotSupported", "cannot back up applications of kind"),
-    ("cozy-default", "Postgres", "DriverNotInstalled", "driver is not installed"),
-])
-def test_unknown_class_kind_or_driver(platform: LocalPlatform, klass: str, kind: str, reason: str, text: str) -> None:
+@pytest.mark.parametrize(
+    ("klass", "kind", "reason", "text"),
+    [
+        ("nope", "Directory", "BackupClassNotFound", "BackupClass 'nope' does not exist"),
+        ("cozy-default", "Directory", "KindNotSupported", "cannot back up applications of kind"),
+        ("cozy-default", "Postgres", "DriverNotInstalled", "driver is not installed"),
+    ],
+)
+def test_unknown_class_kind_or_driver(
+    platform: LocalPlatform, klass: str, kind: str, reason: str, text: str
+) -> None:
     group = "apps.cozystack.io" if kind == "Postgres" else FILES.api_group
     ref = platform.declare_app(NS, "x", kind, {"path": "/nonexistent"}, api_group=group)
     job = platform.backup(NS, ref, "b1", klass)
@@ -172,12 +200,16 @@ def test_unknown_class_kind_or_driver(platform: LocalPlatform, klass: str, kind:
 
 
 def test_unknown_application(platform: LocalPlatform) -> None:
-    job = platform.backup(NS, ApplicationRef(api_group=FILES.api_group, kind="Directory", name="ghost"), "b1", "files")
+    job = platform.backup(
+        NS, ApplicationRef(api_group=FILES.api_group, kind="Directory", name="ghost"), "b1", "files"
+    )
     assert job.status.conditions[0].reason == "NotFound"
     assert job.status.message == "application Directory ghost does not exist in namespace tenant-a"
 
 
-def test_restore_of_another_namespaces_backup_is_not_found(platform: LocalPlatform, files_app) -> None:  # type: ignore[no-untyped-def]
+def test_restore_of_another_namespaces_backup_is_not_found(
+    platform: LocalPlatform, files_app
+) -> None:  # type: ignore[no-untyped-def]
     ref, _ = files_app
     platform.backup(NS, ref, "b1", "files")
     job = platform.restore("tenant-b", "b1", "r1")
@@ -188,13 +220,17 @@ def test_restore_of_another_namespaces_backup_is_not_found(platform: LocalPlatfo
 def test_backup_job_is_idempotent(platform: LocalPlatform, files_app) -> None:  # type: ignore[no-untyped-def]
     ref, _ = files_app
     job = platform.backup(NS, ref, "b1", "files")
-    again = platform.engine.run_backup(attrs.evolve(job, status=attrs.evolve(job.status, phase="Pending")))
+    again = platform.engine.run_backup(
+        attrs.evolve(job, status=attrs.evolve(job.status, phase="Pending"))
+    )
     assert again.status.phase == "Succeeded"
     assert len(platform.backups(NS)) == 1
     assert len([p for p in platform.stored_files() if p.name == "manifest.json"]) == 1
 
 
-def test_jobs_of_one_application_run_one_at_a_time(platform: LocalPlatform, files_app, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_jobs_of_one_application_run_one_at_a_time(
+    platform: LocalPlatform, files_app, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
     import threading
 
     from support.drivers import FilesDriver
@@ -224,8 +260,12 @@ def test_jobs_of_one_application_run_one_at_a_time(platform: LocalPlatform, file
 
     for i in range(3):
         for r in (ref, other):
-            platform.host.objects.create(BJ(metadata=ObjectMeta(name=f"{r.name}-{i}", namespace=NS),
-                                            spec=BackupJobSpec(application_ref=r, backup_class_name="files")))
+            platform.host.objects.create(
+                BJ(
+                    metadata=ObjectMeta(name=f"{r.name}-{i}", namespace=NS),
+                    spec=BackupJobSpec(application_ref=r, backup_class_name="files"),
+                )
+            )
     done = platform.engine.run_once()
     assert sorted(j.status.phase for j in done) == ["Succeeded"] * 6
     assert peak == {"app1": 1, "app2": 1}

@@ -7,9 +7,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from support.drivers import FilesDriver, ToolDriver
 
 from cozybackup_core import DriverNotFoundError, PluginHost, hookimpl
-from support.drivers import FilesDriver, ToolDriver
 
 
 def _fake_dist(root: Path, dist: str, module: str, source: str) -> None:
@@ -31,13 +31,22 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_broken_plugin_is_reported_and_others_load(site: Path) -> None:
     _fake_dist(site, "broken-import", "cozy_fake_broken", "raise ImportError('needs libfoo.so')\n")
-    _fake_dist(site, "broken-register", "cozy_fake_badreg", """
+    _fake_dist(
+        site,
+        "broken-register",
+        "cozy_fake_badreg",
+        """
         from cozybackup_core import hookimpl
         @hookimpl
         def cozybackup_register_drivers(registry):
             raise RuntimeError("misconfigured")
-    """)
-    _fake_dist(site, "good", "cozy_fake_good", """
+    """,
+    )
+    _fake_dist(
+        site,
+        "good",
+        "cozy_fake_good",
+        """
         from cozybackup_core import hookimpl, Driver, GroupKind
         class Good(Driver):
             name = "good"; strategy_kind = "Good"; kinds = (GroupKind(kind="Redis"),)
@@ -46,7 +55,8 @@ def test_broken_plugin_is_reported_and_others_load(site: Path) -> None:
         @hookimpl
         def cozybackup_register_drivers(registry):
             registry.add(Good)
-    """)
+    """,
+    )
     host = PluginHost.load()
     broken = {b.name: b.error for b in host.broken}
     assert "needs libfoo.so" in broken["broken-import"]

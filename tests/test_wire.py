@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import SEEDS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cozybackup_core import BackupJob, Plan, RestoreJob, ValidationError, dump, load, load_yaml
-from conftest import SEEDS
 
 SEED_FILES = sorted(SEEDS.glob("*.yaml"))
 
@@ -30,36 +30,100 @@ def test_seed_manifest_loads_and_round_trips(path: Path) -> None:
 
 
 def test_empty_api_group_defaults_to_apps() -> None:
-    obj = load({
-        "apiVersion": "backups.cozystack.io/v1alpha1", "kind": "BackupJob",
-        "metadata": {"name": "j", "namespace": "t"},
-        "spec": {"applicationRef": {"kind": "Postgres", "name": "db"}, "backupClassName": "cozy-default"},
-    })
+    obj = load(
+        {
+            "apiVersion": "backups.cozystack.io/v1alpha1",
+            "kind": "BackupJob",
+            "metadata": {"name": "j", "namespace": "t"},
+            "spec": {
+                "applicationRef": {"kind": "Postgres", "name": "db"},
+                "backupClassName": "cozy-default",
+            },
+        }
+    )
     assert obj.spec.application_ref.api_group == "apps.cozystack.io"
 
 
 def _job(**spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "backups.cozystack.io/v1alpha1", "kind": "BackupJob",
-            "metadata": {"name": "j", "namespace": "t"}, "spec": spec}
+    return {
+        "apiVersion": "backups.cozystack.io/v1alpha1",
+        "kind": "BackupJob",
+        "metadata": {"name": "j", "namespace": "t"},
+        "spec": spec,
+    }
 
 
-@pytest.mark.parametrize(("doc", "expected"), [
-    (_job(backupClassName="c"), "spec.applicationRef: required"),
-    (_job(applicationRef={"name": "x"}, backupClassName="c"), "spec.applicationRef.kind: required"),
-    (_job(applicationRef={"kind": "Postgres", "name": "../etc"}, backupClassName="c"),
-     "spec.applicationRef.name: '../etc' is not a valid name"),
-    (_job(applicationRef={"kind": "Postgres", "name": "x"}, backupClassname="c"), "spec.backupClassname: unknown field"),
-    (_job(applicationRef={"kind": "Postgres", "name": 7}, backupClassName="c"), "spec.applicationRef.name: expected a string"),
-    ({"apiVersion": "backups.cozystack.io/v1alpha1", "kind": "Plan", "metadata": {"name": "p", "namespace": "t"},
-      "spec": {"applicationRef": {"kind": "Postgres", "name": "x"}, "backupClassName": "c",
-               "schedule": {"type": "interval", "cron": "* * * * *"}}}, "spec.schedule.type: 'interval' is not one of cron"),
-    ({"apiVersion": "backups.cozystack.io/v1alpha1", "kind": "BackupClass", "metadata": {"name": "c"},
-      "spec": {"strategies": [{"application": {"kind": "Postgres"}, "strategyRef": {"kind": "pg", "name": "x"}}]}},
-     "spec.strategies[0].strategyRef.kind: 'pg' is not a valid kind"),
-    ({"apiVersion": "backups.cozystack.io/v1alpha1", "kind": "Secretz", "metadata": {"name": "c"}}, "kind: "),
-    ({"apiVersion": "backups.cozystack.io/v1alpha1", "kind": "BackupJob", "metadata": {"name": "j"},
-      "spec": {"applicationRef": {"kind": "Postgres", "name": "x"}, "backupClassName": "c"}}, "metadata.namespace: required"),
-])
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        (_job(backupClassName="c"), "spec.applicationRef: required"),
+        (
+            _job(applicationRef={"name": "x"}, backupClassName="c"),
+            "spec.applicationRef.kind: required",
+        ),
+        (
+            _job(applicationRef={"kind": "Postgres", "name": "../etc"}, backupClassName="c"),
+            "spec.applicationRef.name: '../etc' is not a valid name",
+        ),
+        (
+            _job(applicationRef={"kind": "Postgres", "name": "x"}, backupClassname="c"),
+            "spec.backupClassname: unknown field",
+        ),
+        (
+            _job(applicationRef={"kind": "Postgres", "name": 7}, backupClassName="c"),
+            "spec.applicationRef.name: expected a string",
+        ),
+        (
+            {
+                "apiVersion": "backups.cozystack.io/v1alpha1",
+                "kind": "Plan",
+                "metadata": {"name": "p", "namespace": "t"},
+                "spec": {
+                    "applicationRef": {"kind": "Postgres", "name": "x"},
+                    "backupClassName": "c",
+                    "schedule": {"type": "interval", "cron": "* * * * *"},
+                },
+            },
+            "spec.schedule.type: 'interval' is not one of cron",
+        ),
+        (
+            {
+                "apiVersion": "backups.cozystack.io/v1alpha1",
+                "kind": "BackupClass",
+                "metadata": {"name": "c"},
+                "spec": {
+                    "strategies": [
+                        {
+                            "application": {"kind": "Postgres"},
+                            "strategyRef": {"kind": "pg", "name": "x"},
+                        }
+                    ]
+                },
+            },
+            "spec.strategies[0].strategyRef.kind: 'pg' is not a valid kind",
+        ),
+        (
+            {
+                "apiVersion": "backups.cozystack.io/v1alpha1",
+                "kind": "Secretz",
+                "metadata": {"name": "c"},
+            },
+            "kind: ",
+        ),
+        (
+            {
+                "apiVersion": "backups.cozystack.io/v1alpha1",
+                "kind": "BackupJob",
+                "metadata": {"name": "j"},
+                "spec": {
+                    "applicationRef": {"kind": "Postgres", "name": "x"},
+                    "backupClassName": "c",
+                },
+            },
+            "metadata.namespace: required",
+        ),
+    ],
+)
 def test_invalid_manifest_names_the_field(doc: dict[str, Any], expected: str) -> None:
     with pytest.raises(ValidationError) as info:
         load(doc)
@@ -68,14 +132,20 @@ def test_invalid_manifest_names_the_field(doc: dict[str, Any], expected: str) ->
 
 
 def test_multi_document_error_names_the_document() -> None:
-    text = Path(SEED_FILES[0]).read_text() + "\n---\n" + "apiVersion: backups.cozystack.io/v1alpha1\nkind: Plan\n"
+    text = (
+        Path(SEED_FILES[0]).read_text()
+        + "\n---\n"
+        + "apiVersion: backups.cozystack.io/v1alpha1\nkind: Plan\n"
+    )
     with pytest.raises(ValidationError, match=r"metadata: required.*document 2"):
         load_yaml(text, "x.yaml")
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    st.none() | st.booleans() | st.integers(-(10**12), 10**12) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -111,7 +181,9 @@ def _mutations(base: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("path", SEED_FILES, ids=lambda p: p.name)
-@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@settings(
+    max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None
+)
 @given(data=st.data())
 def test_any_manifest_loads_or_names_a_field(path: Path, data: st.DataObject) -> None:
     doc = data.draw(_mutations(yaml.safe_load(path.read_text())))

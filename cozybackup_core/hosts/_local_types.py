@@ -40,7 +40,9 @@ class Application:
 
     @property
     def ref(self) -> ApplicationRef:
-        return ApplicationRef(api_group=self.spec.api_group, kind=self.spec.kind, name=self.metadata.name)
+        return ApplicationRef(
+            api_group=self.spec.api_group, kind=self.spec.kind, name=self.metadata.name
+        )
 
 
 @attrs.frozen(kw_only=True)

@@ -58,7 +58,7 @@ class LocalObjectStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        with open(self._lock_path, "a+") as f:  # noqa: PTH123
+        with open(self._lock_path, "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -79,7 +79,7 @@ class LocalObjectStore:
         path = self._path(obj.kind, obj.metadata.namespace, obj.metadata.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        with open(tmp, "w") as f:  # noqa: PTH123
+        with open(tmp, "w") as f:
             yaml.safe_dump(dump(obj), f, sort_keys=False)
             f.flush()
             os.fsync(f.fileno())
@@ -91,7 +91,9 @@ class LocalObjectStore:
 
     def list(self, cls: type[T], namespace: str | None = None) -> list[T]:
         base = self.root / "state" / cls.kind  # type: ignore[attr-defined]
-        dirs = [base / namespace] if namespace else (sorted(base.iterdir()) if base.exists() else [])
+        dirs = (
+            [base / namespace] if namespace else (sorted(base.iterdir()) if base.exists() else [])
+        )
         out: list[T] = []
         for d in dirs:
             if d.is_dir():
@@ -107,7 +109,10 @@ class LocalObjectStore:
             if self.get(type(obj), meta.namespace, meta.name) is not None:
                 raise ConflictError(f"{obj.kind} {meta.name} already exists")  # type: ignore[attr-defined]
             meta = attrs.evolve(
-                meta, uid=meta.uid or str(uuid.uuid4()), resource_version="1", generation=1,
+                meta,
+                uid=meta.uid or str(uuid.uuid4()),
+                resource_version="1",
+                generation=1,
                 creation_timestamp=meta.creation_timestamp or _now(),
             )
             obj = attrs.evolve(obj, metadata=meta)  # type: ignore[misc]
@@ -120,13 +125,22 @@ class LocalObjectStore:
             meta = obj.metadata  # type: ignore[attr-defined]
             current = self.get(type(obj), meta.namespace, meta.name)
             if current is None:
-                meta = attrs.evolve(meta, uid=str(uuid.uuid4()), resource_version="1", generation=1,
-                                    creation_timestamp=_now())
+                meta = attrs.evolve(
+                    meta,
+                    uid=str(uuid.uuid4()),
+                    resource_version="1",
+                    generation=1,
+                    creation_timestamp=_now(),
+                )
             else:
                 cm = current.metadata  # type: ignore[attr-defined]
-                meta = attrs.evolve(meta, uid=cm.uid, creation_timestamp=cm.creation_timestamp,
-                                    resource_version=str(int(cm.resource_version or 0) + 1),
-                                    generation=(cm.generation or 1) + 1)
+                meta = attrs.evolve(
+                    meta,
+                    uid=cm.uid,
+                    creation_timestamp=cm.creation_timestamp,
+                    resource_version=str(int(cm.resource_version or 0) + 1),
+                    generation=(cm.generation or 1) + 1,
+                )
                 if hasattr(current, "status"):
                     obj = attrs.evolve(obj, status=current.status)  # type: ignore[misc]
             obj = attrs.evolve(obj, metadata=meta)  # type: ignore[misc]
@@ -140,15 +154,17 @@ class LocalObjectStore:
             if current is None:
                 raise NotFoundError(f"{obj.kind} {meta.name} does not exist")  # type: ignore[attr-defined]
             cm = current.metadata  # type: ignore[attr-defined]
-            new = attrs.evolve(current, status=obj.status,  # type: ignore[misc, attr-defined]
-                               metadata=attrs.evolve(cm, resource_version=str(int(cm.resource_version or 0) + 1)))
+            new = attrs.evolve(
+                current,
+                status=obj.status,  # type: ignore[misc, attr-defined]
+                metadata=attrs.evolve(cm, resource_version=str(int(cm.resource_version or 0) + 1)),
+            )
             self._write(new)
-            return new  # type: ignore[no-any-return]
+            return new
 
     def delete(self, cls: type[Any], namespace: str | None, name: str) -> None:
-        with self.locked():
-            with contextlib.suppress(FileNotFoundError):
-                self._path(cls.kind, namespace, name).unlink()
+        with self.locked(), contextlib.suppress(FileNotFoundError):
+            self._path(cls.kind, namespace, name).unlink()
 
 
 def _now() -> dt.datetime:
@@ -173,18 +189,27 @@ class LocalHost:
     def locate(self, namespace: str, ref: ApplicationRef) -> AppLocation:
         app = self.objects.get(Application, namespace, ref.name)
         if app is None or app.ref.group_kind != ref.group_kind:
-            raise NotFoundError(f"application {ref.kind} {ref.name} does not exist in namespace {namespace}")
+            raise NotFoundError(
+                f"application {ref.kind} {ref.name} does not exist in namespace {namespace}"
+            )
         creds: Mapping[str, str] = {}
         if app.spec.credentials_secret_ref:
             creds = self.secret(app.spec.credentials_secret_ref.name)
-        return AppLocation(ref=app.ref, namespace=namespace, connection=dict(app.spec.connection), credentials=creds)
+        return AppLocation(
+            ref=app.ref,
+            namespace=namespace,
+            connection=dict(app.spec.connection),
+            credentials=creds,
+        )
 
     def secret(self, name: str) -> Mapping[str, str]:
         s = self.objects.get(Secret, None, name)
         if s is None:
             # Tenant-visible through job messages: do not name the secret.
-            raise NotFoundError("credentials for this application are not configured; ask the platform operator",
-                                admin_detail=f"Secret {name} not found")
+            raise NotFoundError(
+                "credentials for this application are not configured; ask the platform operator",
+                admin_detail=f"Secret {name} not found",
+            )
         return s.values()
 
     def local_bucket_path(self, bucket: str) -> str:
@@ -194,12 +219,23 @@ class LocalHost:
         ns = obj.metadata.namespace or "_cluster"
         path = self.home / "events" / f"{ns}.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        rec = {"time": dump_time(self.now()), "type": type_, "reason": reason, "message": message,
-               "involvedObject": {"kind": obj.kind, "namespace": obj.metadata.namespace, "name": obj.metadata.name}}
-        with self.objects.locked(), open(path, "a") as f:  # noqa: PTH123
+        rec = {
+            "time": dump_time(self.now()),
+            "type": type_,
+            "reason": reason,
+            "message": message,
+            "involvedObject": {
+                "kind": obj.kind,
+                "namespace": obj.metadata.namespace,
+                "name": obj.metadata.name,
+            },
+        }
+        with self.objects.locked(), open(path, "a") as f:
             f.write(json.dumps(rec) + "\n")
 
-    def events(self, namespace: str | None, kind: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
+    def events(
+        self, namespace: str | None, kind: str | None = None, name: str | None = None
+    ) -> list[dict[str, Any]]:
         path = self.home / "events" / f"{namespace or '_cluster'}.jsonl"
         if not path.exists():
             return []
@@ -215,12 +251,14 @@ class LocalHost:
     def runner_lock(self) -> Iterator[None]:
         """Only one runner per home: recovery relies on it (a Running job has no live owner)."""
         path = self.home / "run.lock"
-        with open(path, "a+") as f:  # noqa: PTH123
+        with open(path, "a+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 f.seek(0)
-                raise RunnerBusy(f"another cozybackup run is active on this home (pid {f.read().strip() or '?'})") from None
+                raise RunnerBusy(
+                    f"another cozybackup run is active on this home (pid {f.read().strip() or '?'})"
+                ) from None
             f.seek(0)
             f.truncate()
             f.write(str(os.getpid()))

@@ -16,8 +16,7 @@ import attrs
 import pytest
 
 from .._driver import Driver
-from .._engine import ArtifactRecord
-from .._types import APPS_GROUP, ApplicationRef
+from .._types import APPS_GROUP, ApplicationRef, ArtifactRecord
 from ._platform import LocalPlatform
 
 NS = "tenant-conformance"
@@ -69,8 +68,14 @@ class DriverConformance(abc.ABC):
         yield plat
 
     def _declare(self, plat: LocalPlatform, app: AppHandle) -> ApplicationRef:
-        return plat.declare_app(NS, app.ref.name, app.ref.kind, app.connection, app.credentials,
-                                api_group=app.ref.api_group)
+        return plat.declare_app(
+            NS,
+            app.ref.name,
+            app.ref.kind,
+            app.connection,
+            app.credentials,
+            api_group=app.ref.api_group,
+        )
 
     def _ok(self, job: Any) -> None:
         assert job.status.phase == "Succeeded", f"{job.kind} failed: {job.status.message}"
@@ -132,7 +137,9 @@ class DriverConformance(abc.ABC):
         assert job.status.conditions[0].reason == "ArtifactCorrupt"
         assert self.checksum(app) == after, "the target was touched before checksums were verified"
 
-    def test_restores_exactly_the_named_backup(self, platform: LocalPlatform, tmp_path: Path) -> None:
+    def test_restores_exactly_the_named_backup(
+        self, platform: LocalPlatform, tmp_path: Path
+    ) -> None:
         app = self.create_app(tmp_path, "origin")
         ref = self._declare(platform, app)
         self.write_data(app, seed=6)
@@ -156,12 +163,16 @@ class DriverConformance(abc.ABC):
         self.write_data(good, seed=9)
         self._ok(platform.backup(NS, ref, "b1", self.backup_class))
         platform.backup(NS, self._declare(platform, bad), "b2", self.backup_class)
-        platform.restore(NS, "b1", "r1", target=None if self.driver.capabilities.in_place_restore else ref)
+        platform.restore(
+            NS, "b1", "r1", target=None if self.driver.capabilities.in_place_restore else ref
+        )
         platform.restore(NS, "missing", "r2")
         view = platform.tenant_view(NS)
         secrets = [str(platform.home), "buckets", "cozy-backups/"]
         for handle in (good, bad):
             secrets += [v for v in handle.credentials.values() if len(v) >= 3]
-            secrets += [str(v) for v in handle.connection.values() if isinstance(v, str) and len(v) >= 3]
+            secrets += [
+                str(v) for v in handle.connection.values() if isinstance(v, str) and len(v) >= 3
+            ]
         leaks = [s for s in secrets if s in view]
         assert not leaks, f"tenant-visible objects contain {leaks}"

@@ -24,12 +24,12 @@ from .._types import (
     Plan,
     RestoreJob,
     RestoreJobSpec,
+    SecretKeyRef,
 )
 from .._wire import dump, load, load_yaml
 from ..hookspecs import hookimpl
 from ..hosts._local_types import Application, ApplicationSpec, Secret
 from ..hosts.local import LocalHost
-from .._types import SecretKeyRef
 
 TENANT_KINDS = (BackupJob, Plan, Backup, RestoreJob)
 
@@ -51,7 +51,9 @@ class LocalPlatform:
     home: Path
     drivers: tuple[type[Driver], ...] = ()
     entry_points: bool = False
-    config: EngineConfig = attrs.field(factory=lambda: EngineConfig(attempts=1, backoff=0.01, workers=1))
+    config: EngineConfig = attrs.field(
+        factory=lambda: EngineConfig(attempts=1, backoff=0.01, workers=1)
+    )
     clock: Any = None
     host: LocalHost = attrs.field(init=False)
     plugins: PluginHost = attrs.field(init=False)
@@ -66,43 +68,68 @@ class LocalPlatform:
     # -- declaring things (admin)
 
     def apply(self, *objs_or_yaml: Any) -> list[Any]:
-        out = []
+        out: list[Any] = []
         for item in objs_or_yaml:
-            objs = load_yaml(item) if isinstance(item, str) else [load(item) if isinstance(item, Mapping) else item]
+            objs = (
+                load_yaml(item)
+                if isinstance(item, str)
+                else [load(item) if isinstance(item, Mapping) else item]
+            )
             out.extend(self.host.objects.replace(o) for o in objs)
         return out
 
     def declare_app(
-        self, namespace: str, name: str, kind: str, connection: Mapping[str, Any],
-        credentials: Mapping[str, str] | None = None, api_group: str = "apps.cozystack.io",
+        self,
+        namespace: str,
+        name: str,
+        kind: str,
+        connection: Mapping[str, Any],
+        credentials: Mapping[str, str] | None = None,
+        api_group: str = "apps.cozystack.io",
     ) -> ApplicationRef:
         secret_ref = None
         if credentials:
             secret_name = f"app-{namespace}-{name}"[:253]
-            self.host.objects.replace(Secret(metadata=ObjectMeta(name=secret_name), string_data=dict(credentials)))
+            self.host.objects.replace(
+                Secret(metadata=ObjectMeta(name=secret_name), string_data=dict(credentials))
+            )
             secret_ref = SecretKeyRef(name=secret_name)
         app = Application(
             metadata=ObjectMeta(name=name, namespace=namespace),
-            spec=ApplicationSpec(api_group=api_group, kind=kind, connection=dict(connection),
-                                 credentials_secret_ref=secret_ref),
+            spec=ApplicationSpec(
+                api_group=api_group,
+                kind=kind,
+                connection=dict(connection),
+                credentials_secret_ref=secret_ref,
+            ),
         )
         self.host.objects.replace(app)
         return app.ref
 
     # -- tenant actions
 
-    def backup(self, namespace: str, app: ApplicationRef, name: str, backup_class: str = "cozy-default") -> BackupJob:
-        job = self.host.objects.create(BackupJob(
-            metadata=ObjectMeta(name=name, namespace=namespace),
-            spec=BackupJobSpec(application_ref=app, backup_class_name=backup_class),
-        ))
+    def backup(
+        self, namespace: str, app: ApplicationRef, name: str, backup_class: str = "cozy-default"
+    ) -> BackupJob:
+        job = self.host.objects.create(
+            BackupJob(
+                metadata=ObjectMeta(name=name, namespace=namespace),
+                spec=BackupJobSpec(application_ref=app, backup_class_name=backup_class),
+            )
+        )
         return self.engine.run_backup(job)
 
-    def restore(self, namespace: str, backup: str, name: str, target: ApplicationRef | None = None) -> RestoreJob:
-        job = self.host.objects.create(RestoreJob(
-            metadata=ObjectMeta(name=name, namespace=namespace),
-            spec=RestoreJobSpec(backup_ref=LocalObjectRef(name=backup), target_application_ref=target),
-        ))
+    def restore(
+        self, namespace: str, backup: str, name: str, target: ApplicationRef | None = None
+    ) -> RestoreJob:
+        job = self.host.objects.create(
+            RestoreJob(
+                metadata=ObjectMeta(name=name, namespace=namespace),
+                spec=RestoreJobSpec(
+                    backup_ref=LocalObjectRef(name=backup), target_application_ref=target
+                ),
+            )
+        )
         return self.engine.run_restore(job)
 
     def backups(self, namespace: str) -> list[Backup]:

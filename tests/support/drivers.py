@@ -67,7 +67,9 @@ class RaisingDriver(FilesDriver):
     def backup(self, ctx: BackupContext) -> None:
         with ctx.artifact.open("partial") as out:
             out.write(b"some bytes before the crash" * 1000)
-        raise RuntimeError(f"boom at {ctx.application.connection['path']} password={ctx.application.credentials.get('password')}")
+        raise RuntimeError(
+            f"boom at {ctx.application.connection['path']} password={ctx.application.credentials.get('password')}"
+        )
 
 
 class ToolDriver(FilesDriver):
