@@ -294,6 +294,8 @@ class ArtifactWriter:
                     ) from exc
             else:
                 _discard(target)
+                with contextlib.suppress(Exception):
+                    self.store.fs.rm_file(path)
         self.streams.append(info)
 
     def commit(self, manifest: Manifest) -> bytes:
@@ -459,7 +461,10 @@ class ArtifactStore:
             ) from exc
 
     def exists(self, key: ArtifactKey) -> bool:
+        """Whether any object of the artifact is stored (empty "directories" do not count)."""
         try:
-            return bool(self.fs.exists(self.path(key)))
+            base = self.path(key)
+            # SeaweedFS lists an emptied "directory" as an entry of its own name: not data.
+            return any(p.rstrip("/") != base for p in self.fs.find(base))
         except Exception as exc:
             raise StorageError("the backup storage is unreachable", admin_detail=repr(exc)) from exc
