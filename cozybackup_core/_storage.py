@@ -379,7 +379,13 @@ class ArtifactStore:
         client_kwargs: dict[str, Any] = {}
         if endpoint:
             client_kwargs["endpoint_url"] = endpoint
-        config: dict[str, Any] = {"signature_version": "s3v4"}
+        # Fail fast at this layer: the engine retries whole attempts with its own backoff.
+        config: dict[str, Any] = {
+            "signature_version": "s3v4",
+            "connect_timeout": 10,
+            "read_timeout": 120,
+            "retries": {"max_attempts": 3, "mode": "standard"},
+        }
         if region:
             # Not in client_kwargs: that would send a LocationConstraint on mkdir.
             config["region_name"] = region
@@ -392,6 +398,7 @@ class ArtifactStore:
             use_listings_cache=False,
             skip_instance_cache=True,
         )
+        fs.retries = 2  # s3fs's own retry loop, on top of botocore's
         root = "/".join(p for p in (bucket, prefix.strip("/")) if p)
         try:
             if not fs.exists(bucket):

@@ -24,7 +24,16 @@ from ._errors import CozyError, ValidationError
 from ._plans import check_cron, fire_due_plans
 from ._plugins import PluginHost
 from ._progress import ProgressUpdate
-from ._types import KINDS, Backup, BackupClass, BackupJob, Plan, RestoreJob, StorageLocation
+from ._types import (
+    KINDS,
+    ArtifactRecord,
+    Backup,
+    BackupClass,
+    BackupJob,
+    Plan,
+    RestoreJob,
+    StorageLocation,
+)
 from ._wire import dump, load_yaml
 from .hosts._local_types import Application, Secret
 from .hosts.local import LocalHost, default_home
@@ -101,30 +110,37 @@ def cmd_apply(ctx: Ctx) -> int:
     order = {StorageLocation: 0, Secret: 0, BackupClass: 1, Application: 1}
     objs.sort(key=lambda o: order.get(type(o), 2))
     store = ctx.host.objects
+    # Validate everything before writing anything: a bad file changes nothing.
+    cat = ctx.engine().catalog()
+    cat.storages.update({o.metadata.name: o for o in objs if isinstance(o, StorageLocation)})
+    plan: list[tuple[Any, str]] = []
     for obj in objs:
+        what = f"{obj.kind} {obj.metadata.name}"
+        if isinstance(obj, (Backup, ArtifactRecord)):
+            raise ValidationError(
+                [("kind", f"{obj.kind} objects are created by the platform, not applied")]
+            )
         if isinstance(obj, Plan):
             check_cron(obj.spec.schedule.cron)
         if isinstance(obj, BackupClass):
-            cat = ctx.engine().catalog()
-            cat.classes[obj.metadata.name] = obj
             cat.validate(obj)
         current = store.get(type(obj), obj.metadata.namespace, obj.metadata.name)
-        if isinstance(obj, (BackupJob, RestoreJob, Backup)) and current is not None:
-            if current.spec != obj.spec:
+        if isinstance(obj, (BackupJob, RestoreJob)):
+            if obj.status.phase is not None:
                 raise ValidationError(
-                    [
-                        (
-                            "spec",
-                            f"{obj.kind} {obj.metadata.name} exists and its spec is immutable; create a new one",
-                        )
-                    ]
+                    [("status", f"{what}: status is set by the platform; remove it")]
                 )
-            print(f"{obj.kind.lower()}/{obj.metadata.name} unchanged")
-            continue
-        if isinstance(obj, (BackupJob, RestoreJob)) and obj.status.phase is not None:
-            raise ValidationError([("status", "is set by the platform; remove it")])
-        store.replace(obj)
-        print(f"{obj.kind.lower()}/{obj.metadata.name} {'configured' if current else 'created'}")
+            if current is not None and current.spec != obj.spec:
+                raise ValidationError(
+                    [("spec", f"{what} exists and its spec is immutable; create a new one")]
+                )
+            plan.append((obj, "unchanged" if current is not None else "created"))
+        else:
+            plan.append((obj, "configured" if current is not None else "created"))
+    for obj, action in plan:
+        if action != "unchanged":
+            store.replace(obj)
+        print(f"{obj.kind.lower()}/{obj.metadata.name} {action}")
     return 0
 
 

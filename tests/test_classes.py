@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from support.drivers import FilesDriver, ToolDriver
 
 from cozybackup_core import (
     BUILTIN_CLASS,
@@ -17,6 +16,8 @@ from cozybackup_core import (
     load_yaml,
 )
 from cozybackup_core.testing._platform import _InProcess
+
+from support.drivers import FilesDriver, ToolDriver
 
 
 def _catalog(*yaml_docs: str) -> Catalog:

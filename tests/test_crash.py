@@ -12,11 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FILES_CLASS
 
 from cozybackup_core import Backup, BackupJob
 from cozybackup_core._types import ArtifactRecord
 from cozybackup_core.testing import LocalPlatform
+
+from conftest import FILES_CLASS
 
 NS = "tenant-a"
 JOB = f"""

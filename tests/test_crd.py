@@ -7,10 +7,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from conftest import SEEDS
 
 from cozybackup_core import all_crds, dump, load_yaml, object_schema
 from cozybackup_core.testing import LocalPlatform
+
+from conftest import SEEDS
 
 TENANT_KINDS = ("BackupJob", "Plan", "Backup", "RestoreJob")
 

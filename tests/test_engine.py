@@ -6,11 +6,12 @@ from pathlib import Path
 
 import attrs
 import pytest
-from support.drivers import FILES
 
 from cozybackup_core import ApplicationRef, Backup, BackupJob, EngineConfig, StorageError
 from cozybackup_core._types import ArtifactRecord
 from cozybackup_core.testing import LocalPlatform
+
+from support.drivers import FILES
 
 NS = "tenant-a"
 

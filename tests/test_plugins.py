@@ -7,9 +7,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support.drivers import FilesDriver, ToolDriver
 
 from cozybackup_core import DriverNotFoundError, PluginHost, hookimpl
+
+from support.drivers import FilesDriver, ToolDriver
 
 
 def _fake_dist(root: Path, dist: str, module: str, source: str) -> None:

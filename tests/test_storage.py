@@ -18,10 +18,17 @@ KEY = ArtifactKey(namespace="tenant-a", kind="Postgres", application="db1", uid=
 
 
 def _manifest(writer) -> Manifest:  # type: ignore[no-untyped-def]
-    return Manifest(format_version=1, backup_uid="u-1", namespace="tenant-a",
-                    application={"kind": "Postgres", "name": "db1"}, driver={"name": "t", "version": "1"},
-                    strategy_ref={"kind": "T", "name": "t"}, parameters={}, taken_at="2026-01-01T00:00:00Z",
-                    streams=tuple(writer.streams))
+    return Manifest(
+        format_version=1,
+        backup_uid="u-1",
+        namespace="tenant-a",
+        application={"kind": "Postgres", "name": "db1"},
+        driver={"name": "t", "version": "1"},
+        strategy_ref={"kind": "T", "name": "t"},
+        parameters={},
+        taken_at="2026-01-01T00:00:00Z",
+        streams=tuple(writer.streams),
+    )
 
 
 def _write(store: ArtifactStore, streams: dict[str, bytes]) -> bytes:
@@ -54,8 +61,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
     if request.param == "local":
         return ArtifactStore.local(str(tmp_path / "bucket"))
     info = request.getfixturevalue("s3")
-    return ArtifactStore.s3(endpoint=info.endpoint_url, bucket="cozy-backups", prefix=f"t/{tmp_path.name}",
-                            key=info.access_key, secret=info.secret_key)
+    return ArtifactStore.s3(
+        endpoint=info.endpoint_url,
+        bucket="cozy-backups",
+        prefix=f"t/{tmp_path.name}",
+        key=info.access_key,
+        secret=info.secret_key,
+    )
 
 
 def test_round_trip_with_checksums(store: ArtifactStore) -> None:
@@ -64,7 +76,9 @@ def test_round_trip_with_checksums(store: ArtifactStore) -> None:
     assert store.is_committed(KEY)
     assert _read_all(store) == data
     m = store.reader(KEY).manifest
-    assert {s.name: s.sha256 for s in m.streams} == {k: hashlib.sha256(v).hexdigest() for k, v in data.items()}
+    assert {s.name: s.sha256 for s in m.streams} == {
+        k: hashlib.sha256(v).hexdigest() for k, v in data.items()
+    }
     assert m.stream("dump").stored_bytes < m.stream("dump").size_bytes
     assert raw == store.reader(KEY).manifest_bytes
 

@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import SEEDS
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cozybackup_core import BackupJob, Plan, RestoreJob, ValidationError, dump, load, load_yaml
+
+from conftest import SEEDS
 
 SEED_FILES = sorted(SEEDS.glob("*.yaml"))
 

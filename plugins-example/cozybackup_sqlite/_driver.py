@@ -1,0 +1,581 @@
+"""The SQLite driver: a consistent SQL dump out, an atomic file swap in.
+
+Connection keys of an application (declared by the platform admin; a tenant never
+sees them)::
+
+    path: /abs/path/to/db.sqlite
+
+Backup
+    One read transaction on the live database.  ``Connection.iterdump()`` streams the
+    schema and every row as SQL text into the single artifact stream ``dump.sql``,
+    framed by a header line, the database's persistent settings (page size, encoding,
+    ``user_version``, ...) and a trailer line, so that a dump cut short is recognised.
+    The file is plain SQL: ``sqlite3 new.db < dump.sql`` replays it by hand.
+
+Restore
+    The dump is replayed into a new file beside the target (same directory, so the
+    final ``rename`` is atomic), checked with ``PRAGMA integrity_check`` and moved over
+    the target with ``os.replace``.  Until that rename the target is never written; on
+    any failure the new file is removed and the target is exactly as it was.
+
+Known limits (those of SQL dumps, shared with the ``sqlite3`` shell's ``.dump``): the
+implicit ``rowid`` of tables without an ``INTEGER PRIMARY KEY`` is renumbered; text
+that is not valid UTF-8 cannot be dumped; one row is held in memory at a time, so a
+single huge BLOB costs about three times its size in RAM while it passes.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import math
+import os
+import secrets
+import sqlite3
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
+from pathlib import Path
+from typing import IO, Any, ClassVar
+
+import attrs
+
+from cozybackup_core import (
+    AppLocation,
+    BackupContext,
+    Deadline,
+    DeadlineExceeded,
+    Driver,
+    DriverError,
+    GroupKind,
+    ProgressReporter,
+    RestoreContext,
+    iter_chunks,
+)
+
+try:
+    __version__ = _dist_version("cozybackup-sqlite")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+unknown"
+
+#: The application kind this driver serves.
+SQLITE_KIND = GroupKind(api_group="apps.example.com", kind="SQLiteDatabase")
+#: The one artifact stream a backup writes.
+DUMP_STREAM = "dump.sql"
+DUMP_FORMAT = 1
+_HEADER = f"-- cozybackup-sqlite dump format {DUMP_FORMAT}"
+_TRAILER = "-- cozybackup-sqlite dump complete"
+
+_FLUSH_CHARS = 1 << 20  # the dump is written to the artifact in ~1 MiB pieces
+_PROGRESS_EVERY = 5.0  # seconds between progress updates while replaying
+_VM_STEPS = 10_000  # SQLite VM steps between deadline checks inside one statement
+_RELEASE_WAIT = 30.0  # seconds a restore waits for other users of the old file to leave
+_SIDECARS = ("-wal", "-shm", "-journal")
+
+
+@attrs.frozen(kw_only=True)
+class SQLiteParameters:
+    """``parameters`` of a ``SQLite`` strategy binding (camelCase in a BackupClass).
+
+    ``integrityCheck``: run ``PRAGMA integrity_check`` on the restored file before it
+    replaces the target.  ``batchStatements``: while replaying a dump, commit every this
+    many statements and check the deadline in between (larger is a little faster).
+    """
+
+    integrity_check: bool = True
+    batch_statements: int = 1000
+
+
+class SQLiteDriver(Driver):
+    """Backs up and restores SQLite database files (``apps.example.com/SQLiteDatabase``)."""
+
+    name: ClassVar[str] = "sqlite"
+    strategy_kind: ClassVar[str] = "SQLite"
+    kinds: ClassVar[tuple[GroupKind, ...]] = (SQLITE_KIND,)
+    parameters_type: ClassVar[type[Any]] = SQLiteParameters
+    version: ClassVar[str] = __version__
+
+    def validate_parameters(self, parameters: Any) -> None:
+        assert isinstance(parameters, SQLiteParameters)
+        if parameters.batch_statements <= 0:
+            raise ValueError(
+                f"batchStatements must be greater than 0, got {parameters.batch_statements}"
+            )
+
+    # ------------------------------------------------------------------ backup
+
+    def backup(self, ctx: BackupContext) -> None:
+        path = _db_path(ctx.application)
+        deadline = ctx.deadline
+        ctx.progress.stage("opening the database")
+        if not path.is_file():
+            raise DriverError(
+                "the application's database file does not exist",
+                admin_detail=f"{ctx.application.ref}: no regular file at {path}",
+            )
+        with _translate("reading the database", ctx.application, deadline):
+            conn = _connect(path, deadline, timeout=deadline.remaining())
+            try:
+                # Our own quote(): the built-in one writes +/-Infinity as ``Inf`` (not
+                # valid SQL, so such a dump could never be restored) and silently cuts
+                # text at the first NUL character.  iterdump() calls quote() by name.
+                conn.create_function("quote", 1, _sql_literal, deterministic=True)
+                # Consistency: everything below runs inside ONE read transaction, and
+                # its first SELECT pins the snapshot that every later query of
+                # iterdump() sees.  Concurrent writers cannot tear the dump:
+                #  * WAL mode: readers and writers do not block each other.  We read
+                #    the snapshot as of our first SELECT while writers keep committing
+                #    to the WAL; checkpoints cannot overwrite pages we still need, so
+                #    the WAL grows until we finish.
+                #  * rollback-journal mode: our SHARED lock lets other readers in but
+                #    keeps writers from committing until the dump ends (they wait on
+                #    their busy timeout).  Use WAL for databases written during backups.
+                # A writer that holds the database exclusively makes us wait, up to
+                # the job's deadline (the busy timeout set by _connect).
+                conn.execute("BEGIN DEFERRED")
+                info = _snapshot(conn)
+                ctx.progress.stage("dumping the database")
+                rows = _write_dump(conn, info, ctx)
+                conn.execute("COMMIT")  # ends the read transaction; nothing was written
+            finally:
+                conn.close()
+        ctx.metadata.update({
+            "dumpFormat": DUMP_FORMAT,
+            "sqliteVersion": sqlite3.sqlite_version,
+            "tables": info["tables"],
+            "indexes": info["indexes"],
+            "views": info["views"],
+            "triggers": info["triggers"],
+            "rows": rows,
+            "journalMode": info["journal_mode"],
+            "userVersion": info["user_version"],
+        })
+        ctx.tool_versions["sqlite"] = sqlite3.sqlite_version
+        ctx.log.info("dumped %d tables, %d rows", info["tables"], rows)
+
+    # ------------------------------------------------------------------ restore
+
+    def restore(self, ctx: RestoreContext) -> None:
+        params = ctx.parameters
+        assert isinstance(params, SQLiteParameters)
+        target = _db_path(ctx.target).resolve()  # through symlinks: swap the real file
+        if not target.parent.is_dir():
+            raise DriverError(
+                "the target database's directory does not exist; ask the platform operator",
+                admin_detail=f"{ctx.target.ref}: {target.parent} is not a directory",
+            )
+        if target.exists() and not target.is_file():
+            raise DriverError(
+                "the target database's path is not a regular file; ask the platform operator",
+                admin_detail=f"{ctx.target.ref}: {target} is not a regular file",
+            )
+        ctx.progress.stage("replaying the dump")
+        with _file_errors(ctx.target):
+            tmp = _create_beside(target)
+        try:
+            with _translate("restoring the database", ctx.target, ctx.deadline):
+                conn = _connect(tmp, ctx.deadline, timeout=0.0)
+                try:
+                    _replay(conn, ctx, params)
+                    if params.integrity_check:
+                        ctx.progress.stage("checking the restored database")
+                        _check_integrity(conn)
+                    (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+                    if mode == "off":  # the dump did not ask for WAL: the default mode
+                        conn.execute("PRAGMA journal_mode=DELETE")
+                finally:
+                    conn.close()
+            ctx.progress.stage("replacing the database")
+            with _file_errors(ctx.target):
+                _fsync(tmp)
+                _copy_ownership(target, tmp)
+            _release(target, ctx)
+            with _file_errors(ctx.target):
+                # Sidecars of the OLD file must not outlive it: SQLite would replay a
+                # stale ``-wal`` (or roll back a stale ``-journal``) into the new file
+                # and corrupt it.  _release() has checkpointed and closed the old file
+                # and proved nobody else had it open; what is left here is debris.
+                for suffix in _SIDECARS:
+                    _unlink(_sidecar(target, suffix))
+                tmp.replace(target)
+        except BaseException:
+            _discard(tmp)
+            raise
+        with _file_errors(ctx.target):
+            _fsync(target.parent)  # make the rename itself durable
+        ctx.log.info("restored the database %s", "in place" if ctx.in_place else "into a copy")
+
+
+# ---------------------------------------------------------------------- connections
+
+
+def _db_path(loc: AppLocation) -> Path:
+    raw = loc.connection.get("path")
+    if not isinstance(raw, str) or not raw or "\x00" in raw or not Path(raw).is_absolute():
+        raise DriverError(
+            "this application's connection settings are incomplete; ask the platform operator",
+            admin_detail=f"{loc.ref}: connection key 'path' must be an absolute file path, "
+            f"got {raw!r}",
+        )
+    return Path(raw)
+
+
+def _connect(path: Path, deadline: Deadline, *, timeout: float) -> sqlite3.Connection:
+    # mode=rw: never create a missing database (plain connect() would, silently).
+    # isolation_level=None: the module starts no transactions; we issue BEGIN/COMMIT.
+    conn = sqlite3.connect(
+        f"{path.as_uri()}?mode=rw", uri=True, isolation_level=None, timeout=timeout,
+    )
+    # Long single statements (a big SELECT, integrity_check) stop at the deadline too.
+    conn.set_progress_handler(lambda: 1 if deadline.expired else 0, _VM_STEPS)
+    return conn
+
+
+def _errorname(exc: sqlite3.Error) -> str:
+    name = getattr(exc, "sqlite_errorname", None)  # Python >= 3.11
+    return name if isinstance(name, str) else type(exc).__name__
+
+
+def _is(exc: sqlite3.Error, code: str, *phrases: str) -> bool:
+    name = _errorname(exc)
+    return name == code or name.startswith(code + "_") or any(p in str(exc) for p in phrases)
+
+
+@contextlib.contextmanager
+def _translate(doing: str, loc: AppLocation, deadline: Deadline) -> Iterator[None]:
+    """sqlite3 errors -> tenant-safe errors; SQLite's own text goes to ``admin_detail``."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        detail = f"{loc.ref}: {_errorname(exc)}: {exc}"
+        if _is(exc, "SQLITE_INTERRUPT", "interrupted") or deadline.expired:
+            raise DeadlineExceeded(
+                f"the job ran past its deadline while {doing} and was stopped",
+                admin_detail=detail,
+            ) from None
+        if _is(exc, "SQLITE_BUSY", "database is locked") or _is(exc, "SQLITE_LOCKED"):
+            raise DriverError(
+                "the database stayed locked by another process until the job's deadline",
+                admin_detail=detail,
+            ) from None
+        if _is(exc, "SQLITE_NOTADB", "file is not a database"):
+            raise DriverError(
+                "the application's data file is not a SQLite database", admin_detail=detail,
+            ) from None
+        if _is(exc, "SQLITE_CORRUPT", "malformed"):
+            raise DriverError(
+                "the database file is damaged: SQLite reports it as corrupt",
+                admin_detail=detail,
+            ) from None
+        raise DriverError(
+            f"SQLite failed while {doing} ({_errorname(exc)})", admin_detail=detail,
+        ) from None
+
+
+@contextlib.contextmanager
+def _file_errors(loc: AppLocation) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise DriverError(
+            "the restored database could not be written beside the target; "
+            "ask the platform operator",
+            admin_detail=f"{loc.ref}: {exc!r}",
+        ) from None
+
+
+# ---------------------------------------------------------------------- dump
+
+
+def _sql_literal(value: Any) -> str:
+    """SQLite's ``quote()``, minus its two flaws (see the backup)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isinf(value):  # the literal the sqlite3 shell uses; parses back to Inf
+            return "9.0e+999" if value > 0 else "-9.0e+999"
+        return repr(value)  # shortest text that reads back as the same double
+    if isinstance(value, str):
+        text = "'" + value.replace("'", "''") + "'"
+        return text.replace("\x00", "'||char(0)||'") if "\x00" in text else text
+    if isinstance(value, bytes):
+        return "X'" + value.hex() + "'"
+    raise TypeError(f"unexpected SQLite value of type {type(value).__name__}")
+
+
+def _snapshot(conn: sqlite3.Connection) -> dict[str, Any]:
+    """The first read of the transaction (which pins the snapshot) plus the settings."""
+    counts = dict(conn.execute(
+        "SELECT type, count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+        "GROUP BY type"
+    ).fetchall())
+
+    def pragma(name: str) -> Any:
+        row = conn.execute(f"PRAGMA {name}").fetchone()
+        return row[0] if row else None
+
+    return {
+        "tables": int(counts.get("table", 0)),
+        "indexes": int(counts.get("index", 0)),
+        "views": int(counts.get("view", 0)),
+        "triggers": int(counts.get("trigger", 0)),
+        "page_size": int(pragma("page_size")),
+        "auto_vacuum": int(pragma("auto_vacuum")),
+        "encoding": str(pragma("encoding")),
+        "user_version": int(pragma("user_version")),
+        "application_id": int(pragma("application_id")),
+        "journal_mode": str(pragma("journal_mode")).lower(),
+    }
+
+
+def _dump_lines(conn: sqlite3.Connection, info: dict[str, Any]) -> Iterator[str]:
+    """The dump, one statement (or comment) per item.  Plain SQL a shell can replay."""
+    yield _HEADER
+    # Settings that only take effect before the first table is created:
+    yield f"PRAGMA page_size={info['page_size']};"
+    yield f"PRAGMA auto_vacuum={info['auto_vacuum']};"
+    yield f"PRAGMA encoding='{info['encoding']}';"
+    yield from conn.iterdump()  # BEGIN TRANSACTION; ... COMMIT;
+    yield f"PRAGMA user_version={info['user_version']};"
+    yield f"PRAGMA application_id={info['application_id']};"
+    if info["journal_mode"] == "wal":  # the one journal mode stored in the file itself
+        yield "PRAGMA journal_mode=WAL;"
+    yield _TRAILER
+
+
+def _write_dump(conn: sqlite3.Connection, info: dict[str, Any], ctx: BackupContext) -> int:
+    """Stream the dump into the artifact; memory stays at about one flush buffer."""
+    rows = 0
+    buf: list[str] = []
+    size = 0
+    with ctx.artifact.open(DUMP_STREAM) as out:
+        for item in _dump_lines(conn, info):
+            if item.startswith('INSERT INTO "') and not item.startswith('INSERT INTO "sqlite_'):
+                rows += 1
+            buf.append(item)
+            buf.append("\n")
+            size += len(item) + 1
+            if size >= _FLUSH_CHARS:
+                out.write("".join(buf).encode("utf-8"))
+                buf.clear()
+                size = 0
+                ctx.deadline.check()
+        out.write("".join(buf).encode("utf-8"))
+    return rows
+
+
+# ---------------------------------------------------------------------- restore
+
+
+def _lines(stream: IO[bytes]) -> Iterator[str]:
+    """UTF-8 lines (without ``\\n``; ``\\r`` and other separators are kept), streaming."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    parts: list[str] = []
+    for chunk in iter_chunks(stream):
+        pieces = decoder.decode(chunk).split("\n")
+        if len(pieces) == 1:
+            parts.append(pieces[0])
+            continue
+        parts.append(pieces[0])
+        yield "".join(parts)
+        yield from pieces[1:-1]
+        parts = [pieces[-1]]
+    parts.append(decoder.decode(b"", final=True))
+    tail = "".join(parts)
+    if tail:
+        yield tail
+
+
+def _statements(lines: Iterable[str]) -> Iterator[str]:
+    """Complete SQL statements, accumulated line by line with ``complete_statement``."""
+    it = iter(lines)
+    first = next(it, None)
+    if first != _HEADER:
+        raise DriverError(
+            "the backup was not written by a compatible version of the SQLite driver",
+            admin_detail=f"unexpected first line of {DUMP_STREAM}: {(first or '')[:80]!r}",
+        )
+    parts: list[str] = []
+    complete = False
+    for line in it:
+        if complete:
+            raise DriverError(
+                "the backup's dump has data after its end marker",
+                admin_detail=f"line after the trailer: {line[:80]!r}",
+            )
+        if not parts:
+            if line == _TRAILER:
+                complete = True
+                continue
+            if not line.strip() or line.startswith("--"):
+                continue  # a comment between statements
+        parts.append(line)
+        # Only a line ending in ';' can end a statement: skips the tokenizer otherwise.
+        if line.rstrip().endswith(";"):
+            statement = "\n".join(parts)
+            if sqlite3.complete_statement(statement):
+                yield statement
+                parts = []
+    if parts or not complete:
+        raise DriverError("the backup's dump is incomplete", admin_detail=f"{DUMP_STREAM} ends early")
+
+
+def _deny_attach(action: int, *_args: Any) -> int:
+    # The dump replays into exactly one file: nothing in it may reach another one.
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
+
+
+class _Ticker:
+    """Reports the replay's progress as a stage, at most every ``_PROGRESS_EVERY`` s."""
+
+    def __init__(self, progress: ProgressReporter) -> None:
+        self.progress = progress
+        self.last = time.monotonic()
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last >= _PROGRESS_EVERY:
+            self.last = now
+            self.progress.stage(f"replaying the dump: {done} statements")
+
+
+def _replay(conn: sqlite3.Connection, ctx: RestoreContext, params: SQLiteParameters) -> None:
+    # The new file is private until it is renamed, and thrown away on any failure, so
+    # it needs neither a rollback journal nor fsync while it is built.
+    conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+    conn.execute("PRAGMA journal_mode=OFF")
+    conn.execute("PRAGMA synchronous=OFF")
+    conn.execute("PRAGMA cache_size=-16384")  # 16 MiB
+    conn.set_authorizer(_deny_attach)
+    tick = _Ticker(ctx.progress)
+    done = 0
+    since_commit = 0
+    with ctx.artifact.open(DUMP_STREAM) as stream:
+        try:
+            for statement in _statements(_lines(stream)):
+                if since_commit >= params.batch_statements:
+                    since_commit = 0
+                    ctx.deadline.check()
+                    tick(done)
+                    if conn.in_transaction:  # split the dump's one transaction
+                        conn.execute("COMMIT")
+                        conn.execute("BEGIN")
+                try:
+                    conn.execute(statement)
+                except sqlite3.Error as exc:
+                    if _is(exc, "SQLITE_INTERRUPT", "interrupted") or ctx.deadline.expired:
+                        raise
+                    raise DriverError(
+                        f"the backup could not be replayed: SQLite rejected statement "
+                        f"{done + 1} of the dump ({_errorname(exc)})",
+                        admin_detail=f"{ctx.target.ref}: {exc}",
+                    ) from None
+                done += 1
+                since_commit += 1
+        except UnicodeDecodeError as exc:
+            raise DriverError("the backup's dump is not valid UTF-8", admin_detail=str(exc)) from None
+    if conn.in_transaction:
+        raise DriverError("the backup's dump is incomplete: its transaction was never committed")
+
+
+def _check_integrity(conn: sqlite3.Connection) -> None:
+    problems = [row[0] for row in conn.execute("PRAGMA integrity_check(20)")]
+    if problems != ["ok"]:
+        raise DriverError(
+            "the restored database failed SQLite's integrity check; the target was left unchanged",
+            admin_detail="; ".join(str(p) for p in problems),
+        )
+
+
+# ---------------------------------------------------------------------- files
+
+
+def _sidecar(path: Path, suffix: str) -> Path:
+    return path.with_name(path.name + suffix)
+
+
+def _create_beside(target: Path) -> Path:
+    """A new empty file in the target's directory (so the final rename is atomic)."""
+    name = f".{target.name[:180]}.cozybackup-restore-{secrets.token_hex(6)}"
+    path = target.with_name(name)
+    # 0o644 like SQLite's own files, narrowed by the process umask.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
+    os.close(fd)
+    return path
+
+
+def _copy_ownership(old: Path, new: Path) -> None:
+    """The new file keeps the old one's permissions and, where allowed, its owner."""
+    try:
+        st = old.stat()
+    except FileNotFoundError:
+        return
+    new.chmod(stat.S_IMODE(st.st_mode))
+    mine = new.stat()
+    if (mine.st_uid, mine.st_gid) != (st.st_uid, st.st_gid):
+        with contextlib.suppress(PermissionError):
+            os.chown(new, st.st_uid, st.st_gid)
+
+
+def _release(target: Path, ctx: RestoreContext) -> None:
+    """Make sure nobody uses the old file, and fold its WAL back in before the swap.
+
+    SQLite cannot swap a file under open connections: they would keep the old inode,
+    and in WAL mode share ``-wal``/``-shm`` with the new file.  Leaving WAL mode needs
+    the database to ourselves, so it doubles as the check; in rollback-journal mode an
+    exclusive lock waits out any transaction in flight.  Stop the application first.
+    """
+    if not target.exists():
+        return
+    deadline = ctx.deadline
+    try:
+        conn = _connect(target, deadline, timeout=min(_RELEASE_WAIT, deadline.remaining()))
+    except sqlite3.Error:
+        return  # cannot even be opened: nothing in it to protect
+    try:
+        (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+        if str(mode).lower() == "wal":
+            conn.execute("PRAGMA journal_mode=DELETE")
+        else:
+            conn.execute("BEGIN EXCLUSIVE")
+            conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        if _is(exc, "SQLITE_BUSY", "database is locked") or _is(exc, "SQLITE_LOCKED"):
+            raise DriverError(
+                "the database is still open in another process; stop the application, "
+                "then run the restore again",
+                admin_detail=f"{ctx.target.ref}: {exc}",
+            ) from None
+        if _is(exc, "SQLITE_INTERRUPT", "interrupted") or deadline.expired:
+            raise DeadlineExceeded(
+                "the job ran past its deadline while replacing the database and was stopped",
+            ) from None
+        # Not a database, or a damaged one: nothing to fold back in; it is replaced as is.
+    finally:
+        conn.close()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _discard(tmp: Path) -> None:
+    for p in (tmp, *(_sidecar(tmp, s) for s in _SIDECARS)):
+        with contextlib.suppress(OSError):
+            p.unlink()
+
