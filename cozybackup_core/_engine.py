@@ -419,7 +419,8 @@ class Engine:
                 taken_at=unstructure(taken_at),
                 streams=tuple(writer.streams),
                 tool_versions=dict(ctx.tool_versions),
-                driver_metadata=dict(ctx.metadata),
+                # Tenant-visible on the Backup: scrubbed like every other tenant text.
+                driver_metadata=self.redactor(app).scrub(dict(ctx.metadata)),
             )
             progress.stage("committing")
             raw = writer.commit(manifest)
@@ -576,6 +577,7 @@ class Engine:
             reader.verify(progress.advance)
             self._notify(job, "verified")
             progress.stage("restoring", bytes_total=reader.manifest.size_bytes)
+            reader.on_bytes = progress.advance
             self._notify(job, "restoring")
             ctx = RestoreContext(
                 target=target,
@@ -602,115 +604,9 @@ class Engine:
 
     def recover(self) -> list[str]:
         """Settle what a crashed run left behind.  Call with no other runner active."""
-        objs = self.host.objects
-        notes: list[str] = []
-        redact = self.redactor()
-        for record in objs.list(ArtifactRecord):
-            if record.status.phase == "Committed":
-                continue
-            notes.append(self._recover_record(record, redact))
-        for record in objs.list(ArtifactRecord):
-            if record.status.phase == "Committed":
-                notes.extend(self._recover_committed(record, redact))
-        for job in objs.list(BackupJob):
-            if job.status.phase == "Running":
-                self._finish(
-                    job,
-                    False,
-                    "Interrupted",
-                    "the backup was interrupted before it completed and no Backup was "
-                    "recorded; create a new BackupJob to try again",
-                    redact,
-                )
-                notes.append(f"BackupJob {job.metadata.namespace}/{job.metadata.name}: interrupted")
-        for rjob in objs.list(RestoreJob):
-            if rjob.status.phase == "Running":
-                self._finish(
-                    rjob,
-                    False,
-                    "Interrupted",
-                    "the restore was interrupted; the target application may hold "
-                    "partially restored data; create the RestoreJob again to retry",
-                    redact,
-                )
-                notes.append(
-                    f"RestoreJob {rjob.metadata.namespace}/{rjob.metadata.name}: interrupted"
-                )
-        return notes
+        from ._recovery import recover
 
-    def _recover_record(self, record: ArtifactRecord, redact: Redactor) -> str:
-        objs = self.host.objects
-        spec = record.spec
-        storage = self.catalog().storages.get(spec.storage_ref.name)
-        key = ArtifactKey(
-            namespace=spec.namespace,
-            kind=spec.application_kind,
-            application=spec.application_name,
-            uid=record.metadata.name,
-        )
-        if storage is None:
-            return f"artifact {record.metadata.name}: storage location gone, left for the operator"
-        store = self.store_for(storage)
-        job = objs.get(BackupJob, spec.namespace, spec.job_ref.name)
-        if (
-            record.status.phase == "Writing"
-            and job is not None
-            and job.status.phase == "Running"
-            and store.is_committed(key)
-        ):
-            # Crashed between the manifest and the record: finish only if every byte verifies.
-            try:
-                reader = store.reader(key)
-                reader.verify()
-            except CozyError:
-                pass
-            else:
-                checksum = checksum_of(reader.manifest_bytes)
-                record = objs.update_status(
-                    attrs.evolve(
-                        record,
-                        status=ArtifactRecordStatus(
-                            phase="Committed",
-                            checksum=checksum,
-                            size_bytes=reader.manifest.size_bytes,
-                        ),
-                    )
-                )
-                return f"artifact {record.metadata.name}: complete and verified, kept"
-        store.delete(key)
-        objs.delete(ArtifactRecord, None, record.metadata.name)
-        return f"artifact {record.metadata.name}: partial data removed"
-
-    def _recover_committed(self, record: ArtifactRecord, redact: Redactor) -> list[str]:
-        objs = self.host.objects
-        spec = record.spec
-        job = objs.get(BackupJob, spec.namespace, spec.job_ref.name)
-        backup = objs.get(Backup, spec.namespace, spec.backup_name)
-        if job is None or job.status.phase != "Running":
-            return []
-        if backup is None:
-            storage = self.catalog().storages[spec.storage_ref.name]
-            key = ArtifactKey(
-                namespace=spec.namespace,
-                kind=spec.application_kind,
-                application=spec.application_name,
-                uid=record.metadata.name,
-            )
-            reader = self.store_for(storage).reader(key)
-            m = reader.manifest
-            strategy = structure(dict(m.strategy_ref), StrategyRef)
-            backup = self._record_backup(
-                job, strategy, m, record.metadata.name, record.status.checksum or ""
-            )
-        self._finish(
-            job,
-            True,
-            "Completed",
-            f"Backup {backup.metadata.name} is ready (completed after an interruption)",
-            redact,
-            backup_ref=LocalObjectRef(name=backup.metadata.name),
-        )
-        return [f"BackupJob {spec.namespace}/{job.metadata.name}: completed after interruption"]
+        return recover(self)
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)

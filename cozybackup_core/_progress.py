@@ -44,6 +44,8 @@ class Progress:
     def stage(self, name: str, *, bytes_total: int | None = None) -> None:
         with self._lock:
             self.stage_name = name[:200]
+            if bytes_total is not None:  # a new measured phase counts from zero
+                self.bytes_done = 0
             self.bytes_total = bytes_total
         self._emit(force=True)
 

@@ -204,7 +204,10 @@ class _HashingSource(io.RawIOBase):
 class _VerifyingReader(io.RawIOBase):
     """Decompresses a stored stream; at EOF both digests and sizes must match."""
 
-    def __init__(self, source: IO[bytes], info: StreamInfo) -> None:
+    def __init__(
+        self, source: IO[bytes], info: StreamInfo, on_bytes: Callable[[int], None]
+    ) -> None:
+        self._on_bytes = on_bytes
         self._src = _HashingSource(source)
         self._zr = zstandard.ZstdDecompressor().stream_reader(
             cast(IO[bytes], self._src), read_across_frames=True
@@ -231,6 +234,7 @@ class _VerifyingReader(io.RawIOBase):
             return 0
         self._hash.update(data)
         self._count += len(data)
+        self._on_bytes(len(data))
         b[: len(data)] = data
         return len(data)
 
@@ -313,6 +317,8 @@ class ArtifactReader:
         self.key = key
         self.manifest = manifest
         self.manifest_bytes = raw
+        #: Called with the number of raw bytes each read returns (progress reporting).
+        self.on_bytes: Callable[[int], None] = lambda n: None
 
     def names(self) -> list[str]:
         return [s.name for s in self.manifest.streams]
@@ -331,16 +337,20 @@ class ArtifactReader:
                 "the backup storage could not be read", admin_detail=repr(exc)
             ) from exc
         try:
-            yield io.BufferedReader(_VerifyingReader(source, info), CHUNK)
+            yield io.BufferedReader(_VerifyingReader(source, info, self.on_bytes), CHUNK)
         finally:
             source.close()
 
     def verify(self, on_bytes: Callable[[int], None] = lambda n: None) -> None:
         """Read every stream to the end; raise :class:`ArtifactCorruptError` on mismatch."""
-        for name in self.names():
-            with self.open(name) as stream:
-                while chunk := stream.read(CHUNK):
-                    on_bytes(len(chunk))
+        saved, self.on_bytes = self.on_bytes, on_bytes
+        try:
+            for name in self.names():
+                with self.open(name) as stream:
+                    while stream.read(CHUNK):
+                        pass
+        finally:
+            self.on_bytes = saved
 
 
 def _discard(f: Any) -> None:

@@ -19,7 +19,7 @@ import fcntl
 import json
 import os
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -51,8 +51,9 @@ class RunnerBusy(CozyError):
 
 
 class LocalObjectStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, clock: Callable[[], dt.datetime] | None = None) -> None:
         self.root = root
+        self._clock = clock or _now
         (root / "state").mkdir(parents=True, exist_ok=True)
         self._lock_path = root / "state.lock"
 
@@ -113,7 +114,7 @@ class LocalObjectStore:
                 uid=meta.uid or str(uuid.uuid4()),
                 resource_version="1",
                 generation=1,
-                creation_timestamp=meta.creation_timestamp or _now(),
+                creation_timestamp=meta.creation_timestamp or self._clock(),
             )
             obj = attrs.evolve(obj, metadata=meta)  # type: ignore[misc]
             self._write(obj)
@@ -130,7 +131,7 @@ class LocalObjectStore:
                     uid=str(uuid.uuid4()),
                     resource_version="1",
                     generation=1,
-                    creation_timestamp=_now(),
+                    creation_timestamp=self._clock(),
                 )
             else:
                 cm = current.metadata  # type: ignore[attr-defined]
@@ -181,7 +182,7 @@ class LocalHost:
 
     def __attrs_post_init__(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        self.objects = LocalObjectStore(self.home)
+        self.objects = LocalObjectStore(self.home, self.now)
 
     def now(self) -> dt.datetime:
         return self.clock() if self.clock else _now()

@@ -250,14 +250,15 @@ def _translate(doing: str, loc: AppLocation, deadline: Deadline) -> Iterator[Non
         yield
     except sqlite3.Error as exc:
         detail = f"{loc.ref}: {_errorname(exc)}: {exc}"
+        if _is(exc, "SQLITE_BUSY", "database is locked") or _is(exc, "SQLITE_LOCKED"):
+            # The busy timeout is the time left before the deadline (see _connect).
+            raise DriverError(
+                "the database stayed locked by another process until the job's deadline",
+                admin_detail=detail,
+            ) from None
         if _is(exc, "SQLITE_INTERRUPT", "interrupted") or deadline.expired:
             raise DeadlineExceeded(
                 f"the job ran past its deadline while {doing} and was stopped",
-                admin_detail=detail,
-            ) from None
-        if _is(exc, "SQLITE_BUSY", "database is locked") or _is(exc, "SQLITE_LOCKED"):
-            raise DriverError(
-                "the database stayed locked by another process until the job's deadline",
                 admin_detail=detail,
             ) from None
         if _is(exc, "SQLITE_NOTADB", "file is not a database"):

@@ -1,0 +1,141 @@
+"""Crash recovery: settle what a killed run left behind.
+
+Runs before a runner processes anything, while it holds the runner lock, so every job
+still ``Running`` has no live owner.  See the ordering argument in ``_engine``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ._errors import CozyError
+from ._redact import Redactor
+from ._storage import ArtifactKey, checksum_of
+from ._types import (
+    ArtifactRecord,
+    ArtifactRecordStatus,
+    Backup,
+    BackupJob,
+    LocalObjectRef,
+    RestoreJob,
+    StrategyRef,
+)
+from ._wire import structure
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+
+def recover(engine: Engine) -> list[str]:
+    """Settle what a crashed run left behind.  Call with no other runner active."""
+    objs = engine.host.objects
+    notes: list[str] = []
+    redact = engine.redactor()
+    for record in objs.list(ArtifactRecord):
+        if record.status.phase == "Committed":
+            continue
+        notes.append(_recover_record(engine, record))
+    for record in objs.list(ArtifactRecord):
+        if record.status.phase == "Committed":
+            notes.extend(_recover_committed(engine, record, redact))
+    for job in objs.list(BackupJob):
+        if job.status.phase == "Running":
+            engine._finish(
+                job,
+                False,
+                "Interrupted",
+                "the backup was interrupted before it completed and no Backup was "
+                "recorded; create a new BackupJob to try again",
+                redact,
+            )
+            notes.append(f"BackupJob {job.metadata.namespace}/{job.metadata.name}: interrupted")
+    for rjob in objs.list(RestoreJob):
+        if rjob.status.phase == "Running":
+            engine._finish(
+                rjob,
+                False,
+                "Interrupted",
+                "the restore was interrupted; the target application may hold "
+                "partially restored data; create the RestoreJob again to retry",
+                redact,
+            )
+            notes.append(f"RestoreJob {rjob.metadata.namespace}/{rjob.metadata.name}: interrupted")
+    return notes
+
+
+def _recover_record(engine: Engine, record: ArtifactRecord) -> str:
+    objs = engine.host.objects
+    spec = record.spec
+    storage = engine.catalog().storages.get(spec.storage_ref.name)
+    key = ArtifactKey(
+        namespace=spec.namespace,
+        kind=spec.application_kind,
+        application=spec.application_name,
+        uid=record.metadata.name,
+    )
+    if storage is None:
+        return f"artifact {record.metadata.name}: storage location gone, left for the operator"
+    store = engine.store_for(storage)
+    job = objs.get(BackupJob, spec.namespace, spec.job_ref.name)
+    if (
+        record.status.phase == "Writing"
+        and job is not None
+        and job.status.phase == "Running"
+        and store.is_committed(key)
+    ):
+        # Crashed between the manifest and the record: finish only if every byte verifies.
+        try:
+            reader = store.reader(key)
+            reader.verify()
+        except CozyError:
+            pass
+        else:
+            checksum = checksum_of(reader.manifest_bytes)
+            record = objs.update_status(
+                attrs.evolve(
+                    record,
+                    status=ArtifactRecordStatus(
+                        phase="Committed",
+                        checksum=checksum,
+                        size_bytes=reader.manifest.size_bytes,
+                    ),
+                )
+            )
+            return f"artifact {record.metadata.name}: complete and verified, kept"
+    store.delete(key)
+    objs.delete(ArtifactRecord, None, record.metadata.name)
+    return f"artifact {record.metadata.name}: partial data removed"
+
+
+def _recover_committed(engine: Engine, record: ArtifactRecord, redact: Redactor) -> list[str]:
+    objs = engine.host.objects
+    spec = record.spec
+    job = objs.get(BackupJob, spec.namespace, spec.job_ref.name)
+    backup = objs.get(Backup, spec.namespace, spec.backup_name)
+    if job is None or job.status.phase != "Running":
+        return []
+    if backup is None:
+        storage = engine.catalog().storages[spec.storage_ref.name]
+        key = ArtifactKey(
+            namespace=spec.namespace,
+            kind=spec.application_kind,
+            application=spec.application_name,
+            uid=record.metadata.name,
+        )
+        reader = engine.store_for(storage).reader(key)
+        m = reader.manifest
+        strategy = structure(dict(m.strategy_ref), StrategyRef)
+        backup = engine._record_backup(
+            job, strategy, m, record.metadata.name, record.status.checksum or ""
+        )
+    engine._finish(
+        job,
+        True,
+        "Completed",
+        f"Backup {backup.metadata.name} is ready (completed after an interruption)",
+        redact,
+        backup_ref=LocalObjectRef(name=backup.metadata.name),
+    )
+    return [f"BackupJob {spec.namespace}/{job.metadata.name}: completed after interruption"]
