@@ -1,0 +1,156 @@
+"""End to end through the CLI with a real driver found by its entry point (plugins-example):
+BackupJob -> Backup -> RestoreJob in place and to a copy, on the local bucket and on S3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cozybackup_core.testing._s3server import S3ServerInfo, seaweed_s3
+
+NS = "tenant-user1"
+
+
+def cli(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COZYBACKUP_HOME": str(home), "AWS_DEFAULT_REGION": "us-east-1"}
+    env.pop("COZYBACKUP_PLUGINS", None)  # only what is installed, as an admin would have it
+    out = subprocess.run([sys.executable, "-m", "cozybackup_core.cli", *args], env=env,
+                         input=stdin, capture_output=True, text=True, timeout=300)
+    return out
+
+
+def make_db(path: Path, seed: int) -> None:
+    con = sqlite3.connect(path)
+    try:
+        con.executescript("""
+            DROP TABLE IF EXISTS items; DROP TABLE IF EXISTS notes;
+            CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT, blob BLOB, price REAL);
+            CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT);
+            CREATE INDEX items_name ON items(name);
+        """)
+        con.executemany("INSERT INTO items VALUES (?,?,?,?)",
+                        ((i, f"item-{seed}-{i} ✓", os.urandom(64), i * 1.5) for i in range(20_000)))
+        con.executemany("INSERT INTO notes VALUES (?,?)", ((i, f"note {seed} {i}\nline2") for i in range(2000)))
+        con.commit()
+    finally:
+        con.close()
+
+
+def checksums(path: Path) -> dict[str, str]:
+    con = sqlite3.connect(path)
+    try:
+        out = {}
+        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"):
+            h = hashlib.sha256()
+            for row in con.execute(f'SELECT * FROM "{table}" ORDER BY rowid'):
+                h.update(repr(row).encode())
+            out[table] = h.hexdigest()
+        return out
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3ServerInfo]:
+    with seaweed_s3(tmp_path_factory.mktemp("weed")) as info:
+        yield info
+
+
+def _storage_yaml(kind: str, s3: S3ServerInfo | None) -> str:
+    if kind == "local":
+        return ""
+    assert s3 is not None
+    return f"""---
+apiVersion: v1
+kind: Secret
+metadata: {{name: s3-creds}}
+stringData: {{accessKeyId: "{s3.access_key}", secretAccessKey: "{s3.secret_key}"}}
+---
+apiVersion: backups.cozystack.io/v1alpha1
+kind: StorageLocation
+metadata: {{name: s3-main}}
+spec: {{provider: S3, endpoint: "{s3.endpoint_url}", bucket: cozy-backups, prefix: e2e, credentialsSecretRef: {{name: s3-creds}}}}
+"""
+
+
+@pytest.mark.parametrize("storage", ["local", pytest.param("s3", marks=pytest.mark.s3)])
+def test_backup_restore_in_place_and_to_copy(tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> None:
+    s3 = request.getfixturevalue("s3") if storage == "s3" else None
+    home = tmp_path / "home"
+    db, copy = tmp_path / "shop.db", tmp_path / "shop-drill.db"
+    make_db(db, seed=1)
+    original = checksums(db)
+    storage_ref = "  storageRef: {name: s3-main}\n" if storage == "s3" else ""
+    admin = f"""
+apiVersion: backups.cozystack.io/v1alpha1
+kind: BackupClass
+metadata: {{name: sqlite}}
+spec:
+{storage_ref}  strategies:
+  - application: {{apiGroup: apps.example.com, kind: SQLiteDatabase}}
+    strategyRef: {{kind: SQLite, name: sqlite}}
+---
+apiVersion: local.backups.cozystack.io/v1alpha1
+kind: Application
+metadata: {{name: shop, namespace: {NS}}}
+spec: {{apiGroup: apps.example.com, kind: SQLiteDatabase, connection: {{path: "{db}"}}}}
+---
+apiVersion: local.backups.cozystack.io/v1alpha1
+kind: Application
+metadata: {{name: shop-drill, namespace: {NS}}}
+spec: {{apiGroup: apps.example.com, kind: SQLiteDatabase, connection: {{path: "{copy}"}}}}
+""" + _storage_yaml(storage, s3)
+    applied = cli(home, "apply", "-f", "-", stdin=admin)
+    assert applied.returncode == 0, applied.stderr
+    drivers = cli(home, "drivers")
+    assert "sqlite" in drivers.stdout and "BROKEN" not in drivers.stdout
+
+    job = f"""apiVersion: backups.cozystack.io/v1alpha1
+kind: BackupJob
+metadata: {{name: shop-b1, namespace: {NS}}}
+spec:
+  applicationRef: {{apiGroup: apps.example.com, kind: SQLiteDatabase, name: shop}}
+  backupClassName: sqlite
+"""
+    assert cli(home, "apply", "-f", "-", stdin=job).returncode == 0
+    run = cli(home, "run", "--once")
+    assert run.returncode == 0, run.stdout + run.stderr
+    backup = json.loads(cli(home, "get", "backup", "shop-b1", "-n", NS, "-o", "json").stdout)
+    assert backup["status"]["phase"] == "Ready"
+    assert backup["status"]["artifact"]["uri"].startswith("cozy://backups/")
+    if storage == "s3":
+        assert not (home / "buckets").exists(), "the S3 class must not write the local bucket"
+        assert s3 is not None
+    assert cli(home, "verify", "backup", "shop-b1", "-n", NS).returncode == 0
+
+    make_db(db, seed=2)  # the tenant's data moves on ...
+    assert checksums(db) != original
+    restores = f"""apiVersion: backups.cozystack.io/v1alpha1
+kind: RestoreJob
+metadata: {{name: drill, namespace: {NS}}}
+spec:
+  backupRef: {{name: shop-b1}}
+  targetApplicationRef: {{apiGroup: apps.example.com, kind: SQLiteDatabase, name: shop-drill}}
+---
+apiVersion: backups.cozystack.io/v1alpha1
+kind: RestoreJob
+metadata: {{name: rollback, namespace: {NS}}}
+spec:
+  backupRef: {{name: shop-b1}}
+"""
+    assert cli(home, "apply", "-f", "-", stdin=restores).returncode == 0
+    run = cli(home, "run", "--once")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert checksums(copy) == original
+    assert checksums(db) == original
+    for name in ("drill", "rollback"):
+        got = json.loads(cli(home, "get", "restorejob", name, "-n", NS, "-o", "json").stdout)
+        assert got["status"]["phase"] == "Succeeded", got["status"]
