@@ -4,8 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# Debian packages the driver tests start real servers from.
+APT_PACKAGES="postgresql postgresql-contrib ${COZYBACKUP_APT_PACKAGES:-}"
+
 need_apt=()
-for pkg in ${COZYBACKUP_APT_PACKAGES:-}; do
+for pkg in $APT_PACKAGES; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -16,6 +19,15 @@ fi
 if ! command -v uv >/dev/null 2>&1 || ! command -v nox >/dev/null 2>&1; then
   python3 -m pip install -q --disable-pip-version-check uv 'nox>=2024.10' </dev/null
   hash -r
+fi
+
+# pyenv (as on these machines) hides every Python but the global one: expose them all so
+# nox can run the tests on each supported version that is installed.
+if command -v pyenv >/dev/null 2>&1 && [ -z "${PYENV_VERSION:-}" ]; then
+  global=$(pyenv version-name 2>/dev/null || true)
+  others=$(pyenv versions --bare 2>/dev/null | grep -E '^3\.1[0-9]+\.[0-9]+$' | grep -vx "$global" | sort -V | tr '\n' ':')
+  PYENV_VERSION="${global:+$global:}${others%:}"
+  export PYENV_VERSION
 fi
 
 case "${1:-}" in

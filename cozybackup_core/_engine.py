@@ -57,6 +57,7 @@ from ._types import (
     ObjectRef,
     RestoreJob,
     StorageLocation,
+    StorageLocationSpec,
     StrategyRef,
 )
 from ._types import Progress as ProgressStatus
@@ -100,7 +101,8 @@ class Engine:
         self.plugins = plugins
         self.config = config or EngineConfig()
         self.on_progress = on_progress
-        self._stores: dict[str, ArtifactStore] = {}
+        # Keyed by the whole spec: an admin's edit takes effect without a restart.
+        self._stores: dict[tuple[str, StorageLocationSpec], ArtifactStore] = {}
         self._status_lock = threading.Lock()
 
     # ------------------------------------------------------------------ catalog & storage
@@ -112,7 +114,7 @@ class Engine:
         )
 
     def store_for(self, loc: StorageLocation) -> ArtifactStore:
-        name = loc.metadata.name
+        name = (loc.metadata.name, loc.spec)
         if name not in self._stores:
             spec = loc.spec
             if spec.provider == "Local":
@@ -157,11 +159,12 @@ class Engine:
 
     # ------------------------------------------------------------------ the loop
 
-    def run_once(self) -> list[Job]:
+    def run_once(self, stop: threading.Event | None = None) -> list[Job]:
         """Process every pending BackupJob and RestoreJob; returns the jobs finished.
 
         Jobs for the same application run one after another, in creation order; jobs for
-        different applications run in parallel on ``config.workers`` threads.
+        different applications run in parallel on ``config.workers`` threads.  Once
+        ``stop`` is set, running jobs finish and no new one starts (they stay Pending).
         """
         objs = self.host.objects
         pending: list[Job] = [
@@ -175,6 +178,8 @@ class Engine:
 
         def drain(queue: list[Job]) -> None:
             for job in queue:
+                if stop is not None and stop.is_set():
+                    return
                 finished.append(self.run_job(job))
 
         if len(queues) <= 1 or self.config.workers <= 1:

@@ -278,7 +278,7 @@ def cmd_run(ctx: Ctx) -> int:
         failed = 0
         while True:
             fire_due_plans(ctx.host)
-            for job in engine.run_once():
+            for job in engine.run_once(stop):
                 failed += job.status.phase == "Failed"
                 print(
                     f"{job.kind.lower()}/{job.metadata.name} {job.status.phase}: {job.status.message}"

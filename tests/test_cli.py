@@ -185,3 +185,70 @@ def test_second_runner_is_refused(tmp_path: Path) -> None:
         out = cli(tmp_path, "run", "--once")
     assert out.returncode == 1
     assert "another cozybackup run is active on this home (pid 4242)" in out.stderr
+
+
+def test_sigterm_finishes_the_running_job_and_starts_no_other(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    home = tmp_path / "home"
+    admin = """
+apiVersion: backups.cozystack.io/v1alpha1
+kind: BackupClass
+metadata: {name: tool}
+spec:
+  strategies:
+  - application: {apiGroup: apps.example.com, kind: Directory}
+    strategyRef: {kind: Tool, name: t}
+---
+apiVersion: local.backups.cozystack.io/v1alpha1
+kind: Application
+metadata: {name: app1, namespace: tenant-a}
+spec: {apiGroup: apps.example.com, kind: Directory, connection: {script: "sleep 2; echo dumped"}}
+"""
+    jobs = "".join(
+        f"---\napiVersion: backups.cozystack.io/v1alpha1\nkind: BackupJob\n"
+        f"metadata: {{name: job{i}, namespace: tenant-a}}\n"
+        f"spec: {{applicationRef: {{apiGroup: apps.example.com, kind: Directory, name: app1}}, backupClassName: tool}}\n"
+        for i in (1, 2)
+    )
+    assert cli(home, "apply", "-f", "-", stdin=admin + jobs).returncode == 0
+    env = {
+        **os.environ,
+        "COZYBACKUP_HOME": str(home),
+        "COZYBACKUP_PLUGINS": "support.drivers",
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cozybackup_core.cli", "run", "-q", "--interval", "1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            got = cli(home, "get", "backupjob", "job1", "-n", "tenant-a", "-o", "json")
+            if (
+                got.returncode == 0
+                and json.loads(got.stdout).get("status", {}).get("phase") == "Running"
+            ):
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert "finishing the current jobs" in err
+    phases = {
+        n: json.loads(cli(home, "get", "backupjob", n, "-n", "tenant-a", "-o", "json").stdout)
+        .get("status", {})
+        .get("phase")
+        for n in ("job1", "job2")
+    }
+    assert phases == {"job1": "Succeeded", "job2": None}

@@ -22,8 +22,14 @@ NS = "tenant-user1"
 def cli(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COZYBACKUP_HOME": str(home), "AWS_DEFAULT_REGION": "us-east-1"}
     env.pop("COZYBACKUP_PLUGINS", None)  # only what is installed, as an admin would have it
-    out = subprocess.run([sys.executable, "-m", "cozybackup_core.cli", *args], env=env,
-                         input=stdin, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "cozybackup_core.cli", *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return out
 
 
@@ -36,9 +42,13 @@ def make_db(path: Path, seed: int) -> None:
             CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT);
             CREATE INDEX items_name ON items(name);
         """)
-        con.executemany("INSERT INTO items VALUES (?,?,?,?)",
-                        ((i, f"item-{seed}-{i} ✓", os.urandom(64), i * 1.5) for i in range(20_000)))
-        con.executemany("INSERT INTO notes VALUES (?,?)", ((i, f"note {seed} {i}\nline2") for i in range(2000)))
+        con.executemany(
+            "INSERT INTO items VALUES (?,?,?,?)",
+            ((i, f"item-{seed}-{i} ✓", os.urandom(64), i * 1.5) for i in range(20_000)),
+        )
+        con.executemany(
+            "INSERT INTO notes VALUES (?,?)", ((i, f"note {seed} {i}\nline2") for i in range(2000))
+        )
         con.commit()
     finally:
         con.close()
@@ -48,7 +58,9 @@ def checksums(path: Path) -> dict[str, str]:
     con = sqlite3.connect(path)
     try:
         out = {}
-        for (table,) in con.execute("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"):
+        for (table,) in con.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' ORDER BY name"
+        ):
             h = hashlib.sha256()
             for row in con.execute(f'SELECT * FROM "{table}" ORDER BY rowid'):
                 h.update(repr(row).encode())
@@ -82,7 +94,9 @@ spec: {{provider: S3, endpoint: "{s3.endpoint_url}", bucket: cozy-backups, prefi
 
 
 @pytest.mark.parametrize("storage", ["local", pytest.param("s3", marks=pytest.mark.s3)])
-def test_backup_restore_in_place_and_to_copy(tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> None:
+def test_backup_restore_in_place_and_to_copy(
+    tmp_path: Path, storage: str, request: pytest.FixtureRequest
+) -> None:
     s3 = request.getfixturevalue("s3") if storage == "s3" else None
     home = tmp_path / "home"
     db, copy = tmp_path / "shop.db", tmp_path / "shop-drill.db"

@@ -86,7 +86,8 @@ class ToolDriver(FilesDriver):
 
 @hookimpl
 def cozybackup_register_drivers(registry: object) -> None:
-    registry.add(FilesDriver)  # type: ignore[attr-defined]
+    for driver in (FilesDriver, RaisingDriver, ToolDriver):
+        registry.add(driver)  # type: ignore[attr-defined]
 
 
 @hookimpl
