@@ -239,7 +239,7 @@ spec: {apiGroup: apps.example.com, kind: Directory, connection: {script: "sleep 
                 break
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
         proc.wait()
