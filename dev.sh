@@ -30,6 +30,8 @@ if command -v pyenv >/dev/null 2>&1 && [ -z "${PYENV_VERSION:-}" ]; then
   export PYENV_VERSION
 fi
 
+export UV_PYTHON_DOWNLOADS=never  # only registries are reachable: use the machine's Pythons
+
 case "${1:-}" in
   demo) shift; exec nox -s demo -- "$@" ;;
   test) shift; exec nox -s tests drivers lint typecheck "$@" ;;
