@@ -2,7 +2,7 @@
 
 A driver's own tests subclass :class:`DriverConformance` and say how to create an
 application of its kind, write data, checksum it and break it.  The kit then checks the
-guarantees every driver must keep (see ``docs/writing-a-driver.md``).
+guarantees every driver must keep (see ``plugins-example/README.md``).
 """
 
 from __future__ import annotations
