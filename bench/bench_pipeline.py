@@ -1,0 +1,187 @@
+"""The core's storage pipeline against the plain tool, measured in the same run.
+
+    python bench/bench_pipeline.py [--mib 1024] [--threads 2]
+
+Feeds the same realistic data (random words, numbers and some random bytes: it
+compresses about 3:1, like table dumps) through
+
+  * baseline: ``zstd -3 -T<threads>`` reading a pipe, writing a file;
+  * cozybackup: ``ArtifactStore.local`` writer (zstd + two sha256 + manifest), then a
+    full verifying read;
+
+in child processes, and prints throughput, peak RSS and the ratio to the baseline.
+Run on demand; never part of the test suite's pass/fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CHUNK = 1 << 20
+WORDS = [
+    w.encode()
+    for w in [
+        "select",
+        "insert",
+        "update",
+        "order",
+        "customer",
+        "invoice",
+        "payment",
+        "shipped",
+        "pending",
+        "delivered",
+        "alpha",
+        "bravo",
+        "charlie",
+        "delta",
+        "echo",
+        "foxtrot",
+        "golf",
+        "hotel",
+        "india",
+        "juliet",
+        "kilo",
+        "lima",
+        "mike",
+        "november",
+        "oscar",
+        "papa",
+        "quebec",
+        "romeo",
+        "sierra",
+        "tango",
+        "uniform",
+        "victor",
+        "whiskey",
+        "xray",
+    ]
+]
+
+
+def make_data(path: Path, mib: int) -> None:
+    rnd = random.Random(7)
+    with path.open("wb") as f:
+        for _ in range(mib):
+            parts = []
+            size = 0
+            while size < CHUNK:
+                row = (
+                    b"\t".join(
+                        (
+                            str(rnd.randrange(10**9)).encode(),
+                            b" ".join(rnd.choices(WORDS, k=8)),
+                            rnd.randbytes(12).hex().encode(),
+                            f"{rnd.random():.6f}".encode(),
+                        )
+                    )
+                    + b"\n"
+                )
+                parts.append(row)
+                size += len(row)
+            f.write(b"".join(parts)[:CHUNK])
+
+
+def child_cozy(src: str, dest: str, threads: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from cozybackup_core import ArtifactKey, ArtifactStore
+    from cozybackup_core._storage import Manifest
+
+    store = ArtifactStore.local(dest)
+    store.threads = threads
+    key = ArtifactKey(namespace="bench", kind="Bench", application="app", uid="u1")
+    writer = store.writer(key)
+    with writer.open("data") as out, open(src, "rb") as f:
+        while chunk := f.read(CHUNK):
+            out.write(chunk)
+    writer.commit(
+        Manifest(
+            format_version=1,
+            backup_uid="u1",
+            namespace="bench",
+            application={},
+            driver={},
+            strategy_ref={},
+            parameters={},
+            taken_at="2026-01-01T00:00:00Z",
+            streams=tuple(writer.streams),
+        )
+    )
+    if os.environ.get("BENCH_VERIFY") == "1":
+        store.reader(key).verify()
+
+
+def timed(
+    argv: list[str], stdin_path: str | None = None, env: dict[str, str] | None = None
+) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one child process (wait4 gives its own rusage)."""
+    start = time.monotonic()
+    with open(stdin_path or os.devnull, "rb") as stdin:
+        proc = subprocess.Popen(argv, stdin=stdin, env={**os.environ, **(env or {})})
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    took = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[0]} failed with {proc.returncode}")
+    return took, usage.ru_maxrss / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--mib", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--child", nargs=2, metavar=("SRC", "DEST"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:  # the measured process
+        child_cozy(args.child[0], args.child[1], args.threads)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="cozy-bench-") as tmp:
+        src = Path(tmp) / "data"
+        print(f"generating {args.mib} MiB ...", flush=True)
+        make_data(src, args.mib)
+        subprocess.run(["cat", str(src)], stdout=subprocess.DEVNULL, check=True)  # warm the cache
+        base_s, base_rss = timed(
+            ["sh", "-c", f"exec zstd -q -3 -T{args.threads} -c > {tmp}/base.zst"], str(src)
+        )
+        child = [
+            sys.executable,
+            __file__,
+            "--threads",
+            str(args.threads),
+            "--child",
+            str(src),
+            f"{tmp}/bucket",
+        ]
+        cozy_s, cozy_rss = timed(child)
+        ver_s, ver_rss = timed(child, env={"BENCH_VERIFY": "1"})
+        stored = sum(p.stat().st_size for p in Path(tmp, "bucket").rglob("*.zst"))
+        base_size = Path(tmp, "base.zst").stat().st_size
+        mib = args.mib
+        print(f"\n{'':<28}{'seconds':>9}{'MiB/s':>9}{'peak RSS':>11}{'ratio':>8}")
+        print(
+            f"{'zstd -3 -T' + str(args.threads) + ' (baseline)':<28}{base_s:9.2f}{mib / base_s:9.0f}{base_rss:9.0f} MB{1.0:8.2f}"
+        )
+        print(
+            f"{'cozybackup write':<28}{cozy_s:9.2f}{mib / cozy_s:9.0f}{cozy_rss:9.0f} MB{base_s / cozy_s:8.2f}"
+        )
+        print(
+            f"{'cozybackup write + verify':<28}{ver_s:9.2f}{mib / ver_s:9.0f}{ver_rss:9.0f} MB{base_s / ver_s:8.2f}"
+        )
+        print(
+            f"\ncompressed: baseline {base_size / 2**20:.0f} MiB, cozybackup {stored / 2**20:.0f} MiB "
+            f"(from {mib} MiB)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
