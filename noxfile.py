@@ -79,9 +79,9 @@ def drivers(session: nox.Session) -> None:
 @nox.session(python=ONE)
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.8")
-    session.run(
-        "ruff", "check", "cozybackup_core", "tests", "plugins-example", "drivers", "noxfile.py"
-    )
+    paths = ["cozybackup_core", "tests", "bench", "docs", "noxfile.py", *map(str, DRIVER_DIRS)]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session(python=ONE)
