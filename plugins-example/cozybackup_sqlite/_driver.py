@@ -15,8 +15,10 @@ Backup
 Restore
     The dump is replayed into a new file beside the target (same directory, so the
     final ``rename`` is atomic), checked with ``PRAGMA integrity_check`` and moved over
-    the target with ``os.replace``.  Until that rename the target is never written; on
-    any failure the new file is removed and the target is exactly as it was.
+    the target with ``os.replace``.  On any failure before that the new file is removed
+    and the target's data is exactly as it was.  (Just before the swap, a WAL-mode
+    target is checkpointed and taken out of WAL mode: that folds in its ``-wal`` and
+    proves that no other process still has it open.)
 
 Known limits (those of SQL dumps, shared with the ``sqlite3`` shell's ``.dump``): the
 implicit ``rowid`` of tables without an ``INTEGER PRIMARY KEY`` is renumbered; text
@@ -33,7 +35,6 @@ import os
 import secrets
 import sqlite3
 import stat
-import time
 from collections.abc import Iterable, Iterator
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
@@ -41,7 +42,6 @@ from pathlib import Path
 from typing import IO, Any, ClassVar
 
 import attrs
-
 from cozybackup_core import (
     AppLocation,
     BackupContext,
@@ -50,7 +50,6 @@ from cozybackup_core import (
     Driver,
     DriverError,
     GroupKind,
-    ProgressReporter,
     RestoreContext,
     iter_chunks,
 )
@@ -69,7 +68,6 @@ _HEADER = f"-- cozybackup-sqlite dump format {DUMP_FORMAT}"
 _TRAILER = "-- cozybackup-sqlite dump complete"
 
 _FLUSH_CHARS = 1 << 20  # the dump is written to the artifact in ~1 MiB pieces
-_PROGRESS_EVERY = 5.0  # seconds between progress updates while replaying
 _VM_STEPS = 10_000  # SQLite VM steps between deadline checks inside one statement
 _RELEASE_WAIT = 30.0  # seconds a restore waits for other users of the old file to leave
 _SIDECARS = ("-wal", "-shm", "-journal")
@@ -117,11 +115,10 @@ class SQLiteDriver(Driver):
             )
         with _translate("reading the database", ctx.application, deadline):
             conn = _connect(path, deadline, timeout=deadline.remaining())
+            quote = _Quote()
             try:
-                # Our own quote(): the built-in one writes +/-Infinity as ``Inf`` (not
-                # valid SQL, so such a dump could never be restored) and silently cuts
-                # text at the first NUL character.  iterdump() calls quote() by name.
-                conn.create_function("quote", 1, _sql_literal, deterministic=True)
+                # iterdump() renders every value with quote(): ours fixes two flaws.
+                conn.create_function("quote", 1, quote, deterministic=True)
                 # Consistency: everything below runs inside ONE read transaction, and
                 # its first SELECT pins the snapshot that every later query of
                 # iterdump() sees.  Concurrent writers cannot tear the dump:
@@ -141,6 +138,7 @@ class SQLiteDriver(Driver):
                 conn.execute("COMMIT")  # ends the read transaction; nothing was written
             finally:
                 conn.close()
+                quote.close()
         ctx.metadata.update({
             "dumpFormat": DUMP_FORMAT,
             "sqliteVersion": sqlite3.sqlite_version,
@@ -171,12 +169,15 @@ class SQLiteDriver(Driver):
                 "the target database's path is not a regular file; ask the platform operator",
                 admin_detail=f"{ctx.target.ref}: {target} is not a regular file",
             )
-        ctx.progress.stage("replaying the dump")
+        # No stage() while replaying: the engine's "restoring" stage counts the dump's
+        # bytes as we read them, against its total; a stage of ours would reset that.
         with _file_errors(ctx.target):
             tmp = _create_beside(target)
         try:
             with _translate("restoring the database", ctx.target, ctx.deadline):
-                conn = _connect(tmp, ctx.deadline, timeout=0.0)
+                # No statement cache: every statement of a dump is different, and the
+                # cache would keep the last 128 of them, BLOB literals and all, in memory.
+                conn = _connect(tmp, ctx.deadline, timeout=0.0, cached_statements=0)
                 try:
                     _replay(conn, ctx, params)
                     if params.integrity_check:
@@ -222,11 +223,14 @@ def _db_path(loc: AppLocation) -> Path:
     return Path(raw)
 
 
-def _connect(path: Path, deadline: Deadline, *, timeout: float) -> sqlite3.Connection:
+def _connect(
+    path: Path, deadline: Deadline, *, timeout: float, cached_statements: int = 128,
+) -> sqlite3.Connection:
     # mode=rw: never create a missing database (plain connect() would, silently).
     # isolation_level=None: the module starts no transactions; we issue BEGIN/COMMIT.
     conn = sqlite3.connect(
         f"{path.as_uri()}?mode=rw", uri=True, isolation_level=None, timeout=timeout,
+        cached_statements=cached_statements,
     )
     # Long single statements (a big SELECT, integrity_check) stop at the deadline too.
     conn.set_progress_handler(lambda: 1 if deadline.expired else 0, _VM_STEPS)
@@ -290,22 +294,47 @@ def _file_errors(loc: AppLocation) -> Iterator[None]:
 # ---------------------------------------------------------------------- dump
 
 
-def _sql_literal(value: Any) -> str:
-    """SQLite's ``quote()``, minus its two flaws (see the backup)."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isinf(value):  # the literal the sqlite3 shell uses; parses back to Inf
-            return "9.0e+999" if value > 0 else "-9.0e+999"
-        return repr(value)  # shortest text that reads back as the same double
-    if isinstance(value, str):
-        text = "'" + value.replace("'", "''") + "'"
-        return text.replace("\x00", "'||char(0)||'") if "\x00" in text else text
-    if isinstance(value, bytes):
-        return "X'" + value.hex() + "'"
-    raise TypeError(f"unexpected SQLite value of type {type(value).__name__}")
+class _Quote:
+    """SQLite's ``quote()`` minus its two flaws, registered over the built-in one.
+
+    The built-in writes +/-Infinity as ``Inf`` (not valid SQL: such a dump could never
+    be restored) and silently cuts text at its first NUL character.  NUL and CR are
+    written as ``char(0)``/``char(13)``, so the dump also replays exactly through the
+    ``sqlite3`` shell (which reads CR LF as LF).  Finite floats
+    still go through the built-in, on a private in-memory connection: SQLite's own
+    text-to-double parser is not correctly rounded, and only the built-in picks digits
+    that SQLite reads back as the very same double (Python's ``repr`` does not, for
+    about one value in 30 000).
+    """
+
+    def __init__(self) -> None:
+        self._plain = sqlite3.connect(":memory:")
+
+    def __call__(self, value: Any) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, int):
+            return str(value)
+        if isinstance(value, float):
+            if math.isinf(value):  # the literal the sqlite3 shell uses; reads back as Inf
+                return "9.0e+999" if value > 0 else "-9.0e+999"
+            if value == 0.0:  # the built-in drops the sign of -0.0
+                return "-0.0" if math.copysign(1.0, value) < 0 else "0.0"
+            text: str = self._plain.execute("SELECT quote(?)", (value,)).fetchone()[0]
+            return text
+        if isinstance(value, str):
+            text = "'" + value.replace("'", "''") + "'"
+            if "\x00" in text:
+                text = text.replace("\x00", "'||char(0)||'")
+            if "\r" in text:  # the sqlite3 shell would read a raw "\r\n" back as "\n"
+                text = text.replace("\r", "'||char(13)||'")
+            return text
+        if isinstance(value, bytes):
+            return "X'" + value.hex() + "'"
+        raise TypeError(f"unexpected SQLite value of type {type(value).__name__}")
+
+    def close(self) -> None:
+        self._plain.close()
 
 
 def _snapshot(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -422,7 +451,9 @@ def _statements(lines: Iterable[str]) -> Iterator[str]:
                 yield statement
                 parts = []
     if parts or not complete:
-        raise DriverError("the backup's dump is incomplete", admin_detail=f"{DUMP_STREAM} ends early")
+        raise DriverError(
+            "the backup's dump is incomplete", admin_detail=f"{DUMP_STREAM} ends early",
+        )
 
 
 def _deny_attach(action: int, *_args: Any) -> int:
@@ -430,20 +461,6 @@ def _deny_attach(action: int, *_args: Any) -> int:
     if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
         return sqlite3.SQLITE_DENY
     return sqlite3.SQLITE_OK
-
-
-class _Ticker:
-    """Reports the replay's progress as a stage, at most every ``_PROGRESS_EVERY`` s."""
-
-    def __init__(self, progress: ProgressReporter) -> None:
-        self.progress = progress
-        self.last = time.monotonic()
-
-    def __call__(self, done: int) -> None:
-        now = time.monotonic()
-        if now - self.last >= _PROGRESS_EVERY:
-            self.last = now
-            self.progress.stage(f"replaying the dump: {done} statements")
 
 
 def _replay(conn: sqlite3.Connection, ctx: RestoreContext, params: SQLiteParameters) -> None:
@@ -454,7 +471,6 @@ def _replay(conn: sqlite3.Connection, ctx: RestoreContext, params: SQLiteParamet
     conn.execute("PRAGMA synchronous=OFF")
     conn.execute("PRAGMA cache_size=-16384")  # 16 MiB
     conn.set_authorizer(_deny_attach)
-    tick = _Ticker(ctx.progress)
     done = 0
     since_commit = 0
     with ctx.artifact.open(DUMP_STREAM) as stream:
@@ -463,7 +479,6 @@ def _replay(conn: sqlite3.Connection, ctx: RestoreContext, params: SQLiteParamet
                 if since_commit >= params.batch_statements:
                     since_commit = 0
                     ctx.deadline.check()
-                    tick(done)
                     if conn.in_transaction:  # split the dump's one transaction
                         conn.execute("COMMIT")
                         conn.execute("BEGIN")
@@ -480,7 +495,9 @@ def _replay(conn: sqlite3.Connection, ctx: RestoreContext, params: SQLiteParamet
                 done += 1
                 since_commit += 1
         except UnicodeDecodeError as exc:
-            raise DriverError("the backup's dump is not valid UTF-8", admin_detail=str(exc)) from None
+            raise DriverError(
+                "the backup's dump is not valid UTF-8", admin_detail=str(exc),
+            ) from None
     if conn.in_transaction:
         raise DriverError("the backup's dump is incomplete: its transaction was never committed")
 
@@ -542,7 +559,9 @@ def _release(target: Path, ctx: RestoreContext) -> None:
     try:
         (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
         if str(mode).lower() == "wal":
-            conn.execute("PRAGMA journal_mode=DELETE")
+            (now,) = conn.execute("PRAGMA journal_mode=DELETE").fetchone()
+            if str(now).lower() == "wal":  # SQLite kept WAL: someone else has it open
+                raise sqlite3.OperationalError("database is locked")
         else:
             conn.execute("BEGIN EXCLUSIVE")
             conn.execute("ROLLBACK")

@@ -12,6 +12,7 @@ import logging
 import random
 import shutil
 import sqlite3
+import subprocess
 import threading
 import time
 import tracemalloc
@@ -20,13 +21,13 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
-
 from cozybackup_core import (
-    AppLocation,
     ApplicationRef,
+    AppLocation,
     BackupContext,
     Catalog,
     Deadline,
+    DeadlineExceeded,
     DriverError,
     DriverParametersError,
     DriverRegistry,
@@ -37,6 +38,7 @@ from cozybackup_core import (
     load_yaml,
 )
 from cozybackup_core.testing import AppHandle, DriverConformance, LocalPlatform
+
 from cozybackup_sqlite import DUMP_STREAM, SQLITE_KIND, SQLiteDriver, SQLiteParameters
 
 API_GROUP = SQLITE_KIND.api_group
@@ -45,7 +47,10 @@ CLASS = "sqlite-standard"
 NS = "tenant-a"
 
 
-def backup_class_yaml(parameters: str = "integrityCheck: true\n        batchStatements: 500") -> str:
+DEFAULT_PARAMETERS = "integrityCheck: true\n        batchStatements: 500"
+
+
+def backup_class_yaml(parameters: str = DEFAULT_PARAMETERS) -> str:
     return f"""\
 apiVersion: backups.cozystack.io/v1alpha1
 kind: BackupClass
@@ -93,6 +98,7 @@ TEXTS = [
     "BEGIN TRANSACTION;",
     "COMMIT;",
     "-- cozybackup-sqlite dump complete",
+    "first line\n-- cozybackup-sqlite dump complete\n\n-- a comment line;\nlast line",
     "",
     "NUL \x00 inside",
     "x" * 5000,
@@ -100,7 +106,8 @@ TEXTS = [
 
 SPECIAL_VALUES = [
     None, 0, 1, -1, 2**63 - 1, -(2**63), 0.1, 1 / 3, -0.0, 1e300, 5e-324,
-    float("inf"), float("-inf"), b"", b"\x00\x01\xff" * 100, "", "text", "NUL\x00",
+    float("inf"), float("-inf"), 0.503242509471235,
+    b"", b"\x00\x01\xff" * 100, "", "text", "NUL\x00",
 ]
 
 SCHEMA = """
@@ -128,7 +135,8 @@ CREATE VIEW customer_totals AS
     FROM customers c LEFT JOIN orders o ON o.customer_id = c.id
     GROUP BY c.id;
 CREATE TRIGGER orders_audit AFTER INSERT ON orders BEGIN
-    INSERT INTO audit_log VALUES (NEW.placed_at, 'order ' || NEW.id || ' placed; total ' || NEW.total);
+    INSERT INTO audit_log
+    VALUES (NEW.placed_at, 'order ' || NEW.id || ' placed; total ' || NEW.total);
 END;
 """
 
@@ -365,6 +373,16 @@ def test_dataset_round_trips_through_plain_sql(tmp_path: Path) -> None:
         assert a.execute(count).fetchone() == b.execute(count).fetchone()
 
 
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="no sqlite3 shell on PATH")
+def test_dump_replays_through_the_sqlite3_shell(tmp_path: Path) -> None:
+    src = new_db(tmp_path / "src.sqlite", "wal")
+    fill(src, 12)
+    dump = dump_of(src)
+    copy = tmp_path / "copy.sqlite"
+    subprocess.run(["sqlite3", str(copy)], input=dump, check=True, capture_output=True)
+    assert digest(copy) == digest(src)
+
+
 def test_backup_metadata_is_tenant_safe(tmp_path: Path) -> None:
     plat = platform_for(tmp_path)
     db = new_db(tmp_path / "apps" / "shop.sqlite", "wal")
@@ -457,7 +475,9 @@ def test_rollback_journal_backup_holds_writers_off(tmp_path: Path) -> None:
     db = new_db(tmp_path / "db.sqlite", "delete")
     with connect(db) as conn:
         conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, pad TEXT)")
+        conn.execute("BEGIN")
         conn.executemany("INSERT INTO t VALUES (?, ?)", ((i, "p" * 100) for i in range(20_000)))
+        conn.execute("COMMIT")
     outcome: list[str] = []
 
     def try_to_write(_n: int) -> None:
@@ -515,7 +535,8 @@ def test_failed_replay_leaves_the_target_untouched(tmp_path: Path) -> None:
     header = b"-- cozybackup-sqlite dump format 1\n"
     trailer = b"-- cozybackup-sqlite dump complete\n"
     bad = {
-        "rejected statement": header + b"BEGIN TRANSACTION;\nCREATE TABLE x(a);\nINSERT INTO nope VALUES(1);\nCOMMIT;\n" + trailer,
+        "rejected statement": header + b"BEGIN TRANSACTION;\nCREATE TABLE x(a);\n"
+        b"INSERT INTO nope VALUES(1);\nCOMMIT;\n" + trailer,
         "no trailer": header + b"BEGIN TRANSACTION;\nCREATE TABLE x(a);\nCOMMIT;\n",
         "never committed": header + b"BEGIN TRANSACTION;\nCREATE TABLE x(a);\n" + trailer,
         "not ours": b"CREATE TABLE x(a);\n",
@@ -537,6 +558,18 @@ def test_failed_replay_leaves_the_target_untouched(tmp_path: Path) -> None:
     assert not (tmp_path / "t" / "elsewhere.db").exists()
 
 
+def test_restore_stops_at_the_deadline_and_leaves_the_target(tmp_path: Path) -> None:
+    db = new_db(tmp_path / "t" / "db.sqlite")
+    fill(db, 81)
+    dump = dump_of(db)
+    fill(db, 82)
+    before = db.read_bytes()
+    with pytest.raises(DeadlineExceeded):
+        SQLiteDriver().restore(restore_ctx(db, {DUMP_STREAM: dump}, seconds=0))
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in db.parent.iterdir()) == ["db.sqlite"]
+
+
 def test_restore_replaces_stale_sidecars(tmp_path: Path) -> None:
     """A target left with a hot WAL (a crashed writer) is replaced whole, WAL included."""
     src = new_db(tmp_path / "src.sqlite", "wal")
@@ -549,8 +582,8 @@ def test_restore_replaces_stale_sidecars(tmp_path: Path) -> None:
     live = new_db(tmp_path / "live.sqlite", "wal")
     with connect(live) as conn:
         conn.execute("PRAGMA wal_autocheckpoint=0")
-        fill(live, 22)
-        conn.execute("SELECT count(*) FROM customers").fetchone()  # keep the WAL in use
+        conn.execute("CREATE TABLE junk (a)")
+        conn.executemany("INSERT INTO junk VALUES (?)", ((i,) for i in range(1000)))
         for suffix in ("", "-wal", "-shm"):  # copy the files as a crash would leave them
             shutil.copyfile(f"{live}{suffix}", f"{target}{suffix}")
     assert Path(f"{target}-wal").stat().st_size > 0
@@ -559,9 +592,25 @@ def test_restore_replaces_stale_sidecars(tmp_path: Path) -> None:
     assert sidecars(target) == []
     assert digest(target) == want
 
+    # A database file deleted by hand, its hot WAL left behind: SQLite would replay
+    # that WAL into whatever file appears under the name next.
+    for leftover in ("garbage", "deleted"):
+        path = tmp_path / leftover / "db.sqlite"
+        path.parent.mkdir()
+        if leftover == "garbage":
+            path.write_bytes(b"garbage" * 1000)
+        with connect(live) as conn:
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.executemany("INSERT INTO junk VALUES (?)", ((i,) for i in range(1000)))
+            for suffix in ("-wal", "-shm"):
+                shutil.copyfile(f"{live}{suffix}", f"{path}{suffix}")
+        SQLiteDriver().restore(restore_ctx(path, {DUMP_STREAM: dump}, in_place=False))
+        assert sidecars(path) == [], leftover
+        assert digest(path) == want, leftover
+
 
 def test_restore_refuses_a_database_still_in_use(tmp_path: Path) -> None:
-    plat = platform_for(tmp_path, restore_timeout=1.0)
+    plat = platform_for(tmp_path, restore_timeout=3.0)
     db = new_db(tmp_path / "apps" / "db.sqlite", "wal")
     fill(db, 31)
     assert plat.backup(NS, declare(plat, "db", db), "b1", CLASS).status.phase == "Succeeded"
@@ -572,8 +621,8 @@ def test_restore_refuses_a_database_still_in_use(tmp_path: Path) -> None:
         job = plat.restore(NS, "b1", "r1")
         assert job.status.phase == "Failed"
         assert "still open in another process" in (job.status.message or "")
+        assert [p.name for p in db.parent.iterdir() if "restore" in p.name] == []
     assert digest(db) == after
-    assert sorted(p.name for p in db.parent.iterdir()) == ["db.sqlite"]
     # Once the application is stopped, the same restore goes through.
     assert plat.restore(NS, "b1", "r2").status.phase == "Succeeded"
 
@@ -608,6 +657,25 @@ def test_restore_into_a_new_file(tmp_path: Path) -> None:
     with pytest.raises(DriverError, match="directory does not exist"):
         SQLiteDriver().restore(restore_ctx(tmp_path / "nowhere" / "x.sqlite",
                                            {DUMP_STREAM: dump_of(src)}, in_place=False))
+
+
+def test_floats_read_back_bit_for_bit(tmp_path: Path) -> None:
+    """SQLite's text-to-double parser is not correctly rounded: the dump must allow for it."""
+    rng = random.Random(5)
+    values = [rng.random() for _ in range(20_000)]
+    values += [rng.lognormvariate(0, 60) for _ in range(20_000)]
+    src = new_db(tmp_path / "src.sqlite")
+    with connect(src) as conn:
+        conn.execute("CREATE TABLE f (id INTEGER PRIMARY KEY, v REAL, w)")
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO f VALUES (?, ?, ?)",
+                         ((i, v, -v) for i, v in enumerate(values)))
+        conn.execute("COMMIT")
+    target = tmp_path / "copy.sqlite"
+    SQLiteDriver().restore(restore_ctx(target, {DUMP_STREAM: dump_of(src)}, in_place=False))
+    with connect(target) as conn:
+        got = conn.execute("SELECT v, w FROM f ORDER BY id").fetchall()
+    assert got == [(v, -v) for v in values]
 
 
 def test_page_size_and_settings_survive(tmp_path: Path) -> None:
@@ -686,7 +754,7 @@ def test_large_database_round_trip_with_flat_memory(tmp_path: Path) -> None:
         conn.execute("CREATE TABLE files (id INTEGER PRIMARY KEY, name TEXT, body BLOB)")
         conn.execute("BEGIN")
         conn.executemany("INSERT INTO files VALUES (?, ?, ?)",
-                         ((i, f"file-{i}", rng.randbytes(64 << 10)) for i in range(800)))
+                         ((i, f"file-{i}", rng.randbytes(1 << 20)) for i in range(52)))
         conn.execute("COMMIT")
         conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, at REAL, what TEXT)")
         conn.execute("BEGIN")
@@ -712,8 +780,14 @@ def test_large_database_round_trip_with_flat_memory(tmp_path: Path) -> None:
 
     with connect(db) as conn:
         conn.execute("DELETE FROM files WHERE id % 2 = 0")
-    job = plat.restore(NS, "b1", "r1")
-    assert job.status.phase == "Succeeded", job.status.message
+    tracemalloc.start()
+    try:
+        restore = plat.restore(NS, "b1", "r1")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert restore.status.phase == "Succeeded", restore.status.message
+    assert peak < 24 << 20, f"restore peaked at {peak >> 20} MiB of Python memory"
     assert digest(db) == want
 
 
