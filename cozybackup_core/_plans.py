@@ -1,8 +1,8 @@
 """Plans: cron schedules that stamp out BackupJobs.
 
-Job names are deterministic per slot (``<plan>-<yyyymmddhhmm>``), so a restart never
-creates a duplicate.  This is the minimal scheduler (latest due slot only, like a
-Kubernetes CronJob without catch-up); missed-run policies come with retention.
+Job names are deterministic per slot (``<plan>-<yyyymmddhhmm>``, UTC), so a restart or
+a crash between creating a job and recording it never creates a duplicate.  Every slot
+either gets its job or is counted in ``status.missedRuns`` with a condition that says why.
 """
 
 from __future__ import annotations
@@ -10,91 +10,172 @@ from __future__ import annotations
 import datetime as dt
 
 import attrs
-from croniter import croniter
 
 from ._errors import ConflictError, ValidationError
 from ._host import Host
-from ._types import BackupJob, BackupJobSpec, Condition, LocalObjectRef, ObjectMeta, Plan
+from ._schedule import Decision, decide, parse
+from ._types import (
+    BackupJob,
+    BackupJobSpec,
+    Condition,
+    LocalObjectRef,
+    ObjectMeta,
+    Plan,
+    PlanStatus,
+    Schedule,
+)
 
 LABEL_PLAN = "backups.cozystack.io/plan"
+ACTIVE = (None, "Pending", "Running")
 
 
-def check_cron(expr: str) -> None:
-    """Raise a field-path error if ``expr`` is not a valid cron expression."""
-    if not croniter.is_valid(expr):
-        raise ValidationError(
-            [
-                (
-                    "spec.schedule.cron",
-                    f'{expr[:80]!r} is not a valid cron expression (5 fields, e.g. "0 2 * * *")',
-                )
-            ]
-        )
+def check_cron(expr: str, time_zone: str | None = None) -> None:
+    """Raise a field-path error if the schedule is not valid."""
+    parse(Schedule(cron=expr, time_zone=time_zone))
 
 
 def slot_job_name(plan: str, slot: dt.datetime) -> str:
-    return f"{plan[:240]}-{slot.strftime('%Y%m%d%H%M')}"
+    return f"{plan[:240]}-{slot.astimezone(dt.timezone.utc).strftime('%Y%m%d%H%M')}"
+
+
+def _cond(
+    type_: str, status: str, reason: str, message: str, now: dt.datetime, old: tuple[Condition, ...]
+) -> Condition:
+    for c in old:  # keep the transition time while nothing changes
+        if c.type == type_ and c.status == status and c.reason == reason:
+            return attrs.evolve(c, message=message)
+    return Condition(
+        type=type_, status=status, reason=reason, message=message, last_transition_time=now
+    )
 
 
 def fire_due_plans(host: Host) -> list[BackupJob]:
-    """Create the BackupJob of each Plan's latest due slot, once."""
+    """One scheduling tick over every Plan; returns the BackupJobs created."""
     created: list[BackupJob] = []
-    now = host.now()
+    jobs = host.objects.list(BackupJob)
     for plan in host.objects.list(Plan):
-        if plan.spec.suspend:
-            continue
-        try:
-            check_cron(plan.spec.schedule.cron)
-        except ValidationError as exc:
-            cond = Condition(
-                type="Ready",
-                status="False",
-                reason="InvalidSchedule",
-                message=str(exc),
-                last_transition_time=now,
-            )
-            if plan.status.conditions != (cond,):
-                host.objects.update_status(
-                    attrs.evolve(plan, status=attrs.evolve(plan.status, conditions=(cond,)))
-                )
-            continue
-        base = plan.status.last_schedule_time or plan.metadata.creation_timestamp or now
-        slot: dt.datetime = croniter(plan.spec.schedule.cron, now).get_prev(dt.datetime)
-        nxt: dt.datetime = croniter(plan.spec.schedule.cron, now).get_next(dt.datetime)
-        status = attrs.evolve(
-            plan.status,
-            next_schedule_time=nxt,
-            conditions=(
-                Condition(
-                    type="Ready",
-                    status="True",
-                    reason="Scheduled",
-                    message="",
-                    last_transition_time=plan.status.conditions[0].last_transition_time
-                    if plan.status.conditions
-                    else now,
-                ),
-            ),
-        )
-        if slot > base:
-            ns = plan.metadata.namespace
-            job = BackupJob(
-                metadata=ObjectMeta(
-                    name=slot_job_name(plan.metadata.name, slot),
-                    namespace=ns,
-                    labels={LABEL_PLAN: plan.metadata.name},
-                ),
-                spec=BackupJobSpec(
-                    application_ref=plan.spec.application_ref,
-                    backup_class_name=plan.spec.backup_class_name,
-                    plan_ref=LocalObjectRef(name=plan.metadata.name),
-                ),
-            )
-            try:
-                created.append(host.objects.create(job))
-            except ConflictError:
-                pass  # already created before a restart
-            status = attrs.evolve(status, last_schedule_time=slot)
+        mine = [
+            j
+            for j in jobs
+            if j.metadata.namespace == plan.metadata.namespace
+            and j.spec.plan_ref is not None
+            and j.spec.plan_ref.name == plan.metadata.name
+        ]
+        status, job = _tick(host, plan, mine)
+        if job is not None:
+            created.append(job)
         if status != plan.status:
             host.objects.update_status(attrs.evolve(plan, status=status))
     return created
+
+
+def _tick(host: Host, plan: Plan, mine: list[BackupJob]) -> tuple[PlanStatus, BackupJob | None]:
+    now = host.now()
+    st = plan.status
+    done = [
+        j.status.completed_at
+        for j in mine
+        if j.status.phase == "Succeeded" and j.status.completed_at
+    ]
+    if done:
+        st = attrs.evolve(st, last_successful_time=max(done))
+    try:
+        spec = parse(plan.spec.schedule)
+    except ValidationError as exc:
+        ready = _cond("Ready", "False", "InvalidSchedule", str(exc), now, st.conditions)
+        return attrs.evolve(st, next_schedule_time=None, conditions=(ready,)), None
+    if plan.spec.suspend:
+        ready = _cond(
+            "Ready",
+            "False",
+            "Suspended",
+            "spec.suspend is true: no jobs are created",
+            now,
+            st.conditions,
+        )
+        # Slots passing while suspended are not missed: the tenant asked for none.
+        return attrs.evolve(
+            st, last_schedule_time=now, next_schedule_time=None, conditions=(ready,)
+        ), None
+    base = st.last_schedule_time or plan.metadata.creation_timestamp or now
+    d = decide(spec, base, now, plan.spec.starting_deadline_seconds)
+    conditions = [
+        _cond(
+            "Ready",
+            "True",
+            "Scheduled",
+            f"next run at {d.next_slot.isoformat()}",
+            now,
+            st.conditions,
+        )
+    ]
+    job: BackupJob | None = None
+    missed, reason, why = d.missed, "CaughtUp", _caught_up_message(d)
+    if d.run is None and d.missed:
+        reason, why = (
+            "StartingDeadlineExceeded",
+            (
+                f"{d.missed} run(s) missed, the latest at {d.last_missed.isoformat() if d.last_missed else '?'}: "
+                f"they could not start within spec.startingDeadlineSeconds"
+            ),
+        )
+    if d.run is not None:
+        active = [j for j in mine if j.status.phase in ACTIVE]
+        policy = plan.spec.concurrency_policy
+        if policy == "Replace":
+            for j in [j for j in active if j.status.phase in (None, "Pending")]:
+                host.objects.delete(BackupJob, j.metadata.namespace, j.metadata.name)
+            active = [j for j in active if j.status.phase == "Running"]
+        if active and policy != "Allow":
+            missed += 1
+            reason = "ConcurrencyForbidden"
+            why = (
+                f"the run at {d.run.isoformat()} was skipped: BackupJob {active[0].metadata.name} "
+                f"of this Plan is still {active[0].status.phase or 'Pending'}"
+            )
+            st = attrs.evolve(st, last_missed_time=d.run)
+        else:
+            job = _create(host, plan, d.run)
+    if missed:
+        st = attrs.evolve(
+            st,
+            missed_runs=st.missed_runs + missed,
+            last_missed_time=max(filter(None, (st.last_missed_time, d.last_missed))),
+        )
+        conditions.append(_cond("Missed", "True", reason, why, now, st.conditions))
+    else:
+        conditions.extend(c for c in st.conditions if c.type == "Missed")  # keep the last report
+    return attrs.evolve(
+        st,
+        last_schedule_time=d.last_slot or st.last_schedule_time,
+        next_schedule_time=d.next_slot,
+        conditions=tuple(conditions),
+    ), job
+
+
+def _caught_up_message(d: Decision) -> str:
+    bound = "at least " if d.capped else ""
+    when = d.last_missed.isoformat() if d.last_missed else "?"
+    return (
+        f"{bound}{d.missed} earlier run(s) were due while no runner was active (the latest at "
+        f"{when}); caught up once with the run at {d.run.isoformat() if d.run else '?'}"
+    )
+
+
+def _create(host: Host, plan: Plan, slot: dt.datetime) -> BackupJob | None:
+    job = BackupJob(
+        metadata=ObjectMeta(
+            name=slot_job_name(plan.metadata.name, slot),
+            namespace=plan.metadata.namespace,
+            labels={LABEL_PLAN: plan.metadata.name},
+        ),
+        spec=BackupJobSpec(
+            application_ref=plan.spec.application_ref,
+            backup_class_name=plan.spec.backup_class_name,
+            plan_ref=LocalObjectRef(name=plan.metadata.name),
+        ),
+    )
+    try:
+        return host.objects.create(job)
+    except ConflictError:
+        return None  # created before a crash or restart: the slot is already served

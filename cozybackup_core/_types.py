@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import attrs
 
 from ._fields import (
+    constrained,
     enum_field,
     group_field,
     kind_field,
@@ -162,7 +163,10 @@ class BackupJob:
 @attrs.frozen(kw_only=True)
 class Schedule:
     type: str = enum_field("cron", default="cron")
+    #: Five fields or an ``@daily``-style descriptor; ``CRON_TZ=Zone/Name`` may prefix it.
     cron: str = text_field(max_length=256)
+    #: *Extension*: IANA zone the cron is read in (default UTC).
+    time_zone: str | None = text_field(default=None, max_length=64)
 
 
 @attrs.frozen(kw_only=True)
@@ -170,7 +174,14 @@ class PlanSpec:
     application_ref: ApplicationRef
     backup_class_name: str = name_field()
     schedule: Schedule
-    suspend: bool = False  # extension
+    # Extensions, with the defaults a backup product should have:
+    suspend: bool = False
+    #: Forbid: no new job while one of this Plan's is pending or running (the slot is
+    #: recorded as missed).  Allow: run anyway.  Replace: drop a still-pending job for the
+    #: new one (a running job is never interrupted).
+    concurrency_policy: str = enum_field("Forbid", "Allow", "Replace", default="Forbid")
+    #: A slot that could not start within this many seconds is recorded as missed, not run.
+    starting_deadline_seconds: int | None = constrained(default=None, minimum=1, maximum=31_622_400)
 
 
 @attrs.frozen(kw_only=True)
@@ -178,6 +189,9 @@ class PlanStatus:
     last_schedule_time: dt.datetime | None = None
     next_schedule_time: dt.datetime | None = None
     last_successful_time: dt.datetime | None = None
+    #: *Extension*: slots that produced no job (runner down, deadline, Forbid), ever.
+    missed_runs: int = 0
+    last_missed_time: dt.datetime | None = None
     conditions: tuple[Condition, ...] = ()
 
 

@@ -121,7 +121,7 @@ def cmd_apply(ctx: Ctx) -> int:
                 [("kind", f"{obj.kind} objects are created by the platform, not applied")]
             )
         if isinstance(obj, Plan):
-            check_cron(obj.spec.schedule.cron)
+            check_cron(obj.spec.schedule.cron, obj.spec.schedule.time_zone)
         if isinstance(obj, BackupClass):
             cat.validate(obj)
         current = store.get(type(obj), obj.metadata.namespace, obj.metadata.name)

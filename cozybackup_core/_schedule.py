@@ -1,0 +1,139 @@
+"""Cron arithmetic, kept pure so it can be property-tested: which slots are due.
+
+A *slot* is an instant the cron expression names.  Given the last slot already handled
+(``base``) and ``now``, every slot in ``(base, now]`` is either run (the latest one, once)
+or reported as missed: none is dropped silently and none is run twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zoneinfo
+
+import attrs
+from croniter import croniter
+
+from ._errors import ValidationError
+from ._types import Schedule
+
+UTC = dt.timezone.utc
+DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_TZ_PREFIX = re.compile(r"^\s*(?:CRON_TZ|TZ)=(\S+)\s+(.*)$")
+#: Counting missed slots stops here (an every-minute Plan down for months); the count
+#: recorded is then a lower bound, and the message says so.
+MAX_SLOTS = 100_000
+
+
+@attrs.frozen
+class CronSpec:
+    expr: str
+    zone: dt.tzinfo
+
+    def next_after(self, t: dt.datetime) -> dt.datetime:
+        nxt: dt.datetime = croniter(self.expr, t.astimezone(self.zone)).get_next(dt.datetime)
+        return nxt.astimezone(UTC)
+
+
+def parse(schedule: Schedule) -> CronSpec:
+    """Validate a schedule; errors name ``spec.schedule.cron`` / ``spec.schedule.timeZone``."""
+    expr = schedule.cron.strip()
+    zone_name = schedule.time_zone
+    m = _TZ_PREFIX.match(expr)
+    if m:
+        if zone_name and zone_name != m.group(1):
+            raise ValidationError(
+                [
+                    (
+                        "spec.schedule.timeZone",
+                        f"{zone_name!r} contradicts CRON_TZ={m.group(1)} in spec.schedule.cron",
+                    )
+                ]
+            )
+        zone_name, expr = m.group(1), m.group(2).strip()
+    fields = expr.split()
+    if expr.startswith("@"):
+        if expr not in DESCRIPTORS:
+            raise ValidationError(
+                [("spec.schedule.cron", f"{expr[:40]!r} is not one of {', '.join(DESCRIPTORS)}")]
+            )
+    elif len(fields) != 5 or not croniter.is_valid(expr):
+        raise ValidationError(
+            [
+                (
+                    "spec.schedule.cron",
+                    f'{schedule.cron[:80]!r} is not a valid cron expression (5 fields, e.g. "0 2 * * *", or @daily)',
+                )
+            ]
+        )
+    zone: dt.tzinfo = UTC
+    if zone_name:
+        try:
+            zone = zoneinfo.ZoneInfo(zone_name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            field = "spec.schedule.timeZone" if schedule.time_zone else "spec.schedule.cron"
+            raise ValidationError(
+                [(field, f"{zone_name[:64]!r} is not a known time zone")]
+            ) from None
+    return CronSpec(expr, zone)
+
+
+@attrs.frozen(kw_only=True)
+class Decision:
+    #: The slot to create a job for now, if any (always the latest due one).
+    run: dt.datetime | None
+    #: How many due slots produce no job (older ones collapsed into ``run``, or past the
+    #: starting deadline), and the latest of them.
+    missed: int
+    last_missed: dt.datetime | None
+    #: The latest slot <= now: the new ``lastScheduleTime`` (unchanged if nothing was due).
+    last_slot: dt.datetime | None
+    next_slot: dt.datetime
+    capped: bool = False
+
+
+def decide(
+    spec: CronSpec, base: dt.datetime, now: dt.datetime, starting_deadline: int | None = None
+) -> Decision:
+    """Slots in ``(base, now]``: the latest is run (unless past its deadline), the rest missed."""
+    due: list[dt.datetime] = []
+    t = base
+    count = 0
+    capped = False
+    while True:
+        t = spec.next_after(t)
+        if t > now:
+            next_slot = t
+            break
+        count += 1
+        due = [due[-1], t] if due else [t]  # only the last two are needed
+        if count >= MAX_SLOTS:
+            capped = True
+            next_slot = spec.next_after(now)
+            last = (
+                croniter(spec.expr, now.astimezone(spec.zone)).get_prev(dt.datetime).astimezone(UTC)
+            )
+            due = [due[-1], last] if last > due[-1] else due
+            break
+    if not due:
+        return Decision(run=None, missed=0, last_missed=None, last_slot=None, next_slot=next_slot)
+    latest = due[-1]
+    late = starting_deadline is not None and (now - latest).total_seconds() > starting_deadline
+    if late:
+        return Decision(
+            run=None,
+            missed=count,
+            last_missed=latest,
+            last_slot=latest,
+            next_slot=next_slot,
+            capped=capped,
+        )
+    earlier = due[-2] if len(due) > 1 else None
+    return Decision(
+        run=latest,
+        missed=count - 1,
+        last_missed=earlier,
+        last_slot=latest,
+        next_slot=next_slot,
+        capped=capped,
+    )
