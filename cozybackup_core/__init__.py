@@ -47,6 +47,7 @@ from ._errors import (
     UnsupportedError,
     ValidationError,
 )
+from ._fields import FieldInvalid
 from ._plans import fire_due_plans
 from ._plugins import BrokenPlugin, DriverRegistry, PluginHost
 from ._storage import ArtifactKey, ArtifactStore, Manifest
@@ -107,6 +108,7 @@ __all__ = [
     "DriverRegistry",
     "Engine",
     "EngineConfig",
+    "FieldInvalid",
     "GroupKind",
     "LocalObjectRef",
     "Manifest",

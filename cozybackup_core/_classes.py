@@ -21,6 +21,7 @@ from ._errors import (
     NotFoundError,
     ValidationError,
 )
+from ._fields import FieldInvalid
 from ._plugins import DriverRegistry
 from ._types import (
     APPS_GROUP,
@@ -35,7 +36,7 @@ from ._types import (
     StrategyBinding,
     StrategyRef,
 )
-from ._wire import structure, unstructure
+from ._wire import camel, structure, unstructure
 
 DEFAULT_CLASS = "cozy-default"
 DEFAULT_BUCKET = "cozy-backups"
@@ -175,14 +176,7 @@ class Catalog:
 
     @staticmethod
     def _parameters(driver: Driver, binding: StrategyBinding, path: str) -> Any:
-        params = structure(dict(binding.parameters), driver.parameters_type, path)
-        try:
-            driver.validate_parameters(params)
-        except ValueError as exc:
-            if isinstance(exc, ValidationError):
-                raise
-            raise DriverParametersError([(path, str(exc))]) from None
-        return params
+        return parameters_for(driver, binding.parameters, path)
 
     def _storage(self, bc: BackupClass, binding: StrategyBinding) -> StorageLocation:
         ref = binding.storage_ref or bc.spec.storage_ref or LocalObjectRef(name=DEFAULT_BUCKET)
@@ -194,6 +188,29 @@ class Catalog:
                 f"BackupClass {bc.metadata.name!r} points at a storage location that does not "
                 "exist; ask the platform operator"
             ) from None
+
+
+def parameters_for(driver: Driver, raw: Mapping[str, Any], path: str) -> Any:
+    """Structure and check a driver's parameters; every problem is reported under ``path``.
+
+    A driver names the field in its own terms (``ValidationError([("jobs", "...")])``
+    or ``FieldInvalid`` from an attrs validator); the path of the class is prefixed here.
+    """
+    try:
+        params = structure(dict(raw), driver.parameters_type, path)
+        driver.validate_parameters(params)
+    except ValidationError as exc:
+        problems = [(p if p.startswith(path) else _join(path, p), m) for p, m in exc.problems]
+        raise DriverParametersError(problems) from None
+    except FieldInvalid as exc:
+        raise DriverParametersError([(_join(path, camel(exc.field)), exc.message)]) from None
+    except ValueError as exc:
+        raise DriverParametersError([(path, str(exc))]) from None
+    return params
+
+
+def _join(path: str, field: str) -> str:
+    return f"{path}.{field}" if field and not field.startswith("[") else f"{path}{field}"
 
 
 def storage_summary(loc: StorageLocation) -> Mapping[str, str]:

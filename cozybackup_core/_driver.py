@@ -122,7 +122,9 @@ class RestoreContext:
 class Driver(abc.ABC):
     """Base class of every driver.  Subclass it and register the class from a hook.
 
-    Class attributes declare what it is; ``backup`` and ``restore`` do the work.  Raise
+    Class attributes declare what it is; ``backup`` and ``restore`` do the work.  One
+    instance serves every job, possibly several at once on different threads: keep no
+    per-job state on ``self``.  Raise
     :class:`~cozybackup_core.DriverError` with a message a tenant can act on; anything
     else is reported to the tenant as an internal error and logged for the operator.
     """
@@ -139,7 +141,12 @@ class Driver(abc.ABC):
     version: ClassVar[str] = "0"
 
     def validate_parameters(self, parameters: Any) -> None:  # noqa: B027 - optional hook
-        """Checks beyond the type; raise ``ValueError`` naming the problem."""
+        """Checks beyond the type, run when a BackupClass is applied.
+
+        Raise ``ValidationError([("jobs", "must be between 1 and 16")])`` to name the field
+        (camelCase, relative to the parameters; the class's path is prefixed), or a plain
+        ``ValueError`` for a problem of the parameters as a whole.
+        """
 
     @abc.abstractmethod
     def backup(self, ctx: BackupContext) -> None:

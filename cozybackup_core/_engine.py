@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from ._classes import Catalog, Resolved
+from ._classes import Catalog, Resolved, parameters_for
 from ._driver import AppLocation, BackupContext, Deadline, Driver, RestoreContext
 from ._errors import (
     ArtifactCorruptError,
@@ -61,12 +61,13 @@ from ._types import (
     StrategyRef,
 )
 from ._types import Progress as ProgressStatus
-from ._wire import structure, unstructure
+from ._wire import camel, structure, unstructure
 
 log = logging.getLogger("cozybackup.engine")
 URI_PREFIX = "cozy://backups/"
 LABEL_JOB = "backups.cozystack.io/backup-job"
 LABEL_PLAN = "backups.cozystack.io/plan"
+LABEL_CLASS = "backups.cozystack.io/backup-class"
 
 Job = BackupJob | RestoreJob
 J = TypeVar("J", BackupJob, RestoreJob)
@@ -448,7 +449,7 @@ class Engine:
     def _record_backup(
         self, job: BackupJob, strategy_ref: StrategyRef, manifest: Manifest, uid: str, checksum: str
     ) -> Backup:
-        labels = {LABEL_JOB: job.metadata.name}
+        labels = {LABEL_JOB: job.metadata.name, LABEL_CLASS: job.spec.backup_class_name}
         if job.spec.plan_ref:
             labels[LABEL_PLAN] = job.spec.plan_ref.name
         backup = self.host.objects.create(
@@ -534,6 +535,31 @@ class Engine:
         reader.verify(on_bytes)
         return reader.manifest
 
+    def _restore_parameters(self, backup: Backup, driver: Driver, manifest: Manifest) -> Any:
+        """The class's current parameters if it still binds this kind to the same driver
+        (restore-time settings can change after the backup); else the snapshot taken at
+        backup time, keeping only the fields this driver version still knows."""
+        class_name = backup.metadata.labels.get(LABEL_CLASS)
+        if class_name:
+            try:
+                resolved = self.catalog().resolve(class_name, backup.spec.application_ref)
+            except CozyError:
+                resolved = None
+            if resolved is not None and resolved.driver is driver:
+                return resolved.parameters
+        known = {camel(f.name) for f in attrs.fields(driver.parameters_type)}
+        dropped = sorted(set(manifest.parameters) - known)
+        if dropped:
+            log.warning(
+                "Backup %s: parameters %s are unknown to %s %s; using defaults",
+                backup.metadata.name,
+                dropped,
+                driver.name,
+                driver.version,
+            )
+        snapshot = {k: v for k, v in manifest.parameters.items() if k in known}
+        return parameters_for(driver, snapshot, "parameters")
+
     def run_restore(self, job: RestoreJob) -> RestoreJob:
         ns = job.metadata.namespace or ""
         redact = self.redactor()
@@ -565,9 +591,7 @@ class Engine:
             if not in_place and not caps.to_copy_restore:
                 raise UnsupportedError(f"the {driver.name} driver cannot restore into a copy")
             reader = self.open_backup(backup)
-            params = structure(
-                dict(reader.manifest.parameters), driver.parameters_type, "parameters"
-            )
+            params = self._restore_parameters(backup, driver, reader.manifest)
             target = self.host.locate(ns, target_ref)
         except Exception as exc:
             reason, msg = self._failure(exc, driver, job)

@@ -46,7 +46,7 @@ class Progress:
             self.stage_name = name[:200]
             if bytes_total is not None:  # a new measured phase counts from zero
                 self.bytes_done = 0
-            self.bytes_total = bytes_total
+                self.bytes_total = bytes_total
         self._emit(force=True)
 
     def advance(self, nbytes: int) -> None:

@@ -34,6 +34,7 @@ LAYERS: dict[str, int] = {
     "_engine": 4,
     "_recovery": 4,
     "_plans": 4,
+    "_schedule": 4,
     "hosts": 5,
     "testing": 6,
     "cli": 7,

@@ -51,6 +51,7 @@ from cozybackup_core import (
     DriverError,
     GroupKind,
     RestoreContext,
+    ValidationError,
     iter_chunks,
 )
 
@@ -98,8 +99,9 @@ class SQLiteDriver(Driver):
     def validate_parameters(self, parameters: Any) -> None:
         assert isinstance(parameters, SQLiteParameters)
         if parameters.batch_statements <= 0:
-            raise ValueError(
-                f"batchStatements must be greater than 0, got {parameters.batch_statements}"
+            # Name the field relative to the parameters; the core prefixes the class's path.
+            raise ValidationError(
+                [("batchStatements", f"must be greater than 0, got {parameters.batch_statements}")]
             )
 
     # ------------------------------------------------------------------ backup
