@@ -21,7 +21,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 
@@ -42,6 +42,10 @@ from ._progress import Progress, ProgressUpdate
 from ._redact import Redactor
 from ._storage import ArtifactKey, ArtifactReader, ArtifactStore, Manifest, checksum_of
 from ._types import (
+    LABEL_CLASS,
+    LABEL_JOB,
+    LABEL_PLAN,
+    URI_PREFIX,
     Artifact,
     ArtifactRecord,
     ArtifactRecordSpec,
@@ -63,11 +67,10 @@ from ._types import (
 from ._types import Progress as ProgressStatus
 from ._wire import camel, structure, unstructure
 
+if TYPE_CHECKING:
+    from ._prune import PruneAction
+
 log = logging.getLogger("cozybackup.engine")
-URI_PREFIX = "cozy://backups/"
-LABEL_JOB = "backups.cozystack.io/backup-job"
-LABEL_PLAN = "backups.cozystack.io/plan"
-LABEL_CLASS = "backups.cozystack.io/backup-class"
 
 Job = BackupJob | RestoreJob
 J = TypeVar("J", BackupJob, RestoreJob)
@@ -628,6 +631,14 @@ class Engine:
         where = "in place" if in_place else f"into {target_ref.kind} {target_ref.name}"
         msg = f"restored Backup {backup.metadata.name} {where}: {_size(reader.manifest.size_bytes)} in {took:.1f}s"
         return self._finish(job, True, "Completed", msg, redact)
+
+    # ------------------------------------------------------------------ retention
+
+    def prune(self, dry_run: bool = False) -> list[PruneAction]:
+        """Apply every class's retention policy (or, with ``dry_run``, only report it)."""
+        from ._prune import prune
+
+        return prune(self, dry_run)
 
     # ------------------------------------------------------------------ crash recovery
 

@@ -15,6 +15,7 @@ from ._errors import ConflictError, ValidationError
 from ._host import Host
 from ._schedule import Decision, decide, parse
 from ._types import (
+    LABEL_PLAN,
     BackupJob,
     BackupJobSpec,
     Condition,
@@ -25,7 +26,6 @@ from ._types import (
     Schedule,
 )
 
-LABEL_PLAN = "backups.cozystack.io/plan"
 ACTIVE = (None, "Pending", "Running")
 
 

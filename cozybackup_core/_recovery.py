@@ -62,6 +62,9 @@ def recover(engine: Engine) -> list[str]:
                 redact,
             )
             notes.append(f"RestoreJob {rjob.metadata.namespace}/{rjob.metadata.name}: interrupted")
+    from ._prune import finish_deletions
+
+    notes.extend(finish_deletions(engine))
     return notes
 
 

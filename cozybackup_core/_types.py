@@ -29,6 +29,14 @@ API_VERSION = f"{GROUP}/{VERSION}"
 APPS_GROUP = "apps.cozystack.io"
 STRATEGY_GROUP = "strategy.backups.cozystack.io"
 
+# Labels and annotations the platform sets or reads on tenant objects.
+LABEL_JOB = "backups.cozystack.io/backup-job"
+LABEL_PLAN = "backups.cozystack.io/plan"
+LABEL_CLASS = "backups.cozystack.io/backup-class"
+ANNOTATION_PINNED = "backups.cozystack.io/pinned"
+#: ``Backup.status.artifact.uri`` is this prefix and the artifact's uid: opaque to tenants.
+URI_PREFIX = "cozy://backups/"
+
 
 def _default_apps_group(value: str | None) -> str:
     # Cozystack: an empty apiGroup means the platform's application group.
@@ -278,6 +286,35 @@ class RestoreJob:
 # --------------------------------------------------------------------------- BackupClass
 
 
+_COUNT = {"minimum": 1, "maximum": 100_000}
+
+
+@attrs.frozen(kw_only=True)
+class Retention:
+    """*Extension*: which Backups to keep, per application (restic/borg semantics).
+
+    Count rules keep the newest Backup of each of the last N hours/days/weeks/months/years
+    (UTC) and the last N overall; with none set, every Backup is kept until ``maxAge``.
+    ``maxAge`` (``90d``, ``12h``, ``2w``) deletes what is older, whatever the counts.  Never
+    deleted: the newest Backup, the newest ``minCount``, and pinned Backups
+    (annotation ``backups.cozystack.io/pinned: "true"``).
+    """
+
+    keep_last: int | None = constrained(default=None, **_COUNT)
+    keep_hourly: int | None = constrained(default=None, **_COUNT)
+    keep_daily: int | None = constrained(default=None, **_COUNT)
+    keep_weekly: int | None = constrained(default=None, **_COUNT)
+    keep_monthly: int | None = constrained(default=None, **_COUNT)
+    keep_yearly: int | None = constrained(default=None, **_COUNT)
+    max_age: str | None = constrained(
+        default=None,
+        pattern=r"^([0-9]{1,6}[smhdw])+$",
+        maxLength=32,
+        **{"x-describe": "is not a duration such as 90d, 12h or 2w3d"},
+    )
+    min_count: int = constrained(default=1, minimum=1, maximum=100_000)
+
+
 @attrs.frozen(kw_only=True)
 class StrategyBinding:
     """One entry of ``BackupClass.spec.strategies``: first match wins."""
@@ -286,12 +323,14 @@ class StrategyBinding:
     strategy_ref: StrategyRef
     parameters: Mapping[str, Any] = attrs.field(factory=dict)
     storage_ref: LocalObjectRef | None = None  # extension: a dedicated StorageLocation
+    retention: Retention | None = None  # extension: overrides the class's
 
 
 @attrs.frozen(kw_only=True)
 class BackupClassSpec:
     strategies: tuple[StrategyBinding, ...]
     storage_ref: LocalObjectRef | None = None  # extension: default StorageLocation
+    retention: Retention | None = None  # extension: for every binding without its own
 
 
 @attrs.frozen(kw_only=True)

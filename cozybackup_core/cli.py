@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import yaml
 
 from . import __version__
@@ -174,14 +175,16 @@ def cmd_get(ctx: Ctx) -> int:
         if not rows:
             print(f"No {cls.kind} objects found.", file=sys.stderr)
             return 0
-        header = list(rows[0].keys())
-        widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]
-        print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
-        for r in rows:
-            print(
-                "  ".join(str(r[h]).ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()
-            )
+        _table(rows)
     return 0
+
+
+def _table(rows: list[dict[str, str]]) -> None:
+    header = list(rows[0].keys())
+    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for r in rows:
+        print("  ".join(str(r[h]).ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
 
 
 def _row(obj: Any, with_ns: bool) -> dict[str, str]:
@@ -283,6 +286,12 @@ def cmd_run(ctx: Ctx) -> int:
                 print(
                     f"{job.kind.lower()}/{job.metadata.name} {job.status.phase}: {job.status.message}"
                 )
+            if not stop.is_set():
+                for action in engine.prune():
+                    if action.delete:
+                        print(
+                            f"pruned backup/{action.backup} ({action.namespace}): {action.reason}"
+                        )
             if ctx.args.once or stop.wait(ctx.args.interval):
                 break
     return 1 if failed and ctx.args.once else 0
@@ -299,6 +308,51 @@ def cmd_verify(ctx: Ctx) -> int:
         f"backup/{ctx.args.name} verified: {len(m.streams)} stream(s), {m.size_bytes} bytes, "
         f"checksums match ({took:.1f}s)"
     )
+    return 0
+
+
+def cmd_prune(ctx: Ctx) -> int:
+    engine = ctx.engine()
+    with ctx.host.runner_lock():
+        actions = engine.prune(dry_run=ctx.args.dry_run)
+    if not actions:
+        print("no Backup is under a retention policy", file=sys.stderr)
+        return 0
+    verb = "would delete" if ctx.args.dry_run else "deleted"
+    rows = [
+        {
+            "NAMESPACE": a.namespace,
+            "BACKUP": a.backup,
+            "APPLICATION": a.application,
+            "TAKEN": a.taken_at,
+            "ACTION": verb if a.delete else "keep",
+            "WHY": a.reason,
+        }
+        for a in actions
+    ]
+    _table(rows)
+    return 0
+
+
+def cmd_annotate(ctx: Ctx) -> int:
+    cls = _kind(ctx.args.kind)
+    ns = ctx.args.namespace if cls.namespaced else None
+    obj = ctx.host.objects.get(cls, ns, ctx.args.name)
+    if obj is None:
+        print(f"error: {cls.kind} {ctx.args.name} not found", file=sys.stderr)
+        return 1
+    notes = dict(obj.metadata.annotations)
+    for item in ctx.args.annotations:
+        if item.endswith("-") and "=" not in item:
+            notes.pop(item[:-1], None)
+        elif "=" in item:
+            key, value = item.split("=", 1)
+            notes[key] = value
+        else:
+            raise ValidationError([("ANNOTATION", f"{item!r}: use key=value, or key- to remove")])
+    meta = attrs.evolve(obj.metadata, annotations=notes)
+    ctx.host.objects.set_metadata(attrs.evolve(obj, metadata=meta))
+    print(f"{cls.kind.lower()}/{ctx.args.name} annotated")
     return 0
 
 
@@ -379,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm.set_defaults(fn=cmd_delete)
 
     r = sub.add_parser(
-        "run", help="process due Plans and pending jobs (after recovering from a crash)"
+        "run", help="process due Plans, pending jobs and retention (after recovering from a crash)"
     )
     r.add_argument(
         "--once",
@@ -400,6 +454,21 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("name")
     v.add_argument("-n", "--namespace", default="default")
     v.set_defaults(fn=cmd_verify)
+
+    pr = sub.add_parser("prune", help="apply the retention policies of the BackupClasses")
+    pr.add_argument("--dry-run", action="store_true", help="show what would be deleted and why")
+    pr.set_defaults(fn=cmd_prune)
+
+    an = sub.add_parser(
+        "annotate",
+        help="set (key=value) or remove (key-) annotations; "
+        "backups.cozystack.io/pinned=true keeps a Backup from retention",
+    )
+    an.add_argument("kind")
+    an.add_argument("name")
+    an.add_argument("annotations", nargs="+", metavar="KEY=VALUE|KEY-")
+    an.add_argument("-n", "--namespace", default="default")
+    an.set_defaults(fn=cmd_annotate)
 
     dr = sub.add_parser("drivers", help="list installed and broken drivers")
     dr.set_defaults(fn=cmd_drivers)

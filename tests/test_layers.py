@@ -35,6 +35,8 @@ LAYERS: dict[str, int] = {
     "_recovery": 4,
     "_plans": 4,
     "_schedule": 4,
+    "_retention": 4,
+    "_prune": 4,
     "hosts": 5,
     "testing": 6,
     "cli": 7,

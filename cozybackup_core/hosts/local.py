@@ -148,6 +148,24 @@ class LocalObjectStore:
             self._write(obj)
             return obj
 
+    def set_metadata(self, obj: T) -> T:
+        """Replace labels and annotations of an existing object (spec and status kept)."""
+        with self.locked():
+            meta = obj.metadata  # type: ignore[attr-defined]
+            current = self.get(type(obj), meta.namespace, meta.name)
+            if current is None:
+                raise NotFoundError(f"{obj.kind} {meta.name} does not exist")  # type: ignore[attr-defined]
+            cm = current.metadata  # type: ignore[attr-defined]
+            new_meta = attrs.evolve(
+                cm,
+                labels=meta.labels,
+                annotations=meta.annotations,
+                resource_version=str(int(cm.resource_version or 0) + 1),
+            )
+            new = attrs.evolve(current, metadata=new_meta)  # type: ignore[misc]
+            self._write(new)
+            return new
+
     def update_status(self, obj: T) -> T:
         with self.locked():
             meta = obj.metadata  # type: ignore[attr-defined]
