@@ -70,7 +70,8 @@ def oracle(backups: list[Candidate], p: Retention, now: dt.datetime) -> set[str]
         groups: dict[str, list[Candidate]] = {}
         for b in young:
             t = b.taken_at.astimezone(UTC)
-            key = "%d-%02d" % t.isocalendar()[:2] if fmt is None else t.strftime(fmt)
+            year, week, _ = t.isocalendar()
+            key = f"{year}-{week:02d}" if fmt is None else t.strftime(fmt)
             groups.setdefault(key, []).append(b)
         buckets[rule] = groups
         n = getattr(p, rule)
