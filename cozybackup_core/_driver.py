@@ -8,11 +8,12 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import IO, Any, ClassVar, Protocol
 
 import attrs
 
-from ._errors import DeadlineExceeded
+from ._errors import DeadlineExceeded, UnsupportedError
 from ._types import ApplicationRef, GroupKind
 
 
@@ -155,6 +156,22 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     def restore(self, ctx: RestoreContext) -> None:
         """Replay ``ctx.artifact`` into ``ctx.target``."""
+
+    def scratch_target(
+        self, workdir: Path, like: AppLocation
+    ) -> AbstractContextManager[AppLocation]:
+        """A throwaway application of ``like``'s kind for restore drills, on a host where the
+        driver itself can make one (the embedded host); removed when the context exits.
+
+        Optional: the default raises :class:`UnsupportedError` and drills are reported as
+        unsupported for this driver.
+        """
+        raise UnsupportedError(f"the {self.name} driver cannot create a scratch target for drills")
+
+    def smoke_check(self, target: AppLocation, driver_metadata: Mapping[str, Any]) -> str:
+        """After a drill's restore: check the data is usable; return a short tenant-safe
+        summary, raise :class:`DriverError` if it is not.  Default: nothing beyond the restore."""
+        return "restored without error"
 
 
 def iter_chunks(stream: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:

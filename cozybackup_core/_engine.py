@@ -640,6 +640,21 @@ class Engine:
 
         return prune(self, dry_run)
 
+    # ------------------------------------------------------------------ verification
+
+    def verify(self, backup: Backup, drill: bool = False) -> Backup:
+        """Re-read every checksum (or, with ``drill``, restore into a scratch target) and
+        record the result on the Backup's ``status.lastVerified``."""
+        from ._drills import drill as run_drill
+        from ._drills import verify_checksums
+
+        return run_drill(self, backup) if drill else verify_checksums(self, backup)
+
+    def run_due_drills(self) -> list[Backup]:
+        from ._drills import run_due_drills
+
+        return run_due_drills(self)
+
     # ------------------------------------------------------------------ crash recovery
 
     def recover(self) -> list[str]:

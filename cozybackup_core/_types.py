@@ -236,9 +236,20 @@ class BackupSpec:
 
 
 @attrs.frozen(kw_only=True)
+class Verification:
+    """*Extension*: the last check of a Backup: its checksums, or a full restore drill."""
+
+    time: dt.datetime
+    method: str = enum_field("Checksums", "RestoreDrill")
+    result: str = enum_field("Passed", "Failed")
+    message: str = text_field(default="")
+
+
+@attrs.frozen(kw_only=True)
 class BackupStatus:
     phase: str | None = enum_field("Ready", "Deleting", "Failed", default=None)
     artifact: Artifact | None = None
+    last_verified: Verification | None = None  # extension
     conditions: tuple[Condition, ...] = ()
 
 
@@ -316,6 +327,21 @@ class Retention:
 
 
 @attrs.frozen(kw_only=True)
+class VerificationPolicy:
+    """*Extension*: opt-in restore drills.  The newest Backup of each application is
+    restored into a throwaway target and smoke-checked when no drill passed within
+    ``every``; the result is recorded in ``Backup.status.lastVerified``."""
+
+    restore_drill: bool = False
+    every: str = constrained(
+        default="7d",
+        pattern=r"^([0-9]{1,6}[smhdw])+$",
+        maxLength=32,
+        **{"x-describe": "is not a duration such as 7d or 12h"},
+    )
+
+
+@attrs.frozen(kw_only=True)
 class StrategyBinding:
     """One entry of ``BackupClass.spec.strategies``: first match wins."""
 
@@ -324,6 +350,7 @@ class StrategyBinding:
     parameters: Mapping[str, Any] = attrs.field(factory=dict)
     storage_ref: LocalObjectRef | None = None  # extension: a dedicated StorageLocation
     retention: Retention | None = None  # extension: overrides the class's
+    verification: VerificationPolicy | None = None  # extension: overrides the class's
 
 
 @attrs.frozen(kw_only=True)
@@ -331,6 +358,7 @@ class BackupClassSpec:
     strategies: tuple[StrategyBinding, ...]
     storage_ref: LocalObjectRef | None = None  # extension: default StorageLocation
     retention: Retention | None = None  # extension: for every binding without its own
+    verification: VerificationPolicy | None = None  # extension: likewise
 
 
 @attrs.frozen(kw_only=True)

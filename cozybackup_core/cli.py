@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -287,6 +286,12 @@ def cmd_run(ctx: Ctx) -> int:
                     f"{job.kind.lower()}/{job.metadata.name} {job.status.phase}: {job.status.message}"
                 )
             if not stop.is_set():
+                for checked in engine.run_due_drills():
+                    v = checked.status.last_verified
+                    if v is not None:
+                        print(
+                            f"drill backup/{checked.metadata.name} ({checked.metadata.namespace}): {v.result}: {v.message}"
+                        )
                 for action in engine.prune():
                     if action.delete:
                         print(
@@ -300,15 +305,17 @@ def cmd_run(ctx: Ctx) -> int:
 def cmd_verify(ctx: Ctx) -> int:
     if _kind(ctx.args.kind) is not Backup:
         raise ValidationError([("KIND", "only backups can be verified")])
-    engine = ctx.engine()
-    start = time.monotonic()
-    m = engine.verify_backup(ctx.args.namespace, ctx.args.name)
-    took = time.monotonic() - start
-    print(
-        f"backup/{ctx.args.name} verified: {len(m.streams)} stream(s), {m.size_bytes} bytes, "
-        f"checksums match ({took:.1f}s)"
-    )
-    return 0
+    backup = ctx.host.objects.get(Backup, ctx.args.namespace, ctx.args.name)
+    if backup is None:
+        print(
+            f"error: Backup {ctx.args.name} not found in namespace {ctx.args.namespace}",
+            file=sys.stderr,
+        )
+        return 1
+    result = ctx.engine().verify(backup, drill=ctx.args.drill).status.last_verified
+    assert result is not None
+    print(f"backup/{ctx.args.name} {result.method} {result.result}: {result.message}")
+    return 0 if result.result == "Passed" else 1
 
 
 def cmd_prune(ctx: Ctx) -> int:
@@ -449,8 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     r.set_defaults(fn=cmd_run)
 
-    v = sub.add_parser("verify", help="re-read a backup and check every checksum")
+    v = sub.add_parser(
+        "verify", help="re-read a backup and check every checksum; records lastVerified"
+    )
     v.add_argument("kind", help="backup")
+    v.add_argument(
+        "--drill",
+        action="store_true",
+        help="restore into a throwaway target and smoke-check it (driver support needed)",
+    )
     v.add_argument("name")
     v.add_argument("-n", "--namespace", default="default")
     v.set_defaults(fn=cmd_verify)

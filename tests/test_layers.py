@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "_schedule": 4,
     "_retention": 4,
     "_prune": 4,
+    "_drills": 4,
     "hosts": 5,
     "testing": 6,
     "cli": 7,

@@ -35,7 +35,7 @@ import os
 import secrets
 import sqlite3
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
 from pathlib import Path
@@ -141,17 +141,19 @@ class SQLiteDriver(Driver):
             finally:
                 conn.close()
                 quote.close()
-        ctx.metadata.update({
-            "dumpFormat": DUMP_FORMAT,
-            "sqliteVersion": sqlite3.sqlite_version,
-            "tables": info["tables"],
-            "indexes": info["indexes"],
-            "views": info["views"],
-            "triggers": info["triggers"],
-            "rows": rows,
-            "journalMode": info["journal_mode"],
-            "userVersion": info["user_version"],
-        })
+        ctx.metadata.update(
+            {
+                "dumpFormat": DUMP_FORMAT,
+                "sqliteVersion": sqlite3.sqlite_version,
+                "tables": info["tables"],
+                "indexes": info["indexes"],
+                "views": info["views"],
+                "triggers": info["triggers"],
+                "rows": rows,
+                "journalMode": info["journal_mode"],
+                "userVersion": info["user_version"],
+            }
+        )
         ctx.tool_versions["sqlite"] = sqlite3.sqlite_version
         ctx.log.info("dumped %d tables, %d rows", info["tables"], rows)
 
@@ -210,8 +212,36 @@ class SQLiteDriver(Driver):
             _fsync(target.parent)  # make the rename itself durable
         ctx.log.info("restored the database %s", "in place" if ctx.in_place else "into a copy")
 
+    # ---------------------------------------------------------------------- connections
 
-# ---------------------------------------------------------------------- connections
+    # ------------------------------------------------------------------ restore drills
+
+    @contextlib.contextmanager
+    def scratch_target(self, workdir: Path, like: AppLocation) -> Iterator[AppLocation]:
+        """A throwaway database file under the drill's temp dir (removed with it)."""
+        yield AppLocation(
+            ref=like.ref,
+            namespace=like.namespace,
+            connection={"path": str(workdir / "drill.sqlite")},
+        )
+
+    def smoke_check(self, target: AppLocation, driver_metadata: Mapping[str, Any]) -> str:
+        """The restored file opens, passes ``integrity_check`` and has what the dump had."""
+        conn = sqlite3.connect(_db_path(target))
+        try:
+            _check_integrity(conn)
+            query = (
+                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+            )
+            tables = conn.execute(query).fetchone()[0]
+        finally:
+            conn.close()
+        expected = driver_metadata.get("tables")
+        if isinstance(expected, int) and tables != expected:
+            raise DriverError(
+                f"the restored database has {tables} tables; the backup had {expected}"
+            )
+        return f"integrity check passed, {tables} tables"
 
 
 def _db_path(loc: AppLocation) -> Path:
@@ -226,12 +256,19 @@ def _db_path(loc: AppLocation) -> Path:
 
 
 def _connect(
-    path: Path, deadline: Deadline, *, timeout: float, cached_statements: int = 128,
+    path: Path,
+    deadline: Deadline,
+    *,
+    timeout: float,
+    cached_statements: int = 128,
 ) -> sqlite3.Connection:
     # mode=rw: never create a missing database (plain connect() would, silently).
     # isolation_level=None: the module starts no transactions; we issue BEGIN/COMMIT.
     conn = sqlite3.connect(
-        f"{path.as_uri()}?mode=rw", uri=True, isolation_level=None, timeout=timeout,
+        f"{path.as_uri()}?mode=rw",
+        uri=True,
+        isolation_level=None,
+        timeout=timeout,
         cached_statements=cached_statements,
     )
     # Long single statements (a big SELECT, integrity_check) stop at the deadline too.
@@ -269,7 +306,8 @@ def _translate(doing: str, loc: AppLocation, deadline: Deadline) -> Iterator[Non
             ) from None
         if _is(exc, "SQLITE_NOTADB", "file is not a database"):
             raise DriverError(
-                "the application's data file is not a SQLite database", admin_detail=detail,
+                "the application's data file is not a SQLite database",
+                admin_detail=detail,
             ) from None
         if _is(exc, "SQLITE_CORRUPT", "malformed"):
             raise DriverError(
@@ -277,7 +315,8 @@ def _translate(doing: str, loc: AppLocation, deadline: Deadline) -> Iterator[Non
                 admin_detail=detail,
             ) from None
         raise DriverError(
-            f"SQLite failed while {doing} ({_errorname(exc)})", admin_detail=detail,
+            f"SQLite failed while {doing} ({_errorname(exc)})",
+            admin_detail=detail,
         ) from None
 
 
@@ -341,10 +380,12 @@ class _Quote:
 
 def _snapshot(conn: sqlite3.Connection) -> dict[str, Any]:
     """The first read of the transaction (which pins the snapshot) plus the settings."""
-    counts = dict(conn.execute(
-        "SELECT type, count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
-        "GROUP BY type"
-    ).fetchall())
+    counts = dict(
+        conn.execute(
+            "SELECT type, count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+            "GROUP BY type"
+        ).fetchall()
+    )
 
     def pragma(name: str) -> Any:
         row = conn.execute(f"PRAGMA {name}").fetchone()
@@ -454,7 +495,8 @@ def _statements(lines: Iterable[str]) -> Iterator[str]:
                 parts = []
     if parts or not complete:
         raise DriverError(
-            "the backup's dump is incomplete", admin_detail=f"{DUMP_STREAM} ends early",
+            "the backup's dump is incomplete",
+            admin_detail=f"{DUMP_STREAM} ends early",
         )
 
 
@@ -498,7 +540,8 @@ def _replay(conn: sqlite3.Connection, ctx: RestoreContext, params: SQLiteParamet
                 since_commit += 1
         except UnicodeDecodeError as exc:
             raise DriverError(
-                "the backup's dump is not valid UTF-8", admin_detail=str(exc),
+                "the backup's dump is not valid UTF-8",
+                admin_detail=str(exc),
             ) from None
     if conn.in_transaction:
         raise DriverError("the backup's dump is incomplete: its transaction was never committed")
@@ -600,4 +643,3 @@ def _discard(tmp: Path) -> None:
     for p in (tmp, *(_sidecar(tmp, s) for s in _SIDECARS)):
         with contextlib.suppress(OSError):
             p.unlink()
-

@@ -105,9 +105,25 @@ TEXTS = [
 ]
 
 SPECIAL_VALUES = [
-    None, 0, 1, -1, 2**63 - 1, -(2**63), 0.1, 1 / 3, -0.0, 1e300, 5e-324,
-    float("inf"), float("-inf"), 0.503242509471235,
-    b"", b"\x00\x01\xff" * 100, "", "text", "NUL\x00",
+    None,
+    0,
+    1,
+    -1,
+    2**63 - 1,
+    -(2**63),
+    0.1,
+    1 / 3,
+    -0.0,
+    1e300,
+    5e-324,
+    float("inf"),
+    float("-inf"),
+    0.503242509471235,
+    b"",
+    b"\x00\x01\xff" * 100,
+    "",
+    "text",
+    "NUL\x00",
 ]
 
 SCHEMA = """
@@ -281,18 +297,34 @@ def location(path: Path, name: str = "db") -> AppLocation:
 
 def backup_ctx(path: Path, sink: MemorySink, seconds: float = 120) -> BackupContext:
     return BackupContext(
-        application=location(path), parameters=SQLiteParameters(), artifact=sink,
-        progress=Stages(), log=logging.getLogger("test"), deadline=Deadline.after(seconds),
+        application=location(path),
+        parameters=SQLiteParameters(),
+        artifact=sink,
+        progress=Stages(),
+        log=logging.getLogger("test"),
+        deadline=Deadline.after(seconds),
     )
 
 
-def restore_ctx(path: Path, streams: dict[str, bytes], *, in_place: bool = True,
-                params: SQLiteParameters | None = None, seconds: float = 120) -> RestoreContext:
+def restore_ctx(
+    path: Path,
+    streams: dict[str, bytes],
+    *,
+    in_place: bool = True,
+    params: SQLiteParameters | None = None,
+    seconds: float = 120,
+) -> RestoreContext:
     return RestoreContext(
-        target=location(path), source=location(path).ref, in_place=in_place,
-        parameters=params or SQLiteParameters(), artifact=MemorySource(streams),
-        driver_metadata={}, taken_at=dt.datetime.now(dt.timezone.utc), progress=Stages(),
-        log=logging.getLogger("test"), deadline=Deadline.after(seconds),
+        target=location(path),
+        source=location(path).ref,
+        in_place=in_place,
+        parameters=params or SQLiteParameters(),
+        artifact=MemorySource(streams),
+        driver_metadata={},
+        taken_at=dt.datetime.now(dt.timezone.utc),
+        progress=Stages(),
+        log=logging.getLogger("test"),
+        deadline=Deadline.after(seconds),
     )
 
 
@@ -462,8 +494,8 @@ def test_wal_backup_is_consistent_while_a_writer_commits(tmp_path: Path) -> None
     copy = tmp_path / "copy.sqlite"
     SQLiteDriver().restore(restore_ctx(copy, sink.streams, in_place=False))
     with connect(copy) as conn:
-        (debits, d_sum), = conn.execute("SELECT count(*), sum(amount) FROM debit").fetchall()
-        (credits, c_sum), = conn.execute("SELECT count(*), sum(amount) FROM credit").fetchall()
+        ((debits, d_sum),) = conn.execute("SELECT count(*), sum(amount) FROM debit").fetchall()
+        ((credits, c_sum),) = conn.execute("SELECT count(*), sum(amount) FROM credit").fetchall()
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert debits == credits, "the dump saw half a transaction"
     assert d_sum + c_sum == 0
@@ -655,8 +687,11 @@ def test_restore_into_a_new_file(tmp_path: Path) -> None:
     SQLiteDriver().restore(restore_ctx(target, {DUMP_STREAM: dump_of(src)}, in_place=False))
     assert digest(target) == digest(src)
     with pytest.raises(DriverError, match="directory does not exist"):
-        SQLiteDriver().restore(restore_ctx(tmp_path / "nowhere" / "x.sqlite",
-                                           {DUMP_STREAM: dump_of(src)}, in_place=False))
+        SQLiteDriver().restore(
+            restore_ctx(
+                tmp_path / "nowhere" / "x.sqlite", {DUMP_STREAM: dump_of(src)}, in_place=False
+            )
+        )
 
 
 def test_floats_read_back_bit_for_bit(tmp_path: Path) -> None:
@@ -668,8 +703,9 @@ def test_floats_read_back_bit_for_bit(tmp_path: Path) -> None:
     with connect(src) as conn:
         conn.execute("CREATE TABLE f (id INTEGER PRIMARY KEY, v REAL, w)")
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO f VALUES (?, ?, ?)",
-                         ((i, v, -v) for i, v in enumerate(values)))
+        conn.executemany(
+            "INSERT INTO f VALUES (?, ?, ?)", ((i, v, -v) for i, v in enumerate(values))
+        )
         conn.execute("COMMIT")
     target = tmp_path / "copy.sqlite"
     SQLiteDriver().restore(restore_ctx(target, {DUMP_STREAM: dump_of(src)}, in_place=False))
@@ -688,8 +724,10 @@ def test_page_size_and_settings_survive(tmp_path: Path) -> None:
     target = tmp_path / "copy.sqlite"
     SQLiteDriver().restore(restore_ctx(target, {DUMP_STREAM: dump_of(src)}, in_place=False))
     with connect(target) as conn:
-        got = [conn.execute(f"PRAGMA {p}").fetchone()[0]
-               for p in ("page_size", "auto_vacuum", "application_id", "journal_mode")]
+        got = [
+            conn.execute(f"PRAGMA {p}").fetchone()[0]
+            for p in ("page_size", "auto_vacuum", "application_id", "journal_mode")
+        ]
     assert got == [8192, 2, 1234567, "delete"]
 
 
@@ -750,13 +788,17 @@ def test_large_database_round_trip_with_flat_memory(tmp_path: Path) -> None:
     with connect(db) as conn:
         conn.execute("CREATE TABLE files (id INTEGER PRIMARY KEY, name TEXT, body BLOB)")
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO files VALUES (?, ?, ?)",
-                         ((i, f"file-{i}", rng.randbytes(1 << 20)) for i in range(52)))
+        conn.executemany(
+            "INSERT INTO files VALUES (?, ?, ?)",
+            ((i, f"file-{i}", rng.randbytes(1 << 20)) for i in range(52)),
+        )
         conn.execute("COMMIT")
         conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, at REAL, what TEXT)")
         conn.execute("BEGIN")
-        conn.executemany("INSERT INTO events VALUES (?, ?, ?)",
-                         ((i, rng.random(), f"event {i} 日本") for i in range(100_000)))
+        conn.executemany(
+            "INSERT INTO events VALUES (?, ?, ?)",
+            ((i, rng.random(), f"event {i} 日本") for i in range(100_000)),
+        )
         conn.execute("COMMIT")
     assert db.stat().st_size > 50 << 20
     want = digest(db)

@@ -1,0 +1,167 @@
+"""Verification: checksum re-reads and restore drills, recorded on the Backup.
+
+A drill restores a Backup into a throwaway target (the driver's ``scratch_target``), runs
+the driver's ``smoke_check`` and records the result in ``Backup.status.lastVerified``.  The
+target never is the tenant's application.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import attrs
+
+from ._driver import AppLocation, Deadline, RestoreContext
+from ._errors import CozyError
+from ._retention import parse_age
+from ._types import LABEL_CLASS, Backup, Verification, VerificationPolicy
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+log = logging.getLogger("cozybackup.verify")
+
+
+class _Quiet:
+    def stage(self, name: str, *, bytes_total: int | None = None) -> None:
+        log.debug("drill: %s", name)
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+
+def record(engine: Engine, backup: Backup, method: str, ok: bool, message: str) -> Backup:
+    v = Verification(
+        time=engine.host.now(),
+        method=method,
+        result="Passed" if ok else "Failed",
+        message=engine.redactor()(message)[:1000],
+    )
+    current = (
+        engine.host.objects.get(Backup, backup.metadata.namespace, backup.metadata.name) or backup
+    )
+    updated = engine.host.objects.update_status(
+        attrs.evolve(current, status=attrs.evolve(current.status, last_verified=v))
+    )
+    engine.host.event(
+        updated,
+        "Normal" if ok else "Warning",
+        "Verified" if ok else "VerificationFailed",
+        f"{method}: {v.message}",
+    )
+    return updated
+
+
+def verify_checksums(engine: Engine, backup: Backup) -> Backup:
+    start = time.monotonic()
+    try:
+        m = engine.open_backup(backup)
+        m.verify()
+    except CozyError as exc:
+        return record(engine, backup, "Checksums", False, str(exc))
+    took = time.monotonic() - start
+    return record(
+        engine,
+        backup,
+        "Checksums",
+        True,
+        f"{len(m.manifest.streams)} stream(s), {m.manifest.size_bytes} bytes match their checksums ({took:.1f}s)",
+    )
+
+
+def drill(engine: Engine, backup: Backup) -> Backup:
+    """Restore ``backup`` into a scratch target and smoke-check it."""
+    start = time.monotonic()
+    try:
+        driver = engine.plugins.registry.for_strategy(backup.spec.strategy_ref.kind)
+        reader = engine.open_backup(backup)
+        reader.verify()
+        params = engine._restore_parameters(backup, driver, reader.manifest)
+        like = AppLocation(
+            ref=backup.spec.application_ref, namespace=backup.metadata.namespace or ""
+        )
+        with (
+            tempfile.TemporaryDirectory(prefix="cozybackup-drill-") as tmp,
+            driver.scratch_target(Path(tmp), like) as target,
+        ):
+            driver.restore(
+                RestoreContext(
+                    target=target,
+                    source=backup.spec.application_ref,
+                    in_place=False,
+                    parameters=params,
+                    artifact=reader,
+                    driver_metadata=backup.spec.driver_metadata,
+                    taken_at=backup.spec.taken_at,
+                    progress=_Quiet(),
+                    log=logging.getLogger(f"cozybackup.driver.{driver.name}"),
+                    deadline=Deadline.after(engine.config.restore_timeout),
+                )
+            )
+            summary = driver.smoke_check(target, backup.spec.driver_metadata)
+    except CozyError as exc:
+        return record(engine, backup, "RestoreDrill", False, str(exc))
+    except Exception:
+        log.exception(
+            "restore drill of %s/%s failed", backup.metadata.namespace, backup.metadata.name
+        )
+        return record(
+            engine,
+            backup,
+            "RestoreDrill",
+            False,
+            "internal error during the drill; see the controller log",
+        )
+    return record(
+        engine, backup, "RestoreDrill", True, f"{summary} ({time.monotonic() - start:.1f}s)"
+    )
+
+
+def _policy(engine: Engine, backup: Backup) -> VerificationPolicy | None:
+    bc = engine.catalog().classes.get(backup.metadata.labels.get(LABEL_CLASS, ""))
+    if bc is None:
+        return None
+    for binding in bc.spec.strategies:
+        if binding.application == backup.spec.application_ref.group_kind:
+            return binding.verification or bc.spec.verification
+    return bc.spec.verification
+
+
+def due_drills(engine: Engine) -> list[Backup]:
+    """The newest Ready Backup of each application whose class asks for drills, when no
+    drill of that application passed within the policy's ``every``."""
+    groups: dict[tuple[str, str, str], list[Backup]] = defaultdict(list)
+    for b in engine.host.objects.list(Backup):
+        if b.status.phase == "Ready":
+            ref = b.spec.application_ref
+            groups[
+                (
+                    b.metadata.namespace or "",
+                    b.metadata.labels.get(LABEL_CLASS, ""),
+                    str(ref.group_kind) + "/" + ref.name,
+                )
+            ].append(b)
+    now = engine.host.now()
+    due = []
+    for backups in groups.values():
+        policy = _policy(engine, backups[0])
+        if policy is None or not policy.restore_drill:
+            continue
+        recent = [
+            b.status.last_verified.time
+            for b in backups
+            if b.status.last_verified and b.status.last_verified.method == "RestoreDrill"
+        ]
+        if recent and now - max(recent) < parse_age(policy.every):
+            continue
+        due.append(max(backups, key=lambda b: (b.spec.taken_at, b.metadata.name)))
+    return due
+
+
+def run_due_drills(engine: Engine) -> list[Backup]:
+    return [drill(engine, b) for b in due_drills(engine)]
