@@ -22,6 +22,7 @@ from ._retention import parse_age
 from ._types import LABEL_CLASS, Backup, Verification, VerificationPolicy
 
 if TYPE_CHECKING:
+    from ._classes import Catalog
     from ._engine import Engine
 
 log = logging.getLogger("cozybackup.verify")
@@ -122,8 +123,8 @@ def drill(engine: Engine, backup: Backup) -> Backup:
     )
 
 
-def _policy(engine: Engine, backup: Backup) -> VerificationPolicy | None:
-    bc = engine.catalog().classes.get(backup.metadata.labels.get(LABEL_CLASS, ""))
+def _policy(catalog: Catalog, backup: Backup) -> VerificationPolicy | None:
+    bc = catalog.classes.get(backup.metadata.labels.get(LABEL_CLASS, ""))
     if bc is None:
         return None
     for binding in bc.spec.strategies:
@@ -147,9 +148,10 @@ def due_drills(engine: Engine) -> list[Backup]:
                 )
             ].append(b)
     now = engine.host.now()
+    catalog = engine.catalog()
     due = []
     for backups in groups.values():
-        policy = _policy(engine, backups[0])
+        policy = _policy(catalog, backups[0])
         if policy is None or not policy.restore_drill:
             continue
         recent = [

@@ -52,15 +52,12 @@ def _cond(
 def fire_due_plans(host: Host) -> list[BackupJob]:
     """One scheduling tick over every Plan; returns the BackupJobs created."""
     created: list[BackupJob] = []
-    jobs = host.objects.list(BackupJob)
+    by_plan: dict[tuple[str | None, str], list[BackupJob]] = {}
+    for j in host.objects.list(BackupJob):
+        if j.spec.plan_ref is not None:
+            by_plan.setdefault((j.metadata.namespace, j.spec.plan_ref.name), []).append(j)
     for plan in host.objects.list(Plan):
-        mine = [
-            j
-            for j in jobs
-            if j.metadata.namespace == plan.metadata.namespace
-            and j.spec.plan_ref is not None
-            and j.spec.plan_ref.name == plan.metadata.name
-        ]
+        mine = by_plan.get((plan.metadata.namespace, plan.metadata.name), [])
         status, job = _tick(host, plan, mine)
         if job is not None:
             created.append(job)

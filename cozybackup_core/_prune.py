@@ -28,6 +28,7 @@ from ._types import (
 )
 
 if TYPE_CHECKING:
+    from ._classes import Catalog
     from ._engine import Engine
 
 log = logging.getLogger("cozybackup.prune")
@@ -43,9 +44,9 @@ class PruneAction:
     reason: str
 
 
-def _policy(engine: Engine, backup: Backup) -> Retention | None:
+def _policy(catalog: Catalog, backup: Backup) -> Retention | None:
     class_name = backup.metadata.labels.get(LABEL_CLASS)
-    bc = engine.catalog().classes.get(class_name or "")
+    bc = catalog.classes.get(class_name or "")
     if bc is None:
         return None
     for binding in bc.spec.strategies:
@@ -67,9 +68,10 @@ def plan(engine: Engine) -> list[PruneAction]:
             )
             groups[key].append(b)
     now = engine.host.now()
+    catalog = engine.catalog()
     actions: list[PruneAction] = []
     for (ns, _cls, app), backups in sorted(groups.items()):
-        policy = _policy(engine, backups[0])
+        policy = _policy(catalog, backups[0])
         if policy is None:
             continue
         cands = [

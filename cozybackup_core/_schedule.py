@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import zoneinfo
+from collections.abc import Iterator
 
 import attrs
 from croniter import croniter
@@ -31,8 +32,13 @@ class CronSpec:
     zone: dt.tzinfo
 
     def next_after(self, t: dt.datetime) -> dt.datetime:
-        nxt: dt.datetime = croniter(self.expr, t.astimezone(self.zone)).get_next(dt.datetime)
-        return nxt.astimezone(UTC)
+        return next(self.slots_after(t))
+
+    def slots_after(self, t: dt.datetime) -> Iterator[dt.datetime]:
+        """Successive slots strictly after ``t`` (one parsed iterator: cheap per slot)."""
+        it = croniter(self.expr, t.astimezone(self.zone))
+        while True:
+            yield it.get_next(dt.datetime).astimezone(UTC)
 
 
 def parse(schedule: Schedule) -> CronSpec:
@@ -97,11 +103,9 @@ def decide(
 ) -> Decision:
     """Slots in ``(base, now]``: the latest is run (unless past its deadline), the rest missed."""
     due: list[dt.datetime] = []
-    t = base
     count = 0
     capped = False
-    while True:
-        t = spec.next_after(t)
+    for t in spec.slots_after(base):
         if t > now:
             next_slot = t
             break

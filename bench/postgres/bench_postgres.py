@@ -1,0 +1,415 @@
+#!/usr/bin/env python3
+"""Benchmark: cozybackup's PostgreSQL backup/restore against the plain tools, same run.
+
+    python bench/postgres/bench_postgres.py --scale 70     # ~1 GB database
+    python bench/postgres/bench_postgres.py --scale 210    # ~3 GB database
+
+Run on demand (not a test).  Needs the Debian PostgreSQL binaries, ``zstd``, and the
+packages ``cozybackup-core`` and ``cozybackup-postgres`` installed in this Python.
+
+The database is ``pgbench -i``'s schema at ``--scale``, with the ``filler`` column of
+``pgbench_accounts`` (blank by default, which compresses 170:1) replaced by text that
+compresses like real data (words, ids and hex).  Then, in the same run, each measured
+as wall time, the peak RSS of the largest process, and the peak RSS of the whole process
+tree (sampled every 20 ms):
+
+    backup    cozybackup (CLI ``run --once``, default class, local bucket)
+              pg_dump -Fc > file                      (pg_dump's own zlib)
+              pg_dump -Fc -Z0 | zstd -T2 > file
+    restore   cozybackup (CLI ``run --once``, RestoreJob in place: verify every stream,
+              then replace the database, ANALYZE)
+              pg_restore of the -Fc file, single job    + ANALYZE
+              pg_restore -j2 of the -Fc file            + ANALYZE
+              zstd -dc file | pg_restore, single job    + ANALYZE
+
+Restores of the plain tools go into a freshly dropped database; each restore is checked
+against the original (row count and an order-independent hash of every row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cozybackup_postgres.testing import PostgresServer
+
+DB = "bench"
+WORDS = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
+    "yankee",
+    "zulu",
+    "order",
+    "invoice",
+    "paid",
+    "shipped",
+    "pending",
+    "customer",
+]
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def measure(argv: list[str], *, env: dict[str, str] | None = None, label: str) -> dict[str, Any]:
+    """Run a command: wall time and the peak RSS of its whole process tree (sampled)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    peak_tree = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak_tree
+        while not done.is_set():
+            peak_tree = max(peak_tree, sum(_rss_kb(p) for p in _tree(proc.pid)))
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    elapsed = time.monotonic() - started
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        sys.exit(
+            f"{label} failed ({proc.returncode}):\n{out.decode()[-2000:]}\n{err.decode()[-4000:]}"
+        )
+    return {"label": label, "seconds": elapsed, "peak_tree_mb": peak_tree / 1024, "stdout": out}
+
+
+def timed(argv: list[str], *, env: dict[str, str] | None = None, label: str) -> dict[str, Any]:
+    """Like :func:`measure`, plus the largest process's peak RSS from GNU time."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+        r = measure(["/usr/bin/time", "-f", "%M", "-o", tf.name, *argv], env=env, label=label)
+        r["peak_proc_mb"] = int(tf.read().strip().splitlines()[-1]) / 1024
+    return r
+
+
+# ---------------------------------------------------------------------------- the dataset
+
+
+def make_database(server: PostgresServer, scale: int) -> None:
+    pgbench = str(server.bindir / "pgbench")
+    env = server.env()
+    server.psql(f"CREATE DATABASE {DB}")
+    subprocess.run(
+        [pgbench, "-i", "-q", "-I", "dt", "-s", str(scale), DB],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    words = "ARRAY[" + ",".join(f"'{w}'" for w in WORDS) + "]"
+    n = len(WORDS)
+    server.psql(
+        f"""
+INSERT INTO pgbench_branches (bid, bbalance) SELECT g, 0 FROM generate_series(1, {scale}) g;
+INSERT INTO pgbench_tellers (tid, bid, tbalance) SELECT g, (g - 1) / 10 + 1, 0
+  FROM generate_series(1, {scale * 10}) g;
+INSERT INTO pgbench_accounts (aid, bid, abalance, filler)
+  SELECT g, (g - 1) / 100000 + 1, (random() * 20000)::int - 10000,
+         left(w[1 + (random() * {n - 1})::int] || ' ' || w[1 + (random() * {n - 1})::int]
+              || ' #' || (random() * 100000)::int || ' ' || substr(md5(random()::text), 1, 24)
+              || ' ' || w[1 + (random() * {n - 1})::int] || ' ' || w[1 + (random() * {n - 1})::int]
+              || ' ' || w[1 + (random() * {n - 1})::int], 84)
+  FROM generate_series(1, {scale * 100000}) g, (SELECT {words} AS w) v;
+""",
+        DB,
+    )
+    subprocess.run(
+        [pgbench, "-i", "-q", "-I", "vp", "-s", str(scale), DB],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+
+def fingerprint(server: PostgresServer) -> str:
+    return server.psql(
+        "SELECT count(*), sum(hashtext(a::text)::bigint) FROM pgbench_accounts a;"
+        "SELECT count(*), sum(hashtext(t::text)::bigint) FROM pgbench_tellers t;",
+        DB,
+    ).strip()
+
+
+# ---------------------------------------------------------------------------- cozybackup
+
+
+def cli_env(home: Path) -> dict[str, str]:
+    env = {**os.environ, "COZYBACKUP_HOME": str(home)}
+    env.pop("COZYBACKUP_PLUGINS", None)
+    return env
+
+
+def cli(home: Path, *args: str, stdin: str | None = None) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "cozybackup_core.cli", *args],
+        env=cli_env(home),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        sys.exit(f"cozybackup {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
+    return out.stdout
+
+
+def declare(home: Path, server: PostgresServer) -> None:
+    cli(
+        home,
+        "apply",
+        "-f",
+        "-",
+        stdin=f"""\
+apiVersion: v1
+kind: Secret
+metadata: {{name: bench-superuser}}
+stringData: {{username: {server.superuser}, password: "{server.password}"}}
+---
+apiVersion: local.backups.cozystack.io/v1alpha1
+kind: Application
+metadata: {{name: bench, namespace: tenant-bench}}
+spec:
+  kind: Postgres
+  connection: {{host: {server.host}, port: {server.port}}}
+  credentialsSecretRef: {{name: bench-superuser}}
+""",
+    )
+
+
+def job_phase(home: Path, kind: str, name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(
+        cli(home, "get", kind, name, "-n", "tenant-bench", "-o", "json")
+    )
+    return doc
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def drop_db(server: PostgresServer) -> None:
+    server.psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--scale", type=int, default=70, help="pgbench scale (70 ~ 1 GB, 210 ~ 3 GB)")
+    ap.add_argument("--workdir", type=Path, default=None, help="where dumps and the bucket go")
+    ap.add_argument("--skip-restore", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    if not shutil.which("zstd"):
+        sys.exit("zstd is needed: apt-get install zstd")
+
+    work = Path(tempfile.mkdtemp(prefix="cozy-bench-", dir=args.workdir))
+    server = PostgresServer.start(
+        settings=[
+            "shared_buffers=256MB",
+            "maintenance_work_mem=512MB",
+            "max_wal_size=8GB",
+            "checkpoint_timeout=30min",
+            "autovacuum=off",
+            "wal_level=minimal",
+            "max_wal_senders=0",
+        ]
+    )
+    results: dict[str, Any] = {"scale": args.scale}
+    try:
+        t = time.monotonic()
+        make_database(server, args.scale)
+        size = int(server.psql(f"SELECT pg_database_size('{DB}')").strip())
+        results["database_bytes"] = size
+        print(
+            f"database: scale {args.scale}, {size / 1e9:.2f} GB, made in {time.monotonic() - t:.0f} s"
+        )
+        expected = fingerprint(server)
+        env = server.env()
+        b = str(server.bindir)
+        fc, zst = work / "dump.fc", work / "dump.zst"
+        home = work / "home"
+        declare(home, server)
+        cli(
+            home,
+            "apply",
+            "-f",
+            "-",
+            stdin="""\
+apiVersion: backups.cozystack.io/v1alpha1
+kind: BackupJob
+metadata: {name: b1, namespace: tenant-bench}
+spec:
+  applicationRef: {apiGroup: apps.cozystack.io, kind: Postgres, name: bench}
+  backupClassName: cozy-default
+""",
+        )
+
+        backups = [
+            timed(
+                [sys.executable, "-m", "cozybackup_core.cli", "run", "--once", "-q"],
+                env=cli_env(home),
+                label="cozybackup backup",
+            ),
+            timed(
+                ["sh", "-c", f'exec {b}/pg_dump -Fc -d {DB} > "{fc}"'],
+                env=env,
+                label="pg_dump -Fc > file",
+            ),
+            timed(
+                ["sh", "-c", f'{b}/pg_dump -Fc -Z0 -d {DB} | zstd -q -T2 > "{zst}"'],
+                env=env,
+                label="pg_dump -Fc -Z0 | zstd -T2 > file",
+            ),
+        ]
+        job = job_phase(home, "backupjob", "b1")
+        if job["status"]["phase"] != "Succeeded":
+            sys.exit(f"backup failed: {job['status'].get('message')}")
+        raw = job_phase(home, "backup", "b1")["status"]["artifact"]["sizeBytes"]
+        stored = sum(p.stat().st_size for p in (home / "buckets").rglob("*") if p.is_file())
+        backups[0]["output_bytes"] = stored
+        backups[1]["output_bytes"] = fc.stat().st_size
+        backups[2]["output_bytes"] = zst.stat().st_size
+        results["dump_bytes"] = raw
+        results["backup"] = backups
+
+        restores: list[dict[str, Any]] = []
+        if not args.skip_restore:
+            analyze = f"{b}/psql -X -q -d {DB} -c ANALYZE"
+            cli(
+                home,
+                "apply",
+                "-f",
+                "-",
+                stdin="""\
+apiVersion: backups.cozystack.io/v1alpha1
+kind: RestoreJob
+metadata: {name: r1, namespace: tenant-bench}
+spec: {backupRef: {name: b1}}
+""",
+            )
+            server.psql("UPDATE pgbench_tellers SET tbalance = 1 WHERE tid < 5", DB)  # damage
+            r = timed(
+                [sys.executable, "-m", "cozybackup_core.cli", "run", "--once", "-q"],
+                env=cli_env(home),
+                label="cozybackup restore (in place)",
+            )
+            if job_phase(home, "restorejob", "r1")["status"]["phase"] != "Succeeded":
+                sys.exit("restore failed")
+            assert fingerprint(server) == expected, "cozybackup restore differs"
+            restores.append(r)
+            for label, cmd in [
+                ("pg_restore file (1 job)", f'{b}/pg_restore -C -d template1 "{fc}" && {analyze}'),
+                ("pg_restore -j2 file", f'{b}/pg_restore -j2 -C -d template1 "{fc}" && {analyze}'),
+                (
+                    "zstd -dc | pg_restore (1 job)",
+                    f'zstd -q -dc "{zst}" | {b}/pg_restore -C -d template1 && {analyze}',
+                ),
+            ]:
+                drop_db(server)
+                restores.append(timed(["sh", "-c", cmd], env=env, label=label))
+                assert fingerprint(server) == expected, f"{label}: restore differs"
+        results["restore"] = restores
+    finally:
+        server.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+    report(results)
+    if args.json:
+        for group in ("backup", "restore"):
+            for r in results[group]:
+                r.pop("stdout", None)
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def report(results: dict[str, Any]) -> None:
+    raw = results["dump_bytes"]
+    dbsize = results["database_bytes"]
+    print(
+        f"\nscale {results['scale']}: database {dbsize / 1e9:.2f} GB, dump (pg_dump -Z0) "
+        f"{raw / 1e6:.0f} MB; throughput = dump MB / s"
+    )
+    head = (
+        f"{'':38} {'time':>7} {'MB/s':>7} {'output':>9} {'ratio':>6} {'RSS max':>8} {'RSS tree':>9}"
+    )
+    for group in ("backup", "restore"):
+        rows = results.get(group) or []
+        if not rows:
+            continue
+        print(f"\n{group}\n{head}")
+        for r in rows:
+            out = r.get("output_bytes")
+            ratio = f"{raw / out:5.1f}x" if out else ""
+            outs = f"{out / 1e6:7.0f}MB" if out else ""
+            print(
+                f"{r['label']:38} {r['seconds']:6.1f}s {raw / 1e6 / r['seconds']:7.0f} {outs:>9} "
+                f"{ratio:>6} {r['peak_proc_mb']:6.0f}MB {r['peak_tree_mb']:7.0f}MB"
+            )
+        base = rows[0]["seconds"]
+        for r in rows[1:]:
+            print(f"  cozybackup vs {r['label']}: {r['seconds'] / base:.2f}x the throughput")
+
+
+if __name__ == "__main__":
+    main()
