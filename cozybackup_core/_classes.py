@@ -36,7 +36,7 @@ from ._types import (
     StrategyBinding,
     StrategyRef,
 )
-from ._wire import camel, structure, unstructure
+from ._wire import camel, snapshot, structure
 
 DEFAULT_CLASS = "cozy-default"
 DEFAULT_BUCKET = "cozy-backups"
@@ -83,7 +83,7 @@ class Resolved:
 
     @property
     def parameters_snapshot(self) -> dict[str, Any]:
-        snap: dict[str, Any] = unstructure(self.parameters)
+        snap: dict[str, Any] = snapshot(self.parameters)
         return snap
 
 

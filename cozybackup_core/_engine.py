@@ -39,7 +39,7 @@ from ._errors import (
 from ._host import Host
 from ._plugins import PluginHost
 from ._progress import Progress, ProgressUpdate
-from ._redact import Redactor
+from ._redact import Redactor, sensitive_values
 from ._storage import ArtifactKey, ArtifactReader, ArtifactStore, Manifest, checksum_of
 from ._types import (
     LABEL_CLASS,
@@ -157,24 +157,34 @@ class Engine:
         for store in self._stores.values():
             r.add(store.root)
         for app in locations:
-            r.add(*app.credentials.values())
-            r.add(*(v for v in app.connection.values() if isinstance(v, str)))
+            r.add(*sensitive_values(app.connection, app.credentials))
         return r
 
     # ------------------------------------------------------------------ the loop
 
     def run_once(self, stop: threading.Event | None = None) -> list[Job]:
-        """Process every pending BackupJob and RestoreJob; returns the jobs finished.
+        """Process every pending BackupJob, then every pending RestoreJob; returns the
+        jobs finished.
 
-        Jobs for the same application run one after another, in creation order; jobs for
-        different applications run in parallel on ``config.workers`` threads.  Once
-        ``stop`` is set, running jobs finish and no new one starts (they stay Pending).
+        Backups go first so that a RestoreJob applied together with the BackupJob that
+        makes its Backup finds it.  Within a phase, jobs for the same application run one
+        after another in creation order, jobs for different applications in parallel on
+        ``config.workers`` threads: never two at once for one application.  Once ``stop``
+        is set, running jobs finish and no new one starts (they stay Pending).
         """
         objs = self.host.objects
-        pending: list[Job] = [
+        finished: list[Job] = []
+        backups: list[Job] = [
             j for j in objs.list(BackupJob) if j.status.phase in (None, "Pending")
         ]
-        pending += [j for j in objs.list(RestoreJob) if j.status.phase in (None, "Pending")]
+        finished += self._run_phase(backups, stop)
+        restores: list[Job] = [
+            j for j in objs.list(RestoreJob) if j.status.phase in (None, "Pending")
+        ]
+        finished += self._run_phase(restores, stop)
+        return finished
+
+    def _run_phase(self, pending: list[Job], stop: threading.Event | None) -> list[Job]:
         queues: dict[tuple[str, ...], list[Job]] = {}
         for job in sorted(pending, key=_created):
             queues.setdefault(self._app_key(job), []).append(job)
@@ -184,7 +194,9 @@ class Engine:
             for job in queue:
                 if stop is not None and stop.is_set():
                     return
-                finished.append(self.run_job(job))
+                done = self.run_job(job)
+                if done.status.phase in ("Succeeded", "Failed"):
+                    finished.append(done)
 
         if len(queues) <= 1 or self.config.workers <= 1:
             for queue in queues.values():
@@ -569,6 +581,13 @@ class Engine:
         driver: Driver | None = None
         try:
             backup = self.host.objects.get(Backup, ns, job.spec.backup_ref.name)
+            maker = self.host.objects.get(BackupJob, ns, job.spec.backup_ref.name)
+            if (
+                backup is None
+                and maker is not None
+                and maker.status.phase in (None, "Pending", "Running")
+            ):
+                return job  # its Backup is still being made: stay Pending for the next pass
             if backup is None:
                 raise NotFoundError(
                     f"Backup {job.spec.backup_ref.name} does not exist in namespace {ns}"
@@ -605,8 +624,8 @@ class Engine:
         started = time.monotonic()
         try:
             # Every byte is checked before the target is touched.
-            progress.stage("verifying", bytes_total=reader.manifest.size_bytes)
-            reader.verify(progress.advance)
+            progress.stage("verifying", bytes_total=reader.manifest.stored_bytes)
+            reader.verify_stored(progress.advance)
             self._notify(job, "verified")
             progress.stage("restoring", bytes_total=reader.manifest.size_bytes)
             reader.on_bytes = progress.advance

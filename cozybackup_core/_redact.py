@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 MASK = "[redacted]"
@@ -38,3 +38,36 @@ class Redactor:
         if isinstance(value, (list, tuple)):
             return [self.scrub(v) for v in value]
         return value
+
+
+#: Credential keys that name an account rather than prove it: not masked, so a database
+#: or role that happens to share the name (``postgres``, ``root``) stays readable.
+_ACCOUNT_KEYS = {"user", "username", "login", "account"}
+#: Connection keys that say where something is.
+_LOCATION_KEYS = {
+    "host",
+    "hostname",
+    "endpoint",
+    "url",
+    "uri",
+    "path",
+    "datadir",
+    "socket",
+    "address",
+    "server",
+    "dsn",
+    "bucket",
+}
+
+
+def sensitive_values(connection: Mapping[str, object], credentials: Mapping[str, str]) -> list[str]:
+    """What of an application's settings must never reach a tenant: every credential but
+    the account name, and every connection value that locates something (hosts, paths,
+    URLs) - not plain settings such as ``sslmode: require``."""
+    out = [v for k, v in credentials.items() if k.lower() not in _ACCOUNT_KEYS]
+    for key, value in connection.items():
+        if isinstance(value, str) and (
+            key.lower() in _LOCATION_KEYS or any(c in value for c in "/:@") or value.count(".") >= 1
+        ):
+            out.append(value)
+    return out

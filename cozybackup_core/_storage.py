@@ -341,8 +341,35 @@ class ArtifactReader:
         finally:
             source.close()
 
+    def verify_stored(self, on_bytes: Callable[[int], None] = lambda n: None) -> None:
+        """Check every stored byte against the digest and size recorded at backup time,
+        without decompressing (about 1.5 GB/s of sha256 instead of a full decode).  What
+        was stored is what was written; the raw digest is checked again as a driver reads."""
+        for info in self.manifest.streams:
+            path = self.store.stream_path(self.key, info.name)
+            digest, count = hashlib.sha256(), 0
+            try:
+                with self.store.fs.open(path, "rb", block_size=BLOCK_SIZE) as f:
+                    while chunk := f.read(CHUNK):
+                        digest.update(chunk)
+                        count += len(chunk)
+                        on_bytes(len(chunk))
+            except FileNotFoundError:
+                raise ArtifactCorruptError(
+                    f"stream {info.name!r} of the backup is missing"
+                ) from None
+            except Exception as exc:
+                raise StorageError(
+                    "the backup storage could not be read", admin_detail=repr(exc)
+                ) from exc
+            if count != info.stored_bytes or digest.hexdigest() != info.stored_sha256:
+                raise ArtifactCorruptError(
+                    f"stream {info.name!r} of the backup does not match its recorded checksum"
+                )
+
     def verify(self, on_bytes: Callable[[int], None] = lambda n: None) -> None:
-        """Read every stream to the end; raise :class:`ArtifactCorruptError` on mismatch."""
+        """Read and decode every stream to the end: stored and raw digests, sizes, zstd
+        frame checksums.  Raise :class:`ArtifactCorruptError` on any mismatch."""
         saved, self.on_bytes = self.on_bytes, on_bytes
         try:
             for name in self.names():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import subprocess
 import threading
@@ -91,18 +92,44 @@ def run_tool(
 
     timer = threading.Timer(deadline.remaining(), kill_group)
     timer.start()
+    # A reader thread drains the tool's pipe into a small bounded queue while this thread
+    # compresses and hashes: the tool never waits on a full 64 KiB pipe (8 MiB in flight).
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+    stopping = threading.Event()
+
+    def pump_out() -> None:
+        assert proc.stdout is not None
+        try:
+            while chunk := proc.stdout.read(CHUNK):
+                while not stopping.is_set():
+                    try:
+                        chunks.put(chunk, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stopping.is_set():
+                    return
+        finally:
+            with contextlib.suppress(queue.Full):
+                chunks.put(None, timeout=5)
+
+    reader = threading.Thread(target=pump_out, daemon=True)
+    reader.start()
+    threads.append(reader)
     try:
-        while chunk := proc.stdout.read(CHUNK):
+        while (chunk := chunks.get()) is not None:
             if stdout is None:
                 captured.extend(chunk)
             else:
                 stdout.write(chunk)
         rc = proc.wait()
     except BaseException:
+        stopping.set()
         kill_group()
         proc.wait()
         raise
     finally:
+        stopping.set()
         timer.cancel()
         for t in threads:
             t.join(timeout=30)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import typing
 from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
@@ -19,6 +20,7 @@ from cattrs.errors import (
     ClassValidationError,
     ForbiddenExtraKeysError,
     IterableValidationError,
+    IterableValidationNote,
 )
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
@@ -103,7 +105,14 @@ def _any_map(value: Any, _t: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def make_converter() -> cattrs.Converter:
+def _is_homogeneous_tuple(t: Any) -> bool:
+    args: tuple[Any, ...] = typing.get_args(t)
+    origin: Any = typing.get_origin(t)
+    return origin is tuple and len(args) == 2 and args[1] is Ellipsis
+
+
+def make_converter(*, omit_defaults: bool = True) -> cattrs.Converter:
+    """The wire converter.  ``omit_defaults=False`` gives full snapshots (manifests)."""
     conv = cattrs.Converter(unstruct_collection_overrides={tuple: list})
     conv.register_structure_hook(dt.datetime, _structure_datetime)
     conv.register_unstructure_hook(dt.datetime, _unstructure_datetime)
@@ -137,17 +146,44 @@ def make_converter() -> cattrs.Converter:
     def unstructure_factory(cls: type[Any]) -> Any:
         keep = _ALWAYS_EMIT.get(cls, set())
         overrides = {
-            a.name: override(rename=camel(a.name), omit_if_default=a.name not in keep)
+            a.name: override(
+                rename=camel(a.name), omit_if_default=omit_defaults and a.name not in keep
+            )
             for a in attrs.fields(cls)
         }
         return make_dict_unstructure_fn(cls, conv, **cast(dict[str, Any], overrides))
 
+    def tuple_factory(t: Any) -> Any:
+        # cattrs would turn "shop" into ("s", "h", "o", "p"): a list is required.
+        item_t = typing.get_args(t)[0] if typing.get_args(t) else Any
+
+        def structure_tuple(value: Any, _t: Any) -> tuple[Any, ...]:
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                raise TypeError(f"expected a list, got {type(value).__name__}")
+            out, errors = [], []
+            for i, item in enumerate(value):
+                try:
+                    out.append(conv.structure(item, item_t))
+                except Exception as exc:  # noqa: BLE001 - collected, re-raised as a group
+                    exc.__notes__ = [  # type: ignore[attr-defined]
+                        *getattr(exc, "__notes__", []),
+                        IterableValidationNote(f"@ index {i}", i, item_t),
+                    ]
+                    errors.append(exc)
+            if errors:
+                raise IterableValidationError("while structuring a list", errors, t)
+            return tuple(out)
+
+        return structure_tuple
+
+    conv.register_structure_hook_factory(_is_homogeneous_tuple, tuple_factory)
     conv.register_structure_hook_factory(attrs.has, structure_factory)
     conv.register_unstructure_hook_factory(attrs.has, unstructure_factory)
     return conv
 
 
 CONVERTER = make_converter()
+SNAPSHOT = make_converter(omit_defaults=False)
 
 
 # --------------------------------------------------------------------------- errors
@@ -204,6 +240,11 @@ def structure(data: Any, cls: type[Any], path: str = "") -> Any:
 
 def unstructure(obj: Any) -> Any:
     return CONVERTER.unstructure(obj)
+
+
+def snapshot(obj: Any) -> Any:
+    """Like :func:`unstructure`, with every default written out (a record of what was used)."""
+    return SNAPSHOT.unstructure(obj)
 
 
 # --------------------------------------------------------------------------- manifests

@@ -91,8 +91,8 @@ def test_seed_manifests_apply_unchanged_and_fail_honestly_without_a_driver(tmp_p
         ("kind: [unclosed\n", "not valid YAML"),
         (
             "apiVersion: backups.cozystack.io/v1alpha1\nkind: BackupClass\nmetadata: {name: c}\n"
-            "spec: {strategies: [{application: {kind: Postgres}, strategyRef: {kind: Postgres, name: x}}]}\n",
-            "error: spec.strategies[0].strategyRef.kind: the Postgres strategy's driver is not installed",
+            "spec: {strategies: [{application: {kind: Postgres}, strategyRef: {kind: Velero, name: x}}]}\n",
+            "error: spec.strategies[0].strategyRef.kind: the Velero strategy's driver is not installed",
         ),
     ],
 )

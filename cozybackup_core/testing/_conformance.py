@@ -16,6 +16,7 @@ import attrs
 import pytest
 
 from .._driver import Driver
+from .._redact import sensitive_values
 from .._types import APPS_GROUP, ApplicationRef, ArtifactRecord
 from ._platform import LocalPlatform
 
@@ -170,9 +171,7 @@ class DriverConformance(abc.ABC):
         view = platform.tenant_view(NS)
         secrets = [str(platform.home), "buckets", "cozy-backups/"]
         for handle in (good, bad):
-            secrets += [v for v in handle.credentials.values() if len(v) >= 3]
-            secrets += [
-                str(v) for v in handle.connection.values() if isinstance(v, str) and len(v) >= 3
-            ]
+            found = sensitive_values(handle.connection, handle.credentials)
+            secrets += [v for v in found if len(v) >= 3]
         leaks = [s for s in secrets if s in view]
         assert not leaks, f"tenant-visible objects contain {leaks}"
