@@ -1,0 +1,48 @@
+"""The core's conformance kit, run against real PostgreSQL 15 servers.
+
+An application is a whole server (roles are server-wide), so every ``create_app``
+starts a fresh one; a to-copy restore goes into a second server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from cozybackup_postgres import PostgresDriver
+from cozybackup_postgres.testing import PostgresServer, ServerPool, write_dataset
+
+from cozybackup_core import APPS_GROUP, ApplicationRef
+from cozybackup_core.testing import AppHandle, DriverConformance
+
+
+class TestPostgresConformance(DriverConformance):
+    driver = PostgresDriver
+    kind = "Postgres"
+
+    @pytest.fixture(autouse=True)
+    def _pool(self, pg_servers: ServerPool) -> None:
+        self.pool = pg_servers
+
+    def create_app(self, tmp_path: Path, name: str) -> AppHandle:
+        server = self.pool.start()
+        return AppHandle(
+            ref=ApplicationRef(api_group=APPS_GROUP, kind="Postgres", name=name),
+            connection=server.connection(),
+            credentials=server.credentials(),
+            extra={"server": server},
+        )
+
+    def write_data(self, app: AppHandle, seed: int) -> None:
+        write_dataset(app.extra["server"], seed)
+
+    def checksum(self, app: AppHandle) -> str:
+        server: PostgresServer = app.extra["server"]
+        text = json.dumps(server.fingerprint(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def break_app(self, app: AppHandle) -> AppHandle:
+        creds = dict(app.credentials, password="not-the-" + app.credentials["password"])
+        return AppHandle(ref=app.ref, connection=app.connection, credentials=creds, extra=app.extra)
