@@ -14,8 +14,9 @@ numbers, e-mail addresses and hex tokens: about 3:1 with zstd), then measures
     second server vs the driver's restore to a copy, and ``zstd -dc | mbstream -x`` +
     ``mariabackup --prepare`` vs the driver's physical restore into a fresh instance.
 
-Each case runs in its own child process; the time is that of the operation inside it
-(interpreter start-up excluded for both sides).  "peak RSS" is the largest sum of the
+Each case runs in its own child process; the time and the CPU seconds (the child and
+the tools it ran) are those of the operation inside it (interpreter start-up and
+imports excluded for both sides).  "peak RSS" is the largest sum of the
 resident memory of the child and every process under it (tools, shells), sampled every
 50 ms; "(python)" is the child Python process's own peak.  The driver's restores verify
 every checksum before touching the target, so they read the artifact twice.
@@ -183,29 +184,38 @@ def _declare(plat: Any, name: str, case: dict[str, Any]) -> Any:
 def child(case: dict[str, Any]) -> dict[str, Any]:
     """One measured operation; returns its seconds and sizes."""
     kind = case["kind"]
-    start = time.monotonic()
+    start, cpu0 = time.monotonic(), _cpu()
     out: dict[str, Any] = {}
     if kind == "shell":
         subprocess.run(["bash", "-o", "pipefail", "-c", case["script"]], check=True)
     elif kind == "cozy-backup":
         plat = _platform(Path(case["home"]), case["mode"])
         ref = _declare(plat, "src", case)
-        start = time.monotonic()
-        job = plat.backup(NS, ref, case["mode"], case["mode"])
+        start, cpu0 = time.monotonic(), _cpu()
+        job = plat.backup(NS, ref, case["name"], case["mode"])
         if job.status.phase != "Succeeded":
             raise SystemExit(f"backup failed: {job.status.message}")
-        out["stored"] = sum(p.stat().st_size for p in plat.stored_files())
-        out["raw"] = plat.backups(NS)[0].status.artifact.size_bytes
+        backup = next(b for b in plat.backups(NS) if b.metadata.name == case["name"])
+        uid = backup.status.artifact.uri.rsplit("/", 1)[1]
+        out["stored"] = sum(p.stat().st_size for p in plat.stored_files() if uid in str(p))
+        out["raw"] = backup.status.artifact.size_bytes
     elif kind == "cozy-restore":
         plat = _platform(Path(case["home"]), case["mode"])
         target = _declare(plat, "dst-" + case["mode"], case)
-        start = time.monotonic()
-        job = plat.restore(NS, case["mode"], f"r-{case['mode']}", target=target)
+        start, cpu0 = time.monotonic(), _cpu()
+        job = plat.restore(NS, f"{case['mode']}-0", case["name"], target=target)
         if job.status.phase != "Succeeded":
             raise SystemExit(f"restore failed: {job.status.message}")
-    took = time.monotonic() - start
-    me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"seconds": took, "rss_self": me, **out}
+    took, cpu = time.monotonic() - start, _cpu() - cpu0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": took, "rss_self": rss, "cpu": cpu, **out}
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (the tools) so far."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _tree_rss(root: int) -> int:
@@ -257,13 +267,64 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- main
 
 
+def median(values: list[float]) -> float:
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
+class Pairs:
+    """Runs (raw, cozybackup) pairs alternately ``repeat`` times; keeps every result."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, list[dict[str, Any]], list[dict[str, Any]]]] = []
+
+    def run(
+        self, what: str, raw: tuple[str, Any], cozy: tuple[str, Any], repeat: int
+    ) -> list[dict[str, Any]]:
+        raws: list[dict[str, Any]] = []
+        ours: list[dict[str, Any]] = []
+        for i in range(repeat):
+            for spec, results in ((raw[1], raws), (cozy[1], ours)):
+                spec = spec(i) if callable(spec) else spec
+                r = measure({**spec, "password": ADMIN_PASSWORD})
+                results.append(r)
+            print(
+                f"  {what} #{i + 1}: {raw[0]} {raws[-1]['seconds']:.2f}s, "
+                f"cozybackup {ours[-1]['seconds']:.2f}s",
+                flush=True,
+            )
+        self.rows.append((what, raw[0], raws, ours))
+        return ours
+
+    def print(self, sizes: dict[str, int]) -> None:
+        print(
+            f"{'case':<46}{'seconds':>8}{'MiB/s':>7}{'CPU s':>7}{'peak RSS':>10}"
+            f"{'(python)':>10}{'vs raw':>8}"
+        )
+        for what, raw_label, raws, ours in self.rows:
+            size = sizes["physical" if "physical" in what else "logical"] / 2**20
+            base = median([r["seconds"] for r in raws])
+            for label, results in ((f"{what}: {raw_label}", raws), (f"{what}: cozybackup", ours)):
+                sec = median([r["seconds"] for r in results])
+                rss = max(r["rss_tree"] for r in results)
+                py = max(r["rss_self"] for r in results)
+                cpu = median([r["cpu"] for r in results])
+                print(
+                    f"{label:<46}{sec:8.2f}{size / sec:7.0f}{cpu:7.1f}{rss:8.0f}MB{py:8.0f}MB"
+                    f"{base / sec:8.2f}"
+                )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--mib", type=int, default=1024, help="table data to load (TSV MiB)")
     ap.add_argument("--threads", type=int, default=2, help="zstd threads of the baseline")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each backup (median)")
+    ap.add_argument("--restore-repeat", type=int, default=1, help="runs of each restore")
     ap.add_argument("--no-restore", action="store_true")
+    ap.add_argument("--only", choices=["logical", "physical"], help="one mode only")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -282,6 +343,8 @@ def main() -> int:
         def server(name: str, *, start: bool = True, data: bool = True) -> MariaDBServer:
             s = MariaDBServer(tmp / name)
             (tmp / name).mkdir()
+            # Sized for the data, as a production server would be.
+            (tmp / name / "extra-options").write_text("--innodb-buffer-pool-size=1G\n")
             servers.append(s)
             if data:
                 shutil.copytree(template, s.datadir, symlinks=True)
@@ -306,110 +369,104 @@ def main() -> int:
             f"mariabackup --defaults-file={cnf} --backup --stream=xbstream "
             f"--target-dir={tmp}/xb --parallel=1 2>/dev/null"
         )
-        home = tmp / "home"
-        rows: list[tuple[str, dict[str, Any], float | None]] = []
+        homes = {m: str(tmp / f"home-{m}") for m in ("logical", "physical")}
+        pairs = Pairs()
 
-        def case(label: str, spec: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
-            r = measure({**spec, "password": ADMIN_PASSWORD})
-            rows.append((label, r, base["seconds"] / r["seconds"] if base else None))
-            print(f"  {label}: {r['seconds']:.2f}s", flush=True)
-            return r
+        def backup(mode: str) -> Any:
+            return lambda i: {
+                "kind": "cozy-backup",
+                "mode": mode,
+                "name": f"{mode}-{i}",
+                "home": homes[mode],
+                "conn": conn,
+            }
 
         print("measuring ...", flush=True)
-        raw_dump = case(
-            "logical: mariadb-dump | zstd",
-            {"kind": "shell", "script": f"{dump} | {z} > {tmp}/dump.sql.zst"},
-            None,
-        )
-        cozy_dump = case(
-            "logical: cozybackup",
-            {"kind": "cozy-backup", "mode": "logical", "home": f"{home}-logical", "conn": conn},
-            raw_dump,
-        )
-        raw_xb = case(
-            "physical: mariabackup | zstd",
-            {"kind": "shell", "script": f"{xb} | {z} > {tmp}/datadir.xb.zst"},
-            None,
-        )
-        cozy_xb = case(
-            "physical: cozybackup",
-            {"kind": "cozy-backup", "mode": "physical", "home": f"{home}-physical", "conn": conn},
-            raw_xb,
-        )
-        if not args.no_restore:
+        sizes: dict[str, int] = {}
+        stored: dict[str, tuple[int, int]] = {}
+        modes = [args.only] if args.only else ["logical", "physical"]
+        if "logical" in modes:
+            ours = pairs.run(
+                "logical backup",
+                ("mariadb-dump | zstd", {"kind": "shell", "script": f"{dump} | {z} > {tmp}/d.zst"}),
+                ("cozybackup", backup("logical")),
+                args.repeat,
+            )
+            sizes["logical"] = ours[0]["raw"]
+            stored["logical"] = (ours[0]["stored"], (tmp / "d.zst").stat().st_size)
+        if "physical" in modes:
+            ours = pairs.run(
+                "physical backup",
+                ("mariabackup | zstd", {"kind": "shell", "script": f"{xb} | {z} > {tmp}/x.zst"}),
+                ("cozybackup", backup("physical")),
+                args.repeat,
+            )
+            sizes["physical"] = ours[0]["raw"]
+            stored["physical"] = (ours[0]["stored"], (tmp / "x.zst").stat().st_size)
+        if not args.no_restore and "logical" in modes:
             dst = server("dst")
             dst_cnf = dst.option_file(ADMIN_USER, ADMIN_PASSWORD)
-            raw = case(
-                "logical restore: zstd -dc | mariadb",
-                {
-                    "kind": "shell",
-                    "script": f"zstd -dc {tmp}/dump.sql.zst | mariadb --defaults-file={dst_cnf}",
-                },
-                None,
-            )
-            case(
-                "logical restore: cozybackup",
-                {
-                    "kind": "cozy-restore",
-                    "mode": "logical",
-                    "home": f"{home}-logical",
-                    "conn": {"host": "127.0.0.1", "port": dst.port},
-                },
-                raw,
-            )
-            (tmp / "unpacked").mkdir()
-            raw = case(
-                "physical restore: unpack + prepare",
-                {
-                    "kind": "shell",
-                    "script": f"zstd -dc {tmp}/datadir.xb.zst | mbstream -x -C {tmp}/unpacked"
-                    f" && mariabackup --no-defaults --prepare --target-dir={tmp}/unpacked"
-                    " --use-memory=256M 2>/dev/null",
-                },
-                None,
-            )
-            fresh = server("fresh", start=False, data=False)
-            case(
-                "physical restore: cozybackup",
-                {
-                    "kind": "cozy-restore",
-                    "mode": "physical",
-                    "home": f"{home}-physical",
-                    "conn": {
-                        "host": "127.0.0.1",
-                        "port": fresh.port,
-                        "datadir": str(fresh.datadir),
+            pairs.run(
+                "logical restore",
+                (
+                    "zstd -dc | mariadb",
+                    {
+                        "kind": "shell",
+                        "script": f"zstd -dc {tmp}/d.zst | mariadb --defaults-file={dst_cnf}",
                     },
-                },
-                raw,
+                ),
+                (
+                    "cozybackup",
+                    lambda i: {
+                        "kind": "cozy-restore",
+                        "mode": "logical",
+                        "name": f"r{i}",
+                        "home": homes["logical"],
+                        "conn": {"host": "127.0.0.1", "port": dst.port},
+                    },
+                ),
+                args.restore_repeat,
             )
-
-        dump_size = cozy_dump["raw"]
-        xb_size = cozy_xb["raw"]
+        if not args.no_restore and "physical" in modes:
+            fresh = server("fresh", start=False, data=False)
+            unpacked = tmp / "unpacked"
+            pairs.run(
+                "physical restore",
+                (
+                    "mbstream -x + prepare",
+                    {
+                        "kind": "shell",
+                        "script": f"rm -rf {unpacked} && mkdir {unpacked} && zstd -dc {tmp}/x.zst"
+                        f" | mbstream -x -C {unpacked} && mariabackup --no-defaults --prepare"
+                        f" --target-dir={unpacked} --use-memory=256M 2>/dev/null",
+                    },
+                ),
+                (
+                    "cozybackup",
+                    lambda i: {
+                        "kind": "cozy-restore",
+                        "mode": "physical",
+                        "name": f"r{i}",
+                        "home": homes["physical"],
+                        "conn": {
+                            "host": "127.0.0.1",
+                            "port": fresh.port,
+                            "datadir": str(fresh.datadir),
+                        },
+                    },
+                ),
+                args.restore_repeat,
+            )
         print(
-            f"\n{args.mib} MiB loaded; logical dump {dump_size / 2**20:.0f} MiB, "
-            f"xbstream {xb_size / 2**20:.0f} MiB; zstd -3 -T{args.threads}\n"
+            f"\n{args.mib} MiB of TSV loaded: logical dump {sizes.get('logical', 0) / 2**20:.0f} MiB, "
+            f"xbstream {sizes.get('physical', 0) / 2**20:.0f} MiB; baseline compression "
+            f"zstd -3 -T{args.threads}; median of {args.repeat} backup runs\n"
         )
-        print(
-            f"{'case':<38}{'seconds':>8}{'MiB/s':>8}{'peak RSS':>10}{'(python)':>10}{'vs raw':>8}"
-        )
-        for label, r, ratio in rows:
-            size = dump_size if label.startswith("logical") else xb_size
-            ratio_text = f"{ratio:8.2f}" if ratio is not None else f"{'1.00':>8}"
+        pairs.print(sizes)
+        for mode, (cozy, raw) in stored.items():
             print(
-                f"{label:<38}{r['seconds']:8.2f}{size / 2**20 / r['seconds']:8.0f}"
-                f"{r['rss_tree']:8.0f}MB{r['rss_self']:8.0f}MB{ratio_text}"
+                f"stored {mode}: cozybackup {cozy / 2**20:.0f} MiB, raw pipeline {raw / 2**20:.0f} MiB"
             )
-        raw_sizes = {
-            "logical": (tmp / "dump.sql.zst").stat().st_size,
-            "physical": (tmp / "datadir.xb.zst").stat().st_size,
-        }
-        print(
-            f"\nstored: logical raw {raw_sizes['logical'] / 2**20:.0f} MiB vs cozybackup "
-            f"{cozy_dump['stored'] / 2**20:.0f} MiB; physical raw "
-            f"{raw_sizes['physical'] / 2**20:.0f} MiB vs cozybackup "
-            f"{cozy_xb['stored'] / 2**20:.0f} MiB"
-        )
     finally:
         for s in servers:
             s.stop()
