@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # Debian packages the driver tests start real servers from.
-APT_PACKAGES="postgresql postgresql-contrib ${COZYBACKUP_APT_PACKAGES:-}"
+APT_PACKAGES="postgresql postgresql-contrib mariadb-server mariadb-client mariadb-backup ${COZYBACKUP_APT_PACKAGES:-}"
 
 need_apt=()
 for pkg in $APT_PACKAGES; do
@@ -13,7 +13,13 @@ for pkg in $APT_PACKAGES; do
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
+  # The tests start their own servers on 127.0.0.1; no system service may start on install.
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+  fi
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}" </dev/null
+  if [ -n "$made_policy" ]; then rm -f /usr/sbin/policy-rc.d; fi
 fi
 
 if ! command -v uv >/dev/null 2>&1 || ! command -v nox >/dev/null 2>&1; then

@@ -92,6 +92,13 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=ONE)
 def demo(session: nox.Session) -> None:
-    """The README's main job: back up and restore a real database on the embedded host."""
-    _install(session, "-e", "plugins-example")
+    """The README's main job: back up and restore a real PostgreSQL on the embedded host."""
+    _install(session, "-e", "drivers/postgres")
     session.run("python", "docs/demo.py", *session.posargs)
+
+
+@nox.session(python=ONE)
+def demo_sqlite(session: nox.Session) -> None:
+    """The same flow on the SQLite example driver: no database server needed."""
+    _install(session, "-e", "plugins-example")
+    session.run("python", "docs/demo_sqlite.py", *session.posargs)

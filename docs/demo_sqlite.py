@@ -6,7 +6,7 @@ tenant would: apply a BackupClass and the application, apply a BackupJob, run it
 progress), damage the data, apply a RestoreJob, run it, and prove every table's checksum
 is back.  Prints a short report and removes everything it made (``--keep`` to keep it).
 
-The Postgres driver will take over this demo when it lands; the flow stays the same.
+The main demo (`docs/demo.py`) does the same with PostgreSQL; this one needs no server.
 """
 
 from __future__ import annotations
