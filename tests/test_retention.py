@@ -4,10 +4,12 @@ through the engine (artifact then record, surviving a crash in between)."""
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from pathlib import Path
 
 import attrs
 import pytest
+from cozybackup_sqlite import SQLiteDriver
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,8 +17,6 @@ from cozybackup_core import Backup
 from cozybackup_core._retention import Candidate, decide, parse_age
 from cozybackup_core._types import ArtifactRecord, Retention
 from cozybackup_core.testing import LocalPlatform
-
-from support.drivers import FILES, FilesDriver
 
 UTC = dt.timezone.utc
 NOW = dt.datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
@@ -111,26 +111,32 @@ def test_reasons_are_readable() -> None:
     assert delete["b9"] == "older than maxAge=7d"
 
 
-def _platform(tmp_path: Path, now: list[dt.datetime]) -> tuple[LocalPlatform, object]:
-    plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,), clock=lambda: now[0])
+def _platform(tmp_path: Path, now: list[dt.datetime]) -> tuple[LocalPlatform, Path]:
+    """Four hourly backups of a real SQLite database through a class that keeps two."""
+    plat = LocalPlatform(tmp_path / "home", drivers=(SQLiteDriver,), clock=lambda: now[0])
     plat.apply("""
 apiVersion: backups.cozystack.io/v1alpha1
 kind: BackupClass
-metadata: {name: files}
+metadata: {name: sqlite}
 spec:
   retention: {keepLast: 2}
   strategies:
-  - application: {apiGroup: apps.example.com, kind: Directory}
-    strategyRef: {kind: Files, name: files}
+  - application: {apiGroup: apps.example.com, kind: SQLiteDatabase}
+    strategyRef: {kind: SQLite, name: sqlite}
 """)
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "f").write_bytes(b"x" * 10_000)
-    ref = plat.declare_app(NS, "app1", "Directory", {"path": str(data)}, api_group=FILES.api_group)
+    db = tmp_path / "app.sqlite"
+    ref = plat.declare_app(
+        NS, "app1", "SQLiteDatabase", {"path": str(db)}, api_group="apps.example.com"
+    )
     for i in range(4):
+        con = sqlite3.connect(db)
+        con.execute("CREATE TABLE IF NOT EXISTS t(v)")
+        con.execute("INSERT INTO t VALUES (?)", (f"generation {i}",))
+        con.commit()
+        con.close()
         now[0] += dt.timedelta(hours=1)
-        assert plat.backup(NS, ref, f"b{i}", "files").status.phase == "Succeeded"
-    return plat, ref
+        assert plat.backup(NS, ref, f"b{i}", "sqlite").status.phase == "Succeeded"
+    return plat, db
 
 
 def _manifests(plat: LocalPlatform) -> int:
@@ -139,7 +145,7 @@ def _manifests(plat: LocalPlatform) -> int:
 
 def test_prune_removes_artifact_and_record(tmp_path: Path) -> None:
     now = [NOW]
-    plat, _ = _platform(tmp_path, now)
+    plat, db = _platform(tmp_path, now)
     dry = plat.engine.prune(dry_run=True)
     assert [(a.backup, a.delete) for a in dry] == [
         ("b0", True),
@@ -152,7 +158,12 @@ def test_prune_removes_artifact_and_record(tmp_path: Path) -> None:
     assert sorted(b.metadata.name for b in plat.backups(NS)) == ["b2", "b3"]
     assert _manifests(plat) == 2
     assert len(plat.host.objects.list(ArtifactRecord)) == 2
-    assert plat.restore(NS, "b3", "r1").status.phase == "Succeeded"
+    assert plat.restore(NS, "b2", "r1").status.phase == "Succeeded"  # what is kept restores
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT v FROM t ORDER BY rowid").fetchall() == [
+        (f"generation {i}",) for i in range(3)
+    ]
+    con.close()
 
 
 def test_pinned_backup_survives(tmp_path: Path) -> None:

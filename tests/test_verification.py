@@ -109,3 +109,36 @@ def test_drill_without_driver_support_is_reported(tmp_path: Path) -> None:
     v = drilled.status.last_verified
     assert v is not None and v.result == "Failed"
     assert v.message == "the files driver cannot create a scratch target for drills"
+
+
+def test_plan_fires_and_the_runner_backs_it_up_under_forbid(tmp_path: Path) -> None:
+    """A Plan with a real driver: the slot's job runs; a slot due while one is still
+    pending is held back and recorded; the next pass runs again."""
+    from cozybackup_core import Plan, fire_due_plans
+
+    now = [dt.datetime(2026, 11, 24, 9, 59, tzinfo=UTC)]
+    plat = _setup(tmp_path, now)
+    plat.apply("""
+apiVersion: backups.cozystack.io/v1alpha1
+kind: Plan
+metadata: {name: hourly, namespace: tenant-a}
+spec:
+  applicationRef: {apiGroup: apps.example.com, kind: SQLiteDatabase, name: db}
+  backupClassName: sqlite
+  schedule: {cron: "0 * * * *"}
+""")
+    now[0] = dt.datetime(2026, 11, 24, 10, 0, 5, tzinfo=UTC)
+    [job] = fire_due_plans(plat.host)
+    now[0] = dt.datetime(2026, 11, 24, 11, 0, 5, tzinfo=UTC)
+    assert fire_due_plans(plat.host) == []  # the 10:00 job has not run yet: Forbid
+    plan = plat.host.objects.get(Plan, NS, "hourly")
+    assert plan is not None and plan.status.missed_runs == 1
+    done = plat.engine.run_once()
+    assert [(j.metadata.name, j.status.phase) for j in done] == [(job.metadata.name, "Succeeded")]
+    backup = _backup(plat, job.metadata.name)
+    assert backup.spec.plan_ref is not None and backup.spec.plan_ref.name == "hourly"
+    now[0] = dt.datetime(2026, 11, 24, 12, 0, 5, tzinfo=UTC)
+    [second] = fire_due_plans(plat.host)
+    assert second.metadata.name == "hourly-202611241200"
+    plan = plat.host.objects.get(Plan, NS, "hourly")
+    assert plan is not None and plan.status.last_successful_time is not None
