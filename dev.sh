@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # Debian packages the driver tests start real servers from.
-APT_PACKAGES="postgresql postgresql-contrib mariadb-server mariadb-client mariadb-backup ${COZYBACKUP_APT_PACKAGES:-}"
+APT_PACKAGES="postgresql postgresql-contrib mariadb-server mariadb-client mariadb-backup
+  clickhouse-server clickhouse-client etcd-server etcd-client ${COZYBACKUP_APT_PACKAGES:-}"
 
 need_apt=()
 for pkg in $APT_PACKAGES; do

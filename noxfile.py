@@ -48,6 +48,14 @@ TEST_DEPS = [
 ]
 
 
+def _test_group(pkg: Path) -> list[str]:
+    """A driver's own test-only requirements: ``[dependency-groups] test`` in its pyproject."""
+    import tomllib
+
+    groups = tomllib.loads((pkg / "pyproject.toml").read_text()).get("dependency-groups", {})
+    return [r for r in groups.get("test", []) if isinstance(r, str)]
+
+
 def _install(session: nox.Session, *extra: str) -> None:
     session.install("-e", ".[s3]", *extra)
 
@@ -63,7 +71,7 @@ def tests(session: nox.Session) -> None:
 def drivers(session: nox.Session) -> None:
     """Every driver package's own tests, each in the same environment as the core."""
     pkgs = [a for d in DRIVER_DIRS for a in ("-e", str(d))]
-    _install(session, *pkgs, *TEST_DEPS)
+    _install(session, *pkgs, *TEST_DEPS, *(r for d in DRIVER_DIRS for r in _test_group(d)))
     for d in DRIVER_DIRS:
         # A package with its own pytest settings (a third party's) runs under them.
         own = "[tool.pytest.ini_options]" in (d / "pyproject.toml").read_text()
