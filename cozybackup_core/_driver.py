@@ -74,11 +74,38 @@ class ProgressReporter(Protocol):
     def advance(self, nbytes: int) -> None: ...
 
 
+@attrs.frozen(kw_only=True)
+class ServerSideTarget:
+    """An S3 prefix that the application's own server writes to or reads from (for example
+    ClickHouse's ``BACKUP ... TO S3(url, key, secret)``).
+
+    Handing these credentials to a tenant's server is an admin decision: a storage location
+    offers server-side targets only with ``serverSideAccess: true``, and should then be a
+    bucket of its own.  The credentials are kept out of ``repr``.
+    """
+
+    #: ``http(s)://endpoint/bucket/.../<name>/``: always ends in ``/``.
+    url: str
+    access_key_id: str = attrs.field(repr=False)
+    secret_access_key: str = attrs.field(repr=False)
+    region: str | None = None
+
+
 class StreamSink(Protocol):
     """Where a driver writes its data: named streams, compressed and hashed on the fly."""
 
     def open(self, name: str) -> AbstractContextManager[IO[bytes]]:
         """A writable binary stream; closing it records its size and checksums."""
+        ...
+
+    def server_side(self, name: str) -> ServerSideTarget:
+        """A prefix for the application's server to write ``name`` to by itself.
+
+        After ``backup`` returns, the platform lists and hashes every object under it and
+        records them in the manifest; they are checked before any restore.  Raises
+        :class:`UnsupportedError` (a message for the operator) when the storage does not
+        offer server-side access.
+        """
         ...
 
 
@@ -89,6 +116,11 @@ class StreamSource(Protocol):
 
     def open(self, name: str) -> AbstractContextManager[IO[bytes]]:
         """A readable binary stream; reaching EOF on a corrupted stream raises."""
+        ...
+
+    def server_side(self, name: str) -> ServerSideTarget:
+        """Where the server wrote ``name`` at backup time (already verified), for the
+        target's server to read from.  :class:`NotFoundError` if the backup has none."""
         ...
 
 

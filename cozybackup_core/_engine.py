@@ -139,6 +139,7 @@ class Engine:
                     key=creds.get("accessKeyId", ""),
                     secret=creds.get("secretAccessKey", ""),
                     region=spec.region,
+                    server_side=spec.server_side_access,
                 )
         return self._stores[name]
 
@@ -423,8 +424,11 @@ class Engine:
             )
             resolved.driver.backup(ctx)
             ctx.deadline.check()
-            if not writer.streams:
+            if writer.empty:
                 raise PermanentError(f"the {resolved.driver.name} driver produced no data")
+            if writer.server_streams:
+                progress.stage("inventorying the server's files")
+                writer.inventory_server_side(progress.advance)
             manifest = Manifest(
                 format_version=1,
                 backup_uid=uid,
@@ -439,6 +443,7 @@ class Engine:
                 parameters=resolved.parameters_snapshot,
                 taken_at=unstructure(taken_at),
                 streams=tuple(writer.streams),
+                server_files=tuple(writer.server_files),
                 tool_versions=dict(ctx.tool_versions),
                 # Tenant-visible on the Backup: scrubbed like every other tenant text.
                 driver_metadata=self.redactor(app).scrub(dict(ctx.metadata)),

@@ -4,6 +4,7 @@ Layout under the location's root (admin-visible only)::
 
     <bucket>/<prefix>/<namespace>/<kind>/<application>/<backup-uid>/
         streams/<name>.zst
+        server/<name>/...    <- written by the application's server itself (opt-in)
         manifest.json        <- written last: its presence is the commit
 
 Every stream records two sha256 digests: of the stored (compressed) bytes, which checks
@@ -26,7 +27,14 @@ import fsspec
 import zstandard
 from fsspec.implementations.local import LocalFileSystem
 
-from ._errors import ArtifactCorruptError, NotFoundError, StorageError, ValidationError
+from ._driver import ServerSideTarget
+from ._errors import (
+    ArtifactCorruptError,
+    NotFoundError,
+    StorageError,
+    UnsupportedError,
+    ValidationError,
+)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -69,6 +77,26 @@ class StreamInfo:
 
 
 @attrs.frozen(kw_only=True)
+class ServerFileInfo:
+    """One object the application's server wrote under ``server/<stream>/``."""
+
+    stream: str
+    path: str  # relative to the stream's prefix
+    size_bytes: int
+    sha256: str
+
+
+@attrs.frozen(kw_only=True)
+class ServerSideAccess:
+    """What a server needs to reach the bucket by itself (platform-only)."""
+
+    endpoint: str
+    access_key_id: str = attrs.field(repr=False)
+    secret_access_key: str = attrs.field(repr=False)
+    region: str | None = None
+
+
+@attrs.frozen(kw_only=True)
 class Manifest:
     format_version: int
     backup_uid: str
@@ -81,14 +109,19 @@ class Manifest:
     streams: tuple[StreamInfo, ...]
     tool_versions: Mapping[str, str] = attrs.field(factory=dict)
     driver_metadata: Mapping[str, Any] = attrs.field(factory=dict)
+    server_files: tuple[ServerFileInfo, ...] = ()
 
     @property
     def size_bytes(self) -> int:
-        return sum(s.size_bytes for s in self.streams)
+        return sum(s.size_bytes for s in self.streams) + self._server_bytes
 
     @property
     def stored_bytes(self) -> int:
-        return sum(s.stored_bytes for s in self.streams)
+        return sum(s.stored_bytes for s in self.streams) + self._server_bytes
+
+    @property
+    def _server_bytes(self) -> int:
+        return sum(f.size_bytes for f in self.server_files)
 
     def stream(self, name: str) -> StreamInfo:
         for s in self.streams:
@@ -264,8 +297,37 @@ class ArtifactWriter:
         self.store = store
         self.key = key
         self.streams: list[StreamInfo] = []
+        self.server_files: list[ServerFileInfo] = []
+        self.server_streams: list[str] = []
         self._open: set[str] = set()
         self._on_bytes = on_bytes
+
+    def server_side(self, name: str) -> ServerSideTarget:
+        if not _STREAM_NAME.match(name):
+            raise ValueError(f"stream name {name!r} must match {_STREAM_NAME.pattern}")
+        if name in self.server_streams or any(s.name == name for s in self.streams):
+            raise ValueError(f"stream {name!r} was already written")
+        target = self.store.server_target(self.key, name)
+        self.server_streams.append(name)
+        return target
+
+    def inventory_server_side(self, on_bytes: Callable[[int], None] = lambda n: None) -> None:
+        """Hash every object the server wrote, for the manifest.  Reading them back is the
+        only way to know what was stored: the server reports success, not the bytes."""
+        for name in self.server_streams:
+            found = self.store.hash_tree(self.store.server_path(self.key, name), on_bytes)
+            if not found:
+                raise StorageError(
+                    f"the application's server reported a backup of {name!r} but stored nothing"
+                )
+            self.server_files.extend(
+                ServerFileInfo(stream=name, path=rel, size_bytes=size, sha256=digest)
+                for rel, size, digest in found
+            )
+
+    @property
+    def empty(self) -> bool:
+        return not self.streams and not self.server_streams
 
     @contextlib.contextmanager
     def open(self, name: str) -> Iterator[IO[bytes]]:
@@ -323,6 +385,11 @@ class ArtifactReader:
     def names(self) -> list[str]:
         return [s.name for s in self.manifest.streams]
 
+    def server_side(self, name: str) -> ServerSideTarget:
+        if not any(f.stream == name for f in self.manifest.server_files):
+            raise NotFoundError(f"the backup has no server-side stream named {name!r}")
+        return self.store.server_target(self.key, name)
+
     @contextlib.contextmanager
     def open(self, name: str) -> Iterator[IO[bytes]]:
         info = self.manifest.stream(name)
@@ -366,10 +433,24 @@ class ArtifactReader:
                 raise ArtifactCorruptError(
                     f"stream {info.name!r} of the backup does not match its recorded checksum"
                 )
+        self._verify_server_files(on_bytes)
+
+    def _verify_server_files(self, on_bytes: Callable[[int], None]) -> None:
+        expected: dict[str, dict[str, tuple[int, str]]] = {}
+        for f in self.manifest.server_files:
+            expected.setdefault(f.stream, {})[f.path] = (f.size_bytes, f.sha256)
+        for stream, files in expected.items():
+            found = self.store.hash_tree(self.store.server_path(self.key, stream), on_bytes)
+            actual = {rel: (size, digest) for rel, size, digest in found}
+            if actual != files:
+                missing = sorted(set(files) - set(actual))
+                what = "is missing files" if missing else "does not match its recorded checksums"
+                raise ArtifactCorruptError(f"server-side stream {stream!r} of the backup {what}")
 
     def verify(self, on_bytes: Callable[[int], None] = lambda n: None) -> None:
         """Read and decode every stream to the end: stored and raw digests, sizes, zstd
-        frame checksums.  Raise :class:`ArtifactCorruptError` on any mismatch."""
+        frame checksums, and every server-side object's digest.  Raise
+        :class:`ArtifactCorruptError` on any mismatch."""
         saved, self.on_bytes = self.on_bytes, on_bytes
         try:
             for name in self.names():
@@ -378,6 +459,7 @@ class ArtifactReader:
                         pass
         finally:
             self.on_bytes = saved
+        self._verify_server_files(on_bytes)
 
 
 def _discard(f: Any) -> None:
@@ -395,6 +477,8 @@ class ArtifactStore:
     fs: Any
     root: str
     threads: int = attrs.field(factory=lambda: min(4, os.cpu_count() or 1))
+    #: Set only where the admin opted in (``serverSideAccess: true`` on an S3 location).
+    server_access: ServerSideAccess | None = None
 
     @classmethod
     def local(cls, path: str) -> ArtifactStore:
@@ -412,6 +496,7 @@ class ArtifactStore:
         key: str,
         secret: str,
         region: str | None = None,
+        server_side: bool = False,
     ) -> ArtifactStore:
         client_kwargs: dict[str, Any] = {}
         if endpoint:
@@ -442,7 +527,15 @@ class ArtifactStore:
                 fs.mkdir(bucket)
         except Exception as exc:
             raise StorageError("the backup storage is unreachable", admin_detail=repr(exc)) from exc
-        return cls(fs, root)
+        access = None
+        if server_side:
+            access = ServerSideAccess(
+                endpoint=endpoint or f"https://s3.{region or 'us-east-1'}.amazonaws.com",
+                access_key_id=key,
+                secret_access_key=secret,
+                region=region,
+            )
+        return cls(fs, root, server_access=access)
 
     def path(self, key: ArtifactKey, name: str = "") -> str:
         base = f"{self.root}/{key.relpath}"
@@ -450,6 +543,48 @@ class ArtifactStore:
 
     def stream_path(self, key: ArtifactKey, name: str) -> str:
         return self.path(key, f"streams/{name}.zst")
+
+    def server_path(self, key: ArtifactKey, name: str) -> str:
+        return self.path(key, f"server/{name}")
+
+    def server_target(self, key: ArtifactKey, name: str) -> ServerSideTarget:
+        access = self.server_access
+        if access is None:
+            raise UnsupportedError(
+                "this backup needs the application's server to write to storage itself, "
+                "which the platform's storage for this class does not allow",
+                admin_detail="set serverSideAccess: true on an S3 StorageLocation of its own "
+                "(the server sees its credentials) and point the BackupClass at it",
+            )
+        return ServerSideTarget(
+            url=f"{access.endpoint.rstrip('/')}/{self.server_path(key, name)}/",
+            access_key_id=access.access_key_id,
+            secret_access_key=access.secret_access_key,
+            region=access.region,
+        )
+
+    def hash_tree(
+        self, base: str, on_bytes: Callable[[int], None] = lambda n: None
+    ) -> list[tuple[str, int, str]]:
+        """``(relative path, size, sha256)`` of every object under ``base``, sorted."""
+        out: list[tuple[str, int, str]] = []
+        try:
+            paths = sorted(p for p in self.fs.find(base) if p.rstrip("/") != base)
+            for p in paths:
+                digest, count = hashlib.sha256(), 0
+                with self.fs.open(p, "rb", block_size=BLOCK_SIZE) as f:
+                    while chunk := f.read(CHUNK):
+                        digest.update(chunk)
+                        count += len(chunk)
+                        on_bytes(len(chunk))
+                out.append((p[len(base) :].lstrip("/"), count, digest.hexdigest()))
+        except FileNotFoundError:
+            return out
+        except Exception as exc:
+            raise StorageError(
+                "the backup storage could not be read", admin_detail=repr(exc)
+            ) from exc
+        return out
 
     def writer(
         self, key: ArtifactKey, on_bytes: Callable[[int], None] = lambda n: None

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import attrs
 
 from ._fields import (
+    FieldInvalid,
     constrained,
     enum_field,
     group_field,
@@ -380,12 +381,43 @@ class SecretKeyRef:
 
 
 @attrs.frozen(kw_only=True)
+class EncryptionKeyRef:
+    """One key-encryption key: a Secret whose ``key`` is 32 random bytes, base64."""
+
+    id: str = name_field()
+    secret_ref: SecretKeyRef
+
+
+@attrs.frozen(kw_only=True)
+class EncryptionSpec:
+    """*Extension*, admin-only: client-side encryption of every stream.
+
+    Each Backup gets a fresh data key, wrapped by the first of ``keys`` (the active one);
+    the others still unwrap older Backups until ``cozybackup rekey`` has re-wrapped them.
+    With ``perTenantKeys`` every namespace gets its own key, derived from the admin's.
+    """
+
+    keys: tuple[EncryptionKeyRef, ...]
+    per_tenant_keys: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        ids = [k.id for k in self.keys]
+        if not ids:
+            raise FieldInvalid("keys", "must list at least one key")
+        if len(set(ids)) != len(ids):
+            raise FieldInvalid("keys", "key ids must be unique")
+
+
+@attrs.frozen(kw_only=True)
 class StorageLocationSpec:
     """*Extension*, admin-only: where artifacts go.
 
     ``provider: Local`` keeps the bucket as a directory (``path``, or under the host's
     home when empty); ``provider: S3`` talks to ``endpoint`` with the access key pair
     in ``credentialsSecretRef`` (keys ``accessKeyId`` and ``secretAccessKey``).
+    ``serverSideAccess`` lets drivers hand those credentials to the application's own
+    server (ClickHouse's native BACKUP): use it only on a bucket of its own.
+    ``encryption`` encrypts every stream before it leaves the process.
     """
 
     provider: str = enum_field("Local", "S3", default="Local")
@@ -395,6 +427,15 @@ class StorageLocationSpec:
     endpoint: str | None = text_field(default=None, max_length=2048)
     region: str | None = text_field(default=None, max_length=64)
     credentials_secret_ref: SecretKeyRef | None = None
+    server_side_access: bool = False
+    encryption: EncryptionSpec | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.server_side_access and self.provider != "S3":
+            raise FieldInvalid("server_side_access", "needs provider: S3")
+        if self.server_side_access and self.encryption is not None:
+            # What a server writes by itself cannot be encrypted by the platform.
+            raise FieldInvalid("server_side_access", "cannot be combined with encryption")
 
 
 @attrs.frozen(kw_only=True)

@@ -17,6 +17,7 @@ from cozybackup_core import (
     DriverError,
     GroupKind,
     RestoreContext,
+    ServerSideTarget,
     hookimpl,
     run_tool,
 )
@@ -94,3 +95,41 @@ def cozybackup_register_drivers(registry: object) -> None:
 def cozybackup_job_stage(stage: str) -> None:
     if os.environ.get("COZYBACKUP_TEST_KILL_AT") == stage:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class ServerSideDriver(FilesDriver):
+    """Plays an application server that writes its own backup to S3 (as ClickHouse's
+    ``BACKUP ... TO S3`` does): it uploads the files with the credentials it is handed."""
+
+    name = "server-side"
+    strategy_kind = "ServerSide"
+
+    @staticmethod
+    def _fs(target: ServerSideTarget) -> tuple[object, str]:
+        import s3fs  # type: ignore[import-untyped]
+
+        endpoint, _, path = target.url.partition("://")[2].partition("/")
+        scheme = target.url.partition("://")[0]
+        fs = s3fs.S3FileSystem(
+            key=target.access_key_id,
+            secret=target.secret_access_key,
+            client_kwargs={"endpoint_url": f"{scheme}://{endpoint}"},
+            skip_instance_cache=True,
+        )
+        return fs, path
+
+    def backup(self, ctx: BackupContext) -> None:
+        root = Path(ctx.application.connection["path"])
+        fs, prefix = self._fs(ctx.artifact.server_side("native"))
+        for f in sorted(root.iterdir()):
+            fs.pipe_file(prefix + f.name, f.read_bytes())  # type: ignore[attr-defined]
+        ctx.metadata["files"] = len(list(root.iterdir()))
+
+    def restore(self, ctx: RestoreContext) -> None:
+        root = Path(ctx.target.connection["path"])
+        root.mkdir(parents=True, exist_ok=True)
+        for old in root.iterdir():
+            old.unlink()
+        fs, prefix = self._fs(ctx.artifact.server_side("native"))
+        for p in fs.find(prefix):  # type: ignore[attr-defined]
+            (root / p.rsplit("/", 1)[1]).write_bytes(fs.cat_file(p))  # type: ignore[attr-defined]

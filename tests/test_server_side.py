@@ -1,0 +1,130 @@
+"""Server-side streams: the application's server writes to S3 itself (opt-in per location).
+
+The platform must still hash and record every object the server wrote, check them before a
+restore, remove them when the backup fails, and keep the credentials out of tenant view.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cozybackup_core import ValidationError, load_yaml
+from cozybackup_core.testing import LocalPlatform
+from cozybackup_core.testing._s3server import S3ServerInfo, seaweed_s3
+
+from support.drivers import FILES, ServerSideDriver
+
+pytestmark = [pytest.mark.s3, pytest.mark.timeout(120)]
+NS = "tenant-a"
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3ServerInfo]:
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    with seaweed_s3(tmp_path_factory.mktemp("weed")) as info:
+        yield info
+
+
+def _platform(tmp_path: Path, s3: S3ServerInfo, *, opt_in: bool) -> LocalPlatform:
+    plat = LocalPlatform(tmp_path / "home", drivers=(ServerSideDriver,))
+    plat.apply(f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: s3-creds}}
+stringData: {{accessKeyId: "{s3.access_key}", secretAccessKey: "{s3.secret_key}"}}
+---
+apiVersion: backups.cozystack.io/v1alpha1
+kind: StorageLocation
+metadata: {{name: native-bucket}}
+spec:
+  provider: S3
+  endpoint: "{s3.endpoint_url}"
+  bucket: native-only
+  prefix: {tmp_path.name}
+  credentialsSecretRef: {{name: s3-creds}}
+  serverSideAccess: {"true" if opt_in else "false"}
+---
+apiVersion: backups.cozystack.io/v1alpha1
+kind: BackupClass
+metadata: {{name: native}}
+spec:
+  storageRef: {{name: native-bucket}}
+  strategies:
+  - application: {{apiGroup: apps.example.com, kind: Directory}}
+    strategyRef: {{kind: ServerSide, name: server-side}}
+""")
+    return plat
+
+
+def _app(plat: LocalPlatform, tmp_path: Path, name: str, files: dict[str, bytes]) -> object:
+    d = tmp_path / name
+    d.mkdir()
+    for n, b in files.items():
+        (d / n).write_bytes(b)
+    return plat.declare_app(NS, name, "Directory", {"path": str(d)}, api_group=FILES.api_group)
+
+
+def test_server_side_round_trip_is_recorded_and_verified(tmp_path: Path, s3: S3ServerInfo) -> None:
+    plat = _platform(tmp_path, s3, opt_in=True)
+    files = {"a.bin": os.urandom(50_000), "b.bin": b"hello" * 1000}
+    ref = _app(plat, tmp_path, "app1", files)
+    job = plat.backup(NS, ref, "b1", "native")  # type: ignore[arg-type]
+    assert job.status.phase == "Succeeded", job.status.message
+    backup = plat.backups(NS)[0]
+    manifest = plat.engine.open_backup(backup).manifest
+    assert sorted(f.path for f in manifest.server_files) == ["a.bin", "b.bin"]
+    assert manifest.size_bytes == sum(len(b) for b in files.values())
+
+    for f in (tmp_path / "app1").iterdir():
+        f.write_bytes(b"damaged")
+    assert plat.restore(NS, "b1", "r1").status.phase == "Succeeded"
+    assert {f.name: f.read_bytes() for f in (tmp_path / "app1").iterdir()} == files
+
+    view = plat.tenant_view(NS)
+    leaks = [s for s in (s3.access_key, s3.secret_key, s3.endpoint_url, "native-only") if s in view]
+    assert not leaks, view
+
+
+def test_a_changed_server_object_is_refused_before_the_restore(
+    tmp_path: Path, s3: S3ServerInfo
+) -> None:
+    plat = _platform(tmp_path, s3, opt_in=True)
+    ref = _app(plat, tmp_path, "app1", {"a.bin": b"original" * 100})
+    assert plat.backup(NS, ref, "b1", "native").status.phase == "Succeeded"  # type: ignore[arg-type]
+    store, key, _ = plat.engine._artifact_of(plat.backups(NS)[0])
+    store.fs.pipe_file(store.server_path(key, "native") + "/a.bin", b"tampered")
+    (tmp_path / "app1" / "a.bin").write_bytes(b"current")
+
+    job = plat.restore(NS, "b1", "r1")
+    assert job.status.phase == "Failed"
+    assert "checksum" in (job.status.message or "")
+    assert (tmp_path / "app1" / "a.bin").read_bytes() == b"current"  # target untouched
+
+
+def test_without_the_opt_in_the_job_fails_and_stores_nothing(
+    tmp_path: Path, s3: S3ServerInfo
+) -> None:
+    plat = _platform(tmp_path, s3, opt_in=False)
+    ref = _app(plat, tmp_path, "app1", {"a.bin": b"x" * 100})
+    job = plat.backup(NS, ref, "b1", "native")  # type: ignore[arg-type]
+    assert job.status.phase == "Failed"
+    assert "does not allow" in (job.status.message or "")
+    assert plat.backups(NS) == []
+    store = plat.engine.store_for(plat.engine.catalog().storages["native-bucket"])
+    assert [p for p in store.fs.find(store.root) if not p.endswith("/")] == []
+
+
+def test_server_side_access_is_refused_with_encryption_or_on_local_storage() -> None:
+    with pytest.raises(ValidationError, match=r"spec\.serverSideAccess: needs provider: S3"):
+        load_yaml(
+            """
+apiVersion: backups.cozystack.io/v1alpha1
+kind: StorageLocation
+metadata: {name: x}
+spec: {provider: Local, bucket: b, serverSideAccess: true}
+"""
+        )
