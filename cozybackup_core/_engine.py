@@ -13,6 +13,7 @@ After a crash, ``recover()`` finds every record still Writing and either finishe
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 import threading
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import attrs
 
 from ._classes import Catalog, Resolved, parameters_for
+from ._crypto import KeyRing, parse_key
 from ._driver import AppLocation, BackupContext, Deadline, Driver, RestoreContext
 from ._errors import (
     ArtifactCorruptError,
@@ -56,6 +58,7 @@ from ._types import (
     BackupSpec,
     BackupStatus,
     Condition,
+    EncryptionSpec,
     LocalObjectRef,
     ObjectMeta,
     ObjectRef,
@@ -125,14 +128,14 @@ class Engine:
                 root = spec.path or self.host.local_bucket_path(spec.bucket)
                 if spec.prefix:
                     root = f"{root.rstrip('/')}/{spec.prefix.strip('/')}"
-                self._stores[name] = ArtifactStore.local(root)
+                store = ArtifactStore.local(root)
             else:
                 creds = (
                     self.host.secret(spec.credentials_secret_ref.name)
                     if spec.credentials_secret_ref
                     else {}
                 )
-                self._stores[name] = ArtifactStore.s3(
+                store = ArtifactStore.s3(
                     endpoint=spec.endpoint,
                     bucket=spec.bucket,
                     prefix=spec.prefix,
@@ -141,22 +144,48 @@ class Engine:
                     region=spec.region,
                     server_side=spec.server_side_access,
                 )
+            if spec.encryption is not None:
+                store.keyring = self._keyring(spec.encryption)
+            self._stores[name] = store
         return self._stores[name]
+
+    def _keyring(self, spec: EncryptionSpec) -> KeyRing:
+        """The admin's keys from their Secrets.  A missing or malformed one is left out:
+        backups wrapped only under it cannot be read, and if it is the active key no
+        backup can be written; both fail with a message naming it to the operator."""
+        keys = []
+        for ref in spec.keys:
+            try:
+                keys.append((ref.id, parse_key(self.host.secret(ref.secret_ref.name)["key"])))
+            except (CozyError, KeyError, ValueError) as exc:
+                log.error(
+                    "encryption key %s (Secret %s) is unusable: %s",
+                    ref.id,
+                    ref.secret_ref.name,
+                    exc,
+                )
+        return KeyRing(keys=tuple(keys), active=spec.keys[0].id, per_tenant=spec.per_tenant_keys)
 
     def redactor(self, *locations: AppLocation) -> Redactor:
         r = Redactor()
         for loc in self.catalog().storages.values():
             s = loc.spec
             r.add(s.endpoint, s.bucket, s.path, s.prefix)
-            if s.credentials_secret_ref:
+            secret_names = [s.credentials_secret_ref.name] if s.credentials_secret_ref else []
+            if s.encryption:
+                secret_names += [k.secret_ref.name for k in s.encryption.keys]
+            for secret in secret_names:
                 try:
-                    r.add(*self.host.secret(s.credentials_secret_ref.name).values())
+                    r.add(*self.host.secret(secret).values())
                 except CozyError:
                     pass
             if s.provider == "Local" and not s.path:
                 r.add(self.host.local_bucket_path(s.bucket))
         for store in self._stores.values():
             r.add(store.root)
+            if store.keyring:
+                for _, raw in store.keyring.keys:
+                    r.add(base64.b64encode(raw).decode(), raw.hex())
         for app in locations:
             r.add(*sensitive_values(app.connection, app.credentials))
         return r
@@ -444,6 +473,7 @@ class Engine:
                 taken_at=unstructure(taken_at),
                 streams=tuple(writer.streams),
                 server_files=tuple(writer.server_files),
+                encryption=writer.encryption,
                 tool_versions=dict(ctx.tool_versions),
                 # Tenant-visible on the Backup: scrubbed like every other tenant text.
                 driver_metadata=self.redactor(app).scrub(dict(ctx.metadata)),
@@ -630,6 +660,7 @@ class Engine:
         try:
             # Every byte is checked before the target is touched.
             progress.stage("verifying", bytes_total=reader.manifest.stored_bytes)
+            reader.unlock()  # a missing or wrong key fails here, before any byte is read
             reader.verify_stored(progress.advance)
             self._notify(job, "verified")
             progress.stage("restoring", bytes_total=reader.manifest.size_bytes)
@@ -663,6 +694,39 @@ class Engine:
         from ._prune import prune
 
         return prune(self, dry_run)
+
+    # ------------------------------------------------------------------ key rotation
+
+    def rekey(self) -> tuple[int, int, list[str]]:
+        """Re-wrap every committed encrypted backup's data key under its location's active
+        key, so older keys can be retired.  Only ``keys.json`` objects are rewritten.
+        Returns (re-wrapped, already current, problems naming the backups left as they were)."""
+        storages = self.catalog().storages
+        changed = current = 0
+        problems: list[str] = []
+        for record in self.host.objects.list(ArtifactRecord):
+            if record.status.phase != "Committed":
+                continue
+            loc = storages.get(record.spec.storage_ref.name)
+            if loc is None or loc.spec.encryption is None:
+                continue
+            key = ArtifactKey(
+                namespace=record.spec.namespace,
+                kind=record.spec.application_kind,
+                application=record.spec.application_name,
+                uid=record.metadata.name,
+            )
+            try:
+                if self.store_for(loc).rekey(key):
+                    changed += 1
+                else:
+                    current += 1
+            except CozyError as exc:
+                problems.append(
+                    f"{record.spec.namespace}/{record.spec.backup_name}: {exc}"
+                    + (f" ({exc.admin_detail})" if exc.admin_detail else "")
+                )
+        return changed, current, problems
 
     # ------------------------------------------------------------------ verification
 

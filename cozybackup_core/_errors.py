@@ -115,3 +115,9 @@ class UnsupportedError(PermanentError):
     """The driver cannot do what was asked (e.g. in-place restore)."""
 
     reason = "Unsupported"
+
+
+class EncryptionKeyError(PermanentError):
+    """The key a backup needs is missing or wrong: nothing is read or restored."""
+
+    reason = "EncryptionKeyUnavailable"

@@ -5,16 +5,19 @@ Layout under the location's root (admin-visible only)::
     <bucket>/<prefix>/<namespace>/<kind>/<application>/<backup-uid>/
         streams/<name>.zst
         server/<name>/...    <- written by the application's server itself (opt-in)
+        keys.json            <- the data key, wrapped (encrypted locations only)
         manifest.json        <- written last: its presence is the commit
 
-Every stream records two sha256 digests: of the stored (compressed) bytes, which checks
-the store, and of the raw bytes, which checks the whole pipeline end to end.
+Every stream records two sha256 digests: of the stored (compressed, maybe encrypted)
+bytes, which checks the store, and of the raw bytes, which checks the whole pipeline end to
+end (keyed by the data key when the stream is encrypted: see ``_crypto``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import io
 import json
 import os
@@ -27,9 +30,23 @@ import fsspec
 import zstandard
 from fsspec.implementations.local import LocalFileSystem
 
+from ._crypto import (
+    ALGORITHM,
+    KEYS_FILE,
+    DecryptingReader,
+    EncryptingWriter,
+    KeyRing,
+    digest_key,
+    key_check,
+    keys_document,
+    new_data_key,
+    read_keys_document,
+    stream_key,
+)
 from ._driver import ServerSideTarget
 from ._errors import (
     ArtifactCorruptError,
+    EncryptionKeyError,
     NotFoundError,
     StorageError,
     UnsupportedError,
@@ -97,6 +114,13 @@ class ServerSideAccess:
 
 
 @attrs.frozen(kw_only=True)
+class EncryptionInfo:
+    algorithm: str
+    #: Proves an unwrapped data key is this backup's (see ``_crypto.key_check``).
+    key_check: str
+
+
+@attrs.frozen(kw_only=True)
 class Manifest:
     format_version: int
     backup_uid: str
@@ -110,6 +134,7 @@ class Manifest:
     tool_versions: Mapping[str, str] = attrs.field(factory=dict)
     driver_metadata: Mapping[str, Any] = attrs.field(factory=dict)
     server_files: tuple[ServerFileInfo, ...] = ()
+    encryption: EncryptionInfo | None = None
 
     @property
     def size_bytes(self) -> int:
@@ -180,13 +205,25 @@ class _HashingSink(io.RawIOBase):
 class _StreamWriter(io.RawIOBase):
     """What a driver writes to: raw bytes in, zstd + hashes on the way to storage."""
 
-    def __init__(self, target: IO[bytes], threads: int, on_bytes: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        target: IO[bytes],
+        threads: int,
+        on_bytes: Callable[[int], None],
+        name: str,
+        data_key: bytes | None,
+    ) -> None:
         self._sink = _HashingSink(target)
+        self._enc = (
+            EncryptingWriter(cast(IO[bytes], self._sink), stream_key(data_key, name))
+            if data_key
+            else None
+        )
         cctx = zstandard.ZstdCompressor(level=3, threads=threads, write_checksum=True)
         self._zw = cctx.stream_writer(
-            cast(IO[bytes], self._sink), closefd=False, write_return_read=True
+            cast(IO[bytes], self._enc or self._sink), closefd=False, write_return_read=True
         )
-        self._hash = hashlib.sha256()
+        self._hash = _raw_digest(data_key, name)
         self.count = 0
         self._on_bytes = on_bytes
 
@@ -204,13 +241,22 @@ class _StreamWriter(io.RawIOBase):
     def finish(self, name: str) -> StreamInfo:
         self._zw.flush(zstandard.FLUSH_FRAME)
         self._zw.close()  # type: ignore[no-untyped-call]
+        if self._enc:
+            self._enc.finish()
         return StreamInfo(
             name=name,
             size_bytes=self.count,
             stored_bytes=self._sink.count,
             sha256=self._hash.hexdigest(),
             stored_sha256=self._sink.hash.hexdigest(),
+            encryption=ALGORITHM if self._enc else "none",
         )
+
+
+def _raw_digest(data_key: bytes | None, name: str) -> Any:
+    if data_key is None:
+        return hashlib.sha256()
+    return hmac.new(digest_key(data_key, name), digestmod=hashlib.sha256)
 
 
 class _HashingSource(io.RawIOBase):
@@ -238,14 +284,24 @@ class _VerifyingReader(io.RawIOBase):
     """Decompresses a stored stream; at EOF both digests and sizes must match."""
 
     def __init__(
-        self, source: IO[bytes], info: StreamInfo, on_bytes: Callable[[int], None]
+        self,
+        source: IO[bytes],
+        info: StreamInfo,
+        on_bytes: Callable[[int], None],
+        data_key: bytes | None,
     ) -> None:
         self._on_bytes = on_bytes
         self._src = _HashingSource(source)
-        self._zr = zstandard.ZstdDecompressor().stream_reader(
-            cast(IO[bytes], self._src), read_across_frames=True
-        )
-        self._hash = hashlib.sha256()
+        plain: IO[bytes] = cast(IO[bytes], self._src)
+        if data_key is not None:
+            plain = cast(
+                IO[bytes],
+                io.BufferedReader(
+                    DecryptingReader(plain, stream_key(data_key, info.name), info.name), CHUNK
+                ),
+            )
+        self._zr = zstandard.ZstdDecompressor().stream_reader(plain, read_across_frames=True)
+        self._hash = _raw_digest(data_key, info.name)
         self._count = 0
         self._info = info
         self._done = False
@@ -301,6 +357,14 @@ class ArtifactWriter:
         self.server_streams: list[str] = []
         self._open: set[str] = set()
         self._on_bytes = on_bytes
+        # A fresh data key for every backup; only its wrapped form is ever stored.
+        self._data_key = new_data_key() if store.keyring else None
+
+    @property
+    def encryption(self) -> EncryptionInfo | None:
+        if self._data_key is None:
+            return None
+        return EncryptionInfo(algorithm=ALGORITHM, key_check=key_check(self._data_key))
 
     def server_side(self, name: str) -> ServerSideTarget:
         if not _STREAM_NAME.match(name):
@@ -343,7 +407,7 @@ class ArtifactWriter:
             raise StorageError(
                 "the backup storage could not be written", admin_detail=repr(exc)
             ) from exc
-        writer = _StreamWriter(target, self.store.threads, self._on_bytes)
+        writer = _StreamWriter(target, self.store.threads, self._on_bytes, name, self._data_key)
         ok = False
         try:
             yield writer  # type: ignore[misc]
@@ -367,6 +431,10 @@ class ArtifactWriter:
     def commit(self, manifest: Manifest) -> bytes:
         """Write ``manifest.json``; from then on the artifact exists.  Returns its bytes."""
         data = _manifest_to_json(manifest)
+        if self._data_key is not None:
+            assert self.store.keyring is not None
+            wrap = self.store.keyring.wrap(self._data_key, self.key.namespace, self.key.uid)
+            self.store.put_atomic(self.store.path(self.key, KEYS_FILE), keys_document([wrap]))
         self.store.put_atomic(self.store.path(self.key, MANIFEST), data)
         return data
 
@@ -381,6 +449,24 @@ class ArtifactReader:
         self.manifest_bytes = raw
         #: Called with the number of raw bytes each read returns (progress reporting).
         self.on_bytes: Callable[[int], None] = lambda n: None
+        self._data_key: bytes | None = None
+
+    def unlock(self) -> None:
+        """Unwrap the data key of an encrypted backup (no-op otherwise).  Raises
+        :class:`EncryptionKeyError` when the platform lacks the key: call it before
+        touching a restore's target."""
+        enc = self.manifest.encryption
+        if enc is None or self._data_key is not None:
+            return
+        if self.store.keyring is None:
+            raise EncryptionKeyError(
+                "the backup is encrypted but the platform has no key for it; ask the platform operator",
+                admin_detail="the StorageLocation holding it has no encryption keys configured",
+            )
+        wraps = read_keys_document(self.store.read_bytes(self.store.path(self.key, KEYS_FILE)))
+        self._data_key = self.store.keyring.unwrap(
+            wraps, self.key.namespace, self.key.uid, enc.key_check
+        )
 
     def names(self) -> list[str]:
         return [s.name for s in self.manifest.streams]
@@ -393,6 +479,7 @@ class ArtifactReader:
     @contextlib.contextmanager
     def open(self, name: str) -> Iterator[IO[bytes]]:
         info = self.manifest.stream(name)
+        self.unlock()
         try:
             source = self.store.fs.open(
                 self.store.stream_path(self.key, name), "rb", block_size=BLOCK_SIZE
@@ -404,7 +491,9 @@ class ArtifactReader:
                 "the backup storage could not be read", admin_detail=repr(exc)
             ) from exc
         try:
-            yield io.BufferedReader(_VerifyingReader(source, info, self.on_bytes), CHUNK)
+            yield io.BufferedReader(
+                _VerifyingReader(source, info, self.on_bytes, self._data_key), CHUNK
+            )
         finally:
             source.close()
 
@@ -479,6 +568,8 @@ class ArtifactStore:
     threads: int = attrs.field(factory=lambda: min(4, os.cpu_count() or 1))
     #: Set only where the admin opted in (``serverSideAccess: true`` on an S3 location).
     server_access: ServerSideAccess | None = None
+    #: Set where the location has encryption keys: every new backup is encrypted.
+    keyring: KeyRing | None = None
 
     @classmethod
     def local(cls, path: str) -> ArtifactStore:
@@ -607,6 +698,37 @@ class ArtifactStore:
                 "the backup storage could not be written", admin_detail=repr(exc)
             ) from exc
 
+    def read_bytes(self, path: str) -> bytes:
+        try:
+            data: bytes = self.fs.cat_file(path)
+        except FileNotFoundError:
+            raise ArtifactCorruptError("the backup's data is missing from storage") from None
+        except Exception as exc:
+            raise StorageError(
+                "the backup storage could not be read", admin_detail=repr(exc)
+            ) from exc
+        return data
+
+    def rekey(self, key: ArtifactKey) -> bool:
+        """Re-wrap an encrypted backup's data key under the active key (one small PUT; the
+        streams are untouched).  Returns whether anything changed."""
+        ring = self.keyring
+        if ring is None:
+            return False
+        reader = self.reader(key)
+        enc = reader.manifest.encryption
+        if enc is None:
+            return False
+        path = self.path(key, KEYS_FILE)
+        wraps = read_keys_document(self.read_bytes(path))
+        if [w.get("keyId") for w in wraps] == [ring.active] and all(
+            bool(w.get("perTenant")) == ring.per_tenant for w in wraps
+        ):
+            return False
+        data_key = ring.unwrap(wraps, key.namespace, key.uid, enc.key_check)
+        self.put_atomic(path, keys_document([ring.wrap(data_key, key.namespace, key.uid)]))
+        return True
+
     def is_committed(self, key: ArtifactKey) -> bool:
         try:
             return bool(self.fs.exists(self.path(key, MANIFEST)))
@@ -614,14 +736,7 @@ class ArtifactStore:
             raise StorageError("the backup storage is unreachable", admin_detail=repr(exc)) from exc
 
     def reader(self, key: ArtifactKey) -> ArtifactReader:
-        try:
-            raw = self.fs.cat_file(self.path(key, MANIFEST))
-        except FileNotFoundError:
-            raise ArtifactCorruptError("the backup's data is missing from storage") from None
-        except Exception as exc:
-            raise StorageError(
-                "the backup storage could not be read", admin_detail=repr(exc)
-            ) from exc
+        raw = self.read_bytes(self.path(key, MANIFEST))
         return ArtifactReader(self, key, _manifest_from_json(raw), raw)
 
     def delete(self, key: ArtifactKey) -> None:

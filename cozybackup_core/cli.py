@@ -341,6 +341,16 @@ def cmd_prune(ctx: Ctx) -> int:
     return 0
 
 
+def cmd_rekey(ctx: Ctx) -> int:
+    engine = ctx.engine()
+    with ctx.host.runner_lock():
+        changed, current, problems = engine.rekey()
+    print(f"re-wrapped {changed} backup key(s) under the active key; {current} already current")
+    for p in problems:
+        print(f"not re-wrapped: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def cmd_annotate(ctx: Ctx) -> int:
     cls = _kind(ctx.args.kind)
     ns = ctx.args.namespace if cls.namespaced else None
@@ -472,6 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prune", help="apply the retention policies of the BackupClasses")
     pr.add_argument("--dry-run", action="store_true", help="show what would be deleted and why")
     pr.set_defaults(fn=cmd_prune)
+
+    rk = sub.add_parser(
+        "rekey",
+        help="re-wrap encrypted backups' data keys under each location's active key "
+        "(after adding a new first key; streams are not re-uploaded)",
+    )
+    rk.set_defaults(fn=cmd_rekey)
 
     an = sub.add_parser(
         "annotate",

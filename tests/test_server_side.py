@@ -128,3 +128,29 @@ metadata: {name: x}
 spec: {provider: Local, bucket: b, serverSideAccess: true}
 """
         )
+    with pytest.raises(
+        ValidationError, match=r"spec\.serverSideAccess: cannot be combined with encryption"
+    ):
+        load_yaml(
+            """
+apiVersion: backups.cozystack.io/v1alpha1
+kind: StorageLocation
+metadata: {name: x}
+spec:
+  provider: S3
+  bucket: b
+  serverSideAccess: true
+  encryption: {keys: [{id: k1, secretRef: {name: k}}]}
+"""
+        )
+    with pytest.raises(ValidationError, match=r"spec\.encryption\.keys: key ids must be unique"):
+        load_yaml(
+            """
+apiVersion: backups.cozystack.io/v1alpha1
+kind: StorageLocation
+metadata: {name: x}
+spec:
+  bucket: b
+  encryption: {keys: [{id: k1, secretRef: {name: k}}, {id: k1, secretRef: {name: j}}]}
+"""
+        )

@@ -34,6 +34,8 @@ from cozybackup_core import (
     EngineConfig,
     PluginHost,
     RestoreContext,
+    ServerSideTarget,
+    UnsupportedError,
     ValidationError,
     load_yaml,
 )
@@ -266,6 +268,9 @@ class MemorySink:
         yield buf
         self.streams[name] = buf.getvalue()
 
+    def server_side(self, name: str) -> ServerSideTarget:
+        raise UnsupportedError("no server-side storage in memory")
+
 
 class MemorySource:
     def __init__(self, streams: dict[str, bytes]) -> None:
@@ -277,6 +282,9 @@ class MemorySource:
     @contextlib.contextmanager
     def open(self, name: str) -> Iterator[IO[bytes]]:
         yield io.BytesIO(self.streams[name])
+
+    def server_side(self, name: str) -> ServerSideTarget:
+        raise UnsupportedError("no server-side storage in memory")
 
 
 class Stages:
