@@ -352,13 +352,15 @@ class Engine:
             f"controller log under reference {ref}"
         )
 
-    def _with_retries(self, fn: Callable[[], Any]) -> Any:
+    def _with_retries(self, fn: Callable[[], Any], deadline: Deadline) -> Any:
+        """Retry transient failures with exponential backoff, within the job's deadline:
+        a storage outage longer than the deadline fails the job, it does not hang it."""
         delay = self.config.backoff
         for attempt in range(1, self.config.attempts + 1):
             try:
                 return fn()
             except TransientError as exc:
-                if attempt == self.config.attempts:
+                if attempt == self.config.attempts or deadline.remaining() <= delay:
                     raise
                 log.warning(
                     "transient error (attempt %d): %s %s", attempt, exc, exc.admin_detail or ""
@@ -398,8 +400,11 @@ class Engine:
         redact = self.redactor(app)
         job = self._start(job)
         started = time.monotonic()
+        deadline = Deadline.after(self.config.backup_timeout)  # covers every attempt
         try:
-            backup, manifest = self._with_retries(lambda: self._backup_attempt(job, resolved, app))
+            backup, manifest = self._with_retries(
+                lambda: self._backup_attempt(job, resolved, app, deadline), deadline
+            )
         except Exception as exc:
             reason, msg = self._failure(exc, driver, job)
             return self._finish(job, False, reason, msg, redact)
@@ -418,7 +423,7 @@ class Engine:
         )
 
     def _backup_attempt(
-        self, job: BackupJob, resolved: Resolved, app: AppLocation
+        self, job: BackupJob, resolved: Resolved, app: AppLocation, deadline: Deadline
     ) -> tuple[Backup, Manifest]:
         ns = job.metadata.namespace or ""
         objs = self.host.objects
@@ -449,7 +454,7 @@ class Engine:
                 artifact=writer,
                 progress=progress,
                 log=logging.getLogger(f"cozybackup.driver.{resolved.driver.name}"),
-                deadline=Deadline.after(self.config.backup_timeout),
+                deadline=deadline,
             )
             resolved.driver.backup(ctx)
             ctx.deadline.check()

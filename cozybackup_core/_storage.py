@@ -29,6 +29,7 @@ import attrs
 import fsspec
 import zstandard
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractBufferedFile
 
 from ._crypto import (
     ALGORITHM,
@@ -196,7 +197,14 @@ class _HashingSink(io.RawIOBase):
 
     def write(self, b: Any) -> int:
         data = bytes(b)
-        self.target.write(data)
+        try:
+            self.target.write(data)  # may upload a multipart part
+        except Exception as exc:
+            # Raised through the driver's own write call: name it a storage fault, so the
+            # job is retried and the tenant is told it was the platform's storage.
+            raise StorageError(
+                "the backup storage could not be written", admin_detail=repr(exc)
+            ) from exc
         self.hash.update(data)
         self.count += len(data)
         return len(data)
@@ -552,11 +560,17 @@ class ArtifactReader:
 
 
 def _discard(f: Any) -> None:
-    # s3fs: abort the multipart upload instead of completing a partial object.
-    with contextlib.suppress(Exception):
-        if hasattr(f, "discard"):
+    if isinstance(f, AbstractBufferedFile):
+        # s3fs: abort the multipart upload instead of completing a partial object, then
+        # mark the file closed so neither close() nor __del__ uploads the rest later.  If
+        # the abort itself fails (storage down), the bucket's lifecycle rule for
+        # incomplete uploads reclaims the parts; no object was ever created.
+        with contextlib.suppress(Exception):
             f.discard()
-        f.close()
+        f.closed = True
+    else:
+        with contextlib.suppress(Exception):
+            f.close()
 
 
 @attrs.define
