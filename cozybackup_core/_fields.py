@@ -20,6 +20,8 @@ NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)
 LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"  # RFC 1123 label (namespaces)
 KIND_PATTERN = r"^[A-Z][A-Za-z0-9]*$"
 GROUP_PATTERN = r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*)?$"
+LINE_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+PREFIX_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*)?$"
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
 
@@ -90,12 +92,19 @@ def kind_field(*, default: Any = attrs.NOTHING) -> Any:
     )
 
 
-def group_field(*, default: Any = attrs.NOTHING) -> Any:
-    return constrained(
+def group_field(
+    *, default: Any = attrs.NOTHING, converter: Callable[[Any], Any] | None = None
+) -> Any:
+    schema: dict[str, Any] = {
+        "pattern": GROUP_PATTERN,
+        "maxLength": 253,
+        "x-describe": "is not a valid API group (a DNS name such as apps.cozystack.io)",
+    }
+    return attrs.field(
         default=default,
-        pattern=GROUP_PATTERN,
-        maxLength=253,
-        **{"x-describe": "is not a valid API group (a DNS name such as apps.cozystack.io)"},
+        converter=converter,
+        validator=_check(schema),
+        metadata={SCHEMA_KEY: schema},
     )
 
 
@@ -105,3 +114,23 @@ def enum_field(*values: str, default: Any = attrs.NOTHING) -> Any:
 
 def text_field(*, default: Any = attrs.NOTHING, max_length: int = 32768) -> Any:
     return constrained(default=default, maxLength=max_length)
+
+
+def line_field(*, default: Any = attrs.NOTHING, max_length: int = 256) -> Any:
+    """Input text on one line: no control characters (NUL, escapes, newlines)."""
+    return constrained(
+        default=default,
+        maxLength=max_length,
+        pattern=LINE_PATTERN,
+        **{"x-describe": "must be one line of printable text"},
+    )
+
+
+def path_field(*, default: Any = attrs.NOTHING) -> Any:
+    """A relative object-key prefix: segments that cannot climb out of their root."""
+    return constrained(
+        default=default,
+        maxLength=512,
+        pattern=PREFIX_PATTERN,
+        **{"x-describe": "is not a relative prefix (segments of letters, digits, '.', '_', '-')"},
+    )

@@ -8,19 +8,23 @@ invariants are guarded here; I/O and resolution live elsewhere.  Fields marked
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import attrs
 
 from ._fields import (
+    NAME_PATTERN,
     FieldInvalid,
     constrained,
     enum_field,
     group_field,
     kind_field,
+    line_field,
     name_field,
     namespace_field,
+    path_field,
     text_field,
 )
 
@@ -51,7 +55,7 @@ def _default_apps_group(value: str | None) -> str:
 class ApplicationRef:
     """The application a tenant protects, e.g. ``apps.cozystack.io/Postgres db1``."""
 
-    api_group: str = attrs.field(default=APPS_GROUP, converter=_default_apps_group)
+    api_group: str = group_field(default=APPS_GROUP, converter=_default_apps_group)
     kind: str = kind_field()
     name: str = name_field()
 
@@ -67,7 +71,7 @@ class ApplicationRef:
 class GroupKind:
     """An application kind without a name: what a BackupClass binding matches."""
 
-    api_group: str = attrs.field(default=APPS_GROUP, converter=_default_apps_group)
+    api_group: str = group_field(default=APPS_GROUP, converter=_default_apps_group)
     kind: str = kind_field()
 
     def __str__(self) -> str:
@@ -93,16 +97,56 @@ class StrategyRef:
 # --------------------------------------------------------------------------- metadata
 
 
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_DNS_NAME = re.compile(NAME_PATTERN)
+_ANNOTATIONS_MAX = 256 * 1024  # Kubernetes' limit for all annotations of an object
+
+
+def _check_key(field: str, key: object) -> None:
+    # Kubernetes qualified names: an optional DNS prefix and "/", then up to 63 characters.
+    if not isinstance(key, str):
+        raise FieldInvalid(field, "keys must be strings")
+    prefix, slash, name = key.rpartition("/")
+    if (
+        (slash and not prefix)
+        or (prefix and (len(prefix) > 253 or not _DNS_NAME.match(prefix)))
+        or (len(name) > 63 or not _LABEL_NAME.match(name))
+    ):
+        raise FieldInvalid(field, f"{key[:80]!r} is not a valid key ([prefix/]name)")
+
+
+def _check_labels(_inst: Any, attribute: attrs.Attribute[Any], value: Mapping[str, str]) -> None:
+    for k, v in value.items():
+        _check_key(attribute.name, k)
+        # Values hold object names here, so up to 253 characters (Kubernetes allows 63:
+        # the Kubernetes host must shorten longer ones).
+        if not isinstance(v, str) or len(v) > 253 or (v and not _LABEL_NAME.match(v)):
+            raise FieldInvalid(attribute.name, f"the value of {k!r} is not a valid label value")
+
+
+def _check_annotations(
+    _inst: Any, attribute: attrs.Attribute[Any], value: Mapping[str, str]
+) -> None:
+    size = 0
+    for k, v in value.items():
+        _check_key(attribute.name, k)
+        if not isinstance(v, str):
+            raise FieldInvalid(attribute.name, f"the value of {k!r} must be a string")
+        size += len(k) + len(v)
+    if size > _ANNOTATIONS_MAX:
+        raise FieldInvalid(attribute.name, f"must total at most {_ANNOTATIONS_MAX} characters")
+
+
 @attrs.frozen(kw_only=True)
 class ObjectMeta:
     """The part of Kubernetes ObjectMeta we use.  Unknown keys are accepted and dropped."""
 
     name: str = name_field()
     namespace: str | None = namespace_field(default=None)
-    uid: str | None = text_field(default=None, max_length=64)
-    labels: Mapping[str, str] = attrs.field(factory=dict)
-    annotations: Mapping[str, str] = attrs.field(factory=dict)
-    resource_version: str | None = text_field(default=None, max_length=64)
+    uid: str | None = line_field(default=None, max_length=64)
+    labels: Mapping[str, str] = attrs.field(factory=dict, validator=_check_labels)
+    annotations: Mapping[str, str] = attrs.field(factory=dict, validator=_check_annotations)
+    resource_version: str | None = line_field(default=None, max_length=64)
     generation: int | None = None
     creation_timestamp: dt.datetime | None = None
 
@@ -173,9 +217,9 @@ class BackupJob:
 class Schedule:
     type: str = enum_field("cron", default="cron")
     #: Five fields or an ``@daily``-style descriptor; ``CRON_TZ=Zone/Name`` may prefix it.
-    cron: str = text_field(max_length=256)
+    cron: str = line_field(max_length=256)
     #: *Extension*: IANA zone the cron is read in (default UTC).
-    time_zone: str | None = text_field(default=None, max_length=64)
+    time_zone: str | None = line_field(default=None, max_length=64)
 
 
 @attrs.frozen(kw_only=True)
@@ -422,10 +466,10 @@ class StorageLocationSpec:
 
     provider: str = enum_field("Local", "S3", default="Local")
     bucket: str = name_field()
-    prefix: str = text_field(default="", max_length=253)
-    path: str | None = text_field(default=None, max_length=4096)
-    endpoint: str | None = text_field(default=None, max_length=2048)
-    region: str | None = text_field(default=None, max_length=64)
+    prefix: str = path_field(default="")
+    path: str | None = line_field(default=None, max_length=4096)
+    endpoint: str | None = line_field(default=None, max_length=2048)
+    region: str | None = line_field(default=None, max_length=64)
     credentials_secret_ref: SecretKeyRef | None = None
     server_side_access: bool = False
     encryption: EncryptionSpec | None = None

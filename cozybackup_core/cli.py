@@ -17,16 +17,16 @@ import attrs
 import yaml
 
 from . import __version__
+from ._admission import admit
 from ._classes import BUILTIN_CLASS, BUILTIN_STORAGE, DEFAULT_CLASS
 from ._crd import all_crds
 from ._engine import Engine, EngineConfig
 from ._errors import CozyError, ValidationError
-from ._plans import check_cron, fire_due_plans
+from ._plans import fire_due_plans
 from ._plugins import PluginHost
 from ._progress import ProgressUpdate
 from ._types import (
     KINDS,
-    ArtifactRecord,
     Backup,
     BackupClass,
     BackupJob,
@@ -113,30 +113,7 @@ def cmd_apply(ctx: Ctx) -> int:
     # Validate everything before writing anything: a bad file changes nothing.
     cat = ctx.engine().catalog()
     cat.storages.update({o.metadata.name: o for o in objs if isinstance(o, StorageLocation)})
-    plan: list[tuple[Any, str]] = []
-    for obj in objs:
-        what = f"{obj.kind} {obj.metadata.name}"
-        if isinstance(obj, (Backup, ArtifactRecord)):
-            raise ValidationError(
-                [("kind", f"{obj.kind} objects are created by the platform, not applied")]
-            )
-        if isinstance(obj, Plan):
-            check_cron(obj.spec.schedule.cron, obj.spec.schedule.time_zone)
-        if isinstance(obj, BackupClass):
-            cat.validate(obj)
-        current = store.get(type(obj), obj.metadata.namespace, obj.metadata.name)
-        if isinstance(obj, (BackupJob, RestoreJob)):
-            if obj.status.phase is not None:
-                raise ValidationError(
-                    [("status", f"{what}: status is set by the platform; remove it")]
-                )
-            if current is not None and current.spec != obj.spec:
-                raise ValidationError(
-                    [("spec", f"{what} exists and its spec is immutable; create a new one")]
-                )
-            plan.append((obj, "unchanged" if current is not None else "created"))
-        else:
-            plan.append((obj, "configured" if current is not None else "created"))
+    plan = admit(objs, cat, store.get, tenant=ctx.args.tenant)
     for obj, action in plan:
         if action != "unchanged":
             store.replace(obj)
@@ -426,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("apply", help="create or update objects from YAML files or directories")
     a.add_argument(
         "-f", "--filename", action="append", required=True, help="file, directory or - for stdin"
+    )
+    a.add_argument(
+        "--tenant",
+        metavar="NAMESPACE",
+        help="apply as the tenant of NAMESPACE: only BackupJob, Plan and RestoreJob objects "
+        "in that namespace, no platform labels (what a tenant's credentials would allow)",
     )
     a.set_defaults(fn=cmd_apply)
 

@@ -33,6 +33,7 @@ LAYERS: dict[str, int] = {
     "_progress": 4,
     "_redact": 4,
     "_engine": 4,
+    "_admission": 4,
     "_recovery": 4,
     "_plans": 4,
     "_schedule": 4,

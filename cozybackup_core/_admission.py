@@ -1,0 +1,93 @@
+"""Admission: the checks an object passes before it is stored, beyond its schema.
+
+``load`` proves a manifest is well-formed; admission decides whether *this* caller may
+store it now: platform-made kinds are never applied, a class must resolve, a cron must
+parse, a job's spec is immutable, and a tenant may only create its own jobs and Plans
+in its own namespace.  Hosts call :func:`admit` for every apply (the embedded CLI does;
+a Kubernetes host does it in its admission webhook, with RBAC in front).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._classes import Catalog
+from ._errors import ValidationError
+from ._plans import check_cron
+from ._types import GROUP, ArtifactRecord, Backup, BackupClass, BackupJob, Plan, RestoreJob
+
+#: What a tenant may create; everything else is the platform's or the operator's.
+TENANT_KINDS: tuple[type[Any], ...] = (BackupJob, Plan, RestoreJob)
+_PLATFORM_KINDS = (Backup, ArtifactRecord)
+#: Label and annotation keys the platform sets; a tenant forging them could make a job
+#: look like another Plan's, or pin what retention should delete.
+RESERVED_PREFIX = f"{GROUP}/"
+
+
+def admit(
+    objs: Sequence[Any],
+    catalog: Catalog,
+    current: Callable[[type[Any], str | None, str], Any],
+    tenant: str | None = None,
+) -> list[tuple[Any, str]]:
+    """``(object, action)`` for each object (``created``, ``configured`` or ``unchanged``),
+    or a :class:`ValidationError` naming the object and field.  Nothing is written here."""
+    out: list[tuple[Any, str]] = []
+    for obj in objs:
+        what = f"{obj.kind} {obj.metadata.name}"
+        _check(obj, catalog, tenant)
+        existing = current(type(obj), obj.metadata.namespace, obj.metadata.name)
+        if isinstance(obj, (BackupJob, RestoreJob)):
+            if existing is not None and existing.spec != obj.spec:
+                raise ValidationError(
+                    [("spec", f"{what} exists and its spec is immutable; create a new one")]
+                )
+            out.append((obj, "unchanged" if existing is not None else "created"))
+        else:
+            out.append((obj, "configured" if existing is not None else "created"))
+    return out
+
+
+def _check(obj: Any, catalog: Catalog, tenant: str | None) -> None:
+    if isinstance(obj, _PLATFORM_KINDS):
+        raise ValidationError(
+            [("kind", f"{obj.kind} objects are created by the platform, not applied")]
+        )
+    if tenant is not None:
+        _check_tenant(obj, tenant)
+    if isinstance(obj, TENANT_KINDS) and obj.status != type(obj.status)():
+        raise ValidationError(
+            [
+                (
+                    "status",
+                    f"{obj.kind} {obj.metadata.name}: status is set by the platform; remove it",
+                )
+            ]
+        )
+    if isinstance(obj, Plan):
+        check_cron(obj.spec.schedule.cron, obj.spec.schedule.time_zone)
+    if isinstance(obj, BackupClass):
+        catalog.validate(obj)
+
+
+def _check_tenant(obj: Any, tenant: str) -> None:
+    if not isinstance(obj, TENANT_KINDS):
+        raise ValidationError(
+            [
+                (
+                    "kind",
+                    f"{obj.kind} objects are managed by the platform operator; "
+                    "tenants create BackupJob, Plan and RestoreJob objects",
+                )
+            ]
+        )
+    if obj.metadata.namespace != tenant:
+        raise ValidationError([("metadata.namespace", f"must be your own namespace {tenant!r}")])
+    for field, keys in (
+        ("metadata.labels", obj.metadata.labels),
+        ("metadata.annotations", obj.metadata.annotations),
+    ):
+        for key in keys:
+            if key.startswith(RESERVED_PREFIX):
+                raise ValidationError([(field, f"{key!r} is reserved for the platform")])
