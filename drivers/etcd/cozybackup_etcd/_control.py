@@ -1,0 +1,150 @@
+"""Stopping, starting and checking a whole cluster through the admin's commands.
+
+Whether a cluster runs is read from two signs: a member's bbolt database is
+``flock``-ed by the etcd process that has it open, and a client endpoint answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from cozybackup_core import Deadline, DriverError
+
+from ._client import Client, rpc_error
+from ._cluster import Cluster
+
+_POLL = 0.2
+_OUTPUT_KEEP = 8 << 10
+_HEALTH_KEY = b"health"  # what ``etcdctl endpoint health`` reads
+
+
+def data_dir_in_use(data_dir: Path) -> bool:
+    """Whether an etcd process holds this data dir (bbolt keeps an exclusive flock)."""
+    try:
+        fd = os.open(data_dir / "member" / "snap" / "db", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return exc.errno in (errno.EWOULDBLOCK, errno.EACCES)
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def answering(cluster: Cluster, timeout: float = 0.5) -> int:
+    """How many client endpoints accept a TCP connection."""
+    count = 0
+    for endpoint in cluster.endpoints:
+        host, _, port = endpoint.target.rpartition(":")
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout),
+        ):
+            count += 1
+    return count
+
+
+def running(cluster: Cluster) -> bool:
+    return answering(cluster) > 0 or any(data_dir_in_use(m.data_dir) for m in cluster.members)
+
+
+def health(cluster: Cluster, expected_members: int) -> tuple[str | None, int | None]:
+    """``(problem, cluster id)``: problem is None when every endpoint answers for one
+    cluster of ``expected_members`` voting members with a leader, and a linearizable
+    read succeeds (what ``etcdctl endpoint health`` checks)."""
+    ids: set[int] = set()
+    for endpoint in cluster.endpoints:
+        with Client(cluster, endpoint) as client:
+            try:
+                status = client.status(timeout=2.0)
+                if status.leader == 0:
+                    return f"{endpoint.url}: no leader yet", None
+                ids.add(status.cluster_id)
+                voters = [m for m in client.members(timeout=2.0) if not m.is_learner]
+                if len(voters) != expected_members:
+                    return f"{endpoint.url}: {len(voters)} members", None
+                client.read_one(_HEALTH_KEY, timeout=2.0)
+            except Exception as exc:
+                if not rpc_error(exc):
+                    raise
+                return f"{endpoint.url}: {exc!r}"[:500], None
+    if len(ids) != 1:
+        return f"endpoints answer for different clusters {sorted(ids)}", None
+    return None, ids.pop()
+
+
+def stop(cluster: Cluster, deadline: Deadline) -> None:
+    """Run ``stopCommand`` and wait until no member runs."""
+    assert cluster.stop_command is not None
+    limit = Deadline.after(min(cluster.service_timeout, deadline.remaining()))
+    command(cluster.stop_command, limit, "stopping the cluster")
+    while running(cluster):
+        if limit.expired:
+            raise DriverError(
+                "the etcd cluster did not stop in time; nothing was changed",
+                admin_detail=f"{cluster.ref}: still running {cluster.service_timeout:.0f}s "
+                "after stopCommand",
+            )
+        time.sleep(_POLL)
+
+
+def start(cluster: Cluster, deadline: Deadline) -> int:
+    """Run ``startCommand`` and wait until the cluster is healthy; returns its id."""
+    assert cluster.start_command is not None
+    limit = Deadline.after(min(cluster.service_timeout, deadline.remaining()))
+    command(cluster.start_command, limit, "starting the cluster")
+    while True:
+        problem, cluster_id = health(cluster, len(cluster.members))
+        if cluster_id is not None:
+            return cluster_id
+        if limit.expired:
+            raise DriverError(
+                "the restored etcd cluster did not become healthy in time",
+                admin_detail=f"{cluster.ref}: {problem}",
+            )
+        time.sleep(_POLL)
+
+
+def command(argv: tuple[str, ...], limit: Deadline, doing: str) -> None:
+    """Run an admin-declared control command.  Output goes to a file, never a pipe:
+    a start command leaves daemons behind that would hold a pipe open forever."""
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise DriverError(
+                f"the platform's command for {doing} could not be run; ask the platform operator",
+                admin_detail=f"{list(argv)}: {exc!r}",
+            ) from None
+        try:
+            rc: int | None = proc.wait(timeout=max(limit.remaining(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = None
+        out.seek(0)
+        text = out.read()[-_OUTPUT_KEEP:].decode(errors="replace")
+    if rc != 0:
+        status = "timed out" if rc is None else f"exit status {rc}"
+        raise DriverError(
+            f"the platform's command for {doing} failed ({status}); ask the platform operator",
+            admin_detail=f"{list(argv)}: {status}: {text}",
+        )

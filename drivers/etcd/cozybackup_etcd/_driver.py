@@ -1,0 +1,66 @@
+"""The etcd driver: snapshots through the v3 maintenance API, restores that rebuild
+every member's data directory.
+
+Connection keys and credentials are described in ``_cluster.py`` and the README.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
+from typing import Any, ClassVar
+
+from cozybackup_core import (
+    BackupContext,
+    Deadline,
+    Driver,
+    GroupKind,
+    RestoreContext,
+)
+
+from . import _backup, _restore
+from ._cluster import Cluster
+from ._params import EtcdParameters
+
+try:
+    __version__ = _dist_version("cozybackup-etcd")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+unknown"
+
+#: The application kind this driver serves (Cozystack's tenant etcd).
+ETCD_KIND = GroupKind(kind="Etcd")
+
+
+class EtcdDriver(Driver):
+    """Backs up and restores ``apps.cozystack.io/Etcd`` clusters."""
+
+    name: ClassVar[str] = "etcd"
+    strategy_kind: ClassVar[str] = "Etcd"
+    kinds: ClassVar[tuple[GroupKind, ...]] = (ETCD_KIND,)
+    parameters_type: ClassVar[type[Any]] = EtcdParameters
+    version: ClassVar[str] = __version__
+
+    def backup(self, ctx: BackupContext) -> None:
+        params = _params(ctx.parameters)
+        cluster = Cluster.from_location(ctx.application)
+        _backup.backup(ctx, cluster, params, _deadline(ctx.deadline, params))
+
+    def restore(self, ctx: RestoreContext) -> None:
+        params = _params(ctx.parameters)
+        cluster = Cluster.from_location(ctx.target)
+        _restore.restore(ctx, cluster, _deadline(ctx.deadline, params))
+        ctx.log.info(
+            "restored %s %s", ctx.source.name, "in place" if ctx.in_place else "into a copy"
+        )
+
+
+def _params(value: Any) -> EtcdParameters:
+    if not isinstance(value, EtcdParameters):  # pragma: no cover - the engine structures it
+        raise TypeError(f"expected EtcdParameters, got {type(value).__name__}")
+    return value
+
+
+def _deadline(platform: Deadline, params: EtcdParameters) -> Deadline:
+    if params.timeout_seconds is None:
+        return platform
+    return Deadline(min(platform.at, Deadline.after(params.timeout_seconds).at))
