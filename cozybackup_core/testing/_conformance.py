@@ -8,6 +8,8 @@ declare are skipped with that reason.
 from __future__ import annotations
 
 import abc
+import base64
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -158,20 +160,60 @@ class DriverConformance(abc.ABC):
             assert self.checksum(copy) == first
 
     def test_tenant_sees_no_platform_secrets(self, platform: LocalPlatform, tmp_path: Path) -> None:
+        """Success and failure paths, with the default storage encrypted: nothing a tenant
+        can read holds a path, bucket, credential, Secret name or key material, and an
+        encrypted backup still round-trips."""
+        key, other_key = os.urandom(32), os.urandom(32)
+        platform.apply(_key_secret("platform-key-x1", key), _ENCRYPTED_DEFAULT)
+        platform.engine._stores.clear()
         good = self.create_app(tmp_path, "origin")
         bad = self.break_app(self.create_app(tmp_path, "broken"))
         ref = self._declare(platform, good)
         self.write_data(good, seed=9)
+        before = self.checksum(good)
         self._ok(platform.backup(NS, ref, "b1", self.backup_class))
         platform.backup(NS, self._declare(platform, bad), "b2", self.backup_class)
-        platform.restore(
-            NS, "b1", "r1", target=None if self.driver.capabilities.in_place_restore else ref
-        )
+        target = None if self.driver.capabilities.in_place_restore else ref
+        if target is None:
+            self.write_data(good, seed=10)
+        self._ok(platform.restore(NS, "b1", "r1", target=target))
+        assert self.checksum(good) == before
         platform.restore(NS, "missing", "r2")
+        # The key is replaced: the restore fails before the target is touched.
+        self.write_data(good, seed=11)
+        after = self.checksum(good)
+        platform.apply(_key_secret("platform-key-x1", other_key))
+        platform.engine._stores.clear()
+        job = platform.restore(NS, "b1", "r3", target=target)
+        assert job.status.phase == "Failed"
+        assert job.status.conditions[0].reason == "EncryptionKeyUnavailable"
+        assert self.checksum(good) == after
+
         view = platform.tenant_view(NS)
-        secrets = [str(platform.home), "buckets", "cozy-backups/"]
+        secrets = [str(platform.home), "buckets", "cozy-backups/", "platform-key-x1"]
+        for raw in (key, other_key):
+            secrets += [base64.b64encode(raw).decode(), raw.hex()]
         for handle in (good, bad):
             found = sensitive_values(handle.connection, handle.credentials)
             secrets += [v for v in found if len(v) >= 3]
         leaks = [s for s in secrets if s in view]
         assert not leaks, f"tenant-visible objects contain {leaks}"
+
+
+def _key_secret(name: str, raw: bytes) -> str:
+    return f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}}}
+stringData: {{key: "{base64.b64encode(raw).decode()}"}}
+"""
+
+
+_ENCRYPTED_DEFAULT = """
+apiVersion: backups.cozystack.io/v1alpha1
+kind: StorageLocation
+metadata: {name: cozy-backups}
+spec:
+  bucket: cozy-backups
+  encryption: {keys: [{id: x1, secretRef: {name: platform-key-x1}}]}
+"""
