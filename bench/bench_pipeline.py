@@ -8,6 +8,7 @@ compresses about 3:1, like table dumps) through
   * baseline: ``zstd -3 -T<threads>`` reading a pipe, writing a file;
   * cozybackup: ``ArtifactStore.local`` writer (zstd + two sha256 + manifest), then a
     full verifying read;
+  * cozybackup with client-side encryption (AES-256-GCM segments, keyed digest);
 
 in child processes, and prints throughput, peak RSS and the ratio to the baseline.
 Run on demand; never part of the test suite's pass/fail.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,6 +98,10 @@ def child_cozy(src: str, dest: str, threads: int) -> None:
 
     store = ArtifactStore.local(dest)
     store.threads = threads
+    if os.environ.get("BENCH_ENCRYPT") == "1":
+        from cozybackup_core._crypto import KeyRing
+
+        store.keyring = KeyRing(keys=(("k1", os.urandom(32)),), active="k1")
     key = ArtifactKey(namespace="bench", kind="Bench", application="app", uid="u1")
     writer = store.writer(key)
     start = time.monotonic()  # the stream itself, without interpreter start and imports
@@ -113,6 +119,7 @@ def child_cozy(src: str, dest: str, threads: int) -> None:
             parameters={},
             taken_at="2026-01-01T00:00:00Z",
             streams=tuple(writer.streams),
+            encryption=writer.encryption,
         )
     )
     if os.environ.get("BENCH_VERIFY") == "1":
@@ -170,6 +177,9 @@ def main() -> int:
         cozy_s, cozy_rss, inner = timed(child)
         ver_s, ver_rss, _ = timed(child, env={"BENCH_VERIFY": "1"})
         inner_s = float(inner.strip())
+        shutil.rmtree(f"{tmp}/bucket")
+        enc_s, enc_rss, enc_inner = timed(child, env={"BENCH_ENCRYPT": "1"})
+        enc_inner_s = float(enc_inner.strip())
         stored = sum(p.stat().st_size for p in Path(tmp, "bucket").rglob("*.zst"))
         base_size = Path(tmp, "base.zst").stat().st_size
         mib = args.mib
@@ -182,6 +192,12 @@ def main() -> int:
         )
         print(
             f"{'  the stream alone':<28}{inner_s:9.2f}{mib / inner_s:9.0f}{'':>11}{base_s / inner_s:8.2f}"
+        )
+        print(
+            f"{'cozybackup write, encrypted':<28}{enc_s:9.2f}{mib / enc_s:9.0f}{enc_rss:9.0f} MB{base_s / enc_s:8.2f}"
+        )
+        print(
+            f"{'  the stream alone':<28}{enc_inner_s:9.2f}{mib / enc_inner_s:9.0f}{'':>11}{base_s / enc_inner_s:8.2f}"
         )
         print(
             f"{'cozybackup write + verify':<28}{ver_s:9.2f}{mib / ver_s:9.0f}{ver_rss:9.0f} MB{base_s / ver_s:8.2f}"
