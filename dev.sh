@@ -6,7 +6,7 @@ cd "$(dirname "$0")"
 
 # Debian packages the driver tests start real servers from.
 APT_PACKAGES="postgresql postgresql-contrib mariadb-server mariadb-client mariadb-backup
-  clickhouse-server clickhouse-client etcd-server etcd-client ${COZYBACKUP_APT_PACKAGES:-}"
+  clickhouse-server clickhouse-client etcd-server etcd-client sqlite3 qemu-utils ${COZYBACKUP_APT_PACKAGES:-}"
 
 need_apt=()
 for pkg in $APT_PACKAGES; do

@@ -119,7 +119,7 @@ class Catalog:
         for i, binding in enumerate(bc.spec.strategies):
             if binding.application == app.group_kind:
                 driver = self.drivers.for_strategy(binding.strategy_ref.kind)
-                if app.group_kind not in driver.kinds:
+                if not driver.serves(app.group_kind):
                     raise NoBindingError(
                         f"BackupClass {class_name!r} binds {app.group_kind} to a strategy that "
                         "cannot back it up; ask the platform operator to fix the class"
@@ -155,7 +155,7 @@ class Catalog:
             except DriverNotFoundError as exc:
                 problems.append((f"{path}.strategyRef.kind", str(exc)))
                 continue
-            if binding.application not in driver.kinds:
+            if not driver.serves(binding.application):
                 served = ", ".join(str(k) for k in driver.kinds)
                 problems.append(
                     (

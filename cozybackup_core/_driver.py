@@ -167,11 +167,18 @@ class Driver(abc.ABC):
     #: ``strategyRef.kind`` that selects this driver in a BackupClass, e.g. ``"Postgres"``.
     strategy_kind: ClassVar[str]
     #: Application kinds it can serve.
-    kinds: ClassVar[tuple[GroupKind, ...]]
+    kinds: ClassVar[tuple[GroupKind, ...]] = ()
+    #: Serves whatever kind a BackupClass binds it to (generic strategies such as Job,
+    #: whose parameters say how); ``kinds`` may then be empty.
+    any_kind: ClassVar[bool] = False
     #: A frozen attrs class; ``BackupClass`` parameters are structured into it.
     parameters_type: ClassVar[type[Any]] = NoParameters
     capabilities: ClassVar[Capabilities] = Capabilities()
     version: ClassVar[str] = "0"
+
+    @classmethod
+    def serves(cls, kind: GroupKind) -> bool:
+        return cls.any_kind or kind in cls.kinds
 
     def validate_parameters(self, parameters: Any) -> None:  # noqa: B027 - optional hook
         """Checks beyond the type, run when a BackupClass is applied.

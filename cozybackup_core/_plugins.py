@@ -52,8 +52,8 @@ class DriverRegistry:
             raise ValueError(f"{driver_cls.__qualname__}.name {name!r} is not a valid name")
         if not isinstance(kind, str) or not re.match(r"^[A-Z][A-Za-z0-9]*$", kind):
             raise ValueError(f"{driver_cls.__qualname__}.strategy_kind {kind!r} is not CamelCase")
-        if not getattr(driver_cls, "kinds", ()):
-            raise ValueError(f"{driver_cls.__qualname__}.kinds is empty")
+        if not getattr(driver_cls, "kinds", ()) and not driver_cls.any_kind:
+            raise ValueError(f"{driver_cls.__qualname__}.kinds is empty (and any_kind is not set)")
         if not attrs.has(driver_cls.parameters_type):
             raise TypeError(f"{driver_cls.__qualname__}.parameters_type must be an attrs class")
         if name in self._by_name:

@@ -23,6 +23,9 @@ CHUNK = 1 << 20
 _STDERR_KEEP = 64 << 10
 
 
+_KEPT_ENV = frozenset({"PATH", "HOME", "LANG", "LC_ALL", "TZ"})
+
+
 def run_tool(
     argv: Sequence[str],
     *,
@@ -30,6 +33,7 @@ def run_tool(
     stdout: IO[bytes] | None = None,
     stdin: IO[bytes] | None = None,
     env: Mapping[str, str] | None = None,
+    inherit_env: bool = True,
     what: str | None = None,
 ) -> bytes:
     """Run ``argv``; copy its stdout to ``stdout`` and/or feed ``stdin`` from a stream.
@@ -37,9 +41,14 @@ def run_tool(
     Returns the tool's stdout if ``stdout`` is None.  Raises :class:`DriverError` if it
     exits non-zero (``admin_detail`` holds its stderr) and :class:`DeadlineExceeded`
     (after killing it) if the deadline passes.
+
+    ``env`` is added to the worker's environment; with ``inherit_env=False`` it replaces
+    it (only ``PATH``, ``HOME``, ``LANG``, ``LC_ALL`` and ``TZ`` are kept), so a command an
+    admin wrote does not see whatever credentials the worker process holds.
     """
     label = what or os.path.basename(argv[0])
-    full_env = {**os.environ, **(env or {})}
+    base = os.environ if inherit_env else {k: v for k, v in os.environ.items() if k in _KEPT_ENV}
+    full_env = {**base, **(env or {})}
     try:
         proc = subprocess.Popen(
             list(argv),

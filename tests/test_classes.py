@@ -103,3 +103,50 @@ spec:
     )
     assert "spec.strategies[1].parameters.compression: unknown field" in text
     assert "spec.strategies[1].storageRef.name: StorageLocation 'nowhere' does not exist" in text
+
+
+class _AnyKindDriver(FilesDriver):
+    name = "any"
+    strategy_kind = "AnyKind"
+    kinds = ()
+    any_kind = True
+
+
+ANY = """
+apiVersion: backups.cozystack.io/v1alpha1
+kind: BackupClass
+metadata: {name: generic}
+spec:
+  strategies:
+  - application: {apiGroup: apps.example.com, kind: Redis}
+    strategyRef: {kind: AnyKind, name: any}
+  - application: {apiGroup: apps.example.com, kind: Memcached}
+    strategyRef: {kind: Files, name: files}
+"""
+
+
+def test_a_generic_driver_serves_any_kind_a_class_binds_and_others_do_not() -> None:
+    host = PluginHost.load(entry_points=False, plugins=[_InProcess([FilesDriver, _AnyKindDriver])])
+    (cls,) = load_yaml(ANY)
+    cat = Catalog.build(host.registry, [], [])
+    with pytest.raises(
+        ValueError, match=r"spec\.strategies\[1\]\.application: driver 'files' serves"
+    ):
+        cat.validate(cls)
+    cat = Catalog.build(host.registry, [cls], [])
+    redis = ApplicationRef(api_group="apps.example.com", kind="Redis", name="cache")
+    assert cat.resolve("generic", redis).driver.name == "any"
+    with pytest.raises(NoBindingError):
+        cat.resolve(
+            "generic", ApplicationRef(api_group="apps.example.com", kind="Memcached", name="m")
+        )
+
+
+def test_a_driver_with_no_kinds_must_say_it_serves_any() -> None:
+    class NoKinds(FilesDriver):
+        name = "none"
+        strategy_kind = "NoKinds"
+        kinds = ()
+
+    host = PluginHost.load(entry_points=False, plugins=[_InProcess([NoKinds])])
+    assert host.broken and "kinds is empty" in host.broken[0].error
