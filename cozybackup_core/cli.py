@@ -353,7 +353,7 @@ def cmd_annotate(ctx: Ctx) -> int:
 def cmd_drivers(ctx: Ctx) -> int:
     plugins = ctx.plugins
     for d in plugins.registry:
-        kinds = ", ".join(str(k) for k in d.kinds)
+        kinds = "any kind a class binds" if d.any_kind else ", ".join(str(k) for k in d.kinds)
         caps = [
             n
             for n, v in (
