@@ -279,6 +279,66 @@ def cmd_run(ctx: Ctx) -> int:
     return 1 if failed and ctx.args.once else 0
 
 
+def cmd_controller(ctx: Ctx) -> int:
+    """Run the engine against a Kubernetes cluster: the loop of ``cmd_run``, every
+    ``--interval`` seconds, until SIGTERM/SIGINT (running jobs finish first).
+
+    Data moves inside this process: the design's worker Jobs (batch/v1 Jobs per backup in
+    the platform namespace) are not built yet.  One controller per cluster: there is no
+    leader election, so run the Deployment with one replica.  ``--home`` (or
+    ``$COZYBACKUP_HOME``) must be writable, as for every command, though nothing is kept
+    there.
+    """
+    from .hosts.kube import KubeHost, load_conventions
+
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: Any) -> None:
+        print(
+            f"cozybackup: signal {signum}: finishing the current jobs, then stopping",
+            file=sys.stderr,
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    conventions = (
+        load_conventions(Path(ctx.args.conventions).read_text(), ctx.args.conventions)
+        if ctx.args.conventions
+        else None
+    )
+    host = KubeHost.from_config(
+        platform_namespace=ctx.args.platform_namespace,
+        kubeconfig=ctx.args.kubeconfig,
+        conventions=conventions,
+        local_bucket_root=ctx.args.local_buckets,
+    )
+    engine = Engine(host, ctx.plugins, EngineConfig(workers=ctx.args.workers))
+    for b in ctx.plugins.broken:
+        print(f"warning: driver plugin {b.name} is broken: {b.error}", file=sys.stderr)
+    try:
+        for note in engine.recover():
+            print(f"recovered: {note}", file=sys.stderr)
+        while not stop.is_set():
+            try:
+                fire_due_plans(host)
+                for job in engine.run_once(stop):
+                    print(
+                        f"{job.kind.lower()}/{job.metadata.name} ({job.metadata.namespace}) {job.status.phase}"
+                    )
+                if not stop.is_set():
+                    engine.run_due_drills()
+                    engine.prune()
+            except CozyError as exc:  # the API server went away: try again next pass
+                log.error("controller pass failed: %s (%s)", exc, exc.admin_detail)
+            if ctx.args.once:
+                break
+            stop.wait(ctx.args.interval)
+    finally:
+        host.close()
+    return 0
+
+
 def cmd_verify(ctx: Ctx) -> int:
     if _kind(ctx.args.kind) is not Backup:
         raise ValidationError([("KIND", "only backups can be verified")])
@@ -489,6 +549,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("crds", help="print the CustomResourceDefinitions")
     c.set_defaults(fn=cmd_crds)
+
+    k = sub.add_parser(
+        "controller",
+        help="run the engine against a Kubernetes cluster (in-cluster config or --kubeconfig)",
+    )
+    k.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else $KUBECONFIG)")
+    k.add_argument(
+        "--platform-namespace",
+        help="namespace of the platform's Secrets (default: $COZYBACKUP_NAMESPACE, else the "
+        "service account's, else cozy-system)",
+    )
+    k.add_argument(
+        "--interval", type=float, default=30.0, help="seconds between passes (default %(default)s)"
+    )
+    k.add_argument(
+        "--workers", type=int, default=2, help="jobs for different applications run in parallel"
+    )
+    k.add_argument(
+        "--conventions",
+        metavar="FILE",
+        help="YAML: how to reach application kinds beyond the built-in Cozystack ones "
+        "(apiGroup/Kind: {connection, credentialsFrom, keys, fixed})",
+    )
+    k.add_argument(
+        "--local-buckets",
+        metavar="DIR",
+        default="/var/lib/cozybackup/buckets",
+        help="where provider: Local buckets live: mount a PersistentVolume here, or use S3 "
+        "(default %(default)s)",
+    )
+    k.add_argument("--once", action="store_true", help="one pass, then exit")
+    k.set_defaults(fn=cmd_controller)
     return p
 
 
