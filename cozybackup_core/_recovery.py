@@ -14,10 +14,13 @@ from ._errors import CozyError
 from ._redact import Redactor
 from ._storage import ArtifactKey, checksum_of
 from ._types import (
+    URI_PREFIX,
+    Artifact,
     ArtifactRecord,
     ArtifactRecordStatus,
     Backup,
     BackupJob,
+    BackupStatus,
     LocalObjectRef,
     RestoreJob,
     StrategyRef,
@@ -132,6 +135,22 @@ def _recover_committed(engine: Engine, record: ArtifactRecord, redact: Redactor)
         strategy = structure(dict(m.strategy_ref), StrategyRef)
         backup = engine._record_backup(
             job, strategy, m, record.metadata.name, record.status.checksum or ""
+        )
+    elif backup.status.artifact is None:
+        # A host that writes status apart from the object (Kubernetes' status subresource)
+        # was stopped between the two writes: the record holds what the status needs.
+        backup = objs.update_status(
+            attrs.evolve(
+                backup,
+                status=BackupStatus(
+                    phase="Ready",
+                    artifact=Artifact(
+                        uri=URI_PREFIX + record.metadata.name,
+                        size_bytes=record.status.size_bytes or 0,
+                        checksum=record.status.checksum or "",
+                    ),
+                ),
+            )
         )
     engine._finish(
         job,

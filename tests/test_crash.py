@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import attrs
 import pytest
 
 from cozybackup_core import Backup, BackupJob
@@ -97,3 +98,37 @@ def test_kill_9_then_run_once_settles_everything(tmp_path: Path, kill: dict[str,
     # Kill points after the commit must not lose the finished backup.
     if kill.get("COZYBACKUP_TEST_KILL_AT") in ("committed", "recorded"):
         assert job.status.phase == "Succeeded"
+
+
+def test_a_backup_whose_status_write_was_lost_is_completed(tmp_path: Path) -> None:
+    """On Kubernetes a Backup's status is a second write; a crash between the two leaves a
+    Backup without artifact.  Recovery fills it in from the committed record."""
+    from cozybackup_core._types import BackupJobStatus, BackupStatus
+
+    from support.drivers import FilesDriver
+
+    data = tmp_path / "app"
+    data.mkdir()
+    (data / "f.bin").write_bytes(os.urandom(50_000))
+    plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,))
+    plat.apply(FILES_CLASS)
+    ref = plat.declare_app(
+        NS, "app1", "Directory", {"path": str(data)}, api_group="apps.example.com"
+    )
+    done = plat.backup(NS, ref, "nightly", "files")
+    assert done.status.phase == "Succeeded"
+    objs = plat.host.objects
+    backup = objs.get(Backup, NS, "nightly")
+    assert backup is not None and backup.status.artifact is not None
+    ready = backup.status.artifact
+    objs.update_status(attrs.evolve(backup, status=BackupStatus()))
+    objs.update_status(attrs.evolve(done, status=BackupJobStatus(phase="Running")))
+
+    notes = plat.engine.recover()
+    assert any("completed after interruption" in n for n in notes)
+    backup = objs.get(Backup, NS, "nightly")
+    assert backup is not None and backup.status.phase == "Ready"
+    assert backup.status.artifact == ready
+    job = objs.get(BackupJob, NS, "nightly")
+    assert job is not None and job.status.phase == "Succeeded"
+    plat.engine.verify_backup(NS, "nightly")
