@@ -1,0 +1,173 @@
+"""Disk images through ``qemu-img``, and the admin's freeze/thaw and stop/start commands.
+
+"In use" is what QEMU itself says: a running QEMU holds OFD locks on its images, and
+``qemu-img info`` (without ``-U``) refuses an image that another process holds for
+writing ("Failed to get shared "write" lock").
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from cozybackup_core import ApplicationRef, Deadline, DriverError, run_tool
+
+from ._machine import Disk
+
+_POLL = 0.2
+_OUTPUT_KEEP = 8 << 10
+
+
+class DiskInUse(Exception):
+    """Another process (a running VM) holds the image open for writing."""
+
+
+@attrs.frozen(kw_only=True)
+class ImageInfo:
+    format: str
+    virtual_size: int
+    actual_size: int
+
+
+def _locked(text: str) -> bool:
+    return "lock" in text.lower() and "another process" in text.lower()
+
+
+def probe(
+    ref: ApplicationRef, disk: Disk, deadline: Deadline, *, force_share: bool = False
+) -> ImageInfo:
+    """Check the image exists, is qcow2 or raw (as declared), has no backing file, and is
+    not held by a writer (unless ``force_share``): raises :class:`DiskInUse` if it is."""
+    if not disk.path.is_file():
+        raise DriverError(
+            f"the image of {ref.kind} {ref.name} (disk {disk.name}) does not exist; "
+            "ask the platform operator",
+            admin_detail=f"no regular file at {disk.path}",
+        )
+    argv = ["qemu-img", "info", "--output=json"]
+    if disk.format:
+        argv += ["-f", disk.format]
+    if force_share:
+        argv.append("-U")
+    argv.append(str(disk.path))
+    try:
+        out = run_tool(argv, deadline=deadline, what="qemu-img info")
+    except DriverError as exc:
+        detail = exc.admin_detail or ""
+        if _locked(detail):
+            raise DiskInUse(detail) from None
+        raise DriverError(
+            f"the image of disk {disk.name} is damaged or is not a valid "
+            f"{disk.format or 'qcow2 or raw'} image",
+            admin_detail=f"{disk.path}: {detail}",
+        ) from None
+    info: dict[str, Any] = json.loads(out)
+    fmt = info.get("format")
+    if fmt not in ("qcow2", "raw"):
+        raise DriverError(
+            f"the image of disk {disk.name} is neither qcow2 nor raw; only those are supported",
+            admin_detail=f"{disk.path}: format {fmt!r}",
+        )
+    if info.get("backing-filename") or info.get("full-backing-filename"):
+        raise DriverError(
+            f"the image of disk {disk.name} has a backing file; images with backing chains "
+            "are not supported (flatten it with 'qemu-img convert' or 'qemu-img rebase -b \"\"')",
+            admin_detail=f"{disk.path}: backing {info.get('backing-filename')!r}",
+        )
+    specific = info.get("format-specific", {}).get("data", {})
+    if specific.get("corrupt"):
+        raise DriverError(
+            f"the image of disk {disk.name} is marked corrupt by QEMU; "
+            "ask the platform operator to repair it ('qemu-img check -r')",
+            admin_detail=f"{disk.path}: corrupt flag set",
+        )
+    return ImageInfo(
+        format=fmt,
+        virtual_size=int(info["virtual-size"]),
+        actual_size=int(info.get("actual-size", 0)),
+    )
+
+
+def in_use(ref: ApplicationRef, disk: Disk, deadline: Deadline) -> bool:
+    try:
+        probe(ref, disk, deadline)
+    except DiskInUse:
+        return True
+    return False
+
+
+def create(path: Path, fmt: str, size: int, deadline: Deadline) -> None:
+    argv = ["qemu-img", "create", "-q", "-f", fmt]
+    if fmt == "qcow2":
+        argv += ["-o", "preallocation=off"]
+    run_tool([*argv, str(path), str(size)], deadline=deadline, what="qemu-img create")
+
+
+def check(path: Path, fmt: str, deadline: Deadline) -> None:
+    """``qemu-img check`` (qcow2 metadata consistency); raw has nothing to check."""
+    if fmt == "qcow2":
+        run_tool(
+            ["qemu-img", "check", "-q", "-f", fmt, str(path)],
+            deadline=deadline,
+            what="qemu-img check",
+        )
+
+
+def qemu_version(deadline: Deadline) -> str:
+    out = run_tool(["qemu-img", "--version"], deadline=deadline, what="qemu-img")
+    first = out.decode(errors="replace").splitlines()[0] if out else ""
+    return first.removeprefix("qemu-img version ").split(" ")[0] or "unknown"
+
+
+def command(argv: tuple[str, ...], limit: Deadline, doing: str) -> None:
+    """Run an admin-declared command.  Output goes to a file, never a pipe: a start
+    command may leave daemons behind that would hold a pipe open forever."""
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise DriverError(
+                f"the platform's command for {doing} could not be run; "
+                "nothing was backed up or changed; ask the platform operator",
+                admin_detail=f"{list(argv)}: {exc!r}",
+            ) from None
+        try:
+            rc: int | None = proc.wait(timeout=max(limit.remaining(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = None
+        out.seek(0)
+        text = out.read()[-_OUTPUT_KEEP:].decode(errors="replace")
+    if rc != 0:
+        status = "timed out" if rc is None else f"exit status {rc}"
+        raise DriverError(
+            f"the platform's command for {doing} failed ({status}); "
+            "nothing was backed up or changed; ask the platform operator",
+            admin_detail=f"{list(argv)}: {status}: {text}",
+        )
+
+
+def wait_released(
+    ref: ApplicationRef, disks: tuple[Disk, ...], limit: Deadline, deadline: Deadline, what: str
+) -> None:
+    """After a stop command: wait until no process holds any disk for writing."""
+    while any(in_use(ref, d, deadline) for d in disks if d.path.exists()):
+        if limit.expired:
+            raise DriverError(
+                f"the {what} did not stop in time; nothing was changed; ask the platform operator",
+                admin_detail=f"{ref}: images still locked after stopCommand",
+            )
+        time.sleep(_POLL)

@@ -1,0 +1,172 @@
+"""The disk stream: only the non-zero 64 KiB blocks of the guest-visible content.
+
+Layout (big-endian)::
+
+    header  b"CZVMDISK" u32 version=1  u64 virtual_size  u32 block_size
+    record  b"D" u64 offset u32 length  <length bytes>        (offset block-aligned)
+    end     b"E" u64 data_bytes u64 blocks  32-byte content digest
+
+Extents the image reports as reading zero (holes, zero clusters) are never read; data
+extents are read in whole blocks and any block that is all zeros is dropped too, so the
+stream is canonical: the same guest content gives the same records whatever the image
+format, cluster size or allocation.  The content digest is sha256 over
+``(u64 offset, block)`` of every non-zero block; a restore recomputes it from the image it
+wrote, through the same reader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Callable, Iterator
+from typing import IO
+
+import attrs
+
+from ._nbd import MAX_REQUEST, NBDClient
+
+MAGIC = b"CZVMDISK"
+VERSION = 1
+BLOCK = 64 << 10
+_HEADER = struct.Struct(">8sIQI")
+_RECORD = struct.Struct(">cQI")
+_END = struct.Struct(">cQQ32s")
+#: 64 TiB: the largest virtual size a stream may claim (a sanity bound for restores).
+MAX_VIRTUAL_SIZE = 64 << 40
+_ZERO = bytes(BLOCK)
+
+
+class StreamInvalid(Exception):
+    """The stream is not a disk stream this version can read (operator text)."""
+
+
+@attrs.define
+class Summary:
+    virtual_size: int
+    data_bytes: int = 0
+    blocks: int = 0
+    digest: str = ""
+
+
+def nonzero_runs(client: NBDClient, tick: Callable[[], None]) -> Iterator[tuple[int, bytes]]:
+    """``(offset, data)`` runs of consecutive non-zero blocks, block-aligned, ≤ 4 MiB each."""
+    size = client.size
+    done = 0  # everything below has been read (or is known to read as zeros)
+    for start, length, zero in client.extents():
+        if zero:
+            continue
+        lo = max(start // BLOCK * BLOCK, done)
+        hi = min(-(-(start + length) // BLOCK) * BLOCK, size)
+        pos = lo
+        while pos < hi:
+            tick()
+            n = min(MAX_REQUEST, hi - pos)
+            chunk = client.read(pos, n)
+            run_start: int | None = None
+            for i in range(0, n, BLOCK):
+                block = chunk[i : i + BLOCK]
+                if block == _ZERO[: len(block)]:
+                    if run_start is not None:
+                        yield pos + run_start, chunk[run_start:i]
+                        run_start = None
+                elif run_start is None:
+                    run_start = i
+            if run_start is not None:
+                yield pos + run_start, chunk[run_start:]
+            pos += n
+        done = max(done, hi)
+
+
+class Digest:
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self.data_bytes = 0
+        self.blocks = 0
+
+    def add(self, offset: int, data: bytes) -> None:
+        for i in range(0, len(data), BLOCK):
+            block = data[i : i + BLOCK]
+            self._h.update(struct.pack(">Q", offset + i))
+            self._h.update(block)
+            self.blocks += 1
+        self.data_bytes += len(data)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+    def raw(self) -> bytes:
+        return self._h.digest()
+
+
+def content_digest(client: NBDClient, tick: Callable[[], None]) -> Summary:
+    digest = Digest()
+    for offset, data in nonzero_runs(client, tick):
+        digest.add(offset, data)
+    return Summary(client.size, digest.data_bytes, digest.blocks, digest.hexdigest())
+
+
+def write_stream(client: NBDClient, out: IO[bytes], tick: Callable[[], None]) -> Summary:
+    """Write the disk behind ``client`` to ``out``."""
+    out.write(_HEADER.pack(MAGIC, VERSION, client.size, BLOCK))
+    digest = Digest()
+    for offset, data in nonzero_runs(client, tick):
+        out.write(_RECORD.pack(b"D", offset, len(data)))
+        out.write(data)
+        digest.add(offset, data)
+    out.write(_END.pack(b"E", digest.data_bytes, digest.blocks, digest.raw()))
+    return Summary(client.size, digest.data_bytes, digest.blocks, digest.hexdigest())
+
+
+def _exact(src: IO[bytes], n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = src.read(n - len(buf))
+        if not chunk:
+            raise StreamInvalid("the disk stream ends early")
+        buf += chunk
+    return bytes(buf)
+
+
+def read_header(src: IO[bytes]) -> int:
+    """The virtual size the stream declares."""
+    magic, version, size, block = _HEADER.unpack(_exact(src, _HEADER.size))
+    if magic != MAGIC:
+        raise StreamInvalid("not a disk stream")
+    if version != VERSION or block != BLOCK:
+        raise StreamInvalid(f"disk stream version {version}/block {block} is not supported")
+    if not 0 < size <= MAX_VIRTUAL_SIZE:
+        raise StreamInvalid(f"implausible virtual size {size}")
+    return int(size)
+
+
+def records(src: IO[bytes], size: int, summary: Summary) -> Iterator[tuple[int, bytes]]:
+    """``(offset, data)`` of every record; checks order, bounds and the end record, and
+    fills ``summary`` (digest recomputed from the data read)."""
+    digest = Digest()
+    last_end = 0
+    while True:
+        kind = _exact(src, 1)
+        if kind == b"D":
+            offset, length = struct.unpack(">QI", _exact(src, 12))
+            if (
+                offset % BLOCK
+                or offset < last_end
+                or not 0 < length <= MAX_REQUEST
+                or offset + length > size
+            ):
+                raise StreamInvalid(f"bad record {offset}+{length}")
+            data = _exact(src, length)
+            digest.add(offset, data)
+            last_end = offset + length
+            yield offset, data
+        elif kind == b"E":
+            data_bytes, blocks, raw = struct.unpack(">QQ32s", _exact(src, _END.size - 1))
+            if (data_bytes, blocks, raw) != (digest.data_bytes, digest.blocks, digest.raw()):
+                raise StreamInvalid("the disk stream's end record does not match its content")
+            if src.read(1):
+                raise StreamInvalid("data after the end record")
+            summary.data_bytes, summary.blocks = digest.data_bytes, digest.blocks
+            summary.digest = digest.hexdigest()
+            return
+        else:
+            raise StreamInvalid(f"unknown record type {kind!r}")
