@@ -9,5 +9,13 @@ from __future__ import annotations
 
 from ._conformance import AppHandle, DriverConformance
 from ._platform import LocalPlatform, tenant_visible_text
+from ._s3server import S3ServerInfo, seaweed_s3
 
-__all__ = ["AppHandle", "DriverConformance", "LocalPlatform", "tenant_visible_text"]
+__all__ = [
+    "AppHandle",
+    "DriverConformance",
+    "LocalPlatform",
+    "S3ServerInfo",
+    "seaweed_s3",
+    "tenant_visible_text",
+]

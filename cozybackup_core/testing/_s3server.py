@@ -45,6 +45,8 @@ class S3ServerInfo:
     access_key: str
     secret_key: str
     region: str
+    #: The server's process (and process group) id: tests may kill it to lose the store.
+    pid: int = 0
 
 
 def find_weed() -> str:
@@ -240,7 +242,7 @@ def seaweed_s3(tmp_dir: Path, *, startup_timeout: float = 30.0) -> Iterator[S3Se
             if proc.poll() is not None:
                 _remove_stale_sockets(ports)
     try:
-        yield info
+        yield dataclasses.replace(info, pid=proc.pid)
     finally:
         _stop(proc)
         _remove_stale_sockets(ports)

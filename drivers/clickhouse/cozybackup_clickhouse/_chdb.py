@@ -1,0 +1,147 @@
+"""chdb: the ClickHouse engine inside this process (PyPI ``chdb-core``), no server.
+
+The same statements as over HTTP; results and inserts stream through chdb's own
+``send_query`` / ``send_insert`` in the Native format.
+
+chdb runs one embedded engine per process, bound to one data directory at a time: a
+process-wide lock serialises the jobs that use it, and every job closes its session
+(which releases the directory) when it ends.  ``chdb-core`` is an optional dependency
+(the ``chdb`` extra): it is imported only when an application declares ``engine: chdb``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from cozybackup_core import Deadline, DeadlineExceeded
+
+from ._client import ChdbTarget, misconfigured, parse_tsv, server_error
+
+#: One embedded engine per process (chdb refuses a second data directory while one is open).
+ENGINE_LOCK = threading.Lock()
+
+
+#: Settings of every chdb session (kept modest: the engine shares the worker's memory).
+LOCAL_SETTINGS = {
+    "min_insert_block_size_bytes": str(32 << 20),
+    "min_insert_block_size_rows": str(1 << 18),
+}
+
+
+def _chdb() -> Any:
+    return importlib.import_module("chdb")
+
+
+def _literal(value: str) -> str:
+    if value.isdigit():
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class ChdbClient:
+    """A session on one chdb data directory; holds :data:`ENGINE_LOCK` until closed."""
+
+    transport = "chdb"
+
+    def __init__(self, target: ChdbTarget, deadline: Deadline) -> None:
+        if not Path(target.path).is_dir():
+            raise misconfigured(target.ref, f"chdb path {target.path!r} is not a directory")
+        try:
+            chdb = _chdb()
+        except ImportError:
+            raise misconfigured(
+                target.ref, "engine chdb needs the chdb-core package on the backup worker"
+            ) from None
+        self.deadline = deadline
+        if not ENGINE_LOCK.acquire(timeout=max(deadline.remaining(), 0.01)):
+            raise DeadlineExceeded(
+                "the job waited for the embedded ClickHouse engine until its deadline"
+            )
+        self._holds_lock = True
+        self._conn: Any = None
+        try:
+            try:
+                self._conn = chdb.connect(target.path)
+            except Exception as exc:  # noqa: BLE001 - chdb raises plain RuntimeErrors
+                raise server_error(str(exc)) from None
+            self.version = self.rows("SELECT version()")[0][0]
+            # The engine runs in this process: an INSERT gathers at most 32 MiB before
+            # writing a part (the default, 256 MiB, is a server's memory, not a worker's).
+            self.use_settings(LOCAL_SETTINGS)
+        except BaseException:
+            self.close()
+            raise
+
+    def use_settings(self, settings: Mapping[str, str]) -> None:
+        for name, value in settings.items():
+            self.execute(f"SET {name} = {_literal(value)}")
+
+    def rows(self, sql: str) -> list[tuple[str, ...]]:
+        self.deadline.check()
+        try:
+            result = self._conn.query(sql, "TabSeparated")
+        except Exception as exc:  # noqa: BLE001
+            raise server_error(str(exc)) from None
+        return parse_tsv(result.bytes())
+
+    def execute(self, sql: str) -> None:
+        self.rows(sql)
+
+    @contextlib.contextmanager
+    def select_native(self, sql: str) -> Iterator[Iterator[bytes]]:
+        self.deadline.check()
+        try:
+            stream = self._conn.send_query(sql, "Native")
+        except Exception as exc:  # noqa: BLE001
+            raise server_error(str(exc)) from None
+        try:
+            yield self._chunks(stream)
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()  # cancels a query that was not read to its end
+
+    def _chunks(self, stream: Any) -> Iterator[bytes]:
+        while True:
+            try:
+                result = stream.fetch()
+            except Exception as exc:  # noqa: BLE001
+                raise server_error(str(exc)) from None
+            if result is None:
+                return
+            self.deadline.check()
+            yield result.bytes()
+
+    def insert_native(self, insert: str, chunks: Iterable[bytes]) -> None:
+        self.deadline.check()
+        try:
+            inserter = self._conn.send_insert(insert, "Native")
+        except Exception as exc:  # noqa: BLE001
+            raise server_error(str(exc)) from None
+        try:
+            for chunk in chunks:  # errors of the source (the artifact) pass unchanged
+                self.deadline.check()
+                try:
+                    inserter.append(chunk)
+                except Exception as exc:  # noqa: BLE001
+                    raise server_error(str(exc)) from None
+            try:
+                inserter.finish()
+            except Exception as exc:  # noqa: BLE001
+                raise server_error(str(exc)) from None
+        finally:
+            with contextlib.suppress(Exception):
+                inserter.cancel()  # no-op once finished
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+        if self._holds_lock:
+            self._holds_lock = False
+            ENGINE_LOCK.release()

@@ -1,0 +1,339 @@
+"""Logical mode end to end, on ClickHouse 18.16 (HTTP) and on chdb 26.x (in-process)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zstandard
+from cozybackup_clickhouse import LOGICAL_INDEX_STREAM
+from cozybackup_clickhouse.testing import (
+    DATASET_DATABASES,
+    ODD_TABLE,
+    ChdbApp,
+    ClickHouseServer,
+    Runner,
+    fingerprint,
+    rows,
+    write_dataset,
+)
+
+from conftest import (
+    NS,
+    ChdbFactory,
+    ServerFactory,
+    assert_no_secrets,
+    class_yaml,
+    declare,
+    make_platform,
+    scratch_databases,
+)
+
+App = ClickHouseServer | ChdbApp
+
+
+@contextlib.contextmanager
+def session(app: App) -> Iterator[Runner]:
+    if isinstance(app, ClickHouseServer):
+        yield app.run
+    else:
+        with app.session() as run:
+            yield run
+
+
+def make_app(engine: str, clickhouse: ServerFactory, chdb_dir: ChdbFactory, name: str) -> App:
+    return clickhouse() if engine == "server" else chdb_dir(name)
+
+
+def invariants(run: Runner) -> dict[str, list[list[str]]]:
+    """What the materialized views must agree on with their sources (no row counted
+    twice, none lost), and what the plain view computes from them."""
+    return {
+        "orders": rows(
+            run,
+            "SELECT customer, count(), sum(amount) FROM shop.orders GROUP BY customer ORDER BY customer",
+        ),
+        "totals": rows(
+            run,
+            "SELECT customer, sum(orders), sum(spent) FROM shop.totals GROUP BY customer ORDER BY customer",
+        ),
+        "daily": rows(run, "SELECT sum(total), sum(n) FROM shop.daily"),
+        "daily_src": rows(run, "SELECT sum(amount), count() FROM shop.orders"),
+        "chain": rows(
+            run, "SELECT bucket, sum(orders) FROM shop.chain GROUP BY bucket ORDER BY bucket"
+        ),
+        "chain_src": rows(
+            run,
+            "SELECT customer % 10 AS b, sum(orders) FROM shop.totals GROUP BY b ORDER BY b"
+            if _chain_reads_view(run)
+            else "SELECT customer % 10 AS b, sum(n) FROM shop.daily GROUP BY b ORDER BY b",
+        ),
+    }
+
+
+def _chain_reads_view(run: Runner) -> bool:
+    create = rows(
+        run,
+        "SELECT create_table_query FROM system.tables WHERE database = 'shop' AND name = 'chain'",
+    )
+    return "FROM shop.totals" in create[0][0]
+
+
+def assert_consistent(run: Runner) -> None:
+    inv = invariants(run)
+    assert inv["orders"] == inv["totals"], "shop.totals disagrees with shop.orders"
+    assert inv["daily"] == inv["daily_src"], "shop.daily disagrees with shop.orders"
+    assert inv["chain"] == inv["chain_src"], "shop.chain disagrees with its source"
+
+
+@pytest.mark.parametrize("engine", ["server", "chdb"])
+@pytest.mark.parametrize("where", ["in_place", "to_copy"])
+def test_every_table_and_view_survives(
+    clickhouse: ServerFactory, chdb_dir: ChdbFactory, tmp_path: Path, engine: str, where: str
+) -> None:
+    plat = make_platform(tmp_path)
+    src = make_app(engine, clickhouse, chdb_dir, "src")
+    ref = declare(plat, "analytics", src)
+    with session(src) as run:
+        write_dataset(run, seed=5, memory=engine == "server", chain_from_view=engine == "server")
+        expected = fingerprint(run)
+        assert_consistent(run)
+    engines = {v["engine"] for v in expected.values()}
+    assert {"MergeTree", "ReplacingMergeTree", "SummingMergeTree", "CollapsingMergeTree",
+            "AggregatingMergeTree", "MaterializedView", "View", "Merge", "TinyLog",
+            "StripeLog"} <= engines  # fmt: skip
+    assert all(v["rows"] > 0 for k, v in expected.items() if v["engine"] != "View"), expected
+
+    job = plat.backup(NS, ref, "b1", "cozy-default")
+    assert job.status.phase == "Succeeded", job.status.message
+    meta = plat.backups(NS)[0].spec.driver_metadata
+    assert meta["mode"] == "logical"
+    assert meta["databases"] == sorted([*DATASET_DATABASES, "default"])
+    assert meta["materializedViews"] == 3
+    assert meta["tables"] == (10 if engine == "server" else 9)
+
+    if where == "in_place":
+        with session(src) as run:
+            write_dataset(
+                run, seed=6, memory=engine == "server", chain_from_view=engine == "server"
+            )
+            run("CREATE TABLE shop.added_later (x UInt8) ENGINE = TinyLog")
+            assert fingerprint(run) != expected
+        target, job = src, plat.restore(NS, "b1", "r1")
+    else:
+        target = make_app(engine, clickhouse, chdb_dir, "copy")
+        job = plat.restore(NS, "b1", "r1", target=declare(plat, "analytics-copy", target))
+    assert job.status.phase == "Succeeded", job.status.message
+
+    with session(target) as run:
+        got = fingerprint(run)
+        diff = {k: (expected.get(k), got.get(k)) for k in expected.keys() | got.keys()
+                if expected.get(k) != got.get(k)}  # fmt: skip
+        assert not diff, f"objects differ after the restore: {diff}"
+        assert_consistent(run)
+        assert scratch_databases(run) == []
+        # The views work on: new rows flow through every materialized view once.
+        run(
+            "INSERT INTO shop.orders (d, id, customer, amount, note, status, code, at) "
+            "SELECT toDate('2024-03-01'), 900000 + number, number % 13, toDecimal64(1.5, 2), "
+            "'new', 1, 'abcd', toDateTime('2024-03-01 00:00:00') FROM numbers(1000)"
+        )
+        assert_consistent(run)
+        assert rows(run, "SELECT count() FROM shop.orders WHERE note = 'new'") == [["1000"]]
+    if where == "to_copy":
+        with session(src) as run:
+            assert fingerprint(run) == expected, "a to-copy restore changed the source"
+    assert_no_secrets(plat, src, target)
+
+
+def test_a_server_backup_restores_into_chdb(
+    clickhouse: ServerFactory, chdb_dir: ChdbFactory, tmp_path: Path
+) -> None:
+    """A migration: ClickHouse 18.16's schema and Native rows, read back by 26.x."""
+    plat = make_platform(tmp_path)
+    src = clickhouse()
+    write_dataset(src.run, seed=8, memory=False)  # chdb forgets Memory tables
+    expected = fingerprint(src.run)
+    assert plat.backup(NS, declare(plat, "old", src), "b1").status.phase == "Succeeded"
+    new = chdb_dir("new")
+    job = plat.restore(NS, "b1", "r1", target=declare(plat, "new", new))
+    assert job.status.phase == "Succeeded", job.status.message
+    with new.session() as run:
+        run("SET output_format_decimal_trailing_zeros = 1")  # print decimals as 18.16 does
+        got = fingerprint(run)
+        assert_consistent(run)
+    # Definitions are written differently by each release; rows must be the same.
+    assert {k: v.get("rows") for k, v in got.items()} == {
+        k: v.get("rows") for k, v in expected.items()
+    }
+    different = [k for k in expected if expected[k].get("sha256") != got[k].get("sha256")]
+    assert not different, f"rows differ in {different}"
+
+
+@pytest.mark.parametrize("engine", ["server", "chdb"])
+def test_named_databases_only_are_backed_up_and_replaced(
+    clickhouse: ServerFactory, chdb_dir: ChdbFactory, tmp_path: Path, engine: str
+) -> None:
+    plat = make_platform(tmp_path)
+    plat.apply(class_yaml("shop-only", "{databases: [shop, 'odd db']}"))
+    app = make_app(engine, clickhouse, chdb_dir, "app")
+    ref = declare(plat, "analytics", app)
+    with session(app) as run:
+        write_dataset(run, seed=3, memory=False, chain_from_view=engine == "server")
+        before = fingerprint(run)
+    job = plat.backup(NS, ref, "b1", "shop-only")
+    assert job.status.phase == "Succeeded", job.status.message
+    assert plat.backups(NS)[0].spec.driver_metadata["databases"] == ["shop", "odd db"]
+    with session(app) as run:
+        write_dataset(run, seed=4, memory=False, chain_from_view=engine == "server")
+        changed = fingerprint(run)
+    assert plat.restore(NS, "b1", "r1").status.phase == "Succeeded"
+    with session(app) as run:
+        after = fingerprint(run)
+    for key in after:
+        db = key.split(".", 1)[0]
+        if db in ("shop", "odd db"):
+            assert after[key] == before[key], key
+        else:
+            assert after[key] == changed[key], f"{key} is not in the backup but changed"
+
+
+def test_text_that_looks_like_a_server_error_round_trips(
+    clickhouse: ServerFactory, tmp_path: Path
+) -> None:
+    """18.16 appends its error text to a result that fails mid-way; the driver reads the
+    columns so that a row ending with such text cannot pass for one."""
+    server = clickhouse()
+    trap = "Code: 60, e.displayText() = DB::Exception: gotcha, e.what() = DB::Exception\n"
+    server.run("CREATE DATABASE logs")
+    server.run("CREATE TABLE logs.errors (n UInt32, message String) ENGINE = MergeTree ORDER BY n")
+    server.run(
+        "INSERT INTO logs.errors VALUES (1, 'first'), "
+        "(2, 'Code: 60, e.displayText() = DB::Exception: gotcha, e.what() = DB::Exception\\n')"
+    )
+    plat = make_platform(tmp_path)
+    ref = declare(plat, "logs", server)
+    job = plat.backup(NS, ref, "b1")
+    assert job.status.phase == "Succeeded", job.status.message
+    server.run("TRUNCATE TABLE logs.errors")
+    assert plat.restore(NS, "b1", "r1").status.phase == "Succeeded"
+    assert rows(server.run, "SELECT message FROM logs.errors WHERE n = 2") == [[trap]]
+
+
+def test_the_index_records_order_columns_and_streams(
+    clickhouse: ServerFactory, tmp_path: Path
+) -> None:
+    server = clickhouse()
+    write_dataset(server.run, seed=2)
+    plat = make_platform(tmp_path)
+    assert plat.backup(NS, declare(plat, "a", server), "b1").status.phase == "Succeeded"
+    index_file = next(p for p in plat.stored_files() if p.name.startswith(LOGICAL_INDEX_STREAM))
+    with index_file.open("rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as r:
+        doc = json.loads(r.read())
+    names = [(o["database"], o["name"]) for o in doc["objects"]]
+    pos = {n: i for i, n in enumerate(names)}
+    # Sources before the views reading them; a view's own rows before views reading it.
+    assert pos[("shop", "orders")] < pos[("shop", "totals")] < pos[("shop", "chain")]
+    assert pos[("shop", "daily")] < pos[("shop", "daily_mv")]
+    assert not any(n.startswith(".inner") for _, n in names)
+    odd = next(o for o in doc["objects"] if o["name"] == ODD_TABLE)
+    assert [c[0] for c in odd["columns"]][-1] == "select", "a fixed-width column goes last"
+    kinds = {
+        (o["database"], o["name"]): (o["kind"], o["stream"] is not None) for o in doc["objects"]
+    }
+    assert kinds[("shop", "daily_mv")] == ("materializedView", False)  # TO shop.daily
+    assert kinds[("shop", "totals")] == ("materializedView", True)  # its own rows
+    assert kinds[("shop", "big_spenders")] == ("schema", False)
+    assert kinds[("metrics", "all_events")] == ("schema", False)
+
+
+def _rss() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextlib.contextmanager
+def peak_rss() -> Iterator[list[int]]:
+    """Samples this process's resident memory every 20 ms; yields [baseline, peak]."""
+    out = [_rss(), 0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            out[1] = max(out[1], _rss())
+            time.sleep(0.02)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        t.join()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["server", "chdb"])
+def test_memory_stays_flat_on_a_large_table(
+    clickhouse: ServerFactory, chdb_dir: ChdbFactory, tmp_path: Path, engine: str
+) -> None:
+    app = make_app(engine, clickhouse, chdb_dir, "big")
+    # In chdb the engine's background merges share this process's memory (and vary from
+    # run to run): the table there does not merge, which leaves the streaming to measure.
+    no_merges = " SETTINGS max_bytes_to_merge_at_max_space_in_pool = 1" if engine == "chdb" else ""
+    with session(app) as run:
+        run("CREATE DATABASE big")
+        run(
+            "CREATE TABLE big.t (id UInt64, s String, f Float64) ENGINE = MergeTree ORDER BY id"
+            + no_merges
+        )
+        run(
+            "INSERT INTO big.t SELECT number, concat(toString(cityHash64(number)), "
+            "'-', toString(number)), number / 7 FROM numbers(6000000)"
+        )
+        before = rows(run, "SELECT count(), sum(cityHash64(*)) FROM big.t")
+    plat = make_platform(tmp_path)
+    ref = declare(plat, "big", app)
+    with peak_rss() as backup_mem:
+        job = plat.backup(NS, ref, "b1")
+    assert job.status.phase == "Succeeded", job.status.message
+    raw = sum(p.stat().st_size for p in plat.stored_files())
+    with session(app) as run:
+        run("DROP TABLE big.t")
+    with peak_rss() as restore_mem:
+        job = plat.restore(NS, "b1", "r1")
+    assert job.status.phase == "Succeeded", job.status.message
+    with session(app) as run:
+        assert rows(run, "SELECT count(), sum(cityHash64(*)) FROM big.t") == before
+    native_mib = 6_000_000 * (8 + 8 + 30) / 2**20  # ~263 MiB of Native rows
+    grew = [(m[1] - m[0]) / 2**20 for m in (backup_mem, restore_mem)]
+    # Measured (backup/restore) 57/13 MiB on the server and 61/34..76 MiB on chdb, for 175
+    # and for 263 MiB of rows alike: zstd's multi-threaded buffers, chdb's blocks, a few
+    # 1 MiB chunks - nothing that grows with the table.
+    assert max(grew) < 120, (
+        f"memory grew {grew} MiB for {native_mib:.0f} MiB of rows ({raw} B stored)"
+    )
+
+
+def test_only_the_drivers_own_scratch_databases_are_treated_as_such(
+    clickhouse: ServerFactory, tmp_path: Path
+) -> None:
+    server = clickhouse()
+    server.run("CREATE DATABASE cozybackup_restore_mine")
+    server.run("CREATE TABLE cozybackup_restore_mine.t (x UInt8) ENGINE = TinyLog")
+    server.run("INSERT INTO cozybackup_restore_mine.t VALUES (7)")
+    server.run("CREATE DATABASE cozybackup_restore_0123abcd_0")  # as a crashed restore left it
+    plat = make_platform(tmp_path)
+    assert plat.backup(NS, declare(plat, "a", server), "b1").status.phase == "Succeeded"
+    assert plat.backups(NS)[0].spec.driver_metadata["databases"] == [
+        "cozybackup_restore_mine",
+        "default",
+    ]
+    assert plat.restore(NS, "b1", "r1").status.phase == "Succeeded"
+    assert rows(server.run, "SELECT x FROM cozybackup_restore_mine.t") == [["7"]]
+    assert scratch_databases(server.run) == ["cozybackup_restore_mine"]
