@@ -28,6 +28,7 @@ from ._driver import (
     ServerSideTarget,
     StreamSink,
     StreamSource,
+    WriteBehind,
     iter_chunks,
 )
 from ._engine import Engine, EngineConfig
@@ -137,6 +138,7 @@ __all__ = [
     "TransientError",
     "UnsupportedError",
     "ValidationError",
+    "WriteBehind",
     "__version__",
     "all_crds",
     "crd",

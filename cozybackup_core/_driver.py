@@ -5,6 +5,8 @@ from __future__ import annotations
 import abc
 import datetime as dt
 import logging
+import queue
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -211,6 +213,55 @@ class Driver(abc.ABC):
         """After a drill's restore: check the data is usable; return a short tenant-safe
         summary, raise :class:`DriverError` if it is not.  Default: nothing beyond the restore."""
         return "restored without error"
+
+
+class WriteBehind:
+    """A writer thread in front of an artifact stream, for drivers whose source has latency
+    of its own (a network API, a tool's pipe).
+
+    Writing to an artifact stream compresses, hashes and maybe uploads in the caller's
+    thread, so the source waits meanwhile.  ``write()`` instead hands a copy of each chunk
+    to a thread (zstd, hashlib and sockets release the GIL, so both run at once); at most
+    ``depth`` chunks wait.  A failure of the sink is raised by the next ``write`` or on
+    exit; leaving the block with an exception drops what is still queued (the stream is
+    discarded anyway)::
+
+        with ctx.artifact.open("data") as out, WriteBehind(out) as behind:
+            for chunk in source:
+                behind.write(chunk)
+    """
+
+    def __init__(self, sink: IO[bytes], depth: int = 4) -> None:
+        self._sink = sink
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._drain, name="cozybackup-write-behind")
+
+    def __enter__(self) -> WriteBehind:
+        self._thread.start()
+        return self
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(bytes(data))  # a copy: the caller may reuse its buffer
+        return len(data)
+
+    def _drain(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None and not self._abandoned:
+                try:
+                    self._sink.write(chunk)
+                except BaseException as exc:  # noqa: BLE001 - re-raised in the producer
+                    self._error = exc
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        self._abandoned = exc_type is not None
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc_type is None:
+            raise self._error
 
 
 def iter_chunks(stream: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:

@@ -7,6 +7,7 @@ guarantees every driver must keep (see ``plugins-example/README.md``).
 
 from __future__ import annotations
 
+from ._cli import cli_ok, run_cli
 from ._conformance import AppHandle, DriverConformance
 from ._platform import LocalPlatform, tenant_visible_text
 from ._s3server import S3ServerInfo, seaweed_s3
@@ -16,6 +17,8 @@ __all__ = [
     "DriverConformance",
     "LocalPlatform",
     "S3ServerInfo",
+    "cli_ok",
+    "run_cli",
     "seaweed_s3",
     "tenant_visible_text",
 ]

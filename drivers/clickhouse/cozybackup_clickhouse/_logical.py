@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from cozybackup_core import BackupContext, CozyError, DriverError, RestoreContext
+from cozybackup_core import BackupContext, CozyError, DriverError, RestoreContext, WriteBehind
 
 from ._catalog import (
     Column,
@@ -33,7 +33,6 @@ from ._catalog import (
 from ._client import Client, ServerError, Unreachable
 from ._errors import classify
 from ._params import ClickHouseParameters
-from ._pipe import WriteBehind
 from ._sql import ident, qualified
 
 FORMAT = 1

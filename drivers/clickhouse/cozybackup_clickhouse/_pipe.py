@@ -1,4 +1,5 @@
-"""Overlap the network with the artifact stream's compression and hashing.
+"""Overlap the network with the artifact stream's compression and hashing (the backup
+side is the core's ``WriteBehind``; this is the restore side).
 
 Reading a result and compressing it in one thread leaves each waiting for the other.
 zstd, hashlib and socket reads release the GIL, so a second thread with a small bounded
@@ -10,51 +11,8 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Generator, Iterable
-from types import TracebackType
-from typing import IO
 
 _DONE = object()
-
-
-class WriteBehind:
-    """``write()`` hands chunks to a thread that writes them into ``sink``."""
-
-    def __init__(self, sink: IO[bytes], depth: int = 4) -> None:
-        self._sink = sink
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._abandoned = False
-        self._thread = threading.Thread(target=self._drain, name="cozy-clickhouse-writer")
-
-    def __enter__(self) -> WriteBehind:
-        self._thread.start()
-        return self
-
-    def write(self, data: bytes) -> None:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(data)
-
-    def _drain(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            if self._error is None and not self._abandoned:
-                try:
-                    self._sink.write(chunk)
-                except BaseException as exc:  # noqa: BLE001 - re-raised in the producer
-                    self._error = exc
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        # On failure the stream is discarded anyway: do not finish writing the queue.
-        self._abandoned = exc_type is not None
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None and exc_type is None:
-            raise self._error
 
 
 def read_ahead(chunks: Iterable[bytes], depth: int = 4) -> Generator[bytes, None, None]:

@@ -4,9 +4,6 @@ built-in ``cozy-default`` class, against real ClickHouse 18.16 servers."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from cozybackup_clickhouse.testing import (
@@ -16,27 +13,12 @@ from cozybackup_clickhouse.testing import (
     write_dataset,
 )
 
+from cozybackup_core.testing import cli_ok as ok
+from cozybackup_core.testing import run_cli as cli
+
 from conftest import ServerFactory
 
 NS = "tenant-user1"
-
-
-def cli(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COZYBACKUP_HOME": str(home)}
-    env.pop("COZYBACKUP_PLUGINS", None)  # only what is installed, as an admin would have it
-    return subprocess.run(
-        [sys.executable, "-m", "cozybackup_core.cli", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-
-
-def ok(out: subprocess.CompletedProcess[str]) -> str:
-    assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout}\n{out.stderr}"
-    return out.stdout
 
 
 def admin_yaml(name: str, server: ClickHouseServer) -> str:

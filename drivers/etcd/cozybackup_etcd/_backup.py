@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from cozybackup_core import BackupContext, CozyError, Deadline, DriverError
+from cozybackup_core import BackupContext, CozyError, Deadline, DriverError, WriteBehind
 
 from . import _proto
 from ._client import (
@@ -28,7 +28,6 @@ from ._client import (
 from ._cluster import Cluster
 from ._params import EtcdParameters, SnapshotFrom
 from ._snapshot import SHA_SIZE, SnapshotCheck, check_sent
-from ._writer import ThreadedWriter
 
 #: The artifact's one stream: byte for byte what ``etcdctl snapshot save`` writes.
 SNAPSHOT_STREAM = "snapshot.db"
@@ -108,7 +107,8 @@ def backup(
         with (
             etcd_errors("streaming the snapshot; nothing was stored", deadline),
             ctx.artifact.open(SNAPSHOT_STREAM) as artifact,
-            ThreadedWriter(artifact) as out,
+            # Receiving overlaps with compression (depth: gRPC chunks are small).
+            WriteBehind(artifact, depth=64) as out,
             client.snapshot(deadline) as messages,
         ):
             expected: int | None = None

@@ -6,36 +6,18 @@ cluster and a fresh three-member one), a tenant applies a BackupJob on the built
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 from cozybackup_etcd.testing import LocalEtcd, TLSFiles
 
+from cozybackup_core.testing import cli_ok as ok
+from cozybackup_core.testing import run_cli as cli
+
 from conftest import DISTRO_BIN, ClusterFactory, fingerprint, write_dataset
 
 NS = "tenant-user1"
-
-
-def cli(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COZYBACKUP_HOME": str(home)}
-    env.pop("COZYBACKUP_PLUGINS", None)  # only what is installed, as an admin would have it
-    return subprocess.run(
-        [sys.executable, "-m", "cozybackup_core.cli", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-
-
-def ok(out: subprocess.CompletedProcess[str]) -> str:
-    assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout}\n{out.stderr}"
-    return out.stdout
 
 
 def admin_yaml(apps: dict[str, LocalEtcd]) -> str:

@@ -7,14 +7,15 @@ then RestoreJobs in place and into the other application."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 from cozybackup_postgres.testing import PostgresServer, ServerPool
+
+from cozybackup_core.testing import cli_ok as ok
+from cozybackup_core.testing import run_cli
 
 from conftest import PG_CLASS, pg_checksum, pg_connection, pg_create_app_db, pg_write
 
@@ -22,21 +23,7 @@ NS = "tenant-user1"
 
 
 def cli(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COZYBACKUP_HOME": str(home)}
-    env.pop("COZYBACKUP_PLUGINS", None)  # only what is installed, as an admin would have it
-    return subprocess.run(
-        [sys.executable, "-m", "cozybackup_core.cli", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def ok(out: subprocess.CompletedProcess[str]) -> str:
-    assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout}\n{out.stderr}"
-    return out.stdout
+    return run_cli(home, *args, stdin=stdin, timeout=120)
 
 
 def admin_yaml(apps: dict[str, PostgresServer]) -> str:

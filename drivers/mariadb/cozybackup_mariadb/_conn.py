@@ -11,13 +11,11 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import queue
 import re
 import secrets
 import shutil
 import socket
 import tempfile
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, cast
@@ -31,6 +29,7 @@ from cozybackup_core import (
     Deadline,
     DriverError,
     TransientError,
+    WriteBehind,
     run_tool,
 )
 
@@ -257,55 +256,13 @@ def run(
     try:
         if stdout is None:
             return run_tool(argv, deadline=deadline, stdin=stdin, what=what)
-        with _Pipelined(stdout) as out:
+        # A writer thread: the tool's pipe is read while earlier chunks are compressed.
+        with WriteBehind(stdout) as out:
             # run_tool only calls write() on it.
             sink = cast(IO[bytes], out)
             return run_tool(argv, deadline=deadline, stdout=sink, stdin=stdin, what=what)
     except DriverError as exc:
         raise classify(exc, doing=doing, after=after) from None
-
-
-class _Pipelined:
-    """Hands each chunk of a tool's output to a writer thread.
-
-    The artifact stream compresses and hashes what it is given; done in the thread
-    that reads the tool's pipe, the tool stalls on a full pipe meanwhile.  With a
-    writer thread (zstd and hashlib release the GIL) reading and compressing overlap.
-    At most ``depth`` chunks (of ``run_tool``'s 1 MiB) wait in between.
-    """
-
-    def __init__(self, sink: IO[bytes], depth: int = 4) -> None:
-        self._sink = sink
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
-        self._error: BaseException | None = None
-        self._abandoned = False
-        self._thread = threading.Thread(target=self._drain, name="cozy-mariadb-writer")
-
-    def __enter__(self) -> _Pipelined:
-        self._thread.start()
-        return self
-
-    def write(self, data: bytes) -> int:
-        if self._error is not None:
-            raise self._error
-        self._queue.put(bytes(data))
-        return len(data)
-
-    def _drain(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            if self._error is None and not self._abandoned:
-                try:
-                    self._sink.write(chunk)
-                except BaseException as exc:  # noqa: BLE001 - re-raised by the producer
-                    self._error = exc
-
-    def __exit__(self, *exc_info: object) -> None:
-        # On failure the stream is discarded anyway: do not finish writing the queue.
-        self._abandoned = exc_info[0] is not None
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None and exc_info[0] is None:
-            raise self._error
 
 
 # Matched on the tools' English messages (numeric codes alone are ambiguous in logs

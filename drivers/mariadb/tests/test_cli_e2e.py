@@ -12,8 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,8 @@ from mariadb_server import ADMIN_PASSWORD, ADMIN_USER, MariaDBServer
 
 from cozybackup_core import fire_due_plans
 from cozybackup_core.testing import LocalPlatform, tenant_visible_text
+from cozybackup_core.testing import cli_ok as ok
+from cozybackup_core.testing import run_cli as cli
 
 from conftest import ServerFactory, checksum, connection, write_data
 
@@ -40,24 +40,6 @@ spec:
     strategyRef: {apiGroup: strategy.backups.cozystack.io, kind: MariaDB, name: cozy-default}
     parameters: {mode: physical}
 """
-
-
-def cli(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COZYBACKUP_HOME": str(home)}
-    env.pop("COZYBACKUP_PLUGINS", None)  # the entry point alone must find the driver
-    return subprocess.run(
-        [sys.executable, "-m", "cozybackup_core.cli", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-
-
-def ok(out: subprocess.CompletedProcess[str]) -> str:
-    assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout}\n{out.stderr}"
-    return out.stdout
 
 
 def get(home: Path, kind: str, name: str) -> dict[str, Any]:

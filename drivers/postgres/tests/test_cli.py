@@ -5,31 +5,20 @@ to a copy) against real PostgreSQL 15 servers, on the built-in ``cozy-default`` 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import attrs
 from cozybackup_postgres.testing import PostgresServer, ServerPool, write_dataset
 
 from cozybackup_core import Plan
-from cozybackup_core.testing import LocalPlatform
+from cozybackup_core.testing import LocalPlatform, run_cli
 
 NS = "tenant-user1"
 
 
 def cli(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COZYBACKUP_HOME": str(home)}
-    env.pop("COZYBACKUP_PLUGINS", None)  # only what is installed, as an admin would have it
-    return subprocess.run(
-        [sys.executable, "-m", "cozybackup_core.cli", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(home, *args, stdin=stdin, timeout=300)
 
 
 def admin_yaml(name: str, server: PostgresServer) -> str:
