@@ -54,7 +54,7 @@ from ._fields import FieldInvalid
 from ._plans import fire_due_plans
 from ._plugins import BrokenPlugin, DriverRegistry, PluginHost
 from ._storage import ArtifactKey, ArtifactStore, Manifest
-from ._tools import run_tool
+from ._tools import run_admin_command, run_tool
 from ._types import (
     API_VERSION,
     APPS_GROUP,
@@ -149,5 +149,6 @@ __all__ = [
     "load",
     "load_yaml",
     "object_schema",
+    "run_admin_command",
     "run_tool",
 ]

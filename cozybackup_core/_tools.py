@@ -12,6 +12,7 @@ import os
 import queue
 import signal
 import subprocess
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from typing import IO
@@ -152,3 +153,48 @@ def run_tool(
         detail = err.decode(errors="replace")
         raise DriverError(f"{label} failed with exit status {rc}", admin_detail=detail)
     return bytes(captured)
+
+
+_COMMAND_OUTPUT_KEEP = 8 << 10
+
+
+def run_admin_command(
+    argv: Sequence[str], *, deadline: Deadline, doing: str, consequence: str = ""
+) -> None:
+    """Run a command the admin declared (stop/start a server, freeze a VM) to completion.
+
+    Output goes to a temp file, never a pipe: a start command leaves daemons behind that
+    would hold a pipe open forever.  Past the deadline the command is killed.  A failure
+    raises a tenant-safe :class:`DriverError` naming ``doing`` ("starting the server"),
+    followed by ``consequence`` if given ("nothing was changed"); the command line, its
+    status and the end of its output go to ``admin_detail`` only.
+    """
+    said = f"; {consequence}" if consequence else ""
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise DriverError(
+                f"the platform's command for {doing} could not be run{said}; ask the platform operator",
+                admin_detail=f"{list(argv)}: {exc!r}",
+            ) from None
+        try:
+            rc: int | None = proc.wait(timeout=max(deadline.remaining(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = None
+        out.seek(0)
+        text = out.read()[-_COMMAND_OUTPUT_KEEP:].decode(errors="replace")
+    if rc != 0:
+        status = "timed out" if rc is None else f"exit status {rc}"
+        raise DriverError(
+            f"the platform's command for {doing} failed ({status}){said}; ask the platform operator",
+            admin_detail=f"{list(argv)}: {status}: {text}",
+        )

@@ -11,18 +11,15 @@ import errno
 import fcntl
 import os
 import socket
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from cozybackup_core import Deadline, DriverError
+from cozybackup_core import Deadline, DriverError, run_admin_command
 
 from ._client import Client, rpc_error
 from ._cluster import Cluster
 
 _POLL = 0.2
-_OUTPUT_KEEP = 8 << 10
 _HEALTH_KEY = b"health"  # what ``etcdctl endpoint health`` reads
 
 
@@ -118,33 +115,5 @@ def start(cluster: Cluster, deadline: Deadline) -> int:
 
 
 def command(argv: tuple[str, ...], limit: Deadline, doing: str) -> None:
-    """Run an admin-declared control command.  Output goes to a file, never a pipe:
-    a start command leaves daemons behind that would hold a pipe open forever."""
-    with tempfile.TemporaryFile() as out:
-        try:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise DriverError(
-                f"the platform's command for {doing} could not be run; ask the platform operator",
-                admin_detail=f"{list(argv)}: {exc!r}",
-            ) from None
-        try:
-            rc: int | None = proc.wait(timeout=max(limit.remaining(), 0.1))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            rc = None
-        out.seek(0)
-        text = out.read()[-_OUTPUT_KEEP:].decode(errors="replace")
-    if rc != 0:
-        status = "timed out" if rc is None else f"exit status {rc}"
-        raise DriverError(
-            f"the platform's command for {doing} failed ({status}); ask the platform operator",
-            admin_detail=f"{list(argv)}: {status}: {text}",
-        )
+    """Run an admin-declared control command (stop/start the cluster)."""
+    run_admin_command(argv, deadline=limit, doing=doing)

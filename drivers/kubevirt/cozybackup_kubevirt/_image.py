@@ -8,20 +8,17 @@ writing ("Failed to get shared "write" lock").
 from __future__ import annotations
 
 import json
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from cozybackup_core import ApplicationRef, Deadline, DriverError, run_tool
+from cozybackup_core import ApplicationRef, Deadline, DriverError, run_admin_command, run_tool
 
 from ._machine import Disk
 
 _POLL = 0.2
-_OUTPUT_KEEP = 8 << 10
 
 
 class DiskInUse(Exception):
@@ -126,38 +123,10 @@ def qemu_version(deadline: Deadline) -> str:
 
 
 def command(argv: tuple[str, ...], limit: Deadline, doing: str) -> None:
-    """Run an admin-declared command.  Output goes to a file, never a pipe: a start
-    command may leave daemons behind that would hold a pipe open forever."""
-    with tempfile.TemporaryFile() as out:
-        try:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise DriverError(
-                f"the platform's command for {doing} could not be run; "
-                "nothing was backed up or changed; ask the platform operator",
-                admin_detail=f"{list(argv)}: {exc!r}",
-            ) from None
-        try:
-            rc: int | None = proc.wait(timeout=max(limit.remaining(), 0.1))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            rc = None
-        out.seek(0)
-        text = out.read()[-_OUTPUT_KEEP:].decode(errors="replace")
-    if rc != 0:
-        status = "timed out" if rc is None else f"exit status {rc}"
-        raise DriverError(
-            f"the platform's command for {doing} failed ({status}); "
-            "nothing was backed up or changed; ask the platform operator",
-            admin_detail=f"{list(argv)}: {status}: {text}",
-        )
+    """Run an admin-declared command (freeze/thaw, stop/start the VM)."""
+    run_admin_command(
+        argv, deadline=limit, doing=doing, consequence="nothing was backed up or changed"
+    )
 
 
 def wait_released(

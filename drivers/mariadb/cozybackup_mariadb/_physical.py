@@ -50,6 +50,7 @@ from cozybackup_core import (
     DriverError,
     RestoreContext,
     UnsupportedError,
+    run_admin_command,
 )
 
 from ._conn import Server, find_tool, misconfigured, run
@@ -60,7 +61,6 @@ DATADIR_STREAM = "datadir.xbstream"
 FORMAT = 1
 _LOCK_FILES = ("ibdata*", "aria_log_control")
 _POLL = 0.2
-_OUTPUT_KEEP = 8 << 10
 
 
 # ---------------------------------------------------------------------- backup
@@ -406,33 +406,5 @@ def _start(server: Server, datadir: Path, deadline: Deadline) -> None:
 
 
 def _command(argv: tuple[str, ...], limit: Deadline, doing: str) -> None:
-    """Run an admin-declared control command.  Output goes to a file, never a pipe:
-    a start command leaves a daemon behind that would hold a pipe open forever."""
-    with tempfile.TemporaryFile() as out:
-        try:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise DriverError(
-                f"the platform's command for {doing} could not be run; ask the platform operator",
-                admin_detail=f"{list(argv)}: {exc!r}",
-            ) from None
-        try:
-            rc = proc.wait(timeout=max(limit.remaining(), 0.1))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            rc = None
-        out.seek(0)
-        text = out.read()[-_OUTPUT_KEEP:].decode(errors="replace")
-    if rc != 0:
-        status = "timed out" if rc is None else f"exit status {rc}"
-        raise DriverError(
-            f"the platform's command for {doing} failed ({status}); ask the platform operator",
-            admin_detail=f"{list(argv)}: {status}: {text}",
-        )
+    """Run an admin-declared control command (stop/start the server)."""
+    run_admin_command(argv, deadline=limit, doing=doing)
