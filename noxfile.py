@@ -77,12 +77,19 @@ def drivers(session: nox.Session) -> None:
     """Every driver package's own tests, each in the same environment as the core."""
     pkgs = [a for d in DRIVER_DIRS for a in ("-e", str(d))]
     _install(session, *pkgs, *TEST_DEPS, *(r for d in DRIVER_DIRS for r in _test_group(d)))
+    failed = []
     for d in DRIVER_DIRS:
         # A package with its own pytest settings (a third party's) runs under them.
         own = "[tool.pytest.ini_options]" in (d / "pyproject.toml").read_text()
         config = d / "pyproject.toml" if own else ROOT / "pyproject.toml"
         with session.chdir(d):
-            session.run("pytest", "-c", str(config), "--rootdir", str(d), "tests", *session.posargs)
+            # One failing driver must not hide the others: run every suite, fail at the end.
+            try:
+                session.run("pytest", "-c", str(config), "--rootdir", str(d), "tests", *session.posargs)
+            except nox.command.CommandFailed:
+                failed.append(d.name)
+    if failed:
+        session.error(f"driver suites failed: {', '.join(failed)}")
 
 
 @nox.session(python=ONE)
