@@ -94,12 +94,12 @@ def make_data(path: Path, mib: int) -> None:
 def child_cozy(src: str, dest: str, threads: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from cozybackup_core import ArtifactKey, ArtifactStore
-    from cozybackup_core._storage import Manifest
+    from cozybackup_core._storage.store import Manifest
 
     store = ArtifactStore.local(dest)
     store.threads = threads
     if os.environ.get("BENCH_ENCRYPT") == "1":
-        from cozybackup_core._crypto import KeyRing
+        from cozybackup_core._storage.crypto import KeyRing
 
         store.keyring = KeyRing(keys=(("k1", os.urandom(32)),), active="k1")
     key = ArtifactKey(namespace="bench", kind="Bench", application="app", uid="u1")

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cozybackup_core import Engine, PluginHost, fire_due_plans, load_yaml
-from cozybackup_core._types import (
+from cozybackup_core._api.types import (
     LABEL_CLASS,
     ApplicationRef,
     Artifact,

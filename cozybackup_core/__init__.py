@@ -5,34 +5,8 @@ Drivers import only from here (and ``cozybackup_core.testing`` in their tests).
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-from ._classes import (
-    BUILTIN_CLASS,
-    BUILTIN_STORAGE,
-    DEFAULT_BUCKET,
-    DEFAULT_CLASS,
-    Catalog,
-    Resolved,
-)
-from ._crd import all_crds, crd, object_schema
-from ._driver import (
-    AppLocation,
-    BackupContext,
-    Capabilities,
-    Deadline,
-    Driver,
-    NoParameters,
-    ProgressReporter,
-    RestoreContext,
-    ServerSideTarget,
-    StreamSink,
-    StreamSource,
-    WriteBehind,
-    iter_chunks,
-)
-from ._engine import Engine, EngineConfig
-from ._errors import (
+from ._api.crd import all_crds, crd, object_schema
+from ._api.errors import (
     ArtifactCorruptError,
     ClassNotFoundError,
     ConflictError,
@@ -50,12 +24,8 @@ from ._errors import (
     UnsupportedError,
     ValidationError,
 )
-from ._fields import FieldInvalid
-from ._plans import fire_due_plans
-from ._plugins import BrokenPlugin, DriverRegistry, PluginHost
-from ._storage import ArtifactKey, ArtifactStore, Manifest
-from ._tools import run_admin_command, run_tool
-from ._types import (
+from ._api.fields import FieldInvalid
+from ._api.types import (
     API_VERSION,
     APPS_GROUP,
     ApplicationRef,
@@ -72,18 +42,43 @@ from ._types import (
     StorageLocation,
     StrategyRef,
 )
-from ._wire import dump, load, load_yaml
+from ._api.version import __version__
+from ._api.wire import dump, load, load_yaml
+from ._catalog.catalog import (
+    BUILTIN_STORAGE,
+    DEFAULT_BUCKET,
+    DEFAULT_CLASS,
+    Catalog,
+    Resolved,
+    builtin_class,
+)
+from ._drivers.contract import (
+    AppLocation,
+    BackupContext,
+    Capabilities,
+    Deadline,
+    Driver,
+    Locator,
+    NoParameters,
+    ProgressReporter,
+    RestoreContext,
+    ServerSideTarget,
+    StreamSink,
+    StreamSource,
+    WriteBehind,
+    iter_chunks,
+)
+from ._drivers.registry import DriverRegistry
+from ._drivers.tools import run_admin_command, run_tool
+from ._engine.engine import Engine, EngineConfig
+from ._engine.plans import fire_due_plans
+from ._plugins.host import BrokenPlugin, PluginHost
+from ._storage.store import ArtifactKey, ArtifactStore, Manifest
 from .hookspecs import hookimpl
-
-try:
-    __version__ = version("cozybackup-core")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
 
 __all__ = [
     "API_VERSION",
     "APPS_GROUP",
-    "BUILTIN_CLASS",
     "BUILTIN_STORAGE",
     "DEFAULT_BUCKET",
     "DEFAULT_CLASS",
@@ -117,6 +112,7 @@ __all__ = [
     "FieldInvalid",
     "GroupKind",
     "LocalObjectRef",
+    "Locator",
     "Manifest",
     "NoBindingError",
     "NoParameters",
@@ -141,6 +137,7 @@ __all__ = [
     "WriteBehind",
     "__version__",
     "all_crds",
+    "builtin_class",
     "crd",
     "dump",
     "fire_due_plans",

@@ -16,16 +16,9 @@ from typing import Any
 import attrs
 import yaml
 
-from . import __version__
-from ._admission import admit
-from ._classes import BUILTIN_CLASS, BUILTIN_STORAGE, DEFAULT_CLASS
-from ._crd import all_crds
-from ._engine import Engine, EngineConfig
-from ._errors import CozyError, ValidationError
-from ._plans import fire_due_plans
-from ._plugins import PluginHost
-from ._progress import ProgressUpdate
-from ._types import (
+from ._api.crd import all_crds
+from ._api.errors import CozyError, ValidationError
+from ._api.types import (
     KINDS,
     Backup,
     BackupClass,
@@ -34,9 +27,16 @@ from ._types import (
     RestoreJob,
     StorageLocation,
 )
-from ._wire import dump, load_yaml
+from ._api.version import __version__
+from ._api.wire import dump, load_yaml
+from ._catalog.catalog import BUILTIN_STORAGE, DEFAULT_CLASS, builtin_class
+from ._engine.admission import admit
+from ._engine.engine import Engine, EngineConfig
+from ._engine.plans import fire_due_plans
+from ._engine.progress import ProgressUpdate
+from ._plugins.host import PluginHost
 from .hosts._local_types import Application, Secret
-from .hosts.local import LocalHost, default_home
+from .hosts.local import LOCAL_KINDS, LocalHost, default_home
 
 log = logging.getLogger("cozybackup")
 
@@ -57,16 +57,8 @@ def _kind(name: str) -> type[Any]:
 
 
 def _load_plugins() -> PluginHost:
-    extra = [p for p in os.environ.get("COZYBACKUP_PLUGINS", "").split(",") if p.strip()]
-    import importlib
-
-    host = PluginHost.load()
-    for modname in extra:
-        try:
-            host.register(importlib.import_module(modname.strip()), name=modname.strip())
-        except Exception as exc:
-            host._broken(modname, f"import failed: {type(exc).__name__}: {exc}", exc)
-    return host
+    extra = [p.strip() for p in os.environ.get("COZYBACKUP_PLUGINS", "").split(",") if p.strip()]
+    return PluginHost.load(modules=extra)
 
 
 class Ctx:
@@ -105,7 +97,7 @@ def cmd_apply(ctx: Ctx) -> int:
     objs = []
     for p in paths:
         text = sys.stdin.read() if str(p) == "-" else p.read_text()
-        objs.extend(load_yaml(text, str(p)))
+        objs.extend(load_yaml(text, str(p), LOCAL_KINDS))
     # Admin objects first, so a class applied with its storage in one file validates.
     order = {StorageLocation: 0, Secret: 0, BackupClass: 1, Application: 1}
     objs.sort(key=lambda o: order.get(type(o), 2))
@@ -124,7 +116,7 @@ def cmd_apply(ctx: Ctx) -> int:
 def _all(ctx: Ctx, cls: type[Any], ns: str | None) -> list[Any]:
     items = list(ctx.host.objects.list(cls, ns))
     if cls is BackupClass and not any(c.metadata.name == DEFAULT_CLASS for c in items):
-        items.insert(0, BUILTIN_CLASS)
+        items.insert(0, builtin_class(ctx.plugins.registry))
     if cls is StorageLocation and not any(
         s.metadata.name == BUILTIN_STORAGE.metadata.name for s in items
     ):
@@ -302,11 +294,15 @@ def cmd_controller(ctx: Ctx) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    conventions = (
-        load_conventions(Path(ctx.args.conventions).read_text(), ctx.args.conventions)
-        if ctx.args.conventions
-        else None
-    )
+    # The drivers' own locators, with the admin's conventions file over them.
+    conventions = {
+        **ctx.plugins.registry.locators(),
+        **(
+            load_conventions(Path(ctx.args.conventions).read_text(), ctx.args.conventions)
+            if ctx.args.conventions
+            else {}
+        ),
+    }
     host = KubeHost.from_config(
         platform_namespace=ctx.args.platform_namespace,
         kubeconfig=ctx.args.kubeconfig,

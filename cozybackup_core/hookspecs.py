@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from ._plugins import DriverRegistry
+    from ._drivers.registry import DriverRegistry
+    from ._storage.providers import StorageProviders
 
 hookspec = pluggy.HookspecMarker("cozybackup")
 hookimpl = pluggy.HookimplMarker("cozybackup")
@@ -28,6 +29,22 @@ def cozybackup_register_drivers(registry: DriverRegistry) -> None:
         reported as broken.
 
     Called once when the plugin host loads, after every plugin is imported.
+    """
+
+
+@hookspec
+def cozybackup_register_storage(providers: StorageProviders) -> None:
+    """Register storage providers (backends for ``StorageLocation.spec.provider``).
+
+    :param providers: call ``providers.add(StorageProvider(name=..., open=..., sensitive=...))``
+        for each backend the plugin provides; ``open(spec, env)`` returns an
+        ``ArtifactStore`` (``ArtifactStore(fsspec_filesystem, root)`` for anything fsspec
+        speaks) and ``sensitive(spec, env)`` lists the values a tenant must never read.
+        ``Local`` and ``S3`` are built in; a name already taken is an error and the plugin
+        is reported as broken.
+
+    Called once per plugin when the plugin host loads it, like
+    :func:`cozybackup_register_drivers`; all or nothing per plugin.
     """
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import pytest
 
 from cozybackup_core import (
-    BUILTIN_CLASS,
     ApplicationRef,
     Catalog,
     ClassNotFoundError,
     DriverNotFoundError,
     DriverParametersError,
+    DriverRegistry,
+    GroupKind,
     NoBindingError,
     PluginHost,
+    builtin_class,
     load_yaml,
 )
 from cozybackup_core.testing._platform import _InProcess
@@ -49,10 +51,54 @@ spec: {provider: Local, bucket: tenant-a-backups}
 APP = ApplicationRef(api_group="apps.example.com", kind="Directory", name="x")
 
 
-def test_cozy_default_binds_the_platform_kinds() -> None:
-    kinds = {b.application.kind for b in BUILTIN_CLASS.spec.strategies}
-    assert kinds == {"Postgres", "MariaDB", "ClickHouse", "Etcd", "VMInstance", "VMDisk"}
-    assert {b.application.api_group for b in BUILTIN_CLASS.spec.strategies} == {"apps.cozystack.io"}
+class _Platform(FilesDriver):
+    """A driver that serves two platform kinds and puts them in cozy-default."""
+
+    name = "platform-files"
+    strategy_kind = "PlatformFiles"
+    kinds = (
+        GroupKind(api_group="apps.cozystack.io", kind="Postgres"),
+        GroupKind(api_group="apps.cozystack.io", kind="VMDisk"),
+    )
+    default_kinds = ("Postgres", "VMDisk")
+
+
+def test_cozy_default_binds_what_the_installed_drivers_declare() -> None:
+    # The core names no driver: an installed one brings its kinds into cozy-default.
+    registry = DriverRegistry()
+    assert builtin_class(registry).spec.strategies == ()
+    with registry.transaction("test"):
+        registry.add(FilesDriver)
+        registry.add(_Platform)
+    bindings = builtin_class(registry).spec.strategies
+    assert [(b.application.kind, b.strategy_ref.kind) for b in bindings] == [
+        ("Postgres", "PlatformFiles"),
+        ("VMDisk", "PlatformFiles"),
+    ]
+    assert {b.application.api_group for b in bindings} == {"apps.cozystack.io"}
+    assert {b.strategy_ref.name for b in bindings} == {"cozy-default"}
+
+
+def test_a_default_kind_the_driver_does_not_serve_is_refused() -> None:
+    class Liar(FilesDriver):
+        name = "liar"
+        strategy_kind = "Liar"
+        default_kinds = ("Postgres",)
+
+    registry = DriverRegistry()
+    with pytest.raises(ValueError, match="default_kinds names 'Postgres'"):
+        registry.add(Liar)
+    assert len(registry) == 0
+
+
+def test_a_failed_registration_leaves_nothing_behind() -> None:
+    registry = DriverRegistry()
+    with pytest.raises(RuntimeError), registry.transaction("plugin-x"):
+        registry.add(FilesDriver)
+        raise RuntimeError("the plugin's hook failed after adding a driver")
+    assert len(registry) == 0
+    registry.add(FilesDriver)  # the name is free again
+    assert registry.origin("files") == "<in-process>"
 
 
 def test_first_matching_binding_wins_and_storage_is_dedicated() -> None:
@@ -75,8 +121,19 @@ def test_kind_without_binding() -> None:
 
 
 def test_driver_not_installed() -> None:
-    with pytest.raises(DriverNotFoundError, match="Postgres strategy's driver is not installed"):
+    with pytest.raises(
+        DriverNotFoundError, match="the Postgres driver is not installed"
+    ):
         _catalog().resolve("cozy-default", ApplicationRef(kind="Postgres", name="db"))
+    # A class naming a strategy whose driver is missing says which.
+    [cls] = load_yaml(
+        "apiVersion: backups.cozystack.io/v1alpha1\nkind: BackupClass\nmetadata: {name: pg}\n"
+        "spec: {strategies: [{application: {kind: Postgres}, strategyRef: {kind: Postgres, name: x}}]}"
+    )
+    with pytest.raises(DriverNotFoundError, match="Postgres strategy's driver is not installed"):
+        Catalog.build(_catalog().drivers, [cls]).resolve(
+            "pg", ApplicationRef(kind="Postgres", name="db")
+        )
 
 
 def test_class_is_validated_when_applied() -> None:

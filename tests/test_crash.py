@@ -15,7 +15,7 @@ import attrs
 import pytest
 
 from cozybackup_core import Backup, BackupJob
-from cozybackup_core._types import ArtifactRecord
+from cozybackup_core._api.types import ArtifactRecord
 from cozybackup_core.testing import LocalPlatform
 
 from conftest import FILES_CLASS
@@ -103,7 +103,7 @@ def test_kill_9_then_run_once_settles_everything(tmp_path: Path, kill: dict[str,
 def test_a_backup_whose_status_write_was_lost_is_completed(tmp_path: Path) -> None:
     """On Kubernetes a Backup's status is a second write; a crash between the two leaves a
     Backup without artifact.  Recovery fills it in from the committed record."""
-    from cozybackup_core._types import BackupJobStatus, BackupStatus
+    from cozybackup_core._api.types import BackupJobStatus, BackupStatus
 
     from support.drivers import FilesDriver
 

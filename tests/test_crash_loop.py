@@ -28,7 +28,7 @@ import pytest
 
 import cozybackup_core
 from cozybackup_core import Backup, BackupJob, RestoreJob
-from cozybackup_core._types import ArtifactRecord
+from cozybackup_core._api.types import ArtifactRecord
 from cozybackup_core.testing import LocalPlatform
 
 from conftest import FILES_CLASS

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import cozybackup_core.hosts.local  # noqa: F401 - registers the embedded host's kinds
 from cozybackup_core import load_yaml
+from cozybackup_core.hosts.local import LOCAL_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCKS = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
@@ -20,4 +20,4 @@ def test_readme_has_manifests() -> None:
 
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.split("kind: ")[1].split()[0])
 def test_readme_manifest_loads(block: str) -> None:
-    assert load_yaml(block, "README.md")
+    assert load_yaml(block, "README.md", LOCAL_KINDS)

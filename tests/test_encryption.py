@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cozybackup_core import ArtifactCorruptError, ArtifactKey, ArtifactStore, EncryptionKeyError
-from cozybackup_core._crypto import (
+from cozybackup_core._storage.crypto import (
     SEGMENT,
     TAG,
     DecryptingReader,
@@ -20,7 +20,7 @@ from cozybackup_core._crypto import (
     KeyRing,
     read_keys_document,
 )
-from cozybackup_core._storage import Manifest
+from cozybackup_core._storage.store import Manifest
 from cozybackup_core.testing import LocalPlatform
 
 from support.drivers import FILES, FilesDriver
@@ -276,7 +276,7 @@ def test_engine_encrypts_rotates_and_refuses_a_restore_without_the_key(tmp_path:
     assert original[5000:5100] not in b"".join(p.read_bytes() for p in plat.stored_files())
 
     # The key's Secret is replaced by another key: the restore fails before the target changes.
-    plat.engine._stores.clear()
+    plat.engine.invalidate_stores()
     plat.apply(_key_secret("key-one", k2))
     (data / "x.bin").write_bytes(b"current")
     job = plat.restore("tenant-a", "b1", "r1")
@@ -285,14 +285,14 @@ def test_engine_encrypts_rotates_and_refuses_a_restore_without_the_key(tmp_path:
     assert (data / "x.bin").read_bytes() == b"current"
 
     # Rotation: k2 becomes active, k1 is kept until every backup is re-wrapped, then retired.
-    plat.engine._stores.clear()
+    plat.engine.invalidate_stores()
     plat.apply(
         _key_secret("key-one", k1),
         _key_secret("key-two", k2),
         _location([("k2", "key-two"), ("k1", "key-one")]),
     )
     assert plat.engine.rekey() == (1, 0, [])
-    plat.engine._stores.clear()
+    plat.engine.invalidate_stores()
     plat.apply(_location([("k2", "key-two")]))
     assert plat.restore("tenant-a", "b1", "r2").status.phase == "Succeeded"
     assert (data / "x.bin").read_bytes() == original

@@ -8,7 +8,7 @@ import attrs
 import pytest
 
 from cozybackup_core import ApplicationRef, Backup, BackupJob, EngineConfig, StorageError
-from cozybackup_core._types import ArtifactRecord
+from cozybackup_core._api.types import ArtifactRecord
 from cozybackup_core.testing import LocalPlatform
 
 from support.drivers import FILES
@@ -135,7 +135,7 @@ def test_storage_write_error(
 ) -> None:  # type: ignore[no-untyped-def]
     ref, _ = files_app
     calls = []
-    from cozybackup_core import _storage
+    from cozybackup_core._storage import store as _storage
 
     real = _storage.ArtifactStore.put_atomic
 
@@ -257,7 +257,7 @@ def test_jobs_of_one_application_run_one_at_a_time(
     monkeypatch.setattr(FilesDriver, "backup", tracking)
     platform.engine.config = attrs.evolve(platform.engine.config, workers=4)
     from cozybackup_core import BackupJob as BJ
-    from cozybackup_core._types import BackupJobSpec, ObjectMeta
+    from cozybackup_core._api.types import BackupJobSpec, ObjectMeta
 
     for i in range(3):
         for r in (ref, other):

@@ -15,8 +15,8 @@ import yaml
 from test_cli import cli
 
 from cozybackup_core import Backup, ValidationError, load
-from cozybackup_core._admission import admit
-from cozybackup_core._types import ArtifactRecord
+from cozybackup_core._api.types import ArtifactRecord
+from cozybackup_core._engine.admission import admit
 from cozybackup_core.testing import LocalPlatform
 
 from conftest import FILES_CLASS, SEEDS

@@ -30,16 +30,14 @@ if sys.version_info < (3, 11):  # kmock, the only Kubernetes API stand-in here, 
 from kmock import KubernetesError
 from kubernetes import client as kclient
 
-from cozybackup_core import ApplicationRef
-from cozybackup_core._engine import Engine
-from cozybackup_core._errors import (
+from cozybackup_core import ApplicationRef, Locator
+from cozybackup_core._api.errors import (
     ConflictError,
     NotFoundError,
     TransientError,
     ValidationError,
 )
-from cozybackup_core._plugins import PluginHost
-from cozybackup_core._types import (
+from cozybackup_core._api.types import (
     KINDS,
     Backup,
     BackupClass,
@@ -47,10 +45,10 @@ from cozybackup_core._types import (
     RestoreJob,
     StorageLocation,
 )
-from cozybackup_core._wire import dump, load
+from cozybackup_core._api.wire import dump, load
+from cozybackup_core._engine.engine import Engine
+from cozybackup_core._plugins.host import PluginHost
 from cozybackup_core.hosts.kube import (
-    COZYSTACK_CONVENTIONS,
-    Convention,
     KubeHost,
     KubeRequestRefused,
     KubeUnavailable,
@@ -166,7 +164,7 @@ def host(kube: tuple[StrictApiServer, Any], tmp_path: Path) -> KubeHost:
         kube[1],
         PLATFORM,
         conventions={
-            (FILES.api_group, FILES.kind): Convention(
+            (FILES.api_group, FILES.kind): Locator(
                 connection={"path": str(tmp_path / "apps" / "{namespace}" / "{name}")},
                 credentials_from="{name}-creds",
             )
@@ -341,10 +339,35 @@ def test_platform_secret(kube: tuple[StrictApiServer, Any], host: KubeHost) -> N
     )
 
 
-def test_locate_follows_the_cozystack_conventions(
-    kube: tuple[StrictApiServer, Any], host: KubeHost
-) -> None:
+#: Locators of the shapes the Postgres, MariaDB and etcd drivers declare for Cozystack
+#: (templates, a key map, fixed credentials, a list of endpoints).
+COZYSTACK_LIKE = {
+    ("apps.cozystack.io", "Postgres"): Locator(
+        connection={
+            "host": "postgres-{name}-rw.{namespace}.svc",
+            "port": 5432,
+            "sslmode": "require",
+        },
+        credentials_from="postgres-{name}-superuser",
+        keys={"username": "username", "password": "password"},
+    ),
+    ("apps.cozystack.io", "MariaDB"): Locator(
+        connection={"host": "mariadb-{name}-primary.{namespace}.svc", "port": 3306},
+        credentials_from="mariadb-{name}-credentials",
+        keys={"password": "root"},
+        fixed={"username": "root"},
+    ),
+    ("apps.cozystack.io", "Etcd"): Locator(
+        connection={"endpoints": ["https://etcd.{namespace}.svc:2379"]},
+        credentials_from="etcd-client-tls",
+        keys={"ca.crt": "ca.crt", "tls.crt": "tls.crt", "tls.key": "tls.key"},
+    ),
+}
+
+
+def test_locate_applies_the_drivers_locators(kube: tuple[StrictApiServer, Any]) -> None:
     api_client = kube[1]
+    host = KubeHost(api_client, PLATFORM, conventions=COZYSTACK_LIKE)
     make_secret(
         api_client,
         "tenant-x",
@@ -369,9 +392,6 @@ def test_locate_follows_the_cozystack_conventions(
     etcd = host.locate("tenant-x", ApplicationRef(kind="Etcd", name="etcd"))
     assert etcd.connection == {"endpoints": ["https://etcd.tenant-x.svc:2379"]}
     assert etcd.credentials == {"ca.crt": "CA", "tls.crt": "C", "tls.key": "K"}
-    assert set(COZYSTACK_CONVENTIONS) == {
-        ("apps.cozystack.io", k) for k in ("Postgres", "MariaDB", "Etcd")
-    }
 
     for ns, ref in (
         ("tenant-y", ApplicationRef(kind="Postgres", name="db1")),  # another tenant's

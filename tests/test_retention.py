@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cozybackup_core import Backup
-from cozybackup_core._retention import Candidate, decide, parse_age
-from cozybackup_core._types import ArtifactRecord, Retention
+from cozybackup_core._api.types import ArtifactRecord, Retention
+from cozybackup_core._policy.retention import Candidate, decide, parse_age
 from cozybackup_core.testing import LocalPlatform
 
 UTC = dt.timezone.utc

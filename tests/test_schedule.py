@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cozybackup_core import BackupJob, Plan, ValidationError, fire_due_plans
-from cozybackup_core._schedule import decide, parse
-from cozybackup_core._types import Schedule
+from cozybackup_core._api.types import Schedule
+from cozybackup_core._policy.schedule import decide, parse
 from cozybackup_core.testing import LocalPlatform
 
 UTC = dt.timezone.utc

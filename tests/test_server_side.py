@@ -95,7 +95,7 @@ def test_a_changed_server_object_is_refused_before_the_restore(
     plat = _platform(tmp_path, s3, opt_in=True)
     ref = _app(plat, tmp_path, "app1", {"a.bin": b"original" * 100})
     assert plat.backup(NS, ref, "b1", "native").status.phase == "Succeeded"  # type: ignore[arg-type]
-    store, key, _ = plat.engine._artifact_of(plat.backups(NS)[0])
+    store, key, _ = plat.engine.artifact_of(plat.backups(NS)[0])
     store.fs.pipe_file(store.server_path(key, "native") + "/a.bin", b"tampered")
     (tmp_path / "app1" / "a.bin").write_bytes(b"current")
 

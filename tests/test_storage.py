@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cozybackup_core import ArtifactCorruptError, ArtifactKey, ArtifactStore
-from cozybackup_core._storage import Manifest
+from cozybackup_core._storage.store import Manifest
 from cozybackup_core.testing._s3server import S3ServerInfo, seaweed_s3
 
 KEY = ArtifactKey(namespace="tenant-a", kind="Postgres", application="db1", uid="u-1")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from cozybackup_core import EngineConfig
-from cozybackup_core._types import ArtifactRecord
+from cozybackup_core._api.types import ArtifactRecord
 from cozybackup_core.testing import LocalPlatform
 from cozybackup_core.testing._s3server import S3ServerInfo, seaweed_s3
 

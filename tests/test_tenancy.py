@@ -97,7 +97,7 @@ spec:
     assert plat.restore(NS, "nope", "no-backup").status.phase == "Failed"
 
     # A storage outage during a restore: the error must not name the endpoint or bucket.
-    plat.engine._stores.clear()
+    plat.engine.invalidate_stores()
     plat.apply("""
 apiVersion: backups.cozystack.io/v1alpha1
 kind: StorageLocation

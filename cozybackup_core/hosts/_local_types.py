@@ -14,15 +14,15 @@ from typing import Any, ClassVar
 
 import attrs
 
-from .._fields import kind_field
-from .._types import APPS_GROUP, ApplicationRef, ObjectMeta, SecretKeyRef, _default_apps_group
+from .._api.fields import kind_field
+from .._api.types import APPS_GROUP, ApplicationRef, ObjectMeta, SecretKeyRef, default_apps_group
 
 LOCAL_API_VERSION = "local.backups.cozystack.io/v1alpha1"
 
 
 @attrs.frozen(kw_only=True)
 class ApplicationSpec:
-    api_group: str = attrs.field(default=APPS_GROUP, converter=_default_apps_group)
+    api_group: str = attrs.field(default=APPS_GROUP, converter=default_apps_group)
     kind: str = kind_field()
     #: Driver-specific keys: host, port, path, database, ...
     connection: Mapping[str, Any] = attrs.field(factory=dict)
@@ -31,6 +31,7 @@ class ApplicationSpec:
 
 @attrs.frozen(kw_only=True)
 class Application:
+    api_version: ClassVar[str] = LOCAL_API_VERSION
     kind: ClassVar[str] = "Application"
     namespaced: ClassVar[bool] = True
     tenant_visible: ClassVar[bool] = False
@@ -49,6 +50,7 @@ class Application:
 class Secret:
     """Kubernetes ``v1`` Secret, platform-scoped here (no namespace)."""
 
+    api_version: ClassVar[str] = "v1"
     kind: ClassVar[str] = "Secret"
     namespaced: ClassVar[bool] = False
     tenant_visible: ClassVar[bool] = False

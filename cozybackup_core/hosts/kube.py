@@ -12,11 +12,11 @@ What it is:
   (409) and raises :class:`ConflictError`, as does a create of an existing name.
   ``set_metadata`` (labels, annotations) is a JSON merge patch carrying the resourceVersion.
 * **Secrets** — ``secret(name)`` reads a core v1 Secret in the *platform* namespace.
-* **Applications** — ``locate`` applies one table of Cozystack conventions
-  (:data:`COZYSTACK_CONVENTIONS`, per application kind): service address and the Secret
+* **Applications** — ``locate`` applies the locator of the application's kind, declared by
+  the driver that serves it (``Driver.locators``: Cozystack's service address and the Secret
   that holds the credentials, read from the *tenant's* namespace by the controller's
   service account, used in memory and never copied anywhere.  Admins may add or override
-  conventions with the ``conventions`` constructor argument.
+  conventions with the ``conventions`` constructor argument.)
 * **Local buckets** — a ``provider: Local`` bucket without ``path`` is a directory under
   ``local_bucket_root`` in the controller's pod: durable only on a mounted volume.  Use S3.
 * **Events** — core v1 Events in the object's namespace; for cluster-scoped objects in
@@ -48,9 +48,8 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .._crd import all_crds
-from .._driver import AppLocation
-from .._errors import (
+from .._api.crd import all_crds
+from .._api.errors import (
     ConflictError,
     CozyError,
     NotFoundError,
@@ -59,8 +58,9 @@ from .._errors import (
     UnsupportedError,
     ValidationError,
 )
-from .._types import API_VERSION, APPS_GROUP, GROUP, KINDS, VERSION, ApplicationRef
-from .._wire import dump, load
+from .._api.types import API_VERSION, GROUP, KINDS, VERSION, ApplicationRef
+from .._api.wire import dump, load
+from .._drivers.contract import AppLocation, Locator
 
 T = TypeVar("T")
 log = logging.getLogger("cozybackup.kube")
@@ -87,61 +87,12 @@ class KubeRequestRefused(PermanentError):
 # --------------------------------------------------------------------------- conventions
 
 
-@attrs.frozen(kw_only=True)
-class Convention:
-    """How the platform reaches every application of one kind.
-
-    ``connection`` values (strings, or lists/dicts of strings, nested) are templates:
-    ``{name}`` is the application's name and ``{namespace}`` the tenant's namespace
-    (``{{``/``}}`` for literal braces); other values are used as they are.
-    ``credentials_from`` (``credentialsFrom`` in a file) names the Secret (a template) in
-    the tenant's namespace that holds the credentials; ``keys`` maps
-    a credential key the driver reads to the Secret's key (default: every key of the
-    Secret under its own name); ``fixed`` adds constant credentials (``username: root``).
-    The application counts as existing when its Secret exists (without a Secret: always).
-    """
-
-    connection: Mapping[str, Any] = attrs.field(factory=dict)
-    credentials_from: str | None = None
-    keys: Mapping[str, str] | None = None
-    fixed: Mapping[str, str] = attrs.field(factory=dict)
-
-
-#: The one table of how a Cozystack application is reached (see each driver's README):
-#: ``(apiGroup, kind) -> Convention``.
-COZYSTACK_CONVENTIONS: Mapping[tuple[str, str], Convention] = {
-    # Helm release postgres-X: CloudNativePG Cluster postgres-X, service postgres-X-rw.
-    (APPS_GROUP, "Postgres"): Convention(
-        connection={
-            "host": "postgres-{name}-rw.{namespace}.svc",
-            "port": 5432,
-            "sslmode": "require",
-        },
-        credentials_from="postgres-{name}-superuser",
-        keys={"username": "username", "password": "password"},
-    ),
-    # Helm release mariadb-X: mariadb-operator MariaDB; writes go to the primary.
-    (APPS_GROUP, "MariaDB"): Convention(
-        connection={"host": "mariadb-{name}-primary.{namespace}.svc", "port": 3306},
-        credentials_from="mariadb-{name}-credentials",
-        keys={"password": "root"},
-        fixed={"username": "root"},
-    ),
-    # EtcdCluster "etcd" in the tenant's namespace, TLS with a client certificate.
-    (APPS_GROUP, "Etcd"): Convention(
-        connection={"endpoints": ["https://etcd.{namespace}.svc:2379"]},
-        credentials_from="etcd-client-tls",
-        keys={"ca.crt": "ca.crt", "tls.crt": "tls.crt", "tls.key": "tls.key"},
-    ),
-}
-
-
-def load_conventions(text: str, source: str = "<conventions>") -> dict[tuple[str, str], Convention]:
+def load_conventions(text: str, source: str = "<conventions>") -> dict[tuple[str, str], Locator]:
     """An admin's conventions file (YAML): ``{"<apiGroup>/<Kind>": {connection, credentialsFrom, keys,
     fixed}}``, e.g. ``apps.example.com/Directory: {connection: {path: "/data/{name}"}}``."""
     import yaml
 
-    from .._wire import structure
+    from .._api.wire import structure
 
     try:
         doc = yaml.safe_load(text) or {}
@@ -149,12 +100,12 @@ def load_conventions(text: str, source: str = "<conventions>") -> dict[tuple[str
         raise ValidationError([("", f"{source}: not valid YAML: {exc}")]) from None
     if not isinstance(doc, Mapping):
         raise ValidationError([("", f"{source}: expected a mapping of apiGroup/Kind")])
-    out: dict[tuple[str, str], Convention] = {}
+    out: dict[tuple[str, str], Locator] = {}
     for key, body in doc.items():
         group, sep, kind = str(key).rpartition("/")
         if not sep or not group or not kind:
             raise ValidationError([(str(key), f"{source}: keys are apiGroup/Kind")])
-        out[(group, kind)] = structure(body, Convention, path=str(key))
+        out[(group, kind)] = structure(body, Locator, path=str(key))
     return out
 
 
@@ -231,7 +182,7 @@ class KubeObjectStore:
 
     # -- calls
 
-    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """One API call; transport and server errors become the port's errors."""
         import urllib3  # type: ignore[import-not-found, unused-ignore]
 
@@ -265,7 +216,7 @@ class KubeObjectStore:
     def _get_raw(self, cls: type[Any], namespace: str | None, name: str) -> dict[str, Any]:
         what = f"get {cls.kind} {name}"
         if cls.namespaced:
-            raw: dict[str, Any] = self._call(
+            raw: dict[str, Any] = self.call(
                 what,
                 self._custom.get_namespaced_custom_object,
                 GROUP,
@@ -275,7 +226,7 @@ class KubeObjectStore:
                 name,
             )
         else:
-            raw = self._call(
+            raw = self.call(
                 what, self._custom.get_cluster_custom_object, GROUP, VERSION, _plural(cls), name
             )
         return raw
@@ -301,7 +252,7 @@ class KubeObjectStore:
         k: Any = cls
         what = f"list {k.kind}"
         if k.namespaced and namespace is not None:
-            raw = self._call(
+            raw = self.call(
                 what,
                 self._custom.list_namespaced_custom_object,
                 GROUP,
@@ -310,7 +261,7 @@ class KubeObjectStore:
                 _plural(k),
             )
         elif k.namespaced:
-            raw = self._call(
+            raw = self.call(
                 what,
                 self._custom.list_custom_object_for_all_namespaces,
                 GROUP,
@@ -318,7 +269,7 @@ class KubeObjectStore:
                 _plural(k),
             )
         else:
-            raw = self._call(
+            raw = self.call(
                 what, self._custom.list_cluster_custom_object, GROUP, VERSION, _plural(k)
             )
         out: list[T] = []
@@ -351,7 +302,7 @@ class KubeObjectStore:
         body["metadata"] = meta
         what = f"create {o.kind} {o.metadata.name}"
         if o.namespaced:
-            raw = self._call(
+            raw = self.call(
                 what,
                 self._custom.create_namespaced_custom_object,
                 GROUP,
@@ -361,7 +312,7 @@ class KubeObjectStore:
                 body,
             )
         else:
-            raw = self._call(
+            raw = self.call(
                 what,
                 self._custom.create_cluster_custom_object,
                 GROUP,
@@ -389,7 +340,7 @@ class KubeObjectStore:
         body = dump(obj)
         what = f"update status of {obj.kind} {obj.metadata.name}"
         if obj.namespaced:
-            raw = self._call(
+            raw = self.call(
                 what,
                 self._custom.replace_namespaced_custom_object_status,
                 GROUP,
@@ -400,7 +351,7 @@ class KubeObjectStore:
                 body,
             )
         else:
-            raw = self._call(
+            raw = self.call(
                 what,
                 self._custom.replace_cluster_custom_object_status,
                 GROUP,
@@ -455,7 +406,7 @@ class KubeObjectStore:
         body = {"metadata": meta}
         what = f"update metadata of {o.kind} {o.metadata.name}"
         if o.namespaced:
-            raw = self._call(
+            raw = self.call(
                 what,
                 self._custom.patch_namespaced_custom_object,
                 GROUP,
@@ -467,7 +418,7 @@ class KubeObjectStore:
                 _content_type="application/merge-patch+json",
             )
         else:
-            raw = self._call(
+            raw = self.call(
                 what,
                 self._custom.patch_cluster_custom_object,
                 GROUP,
@@ -485,7 +436,7 @@ class KubeObjectStore:
         what = f"delete {cls.kind} {name}"
         try:
             if cls.namespaced:
-                self._call(
+                self.call(
                     what,
                     self._custom.delete_namespaced_custom_object,
                     GROUP,
@@ -495,7 +446,7 @@ class KubeObjectStore:
                     name,
                 )
             else:
-                self._call(
+                self.call(
                     what,
                     self._custom.delete_cluster_custom_object,
                     GROUP,
@@ -515,8 +466,8 @@ class KubeHost:
 
     ``api_client`` is a ``kubernetes.client.ApiClient`` (see :meth:`from_config`);
     ``platform_namespace`` holds the platform's Secrets (S3 credentials, encryption keys);
-    ``conventions`` adds to or overrides
-    :data:`COZYSTACK_CONVENTIONS`, keyed by ``(apiGroup, kind)``; ``local_bucket_root`` is
+    ``conventions`` is how each application kind is reached, keyed by ``(apiGroup, kind)``:
+    the installed drivers' ``DriverRegistry.locators()`` with an admin's file over them; ``local_bucket_root`` is
     where ``provider: Local`` buckets live (see :meth:`local_bucket_path`).
     """
 
@@ -525,7 +476,7 @@ class KubeHost:
         api_client: Any,
         platform_namespace: str,
         *,
-        conventions: Mapping[tuple[str, str], Convention] | None = None,
+        conventions: Mapping[tuple[str, str], Locator] | None = None,
         clock: Any = None,
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         local_bucket_root: str = DEFAULT_LOCAL_BUCKETS,
@@ -534,10 +485,7 @@ class KubeHost:
 
         self.api_client = api_client
         self.platform_namespace = platform_namespace
-        self.conventions: dict[tuple[str, str], Convention] = {
-            **COZYSTACK_CONVENTIONS,
-            **(conventions or {}),
-        }
+        self.conventions: dict[tuple[str, str], Locator] = dict(conventions or {})
         self.clock = clock
         self.objects = KubeObjectStore(api_client, timeout)
         self._core = client.CoreV1Api(api_client)
@@ -602,7 +550,7 @@ class KubeHost:
         )
 
     def _read_secret(self, namespace: str, name: str) -> dict[str, str]:
-        s = self.objects._call(
+        s = self.objects.call(
             f"read Secret {name} in {namespace}", self._core.read_namespaced_secret, name, namespace
         )
         return _decode(s.data)
@@ -671,7 +619,7 @@ class KubeHost:
             "reportingInstance": self._instance[:128],
         }
         try:
-            self.objects._call(
+            self.objects.call(
                 f"create Event for {obj.kind} {meta.name}",
                 self._core.create_namespaced_event,
                 ns,

@@ -26,16 +26,17 @@ from typing import Any, TypeVar
 import attrs
 import yaml
 
-from .._driver import AppLocation
-from .._errors import ConflictError, CozyError, NotFoundError
-from .._types import ApplicationRef
-from .._wire import dump, load, register_kind
-from ._local_types import LOCAL_API_VERSION, Application, Secret
+from .._api.errors import ConflictError, CozyError, NotFoundError
+from .._api.types import ApplicationRef
+from .._api.wire import API_KINDS, dump, load
+from .._drivers.contract import AppLocation
+from ._local_types import Application, Secret
 
 T = TypeVar("T")
 
-register_kind(LOCAL_API_VERSION, Application)
-register_kind("v1", Secret)
+#: The kinds the embedded host stores: the API's, and its own admin-only Application
+#: and Secret.  Pass it to ``load``/``load_yaml`` for manifests that may hold them.
+LOCAL_KINDS = API_KINDS.with_kinds(Application, Secret)
 
 
 def default_home() -> Path:
@@ -74,7 +75,7 @@ class LocalObjectStore:
             text = path.read_text()
         except FileNotFoundError:
             return None
-        return load(yaml.safe_load(text))
+        return load(yaml.safe_load(text), LOCAL_KINDS)
 
     def _write(self, obj: Any) -> None:
         path = self._path(obj.kind, obj.metadata.namespace, obj.metadata.name)

@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .._driver import AppLocation
-from .._errors import ConflictError, NotFoundError
-from .._types import ApplicationRef
+from .._api.errors import ConflictError, NotFoundError
+from .._api.types import ApplicationRef
+from .._drivers.contract import AppLocation
 
 T = TypeVar("T")
 

@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 import attrs
 import pytest
 
-from .._driver import Driver
-from .._redact import sensitive_values
-from .._types import APPS_GROUP, ApplicationRef, ArtifactRecord
+from .._api.types import APPS_GROUP, ApplicationRef, ArtifactRecord
+from .._drivers.contract import Driver
+from .._engine.redact import sensitive_values
 from ._platform import LocalPlatform
 
 NS = "tenant-conformance"
@@ -165,7 +165,7 @@ class DriverConformance(abc.ABC):
         encrypted backup still round-trips."""
         key, other_key = os.urandom(32), os.urandom(32)
         platform.apply(_key_secret("platform-key-x1", key), _ENCRYPTED_DEFAULT)
-        platform.engine._stores.clear()
+        platform.engine.invalidate_stores()
         good = self.create_app(tmp_path, "origin")
         bad = self.break_app(self.create_app(tmp_path, "broken"))
         ref = self._declare(platform, good)
@@ -183,7 +183,7 @@ class DriverConformance(abc.ABC):
         self.write_data(good, seed=11)
         after = self.checksum(good)
         platform.apply(_key_secret("platform-key-x1", other_key))
-        platform.engine._stores.clear()
+        platform.engine.invalidate_stores()
         job = platform.restore(NS, "b1", "r3", target=target)
         assert job.status.phase == "Failed"
         assert job.status.conditions[0].reason == "EncryptionKeyUnavailable"

@@ -11,10 +11,7 @@ from typing import Any
 import attrs
 import yaml
 
-from .._driver import Driver
-from .._engine import Engine, EngineConfig
-from .._plugins import PluginHost
-from .._types import (
+from .._api.types import (
     ApplicationRef,
     Backup,
     BackupJob,
@@ -26,10 +23,13 @@ from .._types import (
     RestoreJobSpec,
     SecretKeyRef,
 )
-from .._wire import dump, load, load_yaml
+from .._api.wire import dump, load, load_yaml
+from .._drivers.contract import Driver
+from .._engine.engine import Engine, EngineConfig
+from .._plugins.host import PluginHost
 from ..hookspecs import hookimpl
 from ..hosts._local_types import Application, ApplicationSpec, Secret
-from ..hosts.local import LocalHost
+from ..hosts.local import LOCAL_KINDS, LocalHost
 
 TENANT_KINDS = (BackupJob, Plan, Backup, RestoreJob)
 
@@ -71,9 +71,9 @@ class LocalPlatform:
         out: list[Any] = []
         for item in objs_or_yaml:
             objs = (
-                load_yaml(item)
+                load_yaml(item, kinds=LOCAL_KINDS)
                 if isinstance(item, str)
-                else [load(item) if isinstance(item, Mapping) else item]
+                else [load(item, LOCAL_KINDS) if isinstance(item, Mapping) else item]
             )
             out.extend(self.host.objects.replace(o) for o in objs)
         return out

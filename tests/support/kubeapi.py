@@ -40,8 +40,8 @@ import kmock
 from kmock._internal import dicts as kmock_dicts
 from kmock._internal.k8s import KubernetesError, KubernetesObjectNotFoundError
 
-from cozybackup_core._crd import all_crds, object_schema
-from cozybackup_core._types import API_VERSION, GROUP
+from cozybackup_core._api.crd import all_crds, object_schema
+from cozybackup_core._api.types import API_VERSION, GROUP
 
 _PLURALS: dict[str, dict[str, Any]] = {
     c["spec"]["names"]["plural"]: {

@@ -52,6 +52,7 @@ class ClickHouseDriver(Driver):
     name: ClassVar[str] = "clickhouse"
     strategy_kind: ClassVar[str] = "ClickHouse"
     kinds: ClassVar[tuple[GroupKind, ...]] = (CLICKHOUSE_KIND,)
+    default_kinds: ClassVar[tuple[str, ...]] = ("ClickHouse",)
     parameters_type: ClassVar[type[Any]] = ClickHouseParameters
     version: ClassVar[str] = __version__
 

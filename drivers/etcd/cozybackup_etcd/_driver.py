@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from cozybackup_core import (
+    Locator,
     BackupContext,
     Deadline,
     Driver,
@@ -37,6 +39,15 @@ class EtcdDriver(Driver):
     name: ClassVar[str] = "etcd"
     strategy_kind: ClassVar[str] = "Etcd"
     kinds: ClassVar[tuple[GroupKind, ...]] = (ETCD_KIND,)
+    default_kinds: ClassVar[tuple[str, ...]] = ("Etcd",)
+    # Cozystack's EtcdCluster "etcd" in the tenant's namespace, TLS with a client certificate.
+    locators: ClassVar[Mapping[str, Locator]] = {
+        "Etcd": Locator(
+            connection={"endpoints": ["https://etcd.{namespace}.svc:2379"]},
+            credentials_from="etcd-client-tls",
+            keys={"ca.crt": "ca.crt", "tls.crt": "tls.crt", "tls.key": "tls.key"},
+        )
+    }
     parameters_type: ClassVar[type[Any]] = EtcdParameters
     version: ClassVar[str] = __version__
 

@@ -56,6 +56,7 @@ class KubeVirtDriver(Driver):
         GroupKind(api_group="apps.cozystack.io", kind="VMDisk"),
         GroupKind(api_group="apps.cozystack.io", kind="VMInstance"),
     )
+    default_kinds = ("VMInstance", "VMDisk")
     parameters_type = KubeVirtParameters
     capabilities = Capabilities(in_place_restore=True, to_copy_restore=True)
     version = __version__

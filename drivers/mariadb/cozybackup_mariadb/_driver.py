@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from cozybackup_core import (
+    Locator,
     BackupContext,
     Deadline,
     Driver,
@@ -50,6 +52,16 @@ class MariaDBDriver(Driver):
     name: ClassVar[str] = "mariadb"
     strategy_kind: ClassVar[str] = "MariaDB"
     kinds: ClassVar[tuple[GroupKind, ...]] = (MARIADB_KIND,)
+    default_kinds: ClassVar[tuple[str, ...]] = ("MariaDB",)
+    # Cozystack's Helm release mariadb-X: a mariadb-operator MariaDB; writes go to the primary.
+    locators: ClassVar[Mapping[str, Locator]] = {
+        "MariaDB": Locator(
+            connection={"host": "mariadb-{name}-primary.{namespace}.svc", "port": 3306},
+            credentials_from="mariadb-{name}-credentials",
+            keys={"password": "root"},
+            fixed={"username": "root"},
+        )
+    }
     parameters_type: ClassVar[type[Any]] = MariaDBParameters
     version: ClassVar[str] = __version__
 

@@ -56,6 +56,7 @@ from typing import IO, Any, ClassVar, TypeVar, cast
 import attrs
 
 from cozybackup_core import (
+    Locator,
     APPS_GROUP,
     AppLocation,
     BackupContext,
@@ -344,6 +345,20 @@ class PostgresDriver(Driver):
     name: ClassVar[str] = "postgres"
     strategy_kind: ClassVar[str] = "Postgres"
     kinds: ClassVar[tuple[GroupKind, ...]] = (POSTGRES_KIND,)
+    default_kinds: ClassVar[tuple[str, ...]] = ("Postgres",)
+    # Cozystack's Helm release postgres-X: CloudNativePG Cluster postgres-X, service
+    # postgres-X-rw, superuser Secret postgres-X-superuser.
+    locators: ClassVar[Mapping[str, Locator]] = {
+        "Postgres": Locator(
+            connection={
+                "host": "postgres-{name}-rw.{namespace}.svc",
+                "port": 5432,
+                "sslmode": "require",
+            },
+            credentials_from="postgres-{name}-superuser",
+            keys={"username": "username", "password": "password"},
+        )
+    }
     parameters_type: ClassVar[type[Any]] = PostgresParameters
     version: ClassVar[str] = __version__
 

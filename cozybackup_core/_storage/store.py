@@ -31,7 +31,17 @@ import zstandard
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractBufferedFile
 
-from ._crypto import (
+from .._api.errors import (
+    ArtifactCorruptError,
+    EncryptionKeyError,
+    NotFoundError,
+    StorageError,
+    UnsupportedError,
+    ValidationError,
+)
+from .._api.types import ArtifactRecord
+from .._drivers.contract import ServerSideTarget
+from .crypto import (
     ALGORITHM,
     KEYS_FILE,
     DecryptingReader,
@@ -43,15 +53,6 @@ from ._crypto import (
     new_data_key,
     read_keys_document,
     stream_key,
-)
-from ._driver import ServerSideTarget
-from ._errors import (
-    ArtifactCorruptError,
-    EncryptionKeyError,
-    NotFoundError,
-    StorageError,
-    UnsupportedError,
-    ValidationError,
 )
 
 FORMAT_VERSION = 1
@@ -81,6 +82,17 @@ class ArtifactKey:
     @property
     def relpath(self) -> str:
         return f"{self.namespace}/{self.kind}/{self.application}/{self.uid}"
+
+    @classmethod
+    def of(cls, record: ArtifactRecord) -> ArtifactKey:
+        """The address of the artifact an ArtifactRecord describes (its name is the uid)."""
+        spec = record.spec
+        return cls(
+            namespace=spec.namespace,
+            kind=spec.application_kind,
+            application=spec.application_name,
+            uid=record.metadata.name,
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -157,13 +169,13 @@ class Manifest:
 
 
 def _manifest_to_json(m: Manifest) -> bytes:
-    from ._wire import unstructure
+    from .._api.wire import unstructure
 
     return json.dumps(unstructure(m), indent=2, sort_keys=True).encode()
 
 
 def _manifest_from_json(data: bytes) -> Manifest:
-    from ._wire import structure
+    from .._api.wire import structure
 
     try:
         raw = json.loads(data)

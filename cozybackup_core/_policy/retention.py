@@ -1,6 +1,6 @@
 """Retention as a pure function: which Backups of one application to keep, and why.
 
-Kept separate from the I/O (``_prune``) so it can be property-tested against the policy.
+Kept separate from the I/O (``_engine/prune.py``) so it can be property-tested against the policy.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
-from ._types import Retention
+from .._api.types import Retention
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 

@@ -10,8 +10,8 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
-from ._driver import AppLocation
-from ._types import ApplicationRef
+from .._api.types import ApplicationRef
+from .._drivers.contract import AppLocation
 
 T = TypeVar("T")
 

@@ -12,8 +12,7 @@ from typing import Any
 
 import attrs
 
-from ._driver import Driver
-from ._errors import (
+from .._api.errors import (
     ClassNotFoundError,
     DriverNotFoundError,
     DriverParametersError,
@@ -21,49 +20,48 @@ from ._errors import (
     NotFoundError,
     ValidationError,
 )
-from ._fields import FieldInvalid
-from ._plugins import DriverRegistry
-from ._types import (
+from .._api.fields import FieldInvalid
+from .._api.types import (
     APPS_GROUP,
+    LABEL_CLASS,
     ApplicationRef,
+    Backup,
     BackupClass,
     BackupClassSpec,
     GroupKind,
     LocalObjectRef,
     ObjectMeta,
+    Retention,
     StorageLocation,
     StorageLocationSpec,
     StrategyBinding,
     StrategyRef,
+    VerificationPolicy,
 )
-from ._wire import camel, snapshot, structure
+from .._api.wire import camel, snapshot, structure
+from .._drivers.contract import Driver
+from .._drivers.registry import DriverRegistry
 
 DEFAULT_CLASS = "cozy-default"
 DEFAULT_BUCKET = "cozy-backups"
 
-# Built-in kinds and the strategy (driver) that serves each.
-_DEFAULT_BINDINGS = (
-    ("Postgres", "Postgres"),
-    ("MariaDB", "MariaDB"),
-    ("ClickHouse", "ClickHouse"),
-    ("Etcd", "Etcd"),
-    ("VMInstance", "KubeVirt"),
-    ("VMDisk", "KubeVirt"),
-)
 
-BUILTIN_CLASS = BackupClass(
-    metadata=ObjectMeta(name=DEFAULT_CLASS),
-    spec=BackupClassSpec(
-        strategies=tuple(
-            StrategyBinding(
-                application=GroupKind(api_group=APPS_GROUP, kind=kind),
-                strategy_ref=StrategyRef(kind=strategy, name=DEFAULT_CLASS),
-            )
-            for kind, strategy in _DEFAULT_BINDINGS
+def builtin_class(drivers: DriverRegistry) -> BackupClass:
+    """``cozy-default``: every kind an installed driver declares in ``default_kinds``."""
+    return BackupClass(
+        metadata=ObjectMeta(name=DEFAULT_CLASS),
+        spec=BackupClassSpec(
+            strategies=tuple(
+                StrategyBinding(
+                    application=GroupKind(api_group=APPS_GROUP, kind=kind),
+                    strategy_ref=StrategyRef(kind=strategy, name=DEFAULT_CLASS),
+                )
+                for kind, strategy in drivers.default_bindings()
+            ),
+            storage_ref=LocalObjectRef(name=DEFAULT_BUCKET),
         ),
-        storage_ref=LocalObjectRef(name=DEFAULT_BUCKET),
-    ),
-)
+    )
+
 
 BUILTIN_STORAGE = StorageLocation(
     metadata=ObjectMeta(name=DEFAULT_BUCKET),
@@ -103,11 +101,34 @@ class Catalog:
         storages: list[StorageLocation] = [],  # noqa: B006
     ) -> Catalog:
         cat = cls(drivers)
-        cat.classes[DEFAULT_CLASS] = BUILTIN_CLASS
+        cat.classes[DEFAULT_CLASS] = builtin_class(drivers)
         cat.storages[DEFAULT_BUCKET] = BUILTIN_STORAGE
         cat.classes.update({c.metadata.name: c for c in classes})
         cat.storages.update({s.metadata.name: s for s in storages})
         return cat
+
+    def binding_for(self, class_name: str, kind: GroupKind) -> StrategyBinding | None:
+        """The binding of ``class_name`` that serves ``kind`` (the first that matches)."""
+        bc = self.classes.get(class_name)
+        if bc is None:
+            return None
+        return next((b for b in bc.spec.strategies if b.application == kind), None)
+
+    def retention_for(self, backup: Backup) -> Retention | None:
+        """The retention policy in force for a Backup: its binding's, else its class's."""
+        bc = self.classes.get(backup.metadata.labels.get(LABEL_CLASS, ""))
+        if bc is None:
+            return None
+        binding = self.binding_for(bc.metadata.name, backup.spec.application_ref.group_kind)
+        return (binding.retention if binding else None) or bc.spec.retention
+
+    def verification_for(self, backup: Backup) -> VerificationPolicy | None:
+        """The verification (drill) policy in force for a Backup."""
+        bc = self.classes.get(backup.metadata.labels.get(LABEL_CLASS, ""))
+        if bc is None:
+            return None
+        binding = self.binding_for(bc.metadata.name, backup.spec.application_ref.group_kind)
+        return (binding.verification if binding else None) or bc.spec.verification
 
     def resolve(self, class_name: str, app: ApplicationRef) -> Resolved:
         bc = self.classes.get(class_name)
@@ -132,6 +153,13 @@ class Catalog:
                     parameters=params,
                     storage=self._storage(bc, binding),
                 )
+        if class_name == DEFAULT_CLASS and app.api_group == APPS_GROUP:
+            # cozy-default holds what the installed drivers declare: a platform kind with
+            # no binding is one whose driver is not installed here.
+            raise DriverNotFoundError(
+                f"the {app.kind} driver is not installed on this platform; "
+                "ask the platform operator"
+            )
         raise NoBindingError(
             f"BackupClass {class_name!r} cannot back up applications of kind {app.group_kind}"
         )

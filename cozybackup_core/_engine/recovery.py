@@ -1,19 +1,15 @@
 """Crash recovery: settle what a killed run left behind.
 
 Runs before a runner processes anything, while it holds the runner lock, so every job
-still ``Running`` has no live owner.  See the ordering argument in ``_engine``.
+still ``Running`` has no live owner.  See the ordering argument in ``backup.py``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import attrs
 
-from ._errors import CozyError
-from ._redact import Redactor
-from ._storage import ArtifactKey, checksum_of
-from ._types import (
+from .._api.errors import CozyError
+from .._api.types import (
     URI_PREFIX,
     Artifact,
     ArtifactRecord,
@@ -25,27 +21,28 @@ from ._types import (
     RestoreJob,
     StrategyRef,
 )
-from ._wire import structure
+from .._api.wire import structure
+from .._storage.store import ArtifactKey, checksum_of
+from .deletion import finish_deletions
+from .redact import Redactor
+from .services import Services
 
-if TYPE_CHECKING:
-    from ._engine import Engine
 
-
-def recover(engine: Engine) -> list[str]:
+def recover(svc: Services) -> list[str]:
     """Settle what a crashed run left behind.  Call with no other runner active."""
-    objs = engine.host.objects
+    objs = svc.host.objects
     notes: list[str] = []
-    redact = engine.redactor()
+    redact = svc.redactor()
     for record in objs.list(ArtifactRecord):
         if record.status.phase == "Committed":
             continue
-        notes.append(_recover_record(engine, record))
+        notes.append(_recover_record(svc, record))
     for record in objs.list(ArtifactRecord):
         if record.status.phase == "Committed":
-            notes.extend(_recover_committed(engine, record, redact))
+            notes.extend(_recover_committed(svc, record, redact))
     for job in objs.list(BackupJob):
         if job.status.phase == "Running":
-            engine._finish(
+            svc.finish(
                 job,
                 False,
                 "Interrupted",
@@ -56,7 +53,7 @@ def recover(engine: Engine) -> list[str]:
             notes.append(f"BackupJob {job.metadata.namespace}/{job.metadata.name}: interrupted")
     for rjob in objs.list(RestoreJob):
         if rjob.status.phase == "Running":
-            engine._finish(
+            svc.finish(
                 rjob,
                 False,
                 "Interrupted",
@@ -65,25 +62,19 @@ def recover(engine: Engine) -> list[str]:
                 redact,
             )
             notes.append(f"RestoreJob {rjob.metadata.namespace}/{rjob.metadata.name}: interrupted")
-    from ._prune import finish_deletions
 
-    notes.extend(finish_deletions(engine))
+    notes.extend(finish_deletions(svc))
     return notes
 
 
-def _recover_record(engine: Engine, record: ArtifactRecord) -> str:
-    objs = engine.host.objects
+def _recover_record(svc: Services, record: ArtifactRecord) -> str:
+    objs = svc.host.objects
     spec = record.spec
-    storage = engine.catalog().storages.get(spec.storage_ref.name)
-    key = ArtifactKey(
-        namespace=spec.namespace,
-        kind=spec.application_kind,
-        application=spec.application_name,
-        uid=record.metadata.name,
-    )
+    storage = svc.catalog().storages.get(spec.storage_ref.name)
+    key = ArtifactKey.of(record)
     if storage is None:
         return f"artifact {record.metadata.name}: storage location gone, left for the operator"
-    store = engine.store_for(storage)
+    store = svc.store_for(storage)
     job = objs.get(BackupJob, spec.namespace, spec.job_ref.name)
     if (
         record.status.phase == "Writing"
@@ -115,25 +106,20 @@ def _recover_record(engine: Engine, record: ArtifactRecord) -> str:
     return f"artifact {record.metadata.name}: partial data removed"
 
 
-def _recover_committed(engine: Engine, record: ArtifactRecord, redact: Redactor) -> list[str]:
-    objs = engine.host.objects
+def _recover_committed(svc: Services, record: ArtifactRecord, redact: Redactor) -> list[str]:
+    objs = svc.host.objects
     spec = record.spec
     job = objs.get(BackupJob, spec.namespace, spec.job_ref.name)
     backup = objs.get(Backup, spec.namespace, spec.backup_name)
     if job is None or job.status.phase != "Running":
         return []
     if backup is None:
-        storage = engine.catalog().storages[spec.storage_ref.name]
-        key = ArtifactKey(
-            namespace=spec.namespace,
-            kind=spec.application_kind,
-            application=spec.application_name,
-            uid=record.metadata.name,
-        )
-        reader = engine.store_for(storage).reader(key)
+        storage = svc.catalog().storages[spec.storage_ref.name]
+        key = ArtifactKey.of(record)
+        reader = svc.store_for(storage).reader(key)
         m = reader.manifest
         strategy = structure(dict(m.strategy_ref), StrategyRef)
-        backup = engine._record_backup(
+        backup = svc.record_backup(
             job, strategy, m, record.metadata.name, record.status.checksum or ""
         )
     elif backup.status.artifact is None:
@@ -152,7 +138,7 @@ def _recover_committed(engine: Engine, record: ArtifactRecord, redact: Redactor)
                 ),
             )
         )
-    engine._finish(
+    svc.finish(
         job,
         True,
         "Completed",

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ._fields import (
+from .fields import (
     NAME_PATTERN,
     FieldInvalid,
     constrained,
@@ -43,7 +43,15 @@ ANNOTATION_PINNED = "backups.cozystack.io/pinned"
 URI_PREFIX = "cozy://backups/"
 
 
-def _default_apps_group(value: str | None) -> str:
+def artifact_uid(uri: str | None) -> str | None:
+    """The ArtifactRecord name in a Backup's ``status.artifact.uri``; None for a URI that
+    is not ours."""
+    if uri is None or not uri.startswith(URI_PREFIX):
+        return None
+    return uri[len(URI_PREFIX) :] or None
+
+
+def default_apps_group(value: str | None) -> str:
     # Cozystack: an empty apiGroup means the platform's application group.
     return value or APPS_GROUP
 
@@ -55,7 +63,7 @@ def _default_apps_group(value: str | None) -> str:
 class ApplicationRef:
     """The application a tenant protects, e.g. ``apps.cozystack.io/Postgres db1``."""
 
-    api_group: str = group_field(default=APPS_GROUP, converter=_default_apps_group)
+    api_group: str = group_field(default=APPS_GROUP, converter=default_apps_group)
     kind: str = kind_field()
     name: str = name_field()
 
@@ -71,7 +79,7 @@ class ApplicationRef:
 class GroupKind:
     """An application kind without a name: what a BackupClass binding matches."""
 
-    api_group: str = group_field(default=APPS_GROUP, converter=_default_apps_group)
+    api_group: str = group_field(default=APPS_GROUP, converter=default_apps_group)
     kind: str = kind_field()
 
     def __str__(self) -> str:
@@ -201,6 +209,7 @@ class BackupJobStatus:
 
 @attrs.frozen(kw_only=True)
 class BackupJob:
+    api_version: ClassVar[str] = API_VERSION
     kind: ClassVar[str] = "BackupJob"
     namespaced: ClassVar[bool] = True
     tenant_visible: ClassVar[bool] = True
@@ -250,6 +259,7 @@ class PlanStatus:
 
 @attrs.frozen(kw_only=True)
 class Plan:
+    api_version: ClassVar[str] = API_VERSION
     kind: ClassVar[str] = "Plan"
     namespaced: ClassVar[bool] = True
     tenant_visible: ClassVar[bool] = True
@@ -300,6 +310,7 @@ class BackupStatus:
 
 @attrs.frozen(kw_only=True)
 class Backup:
+    api_version: ClassVar[str] = API_VERSION
     kind: ClassVar[str] = "Backup"
     namespaced: ClassVar[bool] = True
     tenant_visible: ClassVar[bool] = True
@@ -330,6 +341,7 @@ class RestoreJobStatus:
 
 @attrs.frozen(kw_only=True)
 class RestoreJob:
+    api_version: ClassVar[str] = API_VERSION
     kind: ClassVar[str] = "RestoreJob"
     namespaced: ClassVar[bool] = True
     tenant_visible: ClassVar[bool] = True
@@ -408,6 +420,7 @@ class BackupClassSpec:
 
 @attrs.frozen(kw_only=True)
 class BackupClass:
+    api_version: ClassVar[str] = API_VERSION
     kind: ClassVar[str] = "BackupClass"
     namespaced: ClassVar[bool] = False
     tenant_visible: ClassVar[bool] = False
@@ -484,6 +497,7 @@ class StorageLocationSpec:
 
 @attrs.frozen(kw_only=True)
 class StorageLocation:
+    api_version: ClassVar[str] = API_VERSION
     kind: ClassVar[str] = "StorageLocation"
     namespaced: ClassVar[bool] = False
     tenant_visible: ClassVar[bool] = False
@@ -524,6 +538,7 @@ class ArtifactRecordStatus:
 
 @attrs.frozen(kw_only=True)
 class ArtifactRecord:
+    api_version: ClassVar[str] = API_VERSION
     kind: ClassVar[str] = "ArtifactRecord"
     namespaced: ClassVar[bool] = False
     tenant_visible: ClassVar[bool] = False

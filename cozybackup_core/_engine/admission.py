@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._classes import Catalog
-from ._errors import ValidationError
-from ._plans import check_cron
-from ._types import GROUP, ArtifactRecord, Backup, BackupClass, BackupJob, Plan, RestoreJob
+from .._api.errors import ValidationError
+from .._api.types import GROUP, ArtifactRecord, Backup, BackupClass, BackupJob, Plan, RestoreJob
+from .._catalog.catalog import Catalog
+from .plans import check_cron
 
 #: What a tenant may create; everything else is the platform's or the operator's.
 TENANT_KINDS: tuple[type[Any], ...] = (BackupJob, Plan, RestoreJob)

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import attrs
 from croniter import croniter
 
-from ._errors import ValidationError
-from ._types import Schedule
+from .._api.errors import ValidationError
+from .._api.types import Schedule
 
 UTC = dt.timezone.utc
 DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")

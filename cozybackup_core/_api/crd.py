@@ -15,9 +15,9 @@ from typing import Any
 
 import attrs
 
-from ._fields import SCHEMA_KEY
-from ._types import GROUP, KINDS, VERSION
-from ._wire import camel
+from .fields import SCHEMA_KEY
+from .types import GROUP, KINDS, VERSION
+from .wire import camel
 
 _PRINTER_COLUMNS: dict[str, list[dict[str, str]]] = {
     "BackupJob": [

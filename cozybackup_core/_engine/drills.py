@@ -10,20 +10,15 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import attrs
 
-from ._driver import AppLocation, Deadline, RestoreContext
-from ._errors import CozyError
-from ._retention import parse_age
-from ._types import LABEL_CLASS, Backup, Verification, VerificationPolicy
-
-if TYPE_CHECKING:
-    from ._classes import Catalog
-    from ._engine import Engine
+from .._api.errors import CozyError
+from .._api.types import Backup, Verification
+from .._drivers.contract import AppLocation, Deadline, RestoreContext
+from .._policy.retention import parse_age
+from .services import Services
 
 log = logging.getLogger("cozybackup.verify")
 
@@ -36,20 +31,20 @@ class _Quiet:
         pass
 
 
-def record(engine: Engine, backup: Backup, method: str, ok: bool, message: str) -> Backup:
+def record(svc: Services, backup: Backup, method: str, ok: bool, message: str) -> Backup:
     v = Verification(
-        time=engine.host.now(),
+        time=svc.host.now(),
         method=method,
         result="Passed" if ok else "Failed",
-        message=engine.redactor()(message)[:1000],
+        message=svc.redactor()(message)[:1000],
     )
     current = (
-        engine.host.objects.get(Backup, backup.metadata.namespace, backup.metadata.name) or backup
+        svc.host.objects.get(Backup, backup.metadata.namespace, backup.metadata.name) or backup
     )
-    updated = engine.host.objects.update_status(
+    updated = svc.host.objects.update_status(
         attrs.evolve(current, status=attrs.evolve(current.status, last_verified=v))
     )
-    engine.host.event(
+    svc.host.event(
         updated,
         "Normal" if ok else "Warning",
         "Verified" if ok else "VerificationFailed",
@@ -58,16 +53,16 @@ def record(engine: Engine, backup: Backup, method: str, ok: bool, message: str) 
     return updated
 
 
-def verify_checksums(engine: Engine, backup: Backup) -> Backup:
+def verify_checksums(svc: Services, backup: Backup) -> Backup:
     start = time.monotonic()
     try:
-        m = engine.open_backup(backup)
+        m = svc.open_backup(backup)
         m.verify()
     except CozyError as exc:
-        return record(engine, backup, "Checksums", False, str(exc))
+        return record(svc, backup, "Checksums", False, str(exc))
     took = time.monotonic() - start
     return record(
-        engine,
+        svc,
         backup,
         "Checksums",
         True,
@@ -75,14 +70,14 @@ def verify_checksums(engine: Engine, backup: Backup) -> Backup:
     )
 
 
-def drill(engine: Engine, backup: Backup) -> Backup:
+def drill(svc: Services, backup: Backup) -> Backup:
     """Restore ``backup`` into a scratch target and smoke-check it."""
     start = time.monotonic()
     try:
-        driver = engine.plugins.registry.for_strategy(backup.spec.strategy_ref.kind)
-        reader = engine.open_backup(backup)
+        driver = svc.plugins.registry.for_strategy(backup.spec.strategy_ref.kind)
+        reader = svc.open_backup(backup)
         reader.verify()
-        params = engine._restore_parameters(backup, driver, reader.manifest)
+        params = svc.restore_parameters(backup, driver, reader.manifest)
         like = AppLocation(
             ref=backup.spec.application_ref, namespace=backup.metadata.namespace or ""
         )
@@ -101,57 +96,35 @@ def drill(engine: Engine, backup: Backup) -> Backup:
                     taken_at=backup.spec.taken_at,
                     progress=_Quiet(),
                     log=logging.getLogger(f"cozybackup.driver.{driver.name}"),
-                    deadline=Deadline.after(engine.config.restore_timeout),
+                    deadline=Deadline.after(svc.config.restore_timeout),
                 )
             )
             summary = driver.smoke_check(target, backup.spec.driver_metadata)
     except CozyError as exc:
-        return record(engine, backup, "RestoreDrill", False, str(exc))
+        return record(svc, backup, "RestoreDrill", False, str(exc))
     except Exception:
         log.exception(
             "restore drill of %s/%s failed", backup.metadata.namespace, backup.metadata.name
         )
         return record(
-            engine,
+            svc,
             backup,
             "RestoreDrill",
             False,
             "internal error during the drill; see the controller log",
         )
-    return record(
-        engine, backup, "RestoreDrill", True, f"{summary} ({time.monotonic() - start:.1f}s)"
-    )
+    return record(svc, backup, "RestoreDrill", True, f"{summary} ({time.monotonic() - start:.1f}s)")
 
 
-def _policy(catalog: Catalog, backup: Backup) -> VerificationPolicy | None:
-    bc = catalog.classes.get(backup.metadata.labels.get(LABEL_CLASS, ""))
-    if bc is None:
-        return None
-    for binding in bc.spec.strategies:
-        if binding.application == backup.spec.application_ref.group_kind:
-            return binding.verification or bc.spec.verification
-    return bc.spec.verification
-
-
-def due_drills(engine: Engine) -> list[Backup]:
+def due_drills(svc: Services) -> list[Backup]:
     """The newest Ready Backup of each application whose class asks for drills, when no
     drill of that application passed within the policy's ``every``."""
-    groups: dict[tuple[str, str, str], list[Backup]] = defaultdict(list)
-    for b in engine.host.objects.list(Backup):
-        if b.status.phase == "Ready":
-            ref = b.spec.application_ref
-            groups[
-                (
-                    b.metadata.namespace or "",
-                    b.metadata.labels.get(LABEL_CLASS, ""),
-                    str(ref.group_kind) + "/" + ref.name,
-                )
-            ].append(b)
-    now = engine.host.now()
-    catalog = engine.catalog()
+    groups = svc.ready_backups_by_application()
+    now = svc.host.now()
+    catalog = svc.catalog()
     due = []
     for backups in groups.values():
-        policy = _policy(catalog, backups[0])
+        policy = catalog.verification_for(backups[0])
         if policy is None or not policy.restore_drill:
             continue
         recent = [
@@ -165,5 +138,5 @@ def due_drills(engine: Engine) -> list[Backup]:
     return due
 
 
-def run_due_drills(engine: Engine) -> list[Backup]:
-    return [drill(engine, b) for b in due_drills(engine)]
+def run_due_drills(svc: Services) -> list[Backup]:
+    return [drill(svc, b) for b in due_drills(svc)]

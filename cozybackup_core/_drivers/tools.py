@@ -17,8 +17,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import IO
 
-from ._driver import Deadline
-from ._errors import DeadlineExceeded, DriverError
+from .._api.errors import DeadlineExceeded, DriverError
+from .contract import Deadline
 
 CHUNK = 1 << 20
 _STDERR_KEEP = 64 << 10

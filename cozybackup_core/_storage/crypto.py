@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ._errors import ArtifactCorruptError, EncryptionKeyError
+from .._api.errors import ArtifactCorruptError, EncryptionKeyError
 
 ALGORITHM = "aes-256-gcm-stream-64k"
 SEGMENT = 64 * 1024

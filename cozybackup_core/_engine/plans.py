@@ -11,10 +11,8 @@ import datetime as dt
 
 import attrs
 
-from ._errors import ConflictError, ValidationError
-from ._host import Host
-from ._schedule import Decision, decide, parse
-from ._types import (
+from .._api.errors import ConflictError, ValidationError
+from .._api.types import (
     LABEL_PLAN,
     BackupJob,
     BackupJobSpec,
@@ -25,6 +23,8 @@ from ._types import (
     PlanStatus,
     Schedule,
 )
+from .._policy.schedule import Decision, decide, parse
+from .port import Host
 
 ACTIVE = (None, "Pending", "Running")
 

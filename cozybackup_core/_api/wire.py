@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, cast
 
 import attrs
@@ -24,13 +24,42 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
-from ._errors import ValidationError
-from ._fields import FieldInvalid
-from ._types import API_VERSION, KINDS, ApplicationRef, GroupKind, ObjectMeta, Schedule
+from .errors import ValidationError
+from .fields import FieldInvalid
+from .types import KINDS, ApplicationRef, GroupKind, ObjectMeta, Schedule
 
-# (apiVersion, kind) -> class.  Hosts may add their own admin-only kinds.
-REGISTRY: dict[tuple[str, str], type[Any]] = {(API_VERSION, k): c for k, c in KINDS.items()}
-API_VERSIONS: dict[type[Any], str] = {c: API_VERSION for c in KINDS.values()}
+
+@attrs.frozen
+class Kinds:
+    """The kinds a loader knows, by ``(apiVersion, kind)``: explicit, never global state.
+
+    :data:`API_KINDS` holds cozybackup's API; a host with admin-only kinds of its own (the
+    local host's Application and Secret) extends it with :meth:`with_kinds` and passes the
+    result to :func:`load` / :func:`load_yaml`.  A kind class carries ``api_version`` and
+    ``kind`` as class attributes.
+    """
+
+    by_key: Mapping[tuple[str, str], type[Any]]
+
+    @classmethod
+    def of(cls, *classes: type[Any]) -> Kinds:
+        return cls({(c.api_version, c.kind): c for c in classes})
+
+    def with_kinds(self, *classes: type[Any]) -> Kinds:
+        return Kinds({**self.by_key, **Kinds.of(*classes).by_key})
+
+    def get(self, api_version: str, kind: str) -> type[Any] | None:
+        return self.by_key.get((api_version, kind))
+
+    def known(self, api_version: str) -> list[str]:
+        return sorted(k for (v, k) in self.by_key if v == api_version)
+
+    def __iter__(self) -> Iterator[type[Any]]:
+        return iter(self.by_key.values())
+
+
+#: cozybackup's own kinds (``backups.cozystack.io/v1alpha1``).
+API_KINDS = Kinds.of(*KINDS.values())
 
 # Keys that must be emitted even when equal to their default, so dumps stay explicit.
 _ALWAYS_EMIT: dict[type[Any], set[str]] = {
@@ -44,12 +73,6 @@ _OPEN_SCHEMAS: set[type[Any]] = {ObjectMeta}  # Kubernetes adds metadata keys we
 def camel(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
-def register_kind(api_version: str, cls: type[Any]) -> None:
-    """Let a host add an admin-only kind of its own (e.g. the local host's Application)."""
-    REGISTRY[(api_version, cls.kind)] = cls
-    API_VERSIONS[cls] = api_version
 
 
 def _structure_datetime(value: Any, _t: Any) -> dt.datetime:
@@ -252,8 +275,8 @@ def snapshot(obj: Any) -> Any:
 _KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 
 
-def load(doc: Any) -> Any:
-    """Load one Kubernetes-style manifest (a dict) into its typed object."""
+def load(doc: Any, kinds: Kinds = API_KINDS) -> Any:
+    """Load one Kubernetes-style manifest (a dict) into its typed object of ``kinds``."""
     if not isinstance(doc, Mapping):
         raise ValidationError([("", f"expected a mapping, got {type(doc).__name__}")])
     api_version, kind = doc.get("apiVersion"), doc.get("kind")
@@ -264,9 +287,9 @@ def load(doc: Any) -> Any:
         problems.append(("kind", "required"))
     if problems:
         raise ValidationError(problems)
-    cls = REGISTRY.get((str(api_version), str(kind)))
+    cls = kinds.get(str(api_version), str(kind))
     if cls is None:
-        known = sorted({k for (v, k) in REGISTRY if v == api_version})
+        known = kinds.known(str(api_version))
         hint = f" (known kinds: {', '.join(known)})" if known else ""
         raise ValidationError(
             [
@@ -288,10 +311,10 @@ def load(doc: Any) -> Any:
 def dump(obj: Any) -> dict[str, Any]:
     """The manifest of a typed object: ``apiVersion``, ``kind``, then its fields."""
     body = unstructure(obj)
-    return {"apiVersion": API_VERSIONS[type(obj)], "kind": obj.kind, **body}
+    return {"apiVersion": obj.api_version, "kind": obj.kind, **body}
 
 
-def load_yaml(text: str, source: str = "<input>") -> list[Any]:
+def load_yaml(text: str, source: str = "<input>", kinds: Kinds = API_KINDS) -> list[Any]:
     """Load every document of a YAML stream; errors name the document and field."""
     try:
         docs = [d for d in yaml.safe_load_all(text) if d is not None]
@@ -300,7 +323,7 @@ def load_yaml(text: str, source: str = "<input>") -> list[Any]:
     out = []
     for i, doc in enumerate(docs):
         try:
-            out.append(load(doc))
+            out.append(load(doc, kinds))
         except ValidationError as exc:
             where = f"{source}" + (f" (document {i + 1})" if len(docs) > 1 else "")
             raise ValidationError([(p, f"{m} [{where}]") for p, m in exc.problems]) from None

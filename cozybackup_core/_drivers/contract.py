@@ -15,8 +15,8 @@ from typing import IO, Any, ClassVar, Protocol
 
 import attrs
 
-from ._errors import DeadlineExceeded, UnsupportedError
-from ._types import ApplicationRef, GroupKind
+from .._api.errors import DeadlineExceeded, UnsupportedError
+from .._api.types import ApplicationRef, GroupKind
 
 
 @attrs.frozen(kw_only=True)
@@ -154,6 +154,26 @@ class RestoreContext:
     deadline: Deadline
 
 
+@attrs.frozen(kw_only=True)
+class Locator:
+    """How a platform (Kubernetes) reaches every application of one kind.
+
+    ``connection`` values (strings, or lists/dicts of strings, nested) are templates:
+    ``{name}`` is the application's name and ``{namespace}`` the tenant's namespace
+    (``{{``/``}}`` for literal braces); other values are used as they are.
+    ``credentials_from`` (``credentialsFrom`` in a file) names the Secret (a template) in
+    the tenant's namespace that holds the credentials; ``keys`` maps a credential key the
+    driver reads to the Secret's key (default: every key of the Secret under its own
+    name); ``fixed`` adds constant credentials (``username: root``).  The application
+    counts as existing when its Secret exists (without a Secret: always).
+    """
+
+    connection: Mapping[str, Any] = attrs.field(factory=dict)
+    credentials_from: str | None = None
+    keys: Mapping[str, str] | None = None
+    fixed: Mapping[str, str] = attrs.field(factory=dict)
+
+
 class Driver(abc.ABC):
     """Base class of every driver.  Subclass it and register the class from a hook.
 
@@ -177,6 +197,13 @@ class Driver(abc.ABC):
     parameters_type: ClassVar[type[Any]] = NoParameters
     capabilities: ClassVar[Capabilities] = Capabilities()
     version: ClassVar[str] = "0"
+    #: Application kinds of ``apps.cozystack.io`` that the built-in class ``cozy-default``
+    #: binds to this driver when it is installed (the driver must serve them).
+    default_kinds: ClassVar[tuple[str, ...]] = ()
+    #: How an application of each kind is reached on Kubernetes (Cozystack's service and
+    #: Secret names), keyed by kind of ``apps.cozystack.io``; an admin's conventions file
+    #: adds to or overrides these.
+    locators: ClassVar[Mapping[str, Locator]] = {}
 
     @classmethod
     def serves(cls, kind: GroupKind) -> bool:

@@ -1,0 +1,170 @@
+"""A BackupJob, from pending to a recorded Backup.
+
+The order is the whole crash-safety argument:
+
+1. an ``ArtifactRecord`` (phase Writing) is stored *before* the first byte is uploaded;
+2. the driver streams into the artifact; ``manifest.json`` is written last (the commit);
+3. the record becomes Committed, then the ``Backup`` is created, then the job Succeeded.
+
+After a crash, ``recovery.recover()`` finds every record still Writing and either finishes
+the job (the manifest exists and every stream verifies) or removes the partial data.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import attrs
+
+from .._api.errors import PermanentError
+from .._api.types import (
+    LABEL_JOB,
+    ArtifactRecord,
+    ArtifactRecordSpec,
+    ArtifactRecordStatus,
+    Backup,
+    BackupJob,
+    LocalObjectRef,
+    ObjectMeta,
+    ObjectRef,
+)
+from .._api.units import human_bytes
+from .._api.wire import unstructure
+from .._catalog.catalog import Resolved
+from .._drivers.contract import AppLocation, BackupContext, Deadline, Driver
+from .._storage.store import ArtifactKey, Manifest, checksum_of
+from .services import Services
+
+
+def run_backup(svc: Services, job: BackupJob) -> BackupJob:
+    ns = job.metadata.namespace or ""
+    redact = svc.redactor()
+    existing = svc.host.objects.get(Backup, ns, job.metadata.name)
+    if existing is not None and existing.metadata.labels.get(LABEL_JOB) == job.metadata.name:
+        # Idempotent: the Backup exists (a retry after the record was written).
+        return svc.finish(
+            job,
+            True,
+            "Completed",
+            f"Backup {job.metadata.name} is ready",
+            redact,
+            backup_ref=LocalObjectRef(name=job.metadata.name),
+        )
+    if existing is not None:
+        return svc.finish(
+            job, False, "Conflict", f"a Backup named {job.metadata.name} already exists", redact
+        )
+    driver: Driver | None = None
+    try:
+        resolved = svc.catalog().resolve(job.spec.backup_class_name, job.spec.application_ref)
+        driver = resolved.driver
+        app = svc.host.locate(ns, job.spec.application_ref)
+    except Exception as exc:
+        reason, msg = svc.failure(exc, driver, job)
+        return svc.finish(job, False, reason, msg, redact)
+    redact = svc.redactor(app)
+    job = svc.start(job)
+    started = time.monotonic()
+    deadline = Deadline.after(svc.config.backup_timeout)  # covers every attempt
+    try:
+        backup, manifest = svc.with_retries(
+            lambda: _attempt(svc, job, resolved, app, deadline), deadline
+        )
+    except Exception as exc:
+        reason, msg = svc.failure(exc, driver, job)
+        return svc.finish(job, False, reason, msg, redact)
+    took = time.monotonic() - started
+    msg = (
+        f"Backup {backup.metadata.name} is ready: {human_bytes(manifest.size_bytes)} "
+        f"({human_bytes(manifest.stored_bytes)} stored) in {took:.1f}s"
+    )
+    return svc.finish(
+        job,
+        True,
+        "Completed",
+        msg,
+        redact,
+        backup_ref=LocalObjectRef(name=backup.metadata.name),
+    )
+
+
+def _attempt(
+    svc: Services, job: BackupJob, resolved: Resolved, app: AppLocation, deadline: Deadline
+) -> tuple[Backup, Manifest]:
+    ns = job.metadata.namespace or ""
+    objs = svc.host.objects
+    store = svc.store_for(resolved.storage)
+    uid = str(uuid.uuid4())
+    key = ArtifactKey(namespace=ns, kind=app.ref.kind, application=app.ref.name, uid=uid)
+    record = objs.create(
+        ArtifactRecord(
+            metadata=ObjectMeta(name=uid),
+            spec=ArtifactRecordSpec(
+                storage_ref=LocalObjectRef(name=resolved.storage.metadata.name),
+                namespace=ns,
+                application_kind=app.ref.kind,
+                application_name=app.ref.name,
+                job_ref=ObjectRef(kind="BackupJob", namespace=ns, name=job.metadata.name),
+                backup_name=job.metadata.name,
+            ),
+        )
+    )
+    progress = svc.progress(job)
+    writer = store.writer(key, on_bytes=progress.advance)
+    taken_at = svc.host.now()
+    try:
+        svc.notify(job, "writing")
+        ctx = BackupContext(
+            application=app,
+            parameters=resolved.parameters,
+            artifact=writer,
+            progress=progress,
+            log=logging.getLogger(f"cozybackup.driver.{resolved.driver.name}"),
+            deadline=deadline,
+        )
+        resolved.driver.backup(ctx)
+        ctx.deadline.check()
+        if writer.empty:
+            raise PermanentError(f"the {resolved.driver.name} driver produced no data")
+        if writer.server_streams:
+            progress.stage("inventorying the server's files")
+            writer.inventory_server_side(progress.advance)
+        manifest = Manifest(
+            format_version=1,
+            backup_uid=uid,
+            namespace=ns,
+            application={
+                "apiGroup": app.ref.api_group,
+                "kind": app.ref.kind,
+                "name": app.ref.name,
+            },
+            driver={"name": resolved.driver.name, "version": resolved.driver.version},
+            strategy_ref=unstructure(resolved.binding.strategy_ref),
+            parameters=resolved.parameters_snapshot,
+            taken_at=unstructure(taken_at),
+            streams=tuple(writer.streams),
+            server_files=tuple(writer.server_files),
+            encryption=writer.encryption,
+            tool_versions=dict(ctx.tool_versions),
+            # Tenant-visible on the Backup: scrubbed like every other tenant text.
+            driver_metadata=svc.redactor(app).scrub(dict(ctx.metadata)),
+        )
+        progress.stage("committing")
+        raw = writer.commit(manifest)
+    except BaseException:
+        svc.discard(store, key, record)
+        raise
+    checksum = checksum_of(raw)
+    svc.notify(job, "committed")
+    objs.update_status(
+        attrs.evolve(
+            record,
+            status=ArtifactRecordStatus(
+                phase="Committed", checksum=checksum, size_bytes=manifest.size_bytes
+            ),
+        )
+    )
+    backup = svc.record_backup(job, resolved.binding.strategy_ref, manifest, uid, checksum)
+    return backup, manifest

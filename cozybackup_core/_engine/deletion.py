@@ -1,0 +1,74 @@
+"""Deleting a Backup and its data, crash-safely.
+
+Order: Backup -> phase Deleting (no restore can start from it), record -> Deleting,
+artifact deleted, record deleted, Backup deleted.  A crash anywhere leaves a Deleting
+Backup or record that the next pass (or recovery) finishes; a Backup is never left
+pointing at missing data while claiming to be Ready.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from .._api.errors import CozyError
+from .._api.types import ArtifactRecord, Backup, Condition, artifact_uid
+from .._storage.store import ArtifactKey
+from .services import Services
+
+
+def delete_backup(svc: Services, backup: Backup, reason: str) -> None:
+    now = svc.host.now()
+    cond = Condition(
+        type="Deleting",
+        status="True",
+        reason="RetentionPolicy",
+        message=reason,
+        last_transition_time=now,
+    )
+    backup = svc.host.objects.update_status(
+        attrs.evolve(
+            backup, status=attrs.evolve(backup.status, phase="Deleting", conditions=(cond,))
+        )
+    )
+    svc.host.event(backup, "Normal", "Pruned", f"deleted by the retention policy: {reason}")
+    _finish(svc, backup)
+
+
+def finish_deletions(svc: Services) -> list[str]:
+    """Complete every deletion a crash interrupted."""
+    done = []
+    for backup in svc.host.objects.list(Backup):
+        if backup.status.phase == "Deleting":
+            _finish(svc, backup)
+            done.append(
+                f"Backup {backup.metadata.namespace}/{backup.metadata.name}: deletion finished"
+            )
+    for record in svc.host.objects.list(ArtifactRecord):
+        if record.status.phase == "Deleting":
+            _delete_record(svc, record)
+            done.append(f"artifact {record.metadata.name}: deletion finished")
+    return done
+
+
+def _finish(svc: Services, backup: Backup) -> None:
+    art = backup.status.artifact
+    uid = artifact_uid(art.uri if art else None)
+    if uid is not None:
+        record = svc.host.objects.get(ArtifactRecord, None, uid)
+        if record is not None:
+            if record.status.phase != "Deleting":
+                record = svc.host.objects.update_status(
+                    attrs.evolve(record, status=attrs.evolve(record.status, phase="Deleting"))
+                )
+            _delete_record(svc, record)
+    svc.host.objects.delete(Backup, backup.metadata.namespace, backup.metadata.name)
+
+
+def _delete_record(svc: Services, record: ArtifactRecord) -> None:
+    store = svc.store_of(record)
+    if store is None:
+        raise CozyError(
+            f"artifact {record.metadata.name}: its storage location is gone; left for the operator"
+        )
+    store.delete(ArtifactKey.of(record))
+    svc.host.objects.delete(ArtifactRecord, None, record.metadata.name)

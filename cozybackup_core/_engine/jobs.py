@@ -1,0 +1,82 @@
+"""The job queue: pending BackupJobs, then pending RestoreJobs, one application at a time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .._api.types import Backup, BackupJob, RestoreJob
+from .backup import run_backup
+from .restore import run_restore
+from .services import Job, Services
+
+
+def run_once(svc: Services, stop: threading.Event | None = None) -> list[Job]:
+    """Process every pending BackupJob, then every pending RestoreJob; returns the
+    jobs finished.
+
+    Backups go first so that a RestoreJob applied together with the BackupJob that
+    makes its Backup finds it.  Within a phase, jobs for the same application run one
+    after another in creation order, jobs for different applications in parallel on
+    ``config.workers`` threads: never two at once for one application.  Once ``stop``
+    is set, running jobs finish and no new one starts (they stay Pending).
+    """
+    objs = svc.host.objects
+    finished: list[Job] = []
+    backups: list[Job] = [j for j in objs.list(BackupJob) if j.status.phase in (None, "Pending")]
+    finished += _run_phase(svc, backups, stop)
+    restores: list[Job] = [j for j in objs.list(RestoreJob) if j.status.phase in (None, "Pending")]
+    finished += _run_phase(svc, restores, stop)
+    return finished
+
+
+def _run_phase(svc: Services, pending: list[Job], stop: threading.Event | None) -> list[Job]:
+    queues: dict[tuple[str, ...], list[Job]] = {}
+    for job in sorted(pending, key=_created):
+        queues.setdefault(_app_key(svc, job), []).append(job)
+    finished: list[Job] = []
+
+    def drain(queue: list[Job]) -> None:
+        for job in queue:
+            if stop is not None and stop.is_set():
+                return
+            done = run_job(svc, job)
+            if done.status.phase in ("Succeeded", "Failed"):
+                finished.append(done)
+
+    if len(queues) <= 1 or svc.config.workers <= 1:
+        for queue in queues.values():
+            drain(queue)
+    else:
+        with ThreadPoolExecutor(svc.config.workers, thread_name_prefix="cozy-job") as pool:
+            for f in [pool.submit(drain, q) for q in queues.values()]:
+                f.result()
+    return finished
+
+
+def _app_key(svc: Services, job: Job) -> tuple[str, ...]:
+    ns = job.metadata.namespace or ""
+    if isinstance(job, BackupJob):
+        ref = job.spec.application_ref
+    else:
+        target = job.spec.target_application_ref
+        backup = svc.host.objects.get(Backup, ns, job.spec.backup_ref.name)
+        ref = target or (backup.spec.application_ref if backup else None)  # type: ignore[assignment]
+        if ref is None:
+            return (ns, "?", job.metadata.name)
+    return (ns, ref.api_group, ref.kind, ref.name)
+
+
+def run_job(svc: Services, job: Job) -> Job:
+    if isinstance(job, BackupJob):
+        return run_backup(svc, job)
+    return run_restore(svc, job)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _created(obj: Any) -> tuple[dt.datetime, str]:
+    return (obj.metadata.creation_timestamp or _EPOCH, obj.metadata.name)

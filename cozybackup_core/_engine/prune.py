@@ -1,0 +1,73 @@
+"""Applying retention: find what each policy releases and delete it (``deletion.py``)."""
+
+from __future__ import annotations
+
+import logging
+
+import attrs
+
+from .._api.types import (
+    ANNOTATION_PINNED,
+    Backup,
+)
+from .._policy.retention import Candidate, decide
+from .deletion import delete_backup, finish_deletions
+from .services import Services
+
+log = logging.getLogger("cozybackup.prune")
+
+
+@attrs.frozen(kw_only=True)
+class PruneAction:
+    namespace: str
+    backup: str
+    application: str
+    taken_at: str
+    delete: bool
+    reason: str
+
+
+def retention_actions(svc: Services) -> list[PruneAction]:
+    """What retention would do now, for every Backup under a policy."""
+    groups = svc.ready_backups_by_application()
+    now = svc.host.now()
+    catalog = svc.catalog()
+    actions: list[PruneAction] = []
+    for (ns, _cls, app), backups in sorted(groups.items()):
+        policy = catalog.retention_for(backups[0])
+        if policy is None:
+            continue
+        cands = [
+            Candidate(
+                b.metadata.name,
+                b.spec.taken_at,
+                b.metadata.annotations.get(ANNOTATION_PINNED) == "true",
+            )
+            for b in backups
+        ]
+        keep, delete = decide(cands, policy, now)
+        for b in sorted(backups, key=lambda b: b.spec.taken_at):
+            name = b.metadata.name
+            actions.append(
+                PruneAction(
+                    namespace=ns,
+                    backup=name,
+                    application=app.split("/", 1)[1],
+                    taken_at=b.spec.taken_at.isoformat(),
+                    delete=name in delete,
+                    reason=delete.get(name) or ", ".join(keep.get(name, [])),
+                )
+            )
+    return actions
+
+
+def prune(svc: Services, dry_run: bool = False) -> list[PruneAction]:
+    actions = retention_actions(svc)
+    if not dry_run:
+        for a in actions:
+            if a.delete:
+                backup = svc.host.objects.get(Backup, a.namespace, a.backup)
+                if backup is not None:
+                    delete_backup(svc, backup, a.reason)
+        finish_deletions(svc)
+    return actions

@@ -1,0 +1,90 @@
+"""A RestoreJob: every byte verified before the target is touched, then the driver."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .._api.errors import NotFoundError, UnsupportedError, ValidationError
+from .._api.types import Backup, BackupJob, RestoreJob
+from .._api.units import human_bytes
+from .._drivers.contract import Deadline, Driver, RestoreContext
+from .services import Services
+
+
+def run_restore(svc: Services, job: RestoreJob) -> RestoreJob:
+    ns = job.metadata.namespace or ""
+    redact = svc.redactor()
+    driver: Driver | None = None
+    try:
+        backup = svc.host.objects.get(Backup, ns, job.spec.backup_ref.name)
+        maker = svc.host.objects.get(BackupJob, ns, job.spec.backup_ref.name)
+        if (
+            backup is None
+            and maker is not None
+            and maker.status.phase in (None, "Pending", "Running")
+        ):
+            return job  # its Backup is still being made: stay Pending for the next pass
+        if backup is None:
+            raise NotFoundError(
+                f"Backup {job.spec.backup_ref.name} does not exist in namespace {ns}"
+            )
+        source = backup.spec.application_ref
+        target_ref = job.spec.target_application_ref or source
+        in_place = job.spec.target_application_ref is None or target_ref == source
+        if target_ref.group_kind != source.group_kind:
+            raise ValidationError(
+                [
+                    (
+                        "spec.targetApplicationRef.kind",
+                        f"must be {source.kind} ({source.api_group}), the kind of Backup {backup.metadata.name}",
+                    )
+                ]
+            )
+        driver = svc.plugins.registry.for_strategy(backup.spec.strategy_ref.kind)
+        caps = driver.capabilities
+        if in_place and not caps.in_place_restore:
+            raise UnsupportedError(
+                f"the {driver.name} driver cannot restore in place; set spec.targetApplicationRef to restore into a copy"
+            )
+        if not in_place and not caps.to_copy_restore:
+            raise UnsupportedError(f"the {driver.name} driver cannot restore into a copy")
+        reader = svc.open_backup(backup)
+        params = svc.restore_parameters(backup, driver, reader.manifest)
+        target = svc.host.locate(ns, target_ref)
+    except Exception as exc:
+        reason, msg = svc.failure(exc, driver, job)
+        return svc.finish(job, False, reason, msg, redact)
+    redact = svc.redactor(target)
+    job = svc.start(job)
+    progress = svc.progress(job)
+    started = time.monotonic()
+    try:
+        # Every byte is checked before the target is touched.
+        progress.stage("verifying", bytes_total=reader.manifest.stored_bytes)
+        reader.unlock()  # a missing or wrong key fails here, before any byte is read
+        reader.verify_stored(progress.advance)
+        svc.notify(job, "verified")
+        progress.stage("restoring", bytes_total=reader.manifest.size_bytes)
+        reader.on_bytes = progress.advance
+        svc.notify(job, "restoring")
+        ctx = RestoreContext(
+            target=target,
+            source=source,
+            in_place=in_place,
+            parameters=params,
+            artifact=reader,
+            driver_metadata=backup.spec.driver_metadata,
+            taken_at=backup.spec.taken_at,
+            progress=progress,
+            log=logging.getLogger(f"cozybackup.driver.{driver.name}"),
+            deadline=Deadline.after(svc.config.restore_timeout),
+        )
+        driver.restore(ctx)
+    except Exception as exc:
+        reason, msg = svc.failure(exc, driver, job)
+        return svc.finish(job, False, reason, msg, redact)
+    took = time.monotonic() - started
+    where = "in place" if in_place else f"into {target_ref.kind} {target_ref.name}"
+    msg = f"restored Backup {backup.metadata.name} {where}: {human_bytes(reader.manifest.size_bytes)} in {took:.1f}s"
+    return svc.finish(job, True, "Completed", msg, redact)

@@ -1,0 +1,364 @@
+"""What every engine operation shares: the services object.
+
+Backup, restore, recovery, retention and drills each depend on :class:`Services` and on
+nothing of each other: the catalog, the stores (with explicit invalidation), the
+redactor, job start/finish and status writes, recording a Backup and opening one for
+restore.  The crash-safety order is described in ``backup.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+
+from .._api.errors import (
+    ArtifactCorruptError,
+    CozyError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+)
+from .._api.types import (
+    LABEL_CLASS,
+    LABEL_JOB,
+    LABEL_PLAN,
+    URI_PREFIX,
+    Artifact,
+    ArtifactRecord,
+    Backup,
+    BackupClass,
+    BackupJob,
+    BackupSpec,
+    BackupStatus,
+    Condition,
+    ObjectMeta,
+    RestoreJob,
+    StorageLocation,
+    StorageLocationSpec,
+    StrategyRef,
+    artifact_uid,
+)
+from .._api.types import Progress as ProgressStatus
+from .._api.wire import camel, structure
+from .._catalog.catalog import Catalog, parameters_for
+from .._drivers.contract import AppLocation, Deadline, Driver
+from .._plugins.host import PluginHost
+from .._storage.providers import store_secrets
+from .._storage.store import ArtifactKey, ArtifactReader, ArtifactStore, Manifest, checksum_of
+from .port import Host
+from .progress import Progress, ProgressUpdate
+from .redact import Redactor, sensitive_values
+
+log = logging.getLogger("cozybackup.engine")
+
+Job = BackupJob | RestoreJob
+J = TypeVar("J", BackupJob, RestoreJob)
+
+
+@attrs.frozen(kw_only=True)
+class EngineConfig:
+    backup_timeout: float = 12 * 3600.0
+    restore_timeout: float = 12 * 3600.0
+    #: Attempts for transient (storage) errors, with exponential backoff from ``backoff``.
+    attempts: int = 3
+    backoff: float = 5.0
+    workers: int = 2
+    progress_interval: float = 2.0
+
+
+def _condition(type_: str, reason: str, message: str, now: Any) -> Condition:
+    return Condition(
+        type=type_, status="True", reason=reason, message=message, last_transition_time=now
+    )
+
+
+class Services:
+    def __init__(
+        self,
+        host: Host,
+        plugins: PluginHost,
+        config: EngineConfig | None = None,
+        on_progress: Callable[[ProgressUpdate], None] | None = None,
+    ) -> None:
+        self.host = host
+        self.plugins = plugins
+        self.storage = plugins.storage
+        self.config = config or EngineConfig()
+        self.on_progress = on_progress
+        self._stores: dict[tuple[str, StorageLocationSpec], ArtifactStore] = {}
+        self._status_lock = threading.Lock()
+
+    def catalog(self) -> Catalog:
+        objs = self.host.objects
+        return Catalog.build(
+            self.plugins.registry, objs.list(BackupClass), objs.list(StorageLocation)
+        )
+
+    def store_for(self, loc: StorageLocation) -> ArtifactStore:
+        """The store of a location, opened once and kept until :meth:`invalidate_stores`
+        (or until the location's spec changes: the cache is keyed by the whole spec)."""
+        key = (loc.metadata.name, loc.spec)
+        if key not in self._stores:
+            self._stores[key] = self.storage.open(loc.spec, self.host)
+        return self._stores[key]
+
+    def invalidate_stores(self) -> None:
+        """Forget every open store, so the next job re-reads credentials and keys."""
+        self._stores.clear()
+
+    def redactor(self, *locations: AppLocation) -> Redactor:
+        r = Redactor()
+        for loc in self.catalog().storages.values():
+            r.add(*self.storage.sensitive(loc.spec, self.host))
+        for store in self._stores.values():
+            r.add(*store_secrets(store))
+        for app in locations:
+            r.add(*sensitive_values(app.connection, app.credentials))
+        return r
+
+    def set_status(self, job: J, **changes: Any) -> J:
+        with self._status_lock:
+            current = self.host.objects.get(type(job), job.metadata.namespace, job.metadata.name)
+            base = current if current is not None else job
+            new = attrs.evolve(base, status=attrs.evolve(base.status, **changes))
+            return self.host.objects.update_status(new)
+
+    def start(self, job: J) -> J:
+        now = self.host.now()
+        job = self.set_status(
+            job,
+            phase="Running",
+            started_at=now,
+            completed_at=None,
+            message="started",
+            conditions=(_condition("Running", "Started", "the job is running", now),),
+            progress=ProgressStatus(stage="starting", updated_at=now),
+        )
+        self.host.event(job, "Normal", "Started", f"{job.kind} started")
+        self.notify(job, "started")
+        return job
+
+    def finish(
+        self, job: J, ok: bool, reason: str, message: str, redact: Redactor, **extra: Any
+    ) -> J:
+        now = self.host.now()
+        message = redact(message)
+        cond = _condition("Complete" if ok else "Failed", reason, message, now)
+        job = self.set_status(
+            job,
+            phase="Succeeded" if ok else "Failed",
+            completed_at=now,
+            message=message,
+            conditions=(cond,),
+            **extra,
+        )
+        self.host.event(job, "Normal" if ok else "Warning", reason, message)
+        self.notify(job, "finished")
+        return job
+
+    def notify(self, job: Any, stage: str) -> None:
+        self.plugins.notify_stage(job.kind, job.metadata.namespace or "", job.metadata.name, stage)
+
+    def progress(self, job: Any) -> Progress:
+        def publish(update: ProgressUpdate) -> None:
+            try:
+                self.set_status(
+                    job,
+                    progress=ProgressStatus(
+                        stage=update.stage,
+                        bytes_done=update.bytes_done,
+                        bytes_total=update.bytes_total,
+                        updated_at=self.host.now(),
+                    ),
+                )
+            except CozyError:
+                log.warning("could not record progress of %s", job.metadata.name)
+            if self.on_progress:
+                self.on_progress(update)
+
+        return Progress(
+            job.kind,
+            job.metadata.namespace or "",
+            job.metadata.name,
+            publish,
+            self.config.progress_interval,
+        )
+
+    def failure(self, exc: BaseException, driver: Driver | None, job: Any) -> tuple[str, str]:
+        """(reason, tenant-safe message) for an exception; details go to the platform log."""
+        if isinstance(exc, CozyError):
+            if exc.admin_detail:
+                log.warning(
+                    "%s %s/%s: %s (%s)",
+                    job.kind,
+                    job.metadata.namespace,
+                    job.metadata.name,
+                    exc,
+                    exc.admin_detail,
+                )
+            return exc.reason, exc.message
+        ref = uuid.uuid4().hex[:12]
+        log.error(
+            "%s %s/%s failed (ref %s):\n%s",
+            job.kind,
+            job.metadata.namespace,
+            job.metadata.name,
+            ref,
+            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        )
+        who = f"the {driver.name} driver" if driver else "cozybackup"
+        return "InternalError", (
+            f"internal error in {who}; the platform operator can find the details in the "
+            f"controller log under reference {ref}"
+        )
+
+    def with_retries(self, fn: Callable[[], Any], deadline: Deadline) -> Any:
+        """Retry transient failures with exponential backoff, within the job's deadline:
+        a storage outage longer than the deadline fails the job, it does not hang it."""
+        delay = self.config.backoff
+        for attempt in range(1, self.config.attempts + 1):
+            try:
+                return fn()
+            except TransientError as exc:
+                if attempt == self.config.attempts or deadline.remaining() <= delay:
+                    raise
+                log.warning(
+                    "transient error (attempt %d): %s %s", attempt, exc, exc.admin_detail or ""
+                )
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def record_backup(
+        self, job: BackupJob, strategy_ref: StrategyRef, manifest: Manifest, uid: str, checksum: str
+    ) -> Backup:
+        labels = {LABEL_JOB: job.metadata.name, LABEL_CLASS: job.spec.backup_class_name}
+        if job.spec.plan_ref:
+            labels[LABEL_PLAN] = job.spec.plan_ref.name
+        backup = self.host.objects.create(
+            Backup(
+                metadata=ObjectMeta(
+                    name=job.metadata.name, namespace=job.metadata.namespace, labels=labels
+                ),
+                spec=BackupSpec(
+                    application_ref=job.spec.application_ref,
+                    plan_ref=job.spec.plan_ref,
+                    strategy_ref=strategy_ref,
+                    taken_at=structure(manifest.taken_at, dt.datetime),
+                    driver_metadata=dict(manifest.driver_metadata),
+                ),
+                status=BackupStatus(
+                    phase="Ready",
+                    artifact=Artifact(
+                        uri=URI_PREFIX + uid, size_bytes=manifest.size_bytes, checksum=checksum
+                    ),
+                ),
+            )
+        )
+        self.notify(job, "recorded")
+        return backup
+
+    def discard(self, store: ArtifactStore, key: ArtifactKey, record: ArtifactRecord) -> None:
+        try:
+            store.delete(key)
+            self.host.objects.delete(ArtifactRecord, None, record.metadata.name)
+        except Exception:
+            # Left as Writing: the next recover() pass removes it.
+            log.exception("could not remove partial artifact %s", record.metadata.name)
+
+    def artifact_of(self, backup: Backup) -> tuple[ArtifactStore, ArtifactKey, ArtifactRecord]:
+        art = backup.status.artifact
+        uid = artifact_uid(art.uri if art else None)
+        if backup.status.phase != "Ready" or uid is None:
+            raise PermanentError(
+                f"Backup {backup.metadata.name} is not ready (phase {backup.status.phase or 'unknown'})"
+            )
+        record = self.host.objects.get(ArtifactRecord, None, uid)
+        if (
+            record is None
+            or record.status.phase != "Committed"
+            or record.spec.namespace != backup.metadata.namespace
+        ):
+            raise ArtifactCorruptError(
+                f"the data of Backup {backup.metadata.name} is missing from storage"
+            )
+        storage = self.catalog().storages.get(record.spec.storage_ref.name)
+        if storage is None:
+            raise NotFoundError(
+                f"the storage holding Backup {backup.metadata.name} is no longer configured; ask the platform operator"
+            )
+        return self.store_for(storage), ArtifactKey.of(record), record
+
+    def open_backup(self, backup: Backup) -> ArtifactReader:
+        """A reader for the named Backup whose manifest matches the recorded checksum."""
+        store, key, _ = self.artifact_of(backup)
+        reader = store.reader(key)
+        assert backup.status.artifact is not None
+        if checksum_of(reader.manifest_bytes) != backup.status.artifact.checksum:
+            raise ArtifactCorruptError(
+                f"the manifest of Backup {backup.metadata.name} does not match its recorded checksum"
+            )
+        return reader
+
+    def store_of(self, record: ArtifactRecord) -> ArtifactStore | None:
+        """The store holding a record's artifact; None when its location is gone."""
+        storage = self.catalog().storages.get(record.spec.storage_ref.name)
+        return None if storage is None else self.store_for(storage)
+
+    def ready_backups_by_application(self) -> dict[tuple[str, str, str], list[Backup]]:
+        """Ready Backups grouped by (namespace, class, application), the unit that
+        retention and drills decide for."""
+        groups: dict[tuple[str, str, str], list[Backup]] = {}
+        for b in self.host.objects.list(Backup):
+            if b.status.phase == "Ready":
+                ref = b.spec.application_ref
+                key = (
+                    b.metadata.namespace or "",
+                    b.metadata.labels.get(LABEL_CLASS, ""),
+                    f"{ref.api_group}/{ref.kind}/{ref.name}",
+                )
+                groups.setdefault(key, []).append(b)
+        return groups
+
+    def verify_backup(
+        self, namespace: str, name: str, on_bytes: Callable[[int], None] = lambda n: None
+    ) -> Manifest:
+        backup = self.host.objects.get(Backup, namespace, name)
+        if backup is None:
+            raise NotFoundError(f"Backup {name} does not exist in namespace {namespace}")
+        reader = self.open_backup(backup)
+        reader.verify(on_bytes)
+        return reader.manifest
+
+    def restore_parameters(self, backup: Backup, driver: Driver, manifest: Manifest) -> Any:
+        """The class's current parameters if it still binds this kind to the same driver
+        (restore-time settings can change after the backup); else the snapshot taken at
+        backup time, keeping only the fields this driver version still knows."""
+        class_name = backup.metadata.labels.get(LABEL_CLASS)
+        if class_name:
+            try:
+                resolved = self.catalog().resolve(class_name, backup.spec.application_ref)
+            except CozyError:
+                resolved = None
+            if resolved is not None and resolved.driver is driver:
+                return resolved.parameters
+        known = {camel(f.name) for f in attrs.fields(driver.parameters_type)}
+        dropped = sorted(set(manifest.parameters) - known)
+        if dropped:
+            log.warning(
+                "Backup %s: parameters %s are unknown to %s %s; using defaults",
+                backup.metadata.name,
+                dropped,
+                driver.name,
+                driver.version,
+            )
+        snapshot = {k: v for k, v in manifest.parameters.items() if k in known}
+        return parameters_for(driver, snapshot, "parameters")
