@@ -1,6 +1,9 @@
 """cozybackup core: API types, BackupClass resolution, driver contract, storage, engine.
 
-Drivers import only from here (and ``cozybackup_core.testing`` in their tests).
+Drivers import only from here (and ``cozybackup_core.testing`` in their tests).  A host
+program (a custom controller) embeds the engine through here too: it implements
+:class:`Host` (with an :class:`ObjectStore` of :class:`Resource` objects), builds an
+:class:`Engine` and drives it with a :class:`Runner` (see docs/embedding.md).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from ._api.types import (
     StrategyRef,
 )
 from ._api.version import __version__
-from ._api.wire import dump, load, load_yaml
+from ._api.wire import API_KINDS, Kinds, dump, load, load_yaml
 from ._catalog.catalog import (
     BUILTIN_STORAGE,
     DEFAULT_BUCKET,
@@ -72,11 +75,15 @@ from ._drivers.registry import DriverRegistry
 from ._drivers.tools import run_admin_command, run_tool
 from ._engine.engine import Engine, EngineConfig
 from ._engine.plans import fire_due_plans
+from ._engine.port import Host, ObjectStore, Resource
+from ._engine.runner import PassReport, Runner
 from ._plugins.host import BrokenPlugin, PluginHost
+from ._storage.providers import StorageEnv, StorageProvider, StorageProviders
 from ._storage.store import ArtifactKey, ArtifactStore, Manifest
 from .hookspecs import hookimpl
 
 __all__ = [
+    "API_KINDS",
     "API_VERSION",
     "APPS_GROUP",
     "BUILTIN_STORAGE",
@@ -111,6 +118,8 @@ __all__ = [
     "EngineConfig",
     "FieldInvalid",
     "GroupKind",
+    "Host",
+    "Kinds",
     "LocalObjectRef",
     "Locator",
     "Manifest",
@@ -118,16 +127,23 @@ __all__ = [
     "NoParameters",
     "NotFoundError",
     "ObjectMeta",
+    "ObjectStore",
+    "PassReport",
     "PermanentError",
     "Plan",
     "PluginHost",
     "ProgressReporter",
     "Resolved",
+    "Resource",
     "RestoreContext",
     "RestoreJob",
+    "Runner",
     "ServerSideTarget",
+    "StorageEnv",
     "StorageError",
     "StorageLocation",
+    "StorageProvider",
+    "StorageProviders",
     "StrategyRef",
     "StreamSink",
     "StreamSource",

@@ -32,8 +32,8 @@ from ._api.wire import dump, load_yaml
 from ._catalog.catalog import BUILTIN_STORAGE, DEFAULT_CLASS, builtin_class
 from ._engine.admission import admit
 from ._engine.engine import Engine, EngineConfig
-from ._engine.plans import fire_due_plans
 from ._engine.progress import ProgressUpdate
+from ._engine.runner import PassReport, Runner
 from ._plugins.host import PluginHost
 from .hosts._local_types import Application, Secret
 from .hosts.local import LOCAL_KINDS, LocalHost, default_home
@@ -228,7 +228,8 @@ class _ProgressPrinter:
         print(line, file=sys.stderr, flush=True)
 
 
-def cmd_run(ctx: Ctx) -> int:
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM/SIGINT: running jobs finish, then the loop ends."""
     stop = threading.Event()
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -240,35 +241,43 @@ def cmd_run(ctx: Ctx) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    engine = ctx.engine(_ProgressPrinter(ctx.args.quiet))
+    return stop
+
+
+def _serve(ctx: Ctx, engine: Engine, with_namespace: bool) -> int:
+    """The loop of ``run`` and ``controller``: recover once, then passes until stopped."""
+    stop = _stop_on_signals()
     for b in ctx.plugins.broken:
         print(f"warning: driver plugin {b.name} is broken: {b.error}", file=sys.stderr)
-    with ctx.host.runner_lock():
-        for note in engine.recover():
-            print(f"recovered: {note}", file=sys.stderr)
-        failed = 0
-        while True:
-            fire_due_plans(ctx.host)
-            for job in engine.run_once(stop):
-                failed += job.status.phase == "Failed"
+    runner = Runner(engine)
+    for note in runner.recover():
+        print(f"recovered: {note}", file=sys.stderr)
+
+    def report(r: PassReport) -> None:
+        for job in r.finished:
+            where = f" ({job.metadata.namespace})" if with_namespace else ""
+            print(
+                f"{job.kind.lower()}/{job.metadata.name}{where} {job.status.phase}: {job.status.message}"
+            )
+        for checked in r.drills:
+            v = checked.status.last_verified
+            if v is not None:
                 print(
-                    f"{job.kind.lower()}/{job.metadata.name} {job.status.phase}: {job.status.message}"
+                    f"drill backup/{checked.metadata.name} ({checked.metadata.namespace}): {v.result}: {v.message}"
                 )
-            if not stop.is_set():
-                for checked in engine.run_due_drills():
-                    v = checked.status.last_verified
-                    if v is not None:
-                        print(
-                            f"drill backup/{checked.metadata.name} ({checked.metadata.namespace}): {v.result}: {v.message}"
-                        )
-                for action in engine.prune():
-                    if action.delete:
-                        print(
-                            f"pruned backup/{action.backup} ({action.namespace}): {action.reason}"
-                        )
-            if ctx.args.once or stop.wait(ctx.args.interval):
-                break
-    return 1 if failed and ctx.args.once else 0
+        for action in r.pruned:
+            print(f"pruned backup/{action.backup} ({action.namespace}): {action.reason}")
+        if r.error:
+            print(f"error: the pass stopped early, retrying next pass: {r.error}", file=sys.stderr)
+
+    reports = runner.serve(stop, ctx.args.interval, once=ctx.args.once, on_pass=report)
+    return 1 if any(r.failed or r.error for r in reports) else 0
+
+
+def cmd_run(ctx: Ctx) -> int:
+    engine = ctx.engine(_ProgressPrinter(ctx.args.quiet))
+    with ctx.host.runner_lock():
+        return _serve(ctx, engine, with_namespace=False)
 
 
 def cmd_controller(ctx: Ctx) -> int:
@@ -283,17 +292,6 @@ def cmd_controller(ctx: Ctx) -> int:
     """
     from .hosts.kube import KubeHost, load_conventions
 
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: Any) -> None:
-        print(
-            f"cozybackup: signal {signum}: finishing the current jobs, then stopping",
-            file=sys.stderr,
-        )
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     # The drivers' own locators, with the admin's conventions file over them.
     conventions = {
         **ctx.plugins.registry.locators(),
@@ -309,27 +307,8 @@ def cmd_controller(ctx: Ctx) -> int:
         conventions=conventions,
         local_bucket_root=ctx.args.local_buckets,
     )
-    engine = Engine(host, ctx.plugins, EngineConfig(workers=ctx.args.workers))
-    for b in ctx.plugins.broken:
-        print(f"warning: driver plugin {b.name} is broken: {b.error}", file=sys.stderr)
     try:
-        for note in engine.recover():
-            print(f"recovered: {note}", file=sys.stderr)
-        while not stop.is_set():
-            try:
-                fire_due_plans(host)
-                for job in engine.run_once(stop):
-                    print(
-                        f"{job.kind.lower()}/{job.metadata.name} ({job.metadata.namespace}) {job.status.phase}"
-                    )
-                if not stop.is_set():
-                    engine.run_due_drills()
-                    engine.prune()
-            except CozyError as exc:  # the API server went away: try again next pass
-                log.error("controller pass failed: %s (%s)", exc, exc.admin_detail)
-            if ctx.args.once:
-                break
-            stop.wait(ctx.args.interval)
+        _serve(ctx, Engine(host, ctx.plugins, EngineConfig(workers=ctx.args.workers)), True)
     finally:
         host.close()
     return 0

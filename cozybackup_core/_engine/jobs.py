@@ -7,7 +7,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .._api.types import Backup, BackupJob, RestoreJob
+from .._api.types import ApplicationRef, Backup, BackupJob, RestoreJob
 from .backup import run_backup
 from .restore import run_restore
 from .services import Job, Services
@@ -58,12 +58,12 @@ def _run_phase(svc: Services, pending: list[Job], stop: threading.Event | None) 
 
 def _app_key(svc: Services, job: Job) -> tuple[str, ...]:
     ns = job.metadata.namespace or ""
+    ref: ApplicationRef | None
     if isinstance(job, BackupJob):
         ref = job.spec.application_ref
     else:
-        target = job.spec.target_application_ref
         backup = svc.host.objects.get(Backup, ns, job.spec.backup_ref.name)
-        ref = target or (backup.spec.application_ref if backup else None)  # type: ignore[assignment]
+        ref = job.spec.target_application_ref or (backup.spec.application_ref if backup else None)
         if ref is None:
             return (ns, "?", job.metadata.name)
     return (ns, ref.api_group, ref.kind, ref.name)

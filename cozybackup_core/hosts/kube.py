@@ -44,7 +44,7 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 
@@ -61,8 +61,8 @@ from .._api.errors import (
 from .._api.types import API_VERSION, GROUP, KINDS, VERSION, ApplicationRef
 from .._api.wire import dump, load
 from .._drivers.contract import AppLocation, Locator
+from .._engine.port import T
 
-T = TypeVar("T")
 log = logging.getLogger("cozybackup.kube")
 
 #: Seconds for connect and read of every API call.
@@ -241,7 +241,7 @@ class KubeObjectStore:
     def get(self, cls: type[T], namespace: str | None, name: str) -> T | None:
         self._check_kind(cls)
         try:
-            raw = self._get_raw(cls, namespace if cls.namespaced else None, name)  # type: ignore[attr-defined]
+            raw = self._get_raw(cls, namespace if cls.namespaced else None, name)
         except NotFoundError:
             return None
         obj: T = load(raw)
@@ -288,7 +288,7 @@ class KubeObjectStore:
                     meta.get("name", "?"),
                     exc,
                 )
-        out.sort(key=lambda o: (o.metadata.namespace or "", o.metadata.name))  # type: ignore[attr-defined]
+        out.sort(key=lambda o: (o.metadata.namespace or "", o.metadata.name))
         return out
 
     def create(self, obj: T) -> T:

@@ -18,10 +18,9 @@ import datetime as dt
 import fcntl
 import json
 import os
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import attrs
 import yaml
@@ -30,9 +29,8 @@ from .._api.errors import ConflictError, CozyError, NotFoundError
 from .._api.types import ApplicationRef
 from .._api.wire import API_KINDS, dump, load
 from .._drivers.contract import AppLocation
+from .._engine.port import Resource, T, bumped, stamped, with_metadata, with_status_of
 from ._local_types import Application, Secret
-
-T = TypeVar("T")
 
 #: The kinds the embedded host stores: the API's, and its own admin-only Application
 #: and Secret.  Pass it to ``load``/``load_yaml`` for manifests that may hold them.
@@ -88,11 +86,11 @@ class LocalObjectStore:
         os.replace(tmp, path)
 
     def get(self, cls: type[T], namespace: str | None, name: str) -> T | None:
-        obj: T | None = self._read(self._path(cls.kind, namespace, name))  # type: ignore[attr-defined]
+        obj: T | None = self._read(self._path(cls.kind, namespace, name))
         return obj
 
     def list(self, cls: type[T], namespace: str | None = None) -> list[T]:
-        base = self.root / "state" / cls.kind  # type: ignore[attr-defined]
+        base = self.root / "state" / cls.kind
         dirs = (
             [base / namespace] if namespace else (sorted(base.iterdir()) if base.exists() else [])
         )
@@ -107,82 +105,60 @@ class LocalObjectStore:
 
     def create(self, obj: T) -> T:
         with self.locked():
-            meta = obj.metadata  # type: ignore[attr-defined]
+            meta = obj.metadata
             if self.get(type(obj), meta.namespace, meta.name) is not None:
-                raise ConflictError(f"{obj.kind} {meta.name} already exists")  # type: ignore[attr-defined]
-            meta = attrs.evolve(
-                meta,
-                uid=meta.uid or str(uuid.uuid4()),
-                resource_version="1",
-                generation=1,
-                creation_timestamp=meta.creation_timestamp or self._clock(),
-            )
-            obj = attrs.evolve(obj, metadata=meta)  # type: ignore[misc]
+                raise ConflictError(f"{obj.kind} {meta.name} already exists")
+            obj = with_metadata(obj, stamped(meta, self._clock()))
             self._write(obj)
             return obj
 
     def replace(self, obj: T) -> T:
         """Create or update spec and metadata, keeping status (``apply``)."""
         with self.locked():
-            meta = obj.metadata  # type: ignore[attr-defined]
+            meta = obj.metadata
             current = self.get(type(obj), meta.namespace, meta.name)
             if current is None:
-                meta = attrs.evolve(
-                    meta,
-                    uid=str(uuid.uuid4()),
-                    resource_version="1",
-                    generation=1,
-                    creation_timestamp=self._clock(),
-                )
+                meta = stamped(attrs.evolve(meta, uid=None, creation_timestamp=None), self._clock())
             else:
-                cm = current.metadata  # type: ignore[attr-defined]
+                cm = current.metadata
                 meta = attrs.evolve(
                     meta,
                     uid=cm.uid,
                     creation_timestamp=cm.creation_timestamp,
-                    resource_version=str(int(cm.resource_version or 0) + 1),
+                    resource_version=bumped(cm).resource_version,
                     generation=(cm.generation or 1) + 1,
                 )
                 if hasattr(current, "status"):
-                    obj = attrs.evolve(obj, status=current.status)  # type: ignore[misc]
-            obj = attrs.evolve(obj, metadata=meta)  # type: ignore[misc]
+                    obj = with_status_of(obj, current)
+            obj = with_metadata(obj, meta)
             self._write(obj)
             return obj
 
     def set_metadata(self, obj: T) -> T:
         """Replace labels and annotations of an existing object (spec and status kept)."""
         with self.locked():
-            meta = obj.metadata  # type: ignore[attr-defined]
+            meta = obj.metadata
             current = self.get(type(obj), meta.namespace, meta.name)
             if current is None:
-                raise NotFoundError(f"{obj.kind} {meta.name} does not exist")  # type: ignore[attr-defined]
-            cm = current.metadata  # type: ignore[attr-defined]
+                raise NotFoundError(f"{obj.kind} {meta.name} does not exist")
             new_meta = attrs.evolve(
-                cm,
-                labels=meta.labels,
-                annotations=meta.annotations,
-                resource_version=str(int(cm.resource_version or 0) + 1),
+                bumped(current.metadata), labels=meta.labels, annotations=meta.annotations
             )
-            new = attrs.evolve(current, metadata=new_meta)  # type: ignore[misc]
+            new = with_metadata(current, new_meta)
             self._write(new)
             return new
 
     def update_status(self, obj: T) -> T:
         with self.locked():
-            meta = obj.metadata  # type: ignore[attr-defined]
+            meta = obj.metadata
             current = self.get(type(obj), meta.namespace, meta.name)
             if current is None:
-                raise NotFoundError(f"{obj.kind} {meta.name} does not exist")  # type: ignore[attr-defined]
-            cm = current.metadata  # type: ignore[attr-defined]
-            new = attrs.evolve(
-                current,
-                status=obj.status,  # type: ignore[misc, attr-defined]
-                metadata=attrs.evolve(cm, resource_version=str(int(cm.resource_version or 0) + 1)),
-            )
+                raise NotFoundError(f"{obj.kind} {meta.name} does not exist")
+            new = with_metadata(with_status_of(current, obj), bumped(current.metadata))
             self._write(new)
             return new
 
-    def delete(self, cls: type[Any], namespace: str | None, name: str) -> None:
+    def delete(self, cls: type[Resource], namespace: str | None, name: str) -> None:
         with self.locked(), contextlib.suppress(FileNotFoundError):
             self._path(cls.kind, namespace, name).unlink()
 

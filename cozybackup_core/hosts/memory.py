@@ -8,81 +8,69 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-import uuid
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, cast
 
 import attrs
 
 from .._api.errors import ConflictError, NotFoundError
 from .._api.types import ApplicationRef
 from .._drivers.contract import AppLocation
-
-T = TypeVar("T")
+from .._engine.port import Resource, T, stamped, with_metadata, with_status_of
 
 
 class MemoryObjectStore:
     def __init__(self, clock: Callable[[], dt.datetime]) -> None:
-        self._objs: dict[str, dict[tuple[str | None, str], Any]] = {}
+        self._objs: dict[str, dict[tuple[str | None, str], Resource]] = {}
         self._lock = threading.Lock()
         self._clock = clock
 
+    def _current(self, obj: T) -> T:
+        found = self._objs.get(obj.kind, {}).get((obj.metadata.namespace, obj.metadata.name))
+        if found is None:
+            raise NotFoundError(f"{obj.kind} {obj.metadata.name} does not exist")
+        return cast(T, found)  # stored under its own kind
+
     def get(self, cls: type[T], namespace: str | None, name: str) -> T | None:
-        found: T | None = self._objs.get(cls.kind, {}).get((namespace, name))  # type: ignore[attr-defined]
-        return found
+        return cast("T | None", self._objs.get(cls.kind, {}).get((namespace, name)))
 
     def list(self, cls: type[T], namespace: str | None = None) -> list[T]:
-        objs = self._objs.get(cls.kind, {})  # type: ignore[attr-defined]
+        objs = self._objs.get(cls.kind, {})
         return [
-            o
+            cast(T, o)
             for (ns, _), o in sorted(objs.items(), key=lambda kv: (kv[0][0] or "", kv[0][1]))
             if namespace is None or ns == namespace
         ]
 
     def create(self, obj: T) -> T:
-        meta = obj.metadata  # type: ignore[attr-defined]
+        meta = obj.metadata
         with self._lock:
-            bucket = self._objs.setdefault(obj.kind, {})  # type: ignore[attr-defined]
+            bucket = self._objs.setdefault(obj.kind, {})
             if (meta.namespace, meta.name) in bucket:
-                raise ConflictError(f"{obj.kind} {meta.name} already exists")  # type: ignore[attr-defined]
-            meta = attrs.evolve(
-                meta,
-                uid=meta.uid or str(uuid.uuid4()),
-                resource_version="1",
-                creation_timestamp=meta.creation_timestamp or self._clock(),
-            )
-            obj = attrs.evolve(obj, metadata=meta)  # type: ignore[misc]
+                raise ConflictError(f"{obj.kind} {meta.name} already exists")
+            obj = with_metadata(obj, stamped(meta, self._clock()))
             bucket[(meta.namespace, meta.name)] = obj
             return obj
 
     def update_status(self, obj: T) -> T:
-        meta = obj.metadata  # type: ignore[attr-defined]
+        meta = obj.metadata
         with self._lock:
-            bucket = self._objs.get(obj.kind, {})  # type: ignore[attr-defined]
-            current = bucket.get((meta.namespace, meta.name))
-            if current is None:
-                raise NotFoundError(f"{obj.kind} {meta.name} does not exist")  # type: ignore[attr-defined]
-            new = attrs.evolve(current, status=obj.status)  # type: ignore[attr-defined]
-            bucket[(meta.namespace, meta.name)] = new
-            return new  # type: ignore[no-any-return]
+            new = with_status_of(self._current(obj), obj)
+            self._objs[obj.kind][(meta.namespace, meta.name)] = new
+            return new
 
     def set_metadata(self, obj: T) -> T:
-        meta = obj.metadata  # type: ignore[attr-defined]
+        meta = obj.metadata
         with self._lock:
-            bucket = self._objs.get(obj.kind, {})  # type: ignore[attr-defined]
-            current = bucket.get((meta.namespace, meta.name))
-            if current is None:
-                raise NotFoundError(f"{obj.kind} {meta.name} does not exist")  # type: ignore[attr-defined]
-            new = attrs.evolve(
+            current = self._current(obj)
+            new = with_metadata(
                 current,
-                metadata=attrs.evolve(
-                    current.metadata, labels=meta.labels, annotations=meta.annotations
-                ),
+                attrs.evolve(current.metadata, labels=meta.labels, annotations=meta.annotations),
             )
-            bucket[(meta.namespace, meta.name)] = new
-            return new  # type: ignore[no-any-return]
+            self._objs[obj.kind][(meta.namespace, meta.name)] = new
+            return new
 
-    def delete(self, cls: type[Any], namespace: str | None, name: str) -> None:
+    def delete(self, cls: type[Resource], namespace: str | None, name: str) -> None:
         with self._lock:
             self._objs.get(cls.kind, {}).pop((namespace, name), None)
 
