@@ -85,7 +85,9 @@ def drivers(session: nox.Session) -> None:
         with session.chdir(d):
             # One failing driver must not hide the others: run every suite, fail at the end.
             try:
-                session.run("pytest", "-c", str(config), "--rootdir", str(d), "tests", *session.posargs)
+                session.run(
+                    "pytest", "-c", str(config), "--rootdir", str(d), "tests", *session.posargs
+                )
             except nox.command.CommandFailed:
                 failed.append(d.name)
     if failed:
