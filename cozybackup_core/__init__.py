@@ -51,6 +51,7 @@ from ._errors import (
     ValidationError,
 )
 from ._fields import FieldInvalid
+from ._localpaths import LocalDir, LocalFile, UnsafeLocalPath, open_local
 from ._plans import fire_due_plans
 from ._plugins import BrokenPlugin, DriverRegistry, PluginHost
 from ._storage import ArtifactKey, ArtifactStore, Manifest
@@ -116,6 +117,8 @@ __all__ = [
     "EngineConfig",
     "FieldInvalid",
     "GroupKind",
+    "LocalDir",
+    "LocalFile",
     "LocalObjectRef",
     "Manifest",
     "NoBindingError",
@@ -136,6 +139,7 @@ __all__ = [
     "StreamSink",
     "StreamSource",
     "TransientError",
+    "UnsafeLocalPath",
     "UnsupportedError",
     "ValidationError",
     "WriteBehind",
@@ -149,6 +153,7 @@ __all__ = [
     "load",
     "load_yaml",
     "object_schema",
+    "open_local",
     "run_admin_command",
     "run_tool",
 ]

@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "hookspecs": 2,
     "_plugins": 2,
     "_tools": 2,
+    "_localpaths": 2,
     "_crypto": 3,
     "_storage": 3,
     "_host": 4,
