@@ -169,9 +169,7 @@ class LocalFile:
     def fd_path(self) -> str:
         """A path naming this open file for a tool (``/proc/<pid>/fd/<n>``); valid while
         the file is open.  :class:`UnsupportedError` where the OS has no such names."""
-        if not Path(f"/proc/{os.getpid()}/fd").is_dir():
-            raise UnsupportedError("this backup worker has no /proc: local files need Linux")
-        return f"/proc/{os.getpid()}/fd/{self.fd}"
+        return _fd_path(self.fd)
 
     def is_at_name(self) -> bool:
         """Whether the name in the directory still refers to this very file."""
@@ -229,6 +227,12 @@ class LocalDir:
     def join(self, name: str) -> str:
         return f"{self.path.rstrip('/')}/{name}"
 
+    @property
+    def fd_path(self) -> str:
+        """A path naming this directory for a tool or for a path-only API
+        (``/proc/<pid>/fd/<n>``; names below it are looked up in this very directory)."""
+        return _fd_path(self.fd)
+
     def stat(self) -> os.stat_result:
         return os.fstat(self.fd)
 
@@ -258,7 +262,7 @@ class LocalDir:
             if missing_ok:
                 return None
             raise DriverError(
-                f"the application's {what} does not exist",
+                f"the application's {what} does not exist; ask the platform operator",
                 admin_detail=f"no file at {here}",
             )
         _check_regular(what, st, here, allow_hardlinks)
@@ -383,6 +387,12 @@ def open_local(
         return None
     f._owns_dir = True
     return f
+
+
+def _fd_path(fd: int) -> str:
+    if not Path(f"/proc/{os.getpid()}/fd").is_dir():
+        raise UnsupportedError("this backup worker has no /proc: local files need Linux")
+    return f"/proc/{os.getpid()}/fd/{fd}"
 
 
 def _check_regular(what: str, st: os.stat_result, path: str, allow_hardlinks: bool) -> None:

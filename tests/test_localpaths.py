@@ -187,6 +187,8 @@ def test_subdirectories_and_entries(tmp_path: Path) -> None:
         assert d.check_entry("data", what="data directory")
         with d.open_dir("data", what="data directory") as sub:
             assert sub.path == str(tmp_path / "data")
+            (Path(sub.fd_path) / "made-through-the-fd").write_bytes(b"x")
+        assert (tmp_path / "data" / "made-through-the-fd").exists()
         for name, kind in (("link", "a symbolic link"), ("fifo", "a FIFO")):
             with pytest.raises(UnsafeLocalPath, match=kind):
                 d.check_entry(name, what="data directory")
