@@ -301,12 +301,27 @@ class LocalDir:
         return True
 
     def open_dir(self, name: str, *, what: str) -> LocalDir:
-        """The subdirectory ``name``, opened without following a link."""
+        """The subdirectory ``name`` of this very directory, opened without following a
+        link (:class:`UnsafeLocalPath` for anything but a directory, :class:`DriverError`
+        if there is nothing)."""
         name = _name(name)
-        st = self.lstat(name)
-        if st is not None and not stat.S_ISDIR(st.st_mode):
-            raise _refusal(what, st, self.join(name), expected="a directory")
-        return LocalDir(_walk(self.join(name), what), self.join(name))
+        here = self.join(name)
+        try:
+            fd = os.open(name, os.O_RDONLY | _DIRECTORY | _NOFOLLOW | _CLOEXEC, dir_fd=self.fd)
+        except OSError as exc:
+            st = self.lstat(name)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                raise _refusal(what, st, here, expected="a directory") from None
+            if st is None:
+                raise DriverError(
+                    f"the application's {what} does not exist; ask the platform operator",
+                    admin_detail=f"{here} does not exist",
+                ) from None
+            raise DriverError(
+                f"the application's {what} could not be opened; ask the platform operator",
+                admin_detail=f"{here}: {exc!r}",
+            ) from None
+        return LocalDir(fd, here)
 
     def create(self, near: str, *, tag: str = "cozybackup-tmp", mode: int = 0o600) -> LocalFile:
         """A new, empty, owner-only file ``.<near>.<tag>-<random>`` in this directory

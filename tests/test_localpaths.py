@@ -195,5 +195,11 @@ def test_subdirectories_and_entries(tmp_path: Path) -> None:
             with pytest.raises(UnsafeLocalPath, match=kind):
                 d.open_dir(name, what="data directory")
         assert "data" in d.names()
+        (tmp_path / "data").rename(tmp_path / "moved")
+        (tmp_path / "data").symlink_to(tmp_path / "moved")
+        with pytest.raises(UnsafeLocalPath, match="a symbolic link"):
+            d.open_dir("data", what="data directory")
+        with pytest.raises(DriverError, match="does not exist"):
+            d.open_dir("nothing", what="data directory")
     root = LocalDir.open("/", what="root")
     root.close()
