@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from cozybackup_core import (
     BackupContext,
+    Capabilities,
     Deadline,
     Driver,
     GroupKind,
@@ -38,6 +39,8 @@ class EtcdDriver(Driver):
     strategy_kind: ClassVar[str] = "Etcd"
     kinds: ClassVar[tuple[GroupKind, ...]] = (ETCD_KIND,)
     parameters_type: ClassVar[type[Any]] = EtcdParameters
+    #: restores rebuild the members' declared data directories
+    capabilities: ClassVar[Capabilities] = Capabilities(local_paths=True)
     version: ClassVar[str] = __version__
 
     def backup(self, ctx: BackupContext) -> None:
