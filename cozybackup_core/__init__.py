@@ -71,6 +71,7 @@ from ._drivers.contract import (
     WriteBehind,
     iter_chunks,
 )
+from ._drivers.localpaths import LocalDir, LocalFile, UnsafeLocalPath, open_local
 from ._drivers.registry import DriverRegistry
 from ._drivers.tools import run_admin_command, run_tool
 from ._engine.engine import Engine, EngineConfig
@@ -120,6 +121,8 @@ __all__ = [
     "GroupKind",
     "Host",
     "Kinds",
+    "LocalDir",
+    "LocalFile",
     "LocalObjectRef",
     "Locator",
     "Manifest",
@@ -148,6 +151,7 @@ __all__ = [
     "StreamSink",
     "StreamSource",
     "TransientError",
+    "UnsafeLocalPath",
     "UnsupportedError",
     "ValidationError",
     "WriteBehind",
@@ -162,6 +166,7 @@ __all__ = [
     "load",
     "load_yaml",
     "object_schema",
+    "open_local",
     "run_admin_command",
     "run_tool",
 ]

@@ -121,9 +121,7 @@ def test_kind_without_binding() -> None:
 
 
 def test_driver_not_installed() -> None:
-    with pytest.raises(
-        DriverNotFoundError, match="the Postgres driver is not installed"
-    ):
+    with pytest.raises(DriverNotFoundError, match="the Postgres driver is not installed"):
         _catalog().resolve("cozy-default", ApplicationRef(kind="Postgres", name="db"))
     # A class naming a strategy whose driver is missing says which.
     [cls] = load_yaml(

@@ -30,6 +30,11 @@ class Capabilities:
 
     in_place_restore: bool = True
     to_copy_restore: bool = True
+    #: Reads or writes files or directories at local paths that the admin declares in an
+    #: application's connection (a database file, a disk image, a data directory).  Such
+    #: a driver opens them with ``open_local``/``LocalDir`` (no links, no special files),
+    #: and the conformance kit plants a symlink and a FIFO there to check it.
+    local_paths: bool = False
 
 
 @attrs.frozen(kw_only=True)

@@ -2,7 +2,8 @@
 
 Subclass :class:`DriverConformance`, set ``driver`` (the class) and ``kind``, and
 implement the four application hooks.  Tests that need a capability the driver does not
-declare are skipped with that reason.
+declare are skipped with that reason.  A driver with ``Capabilities(local_paths=True)``
+also implements :meth:`DriverConformance.local_paths`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from __future__ import annotations
 import abc
 import base64
 import os
-from collections.abc import Iterator
+import stat
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -60,6 +65,20 @@ class DriverConformance(abc.ABC):
     @abc.abstractmethod
     def break_app(self, app: AppHandle) -> AppHandle:
         """An app handle whose backup must fail (e.g. wrong credentials or server stopped)."""
+
+    #: Whether a backup reads the app's local paths.  False when only restores use them
+    #: (etcd rebuilds data directories but backs up over the network): the backup may then
+    #: succeed, but still must not open what is planted there.
+    backup_reads_local_paths: ClassVar[bool] = True
+
+    def local_paths(self, app: AppHandle) -> list[Path]:
+        """The files or directories of ``app`` that the driver reads or writes, each
+        written verbatim somewhere in ``app.connection``; [] when this application (or
+        mode) uses none.  Required with ``Capabilities(local_paths=True)``."""
+        raise NotImplementedError(
+            f"{self.driver.name} declares local_paths: its conformance test must say which "
+            "paths of an application the driver reads or writes (DriverConformance.local_paths)"
+        )
 
     # ---- fixtures
 
@@ -198,6 +217,145 @@ class DriverConformance(abc.ABC):
             secrets += [v for v in found if len(v) >= 3]
         leaks = [s for s in secrets if s in view]
         assert not leaks, f"tenant-visible objects contain {leaks}"
+
+    def test_links_and_fifos_at_local_paths_are_refused(
+        self, platform: LocalPlatform, tmp_path: Path
+    ) -> None:
+        """A tenant controls the file types at its own application's paths: a symlink to a
+        file outside, a dangling one, one to a FIFO, or a FIFO planted there.  A backup
+        fails cleanly without opening the target (unless it never reads the paths), and an
+        in-place restore fails cleanly without writing through the link; nothing outside
+        changes and the tenant learns no path."""
+        if not self.driver.capabilities.local_paths:
+            pytest.skip(f"{self.driver.name} reads and writes no local paths")
+        app = self.create_app(tmp_path, "origin")
+        paths = self.local_paths(app)
+        if not paths:
+            pytest.skip("this application has no local paths")
+        ref = self._declare(platform, app)
+        self.write_data(app, seed=12)
+        self._ok(platform.backup(NS, ref, "good", self.backup_class))
+        outside = tmp_path / "outside-the-application"
+        outside.mkdir()
+        n = 0
+        for i, path in enumerate(paths):
+            assert str(path) in _strings(app.connection), f"{path} is not in the connection"
+            is_dir = path.is_dir()
+            secret = outside / f"secret-{i}"
+            if is_dir:
+                secret.mkdir()
+                (secret / "canary").write_bytes(_CANARY)
+            else:
+                secret.write_bytes(_CANARY * 1000)
+            for plant in ("symlink", "dangling symlink", "symlink to a FIFO", "FIFO"):
+                n += 1
+                spot = tmp_path / "planted" / f"{i}-{n}" / path.name
+                spot.parent.mkdir(parents=True)
+                planted = AppHandle(
+                    ref=app.ref,
+                    connection=_swap_path(app.connection, str(path), str(spot)),
+                    credentials=app.credentials,
+                    extra=app.extra,
+                )
+                self._declare(platform, planted)  # the same application, now at ``spot``
+                fifo = outside / f"fifo-{n}" if plant == "symlink to a FIFO" else spot
+                dangling = outside / f"missing-{n}"
+                if plant == "symlink":
+                    spot.symlink_to(secret)
+                elif plant == "dangling symlink":
+                    spot.symlink_to(dangling)
+                elif plant == "symlink to a FIFO":
+                    spot.symlink_to(fifo)
+                with _watch_fifo(fifo if "FIFO" in plant else None) as opened:
+                    before = _tree(outside)
+                    job = platform.backup(NS, ref, f"b-{n}", self.backup_class)
+                    if self.backup_reads_local_paths or job.status.phase != "Succeeded":
+                        self._refused(job, plant)
+                    if self.driver.capabilities.in_place_restore:
+                        self._refused(platform.restore(NS, "good", f"r-{n}"), plant)
+                assert not opened, f"{plant}: the driver opened the FIFO"
+                assert _tree(outside) == before, f"{plant}: a file outside the app changed"
+                assert not dangling.exists(), f"{plant}: the link's target was created"
+                if plant == "FIFO":
+                    assert stat.S_ISFIFO(spot.lstat().st_mode)
+                else:
+                    assert spot.is_symlink() and spot.readlink() == (
+                        {"symlink": secret, "dangling symlink": dangling}.get(plant, fifo)
+                    ), f"{plant}: the link was replaced"
+        view = platform.tenant_view(NS)
+        assert str(tmp_path) not in view and "outside-the-application" not in view
+
+    def _refused(self, job: Any, plant: str) -> None:
+        assert job.status.phase == "Failed", f"{plant}: {job.kind} {job.status.phase}"
+        reason = job.status.conditions[0].reason
+        assert reason == "UnsafeApplicationPath", f"{plant}: {reason}: {job.status.message}"
+        expected = "a FIFO" if plant == "FIFO" else "a symbolic link"
+        assert expected in (job.status.message or ""), f"{plant}: {job.status.message}"
+
+
+_CANARY = b"cozybackup-conformance: a file outside the application\n"
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+def _swap_path(value: Any, old: str, new: str) -> Any:
+    """``value`` (a connection) with every string equal to ``old`` replaced by ``new``."""
+    if isinstance(value, str):
+        return new if value == old else value
+    if isinstance(value, Mapping):
+        return {k: _swap_path(v, old, new) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_swap_path(v, old, new) for v in value]
+    return value
+
+
+def _tree(root: Path) -> dict[str, tuple[int, bytes]]:
+    """Every entry under ``root``: its type and, for files, its bytes (FIFOs not read)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        st = p.lstat()
+        data = p.read_bytes() if stat.S_ISREG(st.st_mode) else b""
+        out[str(p.relative_to(root))] = (stat.S_IFMT(st.st_mode), data)
+    return out
+
+
+@contextmanager
+def _watch_fifo(path: Path | None) -> Iterator[list[bool]]:
+    """Create the FIFO ``path`` and record whether anyone opens it for reading (they
+    then read end-of-file rather than blocking forever)."""
+    opened: list[bool] = []
+    if path is None:
+        yield opened
+        return
+    os.mkfifo(path)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: nobody has it open for reading
+                time.sleep(0.002)
+                continue
+            opened.append(True)
+            os.close(fd)
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=watch, name="conformance-fifo-watch", daemon=True)
+    thread.start()
+    try:
+        yield opened
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _key_secret(name: str, raw: bytes) -> str:

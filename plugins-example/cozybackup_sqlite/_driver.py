@@ -13,12 +13,27 @@ Backup
     The file is plain SQL: ``sqlite3 new.db < dump.sql`` replays it by hand.
 
 Restore
-    The dump is replayed into a new file beside the target (same directory, so the
-    final ``rename`` is atomic), checked with ``PRAGMA integrity_check`` and moved over
-    the target with ``os.replace``.  On any failure before that the new file is removed
-    and the target's data is exactly as it was.  (Just before the swap, a WAL-mode
-    target is checkpointed and taken out of WAL mode: that folds in its ``-wal`` and
-    proves that no other process still has it open.)
+    The dump is replayed into a new file in a private (0700) directory of the worker's
+    temp dir and checked with ``PRAGMA integrity_check``.  It is then copied into an
+    owner-only temp file created beside the target (same directory, so the final
+    ``rename`` is atomic) and renamed over the target.  On any failure before that the
+    new files are removed and the target's data is exactly as it was.  (Just before the
+    swap, a WAL-mode target is checkpointed and taken out of WAL mode: that folds in its
+    ``-wal`` and proves that no other process still has it open.)  The restore needs
+    free space for the database twice: in the temp dir and beside the target.
+
+Hostile files
+    The database's directory belongs to the application (SQLite writes its journals
+    there), so a tenant decides what sits at the declared name; the worker is usually
+    more privileged.  So the declared path is never followed: the directory is reached
+    without links and held open, the file is opened with ``O_NOFOLLOW`` and must be a
+    regular file with one link (``cozybackup_core.open_local``); a symlink, FIFO,
+    socket, device or directory there is refused before it is opened.  SQLite itself
+    opens files by name, so after it has opened the database, and before it reads or
+    writes anything, the driver checks that SQLite found no link (``PRAGMA
+    database_list``) and that the name is still the file it checked.  SQLite never
+    writes by name in the application's directory: the new database is built in the
+    private directory, and only copied in through a descriptor and renamed into place.
 
 Known limits (those of SQL dumps, shared with the ``sqlite3`` shell's ``.dump``): the
 implicit ``rowid`` of tables without an ``INTEGER PRIMARY KEY`` is renumbered; text
@@ -32,9 +47,11 @@ import codecs
 import contextlib
 import math
 import os
-import secrets
+import shutil
 import sqlite3
 import stat
+import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
@@ -45,14 +62,19 @@ import attrs
 from cozybackup_core import (
     AppLocation,
     BackupContext,
+    Capabilities,
     Deadline,
     DeadlineExceeded,
     Driver,
     DriverError,
     GroupKind,
+    LocalDir,
+    LocalFile,
     RestoreContext,
+    UnsafeLocalPath,
     ValidationError,
     iter_chunks,
+    open_local,
 )
 
 try:
@@ -72,6 +94,11 @@ _FLUSH_CHARS = 1 << 20  # the dump is written to the artifact in ~1 MiB pieces
 _VM_STEPS = 10_000  # SQLite VM steps between deadline checks inside one statement
 _RELEASE_WAIT = 30.0  # seconds a restore waits for other users of the old file to leave
 _SIDECARS = ("-wal", "-shm", "-journal")
+_WHAT = "database file"  # in messages: "the application's database file is a symbolic link"
+_REGULAR = "a regular file"
+_RESTORE_TAG = "cozybackup-restore"
+_STALE_AFTER = 60.0  # seconds a restore's copy must be idle before a later restore removes it
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 @attrs.frozen(kw_only=True)
@@ -94,6 +121,7 @@ class SQLiteDriver(Driver):
     strategy_kind: ClassVar[str] = "SQLite"
     kinds: ClassVar[tuple[GroupKind, ...]] = (SQLITE_KIND,)
     parameters_type: ClassVar[type[Any]] = SQLiteParameters
+    capabilities: ClassVar[Capabilities] = Capabilities(local_paths=True)
     version: ClassVar[str] = __version__
 
     def validate_parameters(self, parameters: Any) -> None:
@@ -110,15 +138,14 @@ class SQLiteDriver(Driver):
         path = _db_path(ctx.application)
         deadline = ctx.deadline
         ctx.progress.stage("opening the database")
-        if not path.is_file():
-            raise DriverError(
-                "the application's database file does not exist",
-                admin_detail=f"{ctx.application.ref}: no regular file at {path}",
-            )
-        with _translate("reading the database", ctx.application, deadline):
+        with (
+            _checked(path) as db,
+            _translate("reading the database", ctx.application, deadline),
+        ):
             conn = _connect(path, deadline, timeout=deadline.remaining())
             quote = _Quote()
             try:
+                _same_file(conn, db)  # before SQLite has read a byte of it
                 # iterdump() renders every value with quote(): ours fixes two flaws.
                 conn.create_function("quote", 1, quote, deterministic=True)
                 # Consistency: everything below runs inside ONE read transaction, and
@@ -162,57 +189,44 @@ class SQLiteDriver(Driver):
     def restore(self, ctx: RestoreContext) -> None:
         params = ctx.parameters
         assert isinstance(params, SQLiteParameters)
-        target = _db_path(ctx.target).resolve()  # through symlinks: swap the real file
-        if not target.parent.is_dir():
-            raise DriverError(
-                "the target database's directory does not exist; ask the platform operator",
-                admin_detail=f"{ctx.target.ref}: {target.parent} is not a directory",
-            )
-        if target.exists() and not target.is_file():
-            raise DriverError(
-                "the target database's path is not a regular file; ask the platform operator",
-                admin_detail=f"{ctx.target.ref}: {target} is not a regular file",
-            )
-        # No stage() while replaying: the engine's "restoring" stage counts the dump's
-        # bytes as we read them, against its total; a stage of ours would reset that.
-        with _file_errors(ctx.target):
-            tmp = _create_beside(target)
-        try:
-            with _translate("restoring the database", ctx.target, ctx.deadline):
-                # No statement cache: every statement of a dump is different, and the
-                # cache would keep the last 128 of them, BLOB literals and all, in memory.
-                conn = _connect(tmp, ctx.deadline, timeout=0.0, cached_statements=0)
-                try:
-                    _replay(conn, ctx, params)
-                    if params.integrity_check:
-                        ctx.progress.stage("checking the restored database")
-                        _check_integrity(conn)
-                    (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
-                    if mode == "off":  # the dump did not ask for WAL: the default mode
-                        conn.execute("PRAGMA journal_mode=DELETE")
-                finally:
-                    conn.close()
+        target = _db_path(ctx.target)  # the declared name: never the file a link points to
+        with contextlib.ExitStack() as stack:
+            folder = stack.enter_context(LocalDir.open(target.parent, what=_WHAT, holds=True))
+            old = folder.open_file(target.name, what=_WHAT, missing_ok=True)
+            if old is not None:
+                stack.enter_context(old)
+            _check_sidecars(folder, target.name)
+            with _file_errors(ctx.target):
+                _sweep(folder, target.name)
+                work = Path(tempfile.mkdtemp(prefix="cozybackup-sqlite-"))  # 0700, ours
+            stack.callback(shutil.rmtree, work, ignore_errors=True)
+            built = _replay_into(work, ctx, params)
             ctx.progress.stage("replacing the database")
             with _file_errors(ctx.target):
-                _fsync(tmp)
-                _copy_ownership(target, tmp)
-            _release(target, ctx)
+                new = stack.enter_context(folder.create(target.name, tag=_RESTORE_TAG))
+            try:
+                with _file_errors(ctx.target):
+                    _copy_into(built, new, ctx.deadline)
+                    built.unlink()
+                    new.adopt(old.stat() if old is not None else None)
+                    new.fsync()
+                if old is not None:
+                    _release(target, old, ctx)
+                with _file_errors(ctx.target):
+                    # Sidecars of the OLD file must not outlive it: SQLite would replay a
+                    # stale ``-wal`` (or roll back a stale ``-journal``) into the new file
+                    # and corrupt it.  _release() has checkpointed and closed the old file
+                    # and proved nobody else had it open; what is left here is debris.
+                    for suffix in _SIDECARS:
+                        folder.unlink(target.name + suffix)
+                    # renameat: whatever is at the name now is replaced, never followed.
+                    folder.replace(new.name, target.name)
+            except BaseException:
+                folder.unlink(new.name)
+                raise
             with _file_errors(ctx.target):
-                # Sidecars of the OLD file must not outlive it: SQLite would replay a
-                # stale ``-wal`` (or roll back a stale ``-journal``) into the new file
-                # and corrupt it.  _release() has checkpointed and closed the old file
-                # and proved nobody else had it open; what is left here is debris.
-                for suffix in _SIDECARS:
-                    _unlink(_sidecar(target, suffix))
-                tmp.replace(target)
-        except BaseException:
-            _discard(tmp)
-            raise
-        with _file_errors(ctx.target):
-            _fsync(target.parent)  # make the rename itself durable
+                folder.fsync()  # make the rename itself durable
         ctx.log.info("restored the database %s", "in place" if ctx.in_place else "into a copy")
-
-    # ---------------------------------------------------------------------- connections
 
     # ------------------------------------------------------------------ restore drills
 
@@ -246,10 +260,18 @@ class SQLiteDriver(Driver):
 
 def _db_path(loc: AppLocation) -> Path:
     raw = loc.connection.get("path")
-    if not isinstance(raw, str) or not raw or "\x00" in raw or not Path(raw).is_absolute():
+    if (
+        not isinstance(raw, str)
+        or not raw
+        or "\x00" in raw
+        or not Path(raw).is_absolute()
+        or any(part in (".", "..") for part in raw.split("/"))
+        or raw.endswith("/")
+    ):
         raise DriverError(
             "this application's connection settings are incomplete; ask the platform operator",
-            admin_detail=f"{loc.ref}: connection key 'path' must be an absolute file path, "
+            admin_detail=f"{loc.ref}: connection key 'path' must be an absolute file path "
+            "(no '.' or '..'), "
             f"got {raw!r}",
         )
     return Path(raw)
@@ -559,34 +581,90 @@ def _check_integrity(conn: sqlite3.Connection) -> None:
 # ---------------------------------------------------------------------- files
 
 
-def _sidecar(path: Path, suffix: str) -> Path:
-    return path.with_name(path.name + suffix)
+@contextlib.contextmanager
+def _checked(path: Path) -> Iterator[LocalFile]:
+    """The declared database file, opened without following links (see the module doc)."""
+    db = open_local(path, what=_WHAT)
+    assert db is not None
+    with db:
+        _check_sidecars(db.dir, path.name)
+        yield db
 
 
-def _create_beside(target: Path) -> Path:
-    """A new empty file in the target's directory (so the final rename is atomic)."""
-    name = f".{target.name[:180]}.cozybackup-restore-{secrets.token_hex(6)}"
-    path = target.with_name(name)
-    # 0o644 like SQLite's own files, narrowed by the process umask.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-    os.close(fd)
-    return path
+def _check_sidecars(folder: LocalDir, name: str) -> None:
+    """SQLite opens ``-wal``/``-shm``/``-journal`` itself (with ``O_NOFOLLOW``); a FIFO or
+    a device there would block it, so each must be a regular file if it exists."""
+    for suffix in _SIDECARS:
+        folder.check_entry(name + suffix, what=f"database's {suffix[1:]} file", expected=_REGULAR)
 
 
-def _copy_ownership(old: Path, new: Path) -> None:
-    """The new file keeps the old one's permissions and, where allowed, its owner."""
-    try:
-        st = old.stat()
-    except FileNotFoundError:
-        return
-    new.chmod(stat.S_IMODE(st.st_mode))
-    mine = new.stat()
-    if (mine.st_uid, mine.st_gid) != (st.st_uid, st.st_gid):
-        with contextlib.suppress(PermissionError):
-            os.chown(new, st.st_uid, st.st_gid)
+def _same_file(conn: sqlite3.Connection, db: LocalFile) -> None:
+    """SQLite opens the database by name, following links: check, before it reads or
+    writes anything, that it found the very file :func:`open_local` checked."""
+    row = conn.execute("PRAGMA database_list").fetchone()
+    opened = str(row[2]) if row else ""
+    # SQLite resolves links in the name itself: a link found by it shows here.
+    if opened != db.path or not db.is_at_name():
+        raise UnsafeLocalPath(
+            f"the application's {_WHAT} changed while it was opened (it was replaced, maybe "
+            "by a symbolic link); nothing was read or changed. Run the job again once it "
+            "stays in place",
+            admin_detail=f"{db.path}: SQLite opened {opened!r}; the name "
+            f"{'still' if db.is_at_name() else 'no longer'} refers to the checked file",
+        )
 
 
-def _release(target: Path, ctx: RestoreContext) -> None:
+def _sweep(folder: LocalDir, name: str) -> None:
+    """Remove the copies a killed restore left beside the target (ours, and idle for a
+    minute: a restore running now writes its copy continuously)."""
+    prefix = f".{name[:160]}"
+    idle = time.time() - _STALE_AFTER
+    for entry in folder.names():
+        if entry.startswith(prefix) and f".{_RESTORE_TAG}-" in entry:
+            st = folder.lstat(entry)
+            if (
+                st is not None
+                and stat.S_ISREG(st.st_mode)
+                and st.st_uid == os.geteuid()
+                and st.st_mtime < idle
+            ):
+                folder.unlink(entry)
+
+
+def _replay_into(work: Path, ctx: RestoreContext, params: SQLiteParameters) -> Path:
+    """Replay the dump into a new database in ``work`` (private to this process)."""
+    built = work / "replay.sqlite"
+    with _file_errors(ctx.target):
+        # Owner-only from the start: SQLite gives its -wal/-shm the same mode.
+        os.close(os.open(built, os.O_RDWR | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600))
+    with _translate("restoring the database", ctx.target, ctx.deadline):
+        # No statement cache: every statement of a dump is different, and the
+        # cache would keep the last 128 of them, BLOB literals and all, in memory.
+        conn = _connect(built, ctx.deadline, timeout=0.0, cached_statements=0)
+        try:
+            _replay(conn, ctx, params)
+            if params.integrity_check:
+                ctx.progress.stage("checking the restored database")
+                _check_integrity(conn)
+            (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+            if mode == "off":  # the dump did not ask for WAL: the default mode
+                conn.execute("PRAGMA journal_mode=DELETE")
+        finally:
+            conn.close()
+    return built
+
+
+def _copy_into(built: Path, new: LocalFile, deadline: Deadline) -> None:
+    """Copy the built database into ``new`` through its descriptor (never by name)."""
+    with built.open("rb") as src:
+        for chunk in iter_chunks(src):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(new.fd, view) :]
+            deadline.check()
+
+
+def _release(target: Path, old: LocalFile, ctx: RestoreContext) -> None:
     """Make sure nobody uses the old file, and fold its WAL back in before the swap.
 
     SQLite cannot swap a file under open connections: they would keep the old inode,
@@ -594,14 +672,13 @@ def _release(target: Path, ctx: RestoreContext) -> None:
     the database to ourselves, so it doubles as the check; in rollback-journal mode an
     exclusive lock waits out any transaction in flight.  Stop the application first.
     """
-    if not target.exists():
-        return
     deadline = ctx.deadline
     try:
         conn = _connect(target, deadline, timeout=min(_RELEASE_WAIT, deadline.remaining()))
     except sqlite3.Error:
         return  # cannot even be opened: nothing in it to protect
     try:
+        _same_file(conn, old)  # before anything is written to what SQLite opened
         (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
         if str(mode).lower() == "wal":
             (now,) = conn.execute("PRAGMA journal_mode=DELETE").fetchone()
@@ -624,22 +701,3 @@ def _release(target: Path, ctx: RestoreContext) -> None:
         # Not a database, or a damaged one: nothing to fold back in; it is replaced as is.
     finally:
         conn.close()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _discard(tmp: Path) -> None:
-    for p in (tmp, *(_sidecar(tmp, s) for s in _SIDECARS)):
-        with contextlib.suppress(OSError):
-            p.unlink()

@@ -9,10 +9,14 @@ import importlib.metadata
 import io
 import json
 import logging
+import os
 import random
 import shutil
+import socket
 import sqlite3
+import stat
 import subprocess
+import tempfile
 import threading
 import time
 import tracemalloc
@@ -35,6 +39,7 @@ from cozybackup_core import (
     PluginHost,
     RestoreContext,
     ServerSideTarget,
+    UnsafeLocalPath,
     UnsupportedError,
     ValidationError,
     load_yaml,
@@ -388,6 +393,9 @@ class TestSQLiteConformance(DriverConformance):
         bad.write_bytes(b"this file is not a SQLite database\n" * 200)
         return AppHandle(ref=app.ref, connection={"path": str(bad)})
 
+    def local_paths(self, app: AppHandle) -> list[Path]:
+        return [Path(app.connection["path"])]
+
 
 class TestSQLiteConformanceWAL(TestSQLiteConformance):
     """The whole kit again on databases in WAL mode (the mode must survive a restore)."""
@@ -667,16 +675,254 @@ def test_restore_refuses_a_database_still_in_use(tmp_path: Path) -> None:
     assert plat.restore(NS, "b1", "r2").status.phase == "Succeeded"
 
 
-def test_restore_through_a_symlink_keeps_the_link(tmp_path: Path) -> None:
-    real = new_db(tmp_path / "data" / "real.sqlite")
-    fill(real, 41)
-    want = digest(real)
-    link = tmp_path / "link.sqlite"
-    link.symlink_to(real)
-    dump = dump_of(link)
-    fill(real, 42)
-    SQLiteDriver().restore(restore_ctx(link, {DUMP_STREAM: dump}))
-    assert link.is_symlink() and digest(real) == want
+# ---------------------------------------------------------------------------- hostile files
+#
+# The red team's D1: the application's directory is the tenant's (SQLite writes its
+# journals there), so the tenant decides what sits at the database's name.  The worker
+# runs as a more privileged user and must act on the declared file only.
+
+
+TENANT_A, TENANT_B = 2001, 2002  # the application users of the red team's report
+
+
+def as_tenant(uid: int, cwd: Path, *argv: str) -> None:
+    """Run a command in ``cwd`` as the tenant's application user (when we are root)."""
+    if os.geteuid() == 0:  # chdir happens before the uid changes: pytest's tmp is 0700
+        subprocess.run(argv, check=True, cwd=cwd, user=uid, group=uid, extra_groups=[])
+    else:
+        subprocess.run(argv, check=True, cwd=cwd)
+
+
+@pytest.fixture
+def srv(tmp_path: Path) -> Path:
+    """``$SRV`` of the report: tenant-a and tenant-b each own a 0700 directory with a
+    50-row ``shop.sqlite``; tenant-b's is 0600."""
+    root = tmp_path / "srv"
+    for tenant, uid, prefix in (("tenant-a", TENANT_A, "alpha-private-row"),
+                                ("tenant-b", TENANT_B, "bravo-TOPSECRET-row")):  # fmt: skip
+        d = root / tenant
+        d.mkdir(parents=True)
+        with connect(d / "shop.sqlite") as conn:
+            conn.execute("create table items(id integer primary key, v text)")
+            conn.executemany(
+                "insert into items(v) values (?)", [(f"{prefix}-{i}",) for i in range(50)]
+            )
+        (d / "shop.sqlite").chmod(0o600)
+        d.chmod(0o700)
+        if os.geteuid() == 0:
+            os.chown(d / "shop.sqlite", uid, uid)
+            os.chown(d, uid, uid)
+    (tmp_path / "fake-etc").mkdir()
+    (tmp_path / "fake-etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    return root
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def rows(path: Path) -> list[str]:
+    with connect(f"{path.as_uri()}?mode=ro", uri=True) as conn:
+        return [r[0] for r in conn.execute("select v from items order by id")]
+
+
+def snapshot(path: Path) -> tuple[bytes, int, int, int]:
+    st = path.stat()
+    return path.read_bytes(), st.st_mode, st.st_uid, st.st_gid
+
+
+def test_d1_backup_through_a_link_to_another_tenants_database_is_refused(
+    tmp_path: Path, srv: Path
+) -> None:
+    """Cross-tenant read: tenant-a links its shop.sqlite to tenant-b's, then backs up
+    'shop' and restores it into its own copy."""
+    plat = platform_for(tmp_path)
+    shop = declare(plat, "shop", srv / "tenant-a" / "shop.sqlite")
+    copy = declare(plat, "shop-copy", srv / "tenant-a" / "copy.sqlite")
+    victim = srv / "tenant-b" / "shop.sqlite"
+    before = snapshot(victim)
+    as_tenant(TENANT_A, srv / "tenant-a", "ln", "-sf", str(victim), "shop.sqlite")
+
+    job = plat.backup(NS, shop, "steal", CLASS)
+    assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == "UnsafeApplicationPath"
+    assert "database file is a symbolic link" in (job.status.message or "")
+    assert plat.backups(NS) == [] and plat.stored_files() == []
+    assert plat.restore(NS, "steal", "steal-into-copy", target=copy).status.phase == "Failed"
+    assert not (srv / "tenant-a" / "copy.sqlite").exists()
+    assert snapshot(victim) == before
+    view = plat.tenant_view(NS)
+    assert str(tmp_path) not in view and "TOPSECRET" not in view
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["tenant-b's database", "a system file", "a file that does not exist"],
+)
+def test_d1_in_place_restore_through_a_link_writes_nothing(
+    tmp_path: Path, srv: Path, target: str
+) -> None:
+    """Cross-tenant write and arbitrary file replace/create: tenant-a backs up its own
+    database (one row OWNED-BY-TENANT-A) as 'payload', links shop.sqlite elsewhere and
+    restores 'payload' in place."""
+    plat = platform_for(tmp_path)
+    own = srv / "tenant-a" / "shop.sqlite"
+    with connect(own) as conn:
+        conn.execute("delete from items")
+        conn.execute("insert into items(v) values ('OWNED-BY-TENANT-A')")
+    shop = declare(plat, "shop", own)
+    assert plat.backup(NS, shop, "payload", CLASS).status.phase == "Succeeded"
+    victim = {
+        "tenant-b's database": srv / "tenant-b" / "shop.sqlite",
+        "a system file": tmp_path / "fake-etc" / "passwd",
+        "a file that does not exist": tmp_path / "fake-etc" / "cron.d-new-file",
+    }[target]
+    before = snapshot(victim) if victim.exists() else None
+    own.unlink()
+    as_tenant(TENANT_A, own.parent, "ln", "-s", str(victim), own.name)
+
+    job = plat.restore(NS, "payload", "overwrite")
+    assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == "UnsafeApplicationPath"
+    assert "database file is a symbolic link" in (job.status.message or "")
+    if before is None:
+        assert not victim.exists()
+    else:
+        assert snapshot(victim) == before
+    if victim.name == "shop.sqlite":
+        assert rows(victim)[0] == "bravo-TOPSECRET-row-0"
+    assert own.is_symlink() and own.readlink() == victim
+    assert listing(srv / "tenant-a") == ["shop.sqlite"]
+
+
+def test_d1_a_link_on_the_way_to_the_database_is_refused(tmp_path: Path, srv: Path) -> None:
+    """The declared directory is a link (to tenant-b's): refused on backup and restore."""
+    plat = platform_for(tmp_path)
+    sub = srv / "tenant-a" / "sub"
+    sub.mkdir()
+    new_db(sub / "shop.sqlite")
+    shop = declare(plat, "shop", sub / "shop.sqlite")
+    assert plat.backup(NS, shop, "b1", CLASS).status.phase == "Succeeded"
+    shutil.rmtree(sub)
+    sub.symlink_to(srv / "tenant-b")
+    before = snapshot(srv / "tenant-b" / "shop.sqlite")
+    for job in (plat.backup(NS, shop, "b2", CLASS), plat.restore(NS, "b1", "r1")):
+        assert job.status.phase == "Failed"
+        assert job.status.conditions[0].reason == "UnsafeApplicationPath"
+        assert "a directory on the path" in (job.status.message or "")
+    assert snapshot(srv / "tenant-b" / "shop.sqlite") == before
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "socket", "hard link"])
+def test_special_files_at_the_database_path_are_refused(tmp_path: Path, kind: str) -> None:
+    db = new_db(tmp_path / "app" / "db.sqlite")
+    fill(db, 91)
+    dump = dump_of(db)
+    db.unlink()
+    if kind == "fifo":
+        os.mkfifo(db)
+    elif kind == "directory":
+        db.mkdir()
+    elif kind == "socket":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(db))
+        sock.close()
+    else:
+        other = new_db(tmp_path / "other.sqlite")
+        os.link(other, db)
+    expected = {
+        "fifo": "is a FIFO",
+        "directory": "is a directory",
+        "socket": "is a socket",
+        "hard link": "has 2 hard links",
+    }[kind]
+    with pytest.raises(UnsafeLocalPath, match=expected) as info:
+        SQLiteDriver().backup(backup_ctx(db, MemorySink()))
+    assert str(tmp_path) not in info.value.message
+    with pytest.raises(UnsafeLocalPath, match=expected):
+        SQLiteDriver().restore(restore_ctx(db, {DUMP_STREAM: dump}))
+    assert listing(db.parent) == ["db.sqlite"]
+
+
+def test_a_link_swapped_in_while_sqlite_opens_is_caught(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The name is checked, then SQLite opens it by name: a link planted in between is
+    seen before anything is read, and before the old file is touched on restore."""
+    import cozybackup_sqlite._driver as mod
+
+    db = new_db(tmp_path / "app" / "db.sqlite")
+    fill(db, 93)
+    dump = dump_of(db)
+    victim = new_db(tmp_path / "victim" / "db.sqlite", "wal")
+    fill(victim, 94)
+    want = digest(victim)
+    real_connect = mod._connect
+
+    def racing_connect(path: Path, *args: Any, **kwargs: Any) -> sqlite3.Connection:
+        if path == db and not db.is_symlink():
+            db.rename(db.with_name("moved"))
+            db.symlink_to(victim)
+        return real_connect(path, *args, **kwargs)
+
+    monkeypatch.setattr(mod, "_connect", racing_connect)
+    with pytest.raises(UnsafeLocalPath, match="changed while it was opened"):
+        SQLiteDriver().backup(backup_ctx(db, MemorySink()))
+    db.unlink()
+    db.with_name("moved").rename(db)
+    with pytest.raises(UnsafeLocalPath, match="changed while it was opened"):
+        SQLiteDriver().restore(restore_ctx(db, {DUMP_STREAM: dump}))
+    assert digest(victim) == want
+    assert listing(db.parent) == ["db.sqlite", "moved"]
+
+
+def test_d10_restore_files_are_owner_only_and_never_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The replayed copy is private while it is built; a stale copy left by a killed
+    restore is removed by the next one; a new copy target gets the directory's owner."""
+    scratch = tmp_path / "worker-tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    src = new_db(tmp_path / "src.sqlite")
+    fill(src, 95)
+    dump = dump_of(src)
+    target = new_db(tmp_path / "app" / "db.sqlite")
+    target.chmod(0o600)
+    stale = target.with_name(".db.sqlite.cozybackup-restore-0123456789ab")
+    stale.write_bytes(b"a copy a killed restore left")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    seen: list[tuple[str, int]] = []
+
+    class Watching(Stages):
+        def stage(self, name: str, *, bytes_total: int | None = None) -> None:
+            super().stage(name, bytes_total=bytes_total)
+            for p in [*scratch.rglob("*"), *target.parent.iterdir()]:
+                seen.append((p.name, stat.S_IMODE(p.lstat().st_mode)))
+
+    ctx = restore_ctx(target, {DUMP_STREAM: dump})
+    ctx.progress = Watching()
+    SQLiteDriver().restore(ctx)
+    assert digest(target) == digest(src)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert not stale.exists()
+    assert any(name.endswith(".sqlite") for name, _ in seen if name != "db.sqlite")
+    loose = [(n, m) for n, m in seen if n != "db.sqlite" and m & 0o077]
+    assert loose == [], "a copy of the database was readable by others while it was built"
+    assert list(scratch.iterdir()) == []
+    assert listing(target.parent) == ["db.sqlite"]
+
+    # A new copy target: owner-only, and the directory's owner where we may chown.
+    new_dir = tmp_path / "copy"
+    new_dir.mkdir()
+    if os.geteuid() == 0:
+        os.chown(new_dir, TENANT_A, TENANT_A)
+    copy = new_dir / "copy.sqlite"
+    SQLiteDriver().restore(restore_ctx(copy, {DUMP_STREAM: dump}, in_place=False))
+    st = copy.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert (st.st_uid, st.st_gid) == (new_dir.stat().st_uid, new_dir.stat().st_gid)
+    assert list(scratch.iterdir()) == []
 
 
 def test_restore_keeps_the_file_mode(tmp_path: Path) -> None:
@@ -694,7 +940,7 @@ def test_restore_into_a_new_file(tmp_path: Path) -> None:
     target.parent.mkdir()
     SQLiteDriver().restore(restore_ctx(target, {DUMP_STREAM: dump_of(src)}, in_place=False))
     assert digest(target) == digest(src)
-    with pytest.raises(DriverError, match="directory does not exist"):
+    with pytest.raises(DriverError, match=r"directory of the application's database file does not"):
         SQLiteDriver().restore(
             restore_ctx(
                 tmp_path / "nowhere" / "x.sqlite", {DUMP_STREAM: dump_of(src)}, in_place=False

@@ -11,25 +11,53 @@ import errno
 import fcntl
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
-from cozybackup_core import Deadline, DriverError, run_admin_command
+from cozybackup_core import Deadline, DriverError, LocalDir, UnsafeLocalPath, run_admin_command
 
 from ._client import Client, rpc_error
 from ._cluster import Cluster
 
 _POLL = 0.2
 _HEALTH_KEY = b"health"  # what ``etcdctl endpoint health`` reads
+_WHAT = "data directory"  # "the application's data directory is a symbolic link"
 
 
 def data_dir_in_use(data_dir: Path) -> bool:
-    """Whether an etcd process holds this data dir (bbolt keeps an exclusive flock)."""
+    """Whether an etcd process holds this data dir (bbolt keeps an exclusive flock).
+
+    ``member/snap/db`` is reached without following links and opened only if it is a
+    regular file (``O_NOFOLLOW | O_NONBLOCK``): a FIFO there must not block the worker.
+    A link at the data dir itself raises :class:`UnsafeLocalPath`."""
     try:
-        fd = os.open(data_dir / "member" / "snap" / "db", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
+        data = LocalDir.open(data_dir, what=_WHAT)  # UnsafeLocalPath: a link, a FIFO...
+    except UnsafeLocalPath:
+        raise
+    except DriverError:
+        return False  # nothing there (yet)
+    with data:
+        try:
+            with data.open_dir("member", what=_WHAT) as member:
+                snap = member.open_dir("snap", what=_WHAT)
+        except DriverError:  # missing, or a link or special file below: not etcd's
+            return False
+    with snap:
+        st = snap.lstat("db")
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return False
+        try:
+            fd = os.open(
+                "db",
+                os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY,
+                dir_fd=snap.fd,
+            )
+        except OSError:
+            return False
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         return exc.errno in (errno.EWOULDBLOCK, errno.EACCES)

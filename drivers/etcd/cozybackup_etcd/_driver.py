@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from cozybackup_core import (
     Locator,
     BackupContext,
+    Capabilities,
     Deadline,
     Driver,
     GroupKind,
@@ -49,6 +50,8 @@ class EtcdDriver(Driver):
         )
     }
     parameters_type: ClassVar[type[Any]] = EtcdParameters
+    #: restores rebuild the members' declared data directories
+    capabilities: ClassVar[Capabilities] = Capabilities(local_paths=True)
     version: ClassVar[str] = __version__
 
     def backup(self, ctx: BackupContext) -> None:

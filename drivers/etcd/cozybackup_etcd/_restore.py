@@ -12,6 +12,13 @@
 4. Stop the cluster if it runs, rename each data dir aside and the staged one in,
    start it and wait until it is healthy.  If it does not come up, put the previous
    data dirs back and start the old cluster again.
+
+Every data dir's parent is reached without following links and held open for the
+whole restore (the core's ``LocalDir``): a symlink, FIFO or other non-directory at a
+declared ``dataDir`` (or a link on the way to it) refuses the restore before anything
+is stopped or built.  Staging directories are 0700 and reached through their
+descriptors; tools get ``/proc/<pid>/fd/<n>`` names; every rename happens inside the
+held directories.
 """
 
 from __future__ import annotations
@@ -22,7 +29,6 @@ import os
 import pwd
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -32,7 +38,9 @@ import attrs
 from cozybackup_core import (
     Deadline,
     DriverError,
+    LocalDir,
     RestoreContext,
+    UnsafeLocalPath,
     UnsupportedError,
     iter_chunks,
     run_tool,
@@ -44,19 +52,28 @@ from ._cluster import Cluster, Member, misconfigured
 from ._snapshot import SnapshotCheck, check_stored
 from ._tools import RestoreTool, check_compatible, find_restore_tool
 
+_WHAT = "data directory"  # "the application's data directory is a symbolic link"
+
 
 @attrs.define
 class _Staged:
     """One member's restored data dir, waiting beside the real one."""
 
     member: Member
-    stage: Path  # the private staging directory (removed at the end)
-    old: Path | None = None  # where the previous data dir was moved, once swapped
+    parent: LocalDir  # the data dir's parent, held open
+    stage_name: str  # the private staging directory in it (removed at the end)
+    stage: LocalDir  # ... held open
+    old: str | None = None  # the name the previous data dir got, once swapped
     swapped: bool = False
 
     @property
+    def name(self) -> str:
+        return self.member.data_dir.name
+
+    @property
     def data(self) -> Path:
-        return self.stage / "data"
+        """The rebuilt data dir, for tools (through the held stage)."""
+        return Path(self.stage.fd_path) / "data"
 
 
 def restore(ctx: RestoreContext, cluster: Cluster, deadline: Deadline) -> None:
@@ -79,52 +96,78 @@ def restore(ctx: RestoreContext, cluster: Cluster, deadline: Deadline) -> None:
         )
     tool = find_restore_tool(cluster.bin_dir)
     check_compatible(tool, str(ctx.driver_metadata.get("etcdVersion", "")))
-    owners = {m.name: _ownership(cluster, m) for m in cluster.members}
-    staged: list[_Staged] = []
-    try:
-        for member in cluster.members:
-            with _file_errors(cluster, "make a staging directory beside a member's data"):
-                stage = Path(
-                    tempfile.mkdtemp(
-                        prefix=f".{member.data_dir.name}.cozybackup-restore-",
-                        dir=member.data_dir.parent,
+    with contextlib.ExitStack() as held:
+        parents = {m.name: held.enter_context(_parent(cluster, m)) for m in cluster.members}
+        owners = {m.name: _ownership(cluster, m, parents[m.name]) for m in cluster.members}
+        staged: list[_Staged] = []
+        try:
+            for member in cluster.members:
+                parent = parents[member.name]
+                with _file_errors(cluster, "make a staging directory beside a member's data"):
+                    name = (
+                        f".{member.data_dir.name[:160]}.cozybackup-restore-{secrets.token_hex(6)}"
                     )
+                    os.mkdir(name, 0o700, dir_fd=parent.fd)
+                stage = held.enter_context(parent.open_dir(name, what=_WHAT))
+                staged.append(_Staged(member=member, parent=parent, stage_name=name, stage=stage))
+            snapshot = _copy_snapshot(ctx, cluster, staged[0])
+            ctx.progress.stage("rebuilding the members' data")
+            _rebuild(cluster, tool, snapshot, staged, owners, deadline)
+            os.unlink(snapshot.name, dir_fd=staged[0].stage.fd)
+            deadline.check()
+            if was_running:
+                ctx.progress.stage("stopping the cluster")
+                _stop_or_recover(cluster, deadline)
+            ctx.progress.stage("putting the restored data in place")
+            _swap_all(cluster, staged, restart_old=was_running)
+            if cluster.start_command is None:
+                ctx.log.warning(
+                    "%s: data restored; the cluster was not running and has no startCommand, "
+                    "so it was left stopped",
+                    cluster.ref,
                 )
-            staged.append(_Staged(member=member, stage=stage))
-        snapshot = _copy_snapshot(ctx, cluster, staged[0].stage / "snapshot.db")
-        ctx.progress.stage("rebuilding the members' data")
-        _rebuild(cluster, tool, snapshot, staged, owners, deadline)
-        snapshot.unlink()
-        deadline.check()
-        if was_running:
-            ctx.progress.stage("stopping the cluster")
-            _stop_or_recover(cluster, deadline)
-        ctx.progress.stage("putting the restored data in place")
-        _swap_all(cluster, staged, restart_old=was_running)
-        if cluster.start_command is None:
-            ctx.log.warning(
-                "%s: data restored; the cluster was not running and has no startCommand, "
-                "so it was left stopped",
+            else:
+                ctx.progress.stage("starting the cluster")
+                try:
+                    cluster_id = _control.start(cluster, deadline)
+                except DriverError as exc:
+                    _roll_back(ctx, cluster, staged, exc, was_running=was_running)
+                ctx.log.info(
+                    "%s: restored cluster %016x with %d members is healthy",
+                    cluster.ref,
+                    cluster_id,
+                    len(cluster.members),
+                )
+            for s in staged:
+                if s.old is not None:
+                    _remove(s.parent, s.old)
+        finally:
+            for s in staged:
+                _remove(s.parent, s.stage_name)
+
+
+@contextlib.contextmanager
+def _parent(cluster: Cluster, m: Member) -> Iterator[LocalDir]:
+    """The data dir's parent, reached without links; the data dir must be a directory
+    (or missing), not a link or a special file, and not a mount point."""
+    try:
+        held = LocalDir.open(m.data_dir.parent, what=_WHAT, holds=True)
+    except UnsafeLocalPath:
+        raise
+    except DriverError as exc:
+        raise misconfigured(
+            cluster.ref, f"the parent of dataDir {m.data_dir} cannot be opened: {exc.admin_detail}"
+        ) from None
+    with held as parent:
+        parent.check_entry(m.data_dir.name, what=_WHAT)
+        st = parent.lstat(m.data_dir.name)
+        if st is not None and st.st_dev != parent.stat().st_dev:
+            raise misconfigured(
                 cluster.ref,
+                f"dataDir {m.data_dir} is a mount point and cannot be swapped by a rename; "
+                "declare a directory inside the volume",
             )
-        else:
-            ctx.progress.stage("starting the cluster")
-            try:
-                cluster_id = _control.start(cluster, deadline)
-            except DriverError as exc:
-                _roll_back(ctx, cluster, staged, exc, was_running=was_running)
-            ctx.log.info(
-                "%s: restored cluster %016x with %d members is healthy",
-                cluster.ref,
-                cluster_id,
-                len(cluster.members),
-            )
-        for s in staged:
-            if s.old is not None:
-                shutil.rmtree(s.old, ignore_errors=True)
-    finally:
-        for s in staged:
-            shutil.rmtree(s.stage, ignore_errors=True)
+        yield parent
 
 
 def _refuse_what_cannot_be_done(ctx: RestoreContext, cluster: Cluster) -> None:
@@ -137,18 +180,16 @@ def _refuse_what_cannot_be_done(ctx: RestoreContext, cluster: Cluster) -> None:
             admin_detail=f"{ctx.target.ref}: no 'members' in its connection settings",
         )
     for m in cluster.members:
-        if not m.data_dir.parent.is_dir():
-            raise misconfigured(cluster.ref, f"the parent of dataDir {m.data_dir} does not exist")
-        if m.data_dir.is_mount():
-            raise misconfigured(
-                cluster.ref,
-                f"dataDir {m.data_dir} is a mount point and cannot be swapped by a rename; "
-                "declare a directory inside the volume",
-            )
+        # Before anything else (the running check reads the data dirs): no links, no
+        # special files, no mount points at the declared paths.
+        with _parent(cluster, m):
+            pass
 
 
-def _copy_snapshot(ctx: RestoreContext, cluster: Cluster, path: Path) -> Path:
-    """The backed-up snapshot as a private file; its sha256 is checked on the way."""
+def _copy_snapshot(ctx: RestoreContext, cluster: Cluster, into: _Staged) -> Path:
+    """The backed-up snapshot as a private file in a staging directory; its sha256 is
+    checked on the way."""
+    path = Path(into.stage.fd_path) / "snapshot.db"
     check = SnapshotCheck()
     names = ctx.artifact.names()
     if SNAPSHOT_STREAM not in names:
@@ -157,7 +198,12 @@ def _copy_snapshot(ctx: RestoreContext, cluster: Cluster, path: Path) -> Path:
             admin_detail=f"streams {names}",
         )
     with _file_errors(cluster, "stage the snapshot beside the members' data"):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(
+            path.name,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+            0o600,
+            dir_fd=into.stage.fd,
+        )
         with os.fdopen(fd, "wb") as out, ctx.artifact.open(SNAPSHOT_STREAM) as stream:
             for chunk in iter_chunks(stream):
                 check.feed(chunk)
@@ -201,7 +247,7 @@ def _rebuild(
         uid, gid = owners[s.member.name]
         with _file_errors(cluster, "hand the restored data to etcd's user"):
             _chown_tree(s.data, uid, gid)
-            s.data.chmod(0o700)
+            os.chmod("data", 0o700, dir_fd=s.stage.fd, follow_symlinks=False)
 
 
 def _stop_or_recover(cluster: Cluster, deadline: Deadline) -> None:
@@ -218,11 +264,10 @@ def _swap_all(cluster: Cluster, staged: list[_Staged], *, restart_old: bool) -> 
     """Rename every data dir aside and its staged one in; all or none."""
     try:
         for s in staged:
-            target = s.member.data_dir
-            if target.exists():
-                s.old = target.with_name(f".{target.name}.cozybackup-old-{secrets.token_hex(6)}")
-                target.rename(s.old)
-            s.data.rename(target)
+            if s.parent.lstat(s.name) is not None:
+                s.old = f".{s.name[:160]}.cozybackup-old-{secrets.token_hex(6)}"
+                os.rename(s.name, s.old, src_dir_fd=s.parent.fd, dst_dir_fd=s.parent.fd)
+            os.rename("data", s.name, src_dir_fd=s.stage.fd, dst_dir_fd=s.parent.fd)
             s.swapped = True
     except OSError as exc:
         _unswap(staged)
@@ -239,13 +284,17 @@ def _swap_all(cluster: Cluster, staged: list[_Staged], *, restart_old: bool) -> 
 def _unswap(staged: list[_Staged]) -> None:
     """Put each previous data dir back (the restored one returns to its stage)."""
     for s in staged:
-        target = s.member.data_dir
         if s.swapped:
-            target.rename(s.data)
+            os.rename(s.name, "data", src_dir_fd=s.parent.fd, dst_dir_fd=s.stage.fd)
             s.swapped = False
-        if s.old is not None and not target.exists():
-            s.old.rename(target)
+        if s.old is not None and s.parent.lstat(s.name) is None:
+            os.rename(s.old, s.name, src_dir_fd=s.parent.fd, dst_dir_fd=s.parent.fd)
             s.old = None
+
+
+def _remove(parent: LocalDir, name: str) -> None:
+    """Delete a directory in the held parent (rmtree never follows links)."""
+    shutil.rmtree(f"{parent.fd_path}/{name}", ignore_errors=True)
 
 
 def _roll_back(
@@ -274,7 +323,7 @@ def _roll_back(
             "data back failed too; the cluster needs the platform operator's attention",
             admin_detail=f"{cluster.ref}: start: {cause.admin_detail or cause}; rollback: "
             f"{getattr(exc, 'admin_detail', None) or exc!r}; previous data at "
-            f"{[str(s.old) for s in staged]}",
+            f"{[str(s.member.data_dir.parent / s.old) for s in staged if s.old]}",
         ) from None
     raise DriverError(
         "the restored etcd cluster did not become healthy, so the previous data was put "
@@ -287,7 +336,7 @@ def _roll_back(
 # ---------------------------------------------------------------------- files
 
 
-def _ownership(cluster: Cluster, member: Member) -> tuple[int, int]:
+def _ownership(cluster: Cluster, member: Member, parent: LocalDir) -> tuple[int, int]:
     """uid and gid the restored data dir gets: declared, else the current one's."""
     if cluster.data_dir_owner:
         user, _, group = cluster.data_dir_owner.partition(":")
@@ -299,8 +348,7 @@ def _ownership(cluster: Cluster, member: Member) -> tuple[int, int]:
                 cluster.ref, f"dataDirOwner {cluster.data_dir_owner!r}: no such user or group"
             ) from None
         return pw.pw_uid, gid
-    ref = member.data_dir if member.data_dir.exists() else member.data_dir.parent
-    st = ref.stat()
+    st = parent.lstat(member.data_dir.name) or parent.stat()  # a directory: checked
     return st.st_uid, st.st_gid
 
 

@@ -24,6 +24,8 @@ class _EtcdApps(DriverConformance):
     driver = EtcdDriver
     kind = "Etcd"
     bin_dir: ClassVar[Path]
+    #: a backup is a snapshot over the network; restores rebuild the data directories
+    backup_reads_local_paths = False
 
     @pytest.fixture(autouse=True)
     def _clusters(self, etcd_clusters: ClusterFactory) -> None:
@@ -48,6 +50,9 @@ class _EtcdApps(DriverConformance):
         """The same application with its cluster stopped."""
         self._cluster(app).stop()
         return app
+
+    def local_paths(self, app: AppHandle) -> list[Path]:
+        return [Path(m["dataDir"]) for m in app.connection["members"]]
 
     @staticmethod
     def _cluster(app: AppHandle) -> LocalEtcd:

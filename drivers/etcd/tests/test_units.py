@@ -4,10 +4,19 @@ connection settings, the entry point."""
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from cozybackup_etcd import ApplicationMisconfigured, EtcdDriver, EtcdParameters, SnapshotFrom
+from cozybackup_etcd import (
+    ApplicationMisconfigured,
+    EtcdDriver,
+    EtcdParameters,
+    SnapshotFrom,
+    _control,
+)
 from cozybackup_etcd import _proto as pb
 from cozybackup_etcd._cluster import Cluster
 from cozybackup_etcd._snapshot import SnapshotCheck, SnapshotCorrupt, check_sent
@@ -21,6 +30,7 @@ from cozybackup_core import (
     DriverParametersError,
     DriverRegistry,
     PluginHost,
+    UnsafeLocalPath,
     load_yaml,
 )
 from cozybackup_core.testing import LocalPlatform
@@ -218,3 +228,40 @@ def test_entry_point_registers_the_driver() -> None:
     assert host.broken == [] or all(b.name != "etcd" for b in host.broken)
     driver = host.registry.for_strategy("Etcd")
     assert isinstance(driver, EtcdDriver)
+
+
+def test_the_running_probe_follows_no_link_and_opens_no_fifo(tmp_path: Path) -> None:
+    """Whether a member runs is read from the flock on ``member/snap/db``: that file is
+    opened without following links, and a FIFO there is neither opened nor waited on."""
+    snap = tmp_path / "data" / "member" / "snap"
+    snap.mkdir(parents=True)
+    os.mkfifo(snap / "db")
+    opened: list[bool] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # a reader of the FIFO would show here (and be released)
+        while not stop.is_set():
+            try:
+                fd = os.open(snap / "db", os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                time.sleep(0.002)
+                continue
+            opened.append(True)
+            os.close(fd)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        assert _control.data_dir_in_use(tmp_path / "data") is False
+    finally:
+        stop.set()
+        t.join()
+    assert not opened
+    (snap / "db").unlink()
+    outside = tmp_path / "outside.db"
+    outside.write_bytes(b"x")
+    (snap / "db").symlink_to(outside)
+    assert _control.data_dir_in_use(tmp_path / "data") is False
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    with pytest.raises(UnsafeLocalPath, match="data directory is a symbolic link"):
+        _control.data_dir_in_use(tmp_path / "link")

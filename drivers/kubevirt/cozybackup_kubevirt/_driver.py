@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
@@ -21,11 +19,14 @@ from cozybackup_core import (
     Driver,
     DriverError,
     GroupKind,
+    LocalDir,
+    LocalFile,
     RestoreContext,
+    open_local,
 )
 
 from . import _image as image
-from ._machine import Disk, Machine, misconfigured
+from ._machine import Disk, Machine
 from ._nbd import NBDClient, NBDError, QemuNbdFailed, serve
 from ._params import Consistency, KubeVirtParameters
 from ._stream import StreamInvalid, Summary, content_digest, read_header, records, write_stream
@@ -35,7 +36,7 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
-_TEMP_TAG = ".cozybackup-restore-"
+_TEMP_TAG = "cozybackup-restore"
 #: the connection of a drill's scratch target (see ``scratch_target``)
 _SCRATCH_KEY = "cozybackupScratchDir"
 
@@ -58,13 +59,19 @@ class KubeVirtDriver(Driver):
     )
     default_kinds = ("VMInstance", "VMDisk")
     parameters_type = KubeVirtParameters
-    capabilities = Capabilities(in_place_restore=True, to_copy_restore=True)
+    capabilities = Capabilities(in_place_restore=True, to_copy_restore=True, local_paths=True)
     version = __version__
 
     # ------------------------------------------------------------------ backup
 
     def backup(self, ctx: BackupContext) -> None:
-        m = Machine.from_location(ctx.application)
+        with contextlib.ExitStack() as held:
+            # Every image is checked and held open before anything reads it: tools are
+            # given /proc/<pid>/fd/<n> names of these very files, never the declared path.
+            m = _held(Machine.from_location(ctx.application), held)
+            self._backup(m, ctx)
+
+    def _backup(self, m: Machine, ctx: BackupContext) -> None:
         params: KubeVirtParameters = ctx.parameters
         mode = _mode(m, params.consistency)
         ctx.tool_versions["qemu"] = image.qemu_version(ctx.deadline)
@@ -89,6 +96,9 @@ class KubeVirtDriver(Driver):
                     self._open(m, d, fmt, ctx.deadline, force_share=force_share) as client,
                 ):
                     summaries[d.name] = write_stream(client, out, ctx.deadline.check)
+                # The header again, now that qemu-nbd has read the image: a backing or
+                # data file that appeared meanwhile fails the backup (nothing is kept).
+                image.probe(m.ref, d, ctx.deadline, force_share=True)
         disks = [
             {
                 "name": d.name,
@@ -150,7 +160,7 @@ class KubeVirtDriver(Driver):
     ) -> Iterator[NBDClient]:
         try:
             with serve(
-                d.path, fmt, deadline=deadline, force_share=force_share, writable=writable
+                d.open_name, fmt, deadline=deadline, force_share=force_share, writable=writable
             ) as client:
                 yield client
         except QemuNbdFailed as exc:
@@ -187,7 +197,7 @@ class KubeVirtDriver(Driver):
                 ),
             )
         else:
-            m = _resolved(Machine.from_location(ctx.target))
+            m = Machine.from_location(ctx.target)
         by_stream = {d.stream: d for d in m.disks}
         missing = [s.removesuffix(".vmdisk") for s in streams if s not in by_stream]
         if missing:
@@ -201,37 +211,42 @@ class KubeVirtDriver(Driver):
             ctx.log.warning(
                 "%s: disks %s are not in the backup; left as they are", m.ref, untouched
             )
-        built: list[tuple[Disk, Path]] = []
-        try:
-            for name in streams:
-                d = by_stream[name]
-                fmt = d.format or params.restore_format.value
-                if not d.path.parent.is_dir():
-                    raise misconfigured(m.ref, f"disk {d.name}: no directory {d.path.parent}")
-                new = d.path.parent / f".{d.path.name}{_TEMP_TAG}{secrets.token_hex(6)}"
-                built.append((d, new))
-                ctx.progress.stage(f"rebuilding disk {d.name}")
-                with ctx.artifact.open(name) as src:
-                    summary = self._rebuild(m, d, new, fmt, src, ctx.deadline)
-                image.check(new, fmt, ctx.deadline)
-                if params.verify_restore:
-                    ctx.progress.stage(f"verifying disk {d.name}")
-                    self._verify(m, d, new, fmt, summary, ctx.deadline)
-                _fsync(new)
-            self._swap(m, built, ctx)
-        finally:
-            for _, new in built:
-                with contextlib.suppress(FileNotFoundError):
-                    new.unlink()
+        with contextlib.ExitStack() as held:
+            # Each target's directory and its current image (if any) are checked and held
+            # open first: a link or a special file at any of them refuses the restore
+            # before anything is built.  Nothing is ever opened through the declared name.
+            targets = [_target(m, by_stream[name], held) for name in streams]
+            built: list[tuple[_Target, LocalFile]] = []
+            try:
+                for t in targets:
+                    d = t.disk
+                    fmt = d.format or params.restore_format.value
+                    with _file_errors(m, d):
+                        new = held.enter_context(t.folder.create(d.path.name, tag=_TEMP_TAG))
+                    built.append((t, new))
+                    building = attrs.evolve(d, at=new.fd_path, format=fmt)
+                    ctx.progress.stage(f"rebuilding disk {d.name}")
+                    with ctx.artifact.open(d.stream) as src:
+                        summary = self._rebuild(m, building, fmt, src, ctx.deadline)
+                    image.check(building.open_name, fmt, ctx.deadline)
+                    if params.verify_restore:
+                        ctx.progress.stage(f"verifying disk {d.name}")
+                        self._verify(m, building, fmt, summary, ctx.deadline)
+                    with _file_errors(m, d):
+                        new.fsync()
+                self._swap(m, built, ctx)
+            finally:
+                for t, new in built:
+                    t.folder.unlink(new.name)  # nothing there once swapped in
 
     def _rebuild(
-        self, m: Machine, d: Disk, new: Path, fmt: str, src: IO[bytes], deadline: Deadline
+        self, m: Machine, d: Disk, fmt: str, src: IO[bytes], deadline: Deadline
     ) -> Summary:
         try:
             size = read_header(src)
         except StreamInvalid as exc:
             raise _invalid(m, d, exc) from None
-        image.create(new, fmt, size, deadline)
+        image.create(d.open_name, fmt, size, deadline)
         summary = Summary(virtual_size=size)
 
         def write_all(client: NBDClient) -> None:
@@ -240,19 +255,15 @@ class KubeVirtDriver(Driver):
             for offset, data in records(src, size, summary):
                 client.write(offset, data)
 
-        building = Disk(name=d.name, path=new, format=fmt)
-        with self._open(m, building, fmt, deadline, writable=True) as client:
+        with self._open(m, d, fmt, deadline, writable=True) as client:
             try:
                 write_all(client)
             except StreamInvalid as exc:
                 raise _invalid(m, d, exc) from None
         return summary
 
-    def _verify(
-        self, m: Machine, d: Disk, new: Path, fmt: str, expected: Summary, deadline: Deadline
-    ) -> None:
-        probe_disk = Disk(name=d.name, path=new, format=fmt)
-        with self._open(m, probe_disk, fmt, deadline) as client:
+    def _verify(self, m: Machine, d: Disk, fmt: str, expected: Summary, deadline: Deadline) -> None:
+        with self._open(m, d, fmt, deadline) as client:
             got = content_digest(client, deadline.check)
         if got.digest != expected.digest or got.data_bytes != expected.data_bytes:
             raise DriverError(
@@ -261,9 +272,11 @@ class KubeVirtDriver(Driver):
                 admin_detail=f"{d.path}: digest {got.digest} != {expected.digest}",
             )
 
-    def _swap(self, m: Machine, built: list[tuple[Disk, Path]], ctx: RestoreContext) -> None:
-        disks = tuple(d for d, _ in built)
-        running = [d for d in disks if d.path.exists() and image.in_use(m.ref, d, ctx.deadline)]
+    def _swap(
+        self, m: Machine, built: list[tuple[_Target, LocalFile]], ctx: RestoreContext
+    ) -> None:
+        disks = tuple(t.disk for t, _ in built)  # ``at``: the current image, if there is one
+        running = [d for d in disks if d.at is not None and image.in_use(m.ref, d, ctx.deadline)]
         stop = bool(running)
         if stop and not m.can_stop:
             raise DriverError(
@@ -280,11 +293,14 @@ class KubeVirtDriver(Driver):
             if stop:
                 image.wait_released(m.ref, disks, limit, ctx.deadline, "virtual machine")
             ctx.progress.stage("replacing the disk images")
-            for d, new in built:
-                _take_attributes(d.path, new)
-            for d, new in built:
-                os.replace(new, d.path)
-                _fsync_dir(d.path.parent)
+            for t, new in built:
+                with _file_errors(m, t.disk):
+                    new.adopt(t.old.stat() if t.old is not None else None)
+            for t, new in built:
+                with _file_errors(m, t.disk):
+                    # renameat in the held directory: a link at the name is replaced.
+                    t.folder.replace(new.name, t.disk.path.name)
+                    t.folder.fsync()
         finally:
             if stop:
                 assert m.start_command is not None
@@ -313,7 +329,7 @@ class KubeVirtDriver(Driver):
         for name, meta in expected.items():
             disk = Disk(name=str(name), path=workdir / f"{name}.vmdisk.img")
             info = image.probe(target.ref, disk, deadline)
-            image.check(disk.path, info.format, deadline)
+            image.check(disk.open_name, info.format, deadline)
             if info.virtual_size < int(meta.get("virtualSize", 0)):
                 raise DriverError(
                     f"the restored disk {name} is smaller than the backed-up disk",
@@ -352,20 +368,46 @@ def _fresh(m: Machine) -> Deadline:
     return Deadline.after(m.service_timeout)
 
 
-def _resolved(m: Machine) -> Machine:
-    """Restores replace the file a symlink points to, never the link; an existing target
-    must be a regular file (a block device cannot be swapped by a rename)."""
+def _held(m: Machine, held: contextlib.ExitStack) -> Machine:
+    """``m`` with every image opened without following links (see ``open_local``) and
+    held open in ``held``; each disk's ``at`` names the open file for the tools."""
     disks = []
     for d in m.disks:
-        path = d.path.resolve() if d.path.is_symlink() else d.path
-        if path.exists() and not path.is_file():
-            raise DriverError(
-                f"the target's disk {d.name} is not an image file; this driver restores "
-                "only into image files; ask the platform operator",
-                admin_detail=f"{m.ref}: {path} is not a regular file",
-            )
-        disks.append(attrs.evolve(d, path=path))
+        f = open_local(d.path, what=d.what)
+        assert f is not None
+        held.enter_context(f)
+        disks.append(attrs.evolve(d, at=f.fd_path))
     return attrs.evolve(m, disks=tuple(disks))
+
+
+@attrs.frozen
+class _Target:
+    """One disk to restore: its directory and current image, both held open."""
+
+    disk: Disk  # ``at`` names the current image, if there is one
+    folder: LocalDir
+    old: LocalFile | None
+
+
+def _target(m: Machine, d: Disk, held: contextlib.ExitStack) -> _Target:
+    folder = held.enter_context(LocalDir.open(d.path.parent, what=d.what, holds=True))
+    old = folder.open_file(d.path.name, what=d.what, missing_ok=True)
+    if old is None:
+        return _Target(disk=d, folder=folder, old=None)
+    held.enter_context(old)
+    return _Target(disk=attrs.evolve(d, at=old.fd_path), folder=folder, old=old)
+
+
+@contextlib.contextmanager
+def _file_errors(m: Machine, d: Disk) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise DriverError(
+            f"the rebuilt image of disk {d.name} could not be written beside the target; "
+            "ask the platform operator",
+            admin_detail=f"{m.ref}: {d.path}: {exc!r}",
+        ) from None
 
 
 def _invalid(m: Machine, d: Disk, exc: StreamInvalid) -> DriverError:
@@ -374,29 +416,3 @@ def _invalid(m: Machine, d: Disk, exc: StreamInvalid) -> DriverError:
         "restore; the target was not changed",
         admin_detail=f"{m.ref}: {exc}",
     )
-
-
-def _take_attributes(old: Path, new: Path) -> None:
-    try:
-        st = old.stat()
-    except FileNotFoundError:
-        return
-    new.chmod(st.st_mode & 0o7777)
-    with contextlib.suppress(PermissionError):
-        os.chown(new, st.st_uid, st.st_gid)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -39,9 +38,10 @@ def _locked(text: str) -> bool:
 def probe(
     ref: ApplicationRef, disk: Disk, deadline: Deadline, *, force_share: bool = False
 ) -> ImageInfo:
-    """Check the image exists, is qcow2 or raw (as declared), has no backing file, and is
-    not held by a writer (unless ``force_share``): raises :class:`DiskInUse` if it is."""
-    if not disk.path.is_file():
+    """Check the image exists, is qcow2 or raw (as declared), has no backing file and no
+    external data file, and is not held by a writer (unless ``force_share``): raises
+    :class:`DiskInUse` if it is."""
+    if disk.at is None and not disk.path.is_file():
         raise DriverError(
             f"the image of {ref.kind} {ref.name} (disk {disk.name}) does not exist; "
             "ask the platform operator",
@@ -52,7 +52,7 @@ def probe(
         argv += ["-f", disk.format]
     if force_share:
         argv.append("-U")
-    argv.append(str(disk.path))
+    argv.append(disk.open_name)
     try:
         out = run_tool(argv, deadline=deadline, what="qemu-img info")
     except DriverError as exc:
@@ -78,6 +78,14 @@ def probe(
             admin_detail=f"{disk.path}: backing {info.get('backing-filename')!r}",
         )
     specific = info.get("format-specific", {}).get("data", {})
+    if specific.get("data-file"):
+        # qemu would read (and on restore write) that file as the guest's data: a file
+        # anywhere, named by whoever wrote the image's header.
+        raise DriverError(
+            f"the image of disk {disk.name} keeps its data in an external data file; such "
+            "images are not supported (convert it with 'qemu-img convert')",
+            admin_detail=f"{disk.path}: data file {specific.get('data-file')!r}",
+        )
     if specific.get("corrupt"):
         raise DriverError(
             f"the image of disk {disk.name} is marked corrupt by QEMU; "
@@ -99,18 +107,19 @@ def in_use(ref: ApplicationRef, disk: Disk, deadline: Deadline) -> bool:
     return False
 
 
-def create(path: Path, fmt: str, size: int, deadline: Deadline) -> None:
+def create(path: str, fmt: str, size: int, deadline: Deadline) -> None:
+    """Format the (empty) file ``path`` names as a new image of ``size`` bytes."""
     argv = ["qemu-img", "create", "-q", "-f", fmt]
     if fmt == "qcow2":
         argv += ["-o", "preallocation=off"]
-    run_tool([*argv, str(path), str(size)], deadline=deadline, what="qemu-img create")
+    run_tool([*argv, path, str(size)], deadline=deadline, what="qemu-img create")
 
 
-def check(path: Path, fmt: str, deadline: Deadline) -> None:
+def check(path: str, fmt: str, deadline: Deadline) -> None:
     """``qemu-img check`` (qcow2 metadata consistency); raw has nothing to check."""
     if fmt == "qcow2":
         run_tool(
-            ["qemu-img", "check", "-q", "-f", fmt, str(path)],
+            ["qemu-img", "check", "-q", "-f", fmt, path],
             deadline=deadline,
             what="qemu-img check",
         )
@@ -133,7 +142,7 @@ def wait_released(
     ref: ApplicationRef, disks: tuple[Disk, ...], limit: Deadline, deadline: Deadline, what: str
 ) -> None:
     """After a stop command: wait until no process holds any disk for writing."""
-    while any(in_use(ref, d, deadline) for d in disks if d.path.exists()):
+    while any(in_use(ref, d, deadline) for d in disks if d.at is not None):
         if limit.expired:
             raise DriverError(
                 f"the {what} did not stop in time; nothing was changed; ask the platform operator",

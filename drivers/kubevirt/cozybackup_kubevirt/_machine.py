@@ -62,10 +62,23 @@ class Disk:
     name: str
     path: Path = attrs.field(repr=False)
     format: str | None = None
+    #: The name tools open: a ``/proc/<pid>/fd/<n>`` of the image as checked and held
+    #: open by the driver (see ``cozybackup_core.open_local``); None: ``path`` itself
+    #: (only for the driver's own scratch files).
+    at: str | None = attrs.field(default=None, repr=False)
 
     @property
     def stream(self) -> str:
         return f"{self.name}.vmdisk"
+
+    @property
+    def open_name(self) -> str:
+        return self.at if self.at is not None else str(self.path)
+
+    @property
+    def what(self) -> str:
+        """Tenant-facing: "image of disk root"."""
+        return f"image of disk {self.name}"
 
 
 @attrs.frozen(kw_only=True)
@@ -149,8 +162,17 @@ def _disks(ref: ApplicationRef, value: Any) -> tuple[Disk, ...]:
 
 def _disk(ref: ApplicationRef, name: str, conn: Mapping[str, Any], where: str) -> Disk:
     path = conn.get("path")
-    if not isinstance(path, str) or not path or "\0" in path or not Path(path).is_absolute():
-        raise misconfigured(ref, f"{where}.path must be the absolute path of the disk image")
+    if (
+        not isinstance(path, str)
+        or not path
+        or "\0" in path
+        or not Path(path).is_absolute()
+        or any(part in (".", "..") for part in path.split("/"))
+        or path.endswith("/")
+    ):
+        raise misconfigured(
+            ref, f"{where}.path must be the absolute path of the disk image (no '.' or '..')"
+        )
     fmt = conn.get("format")
     if fmt is not None and fmt not in FORMATS:
         raise misconfigured(ref, f"{where}.format must be one of {list(FORMATS)}, got {fmt!r}")

@@ -303,7 +303,7 @@ class QemuNbdFailed(Exception):
 
 @contextlib.contextmanager
 def serve(
-    image: Path,
+    image: str,
     fmt: str,
     *,
     deadline: Deadline,
@@ -327,12 +327,12 @@ def serve(
         "--aio=threads",
     ]
     if writable:
-        argv += [f"--format={fmt}", str(image)]
+        argv += [f"--format={fmt}", image]
     elif not force_share:
-        argv += ["--read-only", f"--format={fmt}", str(image)]
+        argv += ["--read-only", f"--format={fmt}", image]
     else:
         # qemu-nbd has no --force-share flag (qemu-img's -U): say it in the options.
-        filename = str(image).replace(",", ",,")
+        filename = image.replace(",", ",,")
         argv += [
             "--read-only",
             "--image-opts",

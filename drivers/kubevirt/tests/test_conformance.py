@@ -59,6 +59,9 @@ class TestVMDiskQcow2(DriverConformance):
             path.unlink()
         return app
 
+    def local_paths(self, app: AppHandle) -> list[Path]:
+        return [Path(app.connection["path"])]
+
 
 class TestVMDiskRaw(TestVMDiskQcow2):
     fmt = "raw"
@@ -90,3 +93,6 @@ class TestVMInstanceTwoDisks(DriverConformance):
         # The second disk's image is missing: not even the first one may be committed.
         Path(app.connection["disks"][1]["path"]).unlink()
         return app
+
+    def local_paths(self, app: AppHandle) -> list[Path]:
+        return [Path(d["path"]) for d in app.connection["disks"]]

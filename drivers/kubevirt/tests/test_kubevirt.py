@@ -569,23 +569,60 @@ def test_entry_point_registers_the_driver() -> None:
     assert isinstance(host.registry.for_strategy("KubeVirt"), KubeVirtDriver)
 
 
-def test_in_place_restore_through_a_symlink_replaces_the_file_it_points_to(
+def test_a_symlinked_image_is_refused_and_its_target_untouched(
     platform: LocalPlatform, tmp_path: Path
 ) -> None:
-    store = tmp_path / "store"
+    """The image's name is a link (to another tenant's image, say): never followed, on
+    backup nor on restore, in place or into a copy; nothing is created through a
+    dangling one."""
+    store = tmp_path / "other-tenant"
     store.mkdir()
     real = make_image(store / "real.qcow2", "qcow2", 64 * MiB, patterns=((0x31, MiB, MiB),))
     keep = tmp_path / "keep.qcow2"
     subprocess.run(["cp", real, keep], check=True)
-    link = tmp_path / "disk.qcow2"
-    link.symlink_to(real)
-    ref = disk_app(platform, "d", link, "qcow2")
+    disk = tmp_path / "disk.qcow2"
+    make_image(disk, "qcow2", 64 * MiB, patterns=((0x32, 0, MiB),))
+    ref = disk_app(platform, "d", disk, "qcow2")
     ok(platform.backup(NS, ref, "b1"))
-    make_image(real, "qcow2", 64 * MiB, patterns=((0x32, 0, MiB),))
-    ok(platform.restore(NS, "b1", "r1"))
-    assert link.is_symlink() and link.resolve() == real
+    disk.unlink()
+    disk.symlink_to(real)
+    copy = tmp_path / "copy.qcow2"
+    copy.symlink_to(store / "created-through-the-link.qcow2")
+    copy_ref = disk_app(platform, "c", copy, "qcow2")
+    for job in (
+        platform.backup(NS, ref, "b2"),
+        platform.restore(NS, "b1", "r1"),
+        platform.restore(NS, "b1", "r2", target=copy_ref),
+    ):
+        message = failed(job)
+        assert job.status.conditions[0].reason == "UnsafeApplicationPath"
+        assert "image of disk disk is a symbolic link" in message
+    assert disk.is_symlink() and disk.resolve() == real
     assert identical(real, keep, "qcow2", "qcow2")
+    assert sorted(p.name for p in store.iterdir()) == ["real.qcow2"]
     assert temp_files(store) == [] and temp_files(tmp_path) == []
+    assert str(tmp_path) not in platform.tenant_view(NS)
+
+
+def test_an_external_data_file_is_refused(platform: LocalPlatform, tmp_path: Path) -> None:
+    """A qcow2 whose header names an external data file elsewhere (another tenant's disk,
+    a host file): qemu would read that file as the guest's data.  Refused."""
+    secret = tmp_path / "outside" / "secret.raw"
+    secret.parent.mkdir()
+    evil = tmp_path / "evil.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-o",
+         f"data_file={secret},data_file_raw=on,preallocation=metadata", evil, str(MiB)],
+        check=True,
+    )  # fmt: skip
+    with secret.open("r+b") as f:
+        f.write(b"TOPSECRET" * 1000)
+    for fmt in ("qcow2", None):
+        job = platform.backup(NS, disk_app(platform, "evil", evil, fmt), f"b-{fmt or 'probed'}")
+        message = failed(job)
+        assert "external data file" in message
+        nothing_committed(platform)
+    assert str(tmp_path) not in platform.tenant_view(NS)
 
 
 def test_a_rebuilt_image_that_does_not_read_back_is_never_swapped_in(

@@ -5,8 +5,9 @@ sees them), credentials from its secret (``username``, ``password``)::
 
     host: mariadb-shop.tenant-user1.svc     # or socket: /run/mysqld/mysqld.sock
     port: 3306
-    # physical restores only:
+    # physical mode (backups read only this directory; the server's @@datadir is not used):
     datadir: /var/lib/mysql-shop/data
+    # physical restores only:
     stopCommand: [systemctl, stop, mariadb@shop]
     startCommand: [systemctl, start, mariadb@shop]
     datadirOwner: mysql                     # default: the current datadir's owner
@@ -26,6 +27,7 @@ from typing import Any, ClassVar
 from cozybackup_core import (
     Locator,
     BackupContext,
+    Capabilities,
     Deadline,
     Driver,
     DriverError,
@@ -63,6 +65,8 @@ class MariaDBDriver(Driver):
         )
     }
     parameters_type: ClassVar[type[Any]] = MariaDBParameters
+    #: physical mode reads and replaces the declared ``datadir``
+    capabilities: ClassVar[Capabilities] = Capabilities(local_paths=True)
     version: ClassVar[str] = __version__
 
     def validate_parameters(self, parameters: Any) -> None:

@@ -59,6 +59,10 @@ class _MariaDBApps(DriverConformance):
             extra=app.extra,
         )
 
+    def local_paths(self, app: AppHandle) -> list[Path]:
+        """Physical mode reads and replaces the declared datadir; logical mode uses none."""
+        return [Path(app.connection["datadir"])] if self.control else []
+
     @staticmethod
     def _server(app: AppHandle) -> MariaDBServer:
         server = app.extra["server"]

@@ -181,7 +181,7 @@ def test_physical_restore_into_a_fresh_stopped_instance(
     src = mariadb()
     write_data(src, seed=11)
     before = checksum(src)
-    ref = declare(plat, "shop", src)
+    ref = declare(plat, "shop", src, datadir=str(src.datadir))
     assert plat.backup(NS, ref, "b1", "maria-physical").status.phase == "Succeeded"
     fresh = mariadb(started=False, empty=True)
     assert not fresh.datadir.exists()
@@ -312,7 +312,8 @@ def test_server_killed_mid_backup_fails_and_commits_nothing(
     KillingDriver.victim = server
     KillingDriver.stream = DATABASES_STREAM if mode == "logical" else DATADIR_STREAM
     plat = make_platform(tmp_path, KillingDriver)
-    job = plat.backup(NS, declare(plat, "shop", server), "b1", f"maria-{mode}")
+    datadir = {"datadir": str(server.datadir)} if mode == "physical" else {}
+    job = plat.backup(NS, declare(plat, "shop", server, **datadir), "b1", f"maria-{mode}")
     assert not server.running()
     assert job.status.phase == "Failed"
     assert job.status.conditions[0].reason == "DatabaseUnavailable"
@@ -377,6 +378,45 @@ def test_restore_into_a_stopped_server_fails_clearly(
     assert job.status.conditions[0].reason == "DatabaseUnavailable"
     assert "check that it is running" in (job.status.message or "")
     assert_no_secrets(plat, src, dst)
+
+
+def test_physical_backup_reads_only_the_declared_datadir(
+    mariadb: ServerFactory, tmp_path: Path
+) -> None:
+    """The server's own ``@@datadir`` is its word, not the admin's: a hostile server could
+    name another tenant's data directory.  A physical backup needs ``datadir``."""
+    plat = make_platform(tmp_path)
+    server = mariadb()
+    job = plat.backup(NS, declare(plat, "shop", server), "b1", "maria-physical")
+    assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == "ApplicationMisconfigured"
+    assert_nothing_committed(plat)
+    assert_no_secrets(plat, server)
+
+
+@pytest.mark.parametrize("planted", ["symlinked table file", "table in another directory"])
+def test_physical_backup_refuses_data_kept_outside_the_datadir(
+    mariadb: ServerFactory, tmp_path: Path, planted: str
+) -> None:
+    """The server (the tenant's) writes its datadir: a link in it, or an InnoDB ``.isl``
+    file naming a path, would make mariabackup read files outside it as the worker."""
+    plat = make_platform(tmp_path)
+    server = mariadb()
+    write_data(server, seed=3)
+    secret = tmp_path / "outside" / "secret.ibd"
+    secret.parent.mkdir()
+    secret.write_bytes(b"another tenant's table\n" * 1000)
+    shop = server.datadir / "shop"
+    if planted == "symlinked table file":
+        (shop / "stolen.MYD").symlink_to(secret)
+    else:
+        (shop / "stolen.isl").write_text(f"{secret}\n")
+    job = plat.backup(NS, declare(plat, "shop", server, control=True), "b1", "maria-physical")
+    assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == "UnsafeApplicationPath"
+    assert "outside the data directory" in (job.status.message or "")
+    assert_nothing_committed(plat)
+    assert_no_secrets(plat, server)
 
 
 def test_physical_in_place_is_refused_without_stop_and_start(
