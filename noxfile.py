@@ -97,7 +97,15 @@ def drivers(session: nox.Session) -> None:
 @nox.session(python=ONE)
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.8")
-    paths = ["cozybackup_core", "tests", "bench", "docs", "noxfile.py", *map(str, DRIVER_DIRS)]
+    paths = [
+        "cozybackup_core",
+        "tests",
+        "bench",
+        "docs",
+        "examples",
+        "noxfile.py",
+        *map(str, DRIVER_DIRS),
+    ]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
 
@@ -106,7 +114,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     pkgs = [a for d in DRIVER_DIRS for a in ("-e", str(d))]
     _install(session, *pkgs, "mypy>=1.13", "types-PyYAML", "pytest", "hypothesis")
-    session.run("mypy", "--strict", "cozybackup_core")
+    session.run("mypy", "--strict", "cozybackup_core", "examples/custom-controller")
     for d in DRIVER_DIRS:
         pkg = next(d.glob("cozybackup_*"))
         session.run("mypy", "--strict", str(pkg))

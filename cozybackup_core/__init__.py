@@ -71,12 +71,29 @@ from ._drivers.contract import (
     WriteBehind,
     iter_chunks,
 )
+from ._drivers.kit import (
+    ApplicationMisconfigured,
+    CredentialsRejected,
+    DatabaseUnavailable,
+    MissingPrivilege,
+    connection_argv,
+    connection_str,
+    misconfigured,
+)
 from ._drivers.localpaths import LocalDir, LocalFile, UnsafeLocalPath, open_local
 from ._drivers.registry import DriverRegistry
 from ._drivers.tools import run_admin_command, run_tool
 from ._engine.engine import Engine, EngineConfig
 from ._engine.plans import fire_due_plans
-from ._engine.port import Host, ObjectStore, Resource
+from ._engine.port import (
+    Host,
+    ObjectStore,
+    Resource,
+    bumped,
+    stamped,
+    with_metadata,
+    with_status_of,
+)
 from ._engine.runner import PassReport, Runner
 from ._plugins.host import BrokenPlugin, PluginHost
 from ._storage.providers import StorageEnv, StorageProvider, StorageProviders
@@ -91,6 +108,7 @@ __all__ = [
     "DEFAULT_BUCKET",
     "DEFAULT_CLASS",
     "AppLocation",
+    "ApplicationMisconfigured",
     "ApplicationRef",
     "ArtifactCorruptError",
     "ArtifactKey",
@@ -107,6 +125,8 @@ __all__ = [
     "Condition",
     "ConflictError",
     "CozyError",
+    "CredentialsRejected",
+    "DatabaseUnavailable",
     "Deadline",
     "DeadlineExceeded",
     "Driver",
@@ -126,6 +146,7 @@ __all__ = [
     "LocalObjectRef",
     "Locator",
     "Manifest",
+    "MissingPrivilege",
     "NoBindingError",
     "NoParameters",
     "NotFoundError",
@@ -158,6 +179,9 @@ __all__ = [
     "__version__",
     "all_crds",
     "builtin_class",
+    "bumped",
+    "connection_argv",
+    "connection_str",
     "crd",
     "dump",
     "fire_due_plans",
@@ -165,8 +189,12 @@ __all__ = [
     "iter_chunks",
     "load",
     "load_yaml",
+    "misconfigured",
     "object_schema",
     "open_local",
     "run_admin_command",
     "run_tool",
+    "stamped",
+    "with_metadata",
+    "with_status_of",
 ]

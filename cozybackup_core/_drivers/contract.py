@@ -72,6 +72,14 @@ class Deadline:
         if self.expired:
             raise DeadlineExceeded("the job ran past its deadline and was stopped")
 
+    def tighter(self, seconds: float | None) -> Deadline:
+        """The earlier of this deadline and ``seconds`` from now (a class's
+        ``timeoutSeconds``); this one when ``seconds`` is None."""
+        if seconds is None:
+            return self
+        own = Deadline.after(seconds)
+        return own if own.at < self.at else self
+
 
 class ProgressReporter(Protocol):
     """Drivers call ``stage`` at each step; bytes written to streams are counted for them."""

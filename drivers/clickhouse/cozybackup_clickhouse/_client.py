@@ -16,24 +16,18 @@ from typing import Any, Protocol
 
 import attrs
 
-from cozybackup_core import ApplicationRef, AppLocation, Deadline, DriverError
+from cozybackup_core import (
+    ApplicationMisconfigured,
+    ApplicationRef,
+    AppLocation,
+    Deadline,
+    misconfigured,
+)
 
 DEFAULT_HTTP_PORT = 8123
 DEFAULT_HTTPS_PORT = 8443
 
-
-class ApplicationMisconfigured(DriverError):
-    """The admin's declaration of the application is incomplete or wrong."""
-
-    reason = "ApplicationMisconfigured"
-
-
-def misconfigured(ref: ApplicationRef, detail: str) -> ApplicationMisconfigured:
-    return ApplicationMisconfigured(
-        "this application's connection settings for backups are incomplete or wrong; "
-        "ask the platform operator",
-        admin_detail=f"{ref.kind} {ref.name}: {detail}",
-    )
+__all__ = ["ApplicationMisconfigured", "misconfigured"]
 
 
 # ---------------------------------------------------------------------- what can go wrong

@@ -71,7 +71,7 @@ class ClickHouseDriver(Driver):
 
     def backup(self, ctx: BackupContext) -> None:
         params = _params(ctx.parameters)
-        deadline = _deadline(ctx.deadline, params)
+        deadline = ctx.deadline.tighter(params.timeout_seconds)
         secrets = secrets_of(target_of(ctx.application))
         client = self.connect(ctx.application, deadline)
         try:
@@ -85,7 +85,7 @@ class ClickHouseDriver(Driver):
 
     def restore(self, ctx: RestoreContext) -> None:
         params = _params(ctx.parameters)
-        deadline = _deadline(ctx.deadline, params)
+        deadline = ctx.deadline.tighter(params.timeout_seconds)
         names = ctx.artifact.names()
         native = _native.INDEX_STREAM in names
         if not native and _logical.INDEX_STREAM not in names:
@@ -111,12 +111,6 @@ def _params(value: Any) -> ClickHouseParameters:
     if not isinstance(value, ClickHouseParameters):  # pragma: no cover - the engine structures it
         raise TypeError(f"expected ClickHouseParameters, got {type(value).__name__}")
     return value
-
-
-def _deadline(platform: Deadline, params: ClickHouseParameters) -> Deadline:
-    if params.timeout_seconds is None:
-        return platform
-    return Deadline(min(platform.at, Deadline.after(params.timeout_seconds).at))
 
 
 def _sync(client: Client) -> str:

@@ -9,25 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from cozybackup_core import CozyError, DriverError, TransientError
+from cozybackup_core import (
+    CozyError,
+    CredentialsRejected,
+    DatabaseUnavailable,
+    DriverError,
+    MissingPrivilege,
+)
 
 from ._client import ServerError, Unreachable, mask
 
-
-class CredentialsRejected(DriverError):
-    """The server refused the account the platform uses for this application."""
-
-    reason = "CredentialsRejected"
-
-
-class MissingPrivilege(DriverError):
-    reason = "MissingPrivilege"
-
-
-class DatabaseUnavailable(TransientError):
-    """The server could not be reached or went away: worth retrying later."""
-
-    reason = "DatabaseUnavailable"
+__all__ = ["CredentialsRejected", "DatabaseUnavailable", "MissingPrivilege"]
 
 
 #: Error codes (``src/Common/ErrorCodes.cpp``) grouped by what the tenant can do.

@@ -17,7 +17,14 @@ import attrs
 # grpcio ships no type information; the nox typecheck session does not install stubs.
 import grpc  # type: ignore[import-untyped,unused-ignore]
 
-from cozybackup_core import CozyError, Deadline, DeadlineExceeded, DriverError, TransientError
+from cozybackup_core import (
+    CozyError,
+    CredentialsRejected,
+    Deadline,
+    DeadlineExceeded,
+    DriverError,
+    TransientError,
+)
 
 from . import _proto as pb
 from ._cluster import Cluster, Endpoint
@@ -40,12 +47,6 @@ class EtcdUnavailable(TransientError):
     """No member answered, or the one streaming went away: worth retrying later."""
 
     reason = "EtcdUnavailable"
-
-
-class CredentialsRejected(DriverError):
-    """etcd refused the platform's certificate, user or password."""
-
-    reason = "CredentialsRejected"
 
 
 class MissingPermission(DriverError):

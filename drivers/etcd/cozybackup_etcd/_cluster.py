@@ -28,7 +28,14 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from cozybackup_core import ApplicationRef, AppLocation, DriverError
+from cozybackup_core import (
+    ApplicationMisconfigured,
+    ApplicationRef,
+    AppLocation,
+    connection_argv,
+    connection_str,
+)
+from cozybackup_core import misconfigured as kit_misconfigured
 
 DEFAULT_SERVICE_TIMEOUT = 300.0
 _CONNECTION_KEYS = frozenset(
@@ -43,18 +50,8 @@ _CREDENTIAL_KEYS = frozenset({"ca.crt", "tls.crt", "tls.key", "username", "passw
 _MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
-class ApplicationMisconfigured(DriverError):
-    """The admin's declaration of the application is incomplete or wrong."""
-
-    reason = "ApplicationMisconfigured"
-
-
 def misconfigured(ref: ApplicationRef, detail: str) -> ApplicationMisconfigured:
-    return ApplicationMisconfigured(
-        "this etcd cluster's connection settings for backups are incomplete or wrong; "
-        "ask the platform operator",
-        admin_detail=f"{ref.kind} {ref.name}: {detail}",
-    )
+    return kit_misconfigured(ref, detail, "this etcd cluster")
 
 
 @attrs.frozen(kw_only=True)
@@ -121,22 +118,22 @@ class Cluster:
         timeout = conn.get("serviceTimeoutSeconds", DEFAULT_SERVICE_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise misconfigured(ref, "'serviceTimeoutSeconds' must be a positive number")
-        bin_dir = _opt_str(ref, conn, "binDir")
+        bin_dir = connection_str(ref, conn, "binDir")
         if bin_dir is not None and not Path(bin_dir).is_absolute():
             raise misconfigured(ref, f"'binDir' must be an absolute path, got {bin_dir!r}")
         return cls(
             ref=ref,
             endpoints=_endpoints(ref, conn.get("endpoints"), default_tls=has_tls),
-            server_name=_opt_str(ref, conn, "serverName"),
+            server_name=connection_str(ref, conn, "serverName"),
             ca=ca,
             cert=cert,
             key=key,
             username=username,
             password=password,
             members=_members(ref, conn.get("members")),
-            stop_command=_opt_argv(ref, conn, "stopCommand"),
-            start_command=_opt_argv(ref, conn, "startCommand"),
-            data_dir_owner=_opt_str(ref, conn, "dataDirOwner"),
+            stop_command=connection_argv(ref, conn, "stopCommand"),
+            start_command=connection_argv(ref, conn, "startCommand"),
+            data_dir_owner=connection_str(ref, conn, "dataDirOwner"),
             service_timeout=float(timeout),
             bin_dir=Path(bin_dir) if bin_dir is not None else None,
         )
@@ -200,25 +197,3 @@ def _pem(ref: ApplicationRef, creds: Mapping[str, str], key: str) -> bytes | Non
     if "-----BEGIN " not in value:
         raise misconfigured(ref, f"credential {key!r} is not PEM text")
     return value.encode()
-
-
-def _opt_str(ref: ApplicationRef, conn: Mapping[str, Any], key: str) -> str | None:
-    value = conn.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or any(c in value for c in "\x00\n\r"):
-        raise misconfigured(ref, f"connection key {key!r} must be a non-empty string")
-    return value
-
-
-def _opt_argv(ref: ApplicationRef, conn: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
-    value = conn.get(key)
-    if value is None:
-        return None
-    if (
-        not isinstance(value, (list, tuple))
-        or not value
-        or not all(isinstance(v, str) and v and "\x00" not in v for v in value)
-    ):
-        raise misconfigured(ref, f"connection key {key!r} must be a non-empty list of strings")
-    return tuple(value)

@@ -6,18 +6,17 @@ Connection keys and credentials are described in ``_cluster.py`` and the README.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from cozybackup_core import (
-    Locator,
     BackupContext,
     Capabilities,
-    Deadline,
     Driver,
     GroupKind,
+    Locator,
     RestoreContext,
 )
 
@@ -57,12 +56,12 @@ class EtcdDriver(Driver):
     def backup(self, ctx: BackupContext) -> None:
         params = _params(ctx.parameters)
         cluster = Cluster.from_location(ctx.application)
-        _backup.backup(ctx, cluster, params, _deadline(ctx.deadline, params))
+        _backup.backup(ctx, cluster, params, ctx.deadline.tighter(params.timeout_seconds))
 
     def restore(self, ctx: RestoreContext) -> None:
         params = _params(ctx.parameters)
         cluster = Cluster.from_location(ctx.target)
-        _restore.restore(ctx, cluster, _deadline(ctx.deadline, params))
+        _restore.restore(ctx, cluster, ctx.deadline.tighter(params.timeout_seconds))
         ctx.log.info(
             "restored %s %s", ctx.source.name, "in place" if ctx.in_place else "into a copy"
         )
@@ -72,9 +71,3 @@ def _params(value: Any) -> EtcdParameters:
     if not isinstance(value, EtcdParameters):  # pragma: no cover - the engine structures it
         raise TypeError(f"expected EtcdParameters, got {type(value).__name__}")
     return value
-
-
-def _deadline(platform: Deadline, params: EtcdParameters) -> Deadline:
-    if params.timeout_seconds is None:
-        return platform
-    return Deadline(min(platform.at, Deadline.after(params.timeout_seconds).at))

@@ -75,7 +75,7 @@ class MariaDBDriver(Driver):
     def backup(self, ctx: BackupContext) -> None:
         params = _params(ctx.parameters)
         server = Server.from_location(ctx.application)
-        deadline = _deadline(ctx.deadline, params)
+        deadline = ctx.deadline.tighter(params.timeout_seconds)
         if params.mode is Mode.PHYSICAL:
             _physical.backup(ctx, server, params, deadline)
         else:
@@ -85,7 +85,7 @@ class MariaDBDriver(Driver):
     def restore(self, ctx: RestoreContext) -> None:
         params = _params(ctx.parameters)
         server = Server.from_location(ctx.target)
-        deadline = _deadline(ctx.deadline, params)
+        deadline = ctx.deadline.tighter(params.timeout_seconds)
         names = ctx.artifact.names()
         # The streams say how the backup was taken: a parameters snapshot could
         # have lost the mode (defaults are not recorded).
@@ -108,8 +108,3 @@ def _params(value: Any) -> MariaDBParameters:
         raise TypeError(f"expected MariaDBParameters, got {type(value).__name__}")
     return value
 
-
-def _deadline(platform: Deadline, params: MariaDBParameters) -> Deadline:
-    if params.timeout_seconds is None:
-        return platform
-    return Deadline(min(platform.at, Deadline.after(params.timeout_seconds).at))

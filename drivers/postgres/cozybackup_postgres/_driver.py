@@ -322,13 +322,6 @@ def _amend(exc: CozyError, addition: str) -> None:
     exc.args = (exc.message,)
 
 
-def _deadline(outer: Deadline, seconds: int | None) -> Deadline:
-    if seconds is None:
-        return outer
-    own = Deadline.after(seconds)
-    return own if own.at < outer.at else outer
-
-
 # ---------------------------------------------------------------------- the driver
 
 
@@ -374,7 +367,7 @@ class PostgresDriver(Driver):
     def backup(self, ctx: BackupContext) -> None:
         params = ctx.parameters
         assert isinstance(params, PostgresParameters)
-        deadline = _deadline(ctx.deadline, params.timeout_seconds)
+        deadline = ctx.deadline.tighter(params.timeout_seconds)
         tools = find_tools()
         server = Server.from_location(ctx.application, tools)
         ctx.progress.stage("connecting to the database server")
@@ -543,7 +536,7 @@ class PostgresDriver(Driver):
     def restore(self, ctx: RestoreContext) -> None:
         params = ctx.parameters
         assert isinstance(params, PostgresParameters)
-        deadline = _deadline(ctx.deadline, params.timeout_seconds)
+        deadline = ctx.deadline.tighter(params.timeout_seconds)
         index = read_index(ctx.artifact)
         tools = find_tools()
         server = Server.from_location(ctx.target, tools)

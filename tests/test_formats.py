@@ -1,0 +1,54 @@
+"""Artifacts and state written before the core's reorganisation still restore, exactly.
+
+``tests/data/format-v1/home`` is a home directory written by cozybackup at commit 0791b16
+(``make.py`` there says how): two SQLite backups, one plain and one encrypted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from cozybackup_sqlite import SQLiteDriver
+
+from cozybackup_core.testing import LocalPlatform
+
+DATA = Path(__file__).parent / "data" / "format-v1"
+
+
+def _fill() -> object:
+    spec = importlib.util.spec_from_file_location("format_v1_make", DATA / "make.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.fill
+
+
+def _rows(db: Path) -> list[tuple[object, ...]]:
+    with sqlite3.connect(db) as c:
+        return c.execute("SELECT id, name, price, data FROM items ORDER BY id").fetchall()
+
+
+@pytest.mark.parametrize("backup", ["plain", "sealed"])
+def test_an_old_backup_verifies_and_restores_exactly(tmp_path: Path, backup: str) -> None:
+    expected_db = tmp_path / "expected.sqlite"
+    _fill()(expected_db)  # type: ignore[operator]
+    home = tmp_path / "home"
+    shutil.copytree(DATA / "home", home)
+    plat = LocalPlatform(home, drivers=(SQLiteDriver,))
+    [old] = [b for b in plat.backups("tenant-a") if b.metadata.name == backup]
+    assert old.status.phase == "Ready"
+    checked = plat.engine.verify(old).status.last_verified
+    assert checked is not None and checked.result == "Passed", checked
+
+    target = tmp_path / "restored.sqlite"
+    ref = plat.declare_app(
+        "tenant-a", "copy", "SQLiteDatabase", {"path": str(target)}, api_group="apps.example.com"
+    )
+    job = plat.restore("tenant-a", backup, f"r-{backup}", target=ref)
+    assert job.status.phase == "Succeeded", job.status.message
+    assert _rows(target) == _rows(expected_db)
+    assert len(_rows(target)) == 300
