@@ -61,14 +61,15 @@ def connection_str(ref: ApplicationRef, conn: Mapping[str, Any], key: str) -> st
 def connection_argv(
     ref: ApplicationRef, conn: Mapping[str, Any], key: str
 ) -> tuple[str, ...] | None:
-    """An optional command (a non-empty list of non-empty strings, no shell)."""
+    """An optional command: a non-empty list of strings (an argv; no shell, and an empty
+    string is an argument like any other)."""
     value = conn.get(key)
     if value is None:
         return None
     if (
         not isinstance(value, (list, tuple))
         or not value
-        or not all(isinstance(v, str) and v and "\x00" not in v for v in value)
+        or not all(isinstance(v, str) and "\x00" not in v for v in value)
     ):
         raise misconfigured(ref, f"connection key {key!r} must be a non-empty list of strings")
     return tuple(value)

@@ -28,7 +28,13 @@ from typing import Any
 
 import attrs
 
-from cozybackup_core import ApplicationRef, AppLocation, DriverError
+from cozybackup_core import (
+    ApplicationMisconfigured,
+    ApplicationRef,
+    AppLocation,
+    connection_argv,
+)
+from cozybackup_core import misconfigured as kit_misconfigured
 
 DEFAULT_SERVICE_TIMEOUT = 300.0
 #: the one disk of a VMDisk
@@ -41,18 +47,8 @@ _DISK_APP_KEYS = frozenset({*_DISK_KEYS, *_COMMAND_KEYS, "serviceTimeoutSeconds"
 _DISK_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-class ApplicationMisconfigured(DriverError):
-    """The admin's declaration of the application is incomplete or wrong."""
-
-    reason = "ApplicationMisconfigured"
-
-
 def misconfigured(ref: ApplicationRef, detail: str) -> ApplicationMisconfigured:
-    return ApplicationMisconfigured(
-        "this virtual machine's connection settings for backups are incomplete or wrong; "
-        "ask the platform operator",
-        admin_detail=f"{ref.kind} {ref.name}: {detail}",
-    )
+    return kit_misconfigured(ref, detail, "this virtual machine")
 
 
 @attrs.frozen(kw_only=True)
@@ -118,7 +114,7 @@ class Machine:
             disks = _disks(ref, conn.get("disks"))
         else:
             disks = (_disk(ref, SINGLE_DISK, conn, "connection"),)
-        commands = {k: _opt_argv(ref, conn, k) for k in _COMMAND_KEYS}
+        commands = {k: connection_argv(ref, conn, k) for k in _COMMAND_KEYS}
         for a, b in (("freezeCommand", "thawCommand"), ("stopCommand", "startCommand")):
             if (commands[a] is None) != (commands[b] is None):
                 raise misconfigured(ref, f"'{a}' and '{b}' must be declared together")
@@ -177,16 +173,3 @@ def _disk(ref: ApplicationRef, name: str, conn: Mapping[str, Any], where: str) -
     if fmt is not None and fmt not in FORMATS:
         raise misconfigured(ref, f"{where}.format must be one of {list(FORMATS)}, got {fmt!r}")
     return Disk(name=name, path=Path(path), format=fmt)
-
-
-def _opt_argv(ref: ApplicationRef, conn: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
-    value = conn.get(key)
-    if value is None:
-        return None
-    if (
-        not isinstance(value, (list, tuple))
-        or not value
-        or not all(isinstance(v, str) and "\0" not in v for v in value)
-    ):
-        raise misconfigured(ref, f"'{key}' must be a non-empty list of strings (an argv)")
-    return tuple(value)

@@ -23,13 +23,19 @@ from typing import IO, Any, cast
 import attrs
 
 from cozybackup_core import (
+    ApplicationMisconfigured,
     ApplicationRef,
     AppLocation,
     CozyError,
+    CredentialsRejected,
+    DatabaseUnavailable,
     Deadline,
     DriverError,
-    TransientError,
+    MissingPrivilege,
     WriteBehind,
+    connection_argv,
+    connection_str,
+    misconfigured,
     run_tool,
 )
 
@@ -39,34 +45,13 @@ DEFAULT_SERVICE_TIMEOUT = 300.0
 MAX_PACKET = "1G"
 
 
-class CredentialsRejected(DriverError):
-    """The server refused the account the platform uses for this application."""
-
-    reason = "CredentialsRejected"
-
-
-class MissingPrivilege(DriverError):
-    reason = "MissingPrivilege"
-
-
-class ApplicationMisconfigured(DriverError):
-    """The admin's declaration of the application is incomplete or wrong."""
-
-    reason = "ApplicationMisconfigured"
-
-
-class DatabaseUnavailable(TransientError):
-    """The server could not be reached or went away: worth retrying later."""
-
-    reason = "DatabaseUnavailable"
-
-
-def misconfigured(ref: ApplicationRef, detail: str) -> ApplicationMisconfigured:
-    return ApplicationMisconfigured(
-        "this application's connection settings for backups are incomplete or wrong; "
-        "ask the platform operator",
-        admin_detail=f"{ref.kind} {ref.name}: {detail}",
-    )
+__all__ = [
+    "ApplicationMisconfigured",
+    "CredentialsRejected",
+    "DatabaseUnavailable",
+    "MissingPrivilege",
+    "misconfigured",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -102,8 +87,8 @@ class Server:
         unknown = sorted(set(conn) - known)
         if unknown:
             raise misconfigured(ref, f"unknown connection keys {unknown} (known: {sorted(known)})")
-        host = _opt_str(ref, conn, "host")
-        sock = _opt_str(ref, conn, "socket")
+        host = connection_str(ref, conn, "host")
+        sock = connection_str(ref, conn, "socket")
         if host is None and sock is None:
             raise misconfigured(ref, "connection needs 'host' (and 'port') or 'socket'")
         port = conn.get("port", DEFAULT_PORT)
@@ -119,7 +104,7 @@ class Server:
         for key, value in (("username", username), ("password", password)):
             if any(c in value for c in "\x00\n\r"):
                 raise misconfigured(ref, f"credential {key!r} contains a NUL or line break")
-        datadir = _opt_str(ref, conn, "datadir")
+        datadir = connection_str(ref, conn, "datadir")
         if datadir is not None and not Path(datadir).is_absolute():
             raise misconfigured(ref, f"connection key 'datadir' must be absolute, got {datadir!r}")
         timeout = conn.get("serviceTimeoutSeconds", DEFAULT_SERVICE_TIMEOUT)
@@ -133,9 +118,9 @@ class Server:
             username=username,
             password=password,
             datadir=datadir,
-            stop_command=_opt_argv(ref, conn, "stopCommand"),
-            start_command=_opt_argv(ref, conn, "startCommand"),
-            datadir_owner=_opt_str(ref, conn, "datadirOwner"),
+            stop_command=connection_argv(ref, conn, "stopCommand"),
+            start_command=connection_argv(ref, conn, "startCommand"),
+            datadir_owner=connection_str(ref, conn, "datadirOwner"),
             service_timeout=float(timeout),
         )
 
@@ -193,28 +178,6 @@ class Server:
                 return False
         # A protocol-10 greeting (or an error packet, 0xff: e.g. "too many connections").
         return len(head) == 5 and head[4] in (0x0A, 0xFF)
-
-
-def _opt_str(ref: ApplicationRef, conn: Mapping[str, Any], key: str) -> str | None:
-    value = conn.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or any(c in value for c in "\x00\n\r"):
-        raise misconfigured(ref, f"connection key {key!r} must be a non-empty string")
-    return value
-
-
-def _opt_argv(ref: ApplicationRef, conn: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
-    value = conn.get(key)
-    if value is None:
-        return None
-    if (
-        not isinstance(value, (list, tuple))
-        or not value
-        or not all(isinstance(v, str) and "\x00" not in v for v in value)
-    ):
-        raise misconfigured(ref, f"connection key {key!r} must be a non-empty list of strings")
-    return tuple(value)
 
 
 def _quote(value: str) -> str:

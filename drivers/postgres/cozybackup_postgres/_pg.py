@@ -21,10 +21,11 @@ import attrs
 
 from cozybackup_core import (
     AppLocation,
+    CredentialsRejected,
+    DatabaseUnavailable,
     Deadline,
     DeadlineExceeded,
     DriverError,
-    TransientError,
     run_tool,
 )
 
@@ -34,16 +35,7 @@ DEFAULT_PORT = 5432
 CONNECT_TIMEOUT = 30  # seconds, per connection attempt of each tool
 
 
-class DatabaseUnavailable(TransientError):
-    """The server could not be reached, or went away while we worked.  Retried."""
-
-    reason = "DatabaseUnavailable"
-
-
-class CredentialsRejected(DriverError):
-    """The server refused the credentials the platform holds for this application."""
-
-    reason = "CredentialsRejected"
+__all__ = ["CredentialsRejected", "DatabaseUnavailable"]
 
 
 # ---------------------------------------------------------------------- quoting
