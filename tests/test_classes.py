@@ -77,6 +77,8 @@ def test_cozy_default_binds_what_the_installed_drivers_declare() -> None:
     ]
     assert {b.application.api_group for b in bindings} == {"apps.cozystack.io"}
     assert {b.strategy_ref.name for b in bindings} == {"cozy-default"}
+    # Declaring default kinds leaves the driver's own strategy kind as it was.
+    assert registry.for_strategy("PlatformFiles").name == "platform-files"
 
 
 def test_a_default_kind_the_driver_does_not_serve_is_refused() -> None:

@@ -11,9 +11,10 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, Any, ClassVar, Protocol
+from typing import IO, Any, ClassVar, Generic, Protocol
 
 import attrs
+from typing_extensions import TypeVar
 
 from .._api.errors import DeadlineExceeded, UnsupportedError
 from .._api.types import ApplicationRef, GroupKind
@@ -139,10 +140,15 @@ class StreamSource(Protocol):
         ...
 
 
+#: A driver's parameters type (``Driver[PostgresParameters]``); ``Any`` when not given.
+P = TypeVar("P", default=Any)
+
+
 @attrs.define(kw_only=True)
-class BackupContext:
+class BackupContext(Generic[P]):
     application: AppLocation
-    parameters: Any
+    #: The BackupClass's parameters, structured into the driver's ``parameters_type``.
+    parameters: P
     artifact: StreamSink
     progress: ProgressReporter
     log: logging.Logger
@@ -154,11 +160,11 @@ class BackupContext:
 
 
 @attrs.define(kw_only=True)
-class RestoreContext:
+class RestoreContext(Generic[P]):
     target: AppLocation
     source: ApplicationRef
     in_place: bool
-    parameters: Any
+    parameters: P
     artifact: StreamSource
     driver_metadata: Mapping[str, Any]
     taken_at: dt.datetime
@@ -187,7 +193,7 @@ class Locator:
     fixed: Mapping[str, str] = attrs.field(factory=dict)
 
 
-class Driver(abc.ABC):
+class Driver(abc.ABC, Generic[P]):
     """Base class of every driver.  Subclass it and register the class from a hook.
 
     Class attributes declare what it is; ``backup`` and ``restore`` do the work.  One
@@ -195,6 +201,10 @@ class Driver(abc.ABC):
     per-job state on ``self``.  Raise
     :class:`~cozybackup_core.DriverError` with a message a tenant can act on; anything
     else is reported to the tenant as an internal error and logged for the operator.
+
+    Generic over its parameters type: ``class PostgresDriver(Driver[PostgresParameters])``
+    with ``parameters_type = PostgresParameters`` types ``ctx.parameters`` in ``backup`` and
+    ``restore``.
     """
 
     #: Unique registry name, e.g. ``"postgres"``.
@@ -222,7 +232,7 @@ class Driver(abc.ABC):
     def serves(cls, kind: GroupKind) -> bool:
         return cls.any_kind or kind in cls.kinds
 
-    def validate_parameters(self, parameters: Any) -> None:  # noqa: B027 - optional hook
+    def validate_parameters(self, parameters: Any) -> None:
         """Checks beyond the type, run when a BackupClass is applied.
 
         Raise ``ValidationError([("jobs", "must be between 1 and 16")])`` to name the field
@@ -231,11 +241,11 @@ class Driver(abc.ABC):
         """
 
     @abc.abstractmethod
-    def backup(self, ctx: BackupContext) -> None:
+    def backup(self, ctx: BackupContext[P]) -> None:
         """Write the application's data into ``ctx.artifact``."""
 
     @abc.abstractmethod
-    def restore(self, ctx: RestoreContext) -> None:
+    def restore(self, ctx: RestoreContext[P]) -> None:
         """Replay ``ctx.artifact`` into ``ctx.target``."""
 
     def scratch_target(

@@ -62,10 +62,11 @@ class DriverRegistry:
             raise ValueError(f"{driver_cls.__qualname__}.strategy_kind {kind!r} is not CamelCase")
         if not getattr(driver_cls, "kinds", ()) and not driver_cls.any_kind:
             raise ValueError(f"{driver_cls.__qualname__}.kinds is empty (and any_kind is not set)")
-        for kind in driver_cls.default_kinds:
-            if not driver_cls.serves(GroupKind(api_group=APPS_GROUP, kind=kind)):
+        for default in driver_cls.default_kinds:
+            if not driver_cls.serves(GroupKind(api_group=APPS_GROUP, kind=default)):
                 raise ValueError(
-                    f"{driver_cls.__qualname__}.default_kinds names {kind!r}, which it does not serve"
+                    f"{driver_cls.__qualname__}.default_kinds names {default!r}, "
+                    "which it does not serve"
                 )
         if not attrs.has(driver_cls.parameters_type):
             raise TypeError(f"{driver_cls.__qualname__}.parameters_type must be an attrs class")

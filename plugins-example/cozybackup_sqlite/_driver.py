@@ -114,7 +114,7 @@ class SQLiteParameters:
     batch_statements: int = 1000
 
 
-class SQLiteDriver(Driver):
+class SQLiteDriver(Driver[SQLiteParameters]):
     """Backs up and restores SQLite database files (``apps.example.com/SQLiteDatabase``)."""
 
     name: ClassVar[str] = "sqlite"
@@ -134,7 +134,7 @@ class SQLiteDriver(Driver):
 
     # ------------------------------------------------------------------ backup
 
-    def backup(self, ctx: BackupContext) -> None:
+    def backup(self, ctx: BackupContext[SQLiteParameters]) -> None:
         path = _db_path(ctx.application)
         deadline = ctx.deadline
         ctx.progress.stage("opening the database")
@@ -186,7 +186,7 @@ class SQLiteDriver(Driver):
 
     # ------------------------------------------------------------------ restore
 
-    def restore(self, ctx: RestoreContext) -> None:
+    def restore(self, ctx: RestoreContext[SQLiteParameters]) -> None:
         params = ctx.parameters
         assert isinstance(params, SQLiteParameters)
         target = _db_path(ctx.target)  # the declared name: never the file a link points to

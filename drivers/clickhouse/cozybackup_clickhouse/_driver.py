@@ -46,7 +46,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 CLICKHOUSE_KIND = GroupKind(api_group=APPS_GROUP, kind="ClickHouse")
 
 
-class ClickHouseDriver(Driver):
+class ClickHouseDriver(Driver[ClickHouseParameters]):
     """Backs up and restores ``apps.cozystack.io/ClickHouse`` applications."""
 
     name: ClassVar[str] = "clickhouse"
@@ -69,8 +69,8 @@ class ClickHouseDriver(Driver):
         except (ServerError, Unreachable) as exc:
             raise classify(exc, doing="connecting", secrets=secrets_of(target)) from None
 
-    def backup(self, ctx: BackupContext) -> None:
-        params = _params(ctx.parameters)
+    def backup(self, ctx: BackupContext[ClickHouseParameters]) -> None:
+        params = ctx.parameters
         deadline = ctx.deadline.tighter(params.timeout_seconds)
         secrets = secrets_of(target_of(ctx.application))
         client = self.connect(ctx.application, deadline)
@@ -83,8 +83,8 @@ class ClickHouseDriver(Driver):
             client.close()
         deadline.check()
 
-    def restore(self, ctx: RestoreContext) -> None:
-        params = _params(ctx.parameters)
+    def restore(self, ctx: RestoreContext[ClickHouseParameters]) -> None:
+        params = ctx.parameters
         deadline = ctx.deadline.tighter(params.timeout_seconds)
         names = ctx.artifact.names()
         native = _native.INDEX_STREAM in names
@@ -105,12 +105,6 @@ class ClickHouseDriver(Driver):
         ctx.log.info(
             "restored %s %s", ctx.source.name, "in place" if ctx.in_place else "into a copy"
         )
-
-
-def _params(value: Any) -> ClickHouseParameters:
-    if not isinstance(value, ClickHouseParameters):  # pragma: no cover - the engine structures it
-        raise TypeError(f"expected ClickHouseParameters, got {type(value).__name__}")
-    return value
 
 
 def _sync(client: Client) -> str:

@@ -33,7 +33,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 ETCD_KIND = GroupKind(kind="Etcd")
 
 
-class EtcdDriver(Driver):
+class EtcdDriver(Driver[EtcdParameters]):
     """Backs up and restores ``apps.cozystack.io/Etcd`` clusters."""
 
     name: ClassVar[str] = "etcd"
@@ -53,21 +53,15 @@ class EtcdDriver(Driver):
     capabilities: ClassVar[Capabilities] = Capabilities(local_paths=True)
     version: ClassVar[str] = __version__
 
-    def backup(self, ctx: BackupContext) -> None:
-        params = _params(ctx.parameters)
+    def backup(self, ctx: BackupContext[EtcdParameters]) -> None:
+        params = ctx.parameters
         cluster = Cluster.from_location(ctx.application)
         _backup.backup(ctx, cluster, params, ctx.deadline.tighter(params.timeout_seconds))
 
-    def restore(self, ctx: RestoreContext) -> None:
-        params = _params(ctx.parameters)
+    def restore(self, ctx: RestoreContext[EtcdParameters]) -> None:
+        params = ctx.parameters
         cluster = Cluster.from_location(ctx.target)
         _restore.restore(ctx, cluster, ctx.deadline.tighter(params.timeout_seconds))
         ctx.log.info(
             "restored %s %s", ctx.source.name, "in place" if ctx.in_place else "into a copy"
         )
-
-
-def _params(value: Any) -> EtcdParameters:
-    if not isinstance(value, EtcdParameters):  # pragma: no cover - the engine structures it
-        raise TypeError(f"expected EtcdParameters, got {type(value).__name__}")
-    return value

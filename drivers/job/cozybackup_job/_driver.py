@@ -56,7 +56,7 @@ VERSION_TIMEOUT = 30.0
 _VERSION_MAX = 200
 
 
-class JobDriver(Driver):
+class JobDriver(Driver[JobParameters]):
     """Runs the commands of the class's ``parameters``; serves any kind it is bound to."""
 
     name = "job"
@@ -74,8 +74,8 @@ class JobDriver(Driver):
 
     # ------------------------------------------------------------------ backup
 
-    def backup(self, ctx: BackupContext) -> None:
-        params: JobParameters = ctx.parameters
+    def backup(self, ctx: BackupContext[JobParameters]) -> None:
+        params = ctx.parameters
         app = ctx.application
         cmd = compile_command(params, "backup")
         argv = _render_argv(cmd, app, "backup")
@@ -90,8 +90,8 @@ class JobDriver(Driver):
 
     # ------------------------------------------------------------------ restore
 
-    def restore(self, ctx: RestoreContext) -> None:
-        params: JobParameters = ctx.parameters
+    def restore(self, ctx: RestoreContext[JobParameters]) -> None:
+        params = ctx.parameters
         if ctx.in_place and not params.in_place_restore:
             raise UnsupportedError(
                 "this BackupClass cannot restore in place; set spec.targetApplicationRef "

@@ -50,7 +50,7 @@ def _in_use_message(m: Machine) -> str:
     )
 
 
-class KubeVirtDriver(Driver):
+class KubeVirtDriver(Driver[KubeVirtParameters]):
     name = "kubevirt"
     strategy_kind = "KubeVirt"
     kinds = (
@@ -64,15 +64,15 @@ class KubeVirtDriver(Driver):
 
     # ------------------------------------------------------------------ backup
 
-    def backup(self, ctx: BackupContext) -> None:
+    def backup(self, ctx: BackupContext[KubeVirtParameters]) -> None:
         with contextlib.ExitStack() as held:
             # Every image is checked and held open before anything reads it: tools are
             # given /proc/<pid>/fd/<n> names of these very files, never the declared path.
             m = _held(Machine.from_location(ctx.application), held)
             self._backup(m, ctx)
 
-    def _backup(self, m: Machine, ctx: BackupContext) -> None:
-        params: KubeVirtParameters = ctx.parameters
+    def _backup(self, m: Machine, ctx: BackupContext[KubeVirtParameters]) -> None:
+        params = ctx.parameters
         mode = _mode(m, params.consistency)
         ctx.tool_versions["qemu"] = image.qemu_version(ctx.deadline)
         ctx.progress.stage("checking the disk images")
@@ -183,8 +183,8 @@ class KubeVirtDriver(Driver):
 
     # ------------------------------------------------------------------ restore
 
-    def restore(self, ctx: RestoreContext) -> None:
-        params: KubeVirtParameters = ctx.parameters
+    def restore(self, ctx: RestoreContext[KubeVirtParameters]) -> None:
+        params = ctx.parameters
         streams = sorted(ctx.artifact.names())
         scratch = ctx.target.connection.get(_SCRATCH_KEY)
         if isinstance(scratch, str) and set(ctx.target.connection) == {_SCRATCH_KEY}:

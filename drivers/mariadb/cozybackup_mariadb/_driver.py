@@ -47,7 +47,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 MARIADB_KIND = GroupKind(kind="MariaDB")
 
 
-class MariaDBDriver(Driver):
+class MariaDBDriver(Driver[MariaDBParameters]):
     """Backs up and restores ``apps.cozystack.io/MariaDB`` applications."""
 
     name: ClassVar[str] = "mariadb"
@@ -71,8 +71,8 @@ class MariaDBDriver(Driver):
     def validate_parameters(self, parameters: Any) -> None:
         check(parameters)
 
-    def backup(self, ctx: BackupContext) -> None:
-        params = _params(ctx.parameters)
+    def backup(self, ctx: BackupContext[MariaDBParameters]) -> None:
+        params = ctx.parameters
         server = Server.from_location(ctx.application)
         deadline = ctx.deadline.tighter(params.timeout_seconds)
         if params.mode is Mode.PHYSICAL:
@@ -81,8 +81,8 @@ class MariaDBDriver(Driver):
             _logical.backup(ctx, server, params, deadline)
         deadline.check()
 
-    def restore(self, ctx: RestoreContext) -> None:
-        params = _params(ctx.parameters)
+    def restore(self, ctx: RestoreContext[MariaDBParameters]) -> None:
+        params = ctx.parameters
         server = Server.from_location(ctx.target)
         deadline = ctx.deadline.tighter(params.timeout_seconds)
         names = ctx.artifact.names()
@@ -100,9 +100,3 @@ class MariaDBDriver(Driver):
         ctx.log.info(
             "restored %s %s", ctx.source.name, "in place" if ctx.in_place else "into a copy"
         )
-
-
-def _params(value: Any) -> MariaDBParameters:
-    if not isinstance(value, MariaDBParameters):  # pragma: no cover - the engine structures it
-        raise TypeError(f"expected MariaDBParameters, got {type(value).__name__}")
-    return value

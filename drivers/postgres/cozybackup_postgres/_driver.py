@@ -332,7 +332,7 @@ class _Restored:
     allowed_connections: bool
 
 
-class PostgresDriver(Driver):
+class PostgresDriver(Driver[PostgresParameters]):
     """Logical backups of PostgreSQL servers (``apps.cozystack.io/Postgres``)."""
 
     name: ClassVar[str] = "postgres"
@@ -364,7 +364,7 @@ class PostgresDriver(Driver):
 
     # ------------------------------------------------------------------ backup
 
-    def backup(self, ctx: BackupContext) -> None:
+    def backup(self, ctx: BackupContext[PostgresParameters]) -> None:
         params = ctx.parameters
         assert isinstance(params, PostgresParameters)
         deadline = ctx.deadline.tighter(params.timeout_seconds)
@@ -533,7 +533,7 @@ class PostgresDriver(Driver):
 
     # ------------------------------------------------------------------ restore
 
-    def restore(self, ctx: RestoreContext) -> None:
+    def restore(self, ctx: RestoreContext[PostgresParameters]) -> None:
         params = ctx.parameters
         assert isinstance(params, PostgresParameters)
         deadline = ctx.deadline.tighter(params.timeout_seconds)
