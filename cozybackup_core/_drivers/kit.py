@@ -48,18 +48,21 @@ def misconfigured(
     )
 
 
-def connection_str(ref: ApplicationRef, conn: Mapping[str, Any], key: str) -> str | None:
-    """An optional one-line string connection key; anything else is misconfigured."""
+def connection_str(
+    ref: ApplicationRef, conn: Mapping[str, Any], key: str, subject: str = "this application"
+) -> str | None:
+    """An optional one-line string connection key; anything else is misconfigured (the
+    tenant's message names ``subject``, as :func:`misconfigured`)."""
     value = conn.get(key)
     if value is None:
         return None
     if not isinstance(value, str) or not value or any(c in value for c in "\x00\n\r"):
-        raise misconfigured(ref, f"connection key {key!r} must be a non-empty string")
+        raise misconfigured(ref, f"connection key {key!r} must be a non-empty string", subject)
     return value
 
 
 def connection_argv(
-    ref: ApplicationRef, conn: Mapping[str, Any], key: str
+    ref: ApplicationRef, conn: Mapping[str, Any], key: str, subject: str = "this application"
 ) -> tuple[str, ...] | None:
     """An optional command: a non-empty list of strings (an argv; no shell, and an empty
     string is an argument like any other)."""
@@ -71,5 +74,7 @@ def connection_argv(
         or not value
         or not all(isinstance(v, str) and "\x00" not in v for v in value)
     ):
-        raise misconfigured(ref, f"connection key {key!r} must be a non-empty list of strings")
+        raise misconfigured(
+            ref, f"connection key {key!r} must be a non-empty list of strings", subject
+        )
     return tuple(value)

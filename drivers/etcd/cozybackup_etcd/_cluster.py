@@ -50,8 +50,12 @@ _CREDENTIAL_KEYS = frozenset({"ca.crt", "tls.crt", "tls.key", "username", "passw
 _MEMBER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
+#: Who the tenant's message about a misdeclared application names.
+SUBJECT = "this etcd cluster"
+
+
 def misconfigured(ref: ApplicationRef, detail: str) -> ApplicationMisconfigured:
-    return kit_misconfigured(ref, detail, "this etcd cluster")
+    return kit_misconfigured(ref, detail, SUBJECT)
 
 
 @attrs.frozen(kw_only=True)
@@ -118,22 +122,22 @@ class Cluster:
         timeout = conn.get("serviceTimeoutSeconds", DEFAULT_SERVICE_TIMEOUT)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise misconfigured(ref, "'serviceTimeoutSeconds' must be a positive number")
-        bin_dir = connection_str(ref, conn, "binDir")
+        bin_dir = connection_str(ref, conn, "binDir", SUBJECT)
         if bin_dir is not None and not Path(bin_dir).is_absolute():
             raise misconfigured(ref, f"'binDir' must be an absolute path, got {bin_dir!r}")
         return cls(
             ref=ref,
             endpoints=_endpoints(ref, conn.get("endpoints"), default_tls=has_tls),
-            server_name=connection_str(ref, conn, "serverName"),
+            server_name=connection_str(ref, conn, "serverName", SUBJECT),
             ca=ca,
             cert=cert,
             key=key,
             username=username,
             password=password,
             members=_members(ref, conn.get("members")),
-            stop_command=connection_argv(ref, conn, "stopCommand"),
-            start_command=connection_argv(ref, conn, "startCommand"),
-            data_dir_owner=connection_str(ref, conn, "dataDirOwner"),
+            stop_command=connection_argv(ref, conn, "stopCommand", SUBJECT),
+            start_command=connection_argv(ref, conn, "startCommand", SUBJECT),
+            data_dir_owner=connection_str(ref, conn, "dataDirOwner", SUBJECT),
             service_timeout=float(timeout),
             bin_dir=Path(bin_dir) if bin_dir is not None else None,
         )

@@ -47,8 +47,12 @@ _DISK_APP_KEYS = frozenset({*_DISK_KEYS, *_COMMAND_KEYS, "serviceTimeoutSeconds"
 _DISK_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
+#: Who the tenant's message about a misdeclared application names.
+SUBJECT = "this virtual machine"
+
+
 def misconfigured(ref: ApplicationRef, detail: str) -> ApplicationMisconfigured:
-    return kit_misconfigured(ref, detail, "this virtual machine")
+    return kit_misconfigured(ref, detail, SUBJECT)
 
 
 @attrs.frozen(kw_only=True)
@@ -114,7 +118,7 @@ class Machine:
             disks = _disks(ref, conn.get("disks"))
         else:
             disks = (_disk(ref, SINGLE_DISK, conn, "connection"),)
-        commands = {k: connection_argv(ref, conn, k) for k in _COMMAND_KEYS}
+        commands = {k: connection_argv(ref, conn, k, SUBJECT) for k in _COMMAND_KEYS}
         for a, b in (("freezeCommand", "thawCommand"), ("stopCommand", "startCommand")):
             if (commands[a] is None) != (commands[b] is None):
                 raise misconfigured(ref, f"'{a}' and '{b}' must be declared together")
