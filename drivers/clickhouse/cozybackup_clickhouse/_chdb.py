@@ -32,6 +32,11 @@ LOCAL_SETTINGS = {
     "min_insert_block_size_rows": str(1 << 18),
 }
 
+#: Bytes handed to chdb per ``append`` of a streaming insert.  The engine keeps about
+#: eighteen appended pieces alive at once (measured on 26.9: 1 MiB pieces cost 18 MiB
+#: more than 64 KiB ones, 4 MiB pieces 70 MiB more), so the pieces are kept small.
+APPEND_BYTES = 64 << 10
+
 
 def _chdb() -> Any:
     return importlib.import_module("chdb")
@@ -126,7 +131,8 @@ class ChdbClient:
             for chunk in chunks:  # errors of the source (the artifact) pass unchanged
                 self.deadline.check()
                 try:
-                    inserter.append(chunk)
+                    for at in range(0, len(chunk), APPEND_BYTES):
+                        inserter.append(chunk[at : at + APPEND_BYTES])
                 except Exception as exc:  # noqa: BLE001
                     raise server_error(str(exc)) from None
             try:
