@@ -4,6 +4,7 @@ adapter over SQL backs up and restores a real SQLite database through the public
 from __future__ import annotations
 
 import ast
+import contextlib
 import sqlite3
 import subprocess
 import sys
@@ -51,14 +52,14 @@ def _ok(tmp: Path, *args: str) -> str:
 
 
 def _rows(db: Path) -> list[tuple[object, ...]]:
-    with sqlite3.connect(db) as c:
+    with contextlib.closing(sqlite3.connect(db)) as c, c:
         return c.execute("SELECT id, name, price, blob FROM items ORDER BY id").fetchall()
 
 
 def test_a_custom_controller_backs_up_and_restores(tmp_path: Path) -> None:
     app = tmp_path / "apps" / "shop.sqlite"
     app.parent.mkdir()
-    with sqlite3.connect(app) as c:
+    with contextlib.closing(sqlite3.connect(app)) as c, c:
         c.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL, blob BLOB)")
         c.executemany(
             "INSERT INTO items VALUES (?, ?, ?, ?)",
@@ -75,7 +76,7 @@ def test_a_custom_controller_backs_up_and_restores(tmp_path: Path) -> None:
     assert "BackupJob/nightly-1: Succeeded" in out
     assert "phase: Ready" in _ok(tmp_path, "get", "backups")
 
-    with sqlite3.connect(app) as c:
+    with contextlib.closing(sqlite3.connect(app)) as c, c:
         c.execute("DELETE FROM items WHERE id % 2 = 0")
     assert _rows(app) != before
     _ok(tmp_path, "apply", str(tmp_path / "restore.yaml"))

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import shutil
 import sqlite3
@@ -28,7 +29,7 @@ def _fill() -> object:
 
 
 def _rows(db: Path) -> list[tuple[object, ...]]:
-    with sqlite3.connect(db) as c:
+    with contextlib.closing(sqlite3.connect(db)) as c, c:
         return c.execute("SELECT id, name, price, data FROM items ORDER BY id").fetchall()
 
 

@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     except cb.CozyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        host.db.close()
     return 0
 
 

@@ -9,6 +9,7 @@ before the core was reorganised into layer folders (commit 0791b16).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 import sys
@@ -58,7 +59,7 @@ spec:
 
 
 def fill(db: Path) -> None:
-    with sqlite3.connect(db) as c:
+    with contextlib.closing(sqlite3.connect(db)) as c, c:
         c.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, price REAL, data BLOB)")
         c.executemany(
             "INSERT INTO items VALUES (?, ?, ?, ?)",
