@@ -45,6 +45,7 @@ from .._api.types import (
     StorageLocationSpec,
     StrategyRef,
     artifact_uid,
+    label_value,
 )
 from .._api.types import Progress as ProgressStatus
 from .._api.wire import camel, structure
@@ -240,9 +241,12 @@ class Services:
     def record_backup(
         self, job: BackupJob, strategy_ref: StrategyRef, manifest: Manifest, uid: str, checksum: str
     ) -> Backup:
-        labels = {LABEL_JOB: job.metadata.name, LABEL_CLASS: job.spec.backup_class_name}
+        labels = {
+            LABEL_JOB: label_value(job.metadata.name),
+            LABEL_CLASS: label_value(job.spec.backup_class_name),
+        }
         if job.spec.plan_ref:
-            labels[LABEL_PLAN] = job.spec.plan_ref.name
+            labels[LABEL_PLAN] = label_value(job.spec.plan_ref.name)
         backup = self.host.objects.create(
             Backup(
                 metadata=ObjectMeta(
@@ -342,7 +346,8 @@ class Services:
         """The class's current parameters if it still binds this kind to the same driver
         (restore-time settings can change after the backup); else the snapshot taken at
         backup time, keeping only the fields this driver version still knows."""
-        class_name = backup.metadata.labels.get(LABEL_CLASS)
+        bc = self.catalog().class_of(backup)
+        class_name = bc.metadata.name if bc is not None else None
         if class_name:
             try:
                 resolved = self.catalog().resolve(class_name, backup.spec.application_ref)

@@ -16,8 +16,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,7 @@ class LocalObjectStore:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _path(self, kind: str, namespace: str | None, name: str) -> Path:
-        return self.root / "state" / kind / (namespace or "_cluster") / f"{name}.yaml"
+        return self.root / "state" / kind / (namespace or "_cluster") / _file_name(name)
 
     def _read(self, path: Path) -> Any:
         try:
@@ -78,12 +80,19 @@ class LocalObjectStore:
     def _write(self, obj: Any) -> None:
         path = self._path(obj.kind, obj.metadata.namespace, obj.metadata.name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        with open(tmp, "w") as f:
-            yaml.safe_dump(dump(obj), f, sort_keys=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # A short temporary name (a 253-character object name leaves no room for a
+        # suffix), created owner-only, and removed if anything fails before the rename.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                yaml.safe_dump(dump(obj), f, sort_keys=False)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink()
+            raise
 
     def get(self, cls: type[T], namespace: str | None, name: str) -> T | None:
         obj: T | None = self._read(self._path(cls.kind, namespace, name))
@@ -161,6 +170,18 @@ class LocalObjectStore:
     def delete(self, cls: type[Resource], namespace: str | None, name: str) -> None:
         with self.locked(), contextlib.suppress(FileNotFoundError):
             self._path(cls.kind, namespace, name).unlink()
+
+
+#: NAME_MAX of common file systems.
+_NAME_MAX = 255
+
+
+def _file_name(name: str) -> str:
+    """The state file of an object: ``<name>.yaml``, or, when that would not fit in a
+    file name, a cut of the name and a hash of the whole (the file's content has the name)."""
+    if len(name) + len(".yaml") <= _NAME_MAX:
+        return f"{name}.yaml"
+    return f"{name[:200]}-{hashlib.sha256(name.encode()).hexdigest()[:32]}.yaml"
 
 
 def _now() -> dt.datetime:

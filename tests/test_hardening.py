@@ -1,0 +1,181 @@
+"""The red team's defects (docs/security.md): each test failed before its fix."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from cozybackup_core import BackupJob, Plan
+from cozybackup_core._api.errors import ValidationError
+from cozybackup_core._api.types import (
+    LABEL_VALUE_MAX,
+    ApplicationRef,
+    BackupJobSpec,
+    ObjectMeta,
+    PlanSpec,
+    Schedule,
+)
+from cozybackup_core._drivers.contract import AppLocation
+from cozybackup_core._engine.admission import admit
+from cozybackup_core._engine.plans import slot_job_name
+from cozybackup_core._engine.runner import Runner
+from cozybackup_core.hosts.local import LocalHost
+from cozybackup_core.testing import LocalPlatform
+
+from support.drivers import FILES, FilesDriver
+
+UTC = dt.timezone.utc
+T0 = dt.datetime(2026, 12, 5, 8, 0, 30, tzinfo=UTC)
+
+FILES_CLASS = """
+apiVersion: backups.cozystack.io/v1alpha1
+kind: BackupClass
+metadata: {name: files}
+spec:
+  strategies:
+  - application: {apiGroup: apps.example.com, kind: Directory}
+    strategyRef: {kind: Files, name: files}
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> dt.datetime:
+        return self.t
+
+
+def two_tenants(
+    tmp_path: Path, clock: Clock | None = None
+) -> tuple[LocalPlatform, dict[str, ApplicationRef]]:
+    plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,), clock=clock)
+    plat.apply(FILES_CLASS)
+    refs = {}
+    for ns in ("tenant-a", "tenant-b"):
+        data = tmp_path / ns
+        data.mkdir()
+        (data / "f.txt").write_text(f"{ns} data\n")
+        refs[ns] = plat.declare_app(
+            ns, "app", "Directory", {"path": str(data)}, api_group=FILES.api_group
+        )
+    return plat, refs
+
+
+def job(ns: str, name: str, ref: ApplicationRef) -> BackupJob:
+    return BackupJob(
+        metadata=ObjectMeta(name=name, namespace=ns),
+        spec=BackupJobSpec(application_ref=ref, backup_class_name="files"),
+    )
+
+
+def plan(ns: str, name: str, ref: ApplicationRef, cron: str = "* * * * *") -> Plan:
+    return Plan(
+        metadata=ObjectMeta(name=name, namespace=ns),
+        spec=PlanSpec(application_ref=ref, backup_class_name="files", schedule=Schedule(cron=cron)),
+    )
+
+
+def b_job_runs(plat: LocalPlatform, refs: dict[str, ApplicationRef]) -> None:
+    """tenant-b's ordinary job still runs, and the pass raised nothing."""
+    plat.host.objects.create(job("tenant-b", "b-1", refs["tenant-b"]))
+    report = Runner(plat.engine).run_pass()
+    done = {j.metadata.name: j.status.phase for j in report.finished}
+    assert done.get("b-1") == "Succeeded", report
+
+
+# -- D2 / K2: one Plan stops every tenant's backups
+
+
+@pytest.mark.parametrize("cron", ["0 0 30 2 *", "0 0 31 4 *", "0 0 31 2,4,6,9,11 *"])
+def test_d2_never_firing_cron_is_refused_at_apply(tmp_path: Path, cron: str) -> None:
+    plat, refs = two_tenants(tmp_path)
+    with pytest.raises(ValidationError) as err:
+        admit(
+            [plan("tenant-a", "p", refs["tenant-a"], cron)],
+            plat.engine.catalog(),
+            plat.host.objects.get,
+            "tenant-a",
+        )
+    assert err.value.problems[0][0] == "spec.schedule.cron"
+    assert "never fires" in err.value.problems[0][1]
+
+
+def test_d2_a_stored_never_firing_cron_does_not_stop_the_pass(tmp_path: Path) -> None:
+    plat, refs = two_tenants(tmp_path)
+    plat.host.objects.replace(
+        plan("tenant-a", "p", refs["tenant-a"], "0 0 30 2 *")
+    )  # past admission
+    b_job_runs(plat, refs)
+    stored = plat.host.objects.get(Plan, "tenant-a", "p")
+    assert stored is not None and stored.status.conditions[0].status == "False"
+
+
+@pytest.mark.parametrize("name", ["p" * 240, "p" * 253, "a" * 239 + ".b" + "c" * 12])
+def test_d2_long_plan_names_fire_and_the_pass_goes_on(tmp_path: Path, name: str) -> None:
+    clock = Clock()
+    plat, refs = two_tenants(tmp_path, clock)
+    plat.host.objects.create(plan("tenant-a", name, refs["tenant-a"]))
+    clock.t = T0 + dt.timedelta(minutes=1)
+    b_job_runs(plat, refs)
+    jobs = [j for j in plat.host.objects.list(BackupJob, "tenant-a")]
+    assert len(jobs) == 1 and jobs[0].status.phase == "Succeeded"
+    # K1: every label value fits Kubernetes' 63 characters
+    for obj in [*jobs, *plat.backups("tenant-a")]:
+        assert all(len(v) <= LABEL_VALUE_MAX for v in obj.metadata.labels.values()), (
+            obj.metadata.labels
+        )
+
+
+def test_d2_slot_name_of_a_dot_at_the_cut_is_valid() -> None:
+    name = slot_job_name("a" * 239 + "." + "b" * 5, T0)
+    BackupJob(
+        metadata=ObjectMeta(name=name, namespace="n"),
+        spec=BackupJobSpec(
+            application_ref=ApplicationRef(api_group="g.io", kind="K", name="x"),
+            backup_class_name="c",
+        ),
+    )
+
+
+def test_d12_names_at_the_length_limit_are_stored(tmp_path: Path) -> None:
+    plat, refs = two_tenants(tmp_path)
+    for n in (246, 250, 253):
+        plat.host.objects.create(job("tenant-a", "j" * n, refs["tenant-a"]))
+        assert plat.host.objects.get(BackupJob, "tenant-a", "j" * n) is not None
+    assert not [p for p in (plat.home / "state").rglob("*") if p.name.startswith(".tmp-")]
+
+
+def test_k2_an_unexpected_error_in_a_stage_is_reported_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plat, refs = two_tenants(tmp_path)
+
+    def boom() -> list[object]:
+        raise RuntimeError("not a CozyError")
+
+    monkeypatch.setattr(plat.engine, "run_due_drills", boom)
+    plat.host.objects.create(job("tenant-b", "b-1", refs["tenant-b"]))
+    report = Runner(plat.engine).run_pass()
+    assert [j.status.phase for j in report.finished] == ["Succeeded"]
+    assert report.error is not None and "internal error in drills" in report.error
+
+
+def test_one_job_raising_anything_fails_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plat, refs = two_tenants(tmp_path)
+    real = LocalHost.locate
+
+    def locate(self: LocalHost, ns: str, ref: ApplicationRef) -> AppLocation:
+        if ns == "tenant-a":
+            raise OverflowError("boom")
+        return real(self, ns, ref)
+
+    monkeypatch.setattr(LocalHost, "locate", locate)
+    plat.host.objects.create(job("tenant-a", "a-1", refs["tenant-a"]))
+    b_job_runs(plat, refs)
+    a = plat.host.objects.get(BackupJob, "tenant-a", "a-1")
+    assert a is not None and a.status.phase == "Failed"
