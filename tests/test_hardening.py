@@ -179,3 +179,37 @@ def test_one_job_raising_anything_fails_alone(
     b_job_runs(plat, refs)
     a = plat.host.objects.get(BackupJob, "tenant-a", "a-1")
     assert a is not None and a.status.phase == "Failed"
+
+
+# -- D3: a job never adopts what it did not make
+
+
+def test_d3_a_recreated_job_name_does_not_adopt_the_old_backup(tmp_path: Path) -> None:
+    plat, refs = two_tenants(tmp_path)
+    other = plat.declare_app(
+        "tenant-a",
+        "other",
+        "Directory",
+        {"path": str(tmp_path / "tenant-b")},
+        api_group=FILES.api_group,
+    )
+    first = plat.engine.run_backup(
+        plat.host.objects.create(job("tenant-a", "a-1", refs["tenant-a"]))
+    )
+    assert first.status.phase == "Succeeded"
+    plat.host.objects.delete(BackupJob, "tenant-a", "a-1")
+    again = plat.engine.run_backup(plat.host.objects.create(job("tenant-a", "a-1", other)))
+    assert again.status.phase == "Failed"
+    assert again.status.conditions[0].reason == "Conflict"
+    assert again.status.backup_ref is None
+
+
+def test_d3_a_retry_of_the_same_job_still_finds_its_own_backup(tmp_path: Path) -> None:
+    plat, refs = two_tenants(tmp_path)
+    j = plat.host.objects.create(job("tenant-a", "a-1", refs["tenant-a"]))
+    done = plat.engine.run_backup(j)
+    assert done.status.phase == "Succeeded"
+    retried = plat.engine.run_backup(j)  # e.g. the status write was lost
+    assert retried.status.phase == "Succeeded"
+    [backup] = plat.backups("tenant-a")
+    assert backup.metadata.annotations["backups.cozystack.io/backup-job-uid"] == j.metadata.uid

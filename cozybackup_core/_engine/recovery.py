@@ -15,6 +15,7 @@ import attrs
 
 from .._api.errors import CozyError
 from .._api.types import (
+    ANNOTATION_JOB_UID,
     URI_PREFIX,
     Artifact,
     ArtifactRecord,
@@ -28,6 +29,7 @@ from .._api.types import (
 )
 from .._api.wire import structure
 from .._storage.store import ArtifactKey, checksum_of
+from .backup import made_by
 from .deletion import finish_deletions
 from .redact import Redactor
 from .services import Services
@@ -97,6 +99,18 @@ def _interrupt(svc: Services, job: Any, redact: Redactor) -> list[str]:
     return [f"RestoreJob {job.metadata.namespace}/{job.metadata.name}: interrupted"]
 
 
+def _maker(svc: Services, record: ArtifactRecord) -> BackupJob | None:
+    """The job that wrote ``record``: same name *and* uid (a job re-created under the
+    name of a deleted one is another job).  Records written before uids were recorded
+    match by name."""
+    spec = record.spec
+    job = svc.host.objects.get(BackupJob, spec.namespace, spec.job_ref.name)
+    uid = record.metadata.annotations.get(ANNOTATION_JOB_UID)
+    if job is not None and uid is not None and uid != job.metadata.uid:
+        return None
+    return job
+
+
 def _recover_record_notes(svc: Services, record: ArtifactRecord) -> list[str]:
     return [_recover_record(svc, record)]
 
@@ -109,7 +123,7 @@ def _recover_record(svc: Services, record: ArtifactRecord) -> str:
     if storage is None:
         return f"artifact {record.metadata.name}: storage location gone, left for the operator"
     store = svc.store_for(storage)
-    job = objs.get(BackupJob, spec.namespace, spec.job_ref.name)
+    job = _maker(svc, record)
     if (
         record.status.phase == "Writing"
         and job is not None
@@ -143,10 +157,12 @@ def _recover_record(svc: Services, record: ArtifactRecord) -> str:
 def _recover_committed(svc: Services, record: ArtifactRecord, redact: Redactor) -> list[str]:
     objs = svc.host.objects
     spec = record.spec
-    job = objs.get(BackupJob, spec.namespace, spec.job_ref.name)
+    job = _maker(svc, record)
     backup = objs.get(Backup, spec.namespace, spec.backup_name)
     if job is None or job.status.phase != "Running":
         return []
+    if backup is not None and not made_by(backup, job):
+        return []  # another job's Backup: never adopted
     if backup is None:
         storage = svc.catalog().storages[spec.storage_ref.name]
         key = ArtifactKey.of(record)

@@ -27,6 +27,7 @@ from .._api.errors import (
     TransientError,
 )
 from .._api.types import (
+    ANNOTATION_JOB_UID,
     LABEL_CLASS,
     LABEL_JOB,
     LABEL_PLAN,
@@ -250,7 +251,10 @@ class Services:
         backup = self.host.objects.create(
             Backup(
                 metadata=ObjectMeta(
-                    name=job.metadata.name, namespace=job.metadata.namespace, labels=labels
+                    name=job.metadata.name,
+                    namespace=job.metadata.namespace,
+                    labels=labels,
+                    annotations={ANNOTATION_JOB_UID: job.metadata.uid or ""},
                 ),
                 spec=BackupSpec(
                     application_ref=job.spec.application_ref,
