@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,54 @@ def test_d3_a_retry_of_the_same_job_still_finds_its_own_backup(tmp_path: Path) -
     assert retried.status.phase == "Succeeded"
     [backup] = plat.backups("tenant-a")
     assert backup.metadata.annotations["backups.cozystack.io/backup-job-uid"] == j.metadata.uid
+
+
+# -- D4: files are private
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mode & 0o777 for p in [root, *root.rglob("*")]}
+
+
+def test_d4_home_state_events_locks_and_buckets_are_owner_only(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        home = tmp_path / "home"
+        home.mkdir(mode=0o755)  # an existing home, as an older version left it
+        plat = LocalPlatform(home, drivers=(FilesDriver,))
+        plat.apply(
+            FILES_CLASS,
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: k}\nstringData: {password: pw}\n",
+        )
+        data = tmp_path / "data"
+        data.mkdir()
+        (data / "f.txt").write_text("x\n")
+        ref = plat.declare_app(
+            "tenant-a", "app", "Directory", {"path": str(data)}, api_group=FILES.api_group
+        )
+        assert plat.backup("tenant-a", ref, "a-1", "files").status.phase == "Succeeded"
+        with plat.host.runner_lock():
+            pass
+    finally:
+        os.umask(old)
+    assert (home.stat().st_mode & 0o777) == 0o700
+    modes = _modes(home)
+    # nothing below the home is reachable by others, and what holds secrets is 0600
+    for rel in ("state.lock", "run.lock", "events/tenant-a.jsonl", "state/Secret/_cluster/k.yaml"):
+        assert modes[rel] == 0o600, (rel, oct(modes[rel]))
+    for rel, mode in modes.items():
+        if rel.startswith(("state", "events")) and (home / rel).is_dir():
+            assert mode == 0o700, (rel, oct(mode))
+    [bucket] = (home / "buckets").iterdir()
+    assert (bucket.stat().st_mode & 0o777) == 0o700
+
+
+def test_d4_an_explicit_bucket_path_is_owner_only(tmp_path: Path) -> None:
+    from cozybackup_core._storage.store import ArtifactStore
+
+    old = os.umask(0o022)
+    try:
+        ArtifactStore.local(str(tmp_path / "bk"))
+    finally:
+        os.umask(old)
+    assert ((tmp_path / "bk").stat().st_mode & 0o777) == 0o700

@@ -22,7 +22,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 import yaml
@@ -55,12 +55,13 @@ class LocalObjectStore:
     def __init__(self, root: Path, clock: Callable[[], dt.datetime] | None = None) -> None:
         self.root = root
         self._clock = clock or _now
-        (root / "state").mkdir(parents=True, exist_ok=True)
+        _private_dir(root)
+        (root / "state").mkdir(mode=0o700, exist_ok=True)
         self._lock_path = root / "state.lock"
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        with open(self._lock_path, "a+") as f:
+        with _open_private(self._lock_path) as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -79,7 +80,8 @@ class LocalObjectStore:
 
     def _write(self, obj: Any) -> None:
         path = self._path(obj.kind, obj.metadata.namespace, obj.metadata.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.parent.mkdir(mode=0o700, exist_ok=True)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
         # A short temporary name (a 253-character object name leaves no room for a
         # suffix), created owner-only, and removed if anything fails before the rename.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -172,6 +174,22 @@ class LocalObjectStore:
             self._path(cls.kind, namespace, name).unlink()
 
 
+def _private_dir(path: Path) -> None:
+    """Create ``path`` owner-only; an existing home that others can reach is narrowed
+    (it holds Secrets in clear and, unencrypted, the backups themselves)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
+    st = path.stat()
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        path.chmod(0o700)
+
+
+def _open_private(path: Path) -> IO[str]:
+    """Open for appending and reading, creating the file owner-only (0600)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    return os.fdopen(fd, "a+")
+
+
 #: NAME_MAX of common file systems.
 _NAME_MAX = 255
 
@@ -197,7 +215,6 @@ class LocalHost:
     clock: Any = None  # a callable returning an aware datetime; tests pass their own
 
     def __attrs_post_init__(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
         self.objects = LocalObjectStore(self.home, self.now)
 
     def now(self) -> dt.datetime:
@@ -235,7 +252,7 @@ class LocalHost:
     def event(self, obj: Any, type_: str, reason: str, message: str) -> None:
         ns = obj.metadata.namespace or "_cluster"
         path = self.home / "events" / f"{ns}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
         rec = {
             "time": dump_time(self.now()),
             "type": type_,
@@ -247,7 +264,7 @@ class LocalHost:
                 "name": obj.metadata.name,
             },
         }
-        with self.objects.locked(), open(path, "a") as f:
+        with self.objects.locked(), _open_private(path) as f:
             f.write(json.dumps(rec) + "\n")
 
     def events(
@@ -268,7 +285,7 @@ class LocalHost:
     def runner_lock(self) -> Iterator[None]:
         """Only one runner per home: recovery relies on it (a Running job has no live owner)."""
         path = self.home / "run.lock"
-        with open(path, "a+") as f:
+        with _open_private(path) as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
