@@ -6,6 +6,7 @@ import datetime as dt
 import os
 from pathlib import Path
 
+import attrs
 import pytest
 
 from cozybackup_core import BackupJob, Plan
@@ -265,3 +266,98 @@ def test_d4_an_explicit_bucket_path_is_owner_only(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert ((tmp_path / "bk").stat().st_mode & 0o777) == 0o700
+
+
+# -- the class: one object never stops a pass (property test, runs in CI)
+
+from hypothesis import HealthCheck, given, seed, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_CRONS = ["* * * * *", "0 0 30 2 *", "0 0 31 4 *", "*/7 * * * *", "0 25 * * *", "@hourly"]
+_AGES = ["1d", "999999d", "999999w", "1s"]
+_LABEL = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=1)
+
+
+@st.composite
+def _names(draw: st.DrawFn) -> str:
+    n = draw(st.sampled_from([1, 50, 51, 63, 64, 233, 240, 245, 246, 250, 252, 253]))
+    body = draw(_LABEL) * n
+    if n > 241 and draw(st.booleans()):
+        body = body[:239] + "." + body[240:]
+    return body
+
+
+@st.composite
+def _hostile(draw: st.DrawFn) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["plan", "job", "restore", "class", "secret"]))
+        name = draw(_names())
+        if kind == "plan":
+            out.append({"kind": "plan", "name": name, "cron": draw(st.sampled_from(_CRONS))})
+        elif kind == "job":
+            out.append({"kind": "job", "name": name, "app": draw(st.sampled_from(["app", "gone"]))})
+        elif kind == "restore":
+            out.append(
+                {"kind": "restore", "name": name, "backup": draw(st.sampled_from(["gone", name]))}
+            )
+        elif kind == "class":
+            out.append({"kind": "class", "age": draw(st.sampled_from(_AGES))})
+        else:
+            out.append(
+                {"kind": "secret", "data": draw(st.sampled_from(["//79", "not base64!", "AAAA"]))}
+            )
+    return out
+
+
+@seed(17)
+@settings(
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(objs=_hostile())
+def test_hostile_objects_never_stop_a_pass(
+    tmp_path_factory: pytest.TempPathFactory, objs: list[dict[str, object]]
+) -> None:
+    from cozybackup_core._api.types import RestoreJob
+
+    tmp = tmp_path_factory.mktemp("hostile")
+    clock = Clock()
+    plat, refs = two_tenants(tmp, clock)
+    store = plat.host.objects
+    for o in objs:  # written past admission: what a host without a webhook may hold
+        name = str(o["name"]) if "name" in o else "x"
+        if o["kind"] == "plan":
+            store.replace(plan("tenant-a", name, refs["tenant-a"], str(o["cron"])))
+        elif o["kind"] == "job":
+            ref = (
+                refs["tenant-a"]
+                if o["app"] == "app"
+                else attrs.evolve(refs["tenant-a"], name="gone")
+            )
+            store.replace(job("tenant-a", name, ref))
+        elif o["kind"] == "restore":
+            plat.apply(
+                f"apiVersion: backups.cozystack.io/v1alpha1\nkind: RestoreJob\n"
+                f"metadata: {{name: '{name}', namespace: tenant-a}}\nspec: {{backupRef: {{name: '{o['backup']}'}}}}\n"
+            )
+        elif o["kind"] == "class":
+            plat.apply(
+                FILES_CLASS.replace("spec:\n", f"spec:\n  retention: {{maxAge: {o['age']}}}\n")
+            )
+        else:
+            plat.apply(
+                f"apiVersion: v1\nkind: Secret\nmetadata: {{name: app-tenant-a-app}}\ndata: {{password: '{o['data']}'}}\n"
+            )
+    runner = Runner(plat.engine)
+    runner.recover()
+    for minute in (1, 2):
+        clock.t = T0 + dt.timedelta(minutes=minute)
+        store.create(job("tenant-b", f"b-{minute}", refs["tenant-b"]))
+        report = runner.run_pass()
+        phases = {j.metadata.name: j.status.phase for j in report.finished}
+        assert phases.get(f"b-{minute}") == "Succeeded", (objs, report)
+    for rj in store.list(RestoreJob, "tenant-a"):
+        assert rj.status.phase in ("Failed", "Succeeded", "Pending", None)
