@@ -8,6 +8,7 @@ invariants are guarded here; I/O and resolution live elsewhere.  Fields marked
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -39,6 +40,21 @@ LABEL_JOB = "backups.cozystack.io/backup-job"
 LABEL_PLAN = "backups.cozystack.io/plan"
 LABEL_CLASS = "backups.cozystack.io/backup-class"
 ANNOTATION_PINNED = "backups.cozystack.io/pinned"
+#: On a Backup: the uid of the BackupJob that made it (a job never adopts another's).
+ANNOTATION_JOB_UID = "backups.cozystack.io/backup-job-uid"
+#: Kubernetes refuses label values over 63 characters.
+LABEL_VALUE_MAX = 63
+
+
+def label_value(name: str) -> str:
+    """``name`` as a label value: itself when it fits in 63 characters, else a cut of it
+    and a hash of the whole (names may have 253; labels are informational only)."""
+    if len(name) <= LABEL_VALUE_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{name[:50].rstrip('.-_')}-{digest}"
+
+
 #: ``Backup.status.artifact.uri`` is this prefix and the artifact's uid: opaque to tenants.
 URI_PREFIX = "cozy://backups/"
 

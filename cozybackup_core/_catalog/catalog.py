@@ -37,6 +37,7 @@ from .._api.types import (
     StrategyBinding,
     StrategyRef,
     VerificationPolicy,
+    label_value,
 )
 from .._api.wire import camel, snapshot, structure
 from .._drivers.contract import Driver
@@ -114,9 +115,18 @@ class Catalog:
             return None
         return next((b for b in bc.spec.strategies if b.application == kind), None)
 
+    def class_of(self, backup: Backup) -> BackupClass | None:
+        """The class a Backup was made with (its label holds the name, or for a name over
+        63 characters the name's label form)."""
+        value = backup.metadata.labels.get(LABEL_CLASS, "")
+        bc = self.classes.get(value)
+        if bc is None and value:
+            bc = next((c for n, c in self.classes.items() if label_value(n) == value), None)
+        return bc
+
     def retention_for(self, backup: Backup) -> Retention | None:
         """The retention policy in force for a Backup: its binding's, else its class's."""
-        bc = self.classes.get(backup.metadata.labels.get(LABEL_CLASS, ""))
+        bc = self.class_of(backup)
         if bc is None:
             return None
         binding = self.binding_for(bc.metadata.name, backup.spec.application_ref.group_kind)
@@ -124,7 +134,7 @@ class Catalog:
 
     def verification_for(self, backup: Backup) -> VerificationPolicy | None:
         """The verification (drill) policy in force for a Backup."""
-        bc = self.classes.get(backup.metadata.labels.get(LABEL_CLASS, ""))
+        bc = self.class_of(backup)
         if bc is None:
             return None
         binding = self.binding_for(bc.metadata.name, backup.spec.application_ref.group_kind)

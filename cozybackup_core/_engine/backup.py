@@ -20,7 +20,7 @@ import attrs
 
 from .._api.errors import PermanentError
 from .._api.types import (
-    LABEL_JOB,
+    ANNOTATION_JOB_UID,
     ArtifactRecord,
     ArtifactRecordSpec,
     ArtifactRecordStatus,
@@ -38,12 +38,18 @@ from .._storage.store import ArtifactKey, Manifest, checksum_of
 from .services import Services
 
 
+def made_by(backup: Backup, job: BackupJob) -> bool:
+    """Whether ``backup`` was made by this very job (by uid, not by name)."""
+    uid = backup.metadata.annotations.get(ANNOTATION_JOB_UID)
+    return uid is not None and uid == job.metadata.uid
+
+
 def run_backup(svc: Services, job: BackupJob) -> BackupJob:
     ns = job.metadata.namespace or ""
     redact = svc.redactor()
     existing = svc.host.objects.get(Backup, ns, job.metadata.name)
-    if existing is not None and existing.metadata.labels.get(LABEL_JOB) == job.metadata.name:
-        # Idempotent: the Backup exists (a retry after the record was written).
+    if existing is not None and made_by(existing, job):
+        # Idempotent: this job's own Backup exists (a retry after the record was written).
         return svc.finish(
             job,
             True,
@@ -53,8 +59,14 @@ def run_backup(svc: Services, job: BackupJob) -> BackupJob:
             backup_ref=LocalObjectRef(name=job.metadata.name),
         )
     if existing is not None:
+        # Another job's (a deleted job of the same name): never adopted.
         return svc.finish(
-            job, False, "Conflict", f"a Backup named {job.metadata.name} already exists", redact
+            job,
+            False,
+            "Conflict",
+            f"a Backup named {job.metadata.name} already exists, made by another BackupJob; "
+            "use another name",
+            redact,
         )
     driver: Driver | None = None
     try:
@@ -100,7 +112,7 @@ def _attempt(
     key = ArtifactKey(namespace=ns, kind=app.ref.kind, application=app.ref.name, uid=uid)
     record = objs.create(
         ArtifactRecord(
-            metadata=ObjectMeta(name=uid),
+            metadata=ObjectMeta(name=uid, annotations={ANNOTATION_JOB_UID: job.metadata.uid or ""}),
             spec=ArtifactRecordSpec(
                 storage_ref=LocalObjectRef(name=resolved.storage.metadata.name),
                 namespace=ns,

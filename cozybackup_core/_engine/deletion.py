@@ -8,12 +8,19 @@ pointing at missing data while claiming to be Ready.
 
 from __future__ import annotations
 
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
 import attrs
 
 from .._api.errors import CozyError
 from .._api.types import ArtifactRecord, Backup, Condition, artifact_uid
 from .._storage.store import ArtifactKey
 from .services import Services
+
+log = logging.getLogger("cozybackup.deletion")
 
 
 def delete_backup(svc: Services, backup: Backup, reason: str) -> None:
@@ -39,15 +46,27 @@ def finish_deletions(svc: Services) -> list[str]:
     done = []
     for backup in svc.host.objects.list(Backup):
         if backup.status.phase == "Deleting":
-            _finish(svc, backup)
-            done.append(
-                f"Backup {backup.metadata.namespace}/{backup.metadata.name}: deletion finished"
-            )
+            what = f"Backup {backup.metadata.namespace}/{backup.metadata.name}"
+            done.append(_isolated(what, _finish, svc, backup))
     for record in svc.host.objects.list(ArtifactRecord):
         if record.status.phase == "Deleting":
-            _delete_record(svc, record)
-            done.append(f"artifact {record.metadata.name}: deletion finished")
+            what = f"artifact {record.metadata.name}"
+            done.append(_isolated(what, _delete_record, svc, record))
     return done
+
+
+def _isolated(what: str, fn: Callable[..., None], *args: Any) -> str:
+    """One deletion; a failure is noted and left for a later pass, the others go on."""
+    try:
+        fn(*args)
+    except CozyError as exc:
+        log.warning("%s: deletion not finished: %s (%s)", what, exc, exc.admin_detail)
+        return f"{what}: deletion not finished: {exc}"
+    except Exception:
+        ref = uuid.uuid4().hex[:12]
+        log.exception("%s: deletion failed (reference %s)", what, ref)
+        return f"{what}: deletion failed (reference {ref}); left for a later pass"
+    return f"{what}: deletion finished"
 
 
 def _finish(svc: Services, backup: Backup) -> None:

@@ -124,19 +124,30 @@ def due_drills(svc: Services) -> list[Backup]:
     catalog = svc.catalog()
     due = []
     for backups in groups.values():
-        policy = catalog.verification_for(backups[0])
-        if policy is None or not policy.restore_drill:
+        try:
+            policy = catalog.verification_for(backups[0])
+            if policy is None or not policy.restore_drill:
+                continue
+            every = parse_age(policy.every)
+        except Exception:
+            log.exception("drill policy of %s could not be read", backups[0].metadata.name)
             continue
         recent = [
             b.status.last_verified.time
             for b in backups
             if b.status.last_verified and b.status.last_verified.method == "RestoreDrill"
         ]
-        if recent and now - max(recent) < parse_age(policy.every):
+        if recent and now - max(recent) < every:
             continue
         due.append(max(backups, key=lambda b: (b.spec.taken_at, b.metadata.name)))
     return due
 
 
 def run_due_drills(svc: Services) -> list[Backup]:
-    return [drill(svc, b) for b in due_drills(svc)]
+    done = []
+    for b in due_drills(svc):
+        try:
+            done.append(drill(svc, b))
+        except Exception:
+            log.exception("drill of %s/%s failed", b.metadata.namespace, b.metadata.name)
+    return done

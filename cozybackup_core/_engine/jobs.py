@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from .._api.types import ApplicationRef, Backup, BackupJob, RestoreJob
 from .backup import run_backup
+from .redact import Redactor
 from .restore import run_restore
 from .services import Job, Services
+
+log = logging.getLogger("cozybackup.jobs")
 
 
 def run_once(svc: Services, stop: threading.Event | None = None) -> list[Job]:
@@ -35,7 +39,11 @@ def run_once(svc: Services, stop: threading.Event | None = None) -> list[Job]:
 def _run_phase(svc: Services, pending: list[Job], stop: threading.Event | None) -> list[Job]:
     queues: dict[tuple[str, ...], list[Job]] = {}
     for job in sorted(pending, key=_created):
-        queues.setdefault(_app_key(svc, job), []).append(job)
+        try:
+            key = _app_key(svc, job)
+        except Exception:  # noqa: BLE001 - the job runs alone; run_job reports the fault
+            key = (job.metadata.namespace or "", "?", job.metadata.name)
+        queues.setdefault(key, []).append(job)
     finished: list[Job] = []
 
     def drain(queue: list[Job]) -> None:
@@ -70,9 +78,20 @@ def _app_key(svc: Services, job: Job) -> tuple[str, ...]:
 
 
 def run_job(svc: Services, job: Job) -> Job:
-    if isinstance(job, BackupJob):
-        return run_backup(svc, job)
-    return run_restore(svc, job)
+    """Run one job.  Whatever goes wrong is the job's: it is recorded on the job (Failed,
+    with a reference for the operator), and never stops the other jobs."""
+    try:
+        if isinstance(job, BackupJob):
+            return run_backup(svc, job)
+        return run_restore(svc, job)
+    except Exception as exc:  # noqa: BLE001 - logged by failure(), recorded on the job
+        reason, msg = svc.failure(exc, None, job)
+        try:
+            failed: Job = svc.finish(cast(Any, job), False, reason, msg, Redactor())
+            return failed
+        except Exception:
+            log.exception("could not record the failure of %s %s", job.kind, job.metadata.name)
+            return job
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)

@@ -8,10 +8,12 @@ either gets its job or is counted in ``status.missedRuns`` with a condition that
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import uuid
 
 import attrs
 
-from .._api.errors import ConflictError, ValidationError
+from .._api.errors import ConflictError, CozyError, ValidationError
 from .._api.types import (
     LABEL_PLAN,
     BackupJob,
@@ -22,9 +24,12 @@ from .._api.types import (
     Plan,
     PlanStatus,
     Schedule,
+    label_value,
 )
 from .._policy.schedule import Decision, decide, parse
 from .port import Host
+
+log = logging.getLogger("cozybackup.plans")
 
 ACTIVE = (None, "Pending", "Running")
 
@@ -35,7 +40,8 @@ def check_cron(expr: str, time_zone: str | None = None) -> None:
 
 
 def slot_job_name(plan: str, slot: dt.datetime) -> str:
-    return f"{plan[:240]}-{slot.astimezone(dt.timezone.utc).strftime('%Y%m%d%H%M')}"
+    # Cut to fit 253 characters; a cut that ends in '.' or '-' would not be a valid name.
+    return f"{plan[:240].rstrip('.-')}-{slot.astimezone(dt.timezone.utc).strftime('%Y%m%d%H%M')}"
 
 
 def _cond(
@@ -58,12 +64,42 @@ def fire_due_plans(host: Host) -> list[BackupJob]:
             by_plan.setdefault((j.metadata.namespace, j.spec.plan_ref.name), []).append(j)
     for plan in host.objects.list(Plan):
         mine = by_plan.get((plan.metadata.namespace, plan.metadata.name), [])
-        status, job = _tick(host, plan, mine)
-        if job is not None:
-            created.append(job)
-        if status != plan.status:
-            host.objects.update_status(attrs.evolve(plan, status=status))
+        try:
+            status, job = _tick(host, plan, mine)
+            if job is not None:
+                created.append(job)
+            if status != plan.status:
+                host.objects.update_status(attrs.evolve(plan, status=status))
+        except Exception as exc:  # noqa: BLE001 - one Plan never stops the others; logged
+            _failed(host, plan, exc)
     return created
+
+
+def _failed(host: Host, plan: Plan, exc: Exception) -> None:
+    """Record on the Plan that it could not be scheduled (tenant-safe text only)."""
+    ref = uuid.uuid4().hex[:12]
+    log.error(
+        "Plan %s/%s could not be scheduled (reference %s)",
+        plan.metadata.namespace,
+        plan.metadata.name,
+        ref,
+        exc_info=exc,
+    )
+    if isinstance(exc, CozyError):
+        why = exc.message
+    else:
+        why = (
+            "internal error while scheduling this Plan; the platform operator can find the "
+            f"details in the controller log under reference {ref}"
+        )
+    now = host.now()
+    ready = _cond("Ready", "False", "SchedulingFailed", why, now, plan.status.conditions)
+    try:
+        host.objects.update_status(
+            attrs.evolve(plan, status=attrs.evolve(plan.status, conditions=(ready,)))
+        )
+    except Exception:
+        log.exception("could not record the failure on Plan %s", plan.metadata.name)
 
 
 def _tick(host: Host, plan: Plan, mine: list[BackupJob]) -> tuple[PlanStatus, BackupJob | None]:
@@ -164,7 +200,7 @@ def _create(host: Host, plan: Plan, slot: dt.datetime) -> BackupJob | None:
         metadata=ObjectMeta(
             name=slot_job_name(plan.metadata.name, slot),
             namespace=plan.metadata.namespace,
-            labels={LABEL_PLAN: plan.metadata.name},
+            labels={LABEL_PLAN: label_value(plan.metadata.name)},
         ),
         spec=BackupJobSpec(
             application_ref=plan.spec.application_ref,

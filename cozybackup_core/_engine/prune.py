@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 
 import attrs
@@ -10,6 +11,7 @@ from .._api.types import (
     ANNOTATION_PINNED,
     Backup,
 )
+from .._catalog.catalog import Catalog
 from .._policy.retention import Candidate, decide
 from .deletion import delete_backup, finish_deletions
 from .services import Services
@@ -33,31 +35,44 @@ def retention_actions(svc: Services) -> list[PruneAction]:
     now = svc.host.now()
     catalog = svc.catalog()
     actions: list[PruneAction] = []
-    for (ns, _cls, app), backups in sorted(groups.items()):
-        policy = catalog.retention_for(backups[0])
-        if policy is None:
-            continue
-        cands = [
-            Candidate(
-                b.metadata.name,
-                b.spec.taken_at,
-                b.metadata.annotations.get(ANNOTATION_PINNED) == "true",
+    for (ns, cls, app), backups in sorted(groups.items()):
+        try:
+            actions.extend(_group_actions(catalog, ns, app, backups, now))
+        except Exception:
+            log.exception(
+                "retention of %s/%s (class %s) failed; its Backups are kept", ns, app, cls
             )
-            for b in backups
-        ]
-        keep, delete = decide(cands, policy, now)
-        for b in sorted(backups, key=lambda b: b.spec.taken_at):
-            name = b.metadata.name
-            actions.append(
-                PruneAction(
-                    namespace=ns,
-                    backup=name,
-                    application=app.split("/", 1)[1],
-                    taken_at=b.spec.taken_at.isoformat(),
-                    delete=name in delete,
-                    reason=delete.get(name) or ", ".join(keep.get(name, [])),
-                )
+    return actions
+
+
+def _group_actions(
+    catalog: Catalog, ns: str, app: str, backups: list[Backup], now: dt.datetime
+) -> list[PruneAction]:
+    actions: list[PruneAction] = []
+    policy = catalog.retention_for(backups[0])
+    if policy is None:
+        return actions
+    cands = [
+        Candidate(
+            b.metadata.name,
+            b.spec.taken_at,
+            b.metadata.annotations.get(ANNOTATION_PINNED) == "true",
+        )
+        for b in backups
+    ]
+    keep, delete = decide(cands, policy, now)
+    for b in sorted(backups, key=lambda b: b.spec.taken_at):
+        name = b.metadata.name
+        actions.append(
+            PruneAction(
+                namespace=ns,
+                backup=name,
+                application=app.split("/", 1)[1],
+                taken_at=b.spec.taken_at.isoformat(),
+                delete=name in delete,
+                reason=delete.get(name) or ", ".join(keep.get(name, [])),
             )
+        )
     return actions
 
 
@@ -66,8 +81,13 @@ def prune(svc: Services, dry_run: bool = False) -> list[PruneAction]:
     if not dry_run:
         for a in actions:
             if a.delete:
-                backup = svc.host.objects.get(Backup, a.namespace, a.backup)
-                if backup is not None:
-                    delete_backup(svc, backup, a.reason)
-        finish_deletions(svc)
+                try:
+                    backup = svc.host.objects.get(Backup, a.namespace, a.backup)
+                    if backup is not None:
+                        delete_backup(svc, backup, a.reason)
+                except Exception:
+                    log.exception("could not delete Backup %s/%s", a.namespace, a.backup)
+        for note in finish_deletions(svc):
+            if "not finished" in note or "failed" in note:
+                log.warning("%s", note)
     return actions

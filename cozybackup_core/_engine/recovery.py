@@ -6,10 +6,16 @@ still ``Running`` has no live owner.  See the ordering argument in ``backup.py``
 
 from __future__ import annotations
 
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
 import attrs
 
 from .._api.errors import CozyError
 from .._api.types import (
+    ANNOTATION_JOB_UID,
     URI_PREFIX,
     Artifact,
     ArtifactRecord,
@@ -23,48 +29,90 @@ from .._api.types import (
 )
 from .._api.wire import structure
 from .._storage.store import ArtifactKey, checksum_of
+from .backup import made_by
 from .deletion import finish_deletions
 from .redact import Redactor
 from .services import Services
+
+log = logging.getLogger("cozybackup.recovery")
 
 
 def recover(svc: Services) -> list[str]:
     """Settle what a crashed run left behind.  Call with no other runner active."""
     objs = svc.host.objects
     notes: list[str] = []
-    redact = svc.redactor()
+    try:
+        redact = svc.redactor()
+    except Exception:
+        log.exception("recovery: the redactor could not be built; masking nothing extra")
+        redact = Redactor()
     for record in objs.list(ArtifactRecord):
         if record.status.phase == "Committed":
             continue
-        notes.append(_recover_record(svc, record))
+        notes.extend(_isolated(record, "", _recover_record_notes, svc, record))
     for record in objs.list(ArtifactRecord):
         if record.status.phase == "Committed":
-            notes.extend(_recover_committed(svc, record, redact))
+            notes.extend(_isolated(record, "", _recover_committed, svc, record, redact))
     for job in objs.list(BackupJob):
         if job.status.phase == "Running":
-            svc.finish(
-                job,
-                False,
-                "Interrupted",
-                "the backup was interrupted before it completed and no Backup was "
-                "recorded; create a new BackupJob to try again",
-                redact,
-            )
-            notes.append(f"BackupJob {job.metadata.namespace}/{job.metadata.name}: interrupted")
+            notes.extend(_isolated(job, job.metadata.namespace, _interrupt, svc, job, redact))
     for rjob in objs.list(RestoreJob):
         if rjob.status.phase == "Running":
-            svc.finish(
-                rjob,
-                False,
-                "Interrupted",
-                "the restore was interrupted; the target application may hold "
-                "partially restored data; create the RestoreJob again to retry",
-                redact,
-            )
-            notes.append(f"RestoreJob {rjob.metadata.namespace}/{rjob.metadata.name}: interrupted")
+            notes.extend(_isolated(rjob, rjob.metadata.namespace, _interrupt, svc, rjob, redact))
 
     notes.extend(finish_deletions(svc))
     return notes
+
+
+def _isolated(obj: Any, ns: str | None, fn: Callable[..., list[str]], *args: Any) -> list[str]:
+    """One object's recovery; a failure is noted and the others go on."""
+    try:
+        return fn(*args)
+    except Exception:
+        ref = uuid.uuid4().hex[:12]
+        log.exception("recovery of %s %s failed (reference %s)", obj.kind, obj.metadata.name, ref)
+        where = f"{ns}/" if ns else ""
+        return [
+            f"{obj.kind} {where}{obj.metadata.name}: could not be recovered (reference {ref}); left for the next run"
+        ]
+
+
+def _interrupt(svc: Services, job: Any, redact: Redactor) -> list[str]:
+    if isinstance(job, BackupJob):
+        svc.finish(
+            job,
+            False,
+            "Interrupted",
+            "the backup was interrupted before it completed and no Backup was "
+            "recorded; create a new BackupJob to try again",
+            redact,
+        )
+        return [f"BackupJob {job.metadata.namespace}/{job.metadata.name}: interrupted"]
+    svc.finish(
+        job,
+        False,
+        "Interrupted",
+        "the restore was interrupted; the target application may hold "
+        "partially restored data; create the RestoreJob again to retry",
+        redact,
+    )
+    return [f"RestoreJob {job.metadata.namespace}/{job.metadata.name}: interrupted"]
+
+
+def _maker(svc: Services, record: ArtifactRecord) -> BackupJob | None:
+    """The job that wrote ``record``: same name *and* uid (a job re-created under the
+    name of a deleted one is another job).  Records written before uids were recorded
+    match by name."""
+    spec = record.spec
+    job = svc.host.objects.get(BackupJob, spec.namespace, spec.job_ref.name)
+    uid = record.metadata.annotations.get(ANNOTATION_JOB_UID)
+    if job is not None and uid is not None and uid != job.metadata.uid:
+        return None
+    return job
+
+
+def _recover_record_notes(svc: Services, record: ArtifactRecord) -> list[str]:
+    return [_recover_record(svc, record)]
 
 
 def _recover_record(svc: Services, record: ArtifactRecord) -> str:
@@ -75,7 +123,7 @@ def _recover_record(svc: Services, record: ArtifactRecord) -> str:
     if storage is None:
         return f"artifact {record.metadata.name}: storage location gone, left for the operator"
     store = svc.store_for(storage)
-    job = objs.get(BackupJob, spec.namespace, spec.job_ref.name)
+    job = _maker(svc, record)
     if (
         record.status.phase == "Writing"
         and job is not None
@@ -109,10 +157,12 @@ def _recover_record(svc: Services, record: ArtifactRecord) -> str:
 def _recover_committed(svc: Services, record: ArtifactRecord, redact: Redactor) -> list[str]:
     objs = svc.host.objects
     spec = record.spec
-    job = objs.get(BackupJob, spec.namespace, spec.job_ref.name)
+    job = _maker(svc, record)
     backup = objs.get(Backup, spec.namespace, spec.backup_name)
     if job is None or job.status.phase != "Running":
         return []
+    if backup is not None and not made_by(backup, job):
+        return []  # another job's Backup: never adopted
     if backup is None:
         storage = svc.catalog().storages[spec.storage_ref.name]
         key = ArtifactKey.of(record)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Callable
+from typing import TypeVar
 
 import attrs
 
@@ -23,6 +25,7 @@ from .prune import PruneAction
 from .services import Job
 
 log = logging.getLogger("cozybackup.runner")
+_T = TypeVar("_T")
 
 
 @attrs.frozen(kw_only=True)
@@ -57,35 +60,55 @@ class Runner:
         if self._recovered:
             return []
         self._recovered = True
-        return self.engine.recover()
+        errors: list[str] = []
+        notes = self._stage("recovery", errors, self.engine.recover, [])
+        return notes + [f"recovery stopped early: {e}" for e in errors]
 
     def run_pass(self, stop: threading.Event | None = None) -> PassReport:
-        """One pass.  A platform error (:class:`CozyError` from the host or storage outside
-        any job) ends the pass and is reported in ``error``; a job's own failure is the
-        job's, recorded on it."""
+        """One pass.  Every stage runs, and every object within a stage is isolated: a
+        Plan, job, drill or retention group that fails is recorded on itself (or logged)
+        and the others go on.  A platform error outside any object (the API server went
+        away...) ends only its stage and is reported in ``error``; the next pass tries
+        again.  Nothing raises out of a pass."""
         fired: list[BackupJob] = []
         finished: list[Job] = []
         drills: list[Backup] = []
         pruned: list[PruneAction] = []
-        try:
-            fired = fire_due_plans(self.engine.host)
-            finished = self.engine.run_once(stop)
-            if stop is None or not stop.is_set():
-                if self.drills:
-                    drills = self.engine.run_due_drills()
-                if self.retention:
-                    pruned = [a for a in self.engine.prune() if a.delete]
-        except CozyError as exc:
-            log.error("pass stopped early: %s (%s)", exc, exc.admin_detail)
-            return PassReport(
-                fired=tuple(fired),
-                finished=tuple(finished),
-                drills=tuple(drills),
-                error=f"{exc}" + (f" ({exc.admin_detail})" if exc.admin_detail else ""),
-            )
+        errors: list[str] = []
+        # Secrets are read fresh every pass: a rotated key or credential takes effect on
+        # the next job, not on the next restart.
+        self.engine.invalidate_stores()
+        fired = self._stage("plans", errors, lambda: fire_due_plans(self.engine.host), [])
+        finished = self._stage("jobs", errors, lambda: self.engine.run_once(stop), [])
+        if stop is None or not stop.is_set():
+            if self.drills:
+                drills = self._stage("drills", errors, self.engine.run_due_drills, [])
+            if self.retention:
+                pruned = self._stage(
+                    "retention", errors, lambda: [a for a in self.engine.prune() if a.delete], []
+                )
         return PassReport(
-            fired=tuple(fired), finished=tuple(finished), drills=tuple(drills), pruned=tuple(pruned)
+            fired=tuple(fired),
+            finished=tuple(finished),
+            drills=tuple(drills),
+            pruned=tuple(pruned),
+            error="; ".join(errors) or None,
         )
+
+    @staticmethod
+    def _stage(
+        name: str, errors: list[str], fn: Callable[[], list[_T]], empty: list[_T]
+    ) -> list[_T]:
+        try:
+            return fn()
+        except CozyError as exc:
+            log.error("%s stopped early: %s (%s)", name, exc, exc.admin_detail)
+            errors.append(f"{exc}" + (f" ({exc.admin_detail})" if exc.admin_detail else ""))
+        except Exception:
+            ref = uuid.uuid4().hex[:12]
+            log.exception("%s stopped early (reference %s)", name, ref)
+            errors.append(f"internal error in {name}; see the log under reference {ref}")
+        return empty
 
     def serve(
         self,

@@ -27,6 +27,7 @@ from .._api.errors import (
     TransientError,
 )
 from .._api.types import (
+    ANNOTATION_JOB_UID,
     LABEL_CLASS,
     LABEL_JOB,
     LABEL_PLAN,
@@ -45,6 +46,7 @@ from .._api.types import (
     StorageLocationSpec,
     StrategyRef,
     artifact_uid,
+    label_value,
 )
 from .._api.types import Progress as ProgressStatus
 from .._api.wire import camel, structure
@@ -240,13 +242,19 @@ class Services:
     def record_backup(
         self, job: BackupJob, strategy_ref: StrategyRef, manifest: Manifest, uid: str, checksum: str
     ) -> Backup:
-        labels = {LABEL_JOB: job.metadata.name, LABEL_CLASS: job.spec.backup_class_name}
+        labels = {
+            LABEL_JOB: label_value(job.metadata.name),
+            LABEL_CLASS: label_value(job.spec.backup_class_name),
+        }
         if job.spec.plan_ref:
-            labels[LABEL_PLAN] = job.spec.plan_ref.name
+            labels[LABEL_PLAN] = label_value(job.spec.plan_ref.name)
         backup = self.host.objects.create(
             Backup(
                 metadata=ObjectMeta(
-                    name=job.metadata.name, namespace=job.metadata.namespace, labels=labels
+                    name=job.metadata.name,
+                    namespace=job.metadata.namespace,
+                    labels=labels,
+                    annotations={ANNOTATION_JOB_UID: job.metadata.uid or ""},
                 ),
                 spec=BackupSpec(
                     application_ref=job.spec.application_ref,
@@ -342,7 +350,8 @@ class Services:
         """The class's current parameters if it still binds this kind to the same driver
         (restore-time settings can change after the backup); else the snapshot taken at
         backup time, keeping only the fields this driver version still knows."""
-        class_name = backup.metadata.labels.get(LABEL_CLASS)
+        bc = self.catalog().class_of(backup)
+        class_name = bc.metadata.name if bc is not None else None
         if class_name:
             try:
                 resolved = self.catalog().resolve(class_name, backup.spec.application_ref)

@@ -13,7 +13,7 @@ import zoneinfo
 from collections.abc import Iterator
 
 import attrs
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from .._api.errors import ValidationError
 from .._api.types import Schedule
@@ -81,7 +81,14 @@ def parse(schedule: Schedule) -> CronSpec:
             raise ValidationError(
                 [(field, f"{zone_name[:64]!r} is not a known time zone")]
             ) from None
-    return CronSpec(expr, zone)
+    spec = CronSpec(expr, zone)
+    try:  # a cron naming a day that never comes (30 February) would fail every pass
+        spec.next_after(dt.datetime.now(UTC))
+    except (CroniterError, ValueError, OverflowError, StopIteration):
+        raise ValidationError(
+            [("spec.schedule.cron", f"{schedule.cron[:80]!r} never fires (no such date)")]
+        ) from None
+    return spec
 
 
 @attrs.frozen(kw_only=True)

@@ -23,6 +23,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import IO, Any, cast
 
 import attrs
@@ -601,6 +602,11 @@ class ArtifactStore:
     def local(cls, path: str) -> ArtifactStore:
         fs = fsspec.filesystem("file", auto_mkdir=True)
         fs.makedirs(path, exist_ok=True)
+        # Owner-only: unencrypted streams below must not be readable by other local users.
+        root = Path(path)
+        st = root.stat()
+        if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+            root.chmod(0o700)
         return cls(fs, path.rstrip("/"))
 
     @classmethod

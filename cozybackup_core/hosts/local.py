@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import attrs
 import yaml
@@ -53,12 +55,13 @@ class LocalObjectStore:
     def __init__(self, root: Path, clock: Callable[[], dt.datetime] | None = None) -> None:
         self.root = root
         self._clock = clock or _now
-        (root / "state").mkdir(parents=True, exist_ok=True)
+        _private_dir(root)
+        (root / "state").mkdir(mode=0o700, exist_ok=True)
         self._lock_path = root / "state.lock"
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        with open(self._lock_path, "a+") as f:
+        with _open_private(self._lock_path) as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
@@ -66,7 +69,7 @@ class LocalObjectStore:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def _path(self, kind: str, namespace: str | None, name: str) -> Path:
-        return self.root / "state" / kind / (namespace or "_cluster") / f"{name}.yaml"
+        return self.root / "state" / kind / (namespace or "_cluster") / _file_name(name)
 
     def _read(self, path: Path) -> Any:
         try:
@@ -77,13 +80,21 @@ class LocalObjectStore:
 
     def _write(self, obj: Any) -> None:
         path = self._path(obj.kind, obj.metadata.namespace, obj.metadata.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        with open(tmp, "w") as f:
-            yaml.safe_dump(dump(obj), f, sort_keys=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        path.parent.parent.mkdir(mode=0o700, exist_ok=True)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        # A short temporary name (a 253-character object name leaves no room for a
+        # suffix), created owner-only, and removed if anything fails before the rename.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                yaml.safe_dump(dump(obj), f, sort_keys=False)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink()
+            raise
 
     def get(self, cls: type[T], namespace: str | None, name: str) -> T | None:
         obj: T | None = self._read(self._path(cls.kind, namespace, name))
@@ -163,6 +174,34 @@ class LocalObjectStore:
             self._path(cls.kind, namespace, name).unlink()
 
 
+def _private_dir(path: Path) -> None:
+    """Create ``path`` owner-only; an existing home that others can reach is narrowed
+    (it holds Secrets in clear and, unencrypted, the backups themselves)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
+    st = path.stat()
+    if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+        path.chmod(0o700)
+
+
+def _open_private(path: Path) -> IO[str]:
+    """Open for appending and reading, creating the file owner-only (0600)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    return os.fdopen(fd, "a+")
+
+
+#: NAME_MAX of common file systems.
+_NAME_MAX = 255
+
+
+def _file_name(name: str) -> str:
+    """The state file of an object: ``<name>.yaml``, or, when that would not fit in a
+    file name, a cut of the name and a hash of the whole (the file's content has the name)."""
+    if len(name) + len(".yaml") <= _NAME_MAX:
+        return f"{name}.yaml"
+    return f"{name[:200]}-{hashlib.sha256(name.encode()).hexdigest()[:32]}.yaml"
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
@@ -176,7 +215,6 @@ class LocalHost:
     clock: Any = None  # a callable returning an aware datetime; tests pass their own
 
     def __attrs_post_init__(self) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
         self.objects = LocalObjectStore(self.home, self.now)
 
     def now(self) -> dt.datetime:
@@ -214,7 +252,7 @@ class LocalHost:
     def event(self, obj: Any, type_: str, reason: str, message: str) -> None:
         ns = obj.metadata.namespace or "_cluster"
         path = self.home / "events" / f"{ns}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, exist_ok=True)
         rec = {
             "time": dump_time(self.now()),
             "type": type_,
@@ -226,7 +264,7 @@ class LocalHost:
                 "name": obj.metadata.name,
             },
         }
-        with self.objects.locked(), open(path, "a") as f:
+        with self.objects.locked(), _open_private(path) as f:
             f.write(json.dumps(rec) + "\n")
 
     def events(
@@ -247,7 +285,7 @@ class LocalHost:
     def runner_lock(self) -> Iterator[None]:
         """Only one runner per home: recovery relies on it (a Running job has no live owner)."""
         path = self.home / "run.lock"
-        with open(path, "a+") as f:
+        with _open_private(path) as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
