@@ -7,18 +7,35 @@ guarantees every driver must keep (see ``plugins-example/README.md``).
 
 from __future__ import annotations
 
-from ._cli import cli_ok, run_cli
+from ._cli import TENANT_KINDS, Cli, cli_ok, cli_round_trip, run_cli
 from ._conformance import AppHandle, DriverConformance
+from ._manifests import (
+    CLI_NS,
+    app_manifests,
+    backup_class_yaml,
+    backup_job,
+    restore_job,
+    s3_location_yaml,
+)
 from ._platform import LocalPlatform, tenant_visible_text
 from ._s3server import S3ServerInfo, seaweed_s3
 
 __all__ = [
+    "CLI_NS",
+    "TENANT_KINDS",
     "AppHandle",
+    "Cli",
     "DriverConformance",
     "LocalPlatform",
     "S3ServerInfo",
+    "app_manifests",
+    "backup_class_yaml",
+    "backup_job",
     "cli_ok",
+    "cli_round_trip",
+    "restore_job",
     "run_cli",
+    "s3_location_yaml",
     "seaweed_s3",
     "tenant_visible_text",
 ]

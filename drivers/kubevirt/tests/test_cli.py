@@ -5,37 +5,18 @@ and into the copies."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from cozybackup_core.testing import cli_ok as ok
-from cozybackup_core.testing import run_cli as cli
+from cozybackup_core import ApplicationRef
+from cozybackup_core.testing import AppHandle, Cli, app_manifests, backup_job, restore_job
 
 from conftest import GiB, MiB, identical, make_image
 
-NS = "tenant-user1"
 
-
-def application(name: str, kind: str, connection: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "local.backups.cozystack.io/v1alpha1",
-        "kind": "Application",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {"apiGroup": "apps.cozystack.io", "kind": kind, "connection": connection},
-    }
-
-
-def job(kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": "backups.cozystack.io/v1alpha1",
-        "kind": kind,
-        "metadata": {"name": name, "namespace": NS},
-        "spec": spec,
-    }
+def application(name: str, kind: str, connection: dict[str, Any]) -> AppHandle:
+    return AppHandle(ref=ApplicationRef(kind=kind, name=name), connection=connection)
 
 
 def test_vmdisk_and_vminstance_through_the_cli(tmp_path: Path) -> None:
@@ -60,66 +41,43 @@ def test_vmdisk_and_vminstance_through_the_cli(tmp_path: Path) -> None:
             ]
         }
 
-    admin = [
+    scratch, shop = (
         application("scratch", "VMDisk", {"path": str(disk), "format": "qcow2"}),
-        application("scratch-copy", "VMDisk", {"path": str(images / "scratch-copy.img")}),
         application("shop", "VMInstance", vm("shop")),
-        application("shop-copy", "VMInstance", vm("copy")),
-    ]
-    ok(cli(home, "apply", "-f", "-", stdin=yaml.safe_dump_all(admin)))
-    drivers = ok(cli(home, "drivers"))
+    )
+    scratch_copy = application("scratch-copy", "VMDisk", {"path": str(images / "scratch-copy.img")})
+    shop_copy = application("shop-copy", "VMInstance", vm("copy"))
+    cli = Cli(home)
+    cli.apply(
+        [doc for app in (scratch, scratch_copy, shop, shop_copy) for doc in app_manifests(app)]
+    )
+    drivers = cli.ok("drivers")
     assert "kubevirt" in drivers and "strategy=KubeVirt" in drivers, drivers
 
-    backups = [
-        job(
-            "BackupJob",
-            f"{name}-1",
-            {
-                "applicationRef": {"apiGroup": "apps.cozystack.io", "kind": kind, "name": name},
-                "backupClassName": "cozy-default",
-            },
-        )
-        for name, kind in (("scratch", "VMDisk"), ("shop", "VMInstance"))
-    ]
-    ok(cli(home, "apply", "-f", "-", stdin=yaml.safe_dump_all(backups)))
-    out = ok(cli(home, "run", "--once"))
-    assert "backupjob/scratch-1 Succeeded" in out and "backupjob/shop-1 Succeeded" in out, out
-    backup = json.loads(ok(cli(home, "get", "backup", "shop-1", "-n", NS, "-o", "json")))
+    cli.apply([backup_job("scratch-1", scratch.ref), backup_job("shop-1", shop.ref)])
+    cli.run_once("backupjob/scratch-1", "backupjob/shop-1")
+    backup = cli.get("backup", "shop-1")
     meta = backup["spec"]["driverMetadata"]
     assert [d["name"] for d in meta["disks"]] == ["root", "data"]
     assert meta["disks"][0]["virtualSize"] == 2 * GiB
     assert backup["spec"]["strategyRef"]["kind"] == "KubeVirt"
-    ok(cli(home, "verify", "backup", "shop-1", "-n", NS))
+    cli.ok("verify", "backup", "shop-1", "-n", cli.namespace)
 
     # The damage, then restores in place and into the copies.
     for src in keep:
         fmt = "raw" if src.suffix == ".raw" else "qcow2"
         make_image(src, fmt, GiB, patterns=((0xEE, 0, 2 * MiB),))
         assert not identical(src, keep[src], fmt, fmt)
-    restores = [
-        job("RestoreJob", "scratch-back", {"backupRef": {"name": "scratch-1"}}),
-        job("RestoreJob", "shop-back", {"backupRef": {"name": "shop-1"}}),
-        job(
-            "RestoreJob",
-            "scratch-drill",
-            {
-                "backupRef": {"name": "scratch-1"},
-                "targetApplicationRef": {"kind": "VMDisk", "name": "scratch-copy"},
-            },
-        ),
-        job(
-            "RestoreJob",
-            "shop-drill",
-            {
-                "backupRef": {"name": "shop-1"},
-                "targetApplicationRef": {"kind": "VMInstance", "name": "shop-copy"},
-            },
-        ),
-    ]
-    ok(cli(home, "apply", "-f", "-", stdin=yaml.safe_dump_all(restores)))
-    out = ok(cli(home, "run", "--once"))
-    for name in ("scratch-back", "shop-back", "scratch-drill", "shop-drill"):
-        assert f"restorejob/{name} Succeeded" in out, out
+    cli.apply(
+        [
+            restore_job("scratch-back", "scratch-1"),
+            restore_job("shop-back", "shop-1"),
+            restore_job("scratch-drill", "scratch-1", target=scratch_copy.ref),
+            restore_job("shop-drill", "shop-1", target=shop_copy.ref),
+        ]
+    )
+    names = ("scratch-back", "shop-back", "scratch-drill", "shop-drill")
+    cli.run_once(*(f"restorejob/{name}" for name in names))
     assert identical(root, keep[root], "qcow2", "qcow2")
     assert identical(data, keep[data], "raw", "raw")
     assert identical(disk, keep[disk], "qcow2", "qcow2")
@@ -127,10 +85,7 @@ def test_vmdisk_and_vminstance_through_the_cli(tmp_path: Path) -> None:
     assert identical(images / "copy-root.qcow2", keep[root], "qcow2", "qcow2")
     assert identical(images / "copy-data.raw", keep[data], "raw", "raw")
 
-    tenant = "".join(
-        cli(home, "get", kind, "-n", NS, "-o", "yaml").stdout
-        for kind in ("backupjobs", "backups", "restorejobs")
-    )
+    tenant = cli.tenant_text()
     assert "Backup shop-1 is ready" in tenant
     for secret in (str(home), str(images), ".qcow2", ".raw"):
         assert secret not in tenant

@@ -10,21 +10,24 @@ it is, and ``cozybackup run --once`` does the work.  The driver comes in through
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from mariadb_server import ADMIN_PASSWORD, ADMIN_USER, MariaDBServer
 
-from cozybackup_core import fire_due_plans
-from cozybackup_core.testing import LocalPlatform, tenant_visible_text
-from cozybackup_core.testing import cli_ok as ok
-from cozybackup_core.testing import run_cli as cli
+from cozybackup_core import ApplicationRef, fire_due_plans
+from cozybackup_core.testing import (
+    AppHandle,
+    Cli,
+    LocalPlatform,
+    app_manifests,
+    run_cli,
+    tenant_visible_text,
+)
 
-from conftest import ServerFactory, checksum, connection, write_data
+from conftest import ServerFactory, checksum, connection, credentials, write_data
 
 SEEDS = Path(__file__).resolve().parents[4] / "shared" / "seed-manifests"
 if not SEEDS.exists():  # a checkout elsewhere: ../shared beside it, or say where
@@ -42,37 +45,17 @@ spec:
 """
 
 
-def get(home: Path, kind: str, name: str) -> dict[str, Any]:
-    doc: dict[str, Any] = json.loads(ok(cli(home, "get", kind, name, "-n", NS, "-o", "json")))
-    return doc
-
-
-def admin_manifest(apps: dict[str, MariaDBServer], *, physical: bool) -> str:
-    docs: list[dict[str, Any]] = []
-    for name, server in apps.items():
-        docs.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": f"{name}-credentials"},
-                "stringData": {"username": ADMIN_USER, "password": ADMIN_PASSWORD},
-            }
+def admin_manifest(apps: dict[str, MariaDBServer], *, physical: bool) -> list[Any]:
+    handles = [
+        AppHandle(
+            ref=ApplicationRef(kind="MariaDB", name=name),
+            connection=connection(server, control=physical),
+            credentials=credentials(),
         )
-        docs.append(
-            {
-                "apiVersion": "local.backups.cozystack.io/v1alpha1",
-                "kind": "Application",
-                "metadata": {"name": name, "namespace": NS},
-                "spec": {
-                    "apiGroup": "apps.cozystack.io",
-                    "kind": "MariaDB",
-                    "connection": connection(server, control=physical),
-                    "credentialsSecretRef": {"name": f"{name}-credentials"},
-                },
-            }
-        )
-    text = yaml.safe_dump_all(docs, sort_keys=False)
-    return text + ("---\n" + PHYSICAL_DEFAULT if physical else "")
+        for name, server in apps.items()
+    ]
+    docs: list[Any] = [doc for app in handles for doc in app_manifests(app)]
+    return [docs, PHYSICAL_DEFAULT] if physical else [docs]
 
 
 def seed(name: str) -> str:
@@ -94,43 +77,43 @@ def test_every_seed_manifest_is_covered() -> None:
 def test_seed_manifests_end_to_end(mariadb: ServerFactory, tmp_path: Path, mode: str) -> None:
     physical = mode == "physical"
     home = tmp_path / "home"
+    cli = Cli(home)
     src, drill = mariadb(), mariadb()
     apps = {"mariadbinstance": src, "mariadbinstance-drill": drill}
-    ok(cli(home, "apply", "-f", "-", stdin=admin_manifest(apps, physical=physical)))
-    assert "mariadb" in ok(cli(home, "drivers"))
+    cli.apply(*admin_manifest(apps, physical=physical))
+    assert "mariadb" in cli.ok("drivers")
     write_data(src, seed=1)
     write_data(drill, seed=9)
     before = checksum(src)
 
     # The one-off backup.
-    ok(cli(home, "apply", "-f", seed("backupjob-oneshot-mariadb.yaml")))
-    run = ok(cli(home, "run", "--once"))
-    assert "backupjob/oneshot-mariadb Succeeded" in run
-    backup = get(home, "backup", "oneshot-mariadb")
+    cli.ok("apply", "-f", seed("backupjob-oneshot-mariadb.yaml"))
+    cli.run_once("backupjob/oneshot-mariadb")
+    backup = cli.get("backup", "oneshot-mariadb")
     assert backup["status"]["phase"] == "Ready"
     assert backup["spec"]["driverMetadata"]["mode"] == mode
     assert backup["spec"]["strategyRef"]["kind"] == "MariaDB"
-    ok(cli(home, "verify", "backup", "oneshot-mariadb", "-n", NS))  # exit 0: checksums match
+    cli.ok("verify", "backup", "oneshot-mariadb", "-n", NS)  # exit 0: checksums match
 
     # Rollback in place.
     write_data(src, seed=2)
     assert checksum(src) != before
-    ok(cli(home, "apply", "-f", seed("restorejob-in-place.yaml")))
-    assert "restorejob/rollback-mariadb Succeeded" in ok(cli(home, "run", "--once"))
+    cli.ok("apply", "-f", seed("restorejob-in-place.yaml"))
+    cli.run_once("restorejob/rollback-mariadb")
     assert checksum(src) == before
 
     # DR drill into the other application.
-    ok(cli(home, "apply", "-f", seed("restorejob-to-copy.yaml")))
-    assert "restorejob/drill-mariadb Succeeded" in ok(cli(home, "run", "--once"))
+    cli.ok("apply", "-f", seed("restorejob-to-copy.yaml"))
+    cli.run_once("restorejob/drill-mariadb")
     assert checksum(drill) == before
     assert checksum(src) == before
-    restore = get(home, "restorejob", "drill-mariadb")
+    restore = cli.get("restorejob", "drill-mariadb")
     assert "into MariaDB mariadbinstance-drill" in restore["status"]["message"]
 
     # The nightly Plan: it fires once the clock is past 02:00, once per slot.
-    ok(cli(home, "apply", "-f", seed("plan-maria-nightly.yaml")))
+    cli.ok("apply", "-f", seed("plan-maria-nightly.yaml"))
     created = dt.datetime.fromisoformat(
-        get(home, "plan", "maria-nightly-backups")["metadata"]["creationTimestamp"].replace(
+        cli.get("plan", "maria-nightly-backups")["metadata"]["creationTimestamp"].replace(
             "Z", "+00:00"
         )
     )
@@ -145,10 +128,10 @@ def test_seed_manifests_end_to_end(mariadb: ServerFactory, tmp_path: Path, mode:
     assert job.metadata.name == f"maria-nightly-backups-{slot:%Y%m%d}0200"
     assert fire_due_plans(plat.host) == [], "fired twice for one slot"
     write_data(src, seed=3)
-    assert f"backupjob/{job.metadata.name} Succeeded" in ok(cli(home, "run", "--once"))
-    nightly = get(home, "backup", job.metadata.name)
+    cli.run_once(f"backupjob/{job.metadata.name}")
+    nightly = cli.get("backup", job.metadata.name)
     assert nightly["spec"]["planRef"]["name"] == "maria-nightly-backups"
-    table = ok(cli(home, "get", "backups", "-n", NS))
+    table = cli.ok("get", "backups", "-n", NS)
     assert "oneshot-mariadb" in table and job.metadata.name in table
 
     # Nothing the tenant can read names a credential, an address or a path.
@@ -159,7 +142,7 @@ def test_seed_manifests_end_to_end(mariadb: ServerFactory, tmp_path: Path, mode:
 
 def test_cli_refuses_a_bad_mariadb_class_with_the_field_path(tmp_path: Path) -> None:
     bad = PHYSICAL_DEFAULT.replace("{mode: physical}", "{mode: snapshot, parallel: 0}")
-    out = cli(tmp_path / "home", "apply", "-f", "-", stdin=bad)
+    out = run_cli(tmp_path / "home", "apply", "-f", "-", stdin=bad)
     assert out.returncode == 2
     assert (
         "error: spec.strategies[0].parameters.mode: 'snapshot' is not a mode; "
