@@ -14,6 +14,7 @@ from ._manifests import (
     app_manifests,
     backup_class_yaml,
     backup_job,
+    key_secret_yaml,
     restore_job,
     s3_location_yaml,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "backup_job",
     "cli_ok",
     "cli_round_trip",
+    "key_secret_yaml",
     "restore_job",
     "run_cli",
     "s3_location_yaml",

@@ -25,6 +25,7 @@ import pytest
 from .._api.types import APPS_GROUP, ApplicationRef, ArtifactRecord
 from .._drivers.contract import Driver
 from .._engine.redact import sensitive_values
+from ._manifests import key_secret_yaml as _key_secret
 from ._platform import LocalPlatform
 
 NS = "tenant-conformance"
@@ -356,15 +357,6 @@ def _watch_fifo(path: Path | None) -> Iterator[list[bool]]:
     finally:
         stop.set()
         thread.join()
-
-
-def _key_secret(name: str, raw: bytes) -> str:
-    return f"""
-apiVersion: v1
-kind: Secret
-metadata: {{name: {name}}}
-stringData: {{key: "{base64.b64encode(raw).decode()}"}}
-"""
 
 
 _ENCRYPTED_DEFAULT = """
