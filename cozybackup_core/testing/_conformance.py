@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import attrs
 import pytest
@@ -31,6 +31,13 @@ from ._platform import LocalPlatform
 NS = "tenant-conformance"
 
 
+class Server(Protocol):
+    """A test server (or cluster) that says how an application reaches it."""
+
+    def connection(self) -> Mapping[str, Any]: ...
+    def credentials(self) -> Mapping[str, str]: ...
+
+
 @attrs.define
 class AppHandle:
     """One application under test: its ref plus whatever the driver's tests need."""
@@ -39,6 +46,29 @@ class AppHandle:
     connection: dict[str, Any]
     credentials: dict[str, str] = attrs.field(factory=dict)
     extra: dict[str, Any] = attrs.field(factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        server: Server,
+        kind: str,
+        name: str,
+        *,
+        api_group: str = APPS_GROUP,
+        connection: Mapping[str, Any] | None = None,
+    ) -> AppHandle:
+        """The application ``name`` that ``server`` serves, with the server's connection
+        (or ``connection``) and credentials; the server is kept as ``extra["server"]``."""
+        return cls(
+            ref=ApplicationRef(api_group=api_group, kind=kind, name=name),
+            connection=dict(server.connection() if connection is None else connection),
+            credentials=dict(server.credentials()),
+            extra={"server": server},
+        )
+
+    def with_credentials(self, **changes: str) -> AppHandle:
+        """The same application with some credentials replaced (a wrong password, say)."""
+        return attrs.evolve(self, credentials={**self.credentials, **changes})
 
 
 class DriverConformance(abc.ABC):

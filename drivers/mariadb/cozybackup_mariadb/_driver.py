@@ -19,19 +19,18 @@ mode its backup was taken with (read from the backup's own streams).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from cozybackup_core import (
-    Locator,
     BackupContext,
     Capabilities,
-    Deadline,
     Driver,
     DriverError,
     GroupKind,
+    Locator,
     RestoreContext,
 )
 
@@ -107,4 +106,3 @@ def _params(value: Any) -> MariaDBParameters:
     if not isinstance(value, MariaDBParameters):  # pragma: no cover - the engine structures it
         raise TypeError(f"expected MariaDBParameters, got {type(value).__name__}")
     return value
-

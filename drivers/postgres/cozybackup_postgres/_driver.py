@@ -56,7 +56,6 @@ from typing import IO, Any, ClassVar, TypeVar, cast
 import attrs
 
 from cozybackup_core import (
-    Locator,
     APPS_GROUP,
     AppLocation,
     BackupContext,
@@ -65,6 +64,7 @@ from cozybackup_core import (
     Driver,
     DriverError,
     GroupKind,
+    Locator,
     RestoreContext,
     StreamSource,
     ValidationError,
