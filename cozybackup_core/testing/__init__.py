@@ -18,6 +18,7 @@ from ._manifests import (
     restore_job,
     s3_location_yaml,
 )
+from ._parameters import driver_class_yaml, refused_parameters, validate_parameters
 from ._platform import LocalPlatform, tenant_visible_text
 from ._s3server import S3ServerInfo, seaweed_s3
 
@@ -34,10 +35,13 @@ __all__ = [
     "backup_job",
     "cli_ok",
     "cli_round_trip",
+    "driver_class_yaml",
     "key_secret_yaml",
+    "refused_parameters",
     "restore_job",
     "run_cli",
     "s3_location_yaml",
     "seaweed_s3",
     "tenant_visible_text",
+    "validate_parameters",
 ]
