@@ -7,8 +7,9 @@ guarantees every driver must keep (see ``plugins-example/README.md``).
 
 from __future__ import annotations
 
+from ._app import AppHandle
 from ._cli import TENANT_KINDS, Cli, cli_ok, cli_round_trip, run_cli
-from ._conformance import AppHandle, DriverConformance
+from ._conformance import DriverConformance
 from ._manifests import (
     CLI_NS,
     app_manifests,

@@ -21,7 +21,7 @@ import attrs
 import yaml
 
 from .._engine.redact import sensitive_values
-from ._conformance import AppHandle
+from ._app import AppHandle
 from ._manifests import CLI_NS, app_manifests, backup_job, restore_job
 
 #: What ``cozybackup get`` shows a tenant, for :meth:`Cli.tenant_text`.

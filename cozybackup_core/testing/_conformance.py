@@ -17,58 +17,18 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
-import attrs
 import pytest
 
 from .._api.types import APPS_GROUP, ApplicationRef, ArtifactRecord
 from .._drivers.contract import Driver
 from .._engine.redact import sensitive_values
+from ._app import AppHandle
 from ._manifests import key_secret_yaml as _key_secret
 from ._platform import LocalPlatform
 
 NS = "tenant-conformance"
-
-
-class Server(Protocol):
-    """A test server (or cluster) that says how an application reaches it."""
-
-    def connection(self) -> Mapping[str, Any]: ...
-    def credentials(self) -> Mapping[str, str]: ...
-
-
-@attrs.define
-class AppHandle:
-    """One application under test: its ref plus whatever the driver's tests need."""
-
-    ref: ApplicationRef
-    connection: dict[str, Any]
-    credentials: dict[str, str] = attrs.field(factory=dict)
-    extra: dict[str, Any] = attrs.field(factory=dict)
-
-    @classmethod
-    def of(
-        cls,
-        server: Server,
-        kind: str,
-        name: str,
-        *,
-        api_group: str = APPS_GROUP,
-        connection: Mapping[str, Any] | None = None,
-    ) -> AppHandle:
-        """The application ``name`` that ``server`` serves, with the server's connection
-        (or ``connection``) and credentials; the server is kept as ``extra["server"]``."""
-        return cls(
-            ref=ApplicationRef(api_group=api_group, kind=kind, name=name),
-            connection=dict(server.connection() if connection is None else connection),
-            credentials=dict(server.credentials()),
-            extra={"server": server},
-        )
-
-    def with_credentials(self, **changes: str) -> AppHandle:
-        """The same application with some credentials replaced (a wrong password, say)."""
-        return attrs.evolve(self, credentials={**self.credentials, **changes})
 
 
 class DriverConformance(abc.ABC):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from .._api.types import APPS_GROUP, ApplicationRef
-
-if TYPE_CHECKING:
-    from ._conformance import AppHandle
+from ._app import AppHandle
 
 #: The tenant namespace of the CLI tests.
 CLI_NS = "tenant-user1"
