@@ -26,46 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchkit import WORDS as TEXT_WORDS
+
 CHUNK = 1 << 20
-WORDS = [
-    w.encode()
-    for w in [
-        "select",
-        "insert",
-        "update",
-        "order",
-        "customer",
-        "invoice",
-        "payment",
-        "shipped",
-        "pending",
-        "delivered",
-        "alpha",
-        "bravo",
-        "charlie",
-        "delta",
-        "echo",
-        "foxtrot",
-        "golf",
-        "hotel",
-        "india",
-        "juliet",
-        "kilo",
-        "lima",
-        "mike",
-        "november",
-        "oscar",
-        "papa",
-        "quebec",
-        "romeo",
-        "sierra",
-        "tango",
-        "uniform",
-        "victor",
-        "whiskey",
-        "xray",
-    ]
-]
+WORDS = [w.encode() for w in TEXT_WORDS]
 
 
 def make_data(path: Path, mib: int) -> None:

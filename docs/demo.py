@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from cozybackup_postgres.testing import PostgresServer
+from demo_common import cli, compare, stored_mib, timed_run, verdict
 
 NS = "tenant-demo"
 
@@ -77,12 +78,6 @@ INSERT INTO sales.orders(customer_id, total, placed, items)
 INSERT INTO support.tickets(customer_id, subject, body)
   SELECT 1 + i % 20000, 'ticket ' || i, repeat(md5(i::text) || ' ', 20) FROM generate_series(1, 30000) i;
 """
-
-
-def cli(home: Path, *args: str, stdin: str | None = None) -> None:
-    print(f"$ cozybackup {' '.join(args)}", flush=True)
-    cmd = [sys.executable, "-m", "cozybackup_core.cli", "--home", str(home), *args]
-    subprocess.run(cmd, input=stdin, text=True, check=True)
 
 
 def checksums(server: PostgresServer) -> dict[str, str]:
@@ -145,9 +140,7 @@ def main() -> int:
         )
         print("== tenant: a BackupJob with the default class")
         cli(home, "apply", "-f", "-", stdin=BACKUP % {"ns": NS})
-        t = time.monotonic()
-        cli(home, "run", "--once")
-        backup_s = time.monotonic() - t
+        backup_s = timed_run(home)
         cli(home, "get", "backups", "-n", NS)
 
         print("== damage: a bad migration")
@@ -162,28 +155,21 @@ def main() -> int:
 
         print("== tenant: a RestoreJob (in place)")
         cli(home, "apply", "-f", "-", stdin=RESTORE % {"ns": NS})
-        t = time.monotonic()
-        cli(home, "run", "--once")
-        restore_s = time.monotonic() - t
+        restore_s = timed_run(home)
         cli(home, "get", "restorejobs", "-n", NS)
 
         after = checksums(server)
         print("== per-table checksums: before the backup / after the restore")
-        for table in sorted(before):
-            mark = "ok" if before[table] == after.get(table) else "MISMATCH"
-            print(f"   {table:<42} {before[table][:12]}  {after.get(table, '-')[:12]:<12}  {mark}")
-        stored = sum(p.stat().st_size for p in (home / "buckets").rglob("*") if p.is_file())
+        compare(before, after, width=42, digits=12)
         print("== report")
         print(f"   databases  {size / 2**20:8.0f} MiB on disk (tables + indexes)")
-        print(f"   stored     {stored / 2**20:8.0f} MiB (pg_dump -Fc -Z0, zstd by cozybackup)")
+        print(f"   stored     {stored_mib(home):8.0f} MiB (pg_dump -Fc -Z0, zstd by cozybackup)")
         print(
             f"   backup     {backup_s:8.1f} s   restore {restore_s:.1f} s (checksums verified first; both incl. CLI start)"
         )
-        if before != after:
-            print("FAILED: the restored data differs", file=sys.stderr)
-            return 1
-        print("OK: every table of both databases is back exactly as it was backed up")
-        return 0
+        return verdict(
+            before, after, "every table of both databases is back exactly as it was backed up"
+        )
     finally:
         server.destroy()
         if args.keep:

@@ -17,11 +17,12 @@ import os
 import random
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from demo_common import cli, compare, stored_mib, timed_run, verdict
 
 NS = "tenant-demo"
 
@@ -141,12 +142,6 @@ def table_checksums(path: Path) -> dict[str, str]:
         con.close()
 
 
-def cli(home: Path, *args: str, stdin: str | None = None) -> None:
-    cmd = [sys.executable, "-m", "cozybackup_core.cli", "--home", str(home), *args]
-    print(f"$ cozybackup {' '.join(args)}", flush=True)
-    subprocess.run(cmd, input=stdin, text=True, check=True)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -172,9 +167,7 @@ def main() -> int:
         cli(home, "apply", "-f", "-", stdin=ADMIN % {"ns": NS, "db": db})
         print("== tenant: a BackupJob")
         cli(home, "apply", "-f", "-", stdin=BACKUP % {"ns": NS})
-        t = time.monotonic()
-        cli(home, "run", "--once")
-        backup_s = time.monotonic() - t
+        backup_s = timed_run(home)
         cli(home, "get", "backups", "-n", NS)
         cli(home, "verify", "backup", "shop-before-migration", "-n", NS)
 
@@ -189,31 +182,22 @@ def main() -> int:
 
         print("== tenant: a RestoreJob (in place)")
         cli(home, "apply", "-f", "-", stdin=RESTORE % {"ns": NS})
-        t = time.monotonic()
-        cli(home, "run", "--once")
-        restore_s = time.monotonic() - t
+        restore_s = timed_run(home)
         cli(home, "describe", "restorejob", "shop-rollback", "-n", NS)
 
         after = table_checksums(db)
         print("== per-table checksums (before backup / after restore)")
-        for table in sorted(before):
-            mark = "ok" if before[table] == after.get(table) else "MISMATCH"
-            print(f"   {table:<12} {before[table]}  {after.get(table, '-'):<16}  {mark}")
-        stored = sum(p.stat().st_size for p in (home / "buckets").rglob("*") if p.is_file())
+        compare(before, after, width=12)
         print("== report")
         print(f"   database   {size / 2**20:8.1f} MiB")
-        print(f"   stored     {stored / 2**20:8.1f} MiB (zstd)")
+        print(f"   stored     {stored_mib(home):8.1f} MiB (zstd)")
         print(
             f"   backup     {backup_s:8.1f} s  ({size / 2**20 / backup_s:.0f} MiB/s of database, incl. CLI start)"
         )
         print(
             f"   restore    {restore_s:8.1f} s  (checksums verified before the target was touched)"
         )
-        if before != after:
-            print("FAILED: the restored data differs", file=sys.stderr)
-            return 1
-        print("OK: every table is back exactly as it was backed up")
-        return 0
+        return verdict(before, after, "every table is back exactly as it was backed up")
     finally:
         if args.keep:
             print(f"kept {work}")

@@ -7,25 +7,24 @@ from pathlib import Path
 
 import pytest
 
-from cozybackup_core.testing import LocalPlatform
+from cozybackup_core.testing import LocalPlatform, S3ServerInfo, seaweed_s3
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from support.drivers import FILES, FilesDriver, RaisingDriver, ToolDriver
+from support.manifests import FILES_CLASS
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seed-manifests"
 if not SEEDS.exists():
     SEEDS = Path(os.environ.get("COZYBACKUP_SHARED", "../shared")) / "seed-manifests"
 
-FILES_CLASS = """
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {name: files}
-spec:
-  strategies:
-  - application: {apiGroup: apps.example.com, kind: Directory}
-    strategyRef: {kind: Files, name: files}
-"""
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3ServerInfo]:
+    """A SeaweedFS S3 server for the tests of one module."""
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    with seaweed_s3(tmp_path_factory.mktemp("weed")) as info:
+        yield info
 
 
 @pytest.fixture

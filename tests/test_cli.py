@@ -12,27 +12,8 @@ import pytest
 import yaml
 
 from conftest import FILES_CLASS, SEEDS
-
-
-def cli(
-    home: Path, *args: str, stdin: str | None = None, plugins: str = "support.drivers"
-) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "COZYBACKUP_HOME": str(home),
-        "COZYBACKUP_PLUGINS": plugins,
-        "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
-        ),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "cozybackup_core.cli", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+from support.cli import cli
+from support.manifests import directory_class
 
 
 def test_help_lists_every_command(tmp_path: Path) -> None:
@@ -192,20 +173,15 @@ def test_sigterm_finishes_the_running_job_and_starts_no_other(tmp_path: Path) ->
     import time
 
     home = tmp_path / "home"
-    admin = """
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {name: tool}
-spec:
-  strategies:
-  - application: {apiGroup: apps.example.com, kind: Directory}
-    strategyRef: {kind: Tool, name: t}
----
+    admin = (
+        directory_class("tool", "Tool", "t")
+        + """---
 apiVersion: local.backups.cozystack.io/v1alpha1
 kind: Application
 metadata: {name: app1, namespace: tenant-a}
 spec: {apiGroup: apps.example.com, kind: Directory, connection: {script: "sleep 2; echo dumped"}}
 """
+    )
     jobs = "".join(
         f"---\napiVersion: backups.cozystack.io/v1alpha1\nkind: BackupJob\n"
         f"metadata: {{name: job{i}, namespace: tenant-a}}\n"

@@ -7,8 +7,6 @@ complete and verifies, a Failed one has no Backup, and no partial data is left.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import attrs
@@ -19,6 +17,7 @@ from cozybackup_core._api.types import ArtifactRecord
 from cozybackup_core.testing import LocalPlatform
 
 from conftest import FILES_CLASS
+from support.cli import cli
 
 NS = "tenant-a"
 JOB = f"""
@@ -29,27 +28,6 @@ spec:
   applicationRef: {{apiGroup: apps.example.com, kind: Directory, name: app1}}
   backupClassName: files
 """
-
-
-def _cli(
-    home: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    full = {
-        **os.environ,
-        "COZYBACKUP_HOME": str(home),
-        "COZYBACKUP_PLUGINS": "support.drivers",
-        "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
-        ),
-        **(env or {}),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "cozybackup_core.cli", *args],
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.mark.parametrize(
@@ -74,12 +52,12 @@ def test_kill_9_then_run_once_settles_everything(tmp_path: Path, kill: dict[str,
     plat.apply(FILES_CLASS, JOB)
     plat.declare_app(NS, "app1", "Directory", {"path": str(data)}, api_group="apps.example.com")
 
-    first = _cli(home, "run", "--once", "-q", env=kill)
+    first = cli(home, "run", "--once", "-q", env=kill)
     assert first.returncode == -9, first.stderr
     job = plat.host.objects.get(BackupJob, NS, "nightly")
     assert job is not None and job.status.phase == "Running"
 
-    second = _cli(home, "run", "--once", "-q")
+    second = cli(home, "run", "--once", "-q")
     assert "recovered:" in second.stderr
     job = plat.host.objects.get(BackupJob, NS, "nightly")
     assert job is not None and job.status.phase in ("Succeeded", "Failed")
@@ -90,7 +68,7 @@ def test_kill_9_then_run_once_settles_everything(tmp_path: Path, kill: dict[str,
         assert [b.metadata.name for b in backups] == ["nightly"]
         assert len(records) == 1 and records[0].status.phase == "Committed"
         assert len(manifests) == 1
-        verify = _cli(home, "verify", "backup", "nightly", "-n", NS)
+        verify = cli(home, "verify", "backup", "nightly", "-n", NS)
         assert verify.returncode == 0, verify.stderr
     else:
         assert job.status.conditions[0].reason == "Interrupted"

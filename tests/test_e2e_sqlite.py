@@ -8,29 +8,17 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cozybackup_core.testing._s3server import S3ServerInfo, seaweed_s3
+from cozybackup_core.testing import S3ServerInfo, backup_class_yaml, run_cli, s3_location_yaml
 
 NS = "tenant-user1"
 
 
 def cli(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COZYBACKUP_HOME": str(home), "AWS_DEFAULT_REGION": "us-east-1"}
-    env.pop("COZYBACKUP_PLUGINS", None)  # only what is installed, as an admin would have it
-    out = subprocess.run(
-        [sys.executable, "-m", "cozybackup_core.cli", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return out
+    return run_cli(home, *args, stdin=stdin, timeout=300, env={"AWS_DEFAULT_REGION": "us-east-1"})
 
 
 def make_db(path: Path, seed: int) -> None:
@@ -70,27 +58,11 @@ def checksums(path: Path) -> dict[str, str]:
         con.close()
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3ServerInfo]:
-    with seaweed_s3(tmp_path_factory.mktemp("weed")) as info:
-        yield info
-
-
 def _storage_yaml(kind: str, s3: S3ServerInfo | None) -> str:
     if kind == "local":
         return ""
     assert s3 is not None
-    return f"""---
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3-creds}}
-stringData: {{accessKeyId: "{s3.access_key}", secretAccessKey: "{s3.secret_key}"}}
----
-apiVersion: backups.cozystack.io/v1alpha1
-kind: StorageLocation
-metadata: {{name: s3-main}}
-spec: {{provider: S3, endpoint: "{s3.endpoint_url}", bucket: cozy-backups, prefix: e2e, credentialsSecretRef: {{name: s3-creds}}}}
-"""
+    return "---\n" + s3_location_yaml(s3, "s3-main", "cozy-backups", prefix="e2e")
 
 
 @pytest.mark.parametrize("storage", ["local", pytest.param("s3", marks=pytest.mark.s3)])
@@ -102,16 +74,16 @@ def test_backup_restore_in_place_and_to_copy(
     db, copy = tmp_path / "shop.db", tmp_path / "shop-drill.db"
     make_db(db, seed=1)
     original = checksums(db)
-    storage_ref = "  storageRef: {name: s3-main}\n" if storage == "s3" else ""
-    admin = f"""
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {{name: sqlite}}
-spec:
-{storage_ref}  strategies:
-  - application: {{apiGroup: apps.example.com, kind: SQLiteDatabase}}
-    strategyRef: {{kind: SQLite, name: sqlite}}
----
+    sqlite_class = backup_class_yaml(
+        "sqlite",
+        "SQLiteDatabase",
+        "SQLite",
+        api_group="apps.example.com",
+        storage="s3-main" if storage == "s3" else None,
+    )
+    admin = (
+        sqlite_class
+        + f"""---
 apiVersion: local.backups.cozystack.io/v1alpha1
 kind: Application
 metadata: {{name: shop, namespace: {NS}}}
@@ -121,7 +93,9 @@ apiVersion: local.backups.cozystack.io/v1alpha1
 kind: Application
 metadata: {{name: shop-drill, namespace: {NS}}}
 spec: {{apiGroup: apps.example.com, kind: SQLiteDatabase, connection: {{path: "{copy}"}}}}
-""" + _storage_yaml(storage, s3)
+"""
+        + _storage_yaml(storage, s3)
+    )
     applied = cli(home, "apply", "-f", "-", stdin=admin)
     assert applied.returncode == 0, applied.stderr
     drivers = cli(home, "drivers")

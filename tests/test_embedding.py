@@ -10,18 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cozybackup_core.testing import backup_class_yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "custom-controller" / "sqlcontroller.py"
 
-CLASS = """
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {name: files}
-spec:
-  strategies:
-  - application: {apiGroup: apps.example.com, kind: SQLiteDatabase}
-    strategyRef: {kind: SQLite, name: sqlite}
-"""
+CLASS = backup_class_yaml(
+    "files", "SQLiteDatabase", "SQLite", "sqlite", api_group="apps.example.com"
+)
 JOB = """
 apiVersion: backups.cozystack.io/v1alpha1
 kind: BackupJob

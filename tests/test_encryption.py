@@ -22,8 +22,10 @@ from cozybackup_core._storage.crypto import (
 )
 from cozybackup_core._storage.store import Manifest
 from cozybackup_core.testing import LocalPlatform
+from cozybackup_core.testing import key_secret_yaml as _key_secret
 
 from support.drivers import FILES, FilesDriver
+from support.manifests import FILES_CLASS
 
 KEY = ArtifactKey(namespace="tenant-a", kind="Directory", application="app1", uid="u-1")
 
@@ -229,15 +231,6 @@ def test_memory_stays_flat_while_encrypting(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- through the engine
 
 
-def _key_secret(name: str, raw: bytes) -> str:
-    return f"""
-apiVersion: v1
-kind: Secret
-metadata: {{name: {name}}}
-stringData: {{key: "{base64.b64encode(raw).decode()}"}}
-"""
-
-
 def _location(keys: list[tuple[str, str]], per_tenant: bool = False) -> str:
     items = ", ".join(f"{{id: {i}, secretRef: {{name: {s}}}}}" for i, s in keys)
     return f"""
@@ -250,15 +243,7 @@ spec:
 """
 
 
-CLASS = """
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {name: files}
-spec:
-  strategies:
-  - application: {apiGroup: apps.example.com, kind: Directory}
-    strategyRef: {kind: Files, name: files}
-"""
+CLASS = FILES_CLASS
 
 
 def test_engine_encrypts_rotates_and_refuses_a_restore_without_the_key(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from cozybackup_core._api.types import ArtifactRecord
 from cozybackup_core.testing import LocalPlatform
 
 from support.drivers import FILES
+from support.manifests import directory_class
 
 NS = "tenant-a"
 
@@ -29,15 +30,7 @@ def _declare(platform: LocalPlatform, name: str, kind: str, connection: dict) ->
 
 
 def _bind(platform: LocalPlatform, strategy: str) -> None:
-    platform.apply(f"""
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {{name: {strategy.lower()}}}
-spec:
-  strategies:
-  - application: {{apiGroup: apps.example.com, kind: Directory}}
-    strategyRef: {{kind: {strategy}, name: x}}
-""")
+    platform.apply(directory_class(strategy.lower(), strategy, "x"))
 
 
 def test_backup_and_restore_succeed_with_a_backup_record(

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 import yaml
-from test_cli import cli
 
 from cozybackup_core import Backup, ValidationError, load
 from cozybackup_core._api.types import ArtifactRecord
@@ -20,6 +19,7 @@ from cozybackup_core._engine.admission import admit
 from cozybackup_core.testing import LocalPlatform
 
 from conftest import FILES_CLASS, SEEDS
+from support.cli import cli
 from support.drivers import FILES, FilesDriver
 
 HOSTILE_STRINGS = [

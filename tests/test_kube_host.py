@@ -54,11 +54,12 @@ from cozybackup_core.hosts.kube import (
     KubeUnavailable,
     load_conventions,
 )
-from cozybackup_core.testing._s3server import S3ServerInfo, seaweed_s3
+from cozybackup_core.testing import S3ServerInfo
 
 from support import drivers as test_drivers
 from support.drivers import FILES
 from support.kubeapi import StrictApiServer, running_api_server
+from support.manifests import FILES_CLASS, directory_class
 
 PLATFORM = "cozy-backup"
 NS = "tenant-a"
@@ -452,13 +453,6 @@ def test_events_and_local_buckets(
 # --------------------------------------------------------------------------- the engine
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3ServerInfo]:
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    with seaweed_s3(tmp_path_factory.mktemp("weed")) as info:
-        yield info
-
-
 APP_PASSWORD = "app-password-Kq37"
 
 
@@ -469,7 +463,8 @@ def admin_setup(host: KubeHost, api_client: Any, s3: S3ServerInfo) -> None:
         "s3-creds",
         {"accessKeyId": s3.access_key, "secretAccessKey": s3.secret_key},
     )
-    docs = yaml.safe_load_all(f"""
+    docs = yaml.safe_load_all(
+        f"""
 apiVersion: backups.cozystack.io/v1alpha1
 kind: StorageLocation
 metadata: {{name: platform-s3}}
@@ -480,15 +475,9 @@ spec:
   prefix: hidden/prefix-q
   credentialsSecretRef: {{name: s3-creds}}
 ---
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {{name: files}}
-spec:
-  storageRef: {{name: platform-s3}}
-  strategies:
-  - application: {{apiGroup: apps.example.com, kind: Directory}}
-    strategyRef: {{kind: Files, name: files}}
-""")
+"""
+        + directory_class("files", "Files", storage="platform-s3")
+    )
     for doc in docs:
         host.objects.create(load(doc))
 
@@ -632,19 +621,7 @@ spec: {{provider: Local, bucket: cozy-backups, path: "{tmp_path / "bucket"}"}}
 """)
         )
     )
-    host.objects.create(
-        load(
-            yaml.safe_load("""
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {name: files}
-spec:
-  strategies:
-  - application: {apiGroup: apps.example.com, kind: Directory}
-    strategyRef: {kind: Files, name: files}
-""")
-        )
-    )
+    host.objects.create(load(yaml.safe_load(FILES_CLASS)))
     env = {
         **os.environ,
         "PYTHONPATH": str(Path(__file__).parent),

@@ -7,56 +7,28 @@ restore, remove them when the backup fails, and keep the credentials out of tena
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cozybackup_core import ValidationError, load_yaml
-from cozybackup_core.testing import LocalPlatform
-from cozybackup_core.testing._s3server import S3ServerInfo, seaweed_s3
+from cozybackup_core.testing import LocalPlatform, S3ServerInfo, s3_location_yaml
 
 from support.drivers import FILES, ServerSideDriver
+from support.manifests import directory_class
 
 pytestmark = [pytest.mark.s3, pytest.mark.timeout(120)]
 NS = "tenant-a"
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3ServerInfo]:
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    with seaweed_s3(tmp_path_factory.mktemp("weed")) as info:
-        yield info
-
-
 def _platform(tmp_path: Path, s3: S3ServerInfo, *, opt_in: bool) -> LocalPlatform:
     plat = LocalPlatform(tmp_path / "home", drivers=(ServerSideDriver,))
-    plat.apply(f"""
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3-creds}}
-stringData: {{accessKeyId: "{s3.access_key}", secretAccessKey: "{s3.secret_key}"}}
----
-apiVersion: backups.cozystack.io/v1alpha1
-kind: StorageLocation
-metadata: {{name: native-bucket}}
-spec:
-  provider: S3
-  endpoint: "{s3.endpoint_url}"
-  bucket: native-only
-  prefix: {tmp_path.name}
-  credentialsSecretRef: {{name: s3-creds}}
-  serverSideAccess: {"true" if opt_in else "false"}
----
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {{name: native}}
-spec:
-  storageRef: {{name: native-bucket}}
-  strategies:
-  - application: {{apiGroup: apps.example.com, kind: Directory}}
-    strategyRef: {{kind: ServerSide, name: server-side}}
-""")
+    plat.apply(
+        s3_location_yaml(
+            s3, "native-bucket", "native-only", prefix=tmp_path.name, server_side=opt_in
+        ),
+        directory_class("native", "ServerSide", "server-side", storage="native-bucket"),
+    )
     return plat
 
 

@@ -5,14 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cozybackup_core import ArtifactCorruptError, ArtifactKey, ArtifactStore
 from cozybackup_core._storage.store import Manifest
-from cozybackup_core.testing._s3server import S3ServerInfo, seaweed_s3
 
 KEY = ArtifactKey(namespace="tenant-a", kind="Postgres", application="db1", uid="u-1")
 
@@ -47,13 +45,6 @@ def _read_all(store: ArtifactStore) -> dict[str, bytes]:
         with reader.open(name) as f:
             out[name] = f.read()
     return out
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3ServerInfo]:
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    with seaweed_s3(tmp_path_factory.mktemp("weed")) as info:
-        yield info
 
 
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])

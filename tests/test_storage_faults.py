@@ -18,22 +18,15 @@ import pytest
 
 from cozybackup_core import EngineConfig
 from cozybackup_core._api.types import ArtifactRecord
-from cozybackup_core.testing import LocalPlatform
-from cozybackup_core.testing._s3server import S3ServerInfo, seaweed_s3
+from cozybackup_core.testing import LocalPlatform, S3ServerInfo, s3_location_yaml
 
 from support.drivers import FILES, FilesDriver
 from support.faultproxy import Delay, FaultProxy, Request, Reset, Status, fault_proxy
+from support.manifests import FILES_CLASS
 
 pytestmark = [pytest.mark.s3, pytest.mark.timeout(240)]
 NS = "tenant-a"
 SIZE = 20 << 20  # three multipart parts of 8 MiB
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3ServerInfo]:
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    with seaweed_s3(tmp_path_factory.mktemp("weed")) as info:
-        yield info
 
 
 @pytest.fixture
@@ -47,30 +40,12 @@ def _platform(
 ) -> LocalPlatform:
     cfg = EngineConfig(attempts=3, backoff=0.2, workers=1, **config)  # type: ignore[arg-type]
     plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,), config=cfg)
-    plat.apply(f"""
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3-creds}}
-stringData: {{accessKeyId: "{s3.access_key}", secretAccessKey: "{s3.secret_key}"}}
----
-apiVersion: backups.cozystack.io/v1alpha1
-kind: StorageLocation
-metadata: {{name: cozy-backups}}
-spec:
-  provider: S3
-  endpoint: "{proxy.endpoint}"
-  bucket: faults
-  prefix: {tmp_path.name}
-  credentialsSecretRef: {{name: s3-creds}}
----
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {{name: files}}
-spec:
-  strategies:
-  - application: {{apiGroup: apps.example.com, kind: Directory}}
-    strategyRef: {{kind: Files, name: files}}
-""")
+    plat.apply(
+        s3_location_yaml(
+            s3, "cozy-backups", "faults", prefix=tmp_path.name, endpoint=proxy.endpoint
+        ),
+        FILES_CLASS,
+    )
     return plat
 
 

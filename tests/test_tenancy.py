@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cozybackup_core import ApplicationRef
-from cozybackup_core.testing import LocalPlatform
-from cozybackup_core.testing._s3server import S3ServerInfo, seaweed_s3
+from cozybackup_core.testing import LocalPlatform, S3ServerInfo, s3_location_yaml
 
 from support.drivers import FILES, FilesDriver, RaisingDriver, ToolDriver
+from support.manifests import directory_class
 
 NS = "tenant-a"
 APP_PASSWORD = "app-password-Zq81"
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3ServerInfo]:
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    with seaweed_s3(tmp_path_factory.mktemp("weed")) as info:
-        yield info
 
 
 @pytest.mark.s3
@@ -30,33 +22,24 @@ def test_tenant_view_has_no_endpoint_credential_bucket_or_path(
     tmp_path: Path, s3: S3ServerInfo
 ) -> None:
     plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver, RaisingDriver, ToolDriver))
-    plat.apply(f"""
-apiVersion: v1
-kind: Secret
-metadata: {{name: s3-creds}}
-stringData: {{accessKeyId: "{s3.access_key}", secretAccessKey: "{s3.secret_key}"}}
----
-apiVersion: backups.cozystack.io/v1alpha1
-kind: StorageLocation
-metadata: {{name: tenant-a-dedicated}}
-spec:
-  provider: S3
-  endpoint: "{s3.endpoint_url}"
-  bucket: secret-bucket-name
-  prefix: platform/prefix-xyz
-  credentialsSecretRef: {{name: s3-creds}}
----
+    location = s3_location_yaml(
+        s3, "tenant-a-dedicated", "secret-bucket-name", prefix="platform/prefix-xyz"
+    )
+    plat.apply(
+        location
+        + """---
 apiVersion: backups.cozystack.io/v1alpha1
 kind: BackupClass
-metadata: {{name: files}}
+metadata: {name: files}
 spec:
-  storageRef: {{name: tenant-a-dedicated}}
+  storageRef: {name: tenant-a-dedicated}
   strategies:
-  - application: {{apiGroup: apps.example.com, kind: Directory}}
-    strategyRef: {{kind: Files, name: files}}
-  - application: {{apiGroup: apps.example.com, kind: Raising}}
-    strategyRef: {{kind: Raising, name: raising}}
-""")
+  - application: {apiGroup: apps.example.com, kind: Directory}
+    strategyRef: {kind: Files, name: files}
+  - application: {apiGroup: apps.example.com, kind: Raising}
+    strategyRef: {kind: Raising, name: raising}
+"""
+    )
     data = tmp_path / "data-dir-of-app1"
     data.mkdir()
     (data / "x.bin").write_bytes(os.urandom(100_000))
@@ -136,15 +119,7 @@ spec:
 def test_raising_driver_message_is_scrubbed(tmp_path: Path) -> None:
     """A driver that puts a path and a password into its exception text leaks neither."""
     plat = LocalPlatform(tmp_path / "home", drivers=(RaisingDriver,))
-    plat.apply("""
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {name: raising}
-spec:
-  strategies:
-  - application: {apiGroup: apps.example.com, kind: Directory}
-    strategyRef: {kind: Raising, name: r}
-""")
+    plat.apply(directory_class("raising", "Raising", "r"))
     ref = plat.declare_app(
         NS,
         "app1",

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import resource
 import shutil
@@ -41,7 +40,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "drivers" / "mariadb" / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from benchkit import WORDS, tree_rss  # noqa: E402 - the benchmarks' shared helpers
 from mariadb_server import (  # noqa: E402 - the tests' server helper
     ADMIN_PASSWORD,
     ADMIN_USER,
@@ -52,56 +53,7 @@ from mariadb_server import (  # noqa: E402 - the tests' server helper
 )
 
 CHUNK = 1 << 20
-PAGE = os.sysconf("SC_PAGE_SIZE")
 TABLES = 4
-WORDS = [
-    *(
-        [
-            "select",
-            "insert",
-            "update",
-            "order",
-            "customer",
-            "invoice",
-            "payment",
-            "shipped",
-            "pending",
-            "delivered",
-        ]
-    ),
-    *(
-        [
-            "alpha",
-            "bravo",
-            "charlie",
-            "delta",
-            "echo",
-            "foxtrot",
-            "golf",
-            "hotel",
-            "india",
-            "juliet",
-            "kilo",
-            "lima",
-            "mike",
-        ]
-    ),
-    *(
-        [
-            "november",
-            "oscar",
-            "papa",
-            "quebec",
-            "romeo",
-            "sierra",
-            "tango",
-            "uniform",
-            "victor",
-            "whiskey",
-            "xray",
-        ]
-    ),
-]
 NS = "bench"
 
 
@@ -218,31 +170,6 @@ def _cpu() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and all its descendants right now."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    tree, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        kids = [p for p, pp in parents.items() if pp == pid and p not in tree]
-        tree.update(kids)
-        frontier.extend(kids)
-    total = 0
-    for pid in tree:
-        try:
-            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
 def measure(case: dict[str, Any]) -> dict[str, Any]:
     """Run one case in a child; sample the whole process tree's RSS while it runs."""
     with tempfile.TemporaryFile() as out:
@@ -253,7 +180,7 @@ def measure(case: dict[str, Any]) -> dict[str, Any]:
         )
         peak = 0
         while proc.poll() is None:
-            peak = max(peak, _tree_rss(proc.pid))
+            peak = max(peak, tree_rss(proc.pid))
             time.sleep(0.05)
         out.seek(0)
         text = out.read().decode(errors="replace")

@@ -43,74 +43,14 @@ from typing import Any
 
 from cozybackup_postgres.testing import PostgresServer
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchkit import NATO, process_tree, rss_bytes
+
 DB = "bench"
-WORDS = [
-    "alpha",
-    "bravo",
-    "charlie",
-    "delta",
-    "echo",
-    "foxtrot",
-    "golf",
-    "hotel",
-    "india",
-    "juliet",
-    "kilo",
-    "lima",
-    "mike",
-    "november",
-    "oscar",
-    "papa",
-    "quebec",
-    "romeo",
-    "sierra",
-    "tango",
-    "uniform",
-    "victor",
-    "whiskey",
-    "xray",
-    "yankee",
-    "zulu",
-    "order",
-    "invoice",
-    "paid",
-    "shipped",
-    "pending",
-    "customer",
-]
+WORDS = [*NATO, "order", "invoice", "paid", "shipped", "pending", "customer"]
 
 
 # ---------------------------------------------------------------------------- measuring
-
-
-def _tree(root: int) -> list[int]:
-    """``root`` and its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def _rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def measure(argv: list[str], *, env: dict[str, str] | None = None, label: str) -> dict[str, Any]:
@@ -128,9 +68,9 @@ def measure(argv: list[str], *, env: dict[str, str] | None = None, label: str) -
         tick = 0
         while not done.is_set():
             if tick % 5 == 0:
-                pids = _tree(proc.pid)
+                pids = process_tree(proc.pid)
             tick += 1
-            peak_tree = max(peak_tree, sum(_rss_kb(p) for p in pids))
+            peak_tree = max(peak_tree, sum(rss_bytes(p) for p in pids) // 1024)
             done.wait(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -7,16 +7,19 @@ guarantees every driver must keep (see ``plugins-example/README.md``).
 
 from __future__ import annotations
 
+from ._app import AppHandle
 from ._cli import TENANT_KINDS, Cli, cli_ok, cli_round_trip, run_cli
-from ._conformance import AppHandle, DriverConformance
+from ._conformance import DriverConformance
 from ._manifests import (
     CLI_NS,
     app_manifests,
     backup_class_yaml,
     backup_job,
+    key_secret_yaml,
     restore_job,
     s3_location_yaml,
 )
+from ._parameters import driver_class_yaml, refused_parameters, validate_parameters
 from ._platform import LocalPlatform, tenant_visible_text
 from ._s3server import S3ServerInfo, seaweed_s3
 
@@ -33,9 +36,13 @@ __all__ = [
     "backup_job",
     "cli_ok",
     "cli_round_trip",
+    "driver_class_yaml",
+    "key_secret_yaml",
+    "refused_parameters",
     "restore_job",
     "run_cli",
     "s3_location_yaml",
     "seaweed_s3",
     "tenant_visible_text",
+    "validate_parameters",
 ]

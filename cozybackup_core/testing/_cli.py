@@ -21,7 +21,7 @@ import attrs
 import yaml
 
 from .._engine.redact import sensitive_values
-from ._conformance import AppHandle
+from ._app import AppHandle
 from ._manifests import CLI_NS, app_manifests, backup_job, restore_job
 
 #: What ``cozybackup get`` shows a tenant, for :meth:`Cli.tenant_text`.
@@ -29,16 +29,21 @@ TENANT_KINDS = ("backupjobs", "backups", "restorejobs")
 
 
 def run_cli(
-    home: Path, *args: str, stdin: str | None = None, timeout: float = 280
+    home: Path,
+    *args: str,
+    stdin: str | None = None,
+    timeout: float = 280,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """``cozybackup ARGS`` in a child process on the embedded host at ``home``, with only
     the drivers installed as packages (``COZYBACKUP_PLUGINS`` is removed), as an admin
-    would have it."""
-    env = {**os.environ, "COZYBACKUP_HOME": str(home)}
-    env.pop("COZYBACKUP_PLUGINS", None)
+    would have it; ``env`` adds to (or overrides) the environment."""
+    full = {**os.environ, "COZYBACKUP_HOME": str(home)}
+    full.pop("COZYBACKUP_PLUGINS", None)
+    full.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "cozybackup_core.cli", *args],
-        env=env,
+        env=full,
         input=stdin,
         capture_output=True,
         text=True,

@@ -19,25 +19,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-import attrs
 import pytest
 
 from .._api.types import APPS_GROUP, ApplicationRef, ArtifactRecord
 from .._drivers.contract import Driver
 from .._engine.redact import sensitive_values
+from ._app import AppHandle
+from ._manifests import key_secret_yaml as _key_secret
 from ._platform import LocalPlatform
 
 NS = "tenant-conformance"
-
-
-@attrs.define
-class AppHandle:
-    """One application under test: its ref plus whatever the driver's tests need."""
-
-    ref: ApplicationRef
-    connection: dict[str, Any]
-    credentials: dict[str, str] = attrs.field(factory=dict)
-    extra: dict[str, Any] = attrs.field(factory=dict)
 
 
 class DriverConformance(abc.ABC):
@@ -356,15 +347,6 @@ def _watch_fifo(path: Path | None) -> Iterator[list[bool]]:
     finally:
         stop.set()
         thread.join()
-
-
-def _key_secret(name: str, raw: bytes) -> str:
-    return f"""
-apiVersion: v1
-kind: Secret
-metadata: {{name: {name}}}
-stringData: {{key: "{base64.b64encode(raw).decode()}"}}
-"""
 
 
 _ENCRYPTED_DEFAULT = """

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Protocol
 
 from .._api.types import APPS_GROUP, ApplicationRef
-from ._conformance import AppHandle
+from ._app import AppHandle
 
 #: The tenant namespace of the CLI tests.
 CLI_NS = "tenant-user1"
@@ -134,3 +135,13 @@ spec:
   prefix: {prefix}
   credentialsSecretRef: {{name: {keys}}}
 {access}"""
+
+
+def key_secret_yaml(name: str, raw: bytes) -> str:
+    """A Secret ``name`` holding the encryption key ``raw`` (base64, under ``key``)."""
+    return f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}}}
+stringData: {{key: "{base64.b64encode(raw).decode()}"}}
+"""

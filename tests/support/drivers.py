@@ -51,10 +51,7 @@ class FilesDriver(Driver):
         ctx.metadata["files"] = len(list(root.iterdir()))
 
     def restore(self, ctx: RestoreContext) -> None:
-        root = Path(ctx.target.connection["path"])
-        root.mkdir(parents=True, exist_ok=True)
-        for old in root.iterdir():
-            old.unlink()
+        root = _emptied(Path(ctx.target.connection["path"]))
         for name in ctx.artifact.names():
             with ctx.artifact.open(name) as src, (root / name).open("wb") as out:
                 while chunk := src.read(1 << 16):
@@ -126,10 +123,15 @@ class ServerSideDriver(FilesDriver):
         ctx.metadata["files"] = len(list(root.iterdir()))
 
     def restore(self, ctx: RestoreContext) -> None:
-        root = Path(ctx.target.connection["path"])
-        root.mkdir(parents=True, exist_ok=True)
-        for old in root.iterdir():
-            old.unlink()
+        root = _emptied(Path(ctx.target.connection["path"]))
         fs, prefix = self._fs(ctx.artifact.server_side("native"))
         for p in fs.find(prefix):  # type: ignore[attr-defined]
             (root / p.rsplit("/", 1)[1]).write_bytes(fs.cat_file(p))  # type: ignore[attr-defined]
+
+
+def _emptied(root: Path) -> Path:
+    """The directory ``root``, created or emptied: a restore's target."""
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():
+        old.unlink()
+    return root

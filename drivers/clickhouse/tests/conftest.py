@@ -18,7 +18,7 @@ from cozybackup_clickhouse.testing import (
 )
 
 from cozybackup_core import ApplicationRef, ArtifactRecord
-from cozybackup_core.testing import LocalPlatform
+from cozybackup_core.testing import LocalPlatform, driver_class_yaml
 
 if not Path(SERVER).exists():  # pragma: no cover
     pytest.exit(
@@ -70,16 +70,7 @@ NS = "tenant-a"
 
 
 def class_yaml(name: str, parameters: str) -> str:
-    return f"""\
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {{name: {name}}}
-spec:
-  strategies:
-  - application: {{apiGroup: apps.cozystack.io, kind: ClickHouse}}
-    strategyRef: {{apiGroup: strategy.backups.cozystack.io, kind: ClickHouse, name: {name}}}
-    parameters: {parameters}
-"""
+    return driver_class_yaml(ClickHouseDriver, name, parameters)
 
 
 def make_platform(

@@ -8,32 +8,21 @@ from pathlib import Path
 
 from cozybackup_clickhouse.testing import (
     ADMIN_PASSWORD,
-    ClickHouseServer,
     fingerprint,
     write_dataset,
 )
 
-from cozybackup_core import APPS_GROUP, ApplicationRef
 from cozybackup_core.testing import AppHandle, Cli, cli_round_trip
 
 from conftest import ServerFactory
-
-
-def application(name: str, server: ClickHouseServer) -> AppHandle:
-    return AppHandle(
-        ref=ApplicationRef(api_group=APPS_GROUP, kind="ClickHouse", name=name),
-        connection=server.connection(),
-        credentials=server.credentials(),
-        extra={"server": server},
-    )
 
 
 def test_tenant_manifests_end_to_end(tmp_path: Path, clickhouse: ServerFactory) -> None:
     src, drill = clickhouse(), clickhouse()
     tenant = cli_round_trip(
         Cli(tmp_path / "home"),
-        application("analytics", src),
-        application("analytics-drill", drill),
+        AppHandle.of(src, "ClickHouse", "analytics"),
+        AppHandle.of(drill, "ClickHouse", "analytics-drill"),
         # memory=False: other processes come and go
         write_data=lambda app, seed: write_dataset(app.extra["server"].run, seed, memory=False),
         checksum=lambda app: fingerprint(app.extra["server"].run),

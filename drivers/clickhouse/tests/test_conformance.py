@@ -25,13 +25,7 @@ class TestServerConformance(DriverConformance):
         self._start = clickhouse
 
     def create_app(self, tmp_path: Path, name: str) -> AppHandle:
-        server = self._start()
-        return AppHandle(
-            ref=ApplicationRef(api_group=APPS_GROUP, kind="ClickHouse", name=name),
-            connection=server.connection(),
-            credentials=server.credentials(),
-            extra={"server": server},
-        )
+        return AppHandle.of(self._start(), "ClickHouse", name)
 
     def write_data(self, app: AppHandle, seed: int) -> None:
         write_dataset(self._server(app).run, seed)
@@ -40,8 +34,7 @@ class TestServerConformance(DriverConformance):
         return checksum(self._server(app).run)
 
     def break_app(self, app: AppHandle) -> AppHandle:
-        creds = dict(app.credentials, password="not-the-" + app.credentials["password"])
-        return AppHandle(ref=app.ref, connection=app.connection, credentials=creds, extra=app.extra)
+        return app.with_credentials(password="not-the-" + app.credentials["password"])
 
     @staticmethod
     def _server(app: AppHandle) -> ClickHouseServer:

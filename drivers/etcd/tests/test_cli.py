@@ -8,21 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cozybackup_etcd.testing import LocalEtcd, TLSFiles
+from cozybackup_etcd.testing import TLSFiles
 
-from cozybackup_core import ApplicationRef
 from cozybackup_core.testing import AppHandle, Cli, cli_round_trip, run_cli
 
 from conftest import DISTRO_BIN, ClusterFactory, fingerprint, write_dataset
-
-
-def application(name: str, cluster: LocalEtcd) -> AppHandle:
-    return AppHandle(
-        ref=ApplicationRef(kind="Etcd", name=name),
-        connection=cluster.connection(),
-        credentials=cluster.credentials(),
-        extra={"cluster": cluster},
-    )
 
 
 def test_backup_and_restores_through_the_cli(
@@ -39,10 +29,10 @@ def test_backup_and_restores_through_the_cli(
 
     cli_round_trip(
         Cli(tmp_path / "home"),
-        application("etcd", src),
-        application("etcd-drill", drill),
-        write_data=lambda app, seed: write_dataset(app.extra["cluster"], seed=seed),
-        checksum=lambda app: fingerprint(app.extra["cluster"]),
+        AppHandle.of(src, "Etcd", "etcd"),
+        AppHandle.of(drill, "Etcd", "etcd-drill"),
+        write_data=lambda app, seed: write_dataset(app.extra["server"], seed=seed),
+        checksum=lambda app: fingerprint(app.extra["server"]),
         backup="oneshot-etcd",
         in_place="rollback-etcd",
         to_copy="drill-etcd",

@@ -14,7 +14,6 @@ import pytest
 from cozybackup_etcd import EtcdDriver
 from cozybackup_etcd.testing import LocalEtcd
 
-from cozybackup_core import ApplicationRef
 from cozybackup_core.testing import AppHandle, DriverConformance
 
 from conftest import DEBIAN_BIN, DISTRO_BIN, ClusterFactory, digest, write_dataset
@@ -32,13 +31,7 @@ class _EtcdApps(DriverConformance):
         self._make = etcd_clusters
 
     def create_app(self, tmp_path: Path, name: str) -> AppHandle:
-        cluster = self._make(self.bin_dir)
-        return AppHandle(
-            ref=ApplicationRef(kind="Etcd", name=name),
-            connection=cluster.connection(),
-            credentials=cluster.credentials(),
-            extra={"cluster": cluster},
-        )
+        return AppHandle.of(self._make(self.bin_dir), "Etcd", name)
 
     def write_data(self, app: AppHandle, seed: int) -> None:
         write_dataset(self._cluster(app), seed, keys=1500)
@@ -56,7 +49,7 @@ class _EtcdApps(DriverConformance):
 
     @staticmethod
     def _cluster(app: AppHandle) -> LocalEtcd:
-        cluster = app.extra["cluster"]
+        cluster = app.extra["server"]
         assert isinstance(cluster, LocalEtcd)
         return cluster
 

@@ -12,7 +12,6 @@ from typing import Any
 
 from cozybackup_postgres.testing import PostgresServer, ServerPool
 
-from cozybackup_core import APPS_GROUP, ApplicationRef
 from cozybackup_core.testing import AppHandle, Cli, cli_round_trip, run_cli
 
 from conftest import PG_CLASS, pg_checksum, pg_connection, pg_create_app_db, pg_write
@@ -24,12 +23,7 @@ def cli(home: Path, *args: str, stdin: str | None = None) -> subprocess.Complete
 
 def application(name: str, server: PostgresServer) -> AppHandle:
     pg_create_app_db(server)
-    return AppHandle(
-        ref=ApplicationRef(api_group=APPS_GROUP, kind="Postgres", name=name),
-        connection=pg_connection(server),
-        credentials=server.credentials(),
-        extra={"server": server},
-    )
+    return AppHandle.of(server, "Postgres", name, connection=pg_connection(server))
 
 
 def check_backup(backup: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ import pytest
 from cozybackup_job import JobDriver
 from cozybackup_postgres.testing import PostgresServer, ServerPool
 
-from cozybackup_core import APPS_GROUP, ApplicationRef
+from cozybackup_core import ApplicationRef
 from cozybackup_core.testing import AppHandle, DriverConformance
 
 from conftest import (
@@ -38,12 +38,7 @@ class TestPostgresThroughJob(DriverConformance):
     def create_app(self, tmp_path: Path, name: str) -> AppHandle:
         server = self.pool.start()
         pg_create_app_db(server)
-        return AppHandle(
-            ref=ApplicationRef(api_group=APPS_GROUP, kind="Postgres", name=name),
-            connection=pg_connection(server),
-            credentials=server.credentials(),
-            extra={"server": server},
-        )
+        return AppHandle.of(server, "Postgres", name, connection=pg_connection(server))
 
     def write_data(self, app: AppHandle, seed: int) -> None:
         pg_write(app.extra["server"], seed)
@@ -53,8 +48,7 @@ class TestPostgresThroughJob(DriverConformance):
         return pg_checksum(server)
 
     def break_app(self, app: AppHandle) -> AppHandle:
-        creds = dict(app.credentials, password="not-the-" + app.credentials["password"])
-        return AppHandle(ref=app.ref, connection=app.connection, credentials=creds, extra=app.extra)
+        return app.with_credentials(password="not-the-" + app.credentials["password"])
 
 
 class TestSQLiteThroughJob(DriverConformance):

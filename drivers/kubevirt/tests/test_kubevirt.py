@@ -18,13 +18,9 @@ from cozybackup_kubevirt import Consistency, DiskFormat, KubeVirtDriver, KubeVir
 from cozybackup_core import (
     ApplicationRef,
     ArtifactRecord,
-    Catalog,
-    DriverParametersError,
-    DriverRegistry,
     PluginHost,
-    load_yaml,
 )
-from cozybackup_core.testing import LocalPlatform
+from cozybackup_core.testing import LocalPlatform, refused_parameters, validate_parameters
 
 from conftest import FakeVM, GiB, MiB, guest_digest, identical, image_format, make_image
 
@@ -522,10 +518,7 @@ def test_to_copy_needs_the_same_disks(platform: LocalPlatform, tmp_path: Path) -
 
 
 def _validate(parameters: str) -> None:
-    registry = DriverRegistry()
-    registry.add(KubeVirtDriver)
-    (bc,) = load_yaml(class_yaml("c", parameters, kinds=("VMDisk",)))
-    Catalog.build(registry).validate(bc)
+    validate_parameters(KubeVirtDriver, parameters, kind="VMDisk")
 
 
 @pytest.mark.parametrize(
@@ -547,11 +540,7 @@ def test_good_parameters(parameters: str) -> None:
     ],
 )  # fmt: skip
 def test_bad_parameters_are_refused_with_the_field_path(parameters: str, message: str) -> None:
-    with pytest.raises(DriverParametersError) as err:
-        _validate(parameters)
-    text = str(err.value)
-    assert text.startswith("spec.strategies[0].parameters")
-    assert message in text
+    assert message in str(refused_parameters(KubeVirtDriver, parameters, kind="VMDisk"))
 
 
 def test_parameter_defaults() -> None:

@@ -52,12 +52,7 @@ class _MariaDBApps(DriverConformance):
         return checksum(self._server(app))
 
     def break_app(self, app: AppHandle) -> AppHandle:
-        return AppHandle(
-            ref=app.ref,
-            connection=app.connection,
-            credentials=credentials(password="wrong-password-123"),
-            extra=app.extra,
-        )
+        return app.with_credentials(password="wrong-password-123")
 
     def local_paths(self, app: AppHandle) -> list[Path]:
         """Physical mode reads and replaces the declared datadir; logical mode uses none."""

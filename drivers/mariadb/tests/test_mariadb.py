@@ -26,12 +26,13 @@ from cozybackup_core import (
     ApplicationRef,
     AppLocation,
     BackupContext,
-    Catalog,
-    DriverParametersError,
-    DriverRegistry,
-    load_yaml,
 )
-from cozybackup_core.testing import LocalPlatform
+from cozybackup_core.testing import (
+    LocalPlatform,
+    driver_class_yaml,
+    refused_parameters,
+    validate_parameters,
+)
 
 from conftest import (
     DATABASES,
@@ -49,16 +50,7 @@ NS = "tenant-a"
 
 
 def class_yaml(name: str, parameters: str) -> str:
-    return f"""\
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {{name: {name}}}
-spec:
-  strategies:
-  - application: {{apiGroup: apps.cozystack.io, kind: MariaDB}}
-    strategyRef: {{apiGroup: strategy.backups.cozystack.io, kind: MariaDB, name: {name}}}
-    parameters: {parameters}
-"""
+    return driver_class_yaml(MariaDBDriver, name, parameters)
 
 
 CLASSES = {
@@ -560,10 +552,7 @@ def test_bad_connection_settings_name_the_key_for_the_admin_only(
 
 
 def _validate(parameters: str) -> None:
-    registry = DriverRegistry()
-    registry.add(MariaDBDriver)
-    (bc,) = load_yaml(class_yaml("c", parameters))
-    Catalog.build(registry).validate(bc)
+    validate_parameters(MariaDBDriver, parameters)
 
 
 @pytest.mark.parametrize(
@@ -592,11 +581,7 @@ def test_good_parameters(parameters: str) -> None:
     ],
 )  # fmt: skip
 def test_bad_parameters_are_refused_with_the_field_path(parameters: str, message: str) -> None:
-    with pytest.raises(DriverParametersError) as err:
-        _validate(parameters)
-    text = str(err.value)
-    assert text.startswith("spec.strategies[0].parameters")
-    assert message in text
+    assert message in str(refused_parameters(MariaDBDriver, parameters))
 
 
 def test_parameters_default_to_a_logical_dump_of_everything() -> None:

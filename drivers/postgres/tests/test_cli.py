@@ -9,21 +9,11 @@ import subprocess
 from pathlib import Path
 
 import attrs
-from cozybackup_postgres.testing import PostgresServer, ServerPool, write_dataset
+from cozybackup_postgres.testing import ServerPool, write_dataset
 
-from cozybackup_core import APPS_GROUP, ApplicationRef, Plan
+from cozybackup_core import Plan
 from cozybackup_core.testing import CLI_NS as NS
 from cozybackup_core.testing import AppHandle, Cli, LocalPlatform, cli_round_trip
-
-
-def application(name: str, server: PostgresServer) -> AppHandle:
-    return AppHandle(
-        ref=ApplicationRef(api_group=APPS_GROUP, kind="Postgres", name=name),
-        connection=server.connection(),
-        credentials=server.credentials(),
-        extra={"server": server},
-    )
-
 
 PLAN = f"""\
 apiVersion: backups.cozystack.io/v1alpha1
@@ -64,8 +54,8 @@ def test_seed_style_manifests_end_to_end(tmp_path: Path, pg_servers: ServerPool)
 
     cli_round_trip(
         Cli(home, timeout=300),
-        application("pgdb", src),
-        application("pgdb-drill", drill),
+        AppHandle.of(src, "Postgres", "pgdb"),
+        AppHandle.of(drill, "Postgres", "pgdb-drill"),
         write_data=lambda app, seed: write_dataset(app.extra["server"], seed),
         checksum=lambda app: app.extra["server"].fingerprint(),
         backup="oneshot-postgres",

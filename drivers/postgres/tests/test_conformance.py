@@ -14,7 +14,6 @@ import pytest
 from cozybackup_postgres import PostgresDriver
 from cozybackup_postgres.testing import PostgresServer, ServerPool, write_dataset
 
-from cozybackup_core import APPS_GROUP, ApplicationRef
 from cozybackup_core.testing import AppHandle, DriverConformance
 
 
@@ -27,13 +26,7 @@ class TestPostgresConformance(DriverConformance):
         self.pool = pg_servers
 
     def create_app(self, tmp_path: Path, name: str) -> AppHandle:
-        server = self.pool.start()
-        return AppHandle(
-            ref=ApplicationRef(api_group=APPS_GROUP, kind="Postgres", name=name),
-            connection=server.connection(),
-            credentials=server.credentials(),
-            extra={"server": server},
-        )
+        return AppHandle.of(self.pool.start(), "Postgres", name)
 
     def write_data(self, app: AppHandle, seed: int) -> None:
         write_dataset(app.extra["server"], seed)
@@ -44,5 +37,4 @@ class TestPostgresConformance(DriverConformance):
         return hashlib.sha256(text.encode()).hexdigest()
 
     def break_app(self, app: AppHandle) -> AppHandle:
-        creds = dict(app.credentials, password="not-the-" + app.credentials["password"])
-        return AppHandle(ref=app.ref, connection=app.connection, credentials=creds, extra=app.extra)
+        return app.with_credentials(password="not-the-" + app.credentials["password"])
