@@ -14,9 +14,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from support.drivers import FILES, FilesDriver, RaisingDriver, ToolDriver
 from support.manifests import FILES_CLASS
 
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seed-manifests"
-if not SEEDS.exists():
-    SEEDS = Path(os.environ.get("COZYBACKUP_SHARED", "../shared")) / "seed-manifests"
+#: The brief's manifests, kept as the project's own examples (a user's clone has no
+#: ../shared); tests/test_examples.py checks they are still the brief's, byte for byte.
+SEEDS = Path(__file__).resolve().parents[1] / "examples" / "seed-manifests"
 
 
 @pytest.fixture(scope="module")

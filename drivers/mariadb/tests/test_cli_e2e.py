@@ -2,7 +2,7 @@
 
 An admin declares two local MariaDB applications (``mariadbinstance`` and
 ``mariadbinstance-drill`` in ``tenant-user1``) with an ``Application`` manifest and a
-``v1`` Secret; the tenant then applies every file of ``../shared/seed-manifests/`` as
+``v1`` Secret; the tenant then applies every file of ``examples/seed-manifests/`` (the brief's) as
 it is, and ``cozybackup run --once`` does the work.  The driver comes in through its
 ``cozybackup.drivers`` entry point, as it would for a user who pip-installed it.
 """
@@ -10,7 +10,6 @@ it is, and ``cozybackup run --once`` does the work.  The driver comes in through
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,7 @@ from cozybackup_core.testing import (
 
 from conftest import ServerFactory, checksum, connection, credentials, write_data
 
-SEEDS = Path(__file__).resolve().parents[4] / "shared" / "seed-manifests"
-if not SEEDS.exists():  # a checkout elsewhere: ../shared beside it, or say where
-    SEEDS = Path(os.environ.get("COZYBACKUP_SHARED", "../shared")) / "seed-manifests"
+SEEDS = Path(__file__).resolve().parents[3] / "examples" / "seed-manifests"
 NS = "tenant-user1"
 PHYSICAL_DEFAULT = """\
 apiVersion: backups.cozystack.io/v1alpha1
