@@ -78,6 +78,7 @@ from ._drivers.kit import (
     MissingPrivilege,
     connection_argv,
     connection_str,
+    distribution_version,
     misconfigured,
 )
 from ._drivers.localpaths import LocalDir, LocalFile, UnsafeLocalPath, open_local
@@ -183,6 +184,7 @@ __all__ = [
     "connection_argv",
     "connection_str",
     "crd",
+    "distribution_version",
     "dump",
     "fire_due_plans",
     "hookimpl",

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import time
 
+import attrs
 import pytest
 
 from cozybackup_core import (
+    APPS_GROUP,
     ApplicationMisconfigured,
     ApplicationRef,
+    BackupContext,
     CredentialsRejected,
     DatabaseUnavailable,
     Deadline,
+    Driver,
+    GroupKind,
     MissingPrivilege,
+    NoParameters,
     PermanentError,
+    RestoreContext,
     TransientError,
     connection_argv,
     connection_str,
+    distribution_version,
     misconfigured,
 )
 
@@ -66,3 +74,32 @@ def test_tighter_takes_the_earlier_deadline() -> None:
     inner = outer.tighter(10)
     assert inner.at < outer.at
     assert 9 < inner.at - time.monotonic() <= 10
+
+
+def test_a_driver_says_its_parameters_and_kinds_once() -> None:
+    @attrs.frozen
+    class Params:
+        jobs: int = 1
+
+    class Once(Driver[Params]):
+        name = "once"
+        strategy_kind = "Once"
+        default_kinds = ("Once", "Twice")
+
+        def backup(self, ctx: BackupContext[Params]) -> None: ...
+        def restore(self, ctx: RestoreContext[Params]) -> None: ...
+
+    class Explicit(Once):
+        kinds = (GroupKind(api_group="example.org", kind="Other"),)
+        parameters_type = NoParameters
+
+    assert Once.parameters_type is Params
+    assert Once.kinds == (GroupKind(kind="Once"), GroupKind(kind="Twice"))
+    assert Once.serves(GroupKind(api_group=APPS_GROUP, kind="Twice"))
+    assert Explicit.parameters_type is NoParameters
+    assert Explicit.kinds == (GroupKind(api_group="example.org", kind="Other"),)
+
+
+def test_distribution_version_of_an_installed_and_a_missing_package() -> None:
+    assert distribution_version("attrs") == attrs.__version__
+    assert distribution_version("no-such-cozybackup-driver") == "0.0.0+unknown"

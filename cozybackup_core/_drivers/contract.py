@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import IO, Any, ClassVar, Generic, Protocol
+from typing import IO, Any, ClassVar, Generic, Protocol, get_args, get_origin
 
 import attrs
 from typing_extensions import TypeVar
@@ -203,8 +203,9 @@ class Driver(abc.ABC, Generic[P]):
     else is reported to the tenant as an internal error and logged for the operator.
 
     Generic over its parameters type: ``class PostgresDriver(Driver[PostgresParameters])``
-    with ``parameters_type = PostgresParameters`` types ``ctx.parameters`` in ``backup`` and
-    ``restore``.
+    types ``ctx.parameters`` in ``backup`` and ``restore`` and sets ``parameters_type``.
+    A driver that only declares ``default_kinds`` serves those kinds of
+    ``apps.cozystack.io`` (``kinds`` is derived from them).
     """
 
     #: Unique registry name, e.g. ``"postgres"``.
@@ -227,6 +228,18 @@ class Driver(abc.ABC, Generic[P]):
     #: Secret names), keyed by kind of ``apps.cozystack.io``; an admin's conventions file
     #: adds to or overrides these.
     locators: ClassVar[Mapping[str, Locator]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # What a subclass already says once (its generic argument, its default kinds) is
+        # not repeated as a second class attribute.
+        super().__init_subclass__(**kwargs)
+        if "parameters_type" not in cls.__dict__:
+            for base in getattr(cls, "__orig_bases__", ()):
+                args = get_args(base) if get_origin(base) is Driver else ()
+                if args and isinstance(args[0], type):
+                    cls.parameters_type = args[0]
+        if "kinds" not in cls.__dict__ and not cls.kinds:
+            cls.kinds = tuple(GroupKind(kind=kind) for kind in cls.default_kinds)
 
     @classmethod
     def serves(cls, kind: GroupKind) -> bool:

@@ -7,6 +7,8 @@ goes in ``admin_detail``, which reaches the platform log only.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _installed_version
 from typing import Any
 
 from .._api.errors import DriverError, TransientError
@@ -78,3 +80,12 @@ def connection_argv(
             ref, f"connection key {key!r} must be a non-empty list of strings", subject
         )
     return tuple(value)
+
+
+def distribution_version(distribution: str) -> str:
+    """The installed version of a driver's package (``Driver.version``), or
+    ``0.0.0+unknown`` when it runs from a source tree that is not installed."""
+    try:
+        return _installed_version(distribution)
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0+unknown"

@@ -7,9 +7,7 @@ Connection keys and credentials are described in ``_cluster.py`` and the README.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _dist_version
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from cozybackup_core import (
     BackupContext,
@@ -18,16 +16,14 @@ from cozybackup_core import (
     GroupKind,
     Locator,
     RestoreContext,
+    distribution_version,
 )
 
 from . import _backup, _restore
 from ._cluster import Cluster
 from ._params import EtcdParameters
 
-try:
-    __version__ = _dist_version("cozybackup-etcd")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
+__version__ = distribution_version("cozybackup-etcd")
 
 #: The application kind this driver serves (Cozystack's tenant etcd).
 ETCD_KIND = GroupKind(kind="Etcd")
@@ -38,7 +34,6 @@ class EtcdDriver(Driver[EtcdParameters]):
 
     name: ClassVar[str] = "etcd"
     strategy_kind: ClassVar[str] = "Etcd"
-    kinds: ClassVar[tuple[GroupKind, ...]] = (ETCD_KIND,)
     default_kinds: ClassVar[tuple[str, ...]] = ("Etcd",)
     # Cozystack's EtcdCluster "etcd" in the tenant's namespace, TLS with a client certificate.
     locators: ClassVar[Mapping[str, Locator]] = {
@@ -48,7 +43,6 @@ class EtcdDriver(Driver[EtcdParameters]):
             keys={"ca.crt": "ca.crt", "tls.crt": "tls.crt", "tls.key": "tls.key"},
         )
     }
-    parameters_type: ClassVar[type[Any]] = EtcdParameters
     #: restores rebuild the members' declared data directories
     capabilities: ClassVar[Capabilities] = Capabilities(local_paths=True)
     version: ClassVar[str] = __version__
