@@ -85,6 +85,26 @@ class Ctx:
 # ---------------------------------------------------------------------------- commands
 
 
+def _interval(text: str) -> float:
+    """``--interval``: a pass re-reads all state, so a loop without a pause is refused."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 1 <= seconds <= 86400:
+        raise argparse.ArgumentTypeError(f"{text} is not between 1 and 86400 seconds")
+    return seconds
+
+
+def _read_manifest(path: Path) -> str:
+    try:
+        return sys.stdin.read() if str(path) == "-" else path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError([("", f"{path}: not UTF-8 text (byte {exc.start})")]) from None
+    except IsADirectoryError:
+        raise ValidationError([("", f"{path}: is a directory")]) from None
+
+
 def cmd_apply(ctx: Ctx) -> int:
     paths: list[Path] = []
     for f in ctx.args.filename:
@@ -96,8 +116,7 @@ def cmd_apply(ctx: Ctx) -> int:
         )
     objs = []
     for p in paths:
-        text = sys.stdin.read() if str(p) == "-" else p.read_text()
-        objs.extend(load_yaml(text, str(p), LOCAL_KINDS))
+        objs.extend(load_yaml(_read_manifest(p), str(p), LOCAL_KINDS))
     # Admin objects first, so a class applied with its storage in one file validates.
     order = {StorageLocation: 0, Secret: 0, BackupClass: 1, Application: 1}
     objs.sort(key=lambda o: order.get(type(o), 2))
@@ -476,7 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="process what is due now, then exit (exit 1 if a job failed)",
     )
     r.add_argument(
-        "--interval", type=float, default=30.0, help="seconds between passes (default %(default)s)"
+        "--interval",
+        type=_interval,
+        default=30.0,
+        help="seconds between passes, at least 1 (default %(default)s)",
     )
     r.add_argument(
         "--workers", type=int, default=2, help="jobs for different applications run in parallel"
@@ -536,7 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
         "service account's, else cozy-system)",
     )
     k.add_argument(
-        "--interval", type=float, default=30.0, help="seconds between passes (default %(default)s)"
+        "--interval",
+        type=_interval,
+        default=30.0,
+        help="seconds between passes, at least 1 (default %(default)s)",
     )
     k.add_argument(
         "--workers", type=int, default=2, help="jobs for different applications run in parallel"
@@ -575,6 +600,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc.filename}: no such file", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A full disk or a read-only home: one line, without the home's path or a traceback.
+        print(f"error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from cozybackup_core import Backup
 from cozybackup_core._api.types import ArtifactRecord, Retention
-from cozybackup_core._policy.retention import Candidate, decide, parse_age
+from cozybackup_core._api.units import parse_duration
+from cozybackup_core._policy.retention import Candidate, decide
 from cozybackup_core.testing import LocalPlatform
 
 UTC = dt.timezone.utc
@@ -51,7 +52,7 @@ candidates = st.lists(
 def oracle(backups: list[Candidate], p: Retention, now: dt.datetime) -> set[str]:
     """The policy, read literally and computed differently (by grouping, not scanning)."""
     newest_first = sorted(backups, key=lambda b: (b.taken_at, b.name), reverse=True)
-    cutoff = now - parse_age(p.max_age) if p.max_age else None
+    cutoff = now - parse_duration(p.max_age) if p.max_age else None
     young = [b for b in newest_first if cutoff is None or b.taken_at >= cutoff]
     rules = {
         "keep_hourly": "%Y%m%d%H",

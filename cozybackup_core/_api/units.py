@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: The longest duration a policy may name (``maxAge``, drill ``every``): a century.
+#: Longer ones mean "forever", which is no ``maxAge`` at all, and would overflow dates.
+MAX_DURATION = dt.timedelta(days=36525)
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``2w3d`` -> 17 days (units s, m, h, d, w, summed)."""
+    return dt.timedelta(
+        seconds=sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", text))
+    )
+
 
 def human_bytes(n: int) -> str:
     """``5429299`` -> ``5.2 MiB`` (binary units, one decimal; bytes as they are)."""

@@ -314,10 +314,46 @@ def dump(obj: Any) -> dict[str, Any]:
     return {"apiVersion": obj.api_version, "kind": obj.kind, **body}
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: a reviewer reads the
+    first, YAML keeps the last (kubectl's strict field validation refuses it too)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+#: Deeper nesting than any manifest has; refused before PyYAML recurses into it.
+MAX_YAML_DEPTH = 64
+
+
+def _depth_ok(text: str) -> bool:
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                return False
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+    return True
+
+
 def load_yaml(text: str, source: str = "<input>", kinds: Kinds = API_KINDS) -> list[Any]:
     """Load every document of a YAML stream; errors name the document and field."""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        if not _depth_ok(text):
+            raise ValidationError([("", f"{source}: nested deeper than {MAX_YAML_DEPTH} levels")])
+        docs = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
     except yaml.YAMLError as exc:
         raise ValidationError([("", f"{source}: not valid YAML: {exc}")]) from None
     out = []

@@ -12,10 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
+
 from .._api.errors import ValidationError
 from .._api.types import GROUP, ArtifactRecord, Backup, BackupClass, BackupJob, Plan, RestoreJob
 from .._catalog.catalog import Catalog
 from .plans import check_cron
+from .port import with_metadata
 
 #: What a tenant may create; everything else is the platform's or the operator's.
 TENANT_KINDS: tuple[type[Any], ...] = (BackupJob, Plan, RestoreJob)
@@ -43,10 +46,35 @@ def admit(
                 raise ValidationError(
                     [("spec", f"{what} exists and its spec is immutable; create a new one")]
                 )
-            out.append((obj, "unchanged" if existing is not None else "created"))
+            if existing is None:
+                out.append((obj, "created"))
+            else:
+                merged = _keep_platform_metadata(obj, existing)
+                same = _user_metadata(merged) == _user_metadata(existing)
+                out.append((existing if same else merged, "unchanged" if same else "configured"))
         else:
             out.append((obj, "configured" if existing is not None else "created"))
     return out
+
+
+def _user_metadata(obj: Any) -> tuple[dict[str, str], dict[str, str]]:
+    return dict(obj.metadata.labels or {}), dict(obj.metadata.annotations or {})
+
+
+def _keep_platform_metadata(obj: Any, existing: Any) -> Any:
+    """``obj`` with the platform's labels and annotations of ``existing`` kept: a job's
+    spec is immutable, but its own labels and annotations may change (kubectl's apply)."""
+
+    def merged(new: Any, old: Any) -> dict[str, str]:
+        kept = {k: v for k, v in (old or {}).items() if k.startswith(RESERVED_PREFIX)}
+        return {**kept, **(new or {})}
+
+    meta = attrs.evolve(
+        obj.metadata,
+        labels=merged(obj.metadata.labels, existing.metadata.labels),
+        annotations=merged(obj.metadata.annotations, existing.metadata.annotations),
+    )
+    return with_metadata(obj, meta)
 
 
 def _check(obj: Any, catalog: Catalog, tenant: str | None) -> None:

@@ -16,8 +16,8 @@ import attrs
 
 from .._api.errors import CozyError
 from .._api.types import Backup, Verification
+from .._api.units import parse_duration
 from .._drivers.contract import AppLocation, Deadline, RestoreContext
-from .._policy.retention import parse_age
 from .services import Services
 
 log = logging.getLogger("cozybackup.verify")
@@ -128,7 +128,7 @@ def due_drills(svc: Services) -> list[Backup]:
             policy = catalog.verification_for(backups[0])
             if policy is None or not policy.restore_drill:
                 continue
-            every = parse_age(policy.every)
+            every = parse_duration(policy.every)
         except Exception:
             log.exception("drill policy of %s could not be read", backups[0].metadata.name)
             continue

@@ -6,20 +6,21 @@ Kept separate from the I/O (``_engine/prune.py``) so it can be property-tested a
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Callable, Sequence
 
 import attrs
 
 from .._api.types import Retention
+from .._api.units import parse_duration
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
-
-def parse_age(text: str) -> dt.timedelta:
-    return dt.timedelta(
-        seconds=sum(int(n) * _UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", text))
-    )
+def _cutoff(now: dt.datetime, max_age: str) -> dt.datetime | None:
+    """``now - maxAge``, or None (nothing is that old) where it would precede year 1: a
+    class stored before ``maxAge`` was bounded must not stop retention for everyone."""
+    try:
+        return now - parse_duration(max_age)
+    except OverflowError:
+        return None
 
 
 @attrs.frozen
@@ -59,7 +60,7 @@ def decide(
         keep.setdefault(name, []).append(why)
 
     counted = [r for r in ("keep_last", *(p for p, _ in PERIODS)) if getattr(policy, r) is not None]
-    cutoff = now - parse_age(policy.max_age) if policy.max_age else None
+    cutoff = _cutoff(now, policy.max_age) if policy.max_age else None
     young = [b for b in ordered if cutoff is None or b.taken_at >= cutoff]
     if not counted:
         for b in young:

@@ -26,6 +26,40 @@ _TZ_PREFIX = re.compile(r"^\s*(?:CRON_TZ|TZ)=(\S+)\s+(.*)$")
 MAX_SLOTS = 100_000
 
 
+#: Each cron field's name and bounds; month and weekday names stand for their numbers.
+_FIELDS = (
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 7),
+)
+_NAMES = {
+    **{
+        m: i + 1
+        for i, m in enumerate(
+            ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
+        )
+    },
+    **{d: i for i, d in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])},
+}
+
+
+def _odd_field(fields: list[str]) -> str | None:
+    """What croniter accepts but a person did not mean: a reversed range (``1-0`` runs
+    every minute) or a step longer than the field (``*/99`` runs once)."""
+    for text, (what, low, high) in zip(fields, _FIELDS, strict=True):
+        for item in text.lower().split(","):
+            span, _, step = item.partition("/")
+            if step.isdigit() and not 1 <= int(step) <= high - low + 1:
+                return f"the {what} step {step[:12]} is not between 1 and {high - low + 1}"
+            first, dash, last = span.partition("-")
+            ends = [_NAMES.get(e, int(e) if e.isdigit() else None) for e in (first, last)]
+            if dash and None not in ends and ends[0] > ends[1]:  # type: ignore[operator]
+                return f"the {what} range {span} is reversed"
+    return None
+
+
 @attrs.frozen
 class CronSpec:
     expr: str
@@ -72,6 +106,9 @@ def parse(schedule: Schedule) -> CronSpec:
                 )
             ]
         )
+    odd = None if expr.startswith("@") else _odd_field(fields)
+    if odd:
+        raise ValidationError([("spec.schedule.cron", f"{schedule.cron[:80]!r}: {odd}")])
     zone: dt.tzinfo = UTC
     if zone_name:
         try:

@@ -190,6 +190,15 @@ def _open_private(path: Path) -> IO[str]:
     return os.fdopen(fd, "a+")
 
 
+def _ends_torn(path: Path) -> bool:
+    """Whether a non-empty append-only file's last line lacks its newline."""
+    with path.open("rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return False
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
 #: NAME_MAX of common file systems.
 _NAME_MAX = 255
 
@@ -265,7 +274,9 @@ class LocalHost:
             },
         }
         with self.objects.locked(), _open_private(path) as f:
-            f.write(json.dumps(rec) + "\n")
+            # A line torn by a full disk or a crash is closed first, so this event stands
+            # on a line of its own and only the torn one is lost.
+            f.write(("\n" if _ends_torn(path) else "") + json.dumps(rec) + "\n")
 
     def events(
         self, namespace: str | None, kind: str | None = None, name: str | None = None
@@ -274,9 +285,14 @@ class LocalHost:
         if not path.exists():
             return []
         out = []
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            inv = rec["involvedObject"]
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+                inv = rec["involvedObject"]
+            except (ValueError, KeyError, TypeError):
+                continue  # a line torn by a full disk or a crash: skipped, not fatal
+            if not isinstance(inv, dict):
+                continue
             if (kind is None or inv["kind"] == kind) and (name is None or inv["name"] == name):
                 out.append(rec)
         return out
