@@ -132,3 +132,59 @@ def test_raising_driver_message_is_scrubbed(tmp_path: Path) -> None:
     assert job.status.phase == "Failed"
     view = plat.tenant_view(NS)
     assert APP_PASSWORD not in view and "secret-path" not in view and "boom" not in view
+
+
+def test_d5_masking_is_no_oracle_for_guessed_platform_values(tmp_path: Path) -> None:
+    """Jobs named after the admin's bucket and an unused location's credentials read the
+    same as a job with a wrong guess: nothing a tenant chose is ever masked."""
+    plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,))
+    plat.apply(
+        directory_class("files", "Files", "files")
+        + """---
+apiVersion: v1
+kind: Secret
+metadata: {name: offsite-creds}
+stringData: {accessKey: minioadmin, secretKey: minioadmin123}
+---
+apiVersion: backups.cozystack.io/v1alpha1
+kind: StorageLocation
+metadata: {name: offsite}
+spec:
+  provider: S3
+  endpoint: "http://127.0.0.1:9"
+  bucket: offsite-tenant-backups
+  credentialsSecretRef: {name: offsite-creds}
+"""
+    )
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f.txt").write_text("x\n")
+    ref = plat.declare_app(NS, "app1", "Directory", {"path": str(data)}, api_group=FILES.api_group)
+    guesses = [
+        "guess-wrong",
+        "minioadmin",
+        "minioadmin123",
+        "offsite-tenant-backups",
+        "x-minioadmin-y",
+    ]
+    shapes = set()
+    for name in guesses:
+        job = plat.backup(NS, ref, name, "files")
+        assert job.status.phase == "Succeeded"
+        assert job.status.message.startswith(f"Backup {name} is ready: "), job.status.message
+        shapes.add(job.status.message.replace(name, "NAME").split(":")[0])
+    assert shapes == {"Backup NAME is ready"}
+    assert "[redacted]" not in plat.tenant_view(NS)
+
+
+def test_d5_a_secret_around_a_tenant_name_is_still_masked() -> None:
+    from cozybackup_core._engine.redact import MASK, Redactor
+
+    redact = Redactor(["minioadmin", "s3.internal.example"])
+    text = "could not log in as minioadmin at s3.internal.example for job admin"
+    assert redact(text, keep=["admin", "internal"]) == (
+        f"could not log in as {MASK} at {MASK} for job admin"
+    )
+    assert redact("Backup x-minioadmin-y is ready", keep=["x-minioadmin-y"]) == (
+        "Backup x-minioadmin-y is ready"
+    )

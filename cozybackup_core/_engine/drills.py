@@ -18,6 +18,7 @@ from .._api.errors import CozyError
 from .._api.types import Backup, Verification
 from .._api.units import parse_duration
 from .._drivers.contract import AppLocation, Deadline, RestoreContext
+from .redact import chosen_by_tenant
 from .services import Services
 
 log = logging.getLogger("cozybackup.verify")
@@ -36,7 +37,7 @@ def record(svc: Services, backup: Backup, method: str, ok: bool, message: str) -
         time=svc.host.now(),
         method=method,
         result="Passed" if ok else "Failed",
-        message=svc.redactor()(message)[:1000],
+        message=svc.redactor()(message, keep=chosen_by_tenant(backup))[:1000],
     )
     current = (
         svc.host.objects.get(Backup, backup.metadata.namespace, backup.metadata.name) or backup

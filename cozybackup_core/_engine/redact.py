@@ -22,11 +22,21 @@ class Redactor:
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 continue  # ports alone are not worth masking every digit run for
 
-    def __call__(self, text: str) -> str:
+    def __call__(self, text: str, keep: Iterable[str] = ()) -> str:
+        """``text`` with every known value masked, except inside an occurrence of a
+        ``keep`` string: names the tenant chose (its job's, its application's) are shown
+        as written, so masking can never confirm a guessed bucket or password."""
+        kept = _spans(text, [k for k in keep if k])
+        masked: list[tuple[int, int]] = []
         # Longest first, so a URL is masked whole before its host part is.
         for secret in sorted(self._secrets, key=len, reverse=True):
-            if secret in text:
-                text = text.replace(secret, MASK)
+            for start, end in _spans(text, [secret]):
+                inside_name = any(a <= start and end <= b for a, b in kept)
+                overlaps = any(start < b and a < end for a, b in masked)
+                if not inside_name and not overlaps:
+                    masked.append((start, end))
+        for start, end in sorted(masked, reverse=True):
+            text = text[:start] + MASK + text[end:]
         return text
 
     def scrub(self, value: Any) -> Any:
@@ -38,6 +48,28 @@ class Redactor:
         if isinstance(value, (list, tuple)):
             return [self.scrub(v) for v in value]
         return value
+
+
+def chosen_by_tenant(obj: Any) -> tuple[str, ...]:
+    """The names a tenant wrote in one of its objects (its own, its namespace, the
+    references in its spec): shown as written in messages about it."""
+    spec = getattr(obj, "spec", None)
+    refs = (
+        getattr(spec, field, None)
+        for field in ("application_ref", "target_application_ref", "backup_ref", "plan_ref")
+    )
+    names = (obj.metadata.name, obj.metadata.namespace, *(getattr(r, "name", None) for r in refs))
+    return tuple(n for n in names if isinstance(n, str) and n)
+
+
+def _spans(text: str, needles: Iterable[str]) -> list[tuple[int, int]]:
+    out = []
+    for needle in needles:
+        at = text.find(needle)
+        while at >= 0:
+            out.append((at, at + len(needle)))
+            at = text.find(needle, at + 1)
+    return out
 
 
 #: Credential keys that name an account rather than prove it: not masked, so a database

@@ -57,7 +57,7 @@ from .._storage.providers import store_secrets
 from .._storage.store import ArtifactKey, ArtifactReader, ArtifactStore, Manifest, checksum_of
 from .port import Host
 from .progress import Progress, ProgressUpdate
-from .redact import Redactor, sensitive_values
+from .redact import Redactor, chosen_by_tenant, sensitive_values
 
 log = logging.getLogger("cozybackup.engine")
 
@@ -152,7 +152,7 @@ class Services:
         self, job: J, ok: bool, reason: str, message: str, redact: Redactor, **extra: Any
     ) -> J:
         now = self.host.now()
-        message = redact(message)
+        message = redact(message, keep=chosen_by_tenant(job))
         cond = _condition("Complete" if ok else "Failed", reason, message, now)
         job = self.set_status(
             job,
