@@ -20,6 +20,7 @@ from ._api.crd import all_crds
 from ._api.errors import CozyError, ValidationError
 from ._api.types import (
     KINDS,
+    ArtifactRecord,
     Backup,
     BackupClass,
     BackupJob,
@@ -35,6 +36,7 @@ from ._engine.engine import Engine, EngineConfig
 from ._engine.progress import ProgressUpdate
 from ._engine.runner import PassReport, Runner
 from ._plugins.host import PluginHost
+from ._storage.providers import unusable_keys
 from .hosts._local_types import Application, Secret
 from .hosts.local import LOCAL_KINDS, LocalHost, default_home
 
@@ -105,6 +107,28 @@ def _read_manifest(path: Path) -> str:
         raise ValidationError([("", f"{path}: is a directory")]) from None
 
 
+def _check_keys(ctx: Ctx, objs: list[Any]) -> None:
+    """Encryption keys that would fail every job are refused now, with the field named:
+    the applied locations, and stored ones whose key Secrets are applied."""
+    applied = {o.metadata.name: o for o in objs if isinstance(o, Secret)}
+
+    def secret(name: str) -> dict[str, str] | None:
+        found = applied.get(name) or ctx.host.objects.get(Secret, None, name)
+        return found.values() if found is not None else None
+
+    locations = {o.metadata.name: o for o in ctx.host.objects.list(StorageLocation)}
+    locations.update({o.metadata.name: o for o in objs if isinstance(o, StorageLocation)})
+    problems = []
+    for loc in locations.values():
+        enc = loc.spec.encryption
+        touched = loc in objs or (enc and any(k.secret_ref.name in applied for k in enc.keys))
+        if enc is not None and touched:
+            where = f"StorageLocation {loc.metadata.name}"
+            problems += [(f, f"{m} [{where}]") for f, m in unusable_keys(enc, secret)]
+    if problems:
+        raise ValidationError(problems)
+
+
 def cmd_apply(ctx: Ctx) -> int:
     paths: list[Path] = []
     for f in ctx.args.filename:
@@ -125,6 +149,7 @@ def cmd_apply(ctx: Ctx) -> int:
     cat = ctx.engine().catalog()
     cat.storages.update({o.metadata.name: o for o in objs if isinstance(o, StorageLocation)})
     plan = admit(objs, cat, store.get, tenant=ctx.args.tenant)
+    _check_keys(ctx, objs)
     for obj, action in plan:
         if action != "unchanged":
             store.replace(obj)
@@ -225,9 +250,35 @@ def cmd_delete(ctx: Ctx) -> int:
             file=sys.stderr,
         )
         return 2
+    if cls is StorageLocation:
+        users = _location_users(ctx, ctx.args.name)
+        if users:
+            shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
+            print(
+                f"error: StorageLocation {ctx.args.name} is still used by {shown}; "
+                "point them elsewhere (or let retention remove the Backups) first",
+                file=sys.stderr,
+            )
+            return 2
     ctx.host.objects.delete(cls, ns, ctx.args.name)
     print(f"{cls.kind.lower()}/{ctx.args.name} deleted")
     return 0
+
+
+def _location_users(ctx: Ctx, location: str) -> list[str]:
+    """What a deleted location would strand: classes that store there, and the records
+    of Backups whose data is there (retention could then never delete them)."""
+    users = []
+    for c in ctx.host.objects.list(BackupClass):
+        refs = [c.spec.storage_ref, *(b.storage_ref for b in c.spec.strategies)]
+        if any(r is not None and r.name == location for r in refs):
+            users.append(f"BackupClass {c.metadata.name}")
+    held = sum(
+        1 for r in ctx.host.objects.list(ArtifactRecord) if r.spec.storage_ref.name == location
+    )
+    if held:
+        users.append(f"{held} Backup{'s' if held != 1 else ''}")
+    return users
 
 
 class _ProgressPrinter:

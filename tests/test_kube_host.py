@@ -644,7 +644,7 @@ spec: {{provider: Local, bucket: cozy-backups, path: "{tmp_path / "bucket"}"}}
             "--conventions",
             str(conventions),
             "--interval",
-            "0.2",
+            "1",
         ],
         env=env,
         stdout=subprocess.PIPE,

@@ -28,7 +28,6 @@ from .fields import (
     path_field,
     text_field,
 )
-from .units import MAX_DURATION, parse_duration
 
 GROUP = "backups.cozystack.io"
 VERSION = "v1alpha1"
@@ -374,13 +373,6 @@ class RestoreJob:
 _COUNT = {"minimum": 1, "maximum": 100_000}
 
 
-def _bounded_duration(attribute: attrs.Attribute[Any], value: str | None) -> None:
-    if value is not None and parse_duration(value) > MAX_DURATION:
-        raise FieldInvalid(
-            attribute.name, f"{value!r} is longer than {MAX_DURATION.days} days (a century)"
-        )
-
-
 @attrs.frozen(kw_only=True)
 class Retention:
     """*Extension*: which Backups to keep, per application (restic/borg semantics).
@@ -406,10 +398,6 @@ class Retention:
     )
     min_count: int = constrained(default=1, minimum=1, maximum=100_000)
 
-    @max_age.validator
-    def _max_age_bounded(self, attribute: attrs.Attribute[Any], value: str | None) -> None:
-        _bounded_duration(attribute, value)
-
 
 @attrs.frozen(kw_only=True)
 class VerificationPolicy:
@@ -424,10 +412,6 @@ class VerificationPolicy:
         maxLength=32,
         **{"x-describe": "is not a duration such as 7d or 12h"},
     )
-
-    @every.validator
-    def _every_bounded(self, attribute: attrs.Attribute[Any], value: str) -> None:
-        _bounded_duration(attribute, value)
 
 
 @attrs.frozen(kw_only=True)

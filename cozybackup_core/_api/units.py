@@ -26,3 +26,9 @@ def human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def secret_text(raw: bytes) -> str:
+    """A Secret value as text: UTF-8, with bytes that are not (a raw key) kept losslessly
+    as surrogates, so ``secret_text(b).encode("utf-8", "surrogateescape") == b``."""
+    return raw.decode("utf-8", "surrogateescape")

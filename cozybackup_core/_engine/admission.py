@@ -16,6 +16,7 @@ import attrs
 
 from .._api.errors import ValidationError
 from .._api.types import GROUP, ArtifactRecord, Backup, BackupClass, BackupJob, Plan, RestoreJob
+from .._api.units import MAX_DURATION, parse_duration
 from .._catalog.catalog import Catalog
 from .plans import check_cron
 from .port import with_metadata
@@ -96,7 +97,35 @@ def _check(obj: Any, catalog: Catalog, tenant: str | None) -> None:
     if isinstance(obj, Plan):
         check_cron(obj.spec.schedule.cron, obj.spec.schedule.time_zone)
     if isinstance(obj, BackupClass):
+        _check_durations(obj)
         catalog.validate(obj)
+
+
+def _check_durations(cls: BackupClass) -> None:
+    """Durations past a century mean "forever" and would overflow date arithmetic: refused
+    here, not in the type, so a class stored before this check still loads (retention
+    treats its ``maxAge`` as nothing being that old)."""
+    spec = cls.spec
+    places = [("spec", spec.retention, spec.verification)]
+    places += [
+        (f"spec.strategies[{i}]", b.retention, b.verification)
+        for i, b in enumerate(spec.strategies)
+    ]
+    problems = []
+    for where, retention, verification in places:
+        for field, value in (
+            ("retention.maxAge", retention.max_age if retention else None),
+            ("verification.every", verification.every if verification else None),
+        ):
+            if value is not None and parse_duration(value) > MAX_DURATION:
+                problems.append(
+                    (
+                        f"{where}.{field}",
+                        f"{value!r} is longer than {MAX_DURATION.days} days (a century)",
+                    )
+                )
+    if problems:
+        raise ValidationError(problems)
 
 
 def _check_tenant(obj: Any, tenant: str) -> None:

@@ -66,14 +66,21 @@ def key_check(data_key: bytes) -> str:
 
 
 def parse_key(material: str) -> bytes:
-    """A key-encryption key from its Secret: 32 bytes, base64."""
+    """A key-encryption key from its Secret: 32 bytes, as base64 text (``stringData``) or
+    as the raw bytes themselves (``data``, the Kubernetes way)."""
     try:
         raw = base64.b64decode(material.strip(), validate=True)
     except ValueError:
-        raise ValueError("must be base64") from None
-    if len(raw) != _KEY_BYTES:
-        raise ValueError(f"must decode to {_KEY_BYTES} bytes, got {len(raw)}")
-    return raw
+        raw = b""
+    if len(raw) == _KEY_BYTES:
+        return raw
+    as_bytes = material.encode("utf-8", "surrogateescape")
+    if len(as_bytes) == _KEY_BYTES:
+        return as_bytes
+    raise ValueError(
+        f"must be {_KEY_BYTES} bytes, raw or base64 (got {len(as_bytes)} bytes of which "
+        f"{'none decode' if not raw else f'base64 decodes {len(raw)}'})"
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -98,8 +105,9 @@ class KeyRing:
         kek = self._kek(self.active, namespace, self.per_tenant)
         if kek is None:
             raise EncryptionKeyError(
-                "the platform's encryption key is not available; ask the platform operator",
-                admin_detail=f"the Secret of the active key {self.active!r} is missing",
+                "the platform's encryption key is not usable; ask the platform operator",
+                admin_detail=f"the active key {self.active!r} is missing or unusable "
+                "(its Secret does not exist, or its key is not 32 bytes)",
             )
         nonce = os.urandom(12)
         sealed = AESGCM(kek).encrypt(nonce, data_key, self._aad(namespace, uid))

@@ -99,11 +99,32 @@ class StorageProviders:
         for name in secrets:
             try:
                 out += list(env.secret(name).values())
-            except CozyError:
-                pass
+            except (CozyError, ValueError):
+                pass  # an unreadable Secret holds nothing to mask; jobs using it fail
         if spec.provider in self._by_name:
             out += list(self._by_name[spec.provider].sensitive(spec, env))
         return out
+
+
+def unusable_keys(
+    spec: EncryptionSpec, secret: Callable[[str], Mapping[str, str] | None]
+) -> list[tuple[str, str]]:
+    """Field-path problems of keys whose Secret exists but holds no usable key, for
+    admission: refused at ``apply`` instead of failing every later job.  A Secret not
+    there yet is not a problem here (it may be applied after the location)."""
+    problems = []
+    for i, ref in enumerate(spec.keys):
+        values = secret(ref.secret_ref.name)
+        if values is None:
+            continue
+        field = f"spec.encryption.keys[{i}]"
+        try:
+            parse_key(values["key"])
+        except KeyError:
+            problems.append((field, f"Secret {ref.secret_ref.name} has no key 'key'"))
+        except ValueError as exc:
+            problems.append((field, f"Secret {ref.secret_ref.name} key 'key' {exc}"))
+    return problems
 
 
 def keyring(spec: EncryptionSpec, env: StorageEnv) -> KeyRing:

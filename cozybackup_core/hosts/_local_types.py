@@ -14,8 +14,9 @@ from typing import Any, ClassVar
 
 import attrs
 
-from .._api.fields import kind_field
+from .._api.fields import FieldInvalid, kind_field
 from .._api.types import APPS_GROUP, ApplicationRef, ObjectMeta, SecretKeyRef, default_apps_group
+from .._api.units import secret_text
 
 LOCAL_API_VERSION = "local.backups.cozystack.io/v1alpha1"
 
@@ -60,12 +61,17 @@ class Secret:
     data: Mapping[str, str] = attrs.field(factory=dict, repr=False)
     string_data: Mapping[str, str] = attrs.field(factory=dict, repr=False)
 
-    def values(self) -> dict[str, str]:
-        out = {}
-        for k, v in self.data.items():
+    @data.validator
+    def _data_is_base64(self, attribute: attrs.Attribute[Any], value: Mapping[str, str]) -> None:
+        for key, text in value.items():
             try:
-                out[k] = base64.b64decode(v, validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError):
-                raise ValueError(f"data.{k}: not valid base64 text") from None
+                base64.b64decode(text, validate=True)
+            except (binascii.Error, TypeError):
+                raise FieldInvalid(f"data.{key}", "is not valid base64") from None
+
+    def values(self) -> dict[str, str]:
+        """Every key's value; ``data`` holding bytes that are not UTF-8 (a raw key, as
+        Kubernetes users write one) comes back losslessly (``surrogateescape``)."""
+        out = {k: secret_text(base64.b64decode(v)) for k, v in self.data.items()}
         out.update(self.string_data)
         return out

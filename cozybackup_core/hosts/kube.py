@@ -59,6 +59,7 @@ from .._api.errors import (
     ValidationError,
 )
 from .._api.types import API_VERSION, GROUP, KINDS, VERSION, ApplicationRef
+from .._api.units import secret_text
 from .._api.wire import dump, load
 from .._drivers.contract import AppLocation, Locator
 from .._engine.port import T
@@ -136,8 +137,8 @@ def _decode(data: Mapping[str, str] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in (data or {}).items():
         try:
-            out[k] = base64.b64decode(v, validate=True).decode()
-        except (binascii.Error, UnicodeDecodeError):
+            out[k] = secret_text(base64.b64decode(v, validate=True))
+        except binascii.Error:
             raise KubeRequestRefused(
                 "credentials for this application are unreadable; ask the platform operator",
                 admin_detail=f"Secret key {k!r} is not base64 text",

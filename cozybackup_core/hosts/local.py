@@ -18,6 +18,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -27,12 +28,14 @@ from typing import IO, Any
 import attrs
 import yaml
 
-from .._api.errors import ConflictError, CozyError, NotFoundError
+from .._api.errors import ConflictError, CozyError, NotFoundError, ValidationError
 from .._api.types import ApplicationRef
 from .._api.wire import API_KINDS, dump, load
 from .._drivers.contract import AppLocation
 from .._engine.port import Resource, T, bumped, stamped, with_metadata, with_status_of
 from ._local_types import Application, Secret
+
+log = logging.getLogger(__name__)
 
 #: The kinds the embedded host stores: the API's, and its own admin-only Application
 #: and Secret.  Pass it to ``load``/``load_yaml`` for manifests that may hold them.
@@ -109,7 +112,13 @@ class LocalObjectStore:
         for d in dirs:
             if d.is_dir():
                 for p in sorted(d.glob("*.yaml")):
-                    obj = self._read(p)
+                    try:
+                        obj = self._read(p)
+                    except (ValidationError, yaml.YAMLError) as exc:
+                        # Stored before a stricter check (or edited by hand): one bad
+                        # object must not stop every pass.  Left alone, in the log.
+                        log.error("skipping %s %s/%s: %s", cls.kind, d.name, p.name, exc)
+                        continue
                     if obj is not None:
                         out.append(obj)
         return out

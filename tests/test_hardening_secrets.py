@@ -1,0 +1,207 @@
+"""The red team's key and storage defects (D6, D8, D9): malformed material refused at
+apply, accepted the Kubernetes way, read fresh by a running runner, and a gone location
+that never stops a pass.  Each test failed before its fix."""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+
+from cozybackup_core import ApplicationRef, BackupJob, StorageLocation
+from cozybackup_core._api.types import BackupJobSpec, ObjectMeta
+from cozybackup_core._engine.runner import Runner
+from cozybackup_core.testing import LocalPlatform, key_secret_yaml
+
+from support.cli import cli
+from support.drivers import FILES, FilesDriver
+from support.manifests import FILES_CLASS, directory_class
+
+NS = "tenant-a"
+
+
+def location(keys: list[tuple[str, str]], name: str = "cozy-backups") -> str:
+    items = ", ".join(f"{{id: {i}, secretRef: {{name: {s}}}}}" for i, s in keys)
+    return f"""
+apiVersion: backups.cozystack.io/v1alpha1
+kind: StorageLocation
+metadata: {{name: {name}}}
+spec:
+  bucket: {name}
+  encryption: {{keys: [{items}]}}
+"""
+
+
+def data_secret(name: str, raw: bytes) -> str:
+    """A key Secret as Kubernetes users write one: ``data`` holds the raw bytes, base64."""
+    return f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: {name}}}
+data: {{key: {base64.b64encode(raw).decode()}}}
+"""
+
+
+def app_yaml(data: Path) -> str:
+    return f"""
+apiVersion: local.backups.cozystack.io/v1alpha1
+kind: Application
+metadata: {{name: app1, namespace: {NS}}}
+spec: {{apiGroup: apps.example.com, kind: Directory, connection: {{path: "{data}"}}}}
+"""
+
+
+JOB = f"""apiVersion: backups.cozystack.io/v1alpha1
+kind: BackupJob
+metadata: {{name: b1, namespace: {NS}}}
+spec: {{applicationRef: {{apiGroup: apps.example.com, kind: Directory, name: app1}}, backupClassName: files}}
+"""
+RESTORE = f"""apiVersion: backups.cozystack.io/v1alpha1
+kind: RestoreJob
+metadata: {{name: r1, namespace: {NS}}}
+spec: {{backupRef: {{name: b1}}}}
+"""
+
+
+def submit(plat: LocalPlatform, ref: ApplicationRef, name: str, backup_class: str) -> None:
+    """A Pending BackupJob, for a runner's pass to pick up."""
+    plat.host.objects.create(
+        BackupJob(
+            metadata=ObjectMeta(name=name, namespace=NS),
+            spec=BackupJobSpec(application_ref=ref, backup_class_name=backup_class),
+        )
+    )
+
+
+def join(*docs: str) -> str:
+    return "\n---\n".join(d.strip() for d in docs) + "\n"
+
+
+# -- D6: a key Secret written the Kubernetes way
+
+
+def test_d6_raw_key_bytes_in_data_back_up_and_restore(tmp_path: Path) -> None:
+    home, data = tmp_path / "home", tmp_path / "app"
+    data.mkdir()
+    (data / "f.bin").write_bytes(os.urandom(50_000))
+    raw = bytes(range(200, 232))  # not UTF-8, as random key bytes usually are not
+    admin = join(data_secret("backup-key", raw), location([("k1", "backup-key")]), FILES_CLASS)
+    out = cli(home, "apply", "-f", "-", stdin=join(admin, app_yaml(data)))
+    assert out.returncode == 0, out.stderr
+    cli(home, "apply", "-f", "-", stdin=JOB)
+    run = cli(home, "run", "--once")
+    assert run.returncode == 0 and "backupjob/b1 Succeeded" in run.stdout, run.stderr
+    before = (data / "f.bin").read_bytes()
+    (data / "f.bin").write_bytes(b"changed")
+    cli(home, "apply", "-f", "-", stdin=RESTORE)
+    assert cli(home, "run", "--once", "-q").returncode == 0
+    assert (data / "f.bin").read_bytes() == before
+
+
+def test_d6_key_material_that_is_no_key_is_refused_at_apply(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    short = join(data_secret("backup-key", os.urandom(16)), location([("k1", "backup-key")]))
+    out = cli(home, "apply", "-f", "-", stdin=short)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "error: spec.encryption.keys[0]: Secret backup-key key 'key' must be 32 bytes" in (
+        out.stderr
+    )
+    assert not (home / "state").exists() or not any((home / "state").rglob("*.yaml"))
+    # A stored location's Secret replaced by a bad one is refused the same way.
+    good = join(data_secret("backup-key", os.urandom(32)), location([("k1", "backup-key")]))
+    assert cli(home, "apply", "-f", "-", stdin=good).returncode == 0
+    again = cli(home, "apply", "-f", "-", stdin=data_secret("backup-key", b"short"))
+    assert again.returncode == 2 and "keys[0]" in again.stderr
+
+
+def test_d6_data_that_is_not_base64_names_the_key(tmp_path: Path) -> None:
+    bad = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\ndata: {password: 'not base64!'}\n"
+    out = cli(tmp_path / "home", "apply", "-f", "-", stdin=bad)
+    assert out.returncode == 2
+    assert "error: data.password: is not valid base64" in out.stderr
+
+
+# -- D9: a running runner reads Secrets fresh
+
+
+def test_d9_a_changed_key_secret_takes_effect_on_the_next_pass(tmp_path: Path) -> None:
+    k1, k2 = os.urandom(32), os.urandom(32)
+    plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,))
+    plat.apply(key_secret_yaml("key-one", k1), location([("k1", "key-one")]), FILES_CLASS)
+    data = tmp_path / "app"
+    data.mkdir()
+    (data / "x.bin").write_bytes(os.urandom(10_000))
+    ref = plat.declare_app(NS, "app1", "Directory", {"path": str(data)}, api_group=FILES.api_group)
+    runner = Runner(plat.engine)  # one runner across passes, as `cozybackup run` keeps it
+    submit(plat, ref, "b1", "files")
+    assert {j.metadata.name: j.status.phase for j in runner.run_pass().finished} == {
+        "b1": "Succeeded"
+    }
+    # The admin replaces the key material in place (same Secret, same key id).
+    plat.apply(key_secret_yaml("key-one", k2))
+    submit(plat, ref, "b2", "files")
+    assert runner.run_pass().finished[0].status.phase == "Succeeded"
+    # b2 is wrapped under the new material: readable with k2 alone, b1 only with k1.
+    fresh = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,))
+    assert fresh.restore(NS, "b2", "r2").status.phase == "Succeeded"
+    assert fresh.restore(NS, "b1", "r1").status.phase == "Failed"
+
+
+# -- D8: a deleted StorageLocation under retention
+
+
+def test_d8_a_gone_location_leaves_its_deletions_and_every_other_job_runs(tmp_path: Path) -> None:
+    plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,))
+    second = f"""
+apiVersion: backups.cozystack.io/v1alpha1
+kind: StorageLocation
+metadata: {{name: loc2}}
+spec: {{provider: Local, path: "{tmp_path / "bucket2"}", bucket: b2}}
+"""
+    plat.apply(
+        second,
+        FILES_CLASS,
+    )
+    data = tmp_path / "app"
+    data.mkdir()
+    (data / "x.bin").write_bytes(b"x" * 1000)
+    ref = plat.declare_app(NS, "app1", "Directory", {"path": str(data)}, api_group=FILES.api_group)
+    plat.apply(directory_class("on-loc2", "Files", storage="loc2"))  # no retention yet
+    for name in ("a-1", "a-2"):
+        assert plat.backup(NS, ref, name, "on-loc2").status.phase == "Succeeded"
+    # Retention would now delete a-1, but the admin deletes its location first.
+    plat.apply(
+        directory_class("on-loc2", "Files", storage="loc2").replace(
+            "spec:\n", "spec:\n  retention: {keepLast: 1}\n", 1
+        )
+    )
+    plat.host.objects.delete(StorageLocation, None, "loc2")
+    runner = Runner(plat.engine)
+    for name in ("a-3", "a-4"):  # two passes: the second after a pass that met the gone location
+        submit(plat, ref, name, "files")
+        report = runner.run_pass()
+        assert {j.metadata.name: j.status.phase for j in report.finished} == {name: "Succeeded"}
+    left = {b.metadata.name: b.status.phase for b in plat.backups(NS)}
+    assert left["a-1"] == "Deleting" and left["a-2"] == "Ready"  # left for the operator
+
+
+def test_d8_deleting_a_location_in_use_is_refused(tmp_path: Path) -> None:
+    home, data = tmp_path / "home", tmp_path / "app"
+    data.mkdir()
+    (data / "f.bin").write_bytes(b"x" * 1000)
+    loc2 = f"""
+apiVersion: backups.cozystack.io/v1alpha1
+kind: StorageLocation
+metadata: {{name: loc2}}
+spec: {{provider: Local, path: "{tmp_path / "bucket2"}", bucket: b2}}
+"""
+    admin = join(loc2, directory_class("files", "Files", storage="loc2"), app_yaml(data))
+    assert cli(home, "apply", "-f", "-", stdin=admin).returncode == 0
+    cli(home, "apply", "-f", "-", stdin=JOB)
+    assert cli(home, "run", "--once", "-q").returncode == 0
+    out = cli(home, "delete", "storagelocation", "loc2")
+    assert out.returncode == 2
+    assert "is still used by BackupClass files, 1 Backup;" in out.stderr
+    # Re-pointing the class is not enough: the Backup whose data is there still holds it.
+    cli(home, "apply", "-f", "-", stdin=FILES_CLASS)
+    assert "1 Backup;" in cli(home, "delete", "storagelocation", "loc2").stderr
