@@ -626,6 +626,16 @@ def _breakable(server: PostgresServer) -> None:
     )
 
 
+def restore_into_copy(
+    plat: LocalPlatform, src: PostgresServer, copy: PostgresServer
+) -> tuple[Any, dict[str, object]]:
+    """Back up ``src`` and restore that into ``copy``: the restore job, and ``copy``'s
+    fingerprint from just before it."""
+    ok(plat.backup(NS, declare(plat, "src", src), "b1"))
+    before = copy.fingerprint()
+    return plat.restore(NS, "b1", "r1", target=declare(plat, "copy", copy)), before
+
+
 def test_pg_restore_error_names_the_database_and_puts_everything_back(
     platform: LocalPlatform, pg_servers: ServerPool
 ) -> None:
@@ -653,11 +663,9 @@ def test_failed_restore_into_a_copy_leaves_no_partial_database(
 ) -> None:
     src, copy = pg_servers.start(), pg_servers.start()
     _breakable(src)
-    ok(platform.backup(NS, declare(platform, "src", src), "b1"))
     copy.psql("CREATE DATABASE alpha")
     copy.psql("CREATE TABLE mine (v text); INSERT INTO mine VALUES ('keep me')", "alpha")
-    before = copy.fingerprint()
-    job = platform.restore(NS, "b1", "r1", target=declare(platform, "copy", copy))
+    job, before = restore_into_copy(platform, src, copy)
     assert job.status.phase == "Failed"
     assert '"shop"' in job.status.message
     assert copy.fingerprint() == before
@@ -674,11 +682,9 @@ def test_globals_error_fails_before_any_database_is_touched(
     ts.mkdir()
     shutil.chown(ts, "postgres", "postgres")
     src.psql(f"CREATE TABLESPACE ts LOCATION {pg.literal(str(ts))}")
-    ok(platform.backup(NS, declare(platform, "src", src), "b1"))
     copy.psql("CREATE DATABASE shop")
     copy.psql("CREATE TABLE mine (v text)", "shop")
-    before = copy.fingerprint()
-    job = platform.restore(NS, "b1", "r1", target=declare(platform, "copy", copy))
+    job, before = restore_into_copy(platform, src, copy)
     assert job.status.phase == "Failed"
     assert (
         "restoring roles and other global objects failed (1 statements rejected"
