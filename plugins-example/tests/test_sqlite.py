@@ -45,6 +45,7 @@ from cozybackup_core import (
     load_yaml,
 )
 from cozybackup_core.testing import AppHandle, DriverConformance, LocalPlatform
+from cozybackup_core.testing import backup_class_yaml as one_strategy_class
 
 from cozybackup_sqlite import DUMP_STREAM, SQLITE_KIND, SQLiteDriver, SQLiteParameters
 
@@ -54,27 +55,12 @@ CLASS = "sqlite-standard"
 NS = "tenant-a"
 
 
-DEFAULT_PARAMETERS = "integrityCheck: true\n        batchStatements: 500"
+DEFAULT_PARAMETERS = "{integrityCheck: true, batchStatements: 500}"
 
 
 def backup_class_yaml(parameters: str = DEFAULT_PARAMETERS) -> str:
-    return f"""\
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata:
-  name: {CLASS}
-spec:
-  strategies:
-    - application:
-        apiGroup: {API_GROUP}
-        kind: {KIND}
-      strategyRef:
-        apiGroup: strategy.backups.cozystack.io
-        kind: SQLite
-        name: {CLASS}
-      parameters:
-        {parameters}
-"""
+    """The class binding SQLite databases to the driver; ``parameters`` in flow YAML."""
+    return one_strategy_class(CLASS, KIND, "SQLite", api_group=API_GROUP, parameters=parameters)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -849,7 +835,7 @@ def test_a_link_swapped_in_while_sqlite_opens_is_caught(
 ) -> None:
     """The name is checked, then SQLite opens it by name: a link planted in between is
     seen before anything is read, and before the old file is touched on restore."""
-    import cozybackup_sqlite._driver as mod
+    import cozybackup_sqlite._connection as mod
 
     db = new_db(tmp_path / "app" / "db.sqlite")
     fill(db, 93)
@@ -857,7 +843,7 @@ def test_a_link_swapped_in_while_sqlite_opens_is_caught(
     victim = new_db(tmp_path / "victim" / "db.sqlite", "wal")
     fill(victim, 94)
     want = digest(victim)
-    real_connect = mod._connect
+    real_connect = mod.connect
 
     def racing_connect(path: Path, *args: Any, **kwargs: Any) -> sqlite3.Connection:
         if path == db and not db.is_symlink():
@@ -865,7 +851,7 @@ def test_a_link_swapped_in_while_sqlite_opens_is_caught(
             db.symlink_to(victim)
         return real_connect(path, *args, **kwargs)
 
-    monkeypatch.setattr(mod, "_connect", racing_connect)
+    monkeypatch.setattr(mod, "connect", racing_connect)
     with pytest.raises(UnsafeLocalPath, match="changed while it was opened"):
         SQLiteDriver().backup(backup_ctx(db, MemorySink()))
     db.unlink()
@@ -993,13 +979,13 @@ def test_parameters_are_validated_by_the_catalog() -> None:
     registry.add(SQLiteDriver)
     app = ApplicationRef(api_group=API_GROUP, kind=KIND, name="db")
 
-    (good,) = load_yaml(backup_class_yaml("integrityCheck: false\n        batchStatements: 50"))
+    (good,) = load_yaml(backup_class_yaml("{integrityCheck: false, batchStatements: 50}"))
     resolved = Catalog.build(registry, [good]).resolve(CLASS, app)
     assert resolved.parameters == SQLiteParameters(integrity_check=False, batch_statements=50)
     (defaults,) = load_yaml(backup_class_yaml("{}"))
     assert Catalog.build(registry, [defaults]).resolve(CLASS, app).parameters == SQLiteParameters()
 
-    (zero,) = load_yaml(backup_class_yaml("batchStatements: 0"))
+    (zero,) = load_yaml(backup_class_yaml("{batchStatements: 0}"))
     catalog = Catalog.build(registry, [zero])
     for check in (lambda: catalog.validate(zero), lambda: catalog.resolve(CLASS, app)):
         with pytest.raises(DriverParametersError) as info:
@@ -1010,9 +996,13 @@ def test_parameters_are_validated_by_the_catalog() -> None:
         ]
 
     for params, path, message in [
-        ("integrityCheck: maybe", "spec.strategies[0].parameters.integrityCheck", "true or false"),
-        ("batchStatements: '10'", "spec.strategies[0].parameters.batchStatements", "integer"),
-        ("batchSize: 10", "spec.strategies[0].parameters.batchSize", "unknown field"),
+        (
+            "{integrityCheck: maybe}",
+            "spec.strategies[0].parameters.integrityCheck",
+            "true or false",
+        ),
+        ("{batchStatements: '10'}", "spec.strategies[0].parameters.batchStatements", "integer"),
+        ("{batchSize: 10}", "spec.strategies[0].parameters.batchSize", "unknown field"),
     ]:
         (bc,) = load_yaml(backup_class_yaml(params))
         with pytest.raises(ValidationError) as vinfo:
@@ -1023,7 +1013,7 @@ def test_parameters_are_validated_by_the_catalog() -> None:
 
 def test_invalid_parameters_fail_the_job_before_any_work(tmp_path: Path) -> None:
     plat = platform_for(tmp_path)
-    plat.apply(backup_class_yaml("batchStatements: -5"))
+    plat.apply(backup_class_yaml("{batchStatements: -5}"))
     db = new_db(tmp_path / "apps" / "db.sqlite")
     job = plat.backup(NS, declare(plat, "db", db), "b1", CLASS)
     assert job.status.phase == "Failed"

@@ -7,15 +7,9 @@ BackupClass already binds ``apps.cozystack.io/Postgres`` to its strategy ``Postg
 
 from __future__ import annotations
 
-from ._driver import (
-    GLOBALS_STREAM,
-    INDEX_STREAM,
-    POSTGRES_KIND,
-    PostgresDriver,
-    PostgresParameters,
-    __version__,
-    stream_names,
-)
+from ._artifact import GLOBALS_STREAM, INDEX_STREAM, stream_names
+from ._driver import POSTGRES_KIND, PostgresDriver, __version__
+from ._params import PostgresParameters
 from ._pg import CredentialsRejected, DatabaseUnavailable
 
 __all__ = [

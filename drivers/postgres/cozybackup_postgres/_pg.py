@@ -33,6 +33,9 @@ TOOLS = ("pg_dump", "pg_dumpall", "pg_restore", "psql")
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 DEFAULT_PORT = 5432
 CONNECT_TIMEOUT = 30  # seconds, per connection attempt of each tool
+#: Where restores and drills connect to create, rename, drop and list databases (never
+#: one being replaced).
+ADMIN_DB = "template1"
 
 
 __all__ = ["CredentialsRejected", "DatabaseUnavailable"]
@@ -49,6 +52,11 @@ def ident(name: str) -> str:
 def literal(value: str) -> str:
     """An SQL string literal (``standard_conforming_strings`` is on in every supported server)."""
     return "'" + value.replace("'", "''") + "'"
+
+
+def quoted(name: str) -> str:
+    """A database name as shown in messages: double-quoted like PostgreSQL does."""
+    return '"' + name.replace("\n", " ") + '"'
 
 
 def conninfo_dbname(name: str) -> str:

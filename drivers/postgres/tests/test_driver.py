@@ -21,7 +21,8 @@ from cozybackup_postgres import (
     stream_names,
 )
 from cozybackup_postgres import _pg as pg
-from cozybackup_postgres._driver import filter_globals, option_problem, parameter_problems
+from cozybackup_postgres._params import option_problem, parameter_problems
+from cozybackup_postgres._restore import filter_globals
 from cozybackup_postgres.testing import PostgresServer, ServerPool, write_dataset
 
 from cozybackup_core import (
@@ -33,7 +34,7 @@ from cozybackup_core import (
     PluginHost,
     load_yaml,
 )
-from cozybackup_core.testing import LocalPlatform
+from cozybackup_core.testing import LocalPlatform, driver_class_yaml
 
 NS = "tenant-a"
 STREAM_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -43,22 +44,7 @@ STREAM_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 
 
 def backup_class(name: str = "pg-custom", **parameters: Any) -> str:
-    return f"""\
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata:
-  name: {name}
-spec:
-  strategies:
-    - application:
-        apiGroup: {APPS_GROUP}
-        kind: Postgres
-      strategyRef:
-        apiGroup: strategy.backups.cozystack.io
-        kind: Postgres
-        name: {name}
-      parameters: {json.dumps(parameters)}
-"""
+    return driver_class_yaml(PostgresDriver, name, json.dumps(parameters))
 
 
 @pytest.fixture
@@ -89,6 +75,14 @@ def assert_nothing_committed(plat: LocalPlatform) -> None:
     assert plat.stored_files() == []
     # ArtifactRecord is not in the core's public API: look at the embedded host's files.
     assert list((plat.home / "state").glob("ArtifactRecord/**/*.yaml")) == []
+
+
+def backup_failed(plat: LocalPlatform, job: Any, reason: str, message: str) -> None:
+    """``job`` failed for ``reason``, saying ``message``, and left nothing behind."""
+    assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == reason
+    assert message in job.status.message
+    assert_nothing_committed(plat)
 
 
 def tenant_view_is_clean(plat: LocalPlatform, *servers: PostgresServer) -> None:
@@ -548,11 +542,8 @@ def test_wrong_credentials_fail_with_an_actionable_message(
     write_dataset(server, seed=8)
     ref = declare(platform, "db", server, password="wrong-password-123")
     job = platform.backup(NS, ref, "b1")
-    assert job.status.phase == "Failed"
-    assert job.status.conditions[0].reason == "CredentialsRejected"
-    assert "rejected the credentials" in job.status.message
+    backup_failed(platform, job, "CredentialsRejected", "rejected the credentials")
     assert "ask the platform operator" in job.status.message
-    assert_nothing_committed(platform)
     # A restore into a target whose credentials are wrong touches nothing either.
     good = declare(platform, "good", server)
     ok(platform.backup(NS, good, "b2"))
@@ -570,10 +561,7 @@ def test_server_down_fails_as_unavailable(platform: LocalPlatform, pg_servers: S
     ref = declare(platform, "db", server)
     server.stop()
     job = platform.backup(NS, ref, "b1")
-    assert job.status.phase == "Failed"
-    assert job.status.conditions[0].reason == "DatabaseUnavailable"
-    assert "check that the database is running" in job.status.message
-    assert_nothing_committed(platform)
+    backup_failed(platform, job, "DatabaseUnavailable", "check that the database is running")
     tenant_view_is_clean(platform, server)
 
 
@@ -600,10 +588,7 @@ def test_server_stopped_mid_dump_commits_nothing(
     job = platform.backup(NS, declare(platform, "db", server), "b1")
     stopper[0].join()
     holder.wait(timeout=30)
-    assert job.status.phase == "Failed"
-    assert job.status.conditions[0].reason == "DatabaseUnavailable"
-    assert 'while dumping database "b_second"' in job.status.message
-    assert_nothing_committed(platform)
+    backup_failed(platform, job, "DatabaseUnavailable", 'while dumping database "b_second"')
     tenant_view_is_clean(platform, server)
 
 
@@ -619,10 +604,7 @@ def test_timeout_stops_a_blocked_dump(
     started = time.monotonic()
     job = plat.backup(NS, declare(plat, "db", server), "b1", "pg-custom")
     assert time.monotonic() - started < 30
-    assert job.status.phase == "Failed"
-    assert job.status.conditions[0].reason == "DeadlineExceeded"
-    assert 'while dumping database "shop"' in job.status.message
-    assert_nothing_committed(plat)
+    backup_failed(plat, job, "DeadlineExceeded", 'while dumping database "shop"')
     assert "pg_dump" not in server.psql(
         "SELECT string_agg(application_name, ',') FROM pg_stat_activity"
     )
@@ -642,6 +624,16 @@ def _breakable(server: PostgresServer) -> None:
            CREATE INDEX t_f ON t (f(id));""",
         "shop",
     )
+
+
+def restore_into_copy(
+    plat: LocalPlatform, src: PostgresServer, copy: PostgresServer
+) -> tuple[Any, dict[str, object]]:
+    """Back up ``src`` and restore that into ``copy``: the restore job, and ``copy``'s
+    fingerprint from just before it."""
+    ok(plat.backup(NS, declare(plat, "src", src), "b1"))
+    before = copy.fingerprint()
+    return plat.restore(NS, "b1", "r1", target=declare(plat, "copy", copy)), before
 
 
 def test_pg_restore_error_names_the_database_and_puts_everything_back(
@@ -671,11 +663,9 @@ def test_failed_restore_into_a_copy_leaves_no_partial_database(
 ) -> None:
     src, copy = pg_servers.start(), pg_servers.start()
     _breakable(src)
-    ok(platform.backup(NS, declare(platform, "src", src), "b1"))
     copy.psql("CREATE DATABASE alpha")
     copy.psql("CREATE TABLE mine (v text); INSERT INTO mine VALUES ('keep me')", "alpha")
-    before = copy.fingerprint()
-    job = platform.restore(NS, "b1", "r1", target=declare(platform, "copy", copy))
+    job, before = restore_into_copy(platform, src, copy)
     assert job.status.phase == "Failed"
     assert '"shop"' in job.status.message
     assert copy.fingerprint() == before
@@ -692,11 +682,9 @@ def test_globals_error_fails_before_any_database_is_touched(
     ts.mkdir()
     shutil.chown(ts, "postgres", "postgres")
     src.psql(f"CREATE TABLESPACE ts LOCATION {pg.literal(str(ts))}")
-    ok(platform.backup(NS, declare(platform, "src", src), "b1"))
     copy.psql("CREATE DATABASE shop")
     copy.psql("CREATE TABLE mine (v text)", "shop")
-    before = copy.fingerprint()
-    job = platform.restore(NS, "b1", "r1", target=declare(platform, "copy", copy))
+    job, before = restore_into_copy(platform, src, copy)
     assert job.status.phase == "Failed"
     assert (
         "restoring roles and other global objects failed (1 statements rejected"

@@ -1,0 +1,86 @@
+"""The artifact's layout: which streams a backup writes, and the index a restore reads.
+
+``db-<name>.dump``  one ``pg_dump -Fc --compress=0`` per database.
+``globals.sql``     ``pg_dumpall --globals-only``: roles, memberships, tablespaces.
+``index.json``      written last: which stream holds which database (database names may
+                    hold any character; stream names may not), in format :data:`FORMAT`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from cozybackup_core import DriverError, StreamSource
+
+FORMAT = 1
+INDEX_STREAM = "index.json"
+GLOBALS_STREAM = "globals.sql"
+
+_STREAM_SAFE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+
+def stream_names(databases: Sequence[str]) -> dict[str, str]:
+    """A distinct artifact stream name for every database name.
+
+    Names that are already safe keep their spelling (``db-shop.dump``); others get a
+    readable slug plus a digest of the exact name (``db-my-shop-3f2a9c1d.dump``).
+    """
+    out: dict[str, str] = {}
+    used: set[str] = set()
+    for name in databases:
+        if _STREAM_SAFE.match(name):
+            stream = f"db-{name}.dump"
+        else:
+            slug = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-._")[:40] or "db"
+            digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+            stream = f"db-{slug}-{digest}.dump"
+        n = 1
+        base = stream
+        while stream in used:  # practically never: only a crafted collision
+            n += 1
+            stream = base.replace(".dump", f"-{n}.dump")
+        used.add(stream)
+        out[name] = stream
+    return out
+
+
+def read_index(source: StreamSource) -> dict[str, Any]:
+    """The backup's index, checked: its format is ours and every stream it names is there."""
+    if INDEX_STREAM not in source.names():
+        raise DriverError("the backup was not written by the PostgreSQL driver (it has no index)")
+    with source.open(INDEX_STREAM) as f:
+        raw = f.read()
+    try:
+        index: dict[str, Any] = json.loads(raw)
+        fmt = index["format"]
+        entries = index["databases"]
+        ok = (
+            isinstance(entries, list)
+            and all(
+                isinstance(e, dict)
+                and isinstance(e.get("name"), str)
+                and isinstance(e.get("stream"), str)
+                for e in entries
+            )
+            and isinstance(index["globals"]["stream"], str)
+        )
+    except (ValueError, KeyError, TypeError):
+        ok, fmt = False, None
+    if not ok:
+        raise DriverError("the backup's index of databases is unreadable")
+    if fmt != FORMAT:
+        raise DriverError(
+            f"the backup uses format {fmt} of the PostgreSQL driver; this version reads "
+            f"format {FORMAT}: ask the platform operator to update the driver"
+        )
+    names = source.names()
+    missing = [e["stream"] for e in entries if e["stream"] not in names]
+    if index["globals"]["stream"] not in names:
+        missing.append(index["globals"]["stream"])
+    if missing:
+        raise DriverError("the backup is incomplete: the dump of a database is missing")
+    return index

@@ -1,0 +1,292 @@
+"""Restore, in place or into another application of the same kind.
+
+1. ``globals.sql`` is replayed with psql; "already exists" errors for roles and
+   tablespaces are expected and ignored, any other error fails the restore before a
+   database is touched.  The statements that would change the role the platform
+   connects as are left out, so a restore never locks the platform out.
+2. Each database is replaced: the existing one is closed to new connections, its
+   sessions are terminated and it is renamed aside (``cozybackup_old_<random>``);
+   ``pg_restore --create --exit-on-error`` recreates it from the stream on its stdin;
+   ``ANALYZE`` refreshes planner statistics.  Up to ``jobs`` databases at a time.
+3. Only when every database is restored are the old copies dropped.  If any fails,
+   the partly restored databases are dropped and the old ones renamed back: the
+   target is left as it was (except for roles the backup added), and the job's
+   message names the database that failed and PostgreSQL's error.
+
+Why not ``pg_restore -j``: it needs a seekable archive file, and writing a file would
+double the disk traffic and need scratch space as large as the biggest database.
+Parallelism here is across databases instead; see the README for measurements.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import threading
+from typing import IO, Any, cast
+
+import attrs
+
+from cozybackup_core import CozyError, Deadline, DriverError, RestoreContext
+
+from ._artifact import read_index
+from ._parallel import CancellableReader, Cancelled, run_parallel
+from ._params import RESTORE_OPTIONS, PostgresParameters
+from ._pg import ADMIN_DB, Server, conninfo_dbname, find_tools, first_error, ident, literal, quoted
+
+ASIDE_PREFIX = "cozybackup_old_"
+#: Time allowed for putting databases back (or dropping old copies) after the work ended.
+CLEANUP_SECONDS = 300.0
+
+_ROLE_EXISTS = re.compile(r'ERROR:\s+(role|tablespace) ".*" already exists')
+
+
+def restore(ctx: RestoreContext[PostgresParameters], deadline: Deadline) -> None:
+    params = ctx.parameters
+    index = read_index(ctx.artifact)
+    tools = find_tools()
+    server = Server.from_location(ctx.target, tools)
+    ctx.progress.stage("connecting to the database server")
+    info = server.query_json(
+        """SELECT json_build_object(
+             'versionNum', current_setting('server_version_num')::int,
+             'existing', (SELECT coalesce(json_object_agg(datname, datallowconn), '{}')
+                          FROM pg_database))""",
+        deadline=deadline,
+        database=ADMIN_DB,
+        doing="connecting to the database server",
+    )
+    restore = _Restore(
+        server=server,
+        deadline=deadline,
+        version_num=int(info["versionNum"]),
+        existing={str(k): bool(v) for k, v in info["existing"].items()},
+        restore_options=[o for o in params.extra_dump_options if o in RESTORE_OPTIONS],
+        analyze=params.analyze,
+        ctx=ctx,
+    )
+    ctx.progress.stage("restoring roles and other global objects")
+    restore.apply_globals(index["globals"]["stream"])
+    restore.databases(index["databases"], params.jobs)
+    where = "in place" if ctx.in_place else "into the target application"
+    ctx.log.info("restored %d databases %s", len(index["databases"]), where)
+
+
+def filter_globals(sql: str, user: str) -> str:
+    """``sql`` without the statements that would change role ``user`` (ourselves)."""
+    spellings = {ident(user)}
+    if re.fullmatch(r"[a-z_][a-z0-9_$]*", user):
+        spellings.add(user)
+    drop = tuple(f"CREATE ROLE {s};" for s in spellings) + tuple(
+        f"ALTER ROLE {s} WITH " for s in spellings
+    )
+    return "".join(line for line in sql.splitlines(keepends=True) if not line.startswith(drop))
+
+
+def _amend(exc: CozyError, addition: str) -> None:
+    """Append to a tenant-safe message (the engine reports ``exc.message``)."""
+    exc.message = f"{exc.message}; {addition}"
+    exc.args = (exc.message,)
+
+
+@attrs.frozen
+class _Restored:
+    name: str
+    aside: str | None  # the previous database, renamed aside, or None if there was none
+    allowed_connections: bool
+
+
+@attrs.define
+class _Restore:
+    """One restore's state: what was replaced so far, to commit or roll back at the end."""
+
+    server: Server
+    deadline: Deadline
+    version_num: int
+    existing: dict[str, bool]
+    restore_options: list[str]
+    analyze: bool
+    ctx: RestoreContext
+    done: list[_Restored] = attrs.field(factory=list)
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+    def sql(
+        self, script: str, doing: str, database: str = ADMIN_DB, deadline: Deadline | None = None
+    ) -> str:
+        return self.server.psql(
+            script, deadline=deadline or self.deadline, database=database, doing=doing
+        )
+
+    # -- globals
+
+    def apply_globals(self, stream: str) -> None:
+        with self.ctx.artifact.open(stream) as f:
+            text = f.read().decode()
+        script = filter_globals(text, self.server.user)
+        doing = "restoring roles and other global objects"
+        out = self.server.psql(
+            script, deadline=self.deadline, database=ADMIN_DB, doing=doing, stop_on_error=False
+        )
+        errors = [line for line in out.splitlines() if "ERROR:" in line]
+        real = [e for e in errors if not _ROLE_EXISTS.search(e)]
+        self.ctx.log.info(
+            "globals: %d statements failed, %d of them 'already exists'",
+            len(errors),
+            len(errors) - len(real),
+        )
+        if real:
+            raise DriverError(
+                f"restoring roles and other global objects failed ({len(real)} statements "
+                f"rejected; first: {first_error(real[0])}); no database was changed",
+                admin_detail="\n".join(real),
+            )
+
+    # -- databases
+
+    def databases(self, entries: list[dict[str, Any]], jobs: int) -> None:
+        total = len(entries)
+        parallel = jobs > 1 and total > 1
+        if parallel:
+            self.ctx.progress.stage(f"restoring {total} databases, {jobs} at a time")
+
+        def one(item: tuple[int, dict[str, Any]], cancel: threading.Event) -> None:
+            n, entry = item
+            if not parallel:
+                self.ctx.progress.stage(
+                    f"restoring database {quoted(entry['name'])} ({n} of {total})"
+                )
+            self.restore_one(entry["name"], entry["stream"], cancel)
+
+        try:
+            run_parallel(list(enumerate(entries, 1)), jobs, one)
+        except BaseException as exc:
+            self.ctx.progress.stage("putting the previous databases back")
+            problems = self.rollback()
+            if isinstance(exc, CozyError):
+                _amend(
+                    exc,
+                    "; ".join(problems)
+                    if problems
+                    else "nothing was replaced: every database is as it was before the restore",
+                )
+            raise
+        self.ctx.progress.stage("dropping the previous copies of the databases")
+        self.commit()
+
+    def restore_one(self, name: str, stream: str, cancel: threading.Event) -> None:
+        q = quoted(name)
+        aside: str | None = None
+        allowed = self.existing.get(name, True)
+        if name in self.existing:
+            aside = ASIDE_PREFIX + secrets.token_hex(6)
+            self.set_aside(name, aside, allowed)
+        with self.lock:
+            self.done.append(_Restored(name=name, aside=aside, allowed_connections=allowed))
+        with self.ctx.artifact.open(stream) as src:
+            self.server.run(
+                "pg_restore",
+                [
+                    "-w",
+                    "--create",
+                    "--exit-on-error",
+                    *self.restore_options,
+                    "-d",
+                    conninfo_dbname(ADMIN_DB),
+                ],
+                deadline=self.deadline,
+                stdin=cast(IO[bytes], CancellableReader(src, cancel)),
+                doing=f"restoring database {q}",
+            )
+        if self.analyze:
+            if cancel.is_set():
+                raise Cancelled
+            self.sql("ANALYZE;", f"analyzing restored database {q}", database=name)
+
+    def _wait_idle(self, name: str) -> str:
+        """SQL: terminate the sessions of ``name`` and wait (up to 30 s) until they are gone."""
+        # Both values below are quoted by literal(): no injection (S608 cannot see that).
+        return f"""
+DO $cozy$
+BEGIN
+  FOR i IN 1..300 LOOP
+    PERFORM pg_stat_clear_snapshot();
+    EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity
+      WHERE datname = {literal(name)} AND pid <> pg_backend_pid());
+    PERFORM pg_terminate_backend(pid) FROM pg_stat_activity
+      WHERE datname = {literal(name)} AND pid <> pg_backend_pid();
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+END
+$cozy$;
+"""  # noqa: S608
+
+    def set_aside(self, name: str, aside: str, allowed: bool) -> None:
+        try:
+            self.sql(
+                f"ALTER DATABASE {ident(name)} WITH ALLOW_CONNECTIONS false;\n"
+                + self._wait_idle(name)
+                + f"ALTER DATABASE {ident(name)} RENAME TO {ident(aside)};\n",
+                f"closing database {quoted(name)} before replacing it",
+            )
+        except BaseException:
+            if allowed:  # it was not renamed: open it again
+                with contextlib.suppress(CozyError):
+                    self.sql(
+                        f"ALTER DATABASE {ident(name)} WITH ALLOW_CONNECTIONS true;\n",
+                        f"reopening database {quoted(name)}",
+                        deadline=Deadline.after(CLEANUP_SECONDS),
+                    )
+            raise
+
+    def drop_sql(self, name: str) -> str:
+        if self.version_num >= 130000:
+            return f"DROP DATABASE IF EXISTS {ident(name)} WITH (FORCE);\n"
+        return self._wait_idle(name) + f"DROP DATABASE IF EXISTS {ident(name)};\n"
+
+    def rollback(self) -> list[str]:
+        """Drop what was restored, rename the old databases back; returns what failed."""
+        problems: list[str] = []
+        grace = Deadline.after(CLEANUP_SECONDS)  # even when the job's deadline has passed
+        for r in reversed(self.done):
+            script = self.drop_sql(r.name)
+            if r.aside:
+                script += f"ALTER DATABASE {ident(r.aside)} RENAME TO {ident(r.name)};\n"
+                if r.allowed_connections:
+                    script += f"ALTER DATABASE {ident(r.name)} WITH ALLOW_CONNECTIONS true;\n"
+            try:
+                self.sql(script, f"putting database {quoted(r.name)} back", deadline=grace)
+            except CozyError as exc:
+                self.ctx.log.error("rollback of %r failed: %s (%s)", r.name, exc, exc.admin_detail)
+                if r.aside:
+                    problems.append(
+                        f"database {quoted(r.name)} could not be put back: its previous "
+                        f"contents are in database {quoted(r.aside)}; ask the platform operator"
+                    )
+                else:
+                    problems.append(
+                        f"the partly restored database {quoted(r.name)} could not be removed"
+                    )
+        self.done.clear()
+        return problems
+
+    def commit(self) -> None:
+        grace = Deadline.after(CLEANUP_SECONDS)
+        for r in self.done:
+            if r.aside:
+                try:
+                    self.sql(
+                        self.drop_sql(r.aside),
+                        f"dropping the previous copy of {quoted(r.name)}",
+                        deadline=grace,
+                    )
+                except CozyError as exc:
+                    # The restore itself succeeded; the leftover only costs space.
+                    self.ctx.log.warning(
+                        "could not drop %r (the old copy of %r): %s (%s)",
+                        r.aside,
+                        r.name,
+                        exc,
+                        exc.admin_detail,
+                    )
+        self.done.clear()
