@@ -41,11 +41,17 @@ from cozybackup_core import (
     UnsupportedError,
 )
 
-from ._catalog import EXTERNAL_DATABASE_ENGINES, SCRATCH_PREFIX, is_inner, user_databases
+from ._catalog import (
+    EXTERNAL_DATABASE_ENGINES,
+    SCRATCH_PREFIX,
+    drop_stale_scratch,
+    empty_database,
+    is_inner,
+    user_databases,
+)
 from ._client import Client, ServerError, Unreachable
 from ._errors import classify
 from ._params import ClickHouseParameters
-from ._restore import drop_stale_scratch, empty_database
 from ._sql import ident, literal, literals, qualified
 
 FORMAT = 1
