@@ -4,7 +4,6 @@ mode, logical (below; the format is in :mod:`._logical`) or native (the server's
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import attrs
@@ -22,6 +21,7 @@ from . import _native
 from ._catalog import Kind, discover, estimated_bytes, label, user_databases
 from ._client import Client, ServerError, Unreachable, secrets_of, target_of
 from ._errors import classify
+from ._index import write_index
 from ._logical import FORMAT, INDEX_STREAM, columns_sql
 from ._params import ClickHouseParameters, Mode
 from ._sql import qualified
@@ -95,18 +95,14 @@ def _logical_backup(
         "databases": [attrs.asdict(d) for d in databases],
         "objects": [o.to_json() for o in objects],
     }
-    with ctx.artifact.open(INDEX_STREAM) as out:
-        out.write(json.dumps(index, indent=1, ensure_ascii=False).encode())
-    ctx.metadata.update(
-        {
-            "mode": "logical",
-            "format": FORMAT,
-            "serverVersion": client.version,
-            "databases": [d.name for d in databases],
-            "tables": sum(o.kind is Kind.TABLE for o in objects),
-            "materializedViews": sum(o.kind is Kind.VIEW for o in objects),
-            "otherObjects": sum(o.kind is Kind.SCHEMA for o in objects),
-            "recreatedEmpty": [label(o.key) for o in objects if o.kind is Kind.EMPTY],
-        }
+    write_index(
+        ctx,
+        client,
+        INDEX_STREAM,
+        index,
+        databases=[d.name for d in databases],
+        tables=sum(o.kind is Kind.TABLE for o in objects),
+        materializedViews=sum(o.kind is Kind.VIEW for o in objects),
+        otherObjects=sum(o.kind is Kind.SCHEMA for o in objects),
+        recreatedEmpty=[label(o.key) for o in objects if o.kind is Kind.EMPTY],
     )
-    ctx.tool_versions["clickhouse"] = client.version

@@ -51,6 +51,7 @@ from ._catalog import (
 )
 from ._client import Client, ServerError, Unreachable
 from ._errors import classify
+from ._index import write_index
 from ._params import ClickHouseParameters
 from ._sql import ident, literal, literals, qualified
 
@@ -205,18 +206,9 @@ def backup(
         "defaultTables": default_tables,
         "stream": SERVER_STREAM,
     }
-    with ctx.artifact.open(INDEX_STREAM) as out:
-        out.write(json.dumps(index, indent=1, ensure_ascii=False).encode())
-    ctx.metadata.update(
-        {
-            "mode": "native",
-            "format": FORMAT,
-            "serverVersion": client.version,
-            "databases": databases,
-            "files": int(done["files"] or 0),
-        }
+    write_index(
+        ctx, client, INDEX_STREAM, index, databases=databases, files=int(done["files"] or 0)
     )
-    ctx.tool_versions["clickhouse"] = client.version
 
 
 # ---------------------------------------------------------------------- restore
