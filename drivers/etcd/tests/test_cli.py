@@ -12,7 +12,7 @@ from cozybackup_etcd.testing import TLSFiles
 
 from cozybackup_core.testing import AppHandle, Cli, cli_round_trip, run_cli
 
-from conftest import DISTRO_BIN, ClusterFactory, fingerprint, write_dataset
+from conftest import DISTRO_BIN, ClusterFactory, class_yaml, fingerprint, write_dataset
 
 
 def test_backup_and_restores_through_the_cli(
@@ -45,16 +45,7 @@ def test_backup_and_restores_through_the_cli(
 
 
 def test_cli_refuses_a_bad_etcd_class_with_the_field_path(tmp_path: Path) -> None:
-    bad = """\
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {name: cozy-default}
-spec:
-  strategies:
-  - application: {apiGroup: apps.cozystack.io, kind: Etcd}
-    strategyRef: {apiGroup: strategy.backups.cozystack.io, kind: Etcd, name: cozy-default}
-    parameters: {snapshotFrom: nearest}
-"""
+    bad = class_yaml("cozy-default", "{snapshotFrom: nearest}")
     out = run_cli(tmp_path / "home", "apply", "-f", "-", stdin=bad)
     assert out.returncode == 2
     assert (

@@ -34,21 +34,13 @@ from conftest import (
     DISTRO_BIN,
     HISTORY_KEYS,
     ClusterFactory,
+    class_yaml,
     fingerprint,
     write_dataset,
 )
 
 NS = "tenant-a"
-FOLLOWER_CLASS = """\
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {name: etcd-follower}
-spec:
-  strategies:
-  - application: {apiGroup: apps.cozystack.io, kind: Etcd}
-    strategyRef: {apiGroup: strategy.backups.cozystack.io, kind: Etcd, name: etcd-follower}
-    parameters: {snapshotFrom: follower, timeoutSeconds: 600}
-"""
+FOLLOWER_CLASS = class_yaml("etcd-follower", "{snapshotFrom: follower, timeoutSeconds: 600}")
 
 
 def platform(tmp_path: Path) -> LocalPlatform:

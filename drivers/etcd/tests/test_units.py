@@ -26,14 +26,10 @@ from hypothesis import strategies as st
 from cozybackup_core import (
     ApplicationRef,
     AppLocation,
-    Catalog,
-    DriverParametersError,
-    DriverRegistry,
     PluginHost,
     UnsafeLocalPath,
-    load_yaml,
 )
-from cozybackup_core.testing import LocalPlatform
+from cozybackup_core.testing import LocalPlatform, refused_parameters, validate_parameters
 
 #: A stand-in database: bbolt's meta page header and magic, then any bytes.
 DB = bytes(16) + (0xED0CDAED).to_bytes(4, "little") + bytes(range(256)) * 40
@@ -97,25 +93,6 @@ def test_proto_skips_unknown_fields_and_rejects_garbage() -> None:
 # ---------------------------------------------------------------------------- parameters
 
 
-def _class(parameters: str) -> str:
-    return f"""\
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {{name: etcd-custom}}
-spec:
-  strategies:
-  - application: {{apiGroup: apps.cozystack.io, kind: Etcd}}
-    strategyRef: {{apiGroup: strategy.backups.cozystack.io, kind: Etcd, name: etcd-custom}}
-    parameters: {parameters}
-"""
-
-
-def _catalog() -> Catalog:
-    registry = DriverRegistry()
-    registry.add(EtcdDriver)
-    return Catalog.build(registry)
-
-
 @pytest.mark.parametrize(
     ("parameters", "problem"),
     [
@@ -133,15 +110,11 @@ def _catalog() -> Catalog:
     ],
 )
 def test_parameters_are_checked_when_the_class_is_applied(parameters: str, problem: str) -> None:
-    (bc,) = load_yaml(_class(parameters))
-    with pytest.raises(DriverParametersError) as info:
-        _catalog().validate(bc)
-    assert problem in str(info.value)
+    assert problem in str(refused_parameters(EtcdDriver, parameters))
 
 
 def test_good_parameters_and_defaults() -> None:
-    (bc,) = load_yaml(_class("{snapshotFrom: any, timeoutSeconds: 900}"))
-    _catalog().validate(bc)
+    validate_parameters(EtcdDriver, "{snapshotFrom: any, timeoutSeconds: 900}")
     assert EtcdParameters() == EtcdParameters(snapshot_from=SnapshotFrom.LEADER)
 
 

@@ -1,4 +1,5 @@
-"""Disk images through ``qemu-img``, and the admin's freeze/thaw and stop/start commands.
+"""Disk images through ``qemu-img`` (and served by ``qemu-nbd``), and the admin's
+freeze/thaw and stop/start commands.
 
 "In use" is what QEMU itself says: a running QEMU holds OFD locks on its images, and
 ``qemu-img info`` (without ``-U``) refuses an image that another process holds for
@@ -7,15 +8,18 @@ writing ("Failed to get shared "write" lock").
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import attrs
 
 from cozybackup_core import ApplicationRef, Deadline, DriverError, run_admin_command, run_tool
 
-from ._machine import Disk
+from ._machine import Disk, Machine
+from ._nbd import NBDClient, NBDError, QemuNbdFailed, serve
 
 _POLL = 0.2
 
@@ -131,11 +135,66 @@ def qemu_version(deadline: Deadline) -> str:
     return first.removeprefix("qemu-img version ").split(" ")[0] or "unknown"
 
 
+def in_use_message(m: Machine) -> str:
+    return (
+        f"the {m.what} is in use by a running virtual machine, so a backup now would not be "
+        "consistent; stop the virtual machine and run the backup again, or ask the platform "
+        "operator to declare freeze/thaw or stop/start commands for it (or to allow "
+        "crash-consistent backups with 'consistency: crash' in the BackupClass)"
+    )
+
+
+@contextlib.contextmanager
+def served(
+    m: Machine,
+    d: Disk,
+    fmt: str,
+    deadline: Deadline,
+    *,
+    force_share: bool = False,
+    writable: bool = False,
+) -> Iterator[NBDClient]:
+    """The image of ``d`` served by ``qemu-nbd``, its failures told as the tenant reads them."""
+    try:
+        with serve(
+            d.open_name, fmt, deadline=deadline, force_share=force_share, writable=writable
+        ) as client:
+            yield client
+    except QemuNbdFailed as exc:
+        if _locked(exc.stderr):
+            raise DriverError(in_use_message(m), admin_detail=exc.stderr) from None
+        raise DriverError(
+            f"the image of disk {d.name} could not be opened",
+            admin_detail=f"{d.path}: {exc.stderr}",
+        ) from None
+    except NBDError as exc:
+        raise DriverError(
+            f"reading or writing the image of disk {d.name} failed",
+            admin_detail=f"{d.path}: {exc}",
+        ) from None
+    except OSError as exc:
+        raise DriverError(
+            f"the image of disk {d.name} could not be served for reading or writing",
+            admin_detail=f"{d.path}: {exc!r}",
+        ) from None
+
+
 def command(argv: tuple[str, ...], limit: Deadline, doing: str) -> None:
     """Run an admin-declared command (freeze/thaw, stop/start the VM)."""
     run_admin_command(
         argv, deadline=limit, doing=doing, consequence="nothing was backed up or changed"
     )
+
+
+def command_limit(m: Machine, deadline: Deadline) -> Deadline:
+    """How long a freeze or stop command (and waiting for a stop) may take."""
+    return Deadline.after(min(m.service_timeout, deadline.remaining()))
+
+
+def undo_command(m: Machine, argv: tuple[str, ...], doing: str) -> None:
+    """Thaw or start: these run even after the job's deadline, a VM must not stay frozen
+    or stopped."""
+    command(argv, Deadline.after(m.service_timeout), doing)
 
 
 def wait_released(

@@ -617,7 +617,7 @@ def test_an_external_data_file_is_refused(platform: LocalPlatform, tmp_path: Pat
 def test_a_rebuilt_image_that_does_not_read_back_is_never_swapped_in(
     platform: LocalPlatform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import cozybackup_kubevirt._driver as driver_module
+    import cozybackup_kubevirt._restore as restore_module
     from cozybackup_kubevirt._stream import Summary
 
     src = make_image(tmp_path / "d.qcow2", "qcow2", 64 * MiB, patterns=((0x41, MiB, MiB),))
@@ -626,7 +626,7 @@ def test_a_rebuilt_image_that_does_not_read_back_is_never_swapped_in(
     make_image(src, "qcow2", 64 * MiB, patterns=((0x42, MiB, MiB),))
     before = guest_digest(src, "qcow2")
     monkeypatch.setattr(
-        driver_module, "content_digest", lambda client, tick: Summary(client.size, 1, 1, "0" * 64)
+        restore_module, "content_digest", lambda client, tick: Summary(client.size, 1, 1, "0" * 64)
     )
     message = failed(platform.restore(NS, "b1", "r1"))
     assert "does not read back as the backup's content; the target was not changed" in message

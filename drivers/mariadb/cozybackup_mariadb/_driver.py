@@ -20,28 +20,22 @@ mode its backup was taken with (read from the backup's own streams).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _dist_version
 from typing import Any, ClassVar
 
 from cozybackup_core import (
     BackupContext,
     Capabilities,
     Driver,
-    DriverError,
     GroupKind,
     Locator,
     RestoreContext,
+    distribution_version,
 )
 
-from . import _logical, _physical
-from ._conn import Server
-from ._params import MariaDBParameters, Mode, check
+from . import _backup, _restore
+from ._params import MariaDBParameters, check
 
-try:
-    __version__ = _dist_version("cozybackup-mariadb")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
+__version__ = distribution_version("cozybackup-mariadb")
 
 #: The application kind this driver serves (Cozystack's managed MariaDB).
 MARIADB_KIND = GroupKind(kind="MariaDB")
@@ -52,7 +46,6 @@ class MariaDBDriver(Driver[MariaDBParameters]):
 
     name: ClassVar[str] = "mariadb"
     strategy_kind: ClassVar[str] = "MariaDB"
-    kinds: ClassVar[tuple[GroupKind, ...]] = (MARIADB_KIND,)
     default_kinds: ClassVar[tuple[str, ...]] = ("MariaDB",)
     # Cozystack's Helm release mariadb-X: a mariadb-operator MariaDB; writes go to the primary.
     locators: ClassVar[Mapping[str, Locator]] = {
@@ -63,7 +56,6 @@ class MariaDBDriver(Driver[MariaDBParameters]):
             fixed={"username": "root"},
         )
     }
-    parameters_type: ClassVar[type[Any]] = MariaDBParameters
     #: physical mode reads and replaces the declared ``datadir``
     capabilities: ClassVar[Capabilities] = Capabilities(local_paths=True)
     version: ClassVar[str] = __version__
@@ -72,31 +64,7 @@ class MariaDBDriver(Driver[MariaDBParameters]):
         check(parameters)
 
     def backup(self, ctx: BackupContext[MariaDBParameters]) -> None:
-        params = ctx.parameters
-        server = Server.from_location(ctx.application)
-        deadline = ctx.deadline.tighter(params.timeout_seconds)
-        if params.mode is Mode.PHYSICAL:
-            _physical.backup(ctx, server, params, deadline)
-        else:
-            _logical.backup(ctx, server, params, deadline)
-        deadline.check()
+        _backup.backup(ctx)
 
     def restore(self, ctx: RestoreContext[MariaDBParameters]) -> None:
-        params = ctx.parameters
-        server = Server.from_location(ctx.target)
-        deadline = ctx.deadline.tighter(params.timeout_seconds)
-        names = ctx.artifact.names()
-        # The streams say how the backup was taken: a parameters snapshot could
-        # have lost the mode (defaults are not recorded).
-        if _physical.DATADIR_STREAM in names:
-            _physical.restore(ctx, server, params, deadline)
-        elif _logical.DATABASES_STREAM in names:
-            _logical.restore(ctx, server, deadline)
-        else:
-            raise DriverError(
-                "the backup was not written by a compatible version of the MariaDB driver",
-                admin_detail=f"streams {names}",
-            )
-        ctx.log.info(
-            "restored %s %s", ctx.source.name, "in place" if ctx.in_place else "into a copy"
-        )
+        _restore.restore(ctx)

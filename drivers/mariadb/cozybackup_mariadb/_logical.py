@@ -227,6 +227,17 @@ def restore(ctx: RestoreContext, server: Server, deadline: Deadline) -> None:
             "--batch",
             f"--max-allowed-packet={MAX_PACKET}",
         ]
+
+        def replay(script: IO[bytes], doing: str, after: str) -> None:
+            run(
+                argv,
+                stdin=script,
+                deadline=deadline,
+                what="the mariadb client",
+                doing=doing,
+                after=f"{after}; run the RestoreJob again once the cause is fixed",
+            )
+
         accounts: _Accounts | None = None
         if ACCOUNTS_STREAM in names:
             with ctx.artifact.open(ACCOUNTS_STREAM) as stream:
@@ -235,37 +246,25 @@ def restore(ctx: RestoreContext, server: Server, deadline: Deadline) -> None:
             if accounts is not None:
                 # Accounts first: the views and routines of the dump name them as definers.
                 ctx.progress.stage("restoring accounts")
-                run(
-                    argv,
-                    stdin=io.BytesIO(accounts.create_script()),
-                    deadline=deadline,
-                    what="the mariadb client",
-                    doing="re-creating the accounts",
-                    after="no database was touched; run the RestoreJob again once the cause "
-                    "is fixed",
+                replay(
+                    io.BytesIO(accounts.create_script()),
+                    "re-creating the accounts",
+                    "no database was touched",
                 )
             ctx.progress.stage("restoring databases")
             with ctx.artifact.open(DATABASES_STREAM) as stream:
-                run(
-                    argv,
-                    stdin=stream,
-                    deadline=deadline,
-                    what="the mariadb client",
-                    doing="replaying the databases",
-                    after="the databases replayed so far were replaced and the others are "
-                    "unchanged; run the RestoreJob again once the cause is fixed",
+                replay(
+                    stream,
+                    "replaying the databases",
+                    "the databases replayed so far were replaced and the others are unchanged",
                 )
             if accounts is not None:
                 # Grants last: table and routine privileges need their objects.
                 ctx.progress.stage("restoring grants")
-                run(
-                    argv,
-                    stdin=io.BytesIO(accounts.grant_script()),
-                    deadline=deadline,
-                    what="the mariadb client",
-                    doing="restoring the grants",
-                    after="the databases were restored but some accounts may lack their "
-                    "privileges; run the RestoreJob again once the cause is fixed",
+                replay(
+                    io.BytesIO(accounts.grant_script()),
+                    "restoring the grants",
+                    "the databases were restored but some accounts may lack their privileges",
                 )
         finally:
             if accounts is not None:

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cozybackup_mariadb import MariaDBDriver
+
+from cozybackup_core.testing import driver_class_yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -29,6 +32,12 @@ SERVER_ACCOUNTS = ("root", "mariadb.sys", "mysql", "", ADMIN_USER)
 DATABASES = ("shop", "crm", "odd `name` db")
 #: (shell) tools the tests and the driver need.
 TOOLS = ("mariadbd", "mariadb", "mariadb-dump", "mariabackup", "mbstream", "mariadb-install-db")
+
+
+def class_yaml(name: str, parameters: str) -> str:
+    """A BackupClass ``name`` binding MariaDB to the driver's strategy ``name``."""
+    return driver_class_yaml(MariaDBDriver, name, parameters)
+
 
 if missing := [t for t in TOOLS if shutil.which(t) is None]:  # pragma: no cover
     pytest.exit(

@@ -26,20 +26,11 @@ from cozybackup_core.testing import (
     tenant_visible_text,
 )
 
-from conftest import ServerFactory, checksum, connection, credentials, write_data
+from conftest import ServerFactory, checksum, class_yaml, connection, credentials, write_data
 
 SEEDS = Path(__file__).resolve().parents[3] / "examples" / "seed-manifests"
 NS = "tenant-user1"
-PHYSICAL_DEFAULT = """\
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {name: cozy-default}
-spec:
-  strategies:
-  - application: {apiGroup: apps.cozystack.io, kind: MariaDB}
-    strategyRef: {apiGroup: strategy.backups.cozystack.io, kind: MariaDB, name: cozy-default}
-    parameters: {mode: physical}
-"""
+PHYSICAL_DEFAULT = class_yaml("cozy-default", "{mode: physical}")
 
 
 def admin_manifest(apps: dict[str, MariaDBServer], *, physical: bool) -> list[Any]:

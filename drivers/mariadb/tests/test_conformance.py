@@ -12,18 +12,9 @@ from mariadb_server import MariaDBServer
 from cozybackup_core import ApplicationRef
 from cozybackup_core.testing import AppHandle, DriverConformance
 
-from conftest import ServerFactory, checksum, connection, credentials, write_data
+from conftest import ServerFactory, checksum, class_yaml, connection, credentials, write_data
 
-PHYSICAL_CLASS = """
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {name: mariadb-physical}
-spec:
-  strategies:
-  - application: {apiGroup: apps.cozystack.io, kind: MariaDB}
-    strategyRef: {apiGroup: strategy.backups.cozystack.io, kind: MariaDB, name: mariadb-physical}
-    parameters: {mode: physical, parallel: 2}
-"""
+PHYSICAL_CLASS = class_yaml("mariadb-physical", "{mode: physical, parallel: 2}")
 
 
 class _MariaDBApps(DriverConformance):

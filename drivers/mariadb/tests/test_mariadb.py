@@ -29,7 +29,6 @@ from cozybackup_core import (
 )
 from cozybackup_core.testing import (
     LocalPlatform,
-    driver_class_yaml,
     refused_parameters,
     validate_parameters,
 )
@@ -38,6 +37,7 @@ from conftest import (
     DATABASES,
     ServerFactory,
     checksum,
+    class_yaml,
     connection,
     credentials,
     objects,
@@ -47,10 +47,6 @@ from conftest import (
 )
 
 NS = "tenant-a"
-
-
-def class_yaml(name: str, parameters: str) -> str:
-    return driver_class_yaml(MariaDBDriver, name, parameters)
 
 
 CLASSES = {
