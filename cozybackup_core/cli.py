@@ -98,6 +98,28 @@ def _interval(text: str) -> float:
     return seconds
 
 
+def _workers(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 64")
+    return int(text)
+
+
+def _pass_options(parser: argparse.ArgumentParser) -> None:
+    """What ``run`` and ``controller`` share: how often a pass runs, how wide."""
+    parser.add_argument(
+        "--interval",
+        type=_interval,
+        default=30.0,
+        help="seconds between passes, at least 1 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_workers,
+        default=2,
+        help="jobs for different applications run in parallel (default %(default)s)",
+    )
+
+
 def _read_manifest(path: Path) -> str:
     try:
         return sys.stdin.read() if str(path) == "-" else path.read_bytes().decode("utf-8")
@@ -545,15 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="process what is due now, then exit (exit 1 if a job failed)",
     )
-    r.add_argument(
-        "--interval",
-        type=_interval,
-        default=30.0,
-        help="seconds between passes, at least 1 (default %(default)s)",
-    )
-    r.add_argument(
-        "--workers", type=int, default=2, help="jobs for different applications run in parallel"
-    )
+    _pass_options(r)
     r.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     r.set_defaults(fn=cmd_run)
 
@@ -608,15 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="namespace of the platform's Secrets (default: $COZYBACKUP_NAMESPACE, else the "
         "service account's, else cozy-system)",
     )
-    k.add_argument(
-        "--interval",
-        type=_interval,
-        default=30.0,
-        help="seconds between passes, at least 1 (default %(default)s)",
-    )
-    k.add_argument(
-        "--workers", type=int, default=2, help="jobs for different applications run in parallel"
-    )
+    _pass_options(k)
     k.add_argument(
         "--conventions",
         metavar="FILE",

@@ -24,8 +24,9 @@ from cozybackup_core._storage.store import Manifest
 from cozybackup_core.testing import LocalPlatform
 from cozybackup_core.testing import key_secret_yaml as _key_secret
 
-from support.drivers import FILES, FilesDriver
-from support.manifests import FILES_CLASS
+from support.drivers import FilesDriver
+from support.manifests import FILES_CLASS, directory_app
+from support.stores import read_streams
 
 KEY = ArtifactKey(namespace="tenant-a", kind="Directory", application="app1", uid="u-1")
 
@@ -132,15 +133,6 @@ def _write(store: ArtifactStore, streams: dict[str, bytes], key: ArtifactKey = K
     )
 
 
-def _read(store: ArtifactStore, key: ArtifactKey = KEY) -> dict[str, bytes]:
-    reader = store.reader(key)
-    out = {}
-    for name in reader.names():
-        with reader.open(name) as f:
-            out[name] = f.read()
-    return out
-
-
 def _stored(root: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
 
@@ -151,7 +143,7 @@ def test_encrypted_store_round_trips_and_holds_no_plaintext_or_key(tmp_path: Pat
     # Random data does not compress: without encryption it would be stored verbatim.
     streams = {"a": os.urandom(200_000), "b": b""}
     _write(store, streams)
-    assert _read(store) == streams
+    assert read_streams(store, KEY) == streams
     stored = _stored(tmp_path / "bucket")
     assert streams["a"][1000:1064] not in stored
     manifest = store.reader(KEY).manifest
@@ -198,7 +190,7 @@ def test_rotation_rewraps_only_the_key_file(tmp_path: Path) -> None:
     assert [w["keyId"] for w in wraps] == ["k2"]
 
     store.keyring = _ring("k2", keys={"k2": dict(store.keyring.keys)["k2"]})  # k1 retired
-    assert _read(store) == streams
+    assert read_streams(store, KEY) == streams
 
 
 def test_per_tenant_keys_do_not_open_another_tenants_backup(tmp_path: Path) -> None:
@@ -207,12 +199,12 @@ def test_per_tenant_keys_do_not_open_another_tenants_backup(tmp_path: Path) -> N
     other = ArtifactKey(namespace="tenant-b", kind="Directory", application="app1", uid="u-2")
     _write(store, {"a": b"tenant a data"})
     _write(store, {"a": b"tenant b data"}, other)
-    assert _read(store, other) == {"a": b"tenant b data"}
+    assert read_streams(store, other) == {"a": b"tenant b data"}
     # Tenant b's wrapped key, planted beside tenant a's backup, unwraps to nothing.
     a_keys = tmp_path / "bucket" / KEY.relpath / "keys.json"
     a_keys.write_bytes((tmp_path / "bucket" / other.relpath / "keys.json").read_bytes())
     with pytest.raises(EncryptionKeyError):
-        _read(store)
+        read_streams(store, KEY)
 
 
 def test_memory_stays_flat_while_encrypting(tmp_path: Path) -> None:
@@ -250,13 +242,8 @@ def test_engine_encrypts_rotates_and_refuses_a_restore_without_the_key(tmp_path:
     k1, k2 = os.urandom(32), os.urandom(32)
     plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,))
     plat.apply(_key_secret("key-one", k1), _location([("k1", "key-one")]), CLASS)
-    data = tmp_path / "app"
-    data.mkdir()
-    original = os.urandom(150_000)
-    (data / "x.bin").write_bytes(original)
-    ref = plat.declare_app(
-        "tenant-a", "app1", "Directory", {"path": str(data)}, api_group=FILES.api_group
-    )
+    data, original = tmp_path / "app", os.urandom(150_000)
+    ref = directory_app(plat, data, original)
     assert plat.backup("tenant-a", ref, "b1", "files").status.phase == "Succeeded"
     assert original[5000:5100] not in b"".join(p.read_bytes() for p in plat.stored_files())
 

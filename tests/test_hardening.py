@@ -28,19 +28,10 @@ from cozybackup_core.hosts.local import LocalHost
 from cozybackup_core.testing import LocalPlatform
 
 from support.drivers import FILES, FilesDriver
+from support.manifests import FILES_CLASS
 
 UTC = dt.timezone.utc
 T0 = dt.datetime(2026, 12, 5, 8, 0, 30, tzinfo=UTC)
-
-FILES_CLASS = """
-apiVersion: backups.cozystack.io/v1alpha1
-kind: BackupClass
-metadata: {name: files}
-spec:
-  strategies:
-  - application: {apiGroup: apps.example.com, kind: Directory}
-    strategyRef: {kind: Files, name: files}
-"""
 
 
 class Clock:

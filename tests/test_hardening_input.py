@@ -51,10 +51,8 @@ apiVersion: backups.cozystack.io/v1alpha1
 kind: BackupClass
 metadata: {name: forever}
 spec:
-  strategies:
-  - application: {kind: Postgres}
-    strategyRef: {kind: Files, name: files}
-    retention: {maxAge: 5218w}
+  strategies: [{application: {kind: Postgres}, strategyRef: {kind: Files, name: files},
+                retention: {maxAge: 5218w}}]
   retention: {maxAge: 999999d}
   verification: {restoreDrill: true, every: 99999w}
 """

@@ -14,8 +14,8 @@ from cozybackup_core._engine.runner import Runner
 from cozybackup_core.testing import LocalPlatform, key_secret_yaml
 
 from support.cli import cli
-from support.drivers import FILES, FilesDriver
-from support.manifests import FILES_CLASS, directory_class
+from support.drivers import FilesDriver
+from support.manifests import FILES_CLASS, directory_app, directory_class
 
 NS = "tenant-a"
 
@@ -128,10 +128,7 @@ def test_d9_a_changed_key_secret_takes_effect_on_the_next_pass(tmp_path: Path) -
     k1, k2 = os.urandom(32), os.urandom(32)
     plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,))
     plat.apply(key_secret_yaml("key-one", k1), location([("k1", "key-one")]), FILES_CLASS)
-    data = tmp_path / "app"
-    data.mkdir()
-    (data / "x.bin").write_bytes(os.urandom(10_000))
-    ref = plat.declare_app(NS, "app1", "Directory", {"path": str(data)}, api_group=FILES.api_group)
+    ref = directory_app(plat, tmp_path / "app", os.urandom(10_000))
     runner = Runner(plat.engine)  # one runner across passes, as `cozybackup run` keeps it
     submit(plat, ref, "b1", "files")
     assert {j.metadata.name: j.status.phase for j in runner.run_pass().finished} == {
@@ -162,10 +159,7 @@ spec: {{provider: Local, path: "{tmp_path / "bucket2"}", bucket: b2}}
         second,
         FILES_CLASS,
     )
-    data = tmp_path / "app"
-    data.mkdir()
-    (data / "x.bin").write_bytes(b"x" * 1000)
-    ref = plat.declare_app(NS, "app1", "Directory", {"path": str(data)}, api_group=FILES.api_group)
+    ref = directory_app(plat, tmp_path / "app", b"x" * 1000)
     plat.apply(directory_class("on-loc2", "Files", storage="loc2"))  # no retention yet
     for name in ("a-1", "a-2"):
         assert plat.backup(NS, ref, name, "on-loc2").status.phase == "Succeeded"

@@ -12,6 +12,8 @@ import pytest
 from cozybackup_core import ArtifactCorruptError, ArtifactKey, ArtifactStore
 from cozybackup_core._storage.store import Manifest
 
+from support.stores import read_streams
+
 KEY = ArtifactKey(namespace="tenant-a", kind="Postgres", application="db1", uid="u-1")
 
 
@@ -38,15 +40,6 @@ def _write(store: ArtifactStore, streams: dict[str, bytes]) -> bytes:
     return writer.commit(_manifest(writer))
 
 
-def _read_all(store: ArtifactStore) -> dict[str, bytes]:
-    reader = store.reader(KEY)
-    out = {}
-    for name in reader.names():
-        with reader.open(name) as f:
-            out[name] = f.read()
-    return out
-
-
 @pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
     if request.param == "local":
@@ -65,7 +58,7 @@ def test_round_trip_with_checksums(store: ArtifactStore) -> None:
     data = {"dump": os.urandom(3_000_000) + b"text" * 2_000_000, "globals": b"CREATE ROLE x;\n"}
     raw = _write(store, data)
     assert store.is_committed(KEY)
-    assert _read_all(store) == data
+    assert read_streams(store, KEY) == data
     m = store.reader(KEY).manifest
     assert {s.name: s.sha256 for s in m.streams} == {
         k: hashlib.sha256(v).hexdigest() for k, v in data.items()

@@ -30,21 +30,6 @@ def test_seed_manifest_loads_and_round_trips(path: Path) -> None:
     assert load(dump(obj)) == obj
 
 
-def test_empty_api_group_defaults_to_apps() -> None:
-    obj = load(
-        {
-            "apiVersion": "backups.cozystack.io/v1alpha1",
-            "kind": "BackupJob",
-            "metadata": {"name": "j", "namespace": "t"},
-            "spec": {
-                "applicationRef": {"kind": "Postgres", "name": "db"},
-                "backupClassName": "cozy-default",
-            },
-        }
-    )
-    assert obj.spec.application_ref.api_group == "apps.cozystack.io"
-
-
 def _job(**spec: Any) -> dict[str, Any]:
     return {
         "apiVersion": "backups.cozystack.io/v1alpha1",
@@ -52,6 +37,11 @@ def _job(**spec: Any) -> dict[str, Any]:
         "metadata": {"name": "j", "namespace": "t"},
         "spec": spec,
     }
+
+
+def test_empty_api_group_defaults_to_apps() -> None:
+    obj = load(_job(applicationRef={"kind": "Postgres", "name": "db"}, backupClassName="c"))
+    assert obj.spec.application_ref.api_group == "apps.cozystack.io"
 
 
 @pytest.mark.parametrize(

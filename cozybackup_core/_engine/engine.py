@@ -9,14 +9,10 @@ them all, in order, is :class:`~cozybackup_core.Runner`.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 from .._api.types import Backup, BackupJob, RestoreJob
-from .._plugins.host import PluginHost
 from . import drills, jobs, prune, recovery, rekey
 from .backup import run_backup
-from .port import Host
-from .progress import ProgressUpdate
 from .restore import run_restore
 from .services import EngineConfig, Job, Services
 
@@ -25,15 +21,6 @@ __all__ = ["Engine", "EngineConfig"]
 
 class Engine(Services):
     """The services plus every operation on them."""
-
-    def __init__(
-        self,
-        host: Host,
-        plugins: PluginHost,
-        config: EngineConfig | None = None,
-        on_progress: Callable[[ProgressUpdate], None] | None = None,
-    ) -> None:
-        super().__init__(host, plugins, config, on_progress)
 
     def run_once(self, stop: threading.Event | None = None) -> list[Job]:
         """Run every pending job (see ``jobs.run_once``); returns the jobs finished."""

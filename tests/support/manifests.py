@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from cozybackup_core.testing import backup_class_yaml
+from pathlib import Path
+
+from cozybackup_core import ApplicationRef
+from cozybackup_core.testing import LocalPlatform, backup_class_yaml
 
 from .drivers import FILES
 
@@ -18,3 +21,14 @@ def directory_class(
 
 #: The class binding ``Directory`` applications to the Files test driver.
 FILES_CLASS = directory_class("files", "Files")
+
+
+def directory_app(
+    plat: LocalPlatform, data: Path, content: bytes, namespace: str = "tenant-a", name: str = "app1"
+) -> ApplicationRef:
+    """A Directory application ``name`` whose data is ``data/x.bin`` holding ``content``."""
+    data.mkdir()
+    (data / "x.bin").write_bytes(content)
+    return plat.declare_app(
+        namespace, name, "Directory", {"path": str(data)}, api_group=FILES.api_group
+    )
