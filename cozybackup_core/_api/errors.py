@@ -117,6 +117,18 @@ class UnsupportedError(PermanentError):
     reason = "Unsupported"
 
 
+class PointInTimeNotSupported(UnsupportedError):
+    """``options.recoveryTime`` asked of a backup that cannot be rolled to a moment."""
+
+    reason = "PointInTimeNotSupported"
+
+
+class OptionRefused(PermanentError):
+    """A restore option the platform does not allow (another tenant's namespace)."""
+
+    reason = "OptionRefused"
+
+
 class EncryptionKeyError(PermanentError):
     """The key a backup needs is missing or wrong: nothing is read or restored."""
 

@@ -343,6 +343,9 @@ class Backup:
 class RestoreJobSpec:
     backup_ref: LocalObjectRef
     target_application_ref: ApplicationRef | None = None
+    #: Cozystack's free-form restore knobs (``recoveryTime``, ``restoreTimeoutSeconds``,
+    #: ``targetNamespace``, driver-specific ones); null and ``{}`` mean none.
+    options: Mapping[str, Any] | None = None
 
 
 @attrs.frozen(kw_only=True)

@@ -120,12 +120,28 @@ def _str_map(value: Any, _t: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _as_json(value: Any) -> Any:
+    """A free-form value as the API server holds it (JSON): a YAML timestamp such as an
+    unquoted ``recoveryTime: 2026-12-05T09:15:00Z`` becomes its RFC 3339 string."""
+    if isinstance(value, dt.datetime):
+        return _unstructure_datetime(
+            value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+        )
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {k: _as_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_json(v) for v in value]
+    return value
+
+
 def _any_map(value: Any, _t: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise TypeError(f"expected a mapping, got {type(value).__name__}")
     if not all(isinstance(k, str) for k in value):
         raise TypeError("keys must be strings")
-    return dict(value)
+    return {k: _as_json(v) for k, v in value.items()}
 
 
 def _is_homogeneous_tuple(t: Any) -> bool:

@@ -36,6 +36,9 @@ class Capabilities:
     #: a driver opens them with ``open_local``/``LocalDir`` (no links, no special files),
     #: and the conformance kit plants a symlink and a FIFO there to check it.
     local_paths: bool = False
+    #: Restores to a moment (``RestoreJob.spec.options.recoveryTime``), not only to the
+    #: backup's own time.
+    point_in_time: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -171,6 +174,10 @@ class RestoreContext(Generic[P]):
     progress: ProgressReporter
     log: logging.Logger
     deadline: Deadline
+    #: The RestoreJob's options this driver declared in ``restore_options``, as written
+    #: (Cozystack's console sends strings); ``recovery_time`` is ``options.recoveryTime``.
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+    recovery_time: dt.datetime | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -228,6 +235,10 @@ class Driver(abc.ABC, Generic[P]):
     #: Secret names), keyed by kind of ``apps.cozystack.io``; an admin's conventions file
     #: adds to or overrides these.
     locators: ClassVar[Mapping[str, Locator]] = {}
+    #: ``RestoreJob.spec.options`` keys this driver understands beyond the engine's own
+    #: (``restoreTimeoutSeconds``, ``targetNamespace``, ``recoveryTime``); any other key
+    #: gives the tenant an ``UnknownRestoreOption`` warning and the restore goes on.
+    restore_options: ClassVar[frozenset[str]] = frozenset()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # What a subclass already says once (its generic argument, its default kinds) is

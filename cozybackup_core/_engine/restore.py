@@ -9,6 +9,7 @@ from .._api.errors import NotFoundError, UnsupportedError, ValidationError
 from .._api.types import Backup, BackupJob, RestoreJob
 from .._api.units import human_bytes
 from .._drivers.contract import Deadline, Driver, RestoreContext
+from .restore_options import read_options
 from .services import Services
 
 
@@ -49,6 +50,7 @@ def run_restore(svc: Services, job: RestoreJob) -> RestoreJob:
             )
         if not in_place and not caps.to_copy_restore:
             raise UnsupportedError(f"the {driver.name} driver cannot restore into a copy")
+        options = read_options(job.spec.options, ns, driver)
         reader = svc.open_backup(backup)
         params = svc.restore_parameters(backup, driver, reader.manifest)
         target = svc.host.locate(ns, target_ref)
@@ -57,6 +59,17 @@ def run_restore(svc: Services, job: RestoreJob) -> RestoreJob:
         return svc.finish(job, False, reason, msg, redact)
     redact = svc.redactor(target)
     job = svc.start(job)
+    if options.unknown:
+        svc.host.event(
+            job,
+            "Warning",
+            "UnknownRestoreOption",
+            f"spec.options: {', '.join(options.unknown)} not understood by the "
+            f"{driver.name} strategy; ignored",
+        )
+    timeout = svc.config.restore_timeout
+    if options.timeout_seconds is not None:  # the tenant may ask for less, not more
+        timeout = min(timeout, options.timeout_seconds)
     progress = svc.progress(job)
     started = time.monotonic()
     try:
@@ -78,7 +91,9 @@ def run_restore(svc: Services, job: RestoreJob) -> RestoreJob:
             taken_at=backup.spec.taken_at,
             progress=progress,
             log=logging.getLogger(f"cozybackup.driver.{driver.name}"),
-            deadline=Deadline.after(svc.config.restore_timeout),
+            deadline=Deadline.after(timeout),
+            options=options.for_driver,
+            recovery_time=options.recovery_time,
         )
         driver.restore(ctx)
     except Exception as exc:

@@ -76,10 +76,23 @@ class EngineConfig:
     progress_interval: float = 2.0
 
 
-def _condition(type_: str, reason: str, message: str, now: Any) -> Condition:
+def _condition(type_: str, reason: str, message: str, now: Any, status: str = "True") -> Condition:
     return Condition(
-        type=type_, status="True", reason=reason, message=message, last_transition_time=now
+        type=type_, status=status, reason=reason, message=message, last_transition_time=now
     )
+
+
+def _ready(job: Any, state: str, message: str, now: Any) -> Condition:
+    """Cozystack's ``Ready`` condition (what ``kubectl wait --for=condition=Ready`` and
+    its console read): ``BackupCompleted``/``BackupFailed`` on a BackupJob,
+    ``RestoreCompleted``/``RestoreFailed`` on a RestoreJob, ``Running`` while it runs."""
+    stem = "Backup" if job.kind == "BackupJob" else "Restore"
+    status, reason = {
+        "Running": ("False", "Running"),
+        "Succeeded": ("True", f"{stem}Completed"),
+        "Failed": ("False", f"{stem}Failed"),
+    }[state]
+    return _condition("Ready", reason, message, now, status)
 
 
 class Services:
@@ -141,7 +154,10 @@ class Services:
             started_at=now,
             completed_at=None,
             message="started",
-            conditions=(_condition("Running", "Started", "the job is running", now),),
+            conditions=(
+                _condition("Running", "Started", "the job is running", now),
+                _ready(job, "Running", "the job is running", now),
+            ),
             progress=ProgressStatus(stage="starting", updated_at=now),
         )
         self.host.event(job, "Normal", "Started", f"{job.kind} started")
@@ -159,7 +175,8 @@ class Services:
             phase="Succeeded" if ok else "Failed",
             completed_at=now,
             message=message,
-            conditions=(cond,),
+            # Ours first (its type says the outcome), then Cozystack's Ready.
+            conditions=(cond, _ready(job, "Succeeded" if ok else "Failed", message, now)),
             **extra,
         )
         self.host.event(job, "Normal" if ok else "Warning", reason, message)

@@ -1,0 +1,181 @@
+"""Cozystack's RestoreJob options and Ready conditions (the compatibility audit, items 1
+and 6), and what the engine writes held against Cozystack's own CRD schemas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from cozybackup_core import ApplicationRef, BackupJob, RestoreJob, dump, load_yaml
+from cozybackup_core._api.types import LocalObjectRef, ObjectMeta, RestoreJobSpec
+from cozybackup_core.testing import LocalPlatform
+
+NS = "tenant-a"
+COZYSTACK_CRDS = Path(__file__).resolve().parents[2] / "shared" / "cozystack-crds"
+
+RESTORE = """\
+apiVersion: backups.cozystack.io/v1alpha1
+kind: RestoreJob
+metadata: {name: r, namespace: tenant-a}
+spec:
+  backupRef: {name: b1}
+"""
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ("  options:\n    # only comments: YAML null\n", None),
+        ("  options: {}\n", {}),
+        ('  options: {restoreTimeoutSeconds: "3600"}\n', {"restoreTimeoutSeconds": "3600"}),
+        ("  options: {restoreTimeoutSeconds: 5400}\n", {"restoreTimeoutSeconds": 5400}),
+        (
+            "  options:\n    recoveryTime: 2026-12-05T09:15:00Z\n",
+            {"recoveryTime": "2026-12-05T09:15:00Z"},
+        ),
+        (
+            "  options: {targetNamespace: tenant-a, keepOriginalPVC: true, keepOriginalIpAndMac: false}\n",
+            {"targetNamespace": "tenant-a", "keepOriginalPVC": True, "keepOriginalIpAndMac": False},
+        ),
+    ],
+)
+def test_every_cozystack_options_variant_loads(options: str, expected: Any) -> None:
+    [job] = load_yaml(RESTORE + options)
+    assert job.spec.options == expected
+    assert load_yaml(yaml.safe_dump(dump(job)))[0] == job  # and survives a round trip
+
+
+def restore_with(
+    plat: LocalPlatform,
+    name: str,
+    options: dict[str, Any] | None,
+    target: ApplicationRef | None = None,
+) -> RestoreJob:
+    job = plat.host.objects.create(
+        RestoreJob(
+            metadata=ObjectMeta(name=name, namespace=NS),
+            spec=RestoreJobSpec(
+                backup_ref=LocalObjectRef(name="b1"), target_application_ref=target, options=options
+            ),
+        )
+    )
+    return plat.engine.run_restore(job)
+
+
+def ready(job: Any) -> tuple[str, str]:
+    [cond] = [c for c in job.status.conditions if c.type == "Ready"]
+    return cond.status, cond.reason
+
+
+def test_options_are_honoured_and_unknown_ones_warned(platform: LocalPlatform, files_app) -> None:  # type: ignore[no-untyped-def]
+    ref, data = files_app
+    assert platform.backup(NS, ref, "b1", "files").status.phase == "Succeeded"
+    before = (data / "b.txt").read_bytes()
+    (data / "b.txt").write_text("changed")
+    job = restore_with(platform, "r1", {"restoreTimeoutSeconds": "3600", "keepOriginalPVC": "true"})
+    assert job.status.phase == "Succeeded", job.status.message
+    assert (data / "b.txt").read_bytes() == before
+    [warning] = [e for e in platform.host.events(NS, "RestoreJob", "r1") if e["type"] == "Warning"]
+    assert warning["reason"] == "UnknownRestoreOption"
+    assert warning["message"] == (
+        "spec.options: keepOriginalPVC not understood by the files strategy; ignored"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "reason", "says"),
+    [
+        (
+            {"recoveryTime": "2026-12-05T09:15:00Z"},
+            "PointInTimeNotSupported",
+            "spec.options.recoveryTime: backups made by the files strategy restore to the moment",
+        ),
+        (
+            {"targetNamespace": "tenant-b"},
+            "OptionRefused",
+            "spec.options.targetNamespace: a restore goes into its own namespace (tenant-a)",
+        ),
+        (
+            {"restoreTimeoutSeconds": "an hour"},
+            "InvalidSpec",
+            "spec.options.restoreTimeoutSeconds: 'an hour' is not a whole number of seconds > 0",
+        ),
+        (
+            {"recoveryTime": "yesterday"},
+            "InvalidSpec",
+            "spec.options.recoveryTime: 'yesterday' is not an RFC 3339 time with a zone",
+        ),
+    ],
+)
+def test_refused_options_fail_at_once_and_touch_nothing(
+    platform: LocalPlatform,
+    files_app,  # type: ignore[no-untyped-def]
+    options: dict[str, Any],
+    reason: str,
+    says: str,
+) -> None:
+    ref, data = files_app
+    assert platform.backup(NS, ref, "b1", "files").status.phase == "Succeeded"
+    (data / "b.txt").write_text("current")
+    job = restore_with(platform, "r1", options)
+    assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == reason
+    assert job.status.message is not None and job.status.message.startswith(says)
+    assert job.status.started_at is None  # refused before it started
+    assert (data / "b.txt").read_text() == "current"
+    assert ready(job) == ("False", "RestoreFailed")
+
+
+def test_ready_condition_on_jobs_success_and_failure(platform: LocalPlatform, files_app) -> None:  # type: ignore[no-untyped-def]
+    ref, _ = files_app
+    ok = platform.backup(NS, ref, "b1", "files")
+    gone = platform.backup(
+        NS, ApplicationRef(api_group=ref.api_group, kind=ref.kind, name="gone"), "b2", "files"
+    )
+    assert (ok.status.phase, ready(ok)) == ("Succeeded", ("True", "BackupCompleted"))
+    assert (gone.status.phase, ready(gone)) == ("Failed", ("False", "BackupFailed"))
+    restored = platform.restore(NS, "b1", "r1")
+    missing = platform.restore(NS, "nope", "r2")
+    assert ready(restored) == ("True", "RestoreCompleted")
+    assert ready(missing) == ("False", "RestoreFailed")
+    # Read as `kubectl wait --for=condition=Ready` does: by type, from the stored object.
+    stored = platform.host.objects.get(RestoreJob, NS, "r1")
+    assert stored is not None and ready(stored) == ("True", "RestoreCompleted")
+
+
+# -- what we write, against Cozystack's own CRDs (reference material from ../shared)
+
+
+def cozystack_schema(kind: str) -> dict[str, Any]:
+    for path in COZYSTACK_CRDS.glob("*.yaml"):
+        crd = yaml.safe_load(path.read_text())
+        if crd["spec"]["names"]["kind"] == kind:
+            schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+            return schema
+    raise LookupError(kind)
+
+
+@pytest.mark.skipif(
+    not COZYSTACK_CRDS.is_dir(), reason="needs ../shared/cozystack-crds (Cozystack's CRDs)"
+)
+def test_jobs_we_write_are_valid_cozystack_objects(platform: LocalPlatform, files_app) -> None:  # type: ignore[no-untyped-def]
+    ref, _ = files_app
+    platform.backup(NS, ref, "b1", "files")
+    platform.backup(
+        NS, ApplicationRef(api_group=ref.api_group, kind=ref.kind, name="gone"), "b2", "files"
+    )
+    platform.restore(NS, "b1", "r1")
+    restore_with(
+        platform, "r2", {"restoreTimeoutSeconds": "60", "recoveryTime": "2026-12-05T09:15:00Z"}
+    )
+    written = [
+        dump(o) for cls in (BackupJob, RestoreJob) for o in platform.host.objects.list(cls, NS)
+    ]
+    kinds = {d["kind"] for d in written}
+    assert {"BackupJob", "RestoreJob"} <= kinds
+    for doc in written:
+        jsonschema.validate(doc, cozystack_schema(doc["kind"]))
