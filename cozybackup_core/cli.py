@@ -170,7 +170,13 @@ def cmd_apply(ctx: Ctx) -> int:
     # Validate everything before writing anything: a bad file changes nothing.
     cat = ctx.engine().catalog()
     cat.storages.update({o.metadata.name: o for o in objs if isinstance(o, StorageLocation)})
-    plan = admit(objs, cat, store.get, tenant=ctx.args.tenant)
+    plan = admit(
+        objs,
+        cat,
+        store.get,
+        tenant=ctx.args.tenant,
+        warn=lambda text: print(f"Warning: {text}", file=sys.stderr),
+    )
     _check_keys(ctx, objs)
     for obj, action in plan:
         if action != "unchanged":

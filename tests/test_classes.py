@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from cozybackup_core import (
@@ -130,7 +131,9 @@ def test_driver_not_installed() -> None:
         "apiVersion: backups.cozystack.io/v1alpha1\nkind: BackupClass\nmetadata: {name: pg}\n"
         "spec: {strategies: [{application: {kind: Postgres}, strategyRef: {kind: Postgres, name: x}}]}"
     )
-    with pytest.raises(DriverNotFoundError, match="Postgres strategy's driver is not installed"):
+    with pytest.raises(
+        DriverNotFoundError, match=r"no driver installed on this platform serves the Postgres"
+    ):
         Catalog.build(_catalog().drivers, [cls]).resolve(
             "pg", ApplicationRef(kind="Postgres", name="db")
         )
@@ -153,13 +156,27 @@ spec:
 """)
     with pytest.raises(DriverParametersError) as info:
         cat.validate(bad)
-    text = str(info.value)
-    assert (
-        "spec.strategies[0].strategyRef.kind: the Postgres strategy's driver is not installed"
-        in text
+    assert info.value.problems == [
+        ("spec.strategies[1].storageRef.name", "StorageLocation 'nowhere' does not exist")
+    ]
+    fixed = attrs.evolve(
+        bad,
+        spec=attrs.evolve(
+            bad.spec,
+            strategies=tuple(attrs.evolve(b, storage_ref=None) for b in bad.spec.strategies),
+        ),
     )
-    assert "spec.strategies[1].parameters.compression: unknown field" in text
-    assert "spec.strategies[1].storageRef.name: StorageLocation 'nowhere' does not exist" in text
+    assert cat.validate(fixed) == [
+        (
+            "spec.strategies[0].strategyRef",
+            "no driver installed on this platform serves the Postgres strategy "
+            "(installed: Files, Tool)",
+        ),
+        (
+            "spec.strategies[1].parameters.compression",
+            "not a parameter of the files strategy; ignored",
+        ),
+    ]
 
 
 class _AnyKindDriver(FilesDriver):

@@ -3,6 +3,8 @@ and 6), and what the engine writes held against Cozystack's own CRD schemas."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ import yaml
 from cozybackup_core import ApplicationRef, BackupJob, RestoreJob, dump, load_yaml
 from cozybackup_core._api.types import LocalObjectRef, ObjectMeta, RestoreJobSpec
 from cozybackup_core.testing import LocalPlatform
+
+from support.cli import cli
 
 NS = "tenant-a"
 COZYSTACK_CRDS = Path(__file__).resolve().parents[2] / "shared" / "cozystack-crds"
@@ -179,3 +183,74 @@ def test_jobs_we_write_are_valid_cozystack_objects(platform: LocalPlatform, file
     assert {"BackupJob", "RestoreJob"} <= kinds
     for doc in written:
         jsonschema.validate(doc, cozystack_schema(doc["kind"]))
+
+
+COZYSTACK_CLASS = """\
+apiVersion: backups.cozystack.io/v1alpha1
+kind: BackupClass
+metadata: {name: cozystack-style}
+spec:
+  strategies:
+  - application: {apiGroup: apps.cozystack.io, kind: Postgres}
+    strategyRef: {apiGroup: strategy.backups.cozystack.io, kind: CNPG, name: cozy-default-cnpg}
+  - application: {apiGroup: apps.example.com, kind: Other}
+    strategyRef: {apiGroup: strategy.example.org, kind: Files, name: theirs}
+  - application: {apiGroup: apps.example.com, kind: Directory}
+    strategyRef: {kind: Files, name: files}
+    parameters: {timeoutSeconds: "7200", verbose: "true", natsUser: admin}
+"""
+
+
+def test_a_cozystack_class_loads_with_warnings_and_its_jobs_say_why_they_fail(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    out = cli(home, "apply", "-f", "-", stdin=COZYSTACK_CLASS)
+    assert out.returncode == 0, out.stderr
+    # What is installed varies with the environment; the list always names Files.
+    lines = [
+        re.sub(r" \(installed: [^)]*Files[^)]*\)$", "", line) for line in out.stderr.splitlines()
+    ]
+    assert lines == [
+        "Warning: backupclass/cozystack-style: spec.strategies[0].strategyRef: no driver "
+        "installed on this platform serves the CNPG strategy",
+        "Warning: backupclass/cozystack-style: spec.strategies[1].strategyRef: no driver "
+        "installed on this platform serves the Files strategy of strategy.example.org",
+        "Warning: backupclass/cozystack-style: spec.strategies[2].parameters.natsUser: "
+        "not a parameter of the files strategy; ignored",
+        "Warning: backupclass/cozystack-style: spec.strategies[2].parameters.timeoutSeconds: "
+        "not a parameter of the files strategy; ignored",
+        "Warning: backupclass/cozystack-style: spec.strategies[2].parameters.verbose: "
+        "not a parameter of the files strategy; ignored",
+    ]
+    job = (
+        "apiVersion: backups.cozystack.io/v1alpha1\nkind: BackupJob\n"
+        "metadata: {name: j, namespace: tenant-a}\n"
+        "spec: {applicationRef: {apiGroup: apps.example.com, kind: Other, name: d}, "
+        "backupClassName: cozystack-style}\n"
+    )
+    cli(home, "apply", "-f", "-", stdin=job)
+    cli(home, "run", "--once", "-q")
+    got = json.loads(cli(home, "get", "backupjob", "j", "-n", "tenant-a", "-o", "json").stdout)
+    assert got["status"]["phase"] == "Failed"
+    assert got["status"]["conditions"][0]["reason"] == "StrategyNotServed"
+    assert "Files strategy of strategy.example.org" in got["status"]["message"]
+
+
+def test_parameters_written_as_cozystack_strings_convert_where_unambiguous() -> None:
+    from cozybackup_sqlite import SQLiteDriver
+
+    from cozybackup_core import DriverParametersError
+    from cozybackup_core._catalog.catalog import parameters_for
+
+    driver = SQLiteDriver()
+    params = parameters_for(
+        driver, {"batchStatements": "500", "integrityCheck": "false", "natsUser": "x"}, "p"
+    )
+    assert (params.batch_statements, params.integrity_check) == (500, False)
+    with pytest.raises(DriverParametersError) as err:
+        parameters_for(driver, {"batchStatements": "5e2", "integrityCheck": "yes"}, "p")
+    assert sorted(err.value.problems) == [
+        ("p.batchStatements", "expected an integer, got str"),
+        ("p.integrityCheck", "expected true or false, got str"),
+    ]

@@ -179,7 +179,7 @@ def test_tampered_manifest_is_refused(platform: LocalPlatform, files_app) -> Non
     [
         ("nope", "Directory", "BackupClassNotFound", "BackupClass 'nope' does not exist"),
         ("cozy-default", "Directory", "KindNotSupported", "cannot back up applications of kind"),
-        ("cozy-default", "Postgres", "DriverNotInstalled", "driver is not installed"),
+        ("cozy-default", "Postgres", "StrategyNotServed", "driver is not installed"),
     ],
 )
 def test_unknown_class_kind_or_driver(

@@ -64,7 +64,9 @@ class NoBindingError(PermanentError, LookupError):
 
 
 class DriverNotFoundError(PermanentError, KeyError):
-    reason = "DriverNotInstalled"
+    """No installed driver serves the strategy a class binds (Cozystack's reason)."""
+
+    reason = "StrategyNotServed"
 
     def __str__(self) -> str:
         return self.message

@@ -150,14 +150,28 @@ def _is_homogeneous_tuple(t: Any) -> bool:
     return origin is tuple and len(args) == 2 and args[1] is Ellipsis
 
 
-def make_converter(*, omit_defaults: bool = True) -> cattrs.Converter:
-    """The wire converter.  ``omit_defaults=False`` gives full snapshots (manifests)."""
+def _int_or_text(value: Any, t: Any) -> int:
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]{1,18}", value.strip()):
+        return int(value)
+    return _strict_int(value, t)
+
+
+def _bool_or_text(value: Any, t: Any) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return _strict_bool(value, t)
+
+
+def make_converter(*, omit_defaults: bool = True, from_strings: bool = False) -> cattrs.Converter:
+    """The wire converter.  ``omit_defaults=False`` gives full snapshots (manifests);
+    ``from_strings`` also takes integers and booleans written as strings (``"7200"``,
+    ``"true"``), as Cozystack's string-valued parameters hold them."""
     conv = cattrs.Converter(unstruct_collection_overrides={tuple: list})
     conv.register_structure_hook(dt.datetime, _structure_datetime)
     conv.register_unstructure_hook(dt.datetime, _unstructure_datetime)
     conv.register_structure_hook(str, _strict_str)
-    conv.register_structure_hook(int, _strict_int)
-    conv.register_structure_hook(bool, _strict_bool)
+    conv.register_structure_hook(int, _int_or_text if from_strings else _strict_int)
+    conv.register_structure_hook(bool, _bool_or_text if from_strings else _strict_bool)
     conv.register_structure_hook_func(lambda t: t == Mapping[str, str], _str_map)
     conv.register_structure_hook_func(lambda t: t == Mapping[str, Any], _any_map)
 
@@ -223,6 +237,8 @@ def make_converter(*, omit_defaults: bool = True) -> cattrs.Converter:
 
 CONVERTER = make_converter()
 SNAPSHOT = make_converter(omit_defaults=False)
+#: For driver parameters only: Cozystack writes them as strings.
+FROM_STRINGS = make_converter(from_strings=True)
 
 
 # --------------------------------------------------------------------------- errors
@@ -267,10 +283,10 @@ def _join(path: str, seg: str) -> str:
     return f"{path}.{seg}" if path else seg
 
 
-def structure(data: Any, cls: type[Any], path: str = "") -> Any:
+def structure(data: Any, cls: type[Any], path: str = "", *, from_strings: bool = False) -> Any:
     """Structure ``data`` into ``cls`` or raise :class:`ValidationError` with field paths."""
     try:
-        return CONVERTER.structure(data, cls)
+        return (FROM_STRINGS if from_strings else CONVERTER).structure(data, cls)
     except (ClassValidationError, IterableValidationError) as exc:
         raise ValidationError(list(_flatten(exc, path))) from None
     except (TypeError, ValueError) as exc:

@@ -149,7 +149,9 @@ class Catalog:
             )
         for i, binding in enumerate(bc.spec.strategies):
             if binding.application == app.group_kind:
-                driver = self.drivers.for_strategy(binding.strategy_ref.kind)
+                driver = self.drivers.for_strategy(
+                    binding.strategy_ref.kind, binding.strategy_ref.api_group
+                )
                 if not driver.serves(app.group_kind):
                     raise NoBindingError(
                         f"BackupClass {class_name!r} binds {app.group_kind} to a strategy that "
@@ -174,24 +176,35 @@ class Catalog:
             f"BackupClass {class_name!r} cannot back up applications of kind {app.group_kind}"
         )
 
-    def validate(self, bc: BackupClass) -> None:
-        """Check a class when it is applied: drivers installed, parameters valid, storage known."""
+    def validate(self, bc: BackupClass) -> list[tuple[str, str]]:
+        """Check a class when it is applied; refuse what is wrong for a driver installed
+        here (its parameters' values, a missing storage location) and return, as
+        warnings, what Cozystack accepts and we would not act on: a strategy no installed
+        driver serves (another controller may), a kind bound twice, parameter keys a
+        driver does not know."""
         problems: list[tuple[str, str]] = []
+        warnings: list[tuple[str, str]] = []
         seen: set[GroupKind] = set()
         for i, binding in enumerate(bc.spec.strategies):
             path = f"spec.strategies[{i}]"
             if binding.application in seen:
-                problems.append(
+                warnings.append(
                     (
                         f"{path}.application",
-                        f"{binding.application} is bound twice; only the first binding would ever be used",
+                        f"{binding.application} is bound twice; only the first binding is used",
                     )
                 )
             seen.add(binding.application)
+            ref = binding.storage_ref or bc.spec.storage_ref
+            if ref is not None and ref.name not in self.storages:
+                where = f"{path}.storageRef" if binding.storage_ref else "spec.storageRef"
+                problems.append((f"{where}.name", f"StorageLocation {ref.name!r} does not exist"))
             try:
-                driver = self.drivers.for_strategy(binding.strategy_ref.kind)
+                driver = self.drivers.for_strategy(
+                    binding.strategy_ref.kind, binding.strategy_ref.api_group
+                )
             except DriverNotFoundError as exc:
-                problems.append((f"{path}.strategyRef.kind", str(exc)))
+                warnings.append((f"{path}.strategyRef", str(exc)))
                 continue
             if not driver.serves(binding.application):
                 served = ", ".join(str(k) for k in driver.kinds)
@@ -201,16 +214,20 @@ class Catalog:
                         f"driver {driver.name!r} serves {served}, not {binding.application}",
                     )
                 )
+            warnings += [
+                (
+                    f"{path}.parameters.{key}",
+                    f"not a parameter of the {driver.name} strategy; ignored",
+                )
+                for key in unknown_parameters(driver, binding.parameters)
+            ]
             try:
                 self._parameters(driver, binding, f"{path}.parameters")
             except ValidationError as exc:
                 problems.extend(exc.problems)
-            ref = binding.storage_ref or bc.spec.storage_ref
-            if ref is not None and ref.name not in self.storages:
-                where = f"{path}.storageRef" if binding.storage_ref else "spec.storageRef"
-                problems.append((f"{where}.name", f"StorageLocation {ref.name!r} does not exist"))
         if problems:
             raise DriverParametersError(problems)
+        return warnings
 
     @staticmethod
     def _parameters(driver: Driver, binding: StrategyBinding, path: str) -> Any:
@@ -228,14 +245,24 @@ class Catalog:
             ) from None
 
 
+def unknown_parameters(driver: Driver, raw: Mapping[str, Any]) -> list[str]:
+    """Top-level keys the driver's parameters type does not have."""
+    known = {camel(f.name) for f in attrs.fields(driver.parameters_type)}
+    return sorted(k for k in raw if k not in known)
+
+
 def parameters_for(driver: Driver, raw: Mapping[str, Any], path: str) -> Any:
     """Structure and check a driver's parameters; every problem is reported under ``path``.
 
+    Values are taken as Cozystack writes them too (its parameters are strings: ``"7200"``,
+    ``"true"``); keys the driver does not know are left out (``validate`` warns of them).
     A driver names the field in its own terms (``ValidationError([("jobs", "...")])``
     or ``FieldInvalid`` from an attrs validator); the path of the class is prefixed here.
     """
+    unknown = set(unknown_parameters(driver, raw))
+    known = {k: v for k, v in raw.items() if k not in unknown}
     try:
-        params = structure(dict(raw), driver.parameters_type, path)
+        params = structure(known, driver.parameters_type, path, from_strings=True)
         driver.validate_parameters(params)
     except ValidationError as exc:
         problems = [(p if p.startswith(path) else _join(path, p), m) for p, m in exc.problems]

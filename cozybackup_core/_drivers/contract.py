@@ -17,7 +17,7 @@ import attrs
 from typing_extensions import TypeVar
 
 from .._api.errors import DeadlineExceeded, UnsupportedError
-from .._api.types import ApplicationRef, GroupKind
+from .._api.types import STRATEGY_GROUP, ApplicationRef, GroupKind
 
 
 @attrs.frozen(kw_only=True)
@@ -219,6 +219,9 @@ class Driver(abc.ABC, Generic[P]):
     name: ClassVar[str]
     #: ``strategyRef.kind`` that selects this driver in a BackupClass, e.g. ``"Postgres"``.
     strategy_kind: ClassVar[str]
+    #: ``strategyRef.apiGroup`` it answers to: a binding naming another group is left to
+    #: whichever controller serves that group (Cozystack's rule), never run by this one.
+    strategy_group: ClassVar[str] = STRATEGY_GROUP
     #: Application kinds it can serve.
     kinds: ClassVar[tuple[GroupKind, ...]] = ()
     #: Serves whatever kind a BackupClass binds it to (generic strategies such as Job,

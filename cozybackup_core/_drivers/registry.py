@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from .._api.errors import DriverNotFoundError
-from .._api.types import APPS_GROUP, GroupKind
+from .._api.types import APPS_GROUP, STRATEGY_GROUP, GroupKind
 from .contract import Driver, Locator
 
 IN_PROCESS = "<in-process>"
@@ -30,7 +30,7 @@ class DriverRegistry:
 
     def __init__(self) -> None:
         self._by_name: dict[str, Driver] = {}
-        self._by_strategy: dict[str, Driver] = {}
+        self._by_strategy: dict[tuple[str, str], Driver] = {}
         self._origin: dict[str, str] = {}
         self._current = IN_PROCESS
 
@@ -45,7 +45,7 @@ class DriverRegistry:
         except BaseException:
             for name in set(self._by_name) - before:
                 driver = self._by_name.pop(name)
-                self._by_strategy.pop(driver.strategy_kind, None)
+                self._by_strategy.pop((driver.strategy_group, driver.strategy_kind), None)
                 self._origin.pop(name, None)
             raise
         finally:
@@ -74,13 +74,14 @@ class DriverRegistry:
             raise DuplicateDriverError(
                 f"driver {name!r} is already registered by {self._origin[name]}"
             )
-        if kind in self._by_strategy:
+        strategy = (driver_cls.strategy_group, kind)
+        if strategy in self._by_strategy:
             raise DuplicateDriverError(
-                f"strategy kind {kind!r} is already served by {self._by_strategy[kind].name!r}"
+                f"strategy kind {kind!r} is already served by {self._by_strategy[strategy].name!r}"
             )
         driver = driver_cls()
         self._by_name[name] = driver
-        self._by_strategy[kind] = driver
+        self._by_strategy[strategy] = driver
         self._origin[name] = self._current
 
     def get(self, name: str) -> Driver:
@@ -89,12 +90,16 @@ class DriverRegistry:
         except KeyError:
             raise DriverNotFoundError(f"no driver named {name!r} is installed") from None
 
-    def for_strategy(self, strategy_kind: str) -> Driver:
+    def for_strategy(self, strategy_kind: str, api_group: str = STRATEGY_GROUP) -> Driver:
+        """The driver serving ``strategyRef`` (apiGroup, kind); the error names what is."""
         try:
-            return self._by_strategy[strategy_kind]
+            return self._by_strategy[(api_group, strategy_kind)]
         except KeyError:
+            group = "" if api_group == STRATEGY_GROUP else f" of {api_group}"
+            served = ", ".join(sorted(k for g, k in self._by_strategy if g == STRATEGY_GROUP))
             raise DriverNotFoundError(
-                f"the {strategy_kind} strategy's driver is not installed on this platform"
+                f"no driver installed on this platform serves the {strategy_kind} "
+                f"strategy{group} (installed: {served or 'none'})"
             ) from None
 
     def default_bindings(self) -> list[tuple[str, str]]:

@@ -34,13 +34,23 @@ def admit(
     catalog: Catalog,
     current: Callable[[type[Any], str | None, str], Any],
     tenant: str | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> list[tuple[Any, str]]:
     """``(object, action)`` for each object (``created``, ``configured`` or ``unchanged``),
-    or a :class:`ValidationError` naming the object and field.  Nothing is written here."""
+    or a :class:`ValidationError` naming the object and field.  Nothing is written here.
+    What is accepted but will not be acted on (kubectl's warnings) goes to ``warn``."""
     out: list[tuple[Any, str]] = []
     for obj in objs:
         what = f"{obj.kind} {obj.metadata.name}"
-        _check(obj, catalog, tenant)
+        found = _check(obj, catalog, tenant)
+        if isinstance(obj, TENANT_KINDS) and obj.status != type(obj.status)():
+            # As the API server does for a kind with a status subresource (an exported
+            # object applied again): the status is the platform's, dropped on the way in.
+            obj = attrs.evolve(obj, status=type(obj.status)())
+            found.append(("status", "set by the platform; the applied status is ignored"))
+        for path, message in found:
+            if warn is not None:
+                warn(f"{obj.kind.lower()}/{obj.metadata.name}: {path}: {message}")
         existing = current(type(obj), obj.metadata.namespace, obj.metadata.name)
         if isinstance(obj, (BackupJob, RestoreJob)):
             if existing is not None and existing.spec != obj.spec:
@@ -78,27 +88,19 @@ def _keep_platform_metadata(obj: Any, existing: Any) -> Any:
     return with_metadata(obj, meta)
 
 
-def _check(obj: Any, catalog: Catalog, tenant: str | None) -> None:
+def _check(obj: Any, catalog: Catalog, tenant: str | None) -> list[tuple[str, str]]:
     if isinstance(obj, _PLATFORM_KINDS):
         raise ValidationError(
             [("kind", f"{obj.kind} objects are created by the platform, not applied")]
         )
     if tenant is not None:
         _check_tenant(obj, tenant)
-    if isinstance(obj, TENANT_KINDS) and obj.status != type(obj.status)():
-        raise ValidationError(
-            [
-                (
-                    "status",
-                    f"{obj.kind} {obj.metadata.name}: status is set by the platform; remove it",
-                )
-            ]
-        )
     if isinstance(obj, Plan):
         check_cron(obj.spec.schedule.cron, obj.spec.schedule.time_zone)
     if isinstance(obj, BackupClass):
         _check_durations(obj)
-        catalog.validate(obj)
+        return catalog.validate(obj)
+    return []
 
 
 def _check_durations(cls: BackupClass) -> None:

@@ -75,7 +75,9 @@ def drill(svc: Services, backup: Backup) -> Backup:
     """Restore ``backup`` into a scratch target and smoke-check it."""
     start = time.monotonic()
     try:
-        driver = svc.plugins.registry.for_strategy(backup.spec.strategy_ref.kind)
+        driver = svc.plugins.registry.for_strategy(
+            backup.spec.strategy_ref.kind, backup.spec.strategy_ref.api_group
+        )
         reader = svc.open_backup(backup)
         reader.verify()
         params = svc.restore_parameters(backup, driver, reader.manifest)

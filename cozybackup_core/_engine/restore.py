@@ -42,7 +42,9 @@ def run_restore(svc: Services, job: RestoreJob) -> RestoreJob:
                     )
                 ]
             )
-        driver = svc.plugins.registry.for_strategy(backup.spec.strategy_ref.kind)
+        driver = svc.plugins.registry.for_strategy(
+            backup.spec.strategy_ref.kind, backup.spec.strategy_ref.api_group
+        )
         caps = driver.capabilities
         if in_place and not caps.in_place_restore:
             raise UnsupportedError(

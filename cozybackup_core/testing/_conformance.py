@@ -19,11 +19,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
+import attrs
 import pytest
 
-from .._api.types import APPS_GROUP, ApplicationRef, ArtifactRecord
+from .._api.types import (
+    APPS_GROUP,
+    ApplicationRef,
+    ArtifactRecord,
+    BackupClass,
+    BackupClassSpec,
+    GroupKind,
+    ObjectMeta,
+    StrategyBinding,
+    StrategyRef,
+)
+from .._api.wire import camel, load_yaml
+from .._catalog.catalog import BUILTIN_STORAGE, Catalog, parameters_for
 from .._drivers.contract import Driver
+from .._drivers.registry import DriverRegistry
 from .._engine.redact import sensitive_values
+from ..hosts.local import LOCAL_KINDS
 from ._app import AppHandle
 from ._manifests import key_secret_yaml as _key_secret
 from ._platform import LocalPlatform
@@ -208,6 +223,55 @@ class DriverConformance(abc.ABC):
             secrets += [v for v in found if len(v) >= 3]
         leaks = [s for s in secrets if s in view]
         assert not leaks, f"tenant-visible objects contain {leaks}"
+
+    def test_unknown_parameter_keys_warn_and_string_values_convert(self) -> None:
+        """Cozystack's parameters are strings and its classes carry keys for other
+        drivers: a key this driver does not know is a warning naming it, not a refusal,
+        and the class's integer and boolean values written as strings mean the same."""
+        given = dict(self._binding().parameters)
+        typed = parameters_for(self.driver(), given, "p")
+        as_text = {
+            camel(k): str(v).lower() if isinstance(v, bool) else str(v)
+            for k, v in attrs.asdict(typed, recurse=False).items()
+            if isinstance(v, (int, bool))
+        }
+        mixed = {**given, **as_text, "notAParameterOfAnyDriver": "x"}
+        assert parameters_for(self.driver(), mixed, "p") == typed
+        bc = self._class_with(mixed)
+        registry = DriverRegistry()
+        registry.add(self.driver)
+        warnings = Catalog.build(registry, [bc], [BUILTIN_STORAGE]).validate(bc)
+        assert warnings == [
+            (
+                "spec.strategies[0].parameters.notAParameterOfAnyDriver",
+                f"not a parameter of the {self.driver.name} strategy; ignored",
+            )
+        ]
+
+    def _binding(self) -> StrategyBinding:
+        """The binding of ``kind`` in the conformance's class (cozy-default: none, so
+        an empty one)."""
+        for bc in self._classes():
+            for binding in bc.spec.strategies:
+                if binding.application == GroupKind(api_group=self.api_group, kind=self.kind):
+                    return binding
+        return StrategyBinding(
+            application=GroupKind(api_group=self.api_group, kind=self.kind),
+            strategy_ref=StrategyRef(kind=self.driver.strategy_kind, name="conformance"),
+        )
+
+    def _classes(self) -> list[BackupClass]:
+        docs = (
+            load_yaml(self.backup_class_yaml, kinds=LOCAL_KINDS) if self.backup_class_yaml else []
+        )
+        return [d for d in docs if isinstance(d, BackupClass)]
+
+    def _class_with(self, parameters: Mapping[str, Any]) -> BackupClass:
+        binding = attrs.evolve(self._binding(), parameters=parameters, storage_ref=None)
+        return BackupClass(
+            metadata=ObjectMeta(name="conformance"),
+            spec=BackupClassSpec(strategies=(binding,)),
+        )
 
     def test_links_and_fifos_at_local_paths_are_refused(
         self, platform: LocalPlatform, tmp_path: Path

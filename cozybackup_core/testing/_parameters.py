@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from .._api.errors import DriverParametersError
-from .._api.types import STRATEGY_GROUP
+from .._api.types import GroupKind
 from .._api.wire import load_yaml
 from .._catalog.catalog import Catalog
 from .._drivers.contract import Driver
@@ -16,24 +16,29 @@ from ._manifests import backup_class_yaml
 def driver_class_yaml(
     driver: type[Driver], name: str, parameters: str, *, kind: str | None = None
 ) -> str:
-    """A BackupClass ``name`` binding ``kind`` (default: the driver's first default
-    kind) to the driver's strategy ``name`` with ``parameters`` (flow YAML)."""
+    """A BackupClass ``name`` binding ``kind`` of apps.cozystack.io (default: the first
+    kind the driver serves) to the driver's strategy ``name`` with ``parameters``."""
+    served = GroupKind(kind=kind) if kind else driver.kinds[0]
     return backup_class_yaml(
         name,
-        kind or driver.default_kinds[0],
+        served.kind,
         driver.strategy_kind,
-        strategy_group=STRATEGY_GROUP,
+        api_group=served.api_group,
+        strategy_group=driver.strategy_group,
         parameters=parameters,
     )
 
 
-def validate_parameters(driver: type[Driver], parameters: str, *, kind: str | None = None) -> None:
+def validate_parameters(
+    driver: type[Driver], parameters: str, *, kind: str | None = None
+) -> list[tuple[str, str]]:
     """Validate ``parameters`` as a class's only strategy for ``driver`` (raises the
-    :class:`DriverParametersError` a bad class gets)."""
+    :class:`DriverParametersError` a bad class gets); returns the warnings ``apply``
+    would print (keys the driver does not know)."""
     registry = DriverRegistry()
     registry.add(driver)
     (bc,) = load_yaml(driver_class_yaml(driver, "c", parameters, kind=kind))
-    Catalog.build(registry).validate(bc)
+    return Catalog.build(registry).validate(bc)
 
 
 def refused_parameters(

@@ -1001,8 +1001,6 @@ def test_parameters_are_validated_by_the_catalog() -> None:
             "spec.strategies[0].parameters.integrityCheck",
             "true or false",
         ),
-        ("{batchStatements: '10'}", "spec.strategies[0].parameters.batchStatements", "integer"),
-        ("{batchSize: 10}", "spec.strategies[0].parameters.batchSize", "unknown field"),
     ]:
         (bc,) = load_yaml(backup_class_yaml(params))
         with pytest.raises(ValidationError) as vinfo:

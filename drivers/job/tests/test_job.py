@@ -552,11 +552,6 @@ P = "spec.strategies[0].parameters"
             f"{P}.versionCommand",
             "must name a program",
         ),
-        (
-            {"backup": OK_BACKUP, "restore": OK_RESTORE, "shell": True},
-            f"{P}.shell",
-            "unknown field",
-        ),
     ],
 )
 def test_bad_parameters_are_refused_at_apply_with_the_field_path(
