@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from ._api.types import (
     RestoreJob,
     StorageLocation,
 )
+from ._api.units import human_age, human_bytes
 from ._api.version import __version__
 from ._api.wire import dump, load_yaml
 from ._catalog.catalog import BUILTIN_STORAGE, DEFAULT_CLASS, builtin_class
@@ -205,13 +207,17 @@ def cmd_get(ctx: Ctx) -> int:
         if not items:
             print(f"error: {cls.kind} {ctx.args.name} not found", file=sys.stderr)
             return 1
-    if ctx.args.output == "yaml":
-        print(yaml.safe_dump_all([dump(i) for i in items], sort_keys=False), end="")
-    elif ctx.args.output == "json":
+    if ctx.args.output in ("yaml", "json"):
+        # One object by name, else a v1 List (as kubectl prints it, and as apply reads it).
         out = [dump(i) for i in items]
-        print(json.dumps(out[0] if ctx.args.name else {"items": out}, indent=2))
+        doc = out[0] if ctx.args.name else {"apiVersion": "v1", "kind": "List", "items": out}
+        if ctx.args.output == "yaml":
+            print(yaml.safe_dump(doc, sort_keys=False), end="")
+        else:
+            print(json.dumps(doc, indent=2))
     else:
-        rows = [_row(i, ctx.args.all_namespaces) for i in items]
+        now = ctx.host.now()
+        rows = [_row(i, ctx.args.all_namespaces, now) for i in items]
         if not rows:
             print(f"No {cls.kind} objects found.", file=sys.stderr)
             return 0
@@ -227,7 +233,7 @@ def _table(rows: list[dict[str, str]]) -> None:
         print("  ".join(str(r[h]).ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
 
 
-def _row(obj: Any, with_ns: bool) -> dict[str, str]:
+def _row(obj: Any, with_ns: bool, now: dt.datetime) -> dict[str, str]:
     row = {"NAMESPACE": obj.metadata.namespace or ""} if with_ns else {}
     row["NAME"] = obj.metadata.name
     if isinstance(obj, (BackupJob, RestoreJob)):
@@ -238,7 +244,7 @@ def _row(obj: Any, with_ns: bool) -> dict[str, str]:
         row["PHASE"] = obj.status.phase or ""
         row["APPLICATION"] = str(obj.spec.application_ref)
         row["TAKEN"] = obj.spec.taken_at.isoformat(timespec="seconds")
-        row["SIZE"] = str(art.size_bytes if art else "")
+        row["SIZE"] = human_bytes(art.size_bytes) if art and art.size_bytes is not None else ""
     elif isinstance(obj, Plan):
         row["SCHEDULE"] = obj.spec.schedule.cron
         row["LAST"] = (
@@ -248,6 +254,8 @@ def _row(obj: Any, with_ns: bool) -> dict[str, str]:
         row["KINDS"] = ",".join(s.application.kind for s in obj.spec.strategies)
     elif isinstance(obj, Application):
         row["KIND"] = obj.spec.kind
+    created = obj.metadata.creation_timestamp
+    row["AGE"] = human_age(now - created) if created is not None else ""
     return row
 
 
@@ -663,6 +671,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc.filename}: no such file", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # `cozybackup get ... | head`: the reader left; not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:
         # A full disk or a read-only home: one line, without the home's path or a traceback.
         print(f"error: {exc.strerror or exc}", file=sys.stderr)

@@ -49,7 +49,9 @@ def test_seed_manifests_apply_unchanged_and_fail_honestly_without_a_driver(tmp_p
         restore["status"]["message"]
         == "Backup oneshot-mariadb does not exist in namespace tenant-user1"
     )
-    for doc in yaml.safe_load_all(cli(tmp_path, "get", "backupjobs", "-A", "-o", "yaml").stdout):
+    listed = yaml.safe_load(cli(tmp_path, "get", "backupjobs", "-A", "-o", "yaml").stdout)
+    assert (listed["apiVersion"], listed["kind"]) == ("v1", "List")
+    for doc in listed["items"]:
         assert (
             doc["spec"]
             == yaml.safe_load((SEEDS / "backupjob-oneshot-mariadb.yaml").read_text())["spec"]
@@ -116,6 +118,26 @@ spec: {{apiGroup: apps.example.com, kind: Directory, connection: {{path: "{data}
     table = cli(home, "get", "backups", "-n", "tenant-a").stdout
     assert table.splitlines()[0].split()[:3] == ["NAME", "PHASE", "APPLICATION"]
     assert "Directory/app1" in table
+    header, row = table.splitlines()
+    assert header.split()[-2:] == ["SIZE", "AGE"]
+    assert row.split()[-3:-1] == ["3.8", "MiB"]  # 4,000,000 bytes, as a person reads it
+    assert row.split()[-1].endswith("s")  # made seconds ago
+    # A reader that leaves early (| head) ends the output quietly, not with a traceback.
+    piped = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"set -o pipefail; sleep 0.2 | {sys.executable} -m cozybackup_core.cli "
+            "get backups -n tenant-a -o json | true",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COZYBACKUP_HOME": str(home)},
+    )
+    assert piped.stderr == "" and piped.returncode == 141, piped
+    # What get prints as a List, apply takes back.
+    listed = cli(home, "get", "backupjobs", "-n", "tenant-a", "-o", "yaml").stdout
+    assert cli(home, "apply", "-f", "-", stdin=listed).stdout == "backupjob/b1 unchanged\n"
     assert cli(home, "verify", "backup", "b1", "-n", "tenant-a").returncode == 0
     (data / "f.bin").write_bytes(b"oops")
     cli(

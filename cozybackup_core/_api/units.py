@@ -11,6 +11,15 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_DURATION = dt.timedelta(days=36525)
 
 
+def human_age(age: dt.timedelta) -> str:
+    """kubectl's ages: ``45s``, ``12m``, ``5h``, ``3d`` (the largest whole unit)."""
+    seconds = max(0, int(age.total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * (2 if unit != "m" else 1):
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def parse_duration(text: str) -> dt.timedelta:
     """``2w3d`` -> 17 days (units s, m, h, d, w, summed)."""
     return dt.timedelta(

@@ -380,12 +380,24 @@ def _depth_ok(text: str) -> bool:
     return True
 
 
+def _list_items(doc: Any) -> list[Any]:
+    """A ``v1`` List (``kubectl get -o yaml``, ``cozybackup get -o yaml``) stands for its
+    items; any other document for itself."""
+    if isinstance(doc, Mapping) and doc.get("apiVersion") == "v1" and doc.get("kind") == "List":
+        items = doc.get("items") or []
+        if not isinstance(items, list):
+            raise ValidationError([("items", "a v1 List's items must be a list")])
+        return [i for i in items if i is not None]
+    return [doc]
+
+
 def load_yaml(text: str, source: str = "<input>", kinds: Kinds = API_KINDS) -> list[Any]:
     """Load every document of a YAML stream; errors name the document and field."""
     try:
         if not _depth_ok(text):
             raise ValidationError([("", f"{source}: nested deeper than {MAX_YAML_DEPTH} levels")])
         docs = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
+        docs = [item for d in docs for item in _list_items(d)]
     except yaml.YAMLError as exc:
         raise ValidationError([("", f"{source}: not valid YAML: {exc}")]) from None
     out = []
