@@ -199,3 +199,31 @@ spec: {{provider: Local, path: "{tmp_path / "bucket2"}", bucket: b2}}
     # Re-pointing the class is not enough: the Backup whose data is there still holds it.
     cli(home, "apply", "-f", "-", stdin=FILES_CLASS)
     assert "1 Backup;" in cli(home, "delete", "storagelocation", "loc2").stderr
+
+
+# -- D13: a storage fault outside a stream
+
+
+def test_d13_a_bucket_path_that_cannot_be_made_is_a_storage_error(tmp_path: Path) -> None:
+    from cozybackup_core import EngineConfig
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the bucket's directory should be")
+    plat = LocalPlatform(
+        tmp_path / "home", drivers=(FilesDriver,), config=EngineConfig(attempts=2, backoff=0.01)
+    )
+    plat.apply(
+        f"""
+apiVersion: backups.cozystack.io/v1alpha1
+kind: StorageLocation
+metadata: {{name: blocked}}
+spec: {{provider: Local, path: "{blocker / "bk"}", bucket: b}}
+""",
+        directory_class("files", "Files", storage="blocked"),
+    )
+    ref = directory_app(plat, tmp_path / "app", b"x" * 100)
+    job = plat.backup(NS, ref, "b1", "files")
+    assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == "StorageUnavailable"
+    assert job.status.message == "the backup storage cannot be opened; ask the platform operator"
+    assert str(tmp_path) not in plat.tenant_view(NS)

@@ -24,6 +24,7 @@ from .._api.errors import (
     CozyError,
     NotFoundError,
     PermanentError,
+    StorageError,
     TransientError,
 )
 from .._api.types import (
@@ -122,7 +123,15 @@ class Services:
         (or until the location's spec changes: the cache is keyed by the whole spec)."""
         key = (loc.metadata.name, loc.spec)
         if key not in self._stores:
-            self._stores[key] = self.storage.open(loc.spec, self.host)
+            try:
+                self._stores[key] = self.storage.open(loc.spec, self.host)
+            except OSError as exc:
+                # A read-only or misplaced bucket path is the storage's fault, not the
+                # driver's: retried, then reported as such (the path only in the log).
+                raise StorageError(
+                    "the backup storage cannot be opened; ask the platform operator",
+                    admin_detail=f"StorageLocation {loc.metadata.name}: {exc}",
+                ) from exc
         return self._stores[key]
 
     def invalidate_stores(self) -> None:
