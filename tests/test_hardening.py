@@ -365,3 +365,18 @@ def test_hostile_objects_never_stop_a_pass(
         assert phases.get(f"b-{minute}") == "Succeeded", (objs, report)
     for rj in store.list(RestoreJob, "tenant-a"):
         assert rj.status.phase in ("Failed", "Succeeded", "Pending", None)
+
+
+@pytest.mark.parametrize("cut", [200, 235, 236, 237])
+def test_k3_event_names_of_the_longest_objects_are_valid(cut: int) -> None:
+    import re
+
+    from cozybackup_core.hosts.kube import event_name
+
+    name = ("a" * 252 + "b")[:cut] + "." + "c" * (252 - cut)  # a dot at or near the cut
+    assert len(name) == 253
+    got = event_name(name, "0123456789abcdef")
+    assert len(got) <= 253
+    label = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+    assert re.fullmatch(rf"{label}(\.{label})*", got), got
+    assert got.endswith(".0123456789abcdef")

@@ -146,6 +146,13 @@ def _decode(data: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
+def event_name(name: str, suffix: str) -> str:
+    """``<object name>.<suffix>`` as kubectl's events are named, cut so the whole stays a
+    DNS subdomain of at most 253 characters (an object named with 253 would not)."""
+    room = 253 - len(suffix) - 1
+    return f"{name[:room].rstrip('.-')}.{suffix}"
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
@@ -607,7 +614,7 @@ class KubeHost:
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{meta.name}.{uuid.uuid4().hex[:16]}", "namespace": ns},
+            "metadata": {"name": event_name(meta.name, uuid.uuid4().hex[:16]), "namespace": ns},
             "involvedObject": involved,
             "type": type_,
             "reason": reason[:128],
