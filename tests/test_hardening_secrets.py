@@ -8,6 +8,8 @@ import base64
 import os
 from pathlib import Path
 
+import pytest
+
 from cozybackup_core import ApplicationRef, BackupJob, StorageLocation
 from cozybackup_core._api.types import BackupJobSpec, ObjectMeta
 from cozybackup_core._engine.runner import Runner
@@ -227,3 +229,33 @@ spec: {{provider: Local, path: "{blocker / "bk"}", bucket: b}}
     assert job.status.conditions[0].reason == "StorageUnavailable"
     assert job.status.message == "the backup storage cannot be opened; ask the platform operator"
     assert str(tmp_path) not in plat.tenant_view(NS)
+
+
+# -- D14: a blocking file in the bucket
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("planted", ["fifo", "link"])
+def test_d14_a_fifo_or_link_in_the_bucket_is_refused_not_waited_on(
+    tmp_path: Path, planted: str
+) -> None:
+    plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,))
+    plat.apply(FILES_CLASS)
+    data = tmp_path / "app"
+    ref = directory_app(plat, data, b"x" * 10_000)
+    assert plat.backup(NS, ref, "b1", "files").status.phase == "Succeeded"
+    [stream] = [p for p in plat.stored_files() if p.parent.name == "streams"]
+    stream.unlink()
+    if planted == "fifo":
+        os.mkfifo(stream)
+    else:
+        (tmp_path / "elsewhere").write_bytes(b"not the backup")
+        stream.symlink_to(tmp_path / "elsewhere")
+    (data / "x.bin").write_bytes(b"current")
+    job = plat.restore(NS, "b1", "r1")
+    assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == "ArtifactCorrupt"
+    assert (data / "x.bin").read_bytes() == b"current"
+    [backup] = plat.backups(NS)
+    verified = plat.engine.verify(backup).status.last_verified
+    assert verified is not None and verified.result == "Failed"

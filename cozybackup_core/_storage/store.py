@@ -16,12 +16,14 @@ end (keyed by the data key when the stream is encrypted: see ``_crypto``).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import io
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, cast
@@ -502,9 +504,9 @@ class ArtifactReader:
         info = self.manifest.stream(name)
         self.unlock()
         try:
-            source = self.store.fs.open(
-                self.store.stream_path(self.key, name), "rb", block_size=BLOCK_SIZE
-            )
+            source = self.store.open_read(self.store.stream_path(self.key, name))
+        except ArtifactCorruptError:
+            raise
         except FileNotFoundError:
             raise ArtifactCorruptError(f"stream {name!r} of the backup is missing") from None
         except Exception as exc:
@@ -526,11 +528,13 @@ class ArtifactReader:
             path = self.store.stream_path(self.key, info.name)
             digest, count = hashlib.sha256(), 0
             try:
-                with self.store.fs.open(path, "rb", block_size=BLOCK_SIZE) as f:
+                with self.store.open_read(path) as f:
                     while chunk := f.read(CHUNK):
                         digest.update(chunk)
                         count += len(chunk)
                         on_bytes(len(chunk))
+            except ArtifactCorruptError:
+                raise
             except FileNotFoundError:
                 raise ArtifactCorruptError(
                     f"stream {info.name!r} of the backup is missing"
@@ -695,7 +699,7 @@ class ArtifactStore:
             paths = sorted(p for p in self.fs.find(base) if p.rstrip("/") != base)
             for p in paths:
                 digest, count = hashlib.sha256(), 0
-                with self.fs.open(p, "rb", block_size=BLOCK_SIZE) as f:
+                with self.open_read(p) as f:
                     while chunk := f.read(CHUNK):
                         digest.update(chunk)
                         count += len(chunk)
@@ -730,9 +734,40 @@ class ArtifactStore:
                 "the backup storage could not be written", admin_detail=repr(exc)
             ) from exc
 
+    def open_read(self, path: str) -> IO[bytes]:
+        """Open a stored object for reading.  On a local bucket only a regular file is
+        opened, without following a link and without blocking on a FIFO: anything planted
+        in the bucket is refused as corrupt instead of hanging verify and the runner."""
+        if not isinstance(self.fs, LocalFileSystem):
+            opened: IO[bytes] = self.fs.open(path, "rb", block_size=BLOCK_SIZE)
+            return opened
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise ArtifactCorruptError(
+                "the backup's data in storage is not a regular file",
+                admin_detail=f"{path} is a link",
+            ) from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ArtifactCorruptError(
+                    "the backup's data in storage is not a regular file",
+                    admin_detail=f"{path} is a link or a special file",
+                )
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb", buffering=BLOCK_SIZE)
+        except BaseException:
+            os.close(fd)
+            raise
+
     def read_bytes(self, path: str) -> bytes:
         try:
-            data: bytes = self.fs.cat_file(path)
+            with self.open_read(path) as f:
+                data = f.read()
+        except ArtifactCorruptError:
+            raise
         except FileNotFoundError:
             raise ArtifactCorruptError("the backup's data is missing from storage") from None
         except Exception as exc:
