@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -29,7 +30,7 @@ from ._api.types import (
     RestoreJob,
     StorageLocation,
 )
-from ._api.units import human_age, human_bytes
+from ._api.units import human_age, human_bytes, parse_duration
 from ._api.version import __version__
 from ._api.wire import dump, load_yaml
 from ._catalog.catalog import BUILTIN_STORAGE, DEFAULT_CLASS, builtin_class
@@ -78,12 +79,13 @@ class Ctx:
         return self._plugins
 
     def engine(self, on_progress: Any = None) -> Engine:
-        cfg = (
-            EngineConfig(workers=self.args.workers)
-            if hasattr(self.args, "workers")
-            else EngineConfig()
-        )
-        return Engine(self.host, self.plugins, cfg, on_progress=on_progress)
+        return Engine(self.host, self.plugins, self.config(), on_progress=on_progress)
+
+    def config(self) -> EngineConfig:
+        """The engine's settings from ``run``/``controller``'s options (defaults elsewhere)."""
+        if not hasattr(self.args, "workers"):
+            return EngineConfig()
+        return EngineConfig(workers=self.args.workers, finished_job_ttl=self.args.job_ttl)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -97,6 +99,17 @@ def _interval(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not 1 <= seconds <= 86400:
         raise argparse.ArgumentTypeError(f"{text} is not between 1 and 86400 seconds")
+    return seconds
+
+
+def _job_ttl(text: str) -> float | None:
+    if text == "never":
+        return None
+    if not re.fullmatch(r"([0-9]{1,6}[smhdw])+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 14d or 36h, or never")
+    seconds = parse_duration(text).total_seconds()
+    if seconds < 60:
+        raise argparse.ArgumentTypeError(f"{text} is less than a minute")
     return seconds
 
 
@@ -119,6 +132,14 @@ def _pass_options(parser: argparse.ArgumentParser) -> None:
         type=_workers,
         default=2,
         help="jobs for different applications run in parallel (default %(default)s)",
+    )
+    parser.add_argument(
+        "--job-ttl",
+        type=_job_ttl,
+        default=14 * 86400.0,
+        metavar="DURATION",
+        help="delete BackupJobs and RestoreJobs this long after they finish (their Backups "
+        "stay), e.g. 14d, 36h; 'never' keeps them (default 14d)",
     )
 
 
@@ -178,6 +199,7 @@ def cmd_apply(ctx: Ctx) -> int:
         store.get,
         tenant=ctx.args.tenant,
         warn=lambda text: print(f"Warning: {text}", file=sys.stderr),
+        listing=store.list,
     )
     _check_keys(ctx, objs)
     for obj, action in plan:
@@ -414,7 +436,7 @@ def cmd_controller(ctx: Ctx) -> int:
         local_bucket_root=ctx.args.local_buckets,
     )
     try:
-        _serve(ctx, Engine(host, ctx.plugins, EngineConfig(workers=ctx.args.workers)), True)
+        _serve(ctx, Engine(host, ctx.plugins, ctx.config()), True)
     finally:
         host.close()
     return 0

@@ -5,18 +5,21 @@ that never stops a pass.  Each test failed before its fix."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import os
 from pathlib import Path
 
+import attrs
 import pytest
 
 from cozybackup_core import ApplicationRef, BackupJob, StorageLocation
+from cozybackup_core._api.errors import ValidationError
 from cozybackup_core._api.types import BackupJobSpec, ObjectMeta
 from cozybackup_core._engine.runner import Runner
 from cozybackup_core.testing import LocalPlatform, key_secret_yaml
 
 from support.cli import cli
-from support.drivers import FilesDriver
+from support.drivers import FILES, FilesDriver
 from support.manifests import FILES_CLASS, directory_app, directory_class
 
 NS = "tenant-a"
@@ -259,3 +262,68 @@ def test_d14_a_fifo_or_link_in_the_bucket_is_refused_not_waited_on(
     [backup] = plat.backups(NS)
     verified = plat.engine.verify(backup).status.last_verified
     assert verified is not None and verified.result == "Failed"
+
+
+# -- D11: bounded tenant state
+
+
+def test_d11_finished_jobs_expire_after_their_time_and_backups_stay(tmp_path: Path) -> None:
+    from cozybackup_core import EngineConfig, RestoreJob
+
+    now = [dt.datetime(2026, 12, 5, 8, 0, tzinfo=dt.timezone.utc)]
+    plat = LocalPlatform(
+        tmp_path / "home",
+        drivers=(FilesDriver,),
+        clock=lambda: now[0],
+        config=EngineConfig(finished_job_ttl=3600.0),
+    )
+    plat.apply(FILES_CLASS)
+    ref = directory_app(plat, tmp_path / "app", b"x" * 100)
+    assert plat.backup(NS, ref, "old", "files").status.phase == "Succeeded"
+    assert plat.restore(NS, "old", "r-old").status.phase == "Succeeded"
+    now[0] += dt.timedelta(minutes=59)
+    submit(plat, ref, "young", "files")
+    runner = Runner(plat.engine)
+    assert runner.run_pass().expired == ()
+    now[0] += dt.timedelta(minutes=2)  # "old" and "r-old" now finished 61 minutes ago
+    report = runner.run_pass()
+    assert sorted(report.expired) == [f"{NS}/old", f"{NS}/r-old"]
+    assert [j.metadata.name for j in plat.host.objects.list(BackupJob, NS)] == ["young"]
+    assert plat.host.objects.list(RestoreJob, NS) == []
+    assert sorted(b.metadata.name for b in plat.backups(NS)) == ["old", "young"]
+
+
+def test_d11_a_namespace_holds_a_bounded_number_of_live_objects(tmp_path: Path) -> None:
+    from cozybackup_core._engine.admission import admit
+
+    plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,))
+    plat.apply(FILES_CLASS)
+    ref = ApplicationRef(api_group=FILES.api_group, kind="Directory", name="app1")
+    jobs = [
+        BackupJob(
+            metadata=ObjectMeta(name=f"j-{i}", namespace=NS),
+            spec=BackupJobSpec(application_ref=ref, backup_class_name="files"),
+        )
+        for i in range(6)
+    ]
+    store = plat.host.objects
+    admitted = admit(jobs[:5], plat.engine.catalog(), store.get, listing=store.list, live_limit=5)
+    for job, _ in admitted:
+        store.create(job)
+    with pytest.raises(ValidationError) as err:
+        admit(jobs[5:], plat.engine.catalog(), store.get, listing=store.list, live_limit=5)
+    [(field, message)] = err.value.problems
+    assert field == "metadata.namespace" and "already has 5 Plans and unfinished jobs" in message
+    # One apply of many counts them as it goes.
+    with pytest.raises(ValidationError):
+        admit(jobs, plat.engine.catalog(), lambda *a: None, listing=lambda *a: [], live_limit=5)
+    # Another tenant is not affected.
+    other = attrs.evolve(jobs[5], metadata=ObjectMeta(name="j-5", namespace="tenant-b"))
+    assert admit([other], plat.engine.catalog(), store.get, listing=store.list, live_limit=5)
+
+
+def test_d11_run_takes_the_time_to_live_as_a_duration(tmp_path: Path) -> None:
+    for bad in ("0s", "soon", "-1d"):
+        out = cli(tmp_path / "home", "run", "--once", "--job-ttl", bad)
+        assert out.returncode == 2 and "--job-ttl" in out.stderr, out.stderr
+    assert cli(tmp_path / "home", "run", "--once", "-q", "--job-ttl", "never").returncode == 0

@@ -24,6 +24,8 @@ from .port import with_metadata
 #: What a tenant may create; everything else is the platform's or the operator's.
 TENANT_KINDS: tuple[type[Any], ...] = (BackupJob, Plan, RestoreJob)
 _PLATFORM_KINDS = (Backup, ArtifactRecord)
+#: Live tenant objects (Plans, unfinished jobs) one namespace may hold.
+MAX_LIVE_PER_NAMESPACE = 500
 #: Label and annotation keys the platform sets; a tenant forging them could make a job
 #: look like another Plan's, or pin what retention should delete.
 RESERVED_PREFIX = f"{GROUP}/"
@@ -35,11 +37,14 @@ def admit(
     current: Callable[[type[Any], str | None, str], Any],
     tenant: str | None = None,
     warn: Callable[[str], None] | None = None,
+    listing: Callable[[type[Any], str | None], list[Any]] | None = None,
+    live_limit: int = MAX_LIVE_PER_NAMESPACE,
 ) -> list[tuple[Any, str]]:
     """``(object, action)`` for each object (``created``, ``configured`` or ``unchanged``),
     or a :class:`ValidationError` naming the object and field.  Nothing is written here.
     What is accepted but will not be acted on (kubectl's warnings) goes to ``warn``."""
     out: list[tuple[Any, str]] = []
+    live: dict[str, int] = {}
     for obj in objs:
         what = f"{obj.kind} {obj.metadata.name}"
         found = _check(obj, catalog, tenant)
@@ -52,6 +57,21 @@ def admit(
             if warn is not None:
                 warn(f"{obj.kind.lower()}/{obj.metadata.name}: {path}: {message}")
         existing = current(type(obj), obj.metadata.namespace, obj.metadata.name)
+        if existing is None and listing is not None and isinstance(obj, TENANT_KINDS):
+            ns = obj.metadata.namespace
+            if ns not in live:  # counted once per namespace and call, then kept up to date
+                live[ns] = _live(listing, ns)
+            if live[ns] >= live_limit:
+                raise ValidationError(
+                    [
+                        (
+                            "metadata.namespace",
+                            f"namespace {ns} already has {live[ns]} Plans and unfinished jobs, "
+                            f"the most it may have; wait for jobs to finish or delete some",
+                        )
+                    ]
+                )
+            live[ns] += 1
         if isinstance(obj, (BackupJob, RestoreJob)):
             if existing is not None and existing.spec != obj.spec:
                 raise ValidationError(
@@ -66,6 +86,18 @@ def admit(
         else:
             out.append((obj, "configured" if existing is not None else "created"))
     return out
+
+
+def _live(listing: Callable[[type[Any], str | None], list[Any]], ns: str) -> int:
+    """Plans and unfinished jobs of a namespace: every pass reads them all, so one tenant
+    holding thousands would slow every tenant's backups."""
+    unfinished = sum(
+        1
+        for cls in (BackupJob, RestoreJob)
+        for job in listing(cls, ns)
+        if job.status.phase not in ("Succeeded", "Failed")
+    )
+    return len(listing(Plan, ns)) + unfinished
 
 
 def _user_metadata(obj: Any) -> tuple[dict[str, str], dict[str, str]]:

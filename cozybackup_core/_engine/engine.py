@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 from .._api.types import Backup, BackupJob, RestoreJob
-from . import drills, jobs, prune, recovery, rekey
+from . import drills, expiry, jobs, prune, recovery, rekey
 from .backup import run_backup
 from .restore import run_restore
 from .services import EngineConfig, Job, Services
@@ -50,6 +50,10 @@ class Engine(Services):
 
     def run_due_drills(self) -> list[Backup]:
         return drills.run_due_drills(self)
+
+    def expire_finished(self) -> list[str]:
+        """Delete jobs finished longer than ``EngineConfig.finished_job_ttl`` ago."""
+        return expiry.expire_finished(self)
 
     def recover(self) -> list[str]:
         """Settle what a crashed run left behind.  Call with no other runner active."""

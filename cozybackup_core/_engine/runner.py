@@ -36,6 +36,8 @@ class PassReport:
     finished: tuple[Job, ...] = ()
     drills: tuple[Backup, ...] = ()
     pruned: tuple[PruneAction, ...] = ()
+    #: Finished jobs deleted after their time to live (``namespace/name``).
+    expired: tuple[str, ...] = ()
     #: Set when the pass stopped early on a platform error (the API server went away...):
     #: the admin-facing text; the next pass tries again.
     error: str | None = None
@@ -74,6 +76,7 @@ class Runner:
         finished: list[Job] = []
         drills: list[Backup] = []
         pruned: list[PruneAction] = []
+        expired: list[str] = []
         errors: list[str] = []
         # Secrets are read fresh every pass: a rotated key or credential takes effect on
         # the next job, not on the next restart.
@@ -87,11 +90,13 @@ class Runner:
                 pruned = self._stage(
                     "retention", errors, lambda: [a for a in self.engine.prune() if a.delete], []
                 )
+            expired = self._stage("expiry", errors, self.engine.expire_finished, [])
         return PassReport(
             fired=tuple(fired),
             finished=tuple(finished),
             drills=tuple(drills),
             pruned=tuple(pruned),
+            expired=tuple(expired),
             error="; ".join(errors) or None,
         )
 

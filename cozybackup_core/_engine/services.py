@@ -75,6 +75,9 @@ class EngineConfig:
     backoff: float = 5.0
     workers: int = 2
     progress_interval: float = 2.0
+    #: Seconds after which a finished BackupJob or RestoreJob is deleted (its Backup
+    #: stays); None keeps them forever.
+    finished_job_ttl: float | None = 14 * 86400.0
 
 
 def _condition(type_: str, reason: str, message: str, now: Any, status: str = "True") -> Condition:
