@@ -254,3 +254,52 @@ def test_parameters_written_as_cozystack_strings_convert_where_unambiguous() -> 
         ("p.batchStatements", "expected an integer, got str"),
         ("p.integrityCheck", "expected true or false, got str"),
     ]
+
+
+COZYSTACK_BACKUP = """\
+apiVersion: backups.cozystack.io/v1alpha1
+kind: Backup
+metadata: {name: nightly-29803830, namespace: tenant-a}
+spec:
+  applicationRef: {apiGroup: apps.cozystack.io, kind: Postgres, name: orders}
+  planRef: {name: nightly}
+  strategyRef: {apiGroup: strategy.backups.cozystack.io, kind: CNPG, name: cozy-default-cnpg}
+  takenAt: "2026-12-04T02:00:00Z"
+  driverMetadata: {cnpg.io/backup-name: orders-20261204020000}
+status:
+  phase: Pending
+  artifact: {uri: "cnpg://orders/orders-20261204020000"}
+  underlyingResources:
+    apiVersion: postgresql.cnpg.io/v1
+    kind: Backup
+    databases: [orders, billing]
+"""
+
+
+def test_a_backup_cozystack_made_is_listed_kept_and_refused_for_restore_clearly(
+    tmp_path: Path,
+) -> None:
+    """Written by Cozystack's own controller (a migration keeps it): it loads as it is,
+    every pass leaves it alone, and a restore of it says which strategy it needs."""
+    from cozybackup_core import Backup
+    from cozybackup_core._engine.runner import Runner
+
+    [backup] = load_yaml(COZYSTACK_BACKUP)
+    assert backup.status.underlying_resources["databases"] == ["orders", "billing"]
+    assert load_yaml(yaml.safe_dump(dump(backup)))[0] == backup
+    plat = LocalPlatform(tmp_path / "home")
+    plat.host.objects.create(backup)
+    plat.host.objects.create(
+        RestoreJob(
+            metadata=ObjectMeta(name="r1", namespace=NS),
+            spec=RestoreJobSpec(backup_ref=LocalObjectRef(name="nightly-29803830")),
+        )
+    )
+    report = Runner(plat.engine).run_pass()
+    assert report.error is None
+    [done] = report.finished
+    assert done.metadata.name == "r1" and done.status.phase == "Failed"
+    assert done.status.conditions[0].reason == "StrategyNotServed"
+    assert "CNPG strategy" in (done.status.message or "")
+    kept = plat.host.objects.get(Backup, NS, "nightly-29803830")
+    assert kept is not None and dump(kept)["status"] == dump(backup)["status"]

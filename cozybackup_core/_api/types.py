@@ -318,10 +318,15 @@ class Verification:
 
 @attrs.frozen(kw_only=True)
 class BackupStatus:
-    phase: str | None = enum_field("Ready", "Deleting", "Failed", default=None)
+    #: ``Pending`` is Cozystack's (a driver's Backup not yet complete); ours are written
+    #: ``Ready`` in one step, ``Deleting`` while retention removes them.
+    phase: str | None = enum_field("Pending", "Ready", "Deleting", "Failed", default=None)
     artifact: Artifact | None = None
     last_verified: Verification | None = None  # extension
     conditions: tuple[Condition, ...] = ()
+    #: Cozystack's free-form record of what a driver made (VM disks and addresses,
+    #: database snapshots); kept as written.
+    underlying_resources: Mapping[str, Any] | None = None
 
 
 @attrs.frozen(kw_only=True)
