@@ -185,7 +185,7 @@ def cmd_apply(ctx: Ctx) -> int:
         )
     objs = []
     for p in paths:
-        objs.extend(load_yaml(_read_manifest(p), str(p), LOCAL_KINDS))
+        objs.extend(load_yaml(_read_manifest(p), str(p), LOCAL_KINDS, ctx.args.namespace))
     # Admin objects first, so a class applied with its storage in one file validates.
     order = {StorageLocation: 0, Secret: 0, BackupClass: 1, Application: 1}
     objs.sort(key=lambda o: order.get(type(o), 2))
@@ -566,6 +566,11 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("apply", help="create or update objects from YAML files or directories")
     a.add_argument(
         "-f", "--filename", action="append", required=True, help="file, directory or - for stdin"
+    )
+    a.add_argument(
+        "-n",
+        "--namespace",
+        help="namespace of namespaced objects that name none (one that names another is refused)",
     )
     a.add_argument(
         "--tenant",

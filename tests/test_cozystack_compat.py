@@ -303,3 +303,28 @@ def test_a_backup_cozystack_made_is_listed_kept_and_refused_for_restore_clearly(
     assert "CNPG strategy" in (done.status.message or "")
     kept = plat.host.objects.get(Backup, NS, "nightly-29803830")
     assert kept is not None and dump(kept)["status"] == dump(backup)["status"]
+
+
+PLAN_WITHOUT_NAMESPACE = """\
+apiVersion: backups.cozystack.io/v1alpha1
+kind: Plan
+metadata: {name: nightly}
+spec:
+  applicationRef: {kind: Postgres, name: orders}
+  backupClassName: cozy-default
+  schedule: {type: "", cron: "0 2 * * *"}
+"""
+
+
+def test_apply_n_places_namespace_less_manifests_as_kubectl_does(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    refused = cli(home, "apply", "-f", "-", stdin=PLAN_WITHOUT_NAMESPACE)
+    assert refused.returncode == 2 and "metadata.namespace: required for Plan" in refused.stderr
+    out = cli(home, "apply", "-n", "tenant-a", "-f", "-", stdin=PLAN_WITHOUT_NAMESPACE)
+    assert out.returncode == 0 and out.stdout == "plan/nightly created\n", out.stderr
+    got = json.loads(cli(home, "get", "plan", "nightly", "-n", "tenant-a", "-o", "json").stdout)
+    assert got["metadata"]["namespace"] == "tenant-a" and got["spec"]["schedule"]["type"] == ""
+    other = PLAN_WITHOUT_NAMESPACE.replace("{name: nightly}", "{name: nightly, namespace: b}")
+    clash = cli(home, "apply", "-n", "tenant-a", "-f", "-", stdin=other)
+    assert clash.returncode == 2
+    assert "metadata.namespace: 'b' does not match -n tenant-a" in clash.stderr

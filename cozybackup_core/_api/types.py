@@ -240,7 +240,7 @@ class BackupJob:
 
 @attrs.frozen(kw_only=True)
 class Schedule:
-    type: str = enum_field("cron", default="cron")
+    type: str = enum_field("cron", "", default="cron")  # Cozystack allows "" (cron)
     #: Five fields or an ``@daily``-style descriptor; ``CRON_TZ=Zone/Name`` may prefix it.
     cron: str = line_field(max_length=256)
     #: *Extension*: IANA zone the cron is read in (default UTC).

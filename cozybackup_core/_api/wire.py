@@ -307,8 +307,10 @@ def snapshot(obj: Any) -> Any:
 _KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 
 
-def load(doc: Any, kinds: Kinds = API_KINDS) -> Any:
-    """Load one Kubernetes-style manifest (a dict) into its typed object of ``kinds``."""
+def load(doc: Any, kinds: Kinds = API_KINDS, namespace: str | None = None) -> Any:
+    """Load one Kubernetes-style manifest (a dict) into its typed object of ``kinds``.
+    ``namespace`` (``apply -n``) is where a namespaced object without one goes; one that
+    names another is an error, as with kubectl."""
     if not isinstance(doc, Mapping):
         raise ValidationError([("", f"expected a mapping, got {type(doc).__name__}")])
     api_version, kind = doc.get("apiVersion"), doc.get("kind")
@@ -332,6 +334,14 @@ def load(doc: Any, kinds: Kinds = API_KINDS) -> Any:
             ]
         )
     body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind")}
+    meta = body.get("metadata")
+    if namespace and cls.namespaced and isinstance(meta, Mapping):
+        given = meta.get("namespace")
+        if given not in (None, "", namespace):
+            raise ValidationError(
+                [("metadata.namespace", f"{str(given)[:63]!r} does not match -n {namespace}")]
+            )
+        body["metadata"] = {**meta, "namespace": namespace}
     obj = structure(body, cls)
     if cls.namespaced and not obj.metadata.namespace:
         raise ValidationError([("metadata.namespace", f"required for {cls.kind}")])
@@ -391,7 +401,9 @@ def _list_items(doc: Any) -> list[Any]:
     return [doc]
 
 
-def load_yaml(text: str, source: str = "<input>", kinds: Kinds = API_KINDS) -> list[Any]:
+def load_yaml(
+    text: str, source: str = "<input>", kinds: Kinds = API_KINDS, namespace: str | None = None
+) -> list[Any]:
     """Load every document of a YAML stream; errors name the document and field."""
     try:
         if not _depth_ok(text):
@@ -403,7 +415,7 @@ def load_yaml(text: str, source: str = "<input>", kinds: Kinds = API_KINDS) -> l
     out = []
     for i, doc in enumerate(docs):
         try:
-            out.append(load(doc, kinds))
+            out.append(load(doc, kinds, namespace))
         except ValidationError as exc:
             where = f"{source}" + (f" (document {i + 1})" if len(docs) > 1 else "")
             raise ValidationError([(p, f"{m} [{where}]") for p, m in exc.problems]) from None
