@@ -48,9 +48,8 @@ def _check(schema: dict[str, Any]) -> Callable[[Any, attrs.Attribute[Any], Any],
             if pattern is not None and not pattern.fullmatch(value):
                 raise FieldInvalid(attribute.name, f"{value[:80]!r} {schema['x-describe']}")
             if "enum" in schema and value not in schema["enum"]:
-                raise FieldInvalid(
-                    attribute.name, f"{value[:80]!r} is not one of {', '.join(schema['enum'])}"
-                )
+                choices = ", ".join(v or '""' for v in schema["enum"])
+                raise FieldInvalid(attribute.name, f"{value[:80]!r} is not one of {choices}")
         if isinstance(value, int) and not isinstance(value, bool):
             if "minimum" in schema and value < schema["minimum"]:
                 raise FieldInvalid(attribute.name, f"must be >= {schema['minimum']}")
