@@ -12,7 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
-from cozybackup_core import ApplicationRef, BackupJob, RestoreJob, dump, load_yaml
+from cozybackup_core import ApplicationRef, Backup, BackupJob, RestoreJob, dump, load_yaml
 from cozybackup_core._api.types import LocalObjectRef, ObjectMeta, RestoreJobSpec
 from cozybackup_core.testing import LocalPlatform
 
@@ -177,10 +177,12 @@ def test_jobs_we_write_are_valid_cozystack_objects(platform: LocalPlatform, file
         platform, "r2", {"restoreTimeoutSeconds": "60", "recoveryTime": "2026-12-05T09:15:00Z"}
     )
     written = [
-        dump(o) for cls in (BackupJob, RestoreJob) for o in platform.host.objects.list(cls, NS)
+        dump(o)
+        for cls in (BackupJob, RestoreJob, Backup)
+        for o in platform.host.objects.list(cls, NS)
     ]
     kinds = {d["kind"] for d in written}
-    assert {"BackupJob", "RestoreJob"} <= kinds
+    assert {"BackupJob", "RestoreJob", "Backup"} <= kinds
     for doc in written:
         jsonschema.validate(doc, cozystack_schema(doc["kind"]))
 
@@ -281,7 +283,6 @@ def test_a_backup_cozystack_made_is_listed_kept_and_refused_for_restore_clearly(
 ) -> None:
     """Written by Cozystack's own controller (a migration keeps it): it loads as it is,
     every pass leaves it alone, and a restore of it says which strategy it needs."""
-    from cozybackup_core import Backup
     from cozybackup_core._engine.runner import Runner
 
     [backup] = load_yaml(COZYSTACK_BACKUP)

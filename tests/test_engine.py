@@ -47,7 +47,7 @@ def test_backup_and_restore_succeed_with_a_backup_record(
     assert backup.status.phase == "Ready"
     assert backup.status.artifact and backup.status.artifact.checksum.startswith("sha256:")
     assert backup.status.artifact.size_bytes == sum(len(v) for v in original.values())
-    assert backup.spec.driver_metadata == {"files": 2}
+    assert backup.spec.driver_metadata == {"files": "2"}  # Cozystack: map[string]string
     for p in data.iterdir():
         p.write_bytes(b"damaged")
     restore = platform.restore(NS, "b1", "r1")

@@ -8,6 +8,7 @@ is an error naming the field, not a silently ignored setting.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import typing
 from collections.abc import Iterable, Iterator, Mapping
@@ -134,6 +135,16 @@ def _as_json(value: Any) -> Any:
     if isinstance(value, list):
         return [_as_json(v) for v in value]
     return value
+
+
+def metadata_strings(metadata: Mapping[str, Any]) -> dict[str, str]:
+    """``Backup.spec.driverMetadata`` as Cozystack types it (``map[string]string``):
+    strings as they are, anything else as compact JSON (``7``, ``["shop","crm"]``).  A
+    driver gets its typed record back from the artifact's manifest, not from here."""
+    return {
+        k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
+        for k, v in metadata.items()
+    }
 
 
 def _any_map(value: Any, _t: Any) -> dict[str, Any]:

@@ -95,14 +95,14 @@ def drill(svc: Services, backup: Backup) -> Backup:
                     in_place=False,
                     parameters=params,
                     artifact=reader,
-                    driver_metadata=backup.spec.driver_metadata,
+                    driver_metadata=reader.manifest.driver_metadata,
                     taken_at=backup.spec.taken_at,
                     progress=_Quiet(),
                     log=logging.getLogger(f"cozybackup.driver.{driver.name}"),
                     deadline=Deadline.after(svc.config.restore_timeout),
                 )
             )
-            summary = driver.smoke_check(target, backup.spec.driver_metadata)
+            summary = driver.smoke_check(target, reader.manifest.driver_metadata)
     except CozyError as exc:
         return record(svc, backup, "RestoreDrill", False, str(exc))
     except Exception:

@@ -89,7 +89,8 @@ def run_restore(svc: Services, job: RestoreJob) -> RestoreJob:
             in_place=in_place,
             parameters=params,
             artifact=reader,
-            driver_metadata=backup.spec.driver_metadata,
+            # The driver's own record, with its types (the Backup's copy is strings).
+            driver_metadata=reader.manifest.driver_metadata,
             taken_at=backup.spec.taken_at,
             progress=progress,
             log=logging.getLogger(f"cozybackup.driver.{driver.name}"),

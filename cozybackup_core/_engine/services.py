@@ -50,7 +50,7 @@ from .._api.types import (
     label_value,
 )
 from .._api.types import Progress as ProgressStatus
-from .._api.wire import camel, structure
+from .._api.wire import camel, metadata_strings, structure
 from .._catalog.catalog import Catalog, parameters_for
 from .._drivers.contract import AppLocation, Deadline, Driver
 from .._plugins.host import PluginHost
@@ -290,7 +290,7 @@ class Services:
                     plan_ref=job.spec.plan_ref,
                     strategy_ref=strategy_ref,
                     taken_at=structure(manifest.taken_at, dt.datetime),
-                    driver_metadata=dict(manifest.driver_metadata),
+                    driver_metadata=metadata_strings(manifest.driver_metadata),
                 ),
                 status=BackupStatus(
                     phase="Ready",

@@ -18,6 +18,7 @@ from ._manifests import (
     key_secret_yaml,
     restore_job,
     s3_location_yaml,
+    typed_metadata,
 )
 from ._parameters import driver_class_yaml, refused_parameters, validate_parameters
 from ._platform import LocalPlatform, tenant_visible_text
@@ -44,5 +45,6 @@ __all__ = [
     "s3_location_yaml",
     "seaweed_s3",
     "tenant_visible_text",
+    "typed_metadata",
     "validate_parameters",
 ]

@@ -44,7 +44,7 @@ from cozybackup_core import (
     ValidationError,
     load_yaml,
 )
-from cozybackup_core.testing import AppHandle, DriverConformance, LocalPlatform
+from cozybackup_core.testing import AppHandle, DriverConformance, LocalPlatform, typed_metadata
 from cozybackup_core.testing import backup_class_yaml as one_strategy_class
 
 from cozybackup_sqlite import DUMP_STREAM, SQLITE_KIND, SQLiteDriver, SQLiteParameters
@@ -424,7 +424,7 @@ def test_backup_metadata_is_tenant_safe(tmp_path: Path) -> None:
     job = plat.backup(NS, declare(plat, "shop", db), "b1", CLASS)
     assert job.status.phase == "Succeeded", job.status.message
     (backup,) = plat.backups(NS)
-    meta = dict(backup.spec.driver_metadata)
+    meta = typed_metadata(backup.spec.driver_metadata)
     assert meta["tables"] == 5 and meta["views"] == 1 and meta["triggers"] == 1
     assert meta["indexes"] == 1  # ours; SQLite's automatic ones are not counted
     assert meta["journalMode"] == "wal" and meta["userVersion"] == 3

@@ -26,6 +26,8 @@ from cozybackup_clickhouse.testing import (
     write_dataset,
 )
 
+from cozybackup_core.testing import typed_metadata
+
 from conftest import (
     NS,
     ChdbFactory,
@@ -114,7 +116,7 @@ def test_every_table_and_view_survives(
 
     job = plat.backup(NS, ref, "b1", "cozy-default")
     assert job.status.phase == "Succeeded", job.status.message
-    meta = plat.backups(NS)[0].spec.driver_metadata
+    meta = typed_metadata(plat.backups(NS)[0].spec.driver_metadata)
     assert meta["mode"] == "logical"
     assert meta["databases"] == sorted([*DATASET_DATABASES, "default"])
     assert meta["materializedViews"] == 3
@@ -191,7 +193,10 @@ def test_named_databases_only_are_backed_up_and_replaced(
         before = fingerprint(run)
     job = plat.backup(NS, ref, "b1", "shop-only")
     assert job.status.phase == "Succeeded", job.status.message
-    assert plat.backups(NS)[0].spec.driver_metadata["databases"] == ["shop", "odd db"]
+    assert typed_metadata(plat.backups(NS)[0].spec.driver_metadata)["databases"] == [
+        "shop",
+        "odd db",
+    ]
     with session(app) as run:
         write_dataset(run, seed=4, memory=False, chain_from_view=engine == "server")
         changed = fingerprint(run)
@@ -372,7 +377,7 @@ def test_only_the_drivers_own_scratch_databases_are_treated_as_such(
     server.run("CREATE DATABASE cozybackup_restore_0123abcd_0")  # as a crashed restore left it
     plat = make_platform(tmp_path)
     assert plat.backup(NS, declare(plat, "a", server), "b1").status.phase == "Succeeded"
-    assert plat.backups(NS)[0].spec.driver_metadata["databases"] == [
+    assert typed_metadata(plat.backups(NS)[0].spec.driver_metadata)["databases"] == [
         "cozybackup_restore_mine",
         "default",
     ]

@@ -10,7 +10,7 @@ from typing import Any
 
 from cozybackup_etcd.testing import TLSFiles
 
-from cozybackup_core.testing import AppHandle, Cli, cli_round_trip, run_cli
+from cozybackup_core.testing import AppHandle, Cli, cli_round_trip, run_cli, typed_metadata
 
 from conftest import DISTRO_BIN, ClusterFactory, class_yaml, fingerprint, write_dataset
 
@@ -22,7 +22,7 @@ def test_backup_and_restores_through_the_cli(
     drill = etcd_clusters(DISTRO_BIN, members=3, tls=tls_files, started=False)
 
     def check_backup(backup: dict[str, Any]) -> None:
-        meta = backup["spec"]["driverMetadata"]
+        meta = typed_metadata(backup["spec"]["driverMetadata"])
         assert meta["format"] == "etcd-v3-snapshot" and meta["members"] == 1
         assert meta["revision"] == fingerprint(src)["revision"]
         assert backup["spec"]["strategyRef"]["kind"] == "Etcd"

@@ -27,7 +27,7 @@ from cozybackup_core import (
     DriverError,
     RestoreContext,
 )
-from cozybackup_core.testing import LocalPlatform
+from cozybackup_core.testing import LocalPlatform, typed_metadata
 
 from conftest import (
     DEBIAN_BIN,
@@ -116,7 +116,7 @@ def test_three_member_restore_forms_a_healthy_cluster(
     ref = declare(plat, "tenant-k8s", src)
     job = plat.backup(NS, ref, "b1", "etcd-follower")
     assert job.status.phase == "Succeeded", job.status.message
-    meta = plat.backups(NS)[0].spec.driver_metadata
+    meta = typed_metadata(plat.backups(NS)[0].spec.driver_metadata)
     with src.kv() as kv:
         status = kv.status()
     assert meta["members"] == 3 and meta["snapshotFrom"] == "follower"
@@ -193,7 +193,7 @@ def test_follower_preference_falls_back_to_the_leader_alone(
     write_dataset(src, seed=4, keys=200)
     job = plat.backup(NS, declare(plat, "single", src), "b1", "etcd-follower")
     assert job.status.phase == "Succeeded", job.status.message
-    assert plat.backups(NS)[0].spec.driver_metadata["snapshotFrom"] == "leader"
+    assert typed_metadata(plat.backups(NS)[0].spec.driver_metadata)["snapshotFrom"] == "leader"
 
 
 # ---------------------------------------------------------------------------- integrity

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from cozybackup_core import ApplicationRef
-from cozybackup_core.testing import AppHandle, Cli, app_manifests, backup_job, restore_job
+from cozybackup_core.testing import (
+    AppHandle,
+    Cli,
+    app_manifests,
+    backup_job,
+    restore_job,
+    typed_metadata,
+)
 
 from conftest import GiB, MiB, identical, make_image
 
@@ -57,7 +64,7 @@ def test_vmdisk_and_vminstance_through_the_cli(tmp_path: Path) -> None:
     cli.apply([backup_job("scratch-1", scratch.ref), backup_job("shop-1", shop.ref)])
     cli.run_once("backupjob/scratch-1", "backupjob/shop-1")
     backup = cli.get("backup", "shop-1")
-    meta = backup["spec"]["driverMetadata"]
+    meta = typed_metadata(backup["spec"]["driverMetadata"])
     assert [d["name"] for d in meta["disks"]] == ["root", "data"]
     assert meta["disks"][0]["virtualSize"] == 2 * GiB
     assert backup["spec"]["strategyRef"]["kind"] == "KubeVirt"

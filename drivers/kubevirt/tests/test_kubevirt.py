@@ -20,7 +20,12 @@ from cozybackup_core import (
     ArtifactRecord,
     PluginHost,
 )
-from cozybackup_core.testing import LocalPlatform, refused_parameters, validate_parameters
+from cozybackup_core.testing import (
+    LocalPlatform,
+    refused_parameters,
+    typed_metadata,
+    validate_parameters,
+)
 
 from conftest import FakeVM, GiB, MiB, guest_digest, identical, image_format, make_image
 
@@ -107,7 +112,7 @@ def stream_files(plat: LocalPlatform) -> list[Path]:
 
 def metadata(plat: LocalPlatform, name: str) -> dict[str, Any]:
     (backup,) = [b for b in plat.backups(NS) if b.metadata.name == name]
-    return dict(backup.spec.driver_metadata or {})
+    return typed_metadata(backup.spec.driver_metadata or {})
 
 
 def temp_files(*dirs: Path) -> list[Path]:

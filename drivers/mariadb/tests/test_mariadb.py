@@ -30,6 +30,7 @@ from cozybackup_core import (
 from cozybackup_core.testing import (
     LocalPlatform,
     refused_parameters,
+    typed_metadata,
     validate_parameters,
 )
 
@@ -125,11 +126,13 @@ def test_every_table_and_object_survives(
     job = plat.backup(NS, ref, "b1", f"maria-{mode}")
     assert job.status.phase == "Succeeded", job.status.message
     backup = plat.backups(NS)[0]
-    assert backup.spec.driver_metadata["mode"] == mode
-    assert re.match(r"\d+\.\d+\.\d+-MariaDB", backup.spec.driver_metadata["serverVersion"])
+    assert typed_metadata(backup.spec.driver_metadata)["mode"] == mode
+    assert re.match(
+        r"\d+\.\d+\.\d+-MariaDB", typed_metadata(backup.spec.driver_metadata)["serverVersion"]
+    )
     if not physical:
-        assert sorted(backup.spec.driver_metadata["databases"]) == sorted(DATABASES)
-        assert backup.spec.driver_metadata["accounts"] == 3
+        assert sorted(typed_metadata(backup.spec.driver_metadata)["databases"]) == sorted(DATABASES)
+        assert typed_metadata(backup.spec.driver_metadata)["accounts"] == 3
 
     if where == "in_place":
         write_data(src, seed=6)
@@ -197,7 +200,7 @@ def test_partial_logical_backup_replaces_only_the_named_databases(
     ref = declare(plat, "shop", src)
     job = plat.backup(NS, ref, "b1", "shop-only")
     assert job.status.phase == "Succeeded", job.status.message
-    meta = plat.backups(NS)[0].spec.driver_metadata
+    meta = typed_metadata(plat.backups(NS)[0].spec.driver_metadata)
     assert meta["databases"] == ["shop", "odd `name` db"] and meta["accounts"] is None
     job = plat.restore(NS, "b1", "r1", target=declare(plat, "copy", dst))
     assert job.status.phase == "Succeeded", job.status.message

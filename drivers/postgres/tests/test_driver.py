@@ -34,7 +34,7 @@ from cozybackup_core import (
     PluginHost,
     load_yaml,
 )
-from cozybackup_core.testing import LocalPlatform, driver_class_yaml
+from cozybackup_core.testing import LocalPlatform, driver_class_yaml, typed_metadata
 
 NS = "tenant-a"
 STREAM_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
@@ -399,7 +399,7 @@ def test_databases_parameter_narrows_backup_and_restore(
     shop = server.checksum("shop")
     ok(plat.backup(NS, declare(plat, "db", server), "b1", "pg-custom"))
     (backup,) = plat.backups(NS)
-    assert backup.spec.driver_metadata["databases"] == ["shop"]
+    assert typed_metadata(backup.spec.driver_metadata)["databases"] == ["shop"]
     assert [e["name"] for e in index_of(plat, "b1")["databases"]] == ["shop"]
     server.psql('DELETE FROM sales."Audit Log"', "shop")
     server.psql("INSERT INTO public.notes VALUES (9999, 'after the backup')", "postgres")
@@ -465,7 +465,7 @@ def test_database_names_no_stream_name_could_carry(
     assert sorted(copy.databases()) == sorted([*names, "postgres"])
     for name in names:
         assert copy.checksum(name) == src.checksum(name)
-    assert platform.backups(NS)[0].spec.driver_metadata["databases"] == sorted(
+    assert typed_metadata(platform.backups(NS)[0].spec.driver_metadata)["databases"] == sorted(
         [*names, "postgres"], key=lambda s: s.encode()
     )
 
