@@ -30,7 +30,7 @@ from ._api.types import (
     RestoreJob,
     StorageLocation,
 )
-from ._api.units import human_age, human_bytes, parse_duration
+from ._api.units import DURATION_PATTERN, human_age, human_bytes, parse_duration
 from ._api.version import __version__
 from ._api.wire import dump, load_yaml
 from ._catalog.catalog import BUILTIN_STORAGE, DEFAULT_CLASS, builtin_class
@@ -105,7 +105,7 @@ def _interval(text: str) -> float:
 def _job_ttl(text: str) -> float | None:
     if text == "never":
         return None
-    if not re.fullmatch(r"([0-9]{1,6}[smhdw])+", text):
+    if not re.fullmatch(DURATION_PATTERN, text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 14d or 36h, or never")
     seconds = parse_duration(text).total_seconds()
     if seconds < 60:

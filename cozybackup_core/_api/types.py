@@ -28,6 +28,7 @@ from .fields import (
     path_field,
     text_field,
 )
+from .units import DURATION_PATTERN
 
 GROUP = "backups.cozystack.io"
 VERSION = "v1alpha1"
@@ -400,7 +401,7 @@ class Retention:
     keep_yearly: int | None = constrained(default=None, **_COUNT)
     max_age: str | None = constrained(
         default=None,
-        pattern=r"^([0-9]{1,6}[smhdw])+$",
+        pattern=DURATION_PATTERN,
         maxLength=32,
         **{"x-describe": "is not a duration such as 90d, 12h or 2w3d"},
     )
@@ -416,7 +417,7 @@ class VerificationPolicy:
     restore_drill: bool = False
     every: str = constrained(
         default="7d",
-        pattern=r"^([0-9]{1,6}[smhdw])+$",
+        pattern=DURATION_PATTERN,
         maxLength=32,
         **{"x-describe": "is not a duration such as 7d or 12h"},
     )

@@ -6,6 +6,8 @@ import datetime as dt
 import re
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: A duration as people write one in a policy or a flag: ``90d``, ``12h``, ``2w3d``.
+DURATION_PATTERN = r"^([0-9]{1,6}[smhdw])+$"
 #: The longest duration a policy may name (``maxAge``, drill ``every``): a century.
 #: Longer ones mean "forever", which is no ``maxAge`` at all, and would overflow dates.
 MAX_DURATION = dt.timedelta(days=36525)
