@@ -372,9 +372,11 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _serve(ctx: Ctx, engine: Engine, with_namespace: bool) -> int:
+def _serve(
+    ctx: Ctx, engine: Engine, with_namespace: bool, stop: threading.Event | None = None
+) -> int:
     """The loop of ``run`` and ``controller``: recover once, then passes until stopped."""
-    stop = _stop_on_signals()
+    stop = stop or _stop_on_signals()
     for b in ctx.plugins.broken:
         print(f"warning: driver plugin {b.name} is broken: {b.error}", file=sys.stderr)
     runner = Runner(engine)
@@ -412,11 +414,13 @@ def cmd_controller(ctx: Ctx) -> int:
     """Run the engine against a Kubernetes cluster: the loop of ``cmd_run``, every
     ``--interval`` seconds, until SIGTERM/SIGINT (running jobs finish first).
 
-    Data moves inside this process: the design's worker Jobs (batch/v1 Jobs per backup in
-    the platform namespace) are not built yet.  One controller per cluster: there is no
-    leader election, so run the Deployment with one replica.  ``--home`` (or
-    ``$COZYBACKUP_HOME``) must be writable, as for every command, though nothing is kept
-    there.
+    One controller is active per cluster: each replica waits for the Lease
+    ``--lease`` in the platform namespace, recovers and runs passes only while it holds
+    it, and releases it on a clean stop so a successor takes over at once.  A replica
+    that cannot renew the Lease exits at once (status 3): data moves inside this process
+    (the design's worker Jobs are not built yet), and the successor's recovery settles the
+    jobs it was running.  ``--home`` (or ``$COZYBACKUP_HOME``) must be writable, as for
+    every command, though nothing is kept there.
     """
     from .hosts.kube import KubeHost, load_conventions
 
@@ -435,8 +439,25 @@ def cmd_controller(ctx: Ctx) -> int:
         conventions=conventions,
         local_bucket_root=ctx.args.local_buckets,
     )
+    stop = _stop_on_signals()
+    elector = host.elector(ctx.args.lease)
+    where = f"{host.platform_namespace}/{ctx.args.lease}"
+
+    def waiting(holder: str | None) -> None:
+        held = f"held by {holder}" if holder else "not held yet"
+        print(f"waiting for the controller Lease {where} ({held})", file=sys.stderr)
+
+    def lost() -> None:
+        # Another replica may take over now: stop every write at once.
+        print(f"error: lost the controller Lease {where}; exiting", file=sys.stderr, flush=True)
+        os._exit(3)
+
     try:
-        _serve(ctx, Engine(host, ctx.plugins, ctx.config()), True)
+        with elector.leading(stop, lost, waiting) as leading:
+            if not leading:
+                return 0
+            print(f"leading: holding the controller Lease {where}", file=sys.stderr)
+            _serve(ctx, Engine(host, ctx.plugins, ctx.config()), True, stop)
     finally:
         host.close()
     return 0
@@ -676,6 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="/var/lib/cozybackup/buckets",
         help="where provider: Local buckets live: mount a PersistentVolume here, or use S3 "
         "(default %(default)s)",
+    )
+    k.add_argument(
+        "--lease",
+        default="cozybackup-controller",
+        metavar="NAME",
+        help="the coordination.k8s.io Lease in the platform namespace that elects the one "
+        "active controller (default %(default)s)",
     )
     k.add_argument("--once", action="store_true", help="one pass, then exit")
     k.set_defaults(fn=cmd_controller)

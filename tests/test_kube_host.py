@@ -593,11 +593,26 @@ def _kubeconfig(path: Path, url: str) -> Path:
     return path
 
 
-@pytest.mark.timeout(60)
-def test_controller_runs_passes_until_sigterm(
-    kube: tuple[StrictApiServer, Any], host: KubeHost, tmp_path: Path
-) -> None:
-    _, api_client = kube
+def _directory_job(name: str, app: str = "app1") -> Any:
+    return load(
+        {
+            "apiVersion": "backups.cozystack.io/v1alpha1",
+            "kind": "BackupJob",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "applicationRef": {
+                    "apiGroup": "apps.example.com",
+                    "kind": "Directory",
+                    "name": app,
+                },
+                "backupClassName": "files",
+            },
+        }
+    )
+
+
+def _controller_setup(host: KubeHost, tmp_path: Path) -> Path:
+    """A Directory app and its class on a Local bucket; returns the conventions file."""
     app_dir = tmp_path / "apps" / NS / "app1"
     app_dir.mkdir(parents=True)
     (app_dir / "f").write_bytes(b"hello")
@@ -622,20 +637,23 @@ spec: {{provider: Local, bucket: cozy-backups, path: "{tmp_path / "bucket"}"}}
         )
     )
     host.objects.create(load(yaml.safe_load(FILES_CLASS)))
+    return conventions
+
+
+def _controller(api_client: Any, tmp_path: Path, conventions: Path, home: str) -> Any:
     env = {
         **os.environ,
         "PYTHONPATH": str(Path(__file__).parent),
         "COZYBACKUP_PLUGINS": "support.drivers",
-        "KUBERNETES_SERVICE_HOST": "",
     }
-    env.pop("KUBERNETES_SERVICE_HOST")
-    proc = subprocess.Popen(
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "cozybackup_core.cli",
             "--home",
-            str(tmp_path / "home"),
+            str(tmp_path / home),
             "controller",
             "--kubeconfig",
             str(_kubeconfig(tmp_path / "kubeconfig", api_client.configuration.host)),
@@ -650,47 +668,84 @@ spec: {{provider: Local, bucket: cozy-backups, path: "{tmp_path / "bucket"}"}}
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def _wait_finished(host: KubeHost, name: str, proc: Any, seconds: float = 30) -> BackupJob:
+    deadline = time.monotonic() + seconds
+    job = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        job = host.objects.get(BackupJob, NS, name)
+        if job is not None and job.status.phase in ("Succeeded", "Failed"):
+            return job
+        time.sleep(0.2)
+    raise AssertionError((job, proc.poll(), proc.stderr.read() if proc.poll() is not None else ""))
+
+
+def _stop(proc: Any) -> tuple[bytes, bytes]:
     try:
-        host.objects.create(
-            load(
-                {
-                    "apiVersion": "backups.cozystack.io/v1alpha1",
-                    "kind": "BackupJob",
-                    "metadata": {"name": "by-controller", "namespace": NS},
-                    "spec": {
-                        "applicationRef": {
-                            "apiGroup": "apps.example.com",
-                            "kind": "Directory",
-                            "name": "app1",
-                        },
-                        "backupClassName": "files",
-                    },
-                }
-            )
-        )
-        deadline = time.monotonic() + 30
-        job = None
-        while time.monotonic() < deadline and proc.poll() is None:
-            job = host.objects.get(BackupJob, NS, "by-controller")
-            if job is not None and job.status.phase in ("Succeeded", "Failed"):
-                break
-            time.sleep(0.2)
-        assert job is not None and job.status.phase == "Succeeded", (
-            job,
-            proc.poll(),
-            proc.stderr.read() if proc.poll() is not None else "",  # type: ignore[union-attr]
-        )
-        assert host.objects.get(Backup, NS, "by-controller") is not None
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+    return out, err
+
+
+@pytest.mark.timeout(60)
+def test_controller_runs_passes_until_sigterm(
+    kube: tuple[StrictApiServer, Any], host: KubeHost, tmp_path: Path
+) -> None:
+    _, api_client = kube
+    conventions = _controller_setup(host, tmp_path)
+    proc = _controller(api_client, tmp_path, conventions, "home")
+    try:
+        host.objects.create(_directory_job("by-controller"))
+        job = _wait_finished(host, "by-controller", proc)
+        assert job.status.phase == "Succeeded", job.status
+        assert host.objects.get(Backup, NS, "by-controller") is not None
+    finally:
+        out, err = _stop(proc)
     assert proc.returncode == 0, err.decode()
     assert b"backupjob/by-controller (tenant-a) Succeeded" in out
     assert b"signal 15" in err
     assert host.objects.list(StorageLocation)  # the admin's objects were left alone
+
+
+@pytest.mark.timeout(120)
+def test_two_controllers_one_leads_and_hands_over_on_sigterm(
+    kube: tuple[StrictApiServer, Any], host: KubeHost, tmp_path: Path
+) -> None:
+    """A rolling update's surge pod: the second controller waits for the Lease, runs
+    nothing meanwhile, and takes over at once when the first one stops."""
+    _, api_client = kube
+    conventions = _controller_setup(host, tmp_path)
+    first = _controller(api_client, tmp_path, conventions, "home1")
+    second = None
+    try:
+        host.objects.create(_directory_job("before"))
+        assert _wait_finished(host, "before", first).status.phase == "Succeeded"
+        second = _controller(api_client, tmp_path, conventions, "home2")
+        # Stop the first only once the second is waiting for the Lease.
+        waited = second.stderr.readline()
+        assert b"waiting for the controller Lease" in waited, waited
+        out1, err1 = _stop(first)
+        host.objects.create(_directory_job("after"))
+        assert _wait_finished(host, "after", second).status.phase == "Succeeded"
+    finally:
+        out2, err2 = _stop(second) if second is not None else (b"", b"")
+        if first.poll() is None:
+            _stop(first)
+    assert first.returncode == 0 and second.returncode == 0, (err1, err2)
+    assert b"leading" in err1 and b"backupjob/before" in out1 and b"backupjob/after" not in out1
+    assert b"backupjob/after (tenant-a) Succeeded" in out2 and b"backupjob/before" not in out2
+    held = (
+        kclient.CoordinationV1Api(api_client)
+        .read_namespaced_lease("cozybackup-controller", PLATFORM)
+        .spec
+    )
+    assert held.holder_identity is None  # released on a clean stop
+    assert held.lease_transitions == 1
 
 
 def test_an_object_the_schema_admits_but_the_types_refuse_is_skipped_by_lists(

@@ -81,6 +81,14 @@ def run_job(svc: Services, job: Job) -> Job:
     """Run one job.  Whatever goes wrong is the job's: it is recorded on the job (Failed,
     with a reference for the operator), and never stops the other jobs."""
     try:
+        claimed: Job | None = svc.claim(cast(Any, job))
+    except Exception as exc:  # noqa: BLE001 - the platform refused; retried next pass
+        log.warning("could not claim %s %s: %s", job.kind, job.metadata.name, exc)
+        return job
+    if claimed is None:
+        return job  # another runner took it, or it changed: the next pass looks again
+    job = claimed
+    try:
         if isinstance(job, BackupJob):
             return run_backup(svc, job)
         return run_restore(svc, job)

@@ -21,6 +21,7 @@ import attrs
 
 from .._api.errors import (
     ArtifactCorruptError,
+    ConflictError,
     CozyError,
     NotFoundError,
     PermanentError,
@@ -157,6 +158,30 @@ class Services:
             base = current if current is not None else job
             new = attrs.evolve(base, status=attrs.evolve(base.status, **changes))
             return self.host.objects.update_status(new)
+
+    def claim(self, job: J) -> J | None:
+        """Take a Pending job for this runner: its status written with the resourceVersion
+        it was listed with, so where the host checks versions (Kubernetes) a job another
+        runner took, or that changed since, is refused (None: left for the next pass).
+        This is what keeps two controllers from ever running one job twice."""
+        now = self.host.now()
+        claimed = attrs.evolve(
+            job,
+            status=attrs.evolve(
+                job.status,
+                phase="Running",
+                message="starting",
+                conditions=(
+                    _condition("Running", "Claimed", "the job is starting", now),
+                    _ready(job, "Running", "the job is starting", now),
+                ),
+            ),
+        )
+        try:
+            with self._status_lock:
+                return self.host.objects.update_status(claimed)
+        except (ConflictError, NotFoundError):
+            return None
 
     def start(self, job: J) -> J:
         now = self.host.now()
