@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from cozybackup_core import ApplicationRef, Backup, BackupJob, RestoreJob, dump, load_yaml
+from cozybackup_core._api.crd import all_crds
 from cozybackup_core._api.types import LocalObjectRef, ObjectMeta, RestoreJobSpec
 from cozybackup_core.testing import LocalPlatform
 
@@ -329,3 +330,20 @@ def test_apply_n_places_namespace_less_manifests_as_kubectl_does(tmp_path: Path)
     clash = cli(home, "apply", "-n", "tenant-a", "-f", "-", stdin=other)
     assert clash.returncode == 2
     assert "metadata.namespace: 'b' does not match -n tenant-a" in clash.stderr
+
+
+@pytest.mark.skipif(
+    not COZYSTACK_CRDS.is_dir(), reason="needs ../shared/cozystack-crds (Cozystack's CRDs)"
+)
+def test_our_crds_have_cozystacks_subresources() -> None:
+    """A status subresource changes how an object is written (a Backup with its status in
+    one call, as Cozystack's controller writes it): ours must match theirs kind by kind."""
+    ours = {c["spec"]["names"]["kind"]: c for c in all_crds()}
+    compared = 0
+    for path in sorted(COZYSTACK_CRDS.glob("*.yaml")):
+        theirs = yaml.safe_load(path.read_text())
+        kind = theirs["spec"]["names"]["kind"]
+        mine = ours[kind]["spec"]["versions"][0].get("subresources", {})
+        assert mine == theirs["spec"]["versions"][0].get("subresources", {}), kind
+        compared += 1
+    assert compared == 5

@@ -39,11 +39,13 @@ from cozybackup_core._api.errors import (
 )
 from cozybackup_core._api.types import (
     KINDS,
+    ArtifactRecord,
     Backup,
     BackupClass,
     BackupJob,
     RestoreJob,
     StorageLocation,
+    has_status_subresource,
 )
 from cozybackup_core._api.wire import dump, load
 from cozybackup_core._engine.engine import Engine
@@ -229,7 +231,11 @@ def test_round_trip_of_every_kind(
         with pytest.raises(ConflictError):  # `created` is stale now
             host.objects.update_status(created)
         status_puts = [w for w in api.writes if w[0] == "PUT" and w[1].endswith("/status")]
-        assert status_puts, "update_status goes through the status subresource"
+        if has_status_subresource(cls):
+            assert status_puts, "update_status goes through the status subresource"
+        else:  # a Backup, as in Cozystack's CRD: written whole
+            assert not status_puts
+            assert any(w[0] == "PUT" and w[2].get("status") for w in api.writes)
 
     host.objects.delete(cls, ns, meta.name)
     assert host.objects.get(cls, ns, meta.name) is None
@@ -239,9 +245,10 @@ def test_round_trip_of_every_kind(
     assert {w[0] for w in api.writes} <= {"POST", "PUT"}
 
 
-def test_create_sends_no_server_fields_and_status_goes_to_the_subresource(
+def test_create_sends_no_server_fields_and_a_backup_is_written_whole(
     kube: tuple[StrictApiServer, Any], host: KubeHost
 ) -> None:
+    """One call: no crash can leave a Backup without its status (as in Cozystack)."""
     api, _ = kube
     obj = sample("Backup")
     obj = attrs.evolve(
@@ -249,11 +256,23 @@ def test_create_sends_no_server_fields_and_status_goes_to_the_subresource(
     )
     created = host.objects.create(obj)
     assert created.metadata.uid != "forged"
-    (post, put) = api.writes
+    (post,) = api.writes
     assert post[0] == "POST" and "resourceVersion" not in post[2]["metadata"]
-    assert put[0] == "PUT" and put[1].endswith("/backups/job1/status")
-    assert put[2]["metadata"]["resourceVersion"] == "1"
+    assert post[2]["status"]["phase"] == "Ready"
     assert created.status.phase == "Ready"
+
+
+def test_a_status_write_after_create_goes_to_the_subresource(
+    kube: tuple[StrictApiServer, Any], host: KubeHost
+) -> None:
+    api, _ = kube
+    record = sample("ArtifactRecord")
+    committed = attrs.evolve(record, status=attrs.evolve(record.status, phase="Committed"))
+    created = host.objects.create(committed)
+    (post, put) = api.writes
+    assert post[0] == "POST" and put[0] == "PUT" and put[1].endswith("/status")
+    assert put[2]["metadata"]["resourceVersion"] == "1"
+    assert created.status.phase == "Committed"
 
 
 def test_lists_span_namespaces_and_sort(host: KubeHost) -> None:
@@ -814,9 +833,11 @@ def test_a_failed_status_write_on_create_removes_the_object(
     kube: tuple[StrictApiServer, Any], host: KubeHost
 ) -> None:
     api, _ = kube
-    path = "/apis/backups.cozystack.io/v1alpha1/namespaces/tenant-a/backups/job1/status"
-    api.faults[("PUT", path)] = 503
+    record = sample("ArtifactRecord")
+    committed = attrs.evolve(record, status=attrs.evolve(record.status, phase="Committed"))
+    name = record.metadata.name
+    api.faults[("PUT", f"/apis/backups.cozystack.io/v1alpha1/artifactrecords/{name}/status")] = 503
     with pytest.raises(KubeUnavailable):
-        host.objects.create(sample("Backup"))
-    assert host.objects.get(Backup, NS, "job1") is None  # no Backup without its status
-    assert host.objects.create(sample("Backup")).status.phase == "Ready"
+        host.objects.create(committed)
+    assert host.objects.get(ArtifactRecord, None, name) is None  # none without its status
+    assert host.objects.create(committed).status.phase == "Committed"

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 
 from .fields import SCHEMA_KEY
-from .types import GROUP, KINDS, VERSION
+from .types import GROUP, KINDS, VERSION, has_status_subresource
 from .wire import camel
 
 _PRINTER_COLUMNS: dict[str, list[dict[str, str]]] = {
@@ -109,7 +109,7 @@ def crd(kind: str) -> dict[str, Any]:
             "openAPIV3Schema": {"type": "object", "required": ["spec"], "properties": properties}
         },
     }
-    if "status" in hints:
+    if has_status_subresource(cls):
         version["subresources"] = {"status": {}}
     if kind in _PRINTER_COLUMNS:
         version["additionalPrinterColumns"] = _PRINTER_COLUMNS[kind]

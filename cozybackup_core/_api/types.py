@@ -336,10 +336,19 @@ class Backup:
     kind: ClassVar[str] = "Backup"
     namespaced: ClassVar[bool] = True
     tenant_visible: ClassVar[bool] = True
+    #: As in Cozystack's CRD: a Backup is written whole, status included, in one call (no
+    #: status subresource), so no crash can leave one without its status.
+    status_subresource: ClassVar[bool] = False
 
     metadata: ObjectMeta
     spec: BackupSpec
     status: BackupStatus = attrs.field(factory=BackupStatus)
+
+
+def has_status_subresource(cls: type[Any]) -> bool:
+    """Whether a kind's status is written through ``/status`` (every kind with a status
+    but Backup)."""
+    return bool(getattr(cls, "status_subresource", True)) and "status" in attrs.fields_dict(cls)
 
 
 # --------------------------------------------------------------------------- RestoreJob
@@ -444,6 +453,13 @@ class BackupClassSpec:
 
 
 @attrs.frozen(kw_only=True)
+class BackupClassStatus:
+    """Cozystack's: observations about the class (nothing writes them yet)."""
+
+    conditions: tuple[Condition, ...] = ()
+
+
+@attrs.frozen(kw_only=True)
 class BackupClass:
     api_version: ClassVar[str] = API_VERSION
     kind: ClassVar[str] = "BackupClass"
@@ -452,6 +468,7 @@ class BackupClass:
 
     metadata: ObjectMeta
     spec: BackupClassSpec
+    status: BackupClassStatus = attrs.field(factory=BackupClassStatus)
 
 
 # --------------------------------------------------------------------------- admin-only

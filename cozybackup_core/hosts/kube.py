@@ -5,9 +5,11 @@ What it is:
 * **Objects** — every cozybackup kind is a custom object of ``backups.cozystack.io/v1alpha1``
   (the CRDs of ``cozybackup crds``; plural and scope from :func:`~cozybackup_core._crd.crd`).
   Objects go through the one converter (``_wire.dump``/``load``).  ``create`` is a POST
-  (the server assigns uid, creationTimestamp and resourceVersion; a server with the status
-  subresource drops ``status`` from a POST, so a non-empty status is written right after with
-  a PUT on ``/status``).  ``update_status`` is a PUT on the ``/status`` subresource carrying
+  (the server assigns uid, creationTimestamp and resourceVersion).  A Backup has no status
+  subresource, as in Cozystack's CRD: it is created whole, status included, in one call.
+  Other kinds' status goes through ``/status``; a POST drops it, so a non-empty one is
+  written right after (an ArtifactRecord's: a crash between the two calls leaves one that
+  reads as its default status, ``Writing``, which is what it is).  ``update_status`` is a PUT on the ``/status`` subresource carrying
   the object's ``resourceVersion``: an update of a stale object is refused by the server
   (409) and raises :class:`ConflictError`, as does a create of an existing name.
   ``set_metadata`` (labels, annotations) is a JSON merge patch carrying the resourceVersion.
@@ -25,13 +27,13 @@ What it is:
 * **Lists** skip (and log) an object the CRD schema admitted but the types refuse (a
   cross-field rule), so one bad object cannot stop every pass; ``get`` raises for it.
 
+* **One active controller** — :meth:`KubeHost.elector`: leader election on a Lease in the
+  platform namespace (:mod:`.kube_lease`); the engine claims each job by a
+  compare-and-swap on its status, so even two leaders could not run one job twice.
+
 What it is not (yet): data moves inside the controller process; the design's worker Jobs
-(batch/v1 Jobs running ``cozybackup`` per job in the platform namespace) are not built,
-nor are RBAC manifests or an admission webhook.  There is no watch: the controller polls.
-Label values longer than 63 characters (long Plan or job names) are refused by a real API
-server; this host does not shorten them yet.  Creating an object with a status (a Backup)
-takes two calls: a crash between them leaves a Backup without status, which nothing
-repairs yet.
+(batch/v1 Jobs running ``cozybackup`` per job in the platform namespace) are not built.
+There is no watch: the controller polls.
 """
 
 from __future__ import annotations
@@ -58,11 +60,12 @@ from .._api.errors import (
     UnsupportedError,
     ValidationError,
 )
-from .._api.types import API_VERSION, GROUP, KINDS, VERSION, ApplicationRef
+from .._api.types import API_VERSION, GROUP, KINDS, VERSION, ApplicationRef, has_status_subresource
 from .._api.units import secret_text
 from .._api.wire import dump, load
 from .._drivers.contract import AppLocation, Locator
 from .._engine.port import T
+from .kube_lease import DEFAULT_LEASE, DEFAULT_TIMING, LeaderElector, LeaseLock, LeaseTiming
 
 log = logging.getLogger("cozybackup.kube")
 
@@ -331,8 +334,13 @@ class KubeObjectStore:
         created: Any = load(raw)
         # With the status subresource, a POST's status is dropped: write it separately.  If
         # that fails the object is removed again, so no half-made record stays (a crash
-        # between the two calls can still leave one: see the module docstring).
-        if body.get("status") and dump(created).get("status") != body["status"]:
+        # between the two calls can still leave one; a Backup, the one kind created with a
+        # status, has no subresource and is written whole in one call).
+        if (
+            has_status_subresource(type(o))
+            and body.get("status")
+            and dump(created).get("status") != body["status"]
+        ):
             try:
                 created = self._put_status(attrs.evolve(created, status=o.status))
             except BaseException:
@@ -347,10 +355,13 @@ class KubeObjectStore:
     def _put_status(self, obj: Any) -> Any:
         body = dump(obj)
         what = f"update status of {obj.kind} {obj.metadata.name}"
+        sub = has_status_subresource(type(obj))
         if obj.namespaced:
             raw = self.call(
                 what,
-                self._custom.replace_namespaced_custom_object_status,
+                self._custom.replace_namespaced_custom_object_status
+                if sub
+                else self._custom.replace_namespaced_custom_object,
                 GROUP,
                 VERSION,
                 obj.metadata.namespace,
@@ -361,7 +372,9 @@ class KubeObjectStore:
         else:
             raw = self.call(
                 what,
-                self._custom.replace_cluster_custom_object_status,
+                self._custom.replace_cluster_custom_object_status
+                if sub
+                else self._custom.replace_cluster_custom_object,
                 GROUP,
                 VERSION,
                 _plural(type(obj)),
@@ -371,7 +384,8 @@ class KubeObjectStore:
         return load(raw)
 
     def update_status(self, obj: T) -> T:
-        """PUT ``/status`` with the object's resourceVersion (409 → :class:`ConflictError`).
+        """PUT ``/status`` with the object's resourceVersion (409 → :class:`ConflictError`);
+        for a Backup (no status subresource) a PUT of the whole object, likewise guarded.
 
         An object without a resourceVersion (built by hand, never read) is written over the
         current one, as the other hosts do.
@@ -520,6 +534,27 @@ class KubeHost:
 
     def close(self) -> None:
         self.api_client.close()
+
+    def elector(
+        self,
+        name: str = DEFAULT_LEASE,
+        identity: str | None = None,
+        timing: LeaseTiming = DEFAULT_TIMING,
+    ) -> LeaderElector:
+        """Leader election on the Lease ``name`` in the platform namespace: one active
+        controller per cluster (see :mod:`.kube_lease`).  ``identity`` defaults to the pod's
+        hostname and a random suffix, so a restarted pod is a new candidate."""
+        from kubernetes import client  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+        lock = LeaseLock(
+            self.objects.call,
+            client.CoordinationV1Api(self.api_client),
+            self.platform_namespace,
+            name,
+            identity or f"{self._instance}_{uuid.uuid4().hex[:8]}",
+            timing,
+        )
+        return LeaderElector(lock)
 
     def now(self) -> dt.datetime:
         return self.clock() if self.clock else _now()

@@ -95,7 +95,9 @@ class StrictApiServer(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         for plural, info in _PLURALS.items():
             self.resources[f"{GROUP}/v1alpha1/{plural}"] = kmock.ResourceInfo(
-                kind=info["kind"], namespaced=info["namespaced"], subresources={"status"}
+                kind=info["kind"],
+                namespaced=info["namespaced"],
+                subresources={"status"} if info["status"] else set(),
             )
         for plural, kind in (("secrets", "Secret"), ("events", "Event")):
             self.resources[f"v1/{plural}"] = kmock.ResourceInfo(kind=kind, namespaced=True)
@@ -223,6 +225,11 @@ class StrictApiServer(kmock.KubernetesEmulator):
         sub = request.subresource
         if sub not in (None, "status"):
             raise KubernetesObjectNotFoundError()
+        # A kind without the status subresource (Backup): /status does not exist, and the
+        # main resource's writes carry the status like any field.
+        whole = ours and not _PLURALS[request.resource.plural]["status"]  # type: ignore[union-attr]
+        if whole and sub == "status":
+            raise KubernetesObjectNotFoundError()
         if ours and replace:
             self._check(request, data, f"update{'/' + sub if sub else ''}")
         key = (request.resource, request.namespace, request.name)
@@ -257,9 +264,10 @@ class StrictApiServer(kmock.KubernetesEmulator):
                     new = copy.deepcopy(data)
                 else:
                     new = dict(kmock_dicts.patch_dict(copy.deepcopy(current), data))
-                new.pop("status", None)
-                if "status" in current:
-                    new["status"] = current["status"]
+                if not whole:
+                    new.pop("status", None)
+                    if "status" in current:
+                        new["status"] = current["status"]
                 meta = new.setdefault("metadata", {})
                 for k in ("uid", "creationTimestamp", "generation", "namespace", "name"):
                     if k in cmeta:
