@@ -397,6 +397,8 @@ def _serve(
                 )
         for action in r.pruned:
             print(f"pruned backup/{action.backup} ({action.namespace}): {action.reason}")
+        for note in r.swept:
+            print(f"swept: {note}")
         if r.error:
             print(f"error: the pass stopped early, retrying next pass: {r.error}", file=sys.stderr)
 

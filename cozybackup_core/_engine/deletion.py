@@ -1,13 +1,20 @@
-"""Deleting a Backup and its data, crash-safely.
+"""Deleting a Backup and its data, crash-safely; sweeping data no Backup points at.
 
 Order: Backup -> phase Deleting (no restore can start from it), record -> Deleting,
 artifact deleted, record deleted, Backup deleted.  A crash anywhere leaves a Deleting
 Backup or record that the next pass (or recovery) finishes; a Backup is never left
 pointing at missing data while claiming to be Ready.
+
+An *orphan* is a committed artifact that no Backup points at, once its job is over: a
+Backup deleted with ``kubectl delete``, or refused by the API server after the artifact
+was committed.  Left alone it would be stored, and paid for, for ever; the sweep deletes
+it by the same crash-safe steps, after a grace period that covers a job between its
+commit and its Backup.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable
@@ -16,11 +23,14 @@ from typing import Any
 import attrs
 
 from .._api.errors import CozyError
-from .._api.types import ArtifactRecord, Backup, Condition, artifact_uid
+from .._api.types import ArtifactRecord, Backup, BackupJob, Condition, artifact_uid
 from .._storage.store import ArtifactKey
 from .services import Services
 
 log = logging.getLogger("cozybackup.deletion")
+
+#: How long a committed artifact may stay without a Backup before it is an orphan.
+ORPHAN_GRACE = dt.timedelta(hours=1)
 
 
 def delete_backup(svc: Services, backup: Backup, reason: str) -> None:
@@ -91,3 +101,33 @@ def _delete_record(svc: Services, record: ArtifactRecord) -> None:
         )
     store.delete(ArtifactKey.of(record))
     svc.host.objects.delete(ArtifactRecord, None, record.metadata.name)
+
+
+def sweep_orphans(svc: Services) -> list[str]:
+    """Delete every orphaned artifact (see the module docstring); a note for each."""
+    objs = svc.host.objects
+    pointed = {artifact_uid(b.status.artifact.uri) for b in objs.list(Backup) if b.status.artifact}
+    cutoff = svc.host.now() - ORPHAN_GRACE
+    notes = []
+    for record in objs.list(ArtifactRecord):
+        made = record.metadata.creation_timestamp
+        if record.status.phase != "Committed" or record.metadata.name in pointed:
+            continue
+        if made is None or made > cutoff:
+            continue
+        spec = record.spec
+        job = objs.get(BackupJob, spec.namespace, spec.job_ref.name)
+        if job is not None and job.status.phase in (None, "Pending", "Running"):
+            continue  # its job may still write the Backup
+        what = (
+            f"orphaned artifact {record.metadata.name} of {spec.namespace}/{spec.application_name}"
+        )
+        notes.append(_isolated(what, _delete_orphan, svc, record))
+    return notes
+
+
+def _delete_orphan(svc: Services, record: ArtifactRecord) -> None:
+    record = svc.host.objects.update_status(
+        attrs.evolve(record, status=attrs.evolve(record.status, phase="Deleting"))
+    )
+    _delete_record(svc, record)

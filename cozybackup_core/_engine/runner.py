@@ -38,6 +38,8 @@ class PassReport:
     pruned: tuple[PruneAction, ...] = ()
     #: Finished jobs deleted after their time to live (``namespace/name``).
     expired: tuple[str, ...] = ()
+    #: Orphaned artifacts swept (committed data no Backup points at), one note each.
+    swept: tuple[str, ...] = ()
     #: Set when the pass stopped early on a platform error (the API server went away...):
     #: the admin-facing text; the next pass tries again.
     error: str | None = None
@@ -77,6 +79,7 @@ class Runner:
         drills: list[Backup] = []
         pruned: list[PruneAction] = []
         expired: list[str] = []
+        swept: list[str] = []
         errors: list[str] = []
         # Secrets are read fresh every pass: a rotated key or credential takes effect on
         # the next job, not on the next restart.
@@ -91,12 +94,15 @@ class Runner:
                     "retention", errors, lambda: [a for a in self.engine.prune() if a.delete], []
                 )
             expired = self._stage("expiry", errors, self.engine.expire_finished, [])
+            if self.retention:
+                swept = self._stage("orphans", errors, self.engine.sweep_orphans, [])
         return PassReport(
             fired=tuple(fired),
             finished=tuple(finished),
             drills=tuple(drills),
             pruned=tuple(pruned),
             expired=tuple(expired),
+            swept=tuple(swept),
             error="; ".join(errors) or None,
         )
 
