@@ -41,6 +41,10 @@ from ._engine.runner import PassReport, Runner
 from ._plugins.host import PluginHost
 from ._storage.providers import unusable_keys
 from .hosts._local_types import Application, Secret
+from .hosts.kube_install import DEFAULT_NAMESPACE, IMAGE_REPOSITORY, kustomize_files
+from .hosts.kube_install import bundle as install_bundle
+from .hosts.kube_install import objects as install_objects
+from .hosts.kube_install import to_yaml as install_yaml
 from .hosts.local import LOCAL_KINDS, LocalHost, default_home
 
 log = logging.getLogger("cozybackup")
@@ -563,6 +567,23 @@ def cmd_crds(_ctx: Ctx) -> int:
     return 0
 
 
+def cmd_install(ctx: Ctx) -> int:
+    try:
+        parts = install_bundle(ctx.args.namespace, ctx.args.image)
+    except ValidationError as exc:
+        flags = {"namespace": "--namespace", "image": "--image"}
+        raise ValidationError([(flags.get(p, p), m) for p, m in exc.problems]) from None
+    if ctx.args.write_kustomize is None:
+        print(install_yaml(install_objects(parts)), end="")
+        return 0
+    out = Path(ctx.args.write_kustomize)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in kustomize_files(parts).items():
+        (out / name).write_text(text)
+        print(f"wrote {out / name}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 
 
@@ -675,6 +696,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("crds", help="print the CustomResourceDefinitions")
     c.set_defaults(fn=cmd_crds)
+
+    ins = sub.add_parser(
+        "install",
+        help="print what a cluster needs for `cozybackup controller` (CRDs, RBAC, admission "
+        "policy, Deployment) as YAML",
+        description="Print the install bundle for a Kubernetes cluster as multi-document YAML: "
+        "the platform namespace (labelled cozystack.io/system), the CRDs, the controller's "
+        "ServiceAccount and RBAC, the tenant ClusterRoles Cozystack aggregates, the "
+        "ValidatingAdmissionPolicy for reserved labels and job specs, and the controller's "
+        "Deployment.  Apply it with server-side apply (the CRDs are too large for the "
+        "last-applied annotation).",
+        epilog="examples:\n  cozybackup install | kubectl apply --server-side -f -\n"
+        "  cozybackup install -n backups --image registry.example/cozybackup:0.1.0\n"
+        "  cozybackup install --write-kustomize deploy/   # regenerate the kustomize base",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ins.add_argument(
+        "-n",
+        "--namespace",
+        default=DEFAULT_NAMESPACE,
+        help="the platform namespace: the controller, its Secrets and its rights "
+        "(default %(default)s)",
+    )
+    ins.add_argument(
+        "--image",
+        help=f"the controller's image (default {IMAGE_REPOSITORY}:<this version>)",
+    )
+    ins.add_argument(
+        "--write-kustomize",
+        metavar="DIR",
+        help="write a kustomize base to DIR (one file per concern and kustomization.yaml) "
+        "instead of printing",
+    )
+    ins.set_defaults(fn=cmd_install)
 
     k = sub.add_parser(
         "controller",

@@ -19,7 +19,7 @@ from support.manifests import directory_class
 def test_help_lists_every_command(tmp_path: Path) -> None:
     out = cli(tmp_path, "--help")
     assert out.returncode == 0
-    for command in ("apply", "get", "describe", "run", "verify", "drivers", "crds"):
+    for command in ("apply", "get", "describe", "run", "verify", "drivers", "crds", "install"):
         assert command in out.stdout
     assert "COZYBACKUP_HOME" in out.stdout
 

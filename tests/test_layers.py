@@ -45,8 +45,16 @@ LAYERS: list[set[str]] = [
 ]
 #: Members of one layer that may import each other (a plugin host needs its hookspecs).
 PARTNERS = {frozenset({"_plugins", "hookspecs"})}
-#: The adapters in ``hosts``: independent, except a host's own private helper module.
-HOST_GROUPS = {"local": "local", "_local_types": "local", "memory": "memory", "kube": "kube"}
+#: The adapters in ``hosts``: independent, except a host's own modules (its helpers, its
+#: install bundle).
+HOST_GROUPS = {
+    "local": "local",
+    "_local_types": "local",
+    "memory": "memory",
+    "kube": "kube",
+    "kube_install": "kube",
+    "kube_admission": "kube",
+}
 NO_IO = {"_api", "_policy"}
 IO_MODULES = {
     "os", "io", "sys", "subprocess", "socket", "shutil", "tempfile", "pathlib", "threading",

@@ -24,6 +24,8 @@ from .port import with_metadata
 #: What a tenant may create; everything else is the platform's or the operator's.
 TENANT_KINDS: tuple[type[Any], ...] = (BackupJob, Plan, RestoreJob)
 _PLATFORM_KINDS = (Backup, ArtifactRecord)
+#: Kinds whose spec cannot change once created: a job runs the spec it was created with.
+IMMUTABLE_SPEC_KINDS: tuple[type[Any], ...] = (BackupJob, RestoreJob)
 #: Live tenant objects (Plans, unfinished jobs) one namespace may hold.
 MAX_LIVE_PER_NAMESPACE = 500
 #: Label and annotation keys the platform sets; a tenant forging them could make a job
@@ -72,7 +74,7 @@ def admit(
                     ]
                 )
             live[ns] += 1
-        if isinstance(obj, (BackupJob, RestoreJob)):
+        if isinstance(obj, IMMUTABLE_SPEC_KINDS):
             if existing is not None and existing.spec != obj.spec:
                 raise ValidationError(
                     [("spec", f"{what} exists and its spec is immutable; create a new one")]
