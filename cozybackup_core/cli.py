@@ -701,12 +701,12 @@ def build_parser() -> argparse.ArgumentParser:
         "install",
         help="print what a cluster needs for `cozybackup controller` (CRDs, RBAC, admission "
         "policy, Deployment) as YAML",
-        description="Print the install bundle for a Kubernetes cluster as multi-document YAML: "
-        "the platform namespace (labelled cozystack.io/system), the CRDs, the controller's "
-        "ServiceAccount and RBAC, the tenant ClusterRoles Cozystack aggregates, the "
-        "ValidatingAdmissionPolicy for reserved labels and job specs, and the controller's "
-        "Deployment.  Apply it with server-side apply (the CRDs are too large for the "
-        "last-applied annotation).",
+        description="Print the install bundle for a Kubernetes cluster as multi-document YAML:\n"
+        "the platform namespace (labelled cozystack.io/system), the CRDs, the controller's\n"
+        "ServiceAccount and RBAC, the tenant ClusterRoles Cozystack aggregates, the\n"
+        "ValidatingAdmissionPolicy for reserved labels and job specs, and the controller's\n"
+        "Deployment.  The namespace is written into the policy and the controller's flags:\n"
+        "for another one, generate with -n rather than patch.",
         epilog="examples:\n  cozybackup install | kubectl apply --server-side -f -\n"
         "  cozybackup install -n backups --image registry.example/cozybackup:0.1.0\n"
         "  cozybackup install --write-kustomize deploy/   # regenerate the kustomize base",
