@@ -52,6 +52,7 @@ HOST_GROUPS = {
     "_local_types": "local",
     "memory": "memory",
     "kube": "kube",
+    "kube_lease": "kube",
     "kube_install": "kube",
     "kube_admission": "kube",
 }

@@ -21,7 +21,7 @@ import yaml
 from .._api.crd import all_crds
 from .._api.errors import ValidationError
 from .._api.fields import LABEL_PATTERN
-from .._api.types import APPS_GROUP, GROUP, KINDS, Backup
+from .._api.types import APPS_GROUP, GROUP, KINDS, Backup, has_status_subresource
 from .._api.version import __version__
 from .._engine.admission import TENANT_KINDS
 from . import kube_admission
@@ -86,10 +86,12 @@ def _rule(group: str, resources: list[str], verbs: list[str]) -> dict[str, Any]:
 def controller_rules() -> list[dict[str, Any]]:
     """Cluster-wide: our kinds, Secrets one by one (a tenant's credentials, by the name
     its application's convention gives: never listed), events, and applications."""
-    written = [plural(k) for k in KINDS if k not in _ADMIN_KINDS]
+    written = [k for k in KINDS if k not in _ADMIN_KINDS]
+    # A Backup has no status subresource (Cozystack's CRD): its status is written whole.
+    statuses = [f"{plural(k)}/status" for k in written if has_status_subresource(KINDS[k])]
     return [
-        _rule(GROUP, written, [*READ, *WRITE]),
-        _rule(GROUP, [f"{r}/status" for r in written], ["get", "update", "patch"]),
+        _rule(GROUP, [plural(k) for k in written], [*READ, *WRITE]),
+        _rule(GROUP, statuses, ["get", "update", "patch"]),
         _rule(GROUP, [plural(k) for k in _ADMIN_KINDS], READ),
         _rule("", ["secrets"], ["get"]),
         _rule("", ["events"], ["create", "patch"]),
@@ -98,8 +100,9 @@ def controller_rules() -> list[dict[str, Any]]:
 
 
 def controller_namespace_rules() -> list[dict[str, Any]]:
-    """In the platform namespace only: worker Jobs, their Secrets and logs, the leader
-    Lease (none of it is used yet; granted so the next controller needs no new RBAC)."""
+    """In the platform namespace only: the Lease that elects the one active controller
+    (read, created, renewed by replacing it); worker Jobs, their Secrets and logs (not
+    used yet: granted so the worker Jobs to come need no new RBAC)."""
     return [
         _rule("batch", ["jobs"], ["create", "get", "list", "watch", "delete"]),
         _rule("", ["secrets"], ["create", "get", "list", "delete", "update"]),
@@ -175,8 +178,9 @@ def tenant_rbac() -> list[dict[str, Any]]:
 
 
 def deployment(ns: str, image: str) -> dict[str, Any]:
-    """One replica, replaced with Recreate: there is no leader election yet, and two
-    controllers would fail each other's running jobs on recovery.
+    """One replica, replaced with Recreate: the old pod finishes its running jobs and
+    releases the Lease before the new one starts (the Lease alone would keep two pods from
+    both working, with a second one idling for up to the grace period).
 
     No liveness or readiness probe: the controller serves no health endpoint yet.
     """
