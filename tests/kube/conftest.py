@@ -1,0 +1,69 @@
+"""Fixtures for the tests against a real kube-apiserver (see README.md here).
+
+``kube_cluster`` (session): the servers, built by ``build.sh`` (see servers.py), started
+once and stopped at the end.  ``namespace``: a fresh namespace a test.  ``kubelet``: the
+test kubelet, running the Pods of that namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from . import servers
+from .cluster import KubeCluster
+from .kubelet import Kubelet
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def echo(line: str) -> None:
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(f"tests/kube/build.sh: {line}")
+
+    servers.echo = echo
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
+    """etcd, kube-apiserver and kube-controller-manager on 127.0.0.1 (cluster.py)."""
+    outcome = servers.servers()
+    if outcome.skip:
+        pytest.skip(outcome.skip)
+    if outcome.failure:
+        pytest.fail(outcome.failure, pytrace=False)
+    assert outcome.bin_dir is not None
+    keep = bool(os.environ.get("COZYBACKUP_KUBE_KEEP"))
+    with KubeCluster(
+        outcome.bin_dir, parent_dir=tmp_path_factory.mktemp("kube"), keep_dir=keep
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def namespace(kube_cluster: KubeCluster) -> Iterator[str]:
+    """A new namespace (with its default ServiceAccount), deleted after the test."""
+    name = kube_cluster.create_namespace(f"t-{uuid.uuid4().hex[:10]}")
+    yield name
+    kube_cluster.delete_namespace(name)
+
+
+@pytest.fixture
+def kubelet(kube_cluster: KubeCluster, namespace: str, tmp_path: Path) -> Iterator[Kubelet]:
+    """The test kubelet, running the Pods of ``namespace`` (``kubelet.watch(ns)`` adds more).
+
+    It is stopped after the test, every process it started killed; anything unexpected in
+    its threads fails the test.
+    """
+    k = Kubelet(kube_cluster.api_client(), tmp_path / "kubelet", [namespace])
+    with k:
+        yield k
+    if k.errors:
+        pytest.fail("the test kubelet reported errors:\n" + "\n\n".join(k.errors), pytrace=False)
