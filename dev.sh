@@ -41,6 +41,6 @@ export UV_PYTHON_DOWNLOADS=never  # only registries are reachable: use the machi
 
 case "${1:-}" in
   demo) shift; exec nox -s demo -- "$@" ;;
-  test) shift; exec nox -s tests drivers lint typecheck "$@" ;;
+  test) shift; exec nox -s tests drivers lint typecheck kube "$@" ;;
   *) echo "usage: ./dev.sh demo | ./dev.sh test [nox args]" >&2; exit 2 ;;
 esac
