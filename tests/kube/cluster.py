@@ -102,11 +102,14 @@ def tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+# Looked up here, not in the child: between fork and exec only the call itself runs.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: if the test process dies without stopping
     # the cluster (kill -9, a crash), the kernel kills the server too.  PR_SET_PDEATHSIG = 1.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGKILL, 0, 0, 0)
+    _prctl(1, signal.SIGKILL, 0, 0, 0)
 
 
 class KubeCluster:
