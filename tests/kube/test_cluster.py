@@ -17,9 +17,9 @@ from kubernetes.client.exceptions import (  # type: ignore[import-untyped, impor
     ApiException,
 )
 
-from .cluster import USERS, KubeCluster
+from .cluster import USERS, ClusterStartError, KubeCluster
 from .kubelet import Kubelet
-from .servers import require_servers
+from .servers import require_servers, servers
 
 pytestmark = pytest.mark.kube
 require_servers()
@@ -339,3 +339,34 @@ print(json.dumps({"user": who, "kube-system": other}))
         "user": f"system:serviceaccount:{namespace}:controller",
         "kube-system": 403,
     }
+
+
+def test_a_server_that_fails_to_start_is_reported_with_its_log(tmp_path: Path) -> None:
+    real = servers().bin_dir
+    assert real is not None
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name in ("etcd", "kube-controller-manager"):
+        (fake / name).symlink_to(real / name)
+    (fake / "kube-apiserver").write_text(
+        "#!/bin/sh\necho 'Error: unknown flag: --nonsense' >&2\nexit 1\n"
+    )
+    (fake / "kube-apiserver").chmod(0o755)
+    cluster = KubeCluster(fake, parent_dir=tmp_path)
+
+    with pytest.raises(ClusterStartError, match=r"(?s)kube-apiserver exited with 1.*unknown flag"):
+        cluster.start()
+
+    # etcd, which had started, was stopped with it, and the temp dir removed.
+    assert not cluster.dir.exists()
+    running = [
+        p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_mentions(p, cluster.dir)
+    ]
+    assert running == []
+
+
+def _cmdline_mentions(proc: Path, text: Path) -> bool:
+    try:
+        return str(text).encode() in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
