@@ -108,10 +108,10 @@ def kube(session: nox.Session) -> None:
     """tests/kube: a real kube-apiserver, kube-controller-manager and etcd, and the test kubelet.
 
     The servers are built from the Go module proxy by tests/kube/build.sh into a cache outside
-    the checkout (~17 minutes the first time on 2 cores, seconds after); without Go the tests
+    the checkout (9-17 minutes the first time on 2 cores, seconds after); without Go the tests
     are skipped with one line.
     """
-    # tests/kube/conftest.py runs build.sh once after collection, outside any test's timeout.
+    # tests/kube/servers.py runs build.sh once, during collection, outside any test's timeout.
     session.install("-e", ".[s3,kube]", "-e", "plugins-example", *TEST_DEPS)
     session.run("pytest", "tests/kube", *session.posargs)
 

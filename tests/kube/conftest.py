@@ -20,10 +20,10 @@ from .kubelet import Kubelet
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    capture = config.pluginmanager.get_plugin("capturemanager")
-
     def echo(line: str) -> None:
+        # Looked up now: at configure time the terminal reporter may not exist yet.
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
         if reporter is not None and capture is not None:
             with capture.global_and_fixture_disabled():
                 reporter.write_line(f"tests/kube/build.sh: {line}")
@@ -32,17 +32,23 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
-    """etcd, kube-apiserver and kube-controller-manager on 127.0.0.1 (cluster.py)."""
+def kube_bin() -> Path:
+    """The bin directory of the built servers (skip without Go; fail on a failed build)."""
     outcome = servers.servers()
     if outcome.skip:
         pytest.skip(outcome.skip)
     if outcome.failure:
         pytest.fail(outcome.failure, pytrace=False)
     assert outcome.bin_dir is not None
+    return outcome.bin_dir
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(kube_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeCluster]:
+    """etcd, kube-apiserver and kube-controller-manager on 127.0.0.1 (cluster.py)."""
     keep = bool(os.environ.get("COZYBACKUP_KUBE_KEEP"))
     with KubeCluster(
-        outcome.bin_dir, parent_dir=tmp_path_factory.mktemp("kube"), keep_dir=keep
+        kube_bin, parent_dir=tmp_path_factory.mktemp("kube"), keep_dir=keep
     ) as cluster:
         yield cluster
 

@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import (  # type: ignore[import-untyped, impor
 
 from .cluster import USERS, ClusterStartError, KubeCluster
 from .kubelet import Kubelet
-from .servers import require_servers, servers
+from .servers import require_servers
 
 pytestmark = pytest.mark.kube
 require_servers()
@@ -341,9 +341,10 @@ print(json.dumps({"user": who, "kube-system": other}))
     }
 
 
-def test_a_server_that_fails_to_start_is_reported_with_its_log(tmp_path: Path) -> None:
-    real = servers().bin_dir
-    assert real is not None
+def test_a_server_that_fails_to_start_is_reported_with_its_log(
+    kube_bin: Path, tmp_path: Path
+) -> None:
+    real = kube_bin
     fake = tmp_path / "bin"
     fake.mkdir()
     for name in ("etcd", "kube-controller-manager"):
