@@ -1,8 +1,9 @@
 """Fixtures for the tests against a real kube-apiserver (see README.md here).
 
-``kube_cluster`` (session): the servers, built by ``build.sh`` (see servers.py), started
-once and stopped at the end.  ``namespace``: a fresh namespace a test.  ``kubelet``: the
-test kubelet, running the Pods of that namespace.
+``kube_bin`` (session): the bin directory of the servers ``build.sh`` built (servers.py).
+``kube_cluster`` (session): those servers, started once and stopped at the end.
+``namespace``: a fresh namespace a test.  ``kubelet``: the test kubelet, running the Pods of
+that namespace.
 """
 
 from __future__ import annotations
