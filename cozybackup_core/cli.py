@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -89,7 +90,11 @@ class Ctx:
         """The engine's settings from ``run``/``controller``'s options (defaults elsewhere)."""
         if not hasattr(self.args, "workers"):
             return EngineConfig()
-        return EngineConfig(workers=self.args.workers, finished_job_ttl=self.args.job_ttl)
+        return EngineConfig(
+            workers=self.args.workers,
+            finished_job_ttl=self.args.job_ttl,
+            workers_per_tenant=getattr(self.args, "workers_per_tenant", None),
+        )
 
 
 # ---------------------------------------------------------------------------- commands
@@ -445,6 +450,9 @@ def cmd_controller(ctx: Ctx) -> int:
         conventions=conventions,
         local_bucket_root=ctx.args.local_buckets,
     )
+    engine = Engine(host, ctx.plugins, ctx.config())
+    if ctx.args.data_mover == "jobs":
+        engine.executor = _worker_jobs(ctx, host)
     stop = _stop_on_signals()
     elector = host.elector(ctx.args.lease)
     where = f"{host.platform_namespace}/{ctx.args.lease}"
@@ -463,10 +471,65 @@ def cmd_controller(ctx: Ctx) -> int:
             if not leading:
                 return 0
             print(f"leading: holding the controller Lease {where}", file=sys.stderr)
-            _serve(ctx, Engine(host, ctx.plugins, ctx.config()), True, stop)
+            _serve(ctx, engine, True, stop)
     finally:
         host.close()
     return 0
+
+
+def _worker_jobs(ctx: Ctx, host: Any) -> Any:
+    """The controller's worker Jobs, from its ``--worker-*`` options."""
+    from .hosts.kube_workers import KubeWorkers, WorkerSettings
+
+    image = ctx.args.worker_image or os.environ.get("COZYBACKUP_WORKER_IMAGE")
+    if not image:
+        raise ValidationError(
+            [("--worker-image", "required with --data-mover jobs (or $COZYBACKUP_WORKER_IMAGE)")]
+        )
+    env: dict[str, str] = {}
+    for item in ctx.args.worker_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValidationError([("--worker-env", f"{item!r} is not KEY=VALUE")])
+        env[key] = value
+    command = tuple(shlex.split(ctx.args.worker_command))
+    if not command:
+        raise ValidationError([("--worker-command", "is empty")])
+    return KubeWorkers(host, WorkerSettings(image=image, command=command, env=env))
+
+
+def cmd_worker(ctx: Ctx) -> int:
+    """Run one job's data move (what a worker Job runs; see hosts/kube_workers.py)."""
+    from ._engine.workers import WorkerServices, run_in_worker
+    from .hosts.kube_workers import WorkerHost, read_location
+
+    ns, sep, name = ctx.args.job.partition("/")
+    if not sep or not ns or not name:
+        raise ValidationError([("JOB", f"{ctx.args.job!r} is not NAMESPACE/NAME")])
+    worker_job = os.environ.get("COZYBACKUP_WORKER_JOB", "")
+    if not worker_job:
+        raise ValidationError([("COZYBACKUP_WORKER_JOB", "not set: run by a worker Job only")])
+    host = WorkerHost.from_config(
+        platform_namespace=ctx.args.platform_namespace,
+        kubeconfig=ctx.args.kubeconfig,
+        location=read_location(Path(ctx.args.location).read_text()),
+        worker_job=worker_job,
+    )
+    try:
+        job: BackupJob | RestoreJob | None = (
+            host.objects.get(BackupJob, ns, name)
+            if ctx.args.what == "backup"
+            else host.objects.get(RestoreJob, ns, name)
+        )
+        if job is None or job.status.phase != "Running":
+            print(f"error: {ctx.args.what} job {ns}/{name} is not running", file=sys.stderr)
+            return 1
+        svc = WorkerServices(host, ctx.plugins, ctx.config(), report=host.report)
+        outcome = run_in_worker(svc, job)
+    finally:
+        host.close()
+    print(f"{ctx.args.what} {ns}/{name}: {outcome.reason}: {outcome.message}")
+    return 0 if outcome.ok else 1
 
 
 def cmd_verify(ctx: Ctx) -> int:
@@ -756,6 +819,39 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s)",
     )
     k.add_argument(
+        "--data-mover",
+        choices=("inline", "jobs"),
+        default="inline",
+        help="where data moves: inline (this process) or jobs (a batch/v1 Job per backup "
+        "or restore in the platform namespace; default %(default)s)",
+    )
+    k.add_argument(
+        "--worker-image",
+        metavar="IMAGE",
+        help="image of worker Jobs (default $COZYBACKUP_WORKER_IMAGE)",
+    )
+    k.add_argument(
+        "--worker-command",
+        default="cozybackup",
+        metavar="CMD",
+        help="the cozybackup command in the worker image (default %(default)s)",
+    )
+    k.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment of worker containers (repeatable)",
+    )
+    k.add_argument(
+        "--workers-per-tenant",
+        type=_workers,
+        default=None,
+        metavar="N",
+        help="with --data-mover jobs: at most N workers of one tenant at once "
+        "(--workers caps them all)",
+    )
+    k.add_argument(
         "--lease",
         default="cozybackup-controller",
         metavar="NAME",
@@ -764,6 +860,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--once", action="store_true", help="one pass, then exit")
     k.set_defaults(fn=cmd_controller)
+
+    w = sub.add_parser(
+        "worker",
+        help="run one job's data move (what the controller's worker Jobs run)",
+    )
+    w.add_argument("what", choices=("backup", "restore"))
+    w.add_argument("job", metavar="NAMESPACE/NAME", help="the BackupJob or RestoreJob")
+    w.add_argument(
+        "--location", required=True, metavar="FILE", help="the application's location (JSON)"
+    )
+    w.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, else $KUBECONFIG)")
+    w.add_argument(
+        "--platform-namespace",
+        help="namespace of the platform's Secrets (default: $COZYBACKUP_NAMESPACE)",
+    )
+    w.set_defaults(fn=cmd_worker)
     return p
 
 

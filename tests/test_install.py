@@ -222,7 +222,7 @@ def test_controller_namespace_rights(objs: list[dict[str, Any]]) -> None:
     role = _one(objs, "Role", "cozybackup-controller")
     assert grants(role["rules"]) == (
         _cross("batch", {"jobs"}, {"create", "get", "list", "watch", "delete"})
-        | _cross("", {"secrets"}, {"create", "get", "list", "delete", "update"})
+        | _cross("", {"secrets"}, {"create", "get", "list", "delete", "update", "patch"})
         | _cross("coordination.k8s.io", {"leases"}, {"get", "create", "update"})
         | _cross("", {"pods"}, READ)
         | {("", "pods/log", "get")}
@@ -231,6 +231,27 @@ def test_controller_namespace_rights(objs: list[dict[str, Any]]) -> None:
     assert binding["roleRef"]["kind"] == "Role"
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     assert binding["subjects"][0]["name"] == "cozybackup-controller"
+
+
+def test_worker_rights(objs: list[dict[str, Any]]) -> None:
+    """Worker Jobs read what a job needs and write only ArtifactRecords; in the platform
+    namespace, Secrets one by one and their own Job (their reports)."""
+    cluster = _one(objs, "ClusterRole", "cozybackup:worker")
+    readable = {"backupjobs", "restorejobs", "backups", "backupclasses", "storagelocations"}
+    assert grants(cluster["rules"]) == (
+        _cross(GROUP, readable, {"get", "list"})
+        | _cross(GROUP, {"artifactrecords"}, {"get", "list", "create", "update", "patch", "delete"})
+        | _cross(GROUP, {"artifactrecords/status"}, {"get", "update", "patch"})
+    )
+    role = _one(objs, "Role", "cozybackup-worker")
+    assert grants(role["rules"]) == {("", "secrets", "get")} | _cross(
+        "batch", {"jobs"}, {"get", "patch"}
+    )
+    for kind, name in (
+        ("ClusterRoleBinding", "cozybackup:worker"),
+        ("RoleBinding", "cozybackup-worker"),
+    ):
+        assert _one(objs, kind, name)["subjects"][0]["name"] == "cozybackup-worker"
 
 
 def test_allows_follows_kubernetes_matching() -> None:
@@ -410,8 +431,10 @@ def test_admission_policy_exempts_the_controller_of_its_namespace() -> None:
     for ns in (DEFAULT_NAMESPACE, "backups"):
         vap = _one(objects(bundle(ns)), "ValidatingAdmissionPolicy", kube_admission.NAME)
         (cond,) = vap["spec"]["matchConditions"]
-        user = f"'system:serviceaccount:{ns}:cozybackup-controller'"
-        assert f"request.userInfo.username != {user}" in cond["expression"]
+        users = [
+            f"'system:serviceaccount:{ns}:cozybackup-{who}'" for who in ("controller", "worker")
+        ]
+        assert f"request.userInfo.username in [{', '.join(users)}]" in cond["expression"]
         assert "'system:masters'" in cond["expression"]
 
 
@@ -443,7 +466,10 @@ def test_install_for_another_namespace_and_image(tmp_path: Path) -> None:
     dep = _one(docs, "Deployment", "cozybackup-controller")
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "registry.example/cb:dev"
-    assert container["command"][-1] == "backups"
+    assert container["command"][-3:] == ["backups", "--data-mover", "jobs"]
+    assert {"name": "COZYBACKUP_WORKER_IMAGE", "value": "registry.example/cb:dev"} in container[
+        "env"
+    ]
     for kind in ("ClusterRoleBinding", "RoleBinding"):
         for b in (d for d in docs if d["kind"] == kind):
             assert b["subjects"][0]["namespace"] == "backups"

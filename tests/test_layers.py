@@ -55,6 +55,7 @@ HOST_GROUPS = {
     "kube_lease": "kube",
     "kube_install": "kube",
     "kube_admission": "kube",
+    "kube_workers": "kube",
 }
 NO_IO = {"_api", "_policy"}
 IO_MODULES = {

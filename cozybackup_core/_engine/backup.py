@@ -78,6 +78,10 @@ def run_backup(svc: Services, job: BackupJob) -> BackupJob:
         return svc.finish(job, False, reason, msg, redact)
     redact = svc.redactor(app)
     job = svc.start(job)
+    if svc.executor is not None:
+        # The data moves in a worker; the runner records its end (workers.reconcile).
+        svc.executor.launch(job, app, svc.config.backup_timeout)
+        return job
     started = time.monotonic()
     deadline = Deadline.after(svc.config.backup_timeout)  # covers every attempt
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 from .._api.types import Backup, BackupJob, RestoreJob
-from . import deletion, drills, expiry, jobs, prune, recovery, rekey
+from . import deletion, drills, expiry, jobs, prune, recovery, rekey, workers
 from .backup import run_backup
 from .restore import run_restore
 from .services import EngineConfig, Job, Services
@@ -54,6 +54,10 @@ class Engine(Services):
     def expire_finished(self) -> list[str]:
         """Delete jobs finished longer than ``EngineConfig.finished_job_ttl`` ago."""
         return expiry.expire_finished(self)
+
+    def reconcile_workers(self) -> list[Job]:
+        """Record the end of every worker that ended (only with an executor)."""
+        return workers.reconcile(self)
 
     def sweep_orphans(self) -> list[str]:
         """Delete committed artifacts no Backup points at, once their job is over."""

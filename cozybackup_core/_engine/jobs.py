@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -28,6 +29,8 @@ def run_once(svc: Services, stop: threading.Event | None = None) -> list[Job]:
     is set, running jobs finish and no new one starts (they stay Pending).
     """
     objs = svc.host.objects
+    if svc.executor is not None:
+        return _dispatch(svc, stop)
     finished: list[Job] = []
     backups: list[Job] = [j for j in objs.list(BackupJob) if j.status.phase in (None, "Pending")]
     finished += _run_phase(svc, backups, stop)
@@ -39,11 +42,7 @@ def run_once(svc: Services, stop: threading.Event | None = None) -> list[Job]:
 def _run_phase(svc: Services, pending: list[Job], stop: threading.Event | None) -> list[Job]:
     queues: dict[tuple[str, ...], list[Job]] = {}
     for job in sorted(pending, key=_created):
-        try:
-            key = _app_key(svc, job)
-        except Exception:  # noqa: BLE001 - the job runs alone; run_job reports the fault
-            key = (job.metadata.namespace or "", "?", job.metadata.name)
-        queues.setdefault(key, []).append(job)
+        queues.setdefault(_key(svc, job), []).append(job)
     finished: list[Job] = []
 
     def drain(queue: list[Job]) -> None:
@@ -62,6 +61,44 @@ def _run_phase(svc: Services, pending: list[Job], stop: threading.Event | None) 
             for f in [pool.submit(drain, q) for q in queues.values()]:
                 f.result()
     return finished
+
+
+def _dispatch(svc: Services, stop: threading.Event | None) -> list[Job]:
+    """With workers: start pending jobs (backups first, oldest first) while the caps allow,
+    one job per application at a time; returns the jobs that ended before any worker
+    started (a missing application, an unknown class...).  Each Running job is one
+    worker: ``config.workers`` caps them all, ``config.workers_per_tenant`` one tenant's."""
+    objs = svc.host.objects
+    jobs: list[Job] = [*objs.list(BackupJob), *objs.list(RestoreJob)]
+    running = [j for j in jobs if j.status.phase == "Running"]
+    busy = {_key(svc, j) for j in running}
+    per_tenant = Counter(j.metadata.namespace for j in running)
+    cap_tenant = svc.config.workers_per_tenant
+    pending = [j for j in jobs if j.status.phase in (None, "Pending")]
+    pending.sort(key=lambda j: (not isinstance(j, BackupJob), *_created(j)))
+    finished: list[Job] = []
+    for job in pending:
+        if (stop is not None and stop.is_set()) or len(running) >= svc.config.workers:
+            break
+        key = _key(svc, job)
+        ns = job.metadata.namespace
+        if key in busy or (cap_tenant is not None and per_tenant[ns] >= cap_tenant):
+            continue
+        done = run_job(svc, job)
+        if done.status.phase in ("Succeeded", "Failed"):
+            finished.append(done)
+        elif done.status.phase == "Running":
+            running.append(done)
+            busy.add(key)
+            per_tenant[ns] += 1
+    return finished
+
+
+def _key(svc: Services, job: Job) -> tuple[str, ...]:
+    try:
+        return _app_key(svc, job)
+    except Exception:  # noqa: BLE001 - the job runs alone; run_job reports the fault
+        return (job.metadata.namespace or "", "?", job.metadata.name)
 
 
 def _app_key(svc: Services, job: Job) -> tuple[str, ...]:

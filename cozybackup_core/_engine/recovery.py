@@ -46,22 +46,74 @@ def recover(svc: Services) -> list[str]:
     except Exception:
         log.exception("recovery: the redactor could not be built; masking nothing extra")
         redact = Redactor()
+    # Jobs whose worker still exists are adopted, not settled: the worker may be running
+    # (and writing its artifact); ``workers.reconcile`` records its end.
+    jobs: list[BackupJob | RestoreJob] = [*objs.list(BackupJob), *objs.list(RestoreJob)]
+    adopted = {
+        (j.kind, j.metadata.namespace, j.metadata.name)
+        for j in jobs
+        if j.status.phase == "Running" and _has_worker(svc, j)
+    }
+
+    def mine(record: ArtifactRecord) -> bool:
+        ref = record.spec.job_ref
+        return (ref.kind, ref.namespace, ref.name) not in adopted
+
     for record in objs.list(ArtifactRecord):
-        if record.status.phase == "Committed":
+        if record.status.phase == "Committed" or not mine(record):
             continue
         notes.extend(_isolated(record, "", _recover_record_notes, svc, record))
     for record in objs.list(ArtifactRecord):
-        if record.status.phase == "Committed":
+        if record.status.phase == "Committed" and mine(record):
             notes.extend(_isolated(record, "", _recover_committed, svc, record, redact))
-    for job in objs.list(BackupJob):
-        if job.status.phase == "Running":
-            notes.extend(_isolated(job, job.metadata.namespace, _interrupt, svc, job, redact))
-    for rjob in objs.list(RestoreJob):
-        if rjob.status.phase == "Running":
-            notes.extend(_isolated(rjob, rjob.metadata.namespace, _interrupt, svc, rjob, redact))
+    # Listed again: settling the records above completed some of them.
+    now_running: list[BackupJob | RestoreJob] = [*objs.list(BackupJob), *objs.list(RestoreJob)]
+    for job in now_running:
+        key = (job.kind, job.metadata.namespace, job.metadata.name)
+        if job.status.phase == "Running" and key not in adopted:
+            notes.extend(_isolated(job, job.metadata.namespace, interrupt_job, svc, job, redact))
 
     notes.extend(finish_deletions(svc))
     return notes
+
+
+def _has_worker(svc: Services, job: Any) -> bool:
+    return svc.executor is not None and svc.executor.state(job) is not None
+
+
+def settle(
+    svc: Services,
+    job: Any,
+    redact: Redactor,
+    completed: str | None = None,
+    *,
+    interrupt: bool = True,
+) -> None:
+    """Settle one job's artifacts as recovery would: partial ones removed, a committed one
+    turned into its Backup while the job is Running (which then completes); a job still
+    Running after that is interrupted (unless ``interrupt`` is false: the caller finishes
+    it).  ``completed`` is the message of a job completed from its committed artifact (by
+    default, that it completed after an interruption)."""
+    objs = svc.host.objects
+
+    def records() -> list[ArtifactRecord]:
+        ref = (job.metadata.namespace, job.metadata.name)
+        return [
+            r
+            for r in objs.list(ArtifactRecord)
+            if (r.spec.job_ref.namespace, r.spec.job_ref.name) == ref
+            and r.spec.job_ref.kind == job.kind
+        ]
+
+    for record in records():
+        if record.status.phase != "Committed":
+            _isolated(record, "", _recover_record_notes, svc, record)
+    for record in records():
+        if record.status.phase == "Committed":
+            _isolated(record, "", _recover_committed, svc, record, redact, completed)
+    current = objs.get(type(job), job.metadata.namespace, job.metadata.name)
+    if interrupt and current is not None and current.status.phase == "Running":
+        interrupt_job(svc, current, redact)
 
 
 def _isolated(obj: Any, ns: str | None, fn: Callable[..., list[str]], *args: Any) -> list[str]:
@@ -77,7 +129,7 @@ def _isolated(obj: Any, ns: str | None, fn: Callable[..., list[str]], *args: Any
         ]
 
 
-def _interrupt(svc: Services, job: Any, redact: Redactor) -> list[str]:
+def interrupt_job(svc: Services, job: Any, redact: Redactor) -> list[str]:
     if isinstance(job, BackupJob):
         svc.finish(
             job,
@@ -154,7 +206,9 @@ def _recover_record(svc: Services, record: ArtifactRecord) -> str:
     return f"artifact {record.metadata.name}: partial data removed"
 
 
-def _recover_committed(svc: Services, record: ArtifactRecord, redact: Redactor) -> list[str]:
+def _recover_committed(
+    svc: Services, record: ArtifactRecord, redact: Redactor, message: str | None = None
+) -> list[str]:
     objs = svc.host.objects
     spec = record.spec
     job = _maker(svc, record)
@@ -192,7 +246,7 @@ def _recover_committed(svc: Services, record: ArtifactRecord, redact: Redactor) 
         job,
         True,
         "Completed",
-        f"Backup {backup.metadata.name} is ready (completed after an interruption)",
+        message or f"Backup {backup.metadata.name} is ready (completed after an interruption)",
         redact,
         backup_ref=LocalObjectRef(name=backup.metadata.name),
     )

@@ -85,7 +85,8 @@ class Runner:
         # the next job, not on the next restart.
         self.engine.invalidate_stores()
         fired = self._stage("plans", errors, lambda: fire_due_plans(self.engine.host), [])
-        finished = self._stage("jobs", errors, lambda: self.engine.run_once(stop), [])
+        finished = self._stage("workers", errors, self.engine.reconcile_workers, [])
+        finished += self._stage("jobs", errors, lambda: self.engine.run_once(stop), [])
         if stop is None or not stop.is_set():
             if self.drills:
                 drills = self._stage("drills", errors, self.engine.run_due_drills, [])

@@ -57,6 +57,7 @@ from .._drivers.contract import AppLocation, Deadline, Driver
 from .._plugins.host import PluginHost
 from .._storage.providers import store_secrets
 from .._storage.store import ArtifactKey, ArtifactReader, ArtifactStore, Manifest, checksum_of
+from .executor import Executor
 from .port import Host
 from .progress import Progress, ProgressUpdate
 from .redact import Redactor, chosen_by_tenant, sensitive_values
@@ -79,6 +80,9 @@ class EngineConfig:
     #: Seconds after which a finished BackupJob or RestoreJob is deleted (its Backup
     #: stays); None keeps them forever.
     finished_job_ttl: float | None = 14 * 86400.0
+    #: With an executor (worker Jobs): at most this many workers of one tenant at once
+    #: (``workers`` caps them all); None for no per-tenant cap.
+    workers_per_tenant: int | None = None
 
 
 def _condition(type_: str, reason: str, message: str, now: Any, status: str = "True") -> Condition:
@@ -114,6 +118,8 @@ class Services:
         self.config = config or EngineConfig()
         self.on_progress = on_progress
         self._stores: dict[tuple[str, StorageLocationSpec], ArtifactStore] = {}
+        #: Where data moves: None inline (this process), else a host's workers.
+        self.executor: Executor | None = None
         self._status_lock = threading.Lock()
 
     def catalog(self) -> Catalog:
@@ -296,37 +302,44 @@ class Services:
     def record_backup(
         self, job: BackupJob, strategy_ref: StrategyRef, manifest: Manifest, uid: str, checksum: str
     ) -> Backup:
+        """Write the Backup of a committed artifact (a single create)."""
+        backup = self.host.objects.create(
+            self.backup_object(job, strategy_ref, manifest, uid, checksum)
+        )
+        self.notify(job, "recorded")
+        return backup
+
+    def backup_object(
+        self, job: BackupJob, strategy_ref: StrategyRef, manifest: Manifest, uid: str, checksum: str
+    ) -> Backup:
+        """The Backup ``record_backup`` writes."""
         labels = {
             LABEL_JOB: label_value(job.metadata.name),
             LABEL_CLASS: label_value(job.spec.backup_class_name),
         }
         if job.spec.plan_ref:
             labels[LABEL_PLAN] = label_value(job.spec.plan_ref.name)
-        backup = self.host.objects.create(
-            Backup(
-                metadata=ObjectMeta(
-                    name=job.metadata.name,
-                    namespace=job.metadata.namespace,
-                    labels=labels,
-                    annotations={ANNOTATION_JOB_UID: job.metadata.uid or ""},
+        return Backup(
+            metadata=ObjectMeta(
+                name=job.metadata.name,
+                namespace=job.metadata.namespace,
+                labels=labels,
+                annotations={ANNOTATION_JOB_UID: job.metadata.uid or ""},
+            ),
+            spec=BackupSpec(
+                application_ref=job.spec.application_ref,
+                plan_ref=job.spec.plan_ref,
+                strategy_ref=strategy_ref,
+                taken_at=structure(manifest.taken_at, dt.datetime),
+                driver_metadata=metadata_strings(manifest.driver_metadata),
+            ),
+            status=BackupStatus(
+                phase="Ready",
+                artifact=Artifact(
+                    uri=URI_PREFIX + uid, size_bytes=manifest.size_bytes, checksum=checksum
                 ),
-                spec=BackupSpec(
-                    application_ref=job.spec.application_ref,
-                    plan_ref=job.spec.plan_ref,
-                    strategy_ref=strategy_ref,
-                    taken_at=structure(manifest.taken_at, dt.datetime),
-                    driver_metadata=metadata_strings(manifest.driver_metadata),
-                ),
-                status=BackupStatus(
-                    phase="Ready",
-                    artifact=Artifact(
-                        uri=URI_PREFIX + uid, size_bytes=manifest.size_bytes, checksum=checksum
-                    ),
-                ),
-            )
+            ),
         )
-        self.notify(job, "recorded")
-        return backup
 
     def discard(self, store: ArtifactStore, key: ArtifactKey, record: ArtifactRecord) -> None:
         try:

@@ -31,9 +31,11 @@ What it is:
   platform namespace (:mod:`.kube_lease`); the engine claims each job by a
   compare-and-swap on its status, so even two leaders could not run one job twice.
 
-What it is not (yet): data moves inside the controller process; the design's worker Jobs
-(batch/v1 Jobs running ``cozybackup`` per job in the platform namespace) are not built.
-There is no watch: the controller polls.
+* **Worker Jobs** — with ``controller --data-mover jobs`` each backup and restore moves its
+  data in a batch/v1 Job (:mod:`.kube_workers`); the controller writes every tenant-visible
+  object.
+
+What it is not (yet): there is no watch: the controller polls.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -483,6 +485,9 @@ class KubeObjectStore:
 # --------------------------------------------------------------------------- the host
 
 
+H = TypeVar("H", bound="KubeHost")
+
+
 class KubeHost:
     """Implements the engine's host port on a Kubernetes cluster.
 
@@ -517,11 +522,11 @@ class KubeHost:
 
     @classmethod
     def from_config(
-        cls,
+        cls: type[H],
         platform_namespace: str | None = None,
         kubeconfig: str | None = None,
         **kwargs: Any,
-    ) -> KubeHost:
+    ) -> H:
         """In-cluster configuration, else ``kubeconfig`` (or ``$KUBECONFIG``/~/.kube/config)."""
         from kubernetes import client, config  # type: ignore[import-untyped, import-not-found, unused-ignore]
 

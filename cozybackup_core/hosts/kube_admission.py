@@ -71,11 +71,12 @@ def _reserved_rule(field: str) -> dict[str, str]:
     }
 
 
-def policy(controller_user: str) -> dict[str, Any]:
-    """The policy, exempting the user ``controller_user`` (the controller's ServiceAccount)."""
+def policy(platform_users: list[str]) -> dict[str, Any]:
+    """The policy, exempting ``platform_users`` (the controller's and the workers'
+    ServiceAccounts)."""
     kinds = [cls.kind for cls in IMMUTABLE_SPEC_KINDS]
     not_exempt = (
-        f"request.userInfo.username != {cel_string(controller_user)}\n"
+        f"!(request.userInfo.username in {_cel_list(platform_users)})\n"
         f"&& !(has(request.userInfo.groups)\n"
         f"     && request.userInfo.groups.exists(g, g in {_cel_list(EXEMPT_GROUPS)}))"
     )

@@ -31,6 +31,8 @@ IMAGE_REPOSITORY = "ghcr.io/cozystack/cozybackup"
 #: The name of the controller's ServiceAccount, Role and Deployment.
 CONTROLLER = "cozybackup-controller"
 SERVICE_ACCOUNT = CONTROLLER
+#: The ServiceAccount (and Role) of worker Jobs; ``hosts/kube_workers.py`` names it too.
+WORKER = "cozybackup-worker"
 #: ``$COZYBACKUP_HOME`` in the pod: an emptyDir (nothing is kept there on Kubernetes).
 HOME = "/var/lib/cozybackup"
 #: The image's user (numeric, so the kubelet can check ``runAsNonRoot``).
@@ -101,14 +103,35 @@ def controller_rules() -> list[dict[str, Any]]:
 
 def controller_namespace_rules() -> list[dict[str, Any]]:
     """In the platform namespace only: the Lease that elects the one active controller
-    (read, created, renewed by replacing it); worker Jobs, their Secrets and logs (not
-    used yet: granted so the worker Jobs to come need no new RBAC)."""
+    (read, created, renewed by replacing it); worker Jobs, the per-job Secrets that carry
+    an application's location to its worker (patched to be owned by the Job), and the
+    workers' Pods and logs."""
     return [
         _rule("batch", ["jobs"], ["create", "get", "list", "watch", "delete"]),
-        _rule("", ["secrets"], ["create", "get", "list", "delete", "update"]),
+        _rule("", ["secrets"], ["create", "get", "list", "delete", "update", "patch"]),
         _rule("coordination.k8s.io", ["leases"], ["get", "create", "update"]),
         _rule("", ["pods"], READ),
         _rule("", ["pods/log"], ["get"]),
+    ]
+
+
+def worker_rules() -> list[dict[str, Any]]:
+    """Cluster-wide, for worker Jobs: read the job, its class, storage and Backup; write
+    ArtifactRecords (the artifact's crash-safe record).  Nothing a tenant reads."""
+    read = ["BackupJob", "RestoreJob", "Backup", *_ADMIN_KINDS]
+    return [
+        _rule(GROUP, [plural(k) for k in read], ["get", "list"]),
+        _rule(GROUP, [plural("ArtifactRecord")], ["get", "list", *WRITE]),
+        _rule(GROUP, [f"{plural('ArtifactRecord')}/status"], ["get", "update", "patch"]),
+    ]
+
+
+def worker_namespace_rules() -> list[dict[str, Any]]:
+    """In the platform namespace: the platform's Secrets (storage credentials, keys) one
+    by one, and its own Job, where it reports progress and its outcome."""
+    return [
+        _rule("", ["secrets"], ["get"]),
+        _rule("batch", ["jobs"], ["get", "patch"]),
     ]
 
 
@@ -138,7 +161,9 @@ def _role(kind: str, meta: dict[str, Any], rules: list[dict[str, Any]]) -> dict[
     }
 
 
-def _binding(kind: str, meta: dict[str, Any], role_kind: str, ns: str) -> dict[str, Any]:
+def _binding(
+    kind: str, meta: dict[str, Any], role_kind: str, ns: str, account: str = SERVICE_ACCOUNT
+) -> dict[str, Any]:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": kind,
@@ -148,7 +173,7 @@ def _binding(kind: str, meta: dict[str, Any], role_kind: str, ns: str) -> dict[s
             "kind": role_kind,
             "name": meta["name"],
         },
-        "subjects": [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": ns}],
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}],
     }
 
 
@@ -159,6 +184,11 @@ def controller_rbac(ns: str) -> list[dict[str, Any]]:
         _binding("ClusterRoleBinding", _meta("cozybackup:controller"), "ClusterRole", ns),
         _role("Role", _meta(CONTROLLER, ns), controller_namespace_rules()),
         _binding("RoleBinding", _meta(CONTROLLER, ns), "Role", ns),
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(WORKER, ns)},
+        _role("ClusterRole", _meta("cozybackup:worker"), worker_rules()),
+        _binding("ClusterRoleBinding", _meta("cozybackup:worker"), "ClusterRole", ns, WORKER),
+        _role("Role", _meta(WORKER, ns), worker_namespace_rules()),
+        _binding("RoleBinding", _meta(WORKER, ns), "Role", ns, WORKER),
     ]
 
 
@@ -188,9 +218,11 @@ def deployment(ns: str, image: str) -> dict[str, Any]:
     container = {
         "name": "controller",
         "image": image,
-        "command": ["cozybackup", "controller", "--platform-namespace", ns],
+        # Data moves in worker Jobs of the same image.
+        "command": ["cozybackup", "controller", "--platform-namespace", ns, "--data-mover", "jobs"],
         "env": [
             {"name": "COZYBACKUP_HOME", "value": HOME},
+            {"name": "COZYBACKUP_WORKER_IMAGE", "value": image},
             {
                 "name": "COZYBACKUP_NAMESPACE",
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
@@ -262,6 +294,7 @@ def bundle(ns: str = DEFAULT_NAMESPACE, image: str | None = None) -> list[Part]:
         "metadata": {"name": ns, "labels": {**LABELS, SYSTEM_LABEL: "true"}},
     }
     controller_user = f"system:serviceaccount:{ns}:{SERVICE_ACCOUNT}"
+    worker_user = f"system:serviceaccount:{ns}:{WORKER}"
     return [
         Part(
             "namespace.yaml",
@@ -272,8 +305,8 @@ def bundle(ns: str = DEFAULT_NAMESPACE, image: str | None = None) -> list[Part]:
         Part("crds.yaml", "The CustomResourceDefinitions (cozybackup crds).", tuple(all_crds())),
         Part(
             "rbac-controller.yaml",
-            "The controller's ServiceAccount, its cluster-wide rights and those in the "
-            "platform namespace.",
+            "The controller's and the worker Jobs' ServiceAccounts, their cluster-wide "
+            "rights and those in the platform namespace.",
             tuple(controller_rbac(ns)),
         ),
         Part(
@@ -284,8 +317,9 @@ def bundle(ns: str = DEFAULT_NAMESPACE, image: str | None = None) -> list[Part]:
         Part(
             "admission.yaml",
             "Reserved backups.cozystack.io/ labels and annotations, and job specs, are the "
-            f"platform's (everyone but {controller_user} and {', '.join(kube_admission.EXEMPT_GROUPS)}).",
-            (kube_admission.policy(controller_user), kube_admission.binding()),
+            f"platform's (everyone but {controller_user}, {worker_user} and "
+            f"{', '.join(kube_admission.EXEMPT_GROUPS)}).",
+            (kube_admission.policy([controller_user, worker_user]), kube_admission.binding()),
         ),
         Part(
             "deployment.yaml",

@@ -2,8 +2,9 @@
 server-side, tenants acting with their own tokens under its RBAC and admission policy, and
 ``cozybackup controller`` running as its real ServiceAccount against SeaweedFS.
 
-Data still moves inside the controller process (worker Jobs are not built yet), so the
-test kubelet has nothing to run here.
+The first tests move data inside the controller process (``--data-mover inline``); the
+last ones in worker Jobs (``--data-mover jobs``), whose Pods the test kubelet runs as local
+processes, as the worker ServiceAccount.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from kubernetes.client.exceptions import (  # type: ignore[import-untyped, impor
     ApiException,
 )
 
-from cozybackup_core import ArtifactRecord, Backup, BackupJob, Locator, RestoreJob, load
+from cozybackup_core import ArtifactRecord, Backup, BackupJob, Locator, Plan, RestoreJob, load
 from cozybackup_core.hosts.kube import KubeHost
 from cozybackup_core.testing import S3ServerInfo
 
 from .cluster import KubeCluster
+from .kubelet import Kubelet
 from support.drivers import FILES
 from support.manifests import directory_class
 
@@ -125,7 +127,7 @@ class Platform:
 
         return until(f"{cls.kind} {name} to finish", done, seconds)
 
-    def controller(self, name: str) -> subprocess.Popen[bytes]:
+    def controller(self, name: str, *extra: str) -> subprocess.Popen[bytes]:
         """``cozybackup controller`` as the bundle's ServiceAccount; output in files."""
         kubeconfig = self.cluster.service_account_kubeconfig(PLATFORM, "cozybackup-controller")
         env = {**os.environ, "PYTHONPATH": str(TESTS), "COZYBACKUP_PLUGINS": "support.drivers"}
@@ -148,6 +150,7 @@ class Platform:
                 str(self.conventions),
                 "--interval",
                 "1",
+                *extra,
             ],
             env=env,
             stdout=out,
@@ -401,6 +404,7 @@ def test_a_tenant_backs_up_and_restores_through_the_controller(platform: Platfor
             seconds=150,
         )
         assert platform.host.objects.get(Backup, ACME, fired[0].metadata.name) is not None
+        platform.host.objects.delete(Plan, ACME, long_plan)  # no more jobs from it
 
         # What the tenant reads (with its own token): nothing about the storage.
         alice = platform.alice
@@ -523,3 +527,171 @@ def test_kill_9_of_the_leader_mid_job_leaves_nothing_stuck_or_orphaned(platform:
     assert running == []
     os.killpg(second.pid, signal.SIGTERM)
     assert second.wait(timeout=60) == 0
+
+
+# --------------------------------------------------------------------------- worker Jobs
+
+
+@pytest.fixture(scope="module")
+def kubelet(platform: Platform) -> Iterator[Kubelet]:
+    """Runs the worker Pods of the platform namespace."""
+    k = Kubelet(platform.cluster.api_client(), platform.root / "kubelet", [PLATFORM])
+    with k:
+        yield k
+    assert not k.errors, k.errors
+
+
+def _with_workers(platform: Platform) -> list[str]:
+    """The controller's flags for worker Jobs running this checkout's CLI as the worker
+    ServiceAccount (what the image's entry point and its in-cluster token do in a cluster)."""
+    worker_kubeconfig = platform.cluster.service_account_kubeconfig(PLATFORM, "cozybackup-worker")
+    return [
+        "--data-mover",
+        "jobs",
+        "--worker-image",
+        "cozybackup:test",
+        "--worker-command",
+        f"{sys.executable} -m cozybackup_core.cli",
+        "--worker-env",
+        f"PYTHONPATH={TESTS}",
+        "--worker-env",
+        "COZYBACKUP_PLUGINS=support.drivers",
+        "--worker-env",
+        f"KUBECONFIG={worker_kubeconfig}",
+    ]
+
+
+def _worker_jobs(platform: Platform) -> list[Any]:
+    return list(client.BatchV1Api(platform.cluster.admin).list_namespaced_job(PLATFORM).items)
+
+
+def _worker_of(platform: Platform, kubelet: Kubelet, job: str) -> Any:
+    """The kubelet's run of the worker Pod of ``job`` (once its process started)."""
+
+    def found() -> Any:
+        for j in _worker_jobs(platform):
+            if (
+                (j.metadata.annotations or {})
+                .get("backups.cozystack.io/for", "")
+                .endswith(f"/{ACME}/{job}")
+            ):
+                runs = kubelet.pods(PLATFORM, job=j.metadata.name)
+                if runs and runs[0].container().pid:
+                    return runs[0]
+        return None
+
+    return until(f"the worker of {job} to run", found)
+
+
+@pytest.mark.timeout(300)
+def test_backup_and_restore_run_in_worker_jobs(platform: Platform, kubelet: Kubelet) -> None:
+    payload = os.urandom(250_000)
+    data = platform.app("wdb", payload)
+    proc = platform.controller("jobs", *_with_workers(platform))
+    try:
+        platform.says("jobs", "leading")
+        platform.tenant_creates(platform.job_body("wb1", "wdb"))
+        job = platform.finished(BackupJob, "wb1")
+        assert job.status.phase == "Succeeded", job.status.message
+        assert job.status.message.startswith("Backup wb1 is ready")
+        backup = platform.host.objects.get(Backup, ACME, "wb1")
+        assert backup is not None and backup.status.phase == "Ready"
+        worker = _worker_of(platform, kubelet, "wb1")
+        assert "backup tenant-acme/wb1: Completed" in worker.container().stdout
+
+        (data / "x.bin").write_bytes(b"damaged")
+        platform.tenant_creates(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "RestoreJob",
+                "metadata": {"name": "wr1", "namespace": ACME},
+                "spec": {"backupRef": {"name": "wb1"}},
+            }
+        )
+        restored = platform.finished(RestoreJob, "wr1")
+        assert restored.status.phase == "Succeeded", restored.status.message
+        assert (data / "x.bin").read_bytes() == payload
+
+        # Both ran in worker Jobs, whose per-job Secrets (the app's location) are gone.
+        words = {
+            (j.metadata.annotations or {}).get("backups.cozystack.io/for"): (
+                j.metadata.labels or {}
+            ).get("backups.cozystack.io/worker")
+            for j in _worker_jobs(platform)
+        }
+        assert words[f"BackupJob/{ACME}/wb1"] == "backup"
+        assert words[f"RestoreJob/{ACME}/wr1"] == "restore"
+        secrets = client.CoreV1Api(platform.cluster.admin).list_namespaced_secret(
+            PLATFORM, label_selector="backups.cozystack.io/worker"
+        )
+        assert secrets.items == []
+        # The controller wrote the tenant's objects; the worker nothing a tenant reads.
+        events = client.CoreV1Api(platform.cluster.admin).list_namespaced_event(ACME).items
+        wb1 = [e for e in events if e.involved_object.name == "wb1"]
+        assert {e.reason for e in wb1} == {"Started", "Completed"}
+        assert {e.source.component for e in wb1} == {"cozybackup-controller"}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, platform.output("jobs")
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_of_a_worker_fails_its_job_and_leaves_nothing(
+    platform: Platform, kubelet: Kubelet
+) -> None:
+    data = platform.app("wkill", b"w" * 1000, gated=True)
+    proc = platform.controller("jobs-kill", *_with_workers(platform))
+    try:
+        platform.says("jobs-kill", "leading")
+        platform.tenant_creates(platform.job_body("wk1", "wkill"))
+        gate = until("the worker to be in the middle", lambda: _gate_reader(data / "a-gate"))
+        worker = _worker_of(platform, kubelet, "wk1")
+        os.killpg(worker.container().pid, signal.SIGKILL)
+        os.close(gate)
+        job = platform.finished(BackupJob, "wk1")
+        assert job.status.phase == "Failed"
+        assert job.status.conditions[0].reason == "WorkerFailed"
+        assert "worker stopped before it finished" in job.status.message
+        assert platform.host.objects.get(Backup, ACME, "wk1") is None
+        # The partial artifact goes with its record (right after the job is marked).
+        until(
+            "the partial record to go",
+            lambda: (
+                not [
+                    r
+                    for r in platform.host.objects.list(ArtifactRecord)
+                    if r.spec.job_ref.name == "wk1"
+                ]
+            ),
+        )
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+@pytest.mark.timeout(300)
+def test_a_restarted_controller_adopts_a_running_worker(
+    platform: Platform, kubelet: Kubelet
+) -> None:
+    data = platform.app("wadopt", b"a" * 5000, gated=True)
+    first = platform.controller("adopt1", *_with_workers(platform))
+    platform.says("adopt1", "leading")
+    platform.tenant_creates(platform.job_body("wa1", "wadopt"))
+    gate = until("the worker to be in the middle", lambda: _gate_reader(data / "a-gate"))
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    second = platform.controller("adopt2", *_with_workers(platform))
+    try:
+        platform.says("adopt2", "leading", seconds=90)
+        # The new leader's recovery left the job to its worker, still running.
+        running = platform.host.objects.get(BackupJob, ACME, "wa1")
+        assert running is not None and running.status.phase == "Running"
+        _open_gate(gate, b"the rest of the data")
+        job = platform.finished(BackupJob, "wa1")
+        assert job.status.phase == "Succeeded", job.status.message
+        assert platform.host.objects.get(Backup, ACME, "wa1") is not None
+        assert _started_events(platform, "wa1") == 1
+    finally:
+        os.killpg(second.pid, signal.SIGTERM)
+        second.wait(timeout=60)

@@ -1,0 +1,282 @@
+"""Worker Jobs: each backup or restore's data moves in a ``batch/v1`` Job in the platform
+namespace, running ``cozybackup worker`` (the engine's :class:`~.._engine.executor.Executor`
+on Kubernetes).
+
+* **One Job per job**, named from the job's uid (``cozy-backup-<16 hex>``), so launching
+  is idempotent and a controller that restarts finds (adopts) the workers still running.
+  ``backoffLimit: 0`` (the engine retries transient errors itself),
+  ``activeDeadlineSeconds`` from the job's deadline, ``ttlSecondsAfterFinished``.
+* **Credentials** of the application reach the worker through a Secret in the platform
+  namespace owned by its Job (the garbage collector deletes it with the Job; the runner
+  deletes it as soon as it has recorded the worker's end), never through a tenant
+  namespace.  The worker's ServiceAccount reads no tenant Secret.
+* **Reports**: the worker writes its progress and its outcome as annotations of its own
+  Job; the controller, the only writer of tenant-visible status, copies them.  A worker
+  killed before it reports ends ``Failed`` by the Job controller, with no outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from .._api.errors import ConflictError, NotFoundError
+from .._api.types import ApplicationRef, BackupJob
+from .._api.wire import structure, unstructure
+from .._drivers.contract import AppLocation
+from .._engine.executor import Outcome, WorkerState
+from .kube import KubeHost
+
+log = logging.getLogger("cozybackup.kube.workers")
+
+LABEL_WORKER = "backups.cozystack.io/worker"
+ANNOTATION_FOR = "backups.cozystack.io/for"
+ANNOTATION_OUTCOME = "backups.cozystack.io/outcome"
+ANNOTATION_PROGRESS = "backups.cozystack.io/progress"
+#: Where the worker finds the application's location (the per-job Secret, mounted).
+LOCATION_DIR = "/var/run/cozybackup/app"
+LOCATION_KEY = "location.json"
+
+
+@attrs.frozen
+class WorkerSettings:
+    """How worker Pods are made (the controller's ``--worker-*`` flags)."""
+
+    image: str
+    #: The ``cozybackup`` command in the image.
+    command: Sequence[str] = ("cozybackup",)
+    #: Extra environment for the worker container.
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    service_account: str = "cozybackup-worker"
+    #: The Job (and its logs) stays this long after it ends, for the operator.
+    ttl_seconds: int = 3600
+    #: Added to the job's deadline for the Pod's start and the final reports.
+    deadline_grace: int = 300
+    home: str = "/var/lib/cozybackup"
+
+
+def worker_name(job: Any) -> str:
+    """``cozy-backup-<hash>``/``cozy-restore-<hash>`` of the job's uid: a DNS label, and
+    another name for a job re-created under the same name."""
+    word = "backup" if isinstance(job, BackupJob) else "restore"
+    key = job.metadata.uid or f"{job.metadata.namespace}/{job.metadata.name}"
+    return f"cozy-{word}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+class KubeWorkers:
+    """Implements the engine's Executor with worker Jobs (see the module docstring)."""
+
+    def __init__(self, host: KubeHost, settings: WorkerSettings) -> None:
+        from kubernetes import client  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+        self.host = host
+        self.settings = settings
+        self._batch = client.BatchV1Api(host.api_client)
+        self._core = client.CoreV1Api(host.api_client)
+
+    @property
+    def namespace(self) -> str:
+        return self.host.platform_namespace
+
+    def launch(self, job: Any, app: AppLocation, timeout_seconds: float) -> None:
+        name = worker_name(job)
+        call = self.host.objects.call
+        labels = {LABEL_WORKER: "backup" if isinstance(job, BackupJob) else "restore"}
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
+            "stringData": {LOCATION_KEY: json.dumps(unstructure(app))},
+        }
+        try:
+            call(
+                f"create Secret {name}", self._core.create_namespaced_secret, self.namespace, secret
+            )
+        except ConflictError:
+            pass  # launched before (a retry after a crash): keep it
+        try:
+            created = call(
+                f"create Job {name}",
+                self._batch.create_namespaced_job,
+                self.namespace,
+                self._job(job, name, labels, timeout_seconds),
+            )
+        except ConflictError:
+            created = call(
+                f"read Job {name}", self._batch.read_namespaced_job, name, self.namespace
+            )
+        owner = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "name": name,
+            "uid": created.metadata.uid,
+            "controller": True,
+        }
+        call(
+            f"own Secret {name}",
+            self._core.patch_namespaced_secret,
+            name,
+            self.namespace,
+            {"metadata": {"ownerReferences": [owner]}},
+        )
+
+    def _job(
+        self, job: Any, name: str, labels: Mapping[str, str], timeout_seconds: float
+    ) -> dict[str, Any]:
+        s = self.settings
+        word = labels[LABEL_WORKER]
+        command = [
+            *s.command,
+            "--home",
+            s.home,
+            "worker",
+            word,
+            f"{job.metadata.namespace}/{job.metadata.name}",
+            "--location",
+            f"{LOCATION_DIR}/{LOCATION_KEY}",
+        ]
+        env = [
+            {"name": "COZYBACKUP_WORKER_JOB", "value": name},
+            {"name": "COZYBACKUP_NAMESPACE", "value": self.namespace},
+            *({"name": k, "value": v} for k, v in sorted(s.env.items())),
+        ]
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {
+                "name": name,
+                "namespace": self.namespace,
+                "labels": dict(labels),
+                "annotations": {
+                    ANNOTATION_FOR: f"{job.kind}/{job.metadata.namespace}/{job.metadata.name}"
+                },
+            },
+            "spec": {
+                "backoffLimit": 0,
+                "activeDeadlineSeconds": int(timeout_seconds) + s.deadline_grace,
+                "ttlSecondsAfterFinished": s.ttl_seconds,
+                "template": {
+                    "metadata": {"labels": dict(labels)},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "serviceAccountName": s.service_account,
+                        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
+                        "containers": [
+                            {
+                                "name": "worker",
+                                "image": s.image,
+                                "command": command,
+                                "env": env,
+                                "securityContext": {
+                                    "allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]},
+                                },
+                                "volumeMounts": [
+                                    {"name": "app", "mountPath": LOCATION_DIR, "readOnly": True},
+                                    {"name": "home", "mountPath": s.home},
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "app", "secret": {"secretName": name}},
+                            {"name": "home", "emptyDir": {}},
+                        ],
+                    },
+                },
+            },
+        }
+
+    def state(self, job: Any) -> WorkerState | None:
+        name = worker_name(job)
+        try:
+            got = self.host.objects.call(
+                f"read Job {name}", self._batch.read_namespaced_job, name, self.namespace
+            )
+        except NotFoundError:
+            return None
+        conditions = (
+            {c.type: c for c in (got.status.conditions or []) if c.status == "True"}
+            if got.status
+            else {}
+        )
+        ended = "Complete" in conditions or "Failed" in conditions
+        notes = got.metadata.annotations or {}
+        outcome = None
+        if ANNOTATION_OUTCOME in notes:
+            try:
+                outcome = structure(json.loads(notes[ANNOTATION_OUTCOME]), Outcome)
+            except Exception:  # noqa: BLE001 - a damaged report is no report
+                log.warning("Job %s: unreadable outcome %r", name, notes[ANNOTATION_OUTCOME])
+        progress = None
+        if ANNOTATION_PROGRESS in notes:
+            try:
+                progress = json.loads(notes[ANNOTATION_PROGRESS])
+            except ValueError:
+                progress = None
+        failed = conditions.get("Failed")
+        detail = f"{failed.reason}: {failed.message}" if failed is not None else ""
+        return WorkerState(
+            active=not ended and got.metadata.deletion_timestamp is None,
+            outcome=outcome,
+            detail=detail,
+            progress=progress if isinstance(progress, dict) else None,
+        )
+
+    def release(self, job: Any) -> None:
+        # The credentials go now; the Job and its logs stay until their TTL.
+        name = worker_name(job)
+        try:
+            self.host.objects.call(
+                f"delete Secret {name}", self._core.delete_namespaced_secret, name, self.namespace
+            )
+        except NotFoundError:
+            pass
+
+
+# --------------------------------------------------------------------------- the worker's side
+
+
+class WorkerHost(KubeHost):
+    """The host a worker runs with: the application's location comes from the mounted
+    per-job Secret (no tenant Secret is read), and nothing tenant-visible is written: events
+    are only logged, reports go to the worker's own Job."""
+
+    def __init__(self, *args: Any, location: AppLocation, worker_job: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from kubernetes import client  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+        self.location = location
+        self.worker_job = worker_job
+        self._batch = client.BatchV1Api(self.api_client)
+
+    def locate(self, namespace: str, ref: ApplicationRef) -> AppLocation:
+        if (namespace, ref) != (self.location.namespace, self.location.ref):
+            raise NotFoundError(
+                f"application {ref.kind} {ref.name} is not the one this worker was given"
+            )
+        return self.location
+
+    def event(self, obj: Any, type_: str, reason: str, message: str) -> None:
+        log.info("%s %s: %s: %s", obj.kind, obj.metadata.name, reason, message)
+
+    def report(self, what: str, payload: Mapping[str, Any]) -> None:
+        key = ANNOTATION_OUTCOME if what == "outcome" else ANNOTATION_PROGRESS
+        self.objects.call(
+            f"report {what} on Job {self.worker_job}",
+            self._batch.patch_namespaced_job,
+            self.worker_job,
+            self.platform_namespace,
+            {"metadata": {"annotations": {key: json.dumps(dict(payload), sort_keys=True)}}},
+        )
+
+
+def read_location(text: str) -> AppLocation:
+    """The location a worker was given (the JSON ``launch`` wrote)."""
+    location: AppLocation = structure(json.loads(text), AppLocation)
+    return location
