@@ -65,3 +65,46 @@ def test_an_orphan_is_swept_after_the_grace_period_and_nothing_else_is(tmp_path:
     assert gone and all(records["deleted"] in path for path in gone)
     # The kept Backup still restores.
     assert plat.restore(NS, "kept", "r").status.phase == "Succeeded"
+
+
+def test_a_partial_artifact_whose_job_was_deleted_is_swept(tmp_path: Path) -> None:
+    """A job deleted while its worker wrote: the record stays Writing, its job gone."""
+    from cozybackup_core._api.types import (
+        ANNOTATION_JOB_UID,
+        ArtifactRecordSpec,
+        LocalObjectRef,
+        ObjectMeta,
+        ObjectRef,
+    )
+
+    now = [dt.datetime(2026, 12, 5, 8, 0, tzinfo=dt.timezone.utc)]
+    plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,), clock=lambda: now[0])
+    plat.apply(FILES_CLASS)
+    ref = directory_app(plat, tmp_path / "app", b"x")
+    assert plat.backup(NS, ref, "alive", "files").status.phase == "Succeeded"
+    alive = plat.host.objects.get(BackupJob, NS, "alive")
+    assert alive is not None
+    for name, job_name, uid in (
+        ("of-gone", "gone", "u-gone"),
+        ("of-alive", "alive", alive.metadata.uid),
+    ):
+        plat.host.objects.create(
+            ArtifactRecord(
+                metadata=ObjectMeta(name=name, annotations={ANNOTATION_JOB_UID: uid or ""}),
+                spec=ArtifactRecordSpec(
+                    storage_ref=LocalObjectRef(name="cozy-backups"),
+                    namespace=NS,
+                    application_kind=ref.kind,
+                    application_name=ref.name,
+                    job_ref=ObjectRef(kind="BackupJob", namespace=NS, name=job_name),
+                    backup_name=job_name,
+                ),
+            )
+        )
+    runner = Runner(plat.engine, drills=False)
+    assert runner.run_pass().swept == ()
+    now[0] += dt.timedelta(hours=2)
+    swept = runner.run_pass().swept
+    assert swept == (f"orphaned artifact of-gone of {NS}/{ref.name}: deletion finished",)
+    names = {r.metadata.name for r in plat.host.objects.list(ArtifactRecord)}
+    assert "of-alive" in names and "of-gone" not in names

@@ -88,6 +88,12 @@ class InProcessWorkers:
     def release(self, job: Any) -> None:
         self.released.append(job.metadata.name)
 
+    def cancel_strays(self, running: Any) -> list[str]:
+        wanted = {j.metadata.name for j in running}
+        strays = [n for n in self.launched if n not in wanted and n not in self.ended]
+        self.ended.update(strays)
+        return strays
+
 
 def setup(tmp_path: Path, **config: Any) -> tuple[LocalPlatform, InProcessWorkers, ApplicationRef]:
     plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,), config=EngineConfig(**config))
@@ -180,3 +186,14 @@ def test_one_job_per_application_and_the_caps(tmp_path: Path) -> None:
     runner.run_pass()
     assert sorted(workers.launched) == ["a1", "a2", "b1"]
     assert phase(plat, "c1") in (None, "Pending")
+
+
+def test_deleting_a_running_job_stops_its_worker(tmp_path: Path) -> None:
+    plat, workers, ref = setup(tmp_path)
+    submit(plat, ref, "gone")
+    runner = Runner(plat.engine, drills=False)
+    runner.run_pass()
+    assert "gone" not in workers.ended
+    plat.host.objects.delete(BackupJob, NS, "gone")
+    runner.run_pass()
+    assert "gone" in workers.ended  # stopped

@@ -7,7 +7,7 @@ pointing at missing data while claiming to be Ready.
 
 An *orphan* is a committed artifact that no Backup points at, once its job is over: a
 Backup deleted with ``kubectl delete``, or refused by the API server after the artifact
-was committed.  Left alone it would be stored, and paid for, for ever; the sweep deletes
+was committed; or a partial one whose job is gone (deleted while its worker wrote it).  Left alone it would be stored, and paid for, for ever; the sweep deletes
 it by the same crash-safe steps, after a grace period that covers a job between its
 commit and its Backup.
 """
@@ -23,7 +23,14 @@ from typing import Any
 import attrs
 
 from .._api.errors import CozyError
-from .._api.types import ArtifactRecord, Backup, BackupJob, Condition, artifact_uid
+from .._api.types import (
+    ANNOTATION_JOB_UID,
+    ArtifactRecord,
+    Backup,
+    BackupJob,
+    Condition,
+    artifact_uid,
+)
 from .._storage.store import ArtifactKey
 from .services import Services
 
@@ -111,13 +118,18 @@ def sweep_orphans(svc: Services) -> list[str]:
     notes = []
     for record in objs.list(ArtifactRecord):
         made = record.metadata.creation_timestamp
-        if record.status.phase != "Committed" or record.metadata.name in pointed:
+        if record.status.phase == "Deleting" or record.metadata.name in pointed:
             continue
         if made is None or made > cutoff:
             continue
         spec = record.spec
         job = objs.get(BackupJob, spec.namespace, spec.job_ref.name)
-        if job is not None and job.status.phase in (None, "Pending", "Running"):
+        if record.status.phase == "Writing":
+            if job is not None and job.metadata.uid == record.metadata.annotations.get(
+                ANNOTATION_JOB_UID
+            ):
+                continue  # its job exists: recovery or its runner settles it
+        elif job is not None and job.status.phase in (None, "Pending", "Running"):
             continue  # its job may still write the Backup
         what = (
             f"orphaned artifact {record.metadata.name} of {spec.namespace}/{spec.application_name}"

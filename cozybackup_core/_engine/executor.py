@@ -8,7 +8,7 @@ job on its next pass (``workers.reconcile``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -51,3 +51,7 @@ class Executor(Protocol):
 
     def release(self, job: Any) -> None:
         """The runner has recorded the worker's end: its resources may go."""
+
+    def cancel_strays(self, running: Sequence[Any]) -> list[str]:
+        """Stop every worker still running whose job is not among ``running`` (a job
+        deleted while it ran); the names of those stopped."""

@@ -126,6 +126,10 @@ def reconcile(svc: Services) -> list[Job]:
         if done is not None:
             finished.append(done)
             executor.release(job)
+    # A job deleted while its worker ran: the worker is stopped (its partial artifact,
+    # whose job is gone, is removed by the orphan sweep).
+    for name in executor.cancel_strays(running):
+        log.warning("stopped worker %s: its job was deleted while it ran", name)
     return finished
 
 

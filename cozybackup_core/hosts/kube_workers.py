@@ -228,6 +228,36 @@ class KubeWorkers:
             progress=progress if isinstance(progress, dict) else None,
         )
 
+    def cancel_strays(self, running: Sequence[Any]) -> list[str]:
+        wanted = {worker_name(j) for j in running}
+        listed = self.host.objects.call(
+            "list worker Jobs",
+            self._batch.list_namespaced_job,
+            self.namespace,
+            label_selector=LABEL_WORKER,
+        )
+        stopped = []
+        for item in listed.items:
+            name = item.metadata.name
+            ended = any(
+                c.type in ("Complete", "Failed") and c.status == "True"
+                for c in (item.status.conditions or [])
+            )
+            if name in wanted or ended or item.metadata.deletion_timestamp is not None:
+                continue
+            try:
+                self.host.objects.call(
+                    f"delete Job {name}",
+                    self._batch.delete_namespaced_job,
+                    name,
+                    self.namespace,
+                    propagation_policy="Background",
+                )
+            except NotFoundError:
+                continue
+            stopped.append(name)
+        return stopped
+
     def release(self, job: Any) -> None:
         # The credentials go now; the Job and its logs stay until their TTL.
         name = worker_name(job)

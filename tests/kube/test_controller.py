@@ -695,3 +695,29 @@ def test_a_restarted_controller_adopts_a_running_worker(
     finally:
         os.killpg(second.pid, signal.SIGTERM)
         second.wait(timeout=60)
+
+
+@pytest.mark.timeout(300)
+def test_deleting_a_running_job_stops_its_worker(platform: Platform, kubelet: Kubelet) -> None:
+    data = platform.app("wcancel", b"c" * 1000, gated=True)
+    proc = platform.controller("jobs-cancel", *_with_workers(platform))
+    try:
+        platform.says("jobs-cancel", "leading")
+        platform.tenant_creates(platform.job_body("wc1", "wcancel"))
+        gate = until("the worker to be in the middle", lambda: _gate_reader(data / "a-gate"))
+        worker = _worker_of(platform, kubelet, "wc1")
+        name = worker.labels["batch.kubernetes.io/job-name"]
+        # The tenant deletes its job (it may: tenant-admin) while the worker runs.
+        platform.alice.delete_namespaced_custom_object(GROUP, VERSION, ACME, "backupjobs", "wc1")
+        until("the worker's process to be stopped", lambda: not worker.alive)
+        batch = client.BatchV1Api(platform.cluster.admin)
+        until(
+            "the worker Job to go",
+            lambda: status_of(lambda: batch.read_namespaced_job(name, PLATFORM)) == 404,
+        )
+        os.close(gate)
+        assert platform.host.objects.get(Backup, ACME, "wc1") is None
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert "its job was deleted while it ran" in platform.output("jobs-cancel")[1]
