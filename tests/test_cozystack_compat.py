@@ -347,3 +347,30 @@ def test_our_crds_have_cozystacks_subresources() -> None:
         assert mine == theirs["spec"]["versions"][0].get("subresources", {}), kind
         compared += 1
     assert compared == 5
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "5e54634226373932",  # an etcd cluster id in hex that reads as a float
+        "7",
+        "true",
+        "null",
+        '"quoted"',
+        "[1]",
+        "plain text",
+        "",
+        7,
+        2.5,
+        True,
+        None,
+        ["shop", "crm"],
+        {"a": [1, {"b": None}]},
+    ],
+)
+def test_driver_metadata_strings_round_trip_exactly(value: Any) -> None:
+    from cozybackup_core._api.wire import metadata_strings, metadata_values
+
+    written = metadata_strings({"k": value})
+    assert isinstance(written["k"], str)
+    assert metadata_values(written) == {"k": value}

@@ -140,11 +140,30 @@ def _as_json(value: Any) -> Any:
 def metadata_strings(metadata: Mapping[str, Any]) -> dict[str, str]:
     """``Backup.spec.driverMetadata`` as Cozystack types it (``map[string]string``):
     strings as they are, anything else as compact JSON (``7``, ``["shop","crm"]``).  A
-    driver gets its typed record back from the artifact's manifest, not from here."""
-    return {
-        k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, separators=(",", ":"))
-        for k, v in metadata.items()
-    }
+    string that would read as JSON (``"5e54634226373932"``, ``"true"``, ``"7"``) is written
+    as a JSON string, quoted, so :func:`metadata_values` gives back exactly what was
+    recorded.  A driver gets its typed record from the artifact's manifest, not from here."""
+    return {k: _metadata_string(v) for k, v in metadata.items()}
+
+
+def _metadata_string(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def metadata_values(strings: Mapping[str, str]) -> dict[str, Any]:
+    """The values :func:`metadata_strings` wrote, exactly: JSON decoded, other text as is."""
+    out: dict[str, Any] = {}
+    for key, text in strings.items():
+        try:
+            out[key] = json.loads(text)
+        except ValueError:
+            out[key] = text
+    return out
 
 
 def _any_map(value: Any, _t: Any) -> dict[str, Any]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 from .._api.types import APPS_GROUP, ApplicationRef
+from .._api.wire import metadata_values
 from ._app import AppHandle
 
 #: The tenant namespace of the CLI tests.
@@ -150,15 +150,6 @@ stringData: {{key: "{base64.b64encode(raw).decode()}"}}
 
 
 def typed_metadata(driver_metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """A Backup's ``driverMetadata`` (strings, as Cozystack types it) read back as the
-    driver recorded it: the JSON of numbers, lists, objects, booleans and null decoded,
-    other strings as they are.  For tests; a value recorded as the string ``"3"`` would
-    come back as 3."""
-    out: dict[str, Any] = {}
-    for key, value in driver_metadata.items():
-        try:
-            decoded = json.loads(value) if isinstance(value, str) else value
-        except ValueError:
-            decoded = value
-        out[key] = value if isinstance(decoded, str) else decoded
-    return out
+    """A Backup's ``driverMetadata`` (strings, as Cozystack types it) read back exactly as
+    the driver recorded it (see ``metadata_strings``)."""
+    return metadata_values(driver_metadata)
