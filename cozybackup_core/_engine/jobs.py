@@ -6,7 +6,7 @@ import datetime as dt
 import logging
 import threading
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, cast
 
 from .._api.types import ApplicationRef, Backup, BackupJob, RestoreJob
@@ -58,7 +58,13 @@ def _run_phase(svc: Services, pending: list[Job], stop: threading.Event | None) 
             drain(queue)
     else:
         with ThreadPoolExecutor(svc.config.workers, thread_name_prefix="cozy-job") as pool:
-            for f in [pool.submit(drain, q) for q in queues.values()]:
+            futures = [pool.submit(drain, q) for q in queues.values()]
+            # Wait with a timeout: a signal the kernel hands to a pool thread runs its
+            # Python handler only when the main thread wakes, and SIGTERM must stop the
+            # queues now, not when every running job is over.
+            while wait(futures, timeout=1.0).not_done:
+                pass
+            for f in futures:
                 f.result()
     return finished
 

@@ -468,7 +468,11 @@ def test_a_leader_handover_in_the_middle_of_a_job_runs_it_once(platform: Platfor
     second = platform.controller("second")
     platform.says("second", "waiting for the controller Lease")
 
+    # Two applications: the pass runs them on its thread pool, where a signal may reach
+    # a pool thread rather than the main one.
+    platform.app("side", b"s" * 1000)
     platform.tenant_creates(platform.job_body("mid", "gated"))
+    platform.tenant_creates(platform.job_body("side", "side"))
     gate = until("the job to be in the middle", lambda: _gate_reader(data / "a-gate"))
     first.send_signal(signal.SIGTERM)
     platform.says("first", "signal 15")
