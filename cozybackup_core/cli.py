@@ -94,6 +94,7 @@ class Ctx:
             workers=self.args.workers,
             finished_job_ttl=self.args.job_ttl,
             workers_per_tenant=getattr(self.args, "workers_per_tenant", None),
+            leave_unserved=getattr(self.args, "leave_unserved", False),
         )
 
 
@@ -850,6 +851,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --data-mover jobs: at most N workers of one tenant at once "
         "(--workers caps them all)",
+    )
+    k.add_argument(
+        "--leave-unserved",
+        action="store_true",
+        help="coexist with another backup controller (Cozystack's own): leave BackupJobs and "
+        "RestoreJobs whose strategy no installed driver serves untouched, for it",
     )
     k.add_argument(
         "--lease",

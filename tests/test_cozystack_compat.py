@@ -374,3 +374,30 @@ def test_driver_metadata_strings_round_trip_exactly(value: Any) -> None:
     written = metadata_strings({"k": value})
     assert isinstance(written["k"], str)
     assert metadata_values(written) == {"k": value}
+
+
+def test_coexisting_jobs_of_strategies_nobody_here_serves_are_left_untouched(
+    tmp_path: Path,
+) -> None:
+    """Beside Cozystack's own controller (CNPG, Velero...), ours claims only what its
+    drivers serve: the others stay exactly as written, for their controller."""
+    from cozybackup_core import EngineConfig
+    from support.drivers import FilesDriver
+
+    plat = LocalPlatform(
+        tmp_path / "home", drivers=(FilesDriver,), config=EngineConfig(leave_unserved=True)
+    )
+    plat.apply(COZYSTACK_CLASS)
+    for name, kind in (("theirs", "Other"), ("ours", "Directory")):
+        plat.apply(
+            "apiVersion: backups.cozystack.io/v1alpha1\nkind: BackupJob\n"
+            f"metadata: {{name: {name}, namespace: tenant-a}}\n"
+            f"spec: {{applicationRef: {{apiGroup: apps.example.com, kind: {kind}, name: d}}, "
+            "backupClassName: cozystack-style}\n"
+        )
+    before = plat.host.objects.get(BackupJob, NS, "theirs")
+    plat.engine.run_once()
+    after = plat.host.objects.get(BackupJob, NS, "theirs")
+    assert after == before  # not a single write
+    ours = plat.host.objects.get(BackupJob, NS, "ours")
+    assert ours is not None and ours.status.phase == "Failed"  # ours: reported (no such app)

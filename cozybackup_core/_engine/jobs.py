@@ -9,6 +9,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, cast
 
+from .._api.errors import DriverNotFoundError
 from .._api.types import ApplicationRef, Backup, BackupJob, RestoreJob
 from .backup import run_backup
 from .redact import Redactor
@@ -123,6 +124,8 @@ def _app_key(svc: Services, job: Job) -> tuple[str, ...]:
 def run_job(svc: Services, job: Job) -> Job:
     """Run one job.  Whatever goes wrong is the job's: it is recorded on the job (Failed,
     with a reference for the operator), and never stops the other jobs."""
+    if svc.config.leave_unserved and not _served(svc, job):
+        return job  # another controller's: not even a status write
     try:
         claimed: Job | None = svc.claim(cast(Any, job))
     except Exception as exc:  # noqa: BLE001 - the platform refused; retried next pass
@@ -143,6 +146,24 @@ def run_job(svc: Services, job: Job) -> Job:
         except Exception:
             log.exception("could not record the failure of %s %s", job.kind, job.metadata.name)
             return job
+
+
+def _served(svc: Services, job: Job) -> bool:
+    """Whether an installed driver serves ``job``'s strategy (its class's binding, or the
+    strategy its Backup was made with).  Any other fault is the job's to report: True."""
+    try:
+        if isinstance(job, BackupJob):
+            svc.catalog().resolve(job.spec.backup_class_name, job.spec.application_ref)
+        else:
+            backup = svc.host.objects.get(Backup, job.metadata.namespace, job.spec.backup_ref.name)
+            if backup is not None:
+                ref = backup.spec.strategy_ref
+                svc.plugins.registry.for_strategy(ref.kind, ref.api_group)
+    except DriverNotFoundError:
+        return False
+    except Exception:  # noqa: BLE001 - reported by run_backup/run_restore
+        return True
+    return True
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)

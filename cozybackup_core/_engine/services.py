@@ -83,6 +83,9 @@ class EngineConfig:
     #: With an executor (worker Jobs): at most this many workers of one tenant at once
     #: (``workers`` caps them all); None for no per-tenant cap.
     workers_per_tenant: int | None = None
+    #: Coexisting with another backup controller (Cozystack's own): a job whose strategy
+    #: no installed driver serves is left to it, untouched (never claimed, never failed).
+    leave_unserved: bool = False
 
 
 def _condition(type_: str, reason: str, message: str, now: Any, status: str = "True") -> Condition:
