@@ -43,3 +43,33 @@ def test_invalid_cron_becomes_a_condition_naming_the_field(tmp_path: Path) -> No
     assert cond.message.startswith(
         "spec.schedule.cron: '0 25 * * *' is not a valid cron expression"
     )
+
+
+def test_the_runner_wakes_for_the_next_plan_slot_whatever_its_interval(tmp_path: Path) -> None:
+    """Slot to job does not wait for the interval: the pause ends half a second after the
+    next slot of any Plan (and is never under a second, even for a slot in the past)."""
+    from cozybackup_core._engine.runner import Runner
+
+    from support.manifests import FILES_CLASS
+
+    now = [dt.datetime(2026, 12, 5, 8, 0, 20, tzinfo=dt.timezone.utc)]
+    plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,), clock=lambda: now[0])
+    plat.apply(FILES_CLASS)
+    runner = Runner(plat.engine, drills=False)
+    assert runner.pause(300) == 300  # no Plan
+    plat.apply(
+        """
+apiVersion: backups.cozystack.io/v1alpha1
+kind: Plan
+metadata: {name: p, namespace: tenant-a}
+spec:
+  applicationRef: {apiGroup: apps.example.com, kind: Directory, name: d}
+  backupClassName: files
+  schedule: {type: cron, cron: "*/5 * * * *"}
+"""
+    )
+    runner.run_pass()  # the Plan's next slot is recorded: 08:05:00
+    assert runner.pause(300) == 280.5
+    assert runner.pause(60) == 60
+    now[0] = dt.datetime(2026, 12, 5, 8, 4, 59, 900000, tzinfo=dt.timezone.utc)
+    assert runner.pause(300) == 1.0

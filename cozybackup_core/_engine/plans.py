@@ -75,6 +75,13 @@ def fire_due_plans(host: Host) -> list[BackupJob]:
     return created
 
 
+def next_slot(host: Host) -> dt.datetime | None:
+    """The earliest future slot of any Plan (its ``status.nextScheduleTime``), or None."""
+    now = host.now()
+    times = [t for p in host.objects.list(Plan) if (t := p.status.next_schedule_time) and t > now]
+    return min(times, default=None)
+
+
 def _failed(host: Host, plan: Plan, exc: Exception) -> None:
     """Record on the Plan that it could not be scheduled (tenant-safe text only)."""
     ref = uuid.uuid4().hex[:12]

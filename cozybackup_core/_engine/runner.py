@@ -20,7 +20,7 @@ import attrs
 from .._api.errors import CozyError
 from .._api.types import Backup, BackupJob
 from .engine import Engine
-from .plans import fire_due_plans
+from .plans import fire_due_plans, next_slot
 from .prune import PruneAction
 from .services import Job
 
@@ -143,5 +143,18 @@ class Runner:
             if once:
                 kept.append(report)
                 return kept
-            if stop.wait(interval):
+            if stop.wait(self.pause(interval)):
                 return kept
+
+    def pause(self, interval: float) -> float:
+        """Seconds until the next pass: ``interval``, or less when a Plan's slot comes
+        sooner (half a second after it), so a Plan fires on time whatever the interval;
+        at least one second."""
+        try:
+            slot = next_slot(self.engine.host)
+        except Exception:  # noqa: BLE001 - the next pass reports a platform error
+            return interval
+        if slot is None:
+            return interval
+        until = (slot - self.engine.host.now()).total_seconds() + 0.5
+        return max(1.0, min(interval, until))
