@@ -382,6 +382,7 @@ def test_coexisting_jobs_of_strategies_nobody_here_serves_are_left_untouched(
     """Beside Cozystack's own controller (CNPG, Velero...), ours claims only what its
     drivers serve: the others stay exactly as written, for their controller."""
     from cozybackup_core import EngineConfig
+
     from support.drivers import FilesDriver
 
     plat = LocalPlatform(
