@@ -4,6 +4,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,3 +50,20 @@ def files_app(platform: LocalPlatform, tmp_path: Path):  # type: ignore[no-untyp
         api_group=FILES.api_group,
     )
     return ref, data
+
+
+@pytest.fixture
+def kube() -> Iterator[tuple[Any, Any]]:
+    """``(server, api_client)``: the strict Kubernetes API stand-in (support/kubeapi.py,
+    kmock: Python 3.11+) and an official client for it; no violation may be left."""
+    from kubernetes import client as kclient
+
+    from support.kubeapi import running_api_server
+
+    with running_api_server() as (api, url):
+        api_client = kclient.ApiClient(kclient.Configuration(host=url))
+        try:
+            yield api, api_client
+        finally:
+            api_client.close()
+        assert api.violations == [], api.violations

@@ -16,7 +16,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +59,8 @@ from cozybackup_core.testing import S3ServerInfo
 
 from support import drivers as test_drivers
 from support.drivers import FILES
-from support.kubeapi import StrictApiServer, running_api_server
-from support.manifests import FILES_CLASS, directory_class
+from support.kubeapi import StrictApiServer
+from support.manifests import FILES_CLASS, hidden_s3_platform
 
 PLATFORM = "cozy-backup"
 NS = "tenant-a"
@@ -148,17 +147,6 @@ def sample(kind: str) -> Any:
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def kube() -> Iterator[tuple[StrictApiServer, Any]]:
-    with running_api_server() as (api, url):
-        api_client = kclient.ApiClient(kclient.Configuration(host=url))
-        try:
-            yield api, api_client
-        finally:
-            api_client.close()
-        assert api.violations == [], api.violations
 
 
 @pytest.fixture
@@ -482,22 +470,7 @@ def admin_setup(host: KubeHost, api_client: Any, s3: S3ServerInfo) -> None:
         "s3-creds",
         {"accessKeyId": s3.access_key, "secretAccessKey": s3.secret_key},
     )
-    docs = yaml.safe_load_all(
-        f"""
-apiVersion: backups.cozystack.io/v1alpha1
-kind: StorageLocation
-metadata: {{name: platform-s3}}
-spec:
-  provider: S3
-  endpoint: "{s3.endpoint_url}"
-  bucket: hidden-bucket-name
-  prefix: hidden/prefix-q
-  credentialsSecretRef: {{name: s3-creds}}
----
-"""
-        + directory_class("files", "Files", storage="platform-s3")
-    )
-    for doc in docs:
+    for doc in yaml.safe_load_all(hidden_s3_platform(s3)):
         host.objects.create(load(doc))
 
 

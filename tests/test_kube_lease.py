@@ -7,7 +7,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from cozybackup_core.hosts.kube import KubeHost
 from cozybackup_core.hosts.kube_lease import LeaderElector, LeaseLock, LeaseTiming
 
 from support import drivers as test_drivers
-from support.kubeapi import StrictApiServer, running_api_server
+from support.kubeapi import StrictApiServer
 
 PLATFORM = "cozy-backup"
 LEASES = f"/apis/coordination.k8s.io/v1/namespaces/{PLATFORM}/leases"
@@ -39,17 +38,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-@pytest.fixture
-def kube() -> Iterator[tuple[StrictApiServer, Any]]:
-    with running_api_server() as (api, url):
-        api_client = kclient.ApiClient(kclient.Configuration(host=url))
-        try:
-            yield api, api_client
-        finally:
-            api_client.close()
-        assert api.violations == [], api.violations
 
 
 def lock(api_client: Any, identity: str, clock: Clock | None = None, **timing: float) -> LeaseLock:

@@ -130,7 +130,14 @@ def test_a_backup_in_a_worker_is_recorded_by_the_runner(tmp_path: Path) -> None:
     assert runner.run_pass().finished == ()
     assert phase(plat, "b1") == "Running" and "b1" in workers.launched
     events_before = {e["reason"] for e in plat.host.events(NS, name="b1")}
+    # A running worker's progress is copied onto its job by the runner.
+    workers.reports["b1"] = {"progress": {"stage": "copying", "bytesDone": 7, "bytesTotal": 9}}
+    runner.run_pass()
+    running = plat.host.objects.get(BackupJob, NS, "b1")
+    assert running is not None and running.status.progress is not None
+    assert (running.status.progress.stage, running.status.progress.bytes_done) == ("copying", 7)
     workers.run("b1")
+    assert workers.reports["b1"]["progress"]["stage"] != "copying"  # the worker's own
     # The worker wrote the artifact and its record, and nothing a tenant reads.
     assert phase(plat, "b1") == "Running"
     assert plat.host.objects.get(Backup, NS, "b1") is None

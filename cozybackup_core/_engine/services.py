@@ -235,15 +235,7 @@ class Services:
     def progress(self, job: Any) -> Progress:
         def publish(update: ProgressUpdate) -> None:
             try:
-                self.set_status(
-                    job,
-                    progress=ProgressStatus(
-                        stage=update.stage,
-                        bytes_done=update.bytes_done,
-                        bytes_total=update.bytes_total,
-                        updated_at=self.host.now(),
-                    ),
-                )
+                self.publish_progress(job, update)
             except CozyError:
                 log.warning("could not record progress of %s", job.metadata.name)
             if self.on_progress:
@@ -255,6 +247,18 @@ class Services:
             job.metadata.name,
             publish,
             self.config.progress_interval,
+        )
+
+    def publish_progress(self, job: Any, update: ProgressUpdate) -> None:
+        """Where a job's progress goes: its status."""
+        self.set_status(
+            job,
+            progress=ProgressStatus(
+                stage=update.stage,
+                bytes_done=update.bytes_done,
+                bytes_total=update.bytes_total,
+                updated_at=self.host.now(),
+            ),
         )
 
     def failure(self, exc: BaseException, driver: Driver | None, job: Any) -> tuple[str, str]:

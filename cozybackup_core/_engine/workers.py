@@ -20,7 +20,7 @@ from .._api.errors import CozyError
 from .._api.types import Backup, BackupJob, RestoreJob
 from .._api.types import Progress as ProgressStatus
 from .executor import Outcome, WorkerState
-from .progress import Progress, ProgressUpdate
+from .progress import ProgressUpdate
 from .recovery import settle
 from .redact import Redactor
 from .services import Job, Services
@@ -61,26 +61,14 @@ class WorkerServices(Services):
         # The runner creates the Backup from the committed record when this worker ends.
         return self.backup_object(job, *args, **kwargs)
 
-    def progress(self, job: Any) -> Progress:
-        def publish(update: ProgressUpdate) -> None:
-            try:
-                self.report(
-                    "progress",
-                    {
-                        "stage": update.stage,
-                        "bytesDone": update.bytes_done,
-                        "bytesTotal": update.bytes_total,
-                    },
-                )
-            except CozyError:
-                log.warning("could not report progress of %s", job.metadata.name)
-
-        return Progress(
-            job.kind,
-            job.metadata.namespace or "",
-            job.metadata.name,
-            publish,
-            self.config.progress_interval,
+    def publish_progress(self, job: Any, update: ProgressUpdate) -> None:
+        self.report(
+            "progress",
+            {
+                "stage": update.stage,
+                "bytesDone": update.bytes_done,
+                "bytesTotal": update.bytes_total,
+            },
         )
 
 

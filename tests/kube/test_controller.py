@@ -34,7 +34,7 @@ from cozybackup_core.testing import S3ServerInfo
 from .cluster import KubeCluster
 from .kubelet import Kubelet
 from support.drivers import FILES
-from support.manifests import directory_class
+from support.manifests import hidden_s3_platform
 
 pytestmark = [pytest.mark.kube, pytest.mark.s3]
 
@@ -241,22 +241,7 @@ def platform(
             "stringData": {"accessKeyId": s3.access_key, "secretAccessKey": s3.secret_key},
         },
     )
-    docs = yaml.safe_load_all(
-        f"""
-apiVersion: backups.cozystack.io/v1alpha1
-kind: StorageLocation
-metadata: {{name: platform-s3}}
-spec:
-  provider: S3
-  endpoint: "{s3.endpoint_url}"
-  bucket: hidden-bucket-name
-  prefix: hidden/prefix-q
-  credentialsSecretRef: {{name: s3-creds}}
----
-"""
-        + directory_class("files", "Files", storage="platform-s3")
-    )
-    for doc in docs:
+    for doc in yaml.safe_load_all(hidden_s3_platform(s3)):
         plat.host.objects.create(load(doc))
     try:
         yield plat

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cozybackup_core import ApplicationRef
-from cozybackup_core.testing import LocalPlatform, backup_class_yaml
+from cozybackup_core.testing import LocalPlatform, S3ServerInfo, backup_class_yaml
 
 from .drivers import FILES
 
@@ -32,3 +32,20 @@ def directory_app(
     return plat.declare_app(
         namespace, name, "Directory", {"path": str(data)}, api_group=FILES.api_group
     )
+
+
+def hidden_s3_platform(s3: S3ServerInfo) -> str:
+    """A StorageLocation ``platform-s3`` on ``s3`` (bucket, prefix and the Secret ``s3-creds``
+    named so a tenant-leak check can look for them) and the class ``files`` stored there."""
+    return f"""
+apiVersion: backups.cozystack.io/v1alpha1
+kind: StorageLocation
+metadata: {{name: platform-s3}}
+spec:
+  provider: S3
+  endpoint: "{s3.endpoint_url}"
+  bucket: hidden-bucket-name
+  prefix: hidden/prefix-q
+  credentialsSecretRef: {{name: s3-creds}}
+---
+""" + directory_class("files", "Files", storage="platform-s3")
