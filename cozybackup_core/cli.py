@@ -383,7 +383,11 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _serve(
-    ctx: Ctx, engine: Engine, with_namespace: bool, stop: threading.Event | None = None
+    ctx: Ctx,
+    engine: Engine,
+    with_namespace: bool,
+    stop: threading.Event | None = None,
+    wake: threading.Event | None = None,
 ) -> int:
     """The loop of ``run`` and ``controller``: recover once, then passes until stopped."""
     stop = stop or _stop_on_signals()
@@ -412,7 +416,7 @@ def _serve(
         if r.error:
             print(f"error: the pass stopped early, retrying next pass: {r.error}", file=sys.stderr)
 
-    reports = runner.serve(stop, ctx.args.interval, once=ctx.args.once, on_pass=report)
+    reports = runner.serve(stop, ctx.args.interval, once=ctx.args.once, on_pass=report, wake=wake)
     return 1 if any(r.failed or r.error for r in reports) else 0
 
 
@@ -435,6 +439,7 @@ def cmd_controller(ctx: Ctx) -> int:
     every command, though nothing is kept there.
     """
     from .hosts.kube import KubeHost, load_conventions
+    from .hosts.kube_watch import JobWatch
 
     # The drivers' own locators, with the admin's conventions file over them.
     conventions = {
@@ -472,7 +477,10 @@ def cmd_controller(ctx: Ctx) -> int:
             if not leading:
                 return 0
             print(f"leading: holding the controller Lease {where}", file=sys.stderr)
-            _serve(ctx, engine, True, stop)
+            # A new job starts a pass at once, not at the next --interval.
+            wake = threading.Event()
+            JobWatch(host.api_client, stop, wake).start()
+            _serve(ctx, engine, True, stop, wake)
     finally:
         host.close()
     return 0

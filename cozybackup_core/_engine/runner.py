@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import TypeVar
@@ -129,6 +130,7 @@ class Runner:
         *,
         once: bool = False,
         on_pass: Callable[[PassReport], None] | None = None,
+        wake: threading.Event | None = None,
     ) -> list[PassReport]:
         """Recover, then run a pass every ``interval`` seconds until ``stop`` is set (or
         after one pass with ``once``).  Running jobs finish first: a job in progress when
@@ -143,8 +145,23 @@ class Runner:
             if once:
                 kept.append(report)
                 return kept
-            if stop.wait(self.pause(interval)):
+            if self._rest(stop, wake, self.pause(interval)):
                 return kept
+
+    @staticmethod
+    def _rest(stop: threading.Event, wake: threading.Event | None, seconds: float) -> bool:
+        """Wait ``seconds``, less when ``wake`` is set (a host saw a new job); True when
+        stopped."""
+        if wake is None:
+            return stop.wait(seconds)
+        deadline = time.monotonic() + seconds
+        while not stop.is_set() and not wake.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            stop.wait(min(left, 0.5))
+        wake.clear()
+        return stop.is_set()
 
     def pause(self, interval: float) -> float:
         """Seconds until the next pass: ``interval``, or less when a Plan's slot comes

@@ -35,7 +35,8 @@ What it is:
   data in a batch/v1 Job (:mod:`.kube_workers`); the controller writes every tenant-visible
   object.
 
-What it is not (yet): there is no watch: the controller polls.
+What it is not (yet): an informer cache.  Passes list what they need; a watch on new
+jobs (:mod:`.kube_watch`) only makes a pass start at once.
 """
 
 from __future__ import annotations

@@ -150,7 +150,7 @@ class Platform:
                 str(self.conventions),
                 "--interval",
                 "1",
-                *extra,
+                *extra,  # a later --interval wins
             ],
             env=env,
             stdout=out,
@@ -710,3 +710,21 @@ def test_deleting_a_running_job_stops_its_worker(platform: Platform, kubelet: Ku
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
     assert "its job was deleted while it ran" in platform.output("jobs-cancel")[1]
+
+
+@pytest.mark.timeout(300)
+def test_a_new_job_starts_at_once_not_at_the_next_interval(platform: Platform) -> None:
+    """The controller watches for new jobs: with --interval 300, a job created after a
+    pass still runs within seconds."""
+    platform.app("prompt", b"q" * 1000)
+    proc = platform.controller("watching", "--interval", "300")
+    try:
+        platform.says("watching", "leading")
+        time.sleep(3)  # the first pass is over; the next would be 300 s away
+        platform.tenant_creates(platform.job_body("prompt", "prompt"))
+        # Well before the next interval (no Plan is due either).
+        job = platform.finished(BackupJob, "prompt", seconds=240)
+        assert job.status.phase == "Succeeded", job.status.message
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
