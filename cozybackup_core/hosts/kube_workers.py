@@ -25,7 +25,7 @@ from typing import Any
 
 import attrs
 
-from .._api.errors import ConflictError, NotFoundError
+from .._api.errors import ConflictError, CozyError, NotFoundError
 from .._api.types import ApplicationRef, BackupJob
 from .._api.wire import structure, unstructure
 from .._drivers.contract import AppLocation
@@ -41,6 +41,8 @@ ANNOTATION_PROGRESS = "backups.cozystack.io/progress"
 #: Where the worker finds the application's location (the per-job Secret, mounted).
 LOCATION_DIR = "/var/run/cozybackup/app"
 LOCATION_KEY = "location.json"
+#: The client would pick a strategic merge patch for a dict; say what is meant.
+MERGE_PATCH = "application/merge-patch+json"
 
 
 @attrs.frozen
@@ -110,6 +112,10 @@ class KubeWorkers:
             created = call(
                 f"read Job {name}", self._batch.read_namespaced_job, name, self.namespace
             )
+        except CozyError:
+            # No Job owns the credentials' Secret: do not leave it behind.
+            self._delete_secret(name)
+            raise
         owner = {
             "apiVersion": "batch/v1",
             "kind": "Job",
@@ -123,6 +129,7 @@ class KubeWorkers:
             name,
             self.namespace,
             {"metadata": {"ownerReferences": [owner]}},
+            _content_type=MERGE_PATCH,
         )
 
     def _job(
@@ -260,13 +267,17 @@ class KubeWorkers:
 
     def release(self, job: Any) -> None:
         # The credentials go now; the Job and its logs stay until their TTL.
-        name = worker_name(job)
+        self._delete_secret(worker_name(job))
+
+    def _delete_secret(self, name: str) -> None:
         try:
             self.host.objects.call(
                 f"delete Secret {name}", self._core.delete_namespaced_secret, name, self.namespace
             )
         except NotFoundError:
             pass
+        except CozyError as exc:
+            log.warning("could not delete the worker Secret %s: %s", name, exc)
 
 
 # --------------------------------------------------------------------------- the worker's side
@@ -303,6 +314,7 @@ class WorkerHost(KubeHost):
             self.worker_job,
             self.platform_namespace,
             {"metadata": {"annotations": {key: json.dumps(dict(payload), sort_keys=True)}}},
+            _content_type=MERGE_PATCH,
         )
 
 

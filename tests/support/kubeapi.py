@@ -101,6 +101,10 @@ class StrictApiServer(kmock.KubernetesEmulator):
             )
         for plural, kind in (("secrets", "Secret"), ("events", "Event")):
             self.resources[f"v1/{plural}"] = kmock.ResourceInfo(kind=kind, namespaced=True)
+        # Worker Jobs (their status is the Job controller's, written through /status).
+        self.resources["batch/v1/jobs"] = kmock.ResourceInfo(
+            kind="Job", namespaced=True, subresources={"status"}
+        )
 
     # -- checks
 
