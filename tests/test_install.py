@@ -200,7 +200,8 @@ def test_controller_cluster_rights_are_the_least_it_needs(objs: list[dict[str, A
         | _cross(GROUP, {f"{k}/status" for k in written - {"backups"}}, {"get", "update", "patch"})
         # The admin's kinds are read, never written by the engine.
         | _cross(GROUP, {"backupclasses", "storagelocations"}, READ)
-        | {("", "secrets", "get"), ("", "events", "create"), ("", "events", "patch")}
+        | {("", "secrets", "get"), ("", "services", "get")}
+        | {("", "events", "create"), ("", "events", "patch")}
         | _cross("apps.cozystack.io", {"*"}, READ)
     )
     # A tenant's Secret is read by name; the controller can never enumerate them.

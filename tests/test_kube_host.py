@@ -386,6 +386,8 @@ def test_locate_applies_the_drivers_locators(kube: tuple[StrictApiServer, Any]) 
     make_secret(
         api_client, "tenant-x", "etcd-client-tls", {"ca.crt": "CA", "tls.crt": "C", "tls.key": "K"}
     )
+    for name in ("postgres-db1-rw", "mariadb-shop-primary", "etcd"):
+        make_service(api_client, "tenant-x", name, {"selector": {"app": name}})
 
     pg = host.locate("tenant-x", ApplicationRef(kind="Postgres", name="db1"))
     assert pg.connection == {
@@ -411,6 +413,44 @@ def test_locate_applies_the_drivers_locators(kube: tuple[StrictApiServer, Any]) 
         msg = str(err.value)
         assert msg == f"application {ref.kind} {ref.name} does not exist in namespace {ns}"
         assert err.value.admin_detail  # the operator learns why
+
+
+def make_service(api_client: Any, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    kclient.CoreV1Api(api_client).create_namespaced_service(
+        namespace, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name}, "spec": spec}
+    )
+
+
+def test_a_service_that_leads_out_of_the_tenants_pods_is_refused(
+    kube: tuple[StrictApiServer, Any],
+) -> None:
+    """K5: the tenant controls the Service a convention names.  An ExternalName, or a
+    Service without a selector (its endpoints written by hand), could point the platform at
+    any address: refused before any connection, the reason for the operator only."""
+    api_client = kube[1]
+    host = KubeHost(api_client, PLATFORM, conventions=COZYSTACK_LIKE)
+    for name in ("db1", "db2", "db3"):
+        make_secret(
+            api_client, "tenant-x", f"postgres-{name}-superuser", {"username": "u", "password": "p"}
+        )
+    make_service(
+        api_client,
+        "tenant-x",
+        "postgres-db1-rw",
+        {"type": "ExternalName", "externalName": "metadata.internal"},
+    )
+    make_service(api_client, "tenant-x", "postgres-db2-rw", {"ports": [{"port": 5432}]})
+    for name, why in (("db1", "of type ExternalName"), ("db2", "without a selector")):
+        with pytest.raises(KubeRequestRefused) as err:
+            host.locate("tenant-x", ApplicationRef(kind="Postgres", name=name))
+        assert str(err.value) == (
+            f"the service of application Postgres {name} does not lead to pods of its "
+            "namespace; the platform does not connect to it"
+        )
+        assert err.value.admin_detail == f"Service postgres-{name}-rw in tenant-x is {why}"
+    with pytest.raises(NotFoundError) as gone:  # no Service at all: no such application
+        host.locate("tenant-x", ApplicationRef(kind="Postgres", name="db3"))
+    assert gone.value.admin_detail == "Service postgres-db3-rw not found in tenant-x"
 
 
 def test_conventions_file() -> None:

@@ -46,6 +46,7 @@ import binascii
 import datetime as dt
 import logging
 import os
+import re
 import socket
 import uuid
 from collections.abc import Mapping
@@ -150,6 +151,24 @@ def _decode(data: Mapping[str, str] | None) -> dict[str, str]:
                 admin_detail=f"Secret key {k!r} is not base64 text",
             ) from None
     return out
+
+
+#: ``<service>.<namespace>.svc[.cluster.local]`` in a host name or URL.
+_SERVICE_HOST = re.compile(
+    r"(?<![-a-z0-9.])([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)"
+    r"\.svc(?:\.cluster\.local)?(?![-a-z0-9])"
+)
+
+
+def _services_in(value: Any) -> list[tuple[str, str]]:
+    """``(service, namespace)`` of every in-cluster service name in a connection."""
+    if isinstance(value, str):
+        return [(m.group(1), m.group(2)) for m in _SERVICE_HOST.finditer(value.lower())]
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _services_in(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _services_in(v)]
+    return []
 
 
 def event_name(name: str, suffix: str) -> str:
@@ -591,12 +610,43 @@ class KubeHost:
                 for want, have in conv.keys.items():
                     if have in data:
                         credentials[want] = data[have]
+        connection = _fill(dict(conv.connection), ref.name, namespace)
+        for service, where in sorted(set(_services_in(connection))):
+            self._check_service(service, where, namespace, ref, gone)
         return AppLocation(
-            ref=ref,
-            namespace=namespace,
-            connection=_fill(dict(conv.connection), ref.name, namespace),
-            credentials=credentials,
+            ref=ref, namespace=namespace, connection=connection, credentials=credentials
         )
+
+    def _check_service(
+        self, name: str, where: str, tenant: str, ref: ApplicationRef, gone: NotFoundError
+    ) -> None:
+        """A tenant controls the Service a convention names: it must send traffic to pods
+        in its namespace, not elsewhere (an ExternalName, or a Service without a selector
+        whose endpoints the tenant writes, would point the platform at any address)."""
+        try:
+            svc = self.objects.call(
+                f"read Service {name} in {where}",
+                self._core.read_namespaced_service,
+                name,
+                where,
+            )
+        except NotFoundError:
+            gone.admin_detail = f"Service {name} not found in {where}"
+            raise gone from None
+        spec = svc.spec
+        if where != tenant or spec.type == "ExternalName" or not spec.selector:
+            why = (
+                "in another namespace"
+                if where != tenant
+                else "of type ExternalName"
+                if spec.type == "ExternalName"
+                else "without a selector"
+            )
+            raise KubeRequestRefused(
+                f"the service of application {ref.kind} {ref.name} does not lead to pods of "
+                "its namespace; the platform does not connect to it",
+                admin_detail=f"Service {name} in {where} is {why}",
+            )
 
     def _read_secret(self, namespace: str, name: str) -> dict[str, str]:
         s = self.objects.call(

@@ -96,6 +96,8 @@ def controller_rules() -> list[dict[str, Any]]:
         _rule(GROUP, statuses, ["get", "update", "patch"]),
         _rule(GROUP, [plural(k) for k in _ADMIN_KINDS], READ),
         _rule("", ["secrets"], ["get"]),
+        # The Service a convention names, checked before connecting (no ExternalName).
+        _rule("", ["services"], ["get"]),
         _rule("", ["events"], ["create", "patch"]),
         _rule(APPS_GROUP, ["*"], READ),
     ]

@@ -728,3 +728,37 @@ def test_a_new_job_starts_at_once_not_at_the_next_interval(platform: Platform) -
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
+
+
+def test_the_controller_refuses_a_service_that_leads_elsewhere(platform: Platform) -> None:
+    """K5 on the real API server, with the controller's own rights: a Service of type
+    ExternalName, or one without a selector, is refused before any connection."""
+    from cozybackup_core import ApplicationRef
+    from cozybackup_core.hosts.kube import KubeRequestRefused
+
+    core = client.CoreV1Api(platform.cluster.admin)
+    specs = {
+        "good": {"selector": {"app": "good"}, "ports": [{"port": 5432}]},
+        "external": {"type": "ExternalName", "externalName": "metadata.internal"},
+        "handmade": {"ports": [{"port": 5432}]},
+    }
+    for name, spec in specs.items():
+        core.create_namespaced_service(ACME, {"metadata": {"name": f"pg-{name}"}, "spec": spec})
+    kubeconfig = platform.cluster.service_account_kubeconfig(PLATFORM, "cozybackup-controller")
+    host = KubeHost.from_config(
+        PLATFORM,
+        str(kubeconfig),
+        conventions={
+            ("apps.example.com", "Pg"): Locator(connection={"host": "pg-{name}.{namespace}.svc"})
+        },
+    )
+    try:
+        ok = host.locate(ACME, ApplicationRef(api_group="apps.example.com", kind="Pg", name="good"))
+        assert ok.connection == {"host": f"pg-good.{ACME}.svc"}
+        for name in ("external", "handmade"):
+            with pytest.raises(KubeRequestRefused):
+                host.locate(
+                    ACME, ApplicationRef(api_group="apps.example.com", kind="Pg", name=name)
+                )
+    finally:
+        host.close()

@@ -99,7 +99,7 @@ class StrictApiServer(kmock.KubernetesEmulator):
                 namespaced=info["namespaced"],
                 subresources={"status"} if info["status"] else set(),
             )
-        for plural, kind in (("secrets", "Secret"), ("events", "Event")):
+        for plural, kind in (("secrets", "Secret"), ("events", "Event"), ("services", "Service")):
             self.resources[f"v1/{plural}"] = kmock.ResourceInfo(kind=kind, namespaced=True)
         # Worker Jobs (their status is the Job controller's, written through /status).
         self.resources["batch/v1/jobs"] = kmock.ResourceInfo(
