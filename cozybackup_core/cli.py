@@ -141,7 +141,8 @@ def _pass_options(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=_workers,
         default=2,
-        help="jobs for different applications run in parallel (default %(default)s)",
+        help="jobs for different applications run in parallel; with controller "
+        "--data-mover jobs, the worker Jobs running at once (default %(default)s)",
     )
     parser.add_argument(
         "--job-ttl",
