@@ -148,7 +148,11 @@ def test_a_backup_in_a_worker_is_recorded_by_the_runner(tmp_path: Path) -> None:
     backup = plat.host.objects.get(Backup, NS, "b1")
     assert backup is not None and backup.status.phase == "Ready"
     assert workers.released == ["b1"]
-    assert plat.restore(NS, "b1", "r1").status.phase in ("Running", "Succeeded")
+    # Its restore goes to a worker too, and is recorded the same way.
+    assert plat.restore(NS, "b1", "r1").status.phase == "Running" and "r1" in workers.launched
+    workers.run("r1")
+    (restored,) = runner.run_pass().finished
+    assert restored.kind == "RestoreJob" and restored.status.phase == "Succeeded"
 
 
 def test_a_killed_worker_fails_its_job_and_its_partial_record_goes(tmp_path: Path) -> None:

@@ -88,6 +88,12 @@ def _object_schema(cls: type[Any]) -> dict[str, Any]:
     return out
 
 
+def plural_of(kind: str) -> str:
+    """The resource name of one of our kinds (``backupjobs``, ``backupclasses``), as its
+    CRD declares it."""
+    return kind.lower() + ("es" if kind.endswith("s") else "s")
+
+
 def crd(kind: str) -> dict[str, Any]:
     """The CustomResourceDefinition manifest of one kind."""
     cls = KINDS[kind]
@@ -100,7 +106,7 @@ def crd(kind: str) -> dict[str, Any]:
     }
     if "status" in hints:
         properties["status"] = schema_of(hints["status"])
-    plural = kind.lower() + ("es" if kind.endswith("s") else "s")
+    plural = plural_of(kind)
     version: dict[str, Any] = {
         "name": VERSION,
         "served": True,

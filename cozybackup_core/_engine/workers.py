@@ -122,16 +122,17 @@ def reconcile(svc: Services) -> list[Job]:
 
 
 def _reconcile_one(svc: Services, job: Job, state: WorkerState | None) -> Job | None:
+    if state is not None and state.active:
+        if state.progress:
+            _copy_progress(svc, job, state.progress)
+        return None
+    # Built only for a worker that ended: it reads the catalog and the storage Secrets.
     redact = svc.redactor()
     if state is None:
         # No worker: the runner stopped between starting the job and launching it, or the
         # worker's record is gone.  Settled as a crash recovery would.
         settle(svc, job, redact)
         return _current(svc, job)
-    if state.active:
-        if state.progress:
-            _copy_progress(svc, job, state.progress)
-        return None
     outcome = state.outcome
     if outcome is None:
         log.warning(

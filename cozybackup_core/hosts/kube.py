@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .._api.crd import all_crds
+from .._api.crd import plural_of
 from .._api.errors import (
     ConflictError,
     CozyError,
@@ -130,14 +130,8 @@ def _fill(value: Any, name: str, namespace: str) -> Any:
 # --------------------------------------------------------------------------- helpers
 
 
-_PLURALS: dict[str, str] = {}
-
-
 def _plural(cls: type[Any]) -> str:
-    if not _PLURALS:
-        names = (c["spec"]["names"] for c in all_crds())
-        _PLURALS.update({n["kind"]: n["plural"] for n in names})
-    return _PLURALS[cls.kind]
+    return plural_of(cls.kind)
 
 
 def _decode(data: Mapping[str, str] | None) -> dict[str, str]:

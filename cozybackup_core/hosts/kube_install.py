@@ -18,7 +18,7 @@ from typing import Any
 import attrs
 import yaml
 
-from .._api.crd import all_crds
+from .._api.crd import all_crds, plural_of
 from .._api.errors import ValidationError
 from .._api.fields import LABEL_PATTERN
 from .._api.types import APPS_GROUP, GROUP, KINDS, Backup, has_status_subresource
@@ -67,14 +67,7 @@ class Part:
 # ------------------------------------------------------------------------------ RBAC
 
 
-_PLURALS: dict[str, str] = {
-    c["spec"]["names"]["kind"]: c["spec"]["names"]["plural"] for c in all_crds()
-}
-
-
-def plural(kind: str) -> str:
-    """The resource name of one of our kinds, as its CRD declares it."""
-    return _PLURALS[kind]
+plural = plural_of
 
 
 #: Kinds the controller only reads: the admin's (the engine never writes them).

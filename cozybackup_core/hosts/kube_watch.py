@@ -13,6 +13,7 @@ import logging
 import threading
 from typing import Any
 
+from .._api.crd import plural_of
 from .._api.types import GROUP, VERSION, BackupJob, RestoreJob
 
 log = logging.getLogger("cozybackup.kube.watch")
@@ -39,7 +40,7 @@ class JobWatch:
             threading.Thread(
                 target=self._run, args=(plural,), name=f"cozy-watch-{plural}", daemon=True
             )
-            for plural in (_plural(BackupJob), _plural(RestoreJob))
+            for plural in (plural_of(BackupJob.kind), plural_of(RestoreJob.kind))
         ]
 
     def start(self) -> JobWatch:
@@ -96,7 +97,3 @@ class JobWatch:
         finally:
             w.stop()
         return version
-
-
-def _plural(cls: type[Any]) -> str:
-    return str(cls.kind.lower() + "s")
