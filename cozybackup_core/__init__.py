@@ -58,6 +58,7 @@ from ._catalog.catalog import (
 from ._drivers.contract import (
     AppLocation,
     BackupContext,
+    BackupWarning,
     Capabilities,
     Deadline,
     Driver,
@@ -118,6 +119,7 @@ __all__ = [
     "Backup",
     "BackupClass",
     "BackupContext",
+    "BackupWarning",
     "BackupJob",
     "BrokenPlugin",
     "Capabilities",

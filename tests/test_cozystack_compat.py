@@ -402,3 +402,28 @@ def test_coexisting_jobs_of_strategies_nobody_here_serves_are_left_untouched(
     assert after == before  # not a single write
     ours = plat.host.objects.get(BackupJob, NS, "ours")
     assert ours is not None and ours.status.phase == "Failed"  # ours: reported (no such app)
+
+
+def test_drivers_describe_what_they_backed_up_and_warn_before_anyone_needs_it(
+    platform: LocalPlatform, files_app: Any
+) -> None:
+    """``underlyingResources`` is Cozystack's self-typed record of what a backup holds; a
+    driver's warning (what it cannot bring back exactly) is an event and stays on it."""
+    ref, data = files_app
+    (data / "c.lossy").write_text("approximately\n")
+    job = platform.backup(NS, ref, "b1", "files")
+    assert job.status.phase == "Succeeded", job.status.message
+    backup = platform.host.objects.get(Backup, NS, "b1")
+    described = backup.status.underlying_resources
+    assert described["apiVersion"] == "strategy.backups.cozystack.io/v1alpha1"
+    assert described["kind"] == "Files"
+    assert described["files"] == ["a.bin", "b.txt", "c.lossy"]
+    [warning] = described["warnings"]
+    assert warning["reason"] == "BackupNotExact"
+    assert warning["message"].endswith("c.lossy is not kept exactly; a physical mode would keep it")
+    assert str(data) not in warning["message"]  # the platform's path is not the tenant's
+    events = [e for e in platform.host.events(NS, "BackupJob", "b1") if e["type"] == "Warning"]
+    assert [(e["reason"], e["message"]) for e in events] == [
+        ("BackupNotExact", warning["message"])
+    ]
+    assert load_yaml(yaml.safe_dump(dump(backup)))[0] == backup

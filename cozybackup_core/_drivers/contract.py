@@ -160,6 +160,24 @@ class BackupContext(Generic[P]):
     metadata: dict[str, Any] = attrs.field(factory=dict)
     #: Recorded in the manifest only (platform-visible): e.g. ``{"pg_dump": "15.8"}``.
     tool_versions: dict[str, str] = attrs.field(factory=dict)
+    #: Recorded on ``Backup.status.underlyingResources`` (Cozystack's field, tagged with
+    #: the strategy's apiVersion and kind): what a restore or a person needs to know of
+    #: what was backed up (databases, server version, disks).  Tenant-visible, JSON values.
+    resources: dict[str, Any] = attrs.field(factory=dict)
+    #: What this backup cannot bring back exactly, said before anyone needs it: each is a
+    #: Warning event on the BackupJob and an entry of ``underlyingResources.warnings``.
+    warnings: list[BackupWarning] = attrs.field(factory=list)
+
+    def warn(self, message: str, reason: str = "BackupNotExact") -> None:
+        """Say something the tenant should know about this backup (see ``warnings``)."""
+        self.warnings.append(BackupWarning(reason=reason, message=message))
+
+
+@attrs.frozen(kw_only=True)
+class BackupWarning:
+    #: A CamelCase event reason (``BackupNotExact``).
+    reason: str
+    message: str
 
 
 @attrs.define(kw_only=True)

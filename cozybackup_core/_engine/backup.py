@@ -141,6 +141,8 @@ def _attempt(
             deadline=deadline,
         )
         resolved.driver.backup(ctx)
+        # Tenant-visible on the Backup: scrubbed like every other tenant text.
+        redact = svc.redactor(app)
         ctx.deadline.check()
         if writer.empty:
             raise PermanentError(f"the {resolved.driver.name} driver produced no data")
@@ -164,8 +166,11 @@ def _attempt(
             server_files=tuple(writer.server_files),
             encryption=writer.encryption,
             tool_versions=dict(ctx.tool_versions),
-            # Tenant-visible on the Backup: scrubbed like every other tenant text.
-            driver_metadata=svc.redactor(app).scrub(dict(ctx.metadata)),
+            driver_metadata=redact.scrub(dict(ctx.metadata)),
+            resources=redact.scrub(dict(ctx.resources)),
+            warnings=tuple(
+                {"reason": w.reason, "message": redact(w.message)} for w in ctx.warnings
+            ),
         )
         progress.stage("committing")
         raw = writer.commit(manifest)

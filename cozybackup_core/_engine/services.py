@@ -309,10 +309,13 @@ class Services:
     def record_backup(
         self, job: BackupJob, strategy_ref: StrategyRef, manifest: Manifest, uid: str, checksum: str
     ) -> Backup:
-        """Write the Backup of a committed artifact (a single create)."""
+        """Write the Backup of a committed artifact (a single create), and say what the
+        driver warned of."""
         backup = self.host.objects.create(
             self.backup_object(job, strategy_ref, manifest, uid, checksum)
         )
+        for warning in manifest.warnings:
+            self.host.event(job, "Warning", warning["reason"], warning["message"])
         self.notify(job, "recorded")
         return backup
 
@@ -345,6 +348,7 @@ class Services:
                 artifact=Artifact(
                     uri=URI_PREFIX + uid, size_bytes=manifest.size_bytes, checksum=checksum
                 ),
+                underlying_resources=underlying_resources(strategy_ref, manifest),
             ),
         )
 
@@ -445,3 +449,19 @@ class Services:
             )
         snapshot = {k: v for k, v in manifest.parameters.items() if k in known}
         return parameters_for(driver, snapshot, "parameters")
+
+
+def underlying_resources(strategy_ref: StrategyRef, manifest: Manifest) -> dict[str, Any] | None:
+    """Cozystack's ``status.underlyingResources``: a self-typed object (the strategy's
+    apiVersion and kind, so a consumer dispatches on it) holding what the driver
+    described, and the warnings the backup carries."""
+    if not manifest.resources and not manifest.warnings:
+        return None
+    described: dict[str, Any] = {
+        "apiVersion": f"{strategy_ref.api_group}/v1alpha1",
+        "kind": strategy_ref.kind,
+        **manifest.resources,
+    }
+    if manifest.warnings:
+        described["warnings"] = [dict(w) for w in manifest.warnings]
+    return described

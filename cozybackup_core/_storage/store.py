@@ -151,6 +151,10 @@ class Manifest:
     driver_metadata: Mapping[str, Any] = attrs.field(factory=dict)
     server_files: tuple[ServerFileInfo, ...] = ()
     encryption: EncryptionInfo | None = None
+    #: ``Backup.status.underlyingResources`` as the driver described it (scrubbed).
+    resources: Mapping[str, Any] = attrs.field(factory=dict)
+    #: What the backup cannot bring back exactly: ``{"reason": …, "message": …}`` each.
+    warnings: tuple[Mapping[str, str], ...] = ()
 
     @property
     def size_bytes(self) -> int:

@@ -49,6 +49,10 @@ class FilesDriver(Driver):
                         sys.stdout.flush()
                         os.kill(os.getpid(), signal.SIGKILL)
         ctx.metadata["files"] = len(list(root.iterdir()))
+        ctx.resources["files"] = sorted(f.name for f in root.iterdir())
+        for f in sorted(root.glob("*.lossy")):
+            # names the platform's path, which the tenant must not see
+            ctx.warn(f"{f} is not kept exactly; a physical mode would keep it")
 
     def restore(self, ctx: RestoreContext) -> None:
         root = _emptied(Path(ctx.target.connection["path"]))
@@ -121,6 +125,10 @@ class ServerSideDriver(FilesDriver):
         for f in sorted(root.iterdir()):
             fs.pipe_file(prefix + f.name, f.read_bytes())  # type: ignore[attr-defined]
         ctx.metadata["files"] = len(list(root.iterdir()))
+        ctx.resources["files"] = sorted(f.name for f in root.iterdir())
+        for f in sorted(root.glob("*.lossy")):
+            # names the platform's path, which the tenant must not see
+            ctx.warn(f"{f} is not kept exactly; a physical mode would keep it")
 
     def restore(self, ctx: RestoreContext) -> None:
         root = _emptied(Path(ctx.target.connection["path"]))
