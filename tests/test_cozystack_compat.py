@@ -8,19 +8,23 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 import yaml
 
 from cozybackup_core import ApplicationRef, Backup, BackupJob, RestoreJob, dump, load_yaml
 from cozybackup_core._api.crd import all_crds
 from cozybackup_core._api.types import LocalObjectRef, ObjectMeta, RestoreJobSpec
-from cozybackup_core.testing import LocalPlatform
+from cozybackup_core.testing import (
+    MISSING_CRDS,
+    LocalPlatform,
+    invalid_under_cozystack,
+    shared_reference,
+)
 
 from support.cli import cli
 
 NS = "tenant-a"
-COZYSTACK_CRDS = Path(__file__).resolve().parents[2] / "shared" / "cozystack-crds"
+COZYSTACK_CRDS = shared_reference("cozystack-crds")
 
 RESTORE = """\
 apiVersion: backups.cozystack.io/v1alpha1
@@ -155,18 +159,7 @@ def test_ready_condition_on_jobs_success_and_failure(platform: LocalPlatform, fi
 # -- what we write, against Cozystack's own CRDs (reference material from ../shared)
 
 
-def cozystack_schema(kind: str) -> dict[str, Any]:
-    for path in COZYSTACK_CRDS.glob("*.yaml"):
-        crd = yaml.safe_load(path.read_text())
-        if crd["spec"]["names"]["kind"] == kind:
-            schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-            return schema
-    raise LookupError(kind)
-
-
-@pytest.mark.skipif(
-    not COZYSTACK_CRDS.is_dir(), reason="needs ../shared/cozystack-crds (Cozystack's CRDs)"
-)
+@pytest.mark.skipif(COZYSTACK_CRDS is None, reason=MISSING_CRDS)
 def test_jobs_we_write_are_valid_cozystack_objects(platform: LocalPlatform, files_app) -> None:  # type: ignore[no-untyped-def]
     ref, _ = files_app
     platform.backup(NS, ref, "b1", "files")
@@ -177,15 +170,13 @@ def test_jobs_we_write_are_valid_cozystack_objects(platform: LocalPlatform, file
     restore_with(
         platform, "r2", {"restoreTimeoutSeconds": "60", "recoveryTime": "2026-12-05T09:15:00Z"}
     )
-    written = [
-        dump(o)
+    kinds = {
+        o.kind
         for cls in (BackupJob, RestoreJob, Backup)
         for o in platform.host.objects.list(cls, NS)
-    ]
-    kinds = {d["kind"] for d in written}
+    }
     assert {"BackupJob", "RestoreJob", "Backup"} <= kinds
-    for doc in written:
-        jsonschema.validate(doc, cozystack_schema(doc["kind"]))
+    assert invalid_under_cozystack(platform.host.objects) == []
 
 
 COZYSTACK_CLASS = """\
@@ -332,9 +323,7 @@ def test_apply_n_places_namespace_less_manifests_as_kubectl_does(tmp_path: Path)
     assert "metadata.namespace: 'b' does not match -n tenant-a" in clash.stderr
 
 
-@pytest.mark.skipif(
-    not COZYSTACK_CRDS.is_dir(), reason="needs ../shared/cozystack-crds (Cozystack's CRDs)"
-)
+@pytest.mark.skipif(COZYSTACK_CRDS is None, reason=MISSING_CRDS)
 def test_our_crds_have_cozystacks_subresources() -> None:
     """A status subresource changes how an object is written (a Backup with its status in
     one call, as Cozystack's controller writes it): ours must match theirs kind by kind."""
@@ -423,7 +412,117 @@ def test_drivers_describe_what_they_backed_up_and_warn_before_anyone_needs_it(
     assert warning["message"].endswith("c.lossy is not kept exactly; a physical mode would keep it")
     assert str(data) not in warning["message"]  # the platform's path is not the tenant's
     events = [e for e in platform.host.events(NS, "BackupJob", "b1") if e["type"] == "Warning"]
-    assert [(e["reason"], e["message"]) for e in events] == [
-        ("BackupNotExact", warning["message"])
-    ]
+    assert [(e["reason"], e["message"]) for e in events] == [("BackupNotExact", warning["message"])]
     assert load_yaml(yaml.safe_dump(dump(backup)))[0] == backup
+
+
+def _schema_gaps(theirs: dict[str, Any], ours: dict[str, Any], path: str) -> list[str]:
+    """Where our schema is not a superset of theirs: a field of theirs we lack or type
+    differently, a CEL rule of theirs we lack, a field we require and they do not."""
+    gaps: list[str] = []
+    if ours.get("x-kubernetes-preserve-unknown-fields"):
+        return gaps  # ours keeps whatever is written there
+    if theirs.get("type") != ours.get("type"):
+        gaps.append(f"{path}: type {theirs.get('type')} here, {ours.get('type')} in ours")
+        return gaps
+    for rule in theirs.get("x-kubernetes-validations", []):
+        if rule not in ours.get("x-kubernetes-validations", []):
+            gaps.append(f"{path}: no CEL rule {rule['rule']!r}")
+    extra_required = set(ours.get("required", [])) - set(theirs.get("required", []))
+    gaps += [f"{path}.{r}: required in ours only" for r in sorted(extra_required)]
+    mine = ours.get("properties", {})
+    for key, sub in theirs.get("properties", {}).items():
+        if path == "" and key == "metadata":
+            continue
+        if key not in mine:
+            gaps.append(f"{path}.{key}: missing")
+            continue
+        gaps += _schema_gaps(sub, mine[key], f"{path}.{key}")
+    if "items" in theirs:
+        gaps += _schema_gaps(theirs["items"], ours.get("items", {}), f"{path}[]")
+    return gaps
+
+
+@pytest.mark.skipif(COZYSTACK_CRDS is None, reason=MISSING_CRDS)
+def test_our_crds_are_a_strict_superset_of_cozystacks() -> None:
+    """Every field, CEL rule, printer column, selectable field and console annotation of
+    Cozystack v1.6.2's CRDs is in ours; nothing we add is required."""
+    ours = {c["spec"]["names"]["kind"]: c for c in all_crds()}
+    gaps: list[str] = []
+    for path in sorted(COZYSTACK_CRDS.glob("*.yaml")):
+        theirs = yaml.safe_load(path.read_text())
+        kind = theirs["spec"]["names"]["kind"]
+        mine = ours[kind]
+        their_v, my_v = theirs["spec"]["versions"][0], mine["spec"]["versions"][0]
+        gaps += [
+            f"{kind}{p}"
+            for p in _schema_gaps(
+                their_v["schema"]["openAPIV3Schema"], my_v["schema"]["openAPIV3Schema"], ""
+            )
+        ]
+        for key, value in theirs["metadata"].get("annotations", {}).items():
+            mine_value = mine["metadata"].get("annotations", {}).get(key)
+            if key.startswith("options.cozystack.io/") and mine_value != value:
+                gaps.append(f"{kind}: annotation {key}")
+        for field in their_v.get("selectableFields", []):
+            if field not in my_v.get("selectableFields", []):
+                gaps.append(f"{kind}: selectable field {field['jsonPath']}")
+        my_columns = {(c["name"], c["jsonPath"]) for c in my_v.get("additionalPrinterColumns", [])}
+        for col in their_v.get("additionalPrinterColumns", []):
+            if (col["name"], col["jsonPath"]) not in my_columns:
+                gaps.append(f"{kind}: printer column {col['name']}")
+        assert mine["spec"]["scope"] == theirs["spec"]["scope"], kind
+        assert mine["spec"]["names"] == theirs["spec"]["names"], kind
+    assert gaps == []
+
+
+EMPTY_REFS = """\
+apiVersion: backups.cozystack.io/v1alpha1
+kind: BackupJob
+metadata: {name: manual, namespace: tenant-a}
+spec:
+  applicationRef: {apiGroup: example.com, kind: Directory, name: app1}
+  backupClassName: files
+  planRef: {}
+---
+apiVersion: backups.cozystack.io/v1alpha1
+kind: RestoreJob
+metadata: {name: unnamed, namespace: tenant-a}
+spec:
+  backupRef: {}
+---
+apiVersion: backups.cozystack.io/v1alpha1
+kind: Plan
+metadata: {name: unscheduled, namespace: tenant-a}
+spec:
+  applicationRef: {apiGroup: example.com, kind: Directory, name: app1}
+  backupClassName: files
+  schedule: {type: ""}
+"""
+
+
+def test_references_and_schedules_cozystack_leaves_empty_load_and_say_what_they_mean(
+    tmp_path: Path,
+) -> None:
+    """Cozystack's schema lets ``planRef: {}`` (no plan), ``backupRef: {}`` and a Plan
+    without ``schedule.cron`` through; here they load too, and each means the same:
+    no plan, a restore that fails at once naming the field, a Plan that never runs."""
+    job, restore, plan = load_yaml(EMPTY_REFS)
+    assert job.spec.plan_ref is None
+    assert restore.spec.backup_ref == LocalObjectRef(name="")
+    assert plan.spec.schedule.cron == ""
+    home = tmp_path / "home"
+    applied = cli(home, "apply", "-f", "-", stdin=EMPTY_REFS)
+    assert applied.returncode == 0, applied.stderr
+    assert (
+        "Warning: plan/unscheduled: spec.schedule.cron: empty: the Plan makes no backups "
+        "until it has a schedule" in applied.stderr
+    )
+    cli(home, "run", "--once")
+    failed = json.loads(cli(home, "get", "restorejob", "unnamed", "-n", NS, "-o", "json").stdout)
+    assert failed["status"]["phase"] == "Failed"
+    assert "spec.backupRef.name: empty: name the Backup to restore" in failed["status"]["message"]
+    got = json.loads(cli(home, "get", "plan", "unscheduled", "-n", NS, "-o", "json").stdout)
+    [ready] = [c for c in got["status"]["conditions"] if c["type"] == "Ready"]
+    assert (ready["status"], ready["reason"]) == ("False", "NoSchedule")
+    assert "nextScheduleTime" not in got["status"]

@@ -41,6 +41,38 @@ _PRINTER_COLUMNS: dict[str, list[dict[str, str]]] = {
 }
 
 
+# What Cozystack's CRDs carry beyond the schema, carried the same way by ours so that its
+# console and `kubectl get --field-selector` work on our objects as on its own.
+_APP_FIELDS = [
+    {"jsonPath": ".spec.applicationRef.apiGroup"},
+    {"jsonPath": ".spec.applicationRef.kind"},
+    {"jsonPath": ".spec.applicationRef.name"},
+]
+_SELECTABLE_FIELDS: dict[str, list[dict[str, str]]] = {
+    "Plan": _APP_FIELDS,
+    "BackupJob": _APP_FIELDS,
+    "Backup": _APP_FIELDS,
+}
+#: The console fills these spec fields from lists of the named sources.
+_CONSOLE_SOURCES: dict[str, dict[str, str]] = {
+    "BackupJob": {
+        "applicationRef.kind": "appkind",
+        "backupClassName": "backupclass",
+        "planRef.name": "plan",
+    },
+    "Backup": {"applicationRef.kind": "appkind"},
+    "Plan": {"applicationRef.kind": "appkind", "backupClassName": "backupclass"},
+    "RestoreJob": {"backupRef.name": "backup", "targetApplicationRef.kind": "appkind"},
+}
+#: CEL rules on spec fields, as Cozystack's: a job keeps the class it was made with
+#: (our admission makes a job's whole spec immutable; this is the rule any client sees).
+_SPEC_RULES: dict[str, dict[str, list[dict[str, str]]]] = {
+    "BackupJob": {
+        "backupClassName": [{"rule": "self == oldSelf", "message": "backupClassName is immutable"}]
+    },
+}
+
+
 def schema_of(tp: Any) -> dict[str, Any]:
     """The openAPIV3Schema fragment of a Python type used in the API."""
     origin = typing.get_origin(tp)
@@ -112,17 +144,29 @@ def crd(kind: str) -> dict[str, Any]:
         "served": True,
         "storage": True,
         "schema": {
-            "openAPIV3Schema": {"type": "object", "required": ["spec"], "properties": properties}
+            # ``spec`` is not required, as in Cozystack's: an object without one is
+            # admitted there too (the controller here skips it, naming it in its log).
+            "openAPIV3Schema": {"type": "object", "properties": properties}
         },
     }
     if has_status_subresource(cls):
         version["subresources"] = {"status": {}}
     if kind in _PRINTER_COLUMNS:
         version["additionalPrinterColumns"] = _PRINTER_COLUMNS[kind]
+    if kind in _SELECTABLE_FIELDS:
+        version["selectableFields"] = _SELECTABLE_FIELDS[kind]
+    for field, rules in _SPEC_RULES.get(kind, {}).items():
+        properties["spec"]["properties"][field]["x-kubernetes-validations"] = rules
+    metadata: dict[str, Any] = {"name": f"{plural}.{GROUP}"}
+    if kind in _CONSOLE_SOURCES:
+        metadata["annotations"] = {
+            f"options.cozystack.io/source.{path}": source
+            for path, source in _CONSOLE_SOURCES[kind].items()
+        }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{plural}.{GROUP}"},
+        "metadata": metadata,
         "spec": {
             "group": GROUP,
             "names": {

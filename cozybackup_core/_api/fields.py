@@ -64,13 +64,24 @@ def constrained(*, default: Any = attrs.NOTHING, **schema: Any) -> Any:
     return attrs.field(default=default, validator=_check(schema), metadata={SCHEMA_KEY: schema})
 
 
-def name_field(*, default: Any = attrs.NOTHING) -> Any:
+def name_field(*, default: Any = attrs.NOTHING, empty: bool = False) -> Any:
+    """An object name; ``empty`` also allows ``""`` (Cozystack's references default it)."""
     return constrained(
         default=default,
-        pattern=NAME_PATTERN,
+        pattern=f"^({NAME_PATTERN[1:-1]})?$" if empty else NAME_PATTERN,
         maxLength=253,
         **{"x-describe": "is not a valid name (lower case letters, digits, '-' and '.')"},
     )
+
+
+def optional_ref_field() -> Any:
+    """An optional reference (``planRef``): one written without a name (``planRef: {}``,
+    legal in Cozystack's schema) is no reference."""
+    return attrs.field(default=None, converter=_named_or_none)
+
+
+def _named_or_none(ref: Any) -> Any:
+    return ref if ref is not None and ref.name else None
 
 
 def namespace_field(*, default: Any = attrs.NOTHING) -> Any:

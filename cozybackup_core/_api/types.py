@@ -25,6 +25,7 @@ from .fields import (
     line_field,
     name_field,
     namespace_field,
+    optional_ref_field,
     path_field,
     text_field,
 )
@@ -105,9 +106,14 @@ class GroupKind:
 
 @attrs.frozen(kw_only=True)
 class LocalObjectRef:
-    """A reference to an object in the same namespace (planRef, backupRef)."""
+    """A reference to an object in the same namespace (planRef, backupRef).
 
-    name: str = name_field()
+    As in Cozystack (``corev1.LocalObjectReference``) ``name`` may be left out or empty
+    (``planRef: {}``): an optional reference so written is no reference
+    (``optional_ref_field``);
+    a required one (``backupRef``) fails its job with a reason that says so."""
+
+    name: str = name_field(default="", empty=True)
 
 
 @attrs.frozen(kw_only=True)
@@ -210,7 +216,7 @@ JOB_PHASES = ("Pending", "Running", "Succeeded", "Failed")
 class BackupJobSpec:
     application_ref: ApplicationRef
     backup_class_name: str = name_field()
-    plan_ref: LocalObjectRef | None = None
+    plan_ref: LocalObjectRef | None = optional_ref_field()
 
 
 @attrs.frozen(kw_only=True)
@@ -219,7 +225,7 @@ class BackupJobStatus:
     started_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
     message: str | None = text_field(default=None)
-    backup_ref: LocalObjectRef | None = None
+    backup_ref: LocalObjectRef | None = optional_ref_field()
     conditions: tuple[Condition, ...] = ()
     progress: Progress | None = None  # extension
 
@@ -243,7 +249,8 @@ class BackupJob:
 class Schedule:
     type: str = enum_field("cron", "", default="cron")  # Cozystack allows "" (cron)
     #: Five fields or an ``@daily``-style descriptor; ``CRON_TZ=Zone/Name`` may prefix it.
-    cron: str = line_field(max_length=256)
+    #: Optional as in Cozystack: a Plan without one makes no backups (and says so).
+    cron: str = line_field(default="", max_length=256)
     #: *Extension*: IANA zone the cron is read in (default UTC).
     time_zone: str | None = line_field(default=None, max_length=64)
 
@@ -301,7 +308,7 @@ class Artifact:
 @attrs.frozen(kw_only=True)
 class BackupSpec:
     application_ref: ApplicationRef
-    plan_ref: LocalObjectRef | None = None
+    plan_ref: LocalObjectRef | None = optional_ref_field()
     strategy_ref: StrategyRef
     taken_at: dt.datetime
     driver_metadata: Mapping[str, Any] = attrs.field(factory=dict)
@@ -439,7 +446,8 @@ class StrategyBinding:
     application: GroupKind
     strategy_ref: StrategyRef
     parameters: Mapping[str, Any] = attrs.field(factory=dict)
-    storage_ref: LocalObjectRef | None = None  # extension: a dedicated StorageLocation
+    # extension: a dedicated StorageLocation
+    storage_ref: LocalObjectRef | None = optional_ref_field()
     retention: Retention | None = None  # extension: overrides the class's
     verification: VerificationPolicy | None = None  # extension: overrides the class's
 
@@ -447,7 +455,8 @@ class StrategyBinding:
 @attrs.frozen(kw_only=True)
 class BackupClassSpec:
     strategies: tuple[StrategyBinding, ...]
-    storage_ref: LocalObjectRef | None = None  # extension: default StorageLocation
+    # extension: the default StorageLocation
+    storage_ref: LocalObjectRef | None = optional_ref_field()
     retention: Retention | None = None  # extension: for every binding without its own
     verification: VerificationPolicy | None = None  # extension: likewise
 

@@ -18,7 +18,7 @@ from .._api.errors import ValidationError
 from .._api.types import GROUP, ArtifactRecord, Backup, BackupClass, BackupJob, Plan, RestoreJob
 from .._api.units import MAX_DURATION, parse_duration
 from .._catalog.catalog import Catalog
-from .plans import check_cron
+from .plans import NO_SCHEDULE, check_cron
 from .port import with_metadata
 
 #: What a tenant may create; everything else is the platform's or the operator's.
@@ -130,6 +130,8 @@ def _check(obj: Any, catalog: Catalog, tenant: str | None) -> list[tuple[str, st
     if tenant is not None:
         _check_tenant(obj, tenant)
     if isinstance(obj, Plan):
+        if not obj.spec.schedule.cron:  # legal in Cozystack's schema: said, not refused
+            return [("spec.schedule.cron", f"empty: {NO_SCHEDULE}")]
         check_cron(obj.spec.schedule.cron, obj.spec.schedule.time_zone)
     if isinstance(obj, BackupClass):
         _check_durations(obj)

@@ -34,6 +34,9 @@ log = logging.getLogger("cozybackup.plans")
 ACTIVE = (None, "Pending", "Running")
 
 
+NO_SCHEDULE = "the Plan makes no backups until it has a schedule"
+
+
 def check_cron(expr: str, time_zone: str | None = None) -> None:
     """Raise a field-path error if the schedule is not valid."""
     parse(Schedule(cron=expr, time_zone=time_zone))
@@ -119,6 +122,10 @@ def _tick(host: Host, plan: Plan, mine: list[BackupJob]) -> tuple[PlanStatus, Ba
     ]
     if done:
         st = attrs.evolve(st, last_successful_time=max(done))
+    if not plan.spec.schedule.cron:
+        why = f"spec.schedule.cron is empty: {NO_SCHEDULE}"
+        ready = _cond("Ready", "False", "NoSchedule", why, now, st.conditions)
+        return attrs.evolve(st, next_schedule_time=None, conditions=(ready,)), None
     try:
         spec = parse(plan.spec.schedule)
     except ValidationError as exc:

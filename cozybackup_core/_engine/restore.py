@@ -18,6 +18,8 @@ def run_restore(svc: Services, job: RestoreJob) -> RestoreJob:
     redact = svc.redactor()
     driver: Driver | None = None
     try:
+        if not job.spec.backup_ref.name:  # Cozystack's schema lets `backupRef: {}` through
+            raise ValidationError([("spec.backupRef.name", "empty: name the Backup to restore")])
         backup = svc.host.objects.get(Backup, ns, job.spec.backup_ref.name)
         maker = svc.host.objects.get(BackupJob, ns, job.spec.backup_ref.name)
         if (

@@ -10,6 +10,7 @@ from __future__ import annotations
 from ._app import AppHandle
 from ._cli import TENANT_KINDS, Cli, cli_ok, cli_round_trip, run_cli
 from ._conformance import DriverConformance
+from ._cozystack import MISSING_CRDS, cozystack_schemas, invalid_under_cozystack, shared_reference
 from ._manifests import (
     CLI_NS,
     app_manifests,
@@ -26,6 +27,7 @@ from ._s3server import S3ServerInfo, seaweed_s3
 
 __all__ = [
     "CLI_NS",
+    "MISSING_CRDS",
     "TENANT_KINDS",
     "AppHandle",
     "Cli",
@@ -37,13 +39,16 @@ __all__ = [
     "backup_job",
     "cli_ok",
     "cli_round_trip",
+    "cozystack_schemas",
     "driver_class_yaml",
+    "invalid_under_cozystack",
     "key_secret_yaml",
     "refused_parameters",
     "restore_job",
     "run_cli",
     "s3_location_yaml",
     "seaweed_s3",
+    "shared_reference",
     "tenant_visible_text",
     "typed_metadata",
     "validate_parameters",

@@ -40,6 +40,7 @@ from .._drivers.registry import DriverRegistry
 from .._engine.redact import sensitive_values
 from ..hosts.local import LOCAL_KINDS
 from ._app import AppHandle
+from ._cozystack import MISSING_CRDS, cozystack_schemas, invalid_under_cozystack
 from ._manifests import key_secret_yaml as _key_secret
 from ._platform import LocalPlatform
 
@@ -94,6 +95,10 @@ class DriverConformance(abc.ABC):
         if self.backup_class_yaml:
             plat.apply(self.backup_class_yaml)
         yield plat
+        # Every object written on every path of every guarantee below (successes and
+        # failures) is a valid Cozystack object; checked where Cozystack's CRDs are
+        # present (test_written_objects_are_valid_cozystack_objects says where they are not).
+        assert invalid_under_cozystack(plat.host.objects) == []
 
     def _declare(self, plat: LocalPlatform, app: AppHandle) -> ApplicationRef:
         return plat.declare_app(
@@ -136,6 +141,36 @@ class DriverConformance(abc.ABC):
         self._ok(platform.restore(NS, "b1", "r1", target=copy_ref))
         assert self.checksum(copy) == before
         assert self.checksum(app) == before
+
+    def test_backup_describes_what_it_holds(self, platform: LocalPlatform, tmp_path: Path) -> None:
+        """``Backup.status.underlyingResources``: Cozystack's self-typed record of what a
+        backup holds, filled by the driver (``BackupContext.resources``)."""
+        app = self.create_app(tmp_path, "origin")
+        self.write_data(app, seed=12)
+        self._ok(platform.backup(NS, self._declare(platform, app), "b1", self.backup_class))
+        [backup] = platform.backups(NS)
+        described = dict(backup.status.underlying_resources or {})
+        assert described.pop("apiVersion", None) == f"{backup.spec.strategy_ref.api_group}/v1alpha1"
+        assert described.pop("kind", None) == backup.spec.strategy_ref.kind
+        assert described, f"the {self.driver.name} driver describes nothing of what it backed up"
+
+    def test_written_objects_are_valid_cozystack_objects(
+        self, platform: LocalPlatform, tmp_path: Path
+    ) -> None:
+        """A backup, a failed backup and a restore, held against Cozystack's CRDs (the
+        fixture holds every other test's objects against them too)."""
+        if cozystack_schemas() is None:
+            pytest.skip(MISSING_CRDS)
+        good = self.create_app(tmp_path, "origin")
+        bad = self.break_app(self.create_app(tmp_path, "broken"))
+        self.write_data(good, seed=13)
+        ref = self._declare(platform, good)
+        self._ok(platform.backup(NS, ref, "b1", self.backup_class))
+        platform.backup(NS, self._declare(platform, bad), "b2", self.backup_class)
+        target = None if self.driver.capabilities.in_place_restore else ref
+        platform.restore(NS, "b1", "r1", target=target)
+        platform.restore(NS, "missing", "r2")
+        assert invalid_under_cozystack(platform.host.objects) == []
 
     def test_failing_backup_commits_nothing(self, platform: LocalPlatform, tmp_path: Path) -> None:
         app = self.break_app(self.create_app(tmp_path, "origin"))

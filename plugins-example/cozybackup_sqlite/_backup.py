@@ -70,6 +70,9 @@ def backup(ctx: BackupContext[SQLiteParameters]) -> None:
             "userVersion": info["user_version"],
         }
     )
+    ctx.resources.update(
+        {k: ctx.metadata[k] for k in ("sqliteVersion", "tables", "views", "triggers", "rows")}
+    )
     ctx.tool_versions["sqlite"] = sqlite3.sqlite_version
     ctx.log.info("dumped %d tables, %d rows", info["tables"], rows)
 

@@ -328,6 +328,31 @@ def test_admission_refuses_platform_labels_and_spec_edits_of_jobs(platform: Plat
     platform.host.objects.delete(BackupJob, ACME, "plain")
 
 
+def test_the_api_server_serves_cozystacks_field_selectors_and_cel_rule(platform: Platform) -> None:
+    """What Cozystack's CRDs declare beyond the schema works on ours: ``kubectl get
+    --field-selector spec.applicationRef.name=…`` and ``backupClassName is immutable``
+    (for a platform admin too, whom our admission policy lets through)."""
+    admin = client.CustomObjectsApi(platform.cluster.admin)
+    for name, app in (("sel-a", "app-one"), ("sel-b", "app-two")):
+        admin.create_namespaced_custom_object(
+            GROUP, VERSION, ACME, "backupjobs", platform.job_body(name, app)
+        )
+    try:
+        picked = platform.alice.list_namespaced_custom_object(
+            GROUP, VERSION, ACME, "backupjobs", field_selector="spec.applicationRef.name=app-two"
+        )
+        assert [i["metadata"]["name"] for i in picked["items"]] == ["sel-b"]
+        with pytest.raises(client.ApiException) as refused:
+            admin.patch_namespaced_custom_object(
+                GROUP, VERSION, ACME, "backupjobs", "sel-a", {"spec": {"backupClassName": "x"}}
+            )
+        assert refused.value.status == 422
+        assert "backupClassName is immutable" in str(refused.value.body)
+    finally:
+        for name in ("sel-a", "sel-b"):
+            platform.host.objects.delete(BackupJob, ACME, name)
+
+
 # --------------------------------------------------------------------------- the controller
 
 

@@ -128,6 +128,13 @@ def backup(
         source.revision,
     )
     ctx.metadata.update(_metadata(source, members, check))
+    # What a restore rebuilds: as many voting members as the cluster had, at this version.
+    ctx.resources.update(
+        {
+            k: ctx.metadata[k]
+            for k in ("etcdVersion", "clusterId", "revision", "members", "snapshotBytes")
+        }
+    )
     ctx.tool_versions["etcd"] = source.version
     ctx.tool_versions["grpcio"] = GRPC_VERSION
 

@@ -32,6 +32,8 @@ def backup(ctx: BackupContext[JobParameters]) -> None:
         _record_version(ctx, params.version_command)
     limit = tighter(ctx.deadline, params.timeout_seconds)
     ctx.metadata["tool"] = os.path.basename(argv[0])
+    # All a generic command says of what it backed up is which tool made it.
+    ctx.resources["tool"] = ctx.metadata["tool"]
     ctx.progress.stage("running the backup command")
     with ctx.artifact.open(params.stream) as out:
         run(argv, env, "backup", app, params, limit, stdout=out)

@@ -63,6 +63,14 @@ def _backup(m: Machine, ctx: BackupContext[KubeVirtParameters]) -> None:
     ]
     ctx.metadata["consistency"] = mode
     ctx.metadata["disks"] = disks
+    ctx.resources.update({"consistency": mode, "disks": disks})
+    if mode == "crash":
+        ctx.warn(
+            "the virtual machine ran unfrozen while its disks were read: they are "
+            "crash-consistent (as after a power cut); a class with consistency frozen or "
+            "stopped gives an exact image",
+            reason="CrashConsistent",
+        )
     if m.ref.kind == "VMDisk":
         ctx.metadata.update({k: v for k, v in disks[0].items() if k != "name"})
 
