@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 import yaml
 
-from cozybackup_core import ApplicationRef, Backup, BackupJob, RestoreJob, dump, load_yaml
+from cozybackup_core import (
+    ApplicationRef,
+    Backup,
+    BackupJob,
+    RestoreJob,
+    ValidationError,
+    dump,
+    load_yaml,
+)
 from cozybackup_core._api.crd import all_crds
 from cozybackup_core._api.types import LocalObjectRef, ObjectMeta, RestoreJobSpec
 from cozybackup_core.testing import (
@@ -526,3 +534,32 @@ def test_references_and_schedules_cozystack_leaves_empty_load_and_say_what_they_
     [ready] = [c for c in got["status"]["conditions"] if c["type"] == "Ready"]
     assert (ready["status"], ready["reason"]) == ("False", "NoSchedule")
     assert "nextScheduleTime" not in got["status"]
+
+
+GENERATED = """\
+apiVersion: backups.cozystack.io/v1alpha1
+kind: BackupJob
+metadata: {generateName: orders-manual-, namespace: tenant-a}
+spec:
+  applicationRef: {apiGroup: example.com, kind: Directory, name: app1}
+  backupClassName: files
+"""
+
+
+def test_generate_name_makes_a_new_object_each_time_as_the_api_server_does(
+    tmp_path: Path,
+) -> None:
+    [job] = load_yaml(GENERATED)
+    assert re.fullmatch(r"orders-manual-[bcdfghjklmnpqrstvwxz2456789]{5}", job.metadata.name)
+    assert job.metadata.generate_name == "orders-manual-"
+    home = tmp_path / "home"
+    made = [cli(home, "apply", "-f", "-", stdin=GENERATED) for _ in range(2)]
+    assert [m.returncode for m in made] == [0, 0], [m.stderr for m in made]
+    names = [re.fullmatch(r"backupjob/(\S+) created\n", m.stdout) for m in made]
+    assert all(names) and names[0][1] != names[1][1]  # type: ignore[index]
+    listed = json.loads(cli(home, "get", "backupjobs", "-n", NS, "-o", "json").stdout)
+    items = listed.get("items", [listed])
+    assert sorted(i["metadata"]["name"] for i in items) == sorted(n[1] for n in names)  # type: ignore[index]
+    with pytest.raises(ValidationError) as err:
+        load_yaml(GENERATED.replace("orders-manual-", "Orders_"))
+    assert err.value.problems[0][0] == "metadata.name"

@@ -174,6 +174,9 @@ class ObjectMeta:
 
     name: str = name_field()
     namespace: str | None = namespace_field(default=None)
+    #: Kept as written; the name it stood for is made when the manifest is loaded
+    #: (``wire.load``), as the API server makes it on create.
+    generate_name: str | None = line_field(default=None, max_length=253)
     uid: str | None = line_field(default=None, max_length=64)
     labels: Mapping[str, str] = attrs.field(factory=dict, validator=_check_labels)
     annotations: Mapping[str, str] = attrs.field(factory=dict, validator=_check_annotations)

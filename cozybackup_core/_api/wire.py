@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import secrets
 import typing
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, cast
@@ -372,12 +373,28 @@ def load(doc: Any, kinds: Kinds = API_KINDS, namespace: str | None = None) -> An
                 [("metadata.namespace", f"{str(given)[:63]!r} does not match -n {namespace}")]
             )
         body["metadata"] = {**meta, "namespace": namespace}
+    meta = body.get("metadata")
+    if isinstance(meta, Mapping) and not meta.get("name") and meta.get("generateName"):
+        body["metadata"] = {**meta, "name": generated_name(meta["generateName"])}
     obj = structure(body, cls)
     if cls.namespaced and not obj.metadata.namespace:
         raise ValidationError([("metadata.namespace", f"required for {cls.kind}")])
     if not cls.namespaced and obj.metadata.namespace:
         raise ValidationError([("metadata.namespace", f"{cls.kind} is cluster-scoped; remove it")])
     return obj
+
+
+#: The API server's alphabet for generated names (no vowels, no look-alike digits).
+_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def generated_name(prefix: Any) -> Any:
+    """``metadata.generateName`` made a name as the API server makes it on create: the
+    prefix (cut to 58 characters) and five random characters.  A prefix that is not a
+    string is left for the name's own check to refuse."""
+    if not isinstance(prefix, str):
+        return prefix
+    return prefix[:58] + "".join(secrets.choice(_NAME_ALPHABET) for _ in range(5))
 
 
 def dump(obj: Any) -> dict[str, Any]:
