@@ -563,3 +563,19 @@ def test_generate_name_makes_a_new_object_each_time_as_the_api_server_does(
     with pytest.raises(ValidationError) as err:
         load_yaml(GENERATED.replace("orders-manual-", "Orders_"))
     assert err.value.problems[0][0] == "metadata.name"
+
+
+def test_another_controllers_condition_types_load() -> None:
+    """``metav1.Condition`` types may carry a domain (a Cozystack-made Backup, another
+    controller's status): they load and round-trip."""
+    doc = COZYSTACK_BACKUP + (
+        "  conditions:\n"
+        "  - {type: snapshot.example.com/Verified, status: 'True', reason: Checked,\n"
+        "     message: '', lastTransitionTime: '2026-12-04T02:10:00Z'}\n"
+    )
+    [backup] = load_yaml(doc)
+    assert backup.status.conditions[0].type == "snapshot.example.com/Verified"
+    assert load_yaml(yaml.safe_dump(dump(backup)))[0] == backup
+    with pytest.raises(ValidationError) as err:
+        load_yaml(doc.replace("snapshot.example.com/Verified", "not a type"))
+    assert err.value.problems[0][0] == "status.conditions[0].type"

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import attrs
 
 from .fields import (
+    CONDITION_TYPE_PATTERN,
     NAME_PATTERN,
     FieldInvalid,
     constrained,
@@ -189,7 +190,12 @@ class ObjectMeta:
 class Condition:
     """A standard Kubernetes condition (reason is CamelCase, no spaces)."""
 
-    type: str = kind_field()
+    #: As ``metav1.Condition`` allows: another controller's types may carry a domain.
+    type: str = constrained(
+        pattern=CONDITION_TYPE_PATTERN,
+        maxLength=316,
+        **{"x-describe": "is not a condition type (CamelCase, optionally domain/Type)"},
+    )
     status: str = enum_field("True", "False", "Unknown")
     reason: str = attrs.field(
         default="", validator=attrs.validators.matches_re(r"^([A-Za-z][A-Za-z0-9_,:]*)?$")
