@@ -440,7 +440,6 @@ def cmd_controller(ctx: Ctx) -> int:
     every command, though nothing is kept there.
     """
     from .hosts.kube import KubeHost, load_conventions
-    from .hosts.kube_watch import JobWatch
 
     # The drivers' own locators, with the admin's conventions file over them.
     conventions = {
@@ -478,9 +477,9 @@ def cmd_controller(ctx: Ctx) -> int:
             if not leading:
                 return 0
             print(f"leading: holding the controller Lease {where}", file=sys.stderr)
-            # A new job starts a pass at once, not at the next --interval.
+            # Passes read informers; a new job starts one at once, not at the next --interval.
             wake = threading.Event()
-            JobWatch(host.api_client, stop, wake).start()
+            host.objects.inform(stop, wake)
             _serve(ctx, engine, True, stop, wake)
     finally:
         host.close()

@@ -56,7 +56,7 @@ HOST_GROUPS = {
     "kube_install": "kube",
     "kube_admission": "kube",
     "kube_workers": "kube",
-    "kube_watch": "kube",
+    "kube_informer": "kube",
 }
 NO_IO = {"_api", "_policy"}
 IO_MODULES = {

@@ -35,8 +35,10 @@ What it is:
   data in a batch/v1 Job (:mod:`.kube_workers`); the controller writes every tenant-visible
   object.
 
-What it is not (yet): an informer cache.  Passes list what they need; a watch on new
-jobs (:mod:`.kube_watch`) only makes a pass start at once.
+* **Informers** — the controller keeps every kind in a cache by list + watch
+  (:mod:`.kube_informer`, started by ``objects.inform``): a pass's lists read memory, the
+  store's writes update the cache with the server's answer, a new job wakes the
+  controller.  ``get`` still reads the server.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import logging
 import os
 import re
 import socket
+import threading
 import uuid
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -64,11 +67,21 @@ from .._api.errors import (
     UnsupportedError,
     ValidationError,
 )
-from .._api.types import API_VERSION, GROUP, KINDS, VERSION, ApplicationRef, has_status_subresource
+from .._api.types import (
+    API_VERSION,
+    GROUP,
+    KINDS,
+    VERSION,
+    ApplicationRef,
+    BackupJob,
+    RestoreJob,
+    has_status_subresource,
+)
 from .._api.units import secret_text
 from .._api.wire import dump, load
 from .._drivers.contract import AppLocation, Locator
 from .._engine.port import T
+from .kube_informer import Informer
 from .kube_lease import DEFAULT_LEASE, DEFAULT_TIMING, LeaderElector, LeaseLock, LeaseTiming
 
 log = logging.getLogger("cozybackup.kube")
@@ -206,6 +219,26 @@ class KubeObjectStore:
         self._custom = client.CustomObjectsApi(api_client)
         self._api_exception: type[Exception] = ApiException
         self._timeout = timeout
+        #: Kind → its informer, once ``inform`` started them; lists are read from them.
+        self.informers: dict[str, Informer] = {}
+
+    def inform(self, stop: threading.Event, wake: threading.Event | None = None) -> None:
+        """Keep every kind in an informer (:mod:`.kube_informer`) until ``stop``; a new
+        BackupJob or RestoreJob sets ``wake`` (a pass starts at once, not at the next
+        interval).  Lists are served from an informer once it has made its first list."""
+        for kind, cls in KINDS.items():
+            on_added = wake.set if wake is not None and kind in _WAKING_KINDS else None
+            self.informers[kind] = Informer(
+                self._custom, _plural(cls), stop, on_added, decode=_decoder(kind)
+            ).start()
+
+    def _cached(self, kind: str) -> Informer | None:
+        informer = self.informers.get(kind)
+        return informer if informer is not None and informer.synced.is_set() else None
+
+    def _observe(self, kind: str, raw: dict[str, Any]) -> None:
+        if (informer := self.informers.get(kind)) is not None:
+            informer.observe(raw)
 
     # -- calls
 
@@ -278,6 +311,10 @@ class KubeObjectStore:
         self._check_kind(cls)
         k: Any = cls
         what = f"list {k.kind}"
+        informer = self._cached(k.kind)
+        if informer is not None:
+            cached: list[T] = informer.decoded(namespace if k.namespaced else None)
+            return sorted(cached, key=lambda o: (o.metadata.namespace or "", o.metadata.name))
         if k.namespaced and namespace is not None:
             raw = self.call(
                 what,
@@ -347,6 +384,7 @@ class KubeObjectStore:
                 _plural(type(o)),
                 body,
             )
+        self._observe(o.kind, raw)
         created: Any = load(raw)
         # With the status subresource, a POST's status is dropped: write it separately.  If
         # that fails the object is removed again, so no half-made record stays (a crash
@@ -397,6 +435,7 @@ class KubeObjectStore:
                 obj.metadata.name,
                 body,
             )
+        self._observe(obj.kind, raw)
         return load(raw)
 
     def update_status(self, obj: T) -> T:
@@ -466,6 +505,7 @@ class KubeObjectStore:
                 body,
                 _content_type="application/merge-patch+json",
             )
+        self._observe(o.kind, raw)
         result: T = load(raw)
         return result
 
@@ -494,6 +534,19 @@ class KubeObjectStore:
                 )
         except NotFoundError:
             pass  # already gone: the other hosts ignore it too
+        if (informer := self.informers.get(cls.kind)) is not None:
+            informer.forget(namespace if cls.namespaced else None, name)
+
+
+def _decoder(kind: str) -> Any:
+    def decode(raw: dict[str, Any]) -> Any:
+        return load({"apiVersion": API_VERSION, "kind": kind, **raw})
+
+    return decode
+
+
+#: Kinds whose creation starts a pass at once.
+_WAKING_KINDS = (BackupJob.kind, RestoreJob.kind)
 
 
 # --------------------------------------------------------------------------- the host
