@@ -112,7 +112,8 @@ def kube(session: nox.Session) -> None:
     are skipped with one line.
     """
     # tests/kube/servers.py runs build.sh once, during collection, outside any test's timeout.
-    session.install("-e", ".[s3,kube]", "-e", "plugins-example", *TEST_DEPS)
+    # drivers/job: its image runs beside the worker (the tool container).
+    session.install("-e", ".[s3,kube]", "-e", "plugins-example", "-e", "drivers/job", *TEST_DEPS)
     session.run("pytest", "tests/kube", *session.posargs)
 
 

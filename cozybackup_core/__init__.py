@@ -69,6 +69,7 @@ from ._drivers.contract import (
     ServerSideTarget,
     StreamSink,
     StreamSource,
+    ToolRequest,
     WriteBehind,
     iter_chunks,
 )
@@ -84,6 +85,7 @@ from ._drivers.kit import (
 )
 from ._drivers.localpaths import LocalDir, LocalFile, UnsafeLocalPath, open_local
 from ._drivers.registry import DriverRegistry
+from ._drivers.toolpipe import ToolContainer, ToolPipe
 from ._drivers.tools import run_admin_command, run_tool
 from ._engine.engine import Engine, EngineConfig
 from ._engine.plans import fire_due_plans
@@ -174,6 +176,9 @@ __all__ = [
     "StrategyRef",
     "StreamSink",
     "StreamSource",
+    "ToolContainer",
+    "ToolPipe",
+    "ToolRequest",
     "TransientError",
     "UnsafeLocalPath",
     "UnsupportedError",

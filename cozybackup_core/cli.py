@@ -510,7 +510,7 @@ def _worker_jobs(ctx: Ctx, host: Any) -> Any:
 def cmd_worker(ctx: Ctx) -> int:
     """Run one job's data move (what a worker Job runs; see hosts/kube_workers.py)."""
     from ._engine.workers import WorkerServices, run_in_worker
-    from .hosts.kube_workers import WorkerHost, read_location
+    from .hosts.kube_workers import WorkerHost, read_location, tool_session
 
     ns, sep, name = ctx.args.job.partition("/")
     if not sep or not ns or not name:
@@ -524,19 +524,23 @@ def cmd_worker(ctx: Ctx) -> int:
         location=read_location(Path(ctx.args.location).read_text()),
         worker_job=worker_job,
     )
-    try:
-        job: BackupJob | RestoreJob | None = (
-            host.objects.get(BackupJob, ns, name)
-            if ctx.args.what == "backup"
-            else host.objects.get(RestoreJob, ns, name)
-        )
-        if job is None or job.status.phase != "Running":
-            print(f"error: {ctx.args.what} job {ns}/{name} is not running", file=sys.stderr)
-            return 1
-        svc = WorkerServices(host, ctx.plugins, ctx.config(), report=host.report)
-        outcome = run_in_worker(svc, job)
-    finally:
-        host.close()
+    # The tool's container (a driver's own image) waits on us: it is told we are done
+    # however this ends.
+    with tool_session() as tool:
+        try:
+            job: BackupJob | RestoreJob | None = (
+                host.objects.get(BackupJob, ns, name)
+                if ctx.args.what == "backup"
+                else host.objects.get(RestoreJob, ns, name)
+            )
+            if job is None or job.status.phase != "Running":
+                print(f"error: {ctx.args.what} job {ns}/{name} is not running", file=sys.stderr)
+                return 1
+            svc = WorkerServices(host, ctx.plugins, ctx.config(), report=host.report)
+            svc.tool = tool
+            outcome = run_in_worker(svc, job)
+        finally:
+            host.close()
     print(f"{ctx.args.what} {ns}/{name}: {outcome.reason}: {outcome.message}")
     return 0 if outcome.ok else 1
 

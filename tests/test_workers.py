@@ -38,7 +38,7 @@ class InProcessWorkers:
         self.ended: set[str] = set()
         self.released: list[str] = []
 
-    def launch(self, job: Any, app: AppLocation, timeout_seconds: float) -> None:
+    def launch(self, job: Any, app: AppLocation, timeout_seconds: float, tool: Any = None) -> None:
         self.launched.setdefault(job.metadata.name, (job, app))
 
     def run(self, name: str) -> None:

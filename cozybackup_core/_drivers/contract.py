@@ -18,6 +18,7 @@ from typing_extensions import TypeVar
 
 from .._api.errors import DeadlineExceeded, UnsupportedError
 from .._api.types import STRATEGY_GROUP, ApplicationRef, GroupKind
+from .toolpipe import ToolContainer, ToolIO, ToolPipe
 
 
 @attrs.frozen(kw_only=True)
@@ -164,6 +165,9 @@ class BackupContext(Generic[P]):
     #: the strategy's apiVersion and kind): what a restore or a person needs to know of
     #: what was backed up (databases, server version, disks).  Tenant-visible, JSON values.
     resources: dict[str, Any] = attrs.field(factory=dict)
+    #: The worker's end of the driver's ``tool_container``, where a host runs it beside the
+    #: worker (Kubernetes worker Jobs); None where the driver runs its tool itself.
+    tool: ToolPipe | None = None
     #: What this backup cannot bring back exactly, said before anyone needs it: each is a
     #: Warning event on the BackupJob and an entry of ``underlyingResources.warnings``.
     warnings: list[BackupWarning] = attrs.field(factory=list)
@@ -196,6 +200,21 @@ class RestoreContext(Generic[P]):
     #: (Cozystack's console sends strings); ``recovery_time`` is ``options.recoveryTime``.
     options: Mapping[str, Any] = attrs.field(factory=dict)
     recovery_time: dt.datetime | None = None
+    #: As ``BackupContext.tool``.
+    tool: ToolPipe | None = None
+
+
+@attrs.frozen(kw_only=True)
+class ToolRequest:
+    """What a driver's ``tool_container`` is asked for: the application the tool reads
+    (a backup, ``io`` ``out``) or writes (a restore, ``in``), and for a restore, which
+    backup of which application, in place or into a copy."""
+
+    io: ToolIO
+    application: AppLocation
+    in_place: bool = True
+    source: ApplicationRef | None = None
+    taken_at: dt.datetime | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -292,6 +311,13 @@ class Driver(abc.ABC, Generic[P]):
     @abc.abstractmethod
     def restore(self, ctx: RestoreContext[P]) -> None:
         """Replay ``ctx.artifact`` into ``ctx.target``."""
+
+    def tool_container(self, parameters: P, request: ToolRequest) -> ToolContainer | None:
+        """A tool to run in an image of its own beside the worker, where the host moves
+        data in worker Pods: for a backup (``request.io`` ``out``: its stdout is the
+        stream) or a restore (``in``: its stdin); the driver then reads or feeds it
+        through ``ctx.tool``.  Default: None (the driver runs its tools in the worker)."""
+        return None
 
     def scratch_target(
         self, workdir: Path, like: AppLocation

@@ -33,7 +33,7 @@ from .._api.types import (
 from .._api.units import human_bytes
 from .._api.wire import unstructure
 from .._catalog.catalog import Resolved
-from .._drivers.contract import AppLocation, BackupContext, Deadline, Driver
+from .._drivers.contract import AppLocation, BackupContext, Deadline, Driver, ToolRequest
 from .._storage.store import ArtifactKey, Manifest, checksum_of
 from .services import Services
 
@@ -80,7 +80,10 @@ def run_backup(svc: Services, job: BackupJob) -> BackupJob:
     job = svc.start(job)
     if svc.executor is not None:
         # The data moves in a worker; the runner records its end (workers.reconcile).
-        svc.executor.launch(job, app, svc.config.backup_timeout)
+        tool = resolved.driver.tool_container(
+            resolved.parameters, ToolRequest(io="out", application=app)
+        )
+        svc.executor.launch(job, app, svc.config.backup_timeout, tool)
         return job
     started = time.monotonic()
     deadline = Deadline.after(svc.config.backup_timeout)  # covers every attempt
@@ -139,6 +142,7 @@ def _attempt(
             progress=progress,
             log=logging.getLogger(f"cozybackup.driver.{resolved.driver.name}"),
             deadline=deadline,
+            tool=svc.tool,
         )
         resolved.driver.backup(ctx)
         # Tenant-visible on the Backup: scrubbed like every other tenant text.

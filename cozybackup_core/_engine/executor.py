@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import attrs
 
 from .._drivers.contract import AppLocation
+from .._drivers.toolpipe import ToolContainer
 
 
 @attrs.frozen
@@ -43,8 +44,15 @@ class WorkerState:
 class Executor(Protocol):
     """A host's way of running jobs' data moves elsewhere (see the module docstring)."""
 
-    def launch(self, job: Any, app: AppLocation, timeout_seconds: float) -> None:
-        """Start the worker of ``job`` (idempotent: an existing worker is kept)."""
+    def launch(
+        self,
+        job: Any,
+        app: AppLocation,
+        timeout_seconds: float,
+        tool: ToolContainer | None = None,
+    ) -> None:
+        """Start the worker of ``job`` (idempotent: an existing worker is kept), with the
+        driver's ``tool`` in a container beside it where the driver declares one."""
 
     def state(self, job: Any) -> WorkerState | None:
         """The worker of ``job``; None when there is none (never launched, or gone)."""

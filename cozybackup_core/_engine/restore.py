@@ -8,7 +8,7 @@ import time
 from .._api.errors import NotFoundError, UnsupportedError, ValidationError
 from .._api.types import Backup, BackupJob, RestoreJob
 from .._api.units import human_bytes
-from .._drivers.contract import Deadline, Driver, RestoreContext
+from .._drivers.contract import Deadline, Driver, RestoreContext, ToolRequest
 from .restore_options import read_options
 from .services import Services
 
@@ -76,7 +76,14 @@ def run_restore(svc: Services, job: RestoreJob) -> RestoreJob:
         timeout = min(timeout, options.timeout_seconds)
     if svc.executor is not None:
         # The data moves in a worker; the runner records its end (workers.reconcile).
-        svc.executor.launch(job, target, timeout)
+        request = ToolRequest(
+            io="in",
+            application=target,
+            in_place=in_place,
+            source=source,
+            taken_at=backup.spec.taken_at,
+        )
+        svc.executor.launch(job, target, timeout, driver.tool_container(params, request))
         return job
     progress = svc.progress(job)
     started = time.monotonic()
@@ -103,6 +110,7 @@ def run_restore(svc: Services, job: RestoreJob) -> RestoreJob:
             deadline=Deadline.after(timeout),
             options=options.for_driver,
             recovery_time=options.recovery_time,
+            tool=svc.tool,
         )
         driver.restore(ctx)
     except Exception as exc:

@@ -54,6 +54,7 @@ from .._api.types import Progress as ProgressStatus
 from .._api.wire import camel, metadata_strings, structure
 from .._catalog.catalog import Catalog, parameters_for
 from .._drivers.contract import AppLocation, Deadline, Driver
+from .._drivers.toolpipe import ToolPipe
 from .._plugins.host import PluginHost
 from .._storage.providers import store_secrets
 from .._storage.store import ArtifactKey, ArtifactReader, ArtifactStore, Manifest, checksum_of
@@ -123,6 +124,8 @@ class Services:
         self._stores: dict[tuple[str, StorageLocationSpec], ArtifactStore] = {}
         #: Where data moves: None inline (this process), else a host's workers.
         self.executor: Executor | None = None
+        #: In a worker whose driver's tool runs in a container beside it: its end.
+        self.tool: ToolPipe | None = None
         self._status_lock = threading.Lock()
 
     def catalog(self) -> Catalog:

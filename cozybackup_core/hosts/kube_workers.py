@@ -10,6 +10,12 @@ on Kubernetes).
   namespace owned by its Job (the garbage collector deletes it with the Job; the runner
   deletes it as soon as it has recorded the worker's end), never through a tenant
   namespace.  The worker's ServiceAccount reads no tenant Secret.
+* **A driver's tool in its own image** (``Driver.tool_container``: the Job strategy's
+  ``image``) runs as a second container of the worker's Pod (:mod:`.._drivers.toolpipe`):
+  the two share an ``emptyDir`` holding the FIFO and one process namespace (the tool
+  leaves when the worker is gone).  The tool's environment comes from the job's Secret;
+  the Pod mounts no ServiceAccount token by default, only the worker container gets one,
+  so the tool can read neither the storage's credentials nor anything else.
 * **Reports**: the worker writes its progress and its outcome as annotations of its own
   Job; the controller, the only writer of tenant-visible status, copies them.  A worker
   killed before it reports ends ``Failed`` by the Job controller, with no outcome.
@@ -17,10 +23,13 @@ on Kubernetes).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -29,6 +38,7 @@ from .._api.errors import ConflictError, CozyError, NotFoundError
 from .._api.types import ApplicationRef, BackupJob
 from .._api.wire import structure, unstructure
 from .._drivers.contract import AppLocation
+from .._drivers.toolpipe import TOOL_DIR_ENV, TOOL_IO_ENV, TOOL_SCRIPT, ToolContainer, ToolPipe
 from .._engine.executor import Outcome, WorkerState
 from .kube import KubeHost
 
@@ -41,6 +51,11 @@ ANNOTATION_PROGRESS = "backups.cozystack.io/progress"
 #: Where the worker finds the application's location (the per-job Secret, mounted).
 LOCATION_DIR = "/var/run/cozybackup/app"
 LOCATION_KEY = "location.json"
+#: Where the worker and a driver's tool container meet (an emptyDir in both).
+TOOL_DIR = "/var/run/cozybackup/tool"
+#: The Secret's keys for the tool's environment: ``tool-env.<NAME>``.
+TOOL_ENV_KEY = "tool-env.{}"
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # noqa: S105 - a path
 #: The client would pick a strategic merge patch for a dict; say what is meant.
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -60,6 +75,72 @@ class WorkerSettings:
     #: Added to the job's deadline for the Pod's start and the final reports.
     deadline_grace: int = 300
     home: str = "/var/lib/cozybackup"
+
+
+def _add_tool(
+    pod: dict[str, Any], worker: dict[str, Any], tool: ToolContainer, secret: str, io: str
+) -> None:
+    """The driver's tool as a second container (see the module docstring)."""
+    share = {"name": "tool-io", "mountPath": TOOL_DIR}
+    where = {"name": TOOL_DIR_ENV, "value": TOOL_DIR}
+    worker["env"].append(where)
+    worker["volumeMounts"] += [share, {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True}]
+    pod["containers"].append(
+        {
+            "name": "tool",
+            "image": tool.image,
+            "command": ["sh", "-c", TOOL_SCRIPT, "cozybackup-tool", *tool.argv],
+            "env": [
+                where,
+                {"name": TOOL_IO_ENV, "value": io},
+                *(
+                    {
+                        "name": k,
+                        "valueFrom": {
+                            "secretKeyRef": {"name": secret, "key": TOOL_ENV_KEY.format(k)}
+                        },
+                    }
+                    for k in sorted(tool.env)
+                ),
+            ],
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "volumeMounts": [share],
+        }
+    )
+    # One process namespace, so the tool sees whether the worker lives; no token but the
+    # worker's (the tool must not act as the worker's ServiceAccount).
+    pod["shareProcessNamespace"] = True
+    pod["automountServiceAccountToken"] = False
+    pod["volumes"] += [
+        {"name": "tool-io", "emptyDir": {}},
+        {
+            "name": "token",
+            "projected": {
+                "sources": [
+                    {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+                    {
+                        "configMap": {
+                            "name": "kube-root-ca.crt",
+                            "items": [{"key": "ca.crt", "path": "ca.crt"}],
+                        }
+                    },
+                    {
+                        "downwardAPI": {
+                            "items": [
+                                {
+                                    "path": "namespace",
+                                    "fieldRef": {"fieldPath": "metadata.namespace"},
+                                }
+                            ]
+                        }
+                    },
+                ]
+            },
+        },
+    ]
 
 
 def worker_name(job: Any) -> str:
@@ -85,15 +166,24 @@ class KubeWorkers:
     def namespace(self) -> str:
         return self.host.platform_namespace
 
-    def launch(self, job: Any, app: AppLocation, timeout_seconds: float) -> None:
+    def launch(
+        self,
+        job: Any,
+        app: AppLocation,
+        timeout_seconds: float,
+        tool: ToolContainer | None = None,
+    ) -> None:
         name = worker_name(job)
         call = self.host.objects.call
         labels = {LABEL_WORKER: "backup" if isinstance(job, BackupJob) else "restore"}
+        data = {LOCATION_KEY: json.dumps(unstructure(app))}
+        if tool is not None:
+            data.update({TOOL_ENV_KEY.format(k): v for k, v in tool.env.items()})
         secret = {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
-            "stringData": {LOCATION_KEY: json.dumps(unstructure(app))},
+            "stringData": data,
         }
         try:
             call(
@@ -106,7 +196,7 @@ class KubeWorkers:
                 f"create Job {name}",
                 self._batch.create_namespaced_job,
                 self.namespace,
-                self._job(job, name, labels, timeout_seconds),
+                self._job(job, name, labels, timeout_seconds, tool),
             )
         except ConflictError:
             created = call(
@@ -133,7 +223,12 @@ class KubeWorkers:
         )
 
     def _job(
-        self, job: Any, name: str, labels: Mapping[str, str], timeout_seconds: float
+        self,
+        job: Any,
+        name: str,
+        labels: Mapping[str, str],
+        timeout_seconds: float,
+        tool: ToolContainer | None = None,
     ) -> dict[str, Any]:
         s = self.settings
         word = labels[LABEL_WORKER]
@@ -152,6 +247,33 @@ class KubeWorkers:
             {"name": "COZYBACKUP_NAMESPACE", "value": self.namespace},
             *({"name": k, "value": v} for k, v in sorted(s.env.items())),
         ]
+        worker: dict[str, Any] = {
+            "name": "worker",
+            "image": s.image,
+            "command": command,
+            "env": env,
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            },
+            "volumeMounts": [
+                {"name": "app", "mountPath": LOCATION_DIR, "readOnly": True},
+                {"name": "home", "mountPath": s.home},
+            ],
+        }
+        pod: dict[str, Any] = {
+            "restartPolicy": "Never",
+            "serviceAccountName": s.service_account,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
+            "containers": [worker],
+            "volumes": [
+                {"name": "app", "secret": {"secretName": name}},
+                {"name": "home", "emptyDir": {}},
+            ],
+        }
+        if tool is not None:
+            _add_tool(pod, worker, tool, name, "out" if word == "backup" else "in")
         return {
             "apiVersion": "batch/v1",
             "kind": "Job",
@@ -167,35 +289,7 @@ class KubeWorkers:
                 "backoffLimit": 0,
                 "activeDeadlineSeconds": int(timeout_seconds) + s.deadline_grace,
                 "ttlSecondsAfterFinished": s.ttl_seconds,
-                "template": {
-                    "metadata": {"labels": dict(labels)},
-                    "spec": {
-                        "restartPolicy": "Never",
-                        "serviceAccountName": s.service_account,
-                        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001},
-                        "containers": [
-                            {
-                                "name": "worker",
-                                "image": s.image,
-                                "command": command,
-                                "env": env,
-                                "securityContext": {
-                                    "allowPrivilegeEscalation": False,
-                                    "readOnlyRootFilesystem": True,
-                                    "capabilities": {"drop": ["ALL"]},
-                                },
-                                "volumeMounts": [
-                                    {"name": "app", "mountPath": LOCATION_DIR, "readOnly": True},
-                                    {"name": "home", "mountPath": s.home},
-                                ],
-                            }
-                        ],
-                        "volumes": [
-                            {"name": "app", "secret": {"secretName": name}},
-                            {"name": "home", "emptyDir": {}},
-                        ],
-                    },
-                },
+                "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
             },
         }
 
@@ -316,6 +410,22 @@ class WorkerHost(KubeHost):
             {"metadata": {"annotations": {key: json.dumps(dict(payload), sort_keys=True)}}},
             _content_type=MERGE_PATCH,
         )
+
+
+@contextlib.contextmanager
+def tool_session() -> Iterator[ToolPipe | None]:
+    """In a worker whose Pod runs a driver's tool beside it: the worker's end of it, with
+    the worker said alive while it runs and done when it ends (see ``TOOL_SCRIPT``)."""
+    directory = os.environ.get(TOOL_DIR_ENV)
+    if not directory:
+        yield None
+        return
+    pipe = ToolPipe(Path(directory))
+    pipe.open_session()
+    try:
+        yield pipe
+    finally:
+        pipe.close_session()
 
 
 def read_location(text: str) -> AppLocation:

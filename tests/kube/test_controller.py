@@ -27,7 +27,16 @@ from kubernetes.client.exceptions import (  # type: ignore[import-untyped, impor
     ApiException,
 )
 
-from cozybackup_core import ArtifactRecord, Backup, BackupJob, Locator, Plan, RestoreJob, load
+from cozybackup_core import (
+    ArtifactRecord,
+    Backup,
+    BackupClass,
+    BackupJob,
+    Locator,
+    Plan,
+    RestoreJob,
+    load,
+)
 from cozybackup_core.hosts.kube import KubeHost
 from cozybackup_core.testing import S3ServerInfo
 
@@ -648,6 +657,80 @@ def test_backup_and_restore_run_in_worker_jobs(platform: Platform, kubelet: Kube
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
     assert proc.returncode == 0, platform.output("jobs")
+
+
+TOOL_CLASS = {
+    "apiVersion": f"{GROUP}/{VERSION}",
+    "kind": "BackupClass",
+    "metadata": {"name": "tar-in-image"},
+    "spec": {
+        "strategies": [
+            {
+                "application": {"apiGroup": FILES.api_group, "kind": "Directory"},
+                "strategyRef": {"kind": "Job", "name": "tar"},
+                "parameters": {
+                    "image": "registry.example.com/tools/tar:1",
+                    "env": {"DIR": "${connection.path}"},
+                    "backup": {"command": ["sh", "-c", 'tar -C "$DIR" -cf - .']},
+                    "restore": {"command": ["sh", "-c", 'tar -C "$DIR" -xf -']},
+                },
+            }
+        ]
+    },
+}
+
+
+@pytest.mark.timeout(300)
+def test_the_job_strategys_image_runs_beside_the_worker_without_storage_credentials(
+    platform: Platform, kubelet: Kubelet
+) -> None:
+    """A Job-strategy class with an ``image``: its command runs in a second container of
+    the worker Pod, its stream through a FIFO; that container has no ServiceAccount token
+    and no storage credential, and the round trip is exact."""
+    payload = os.urandom(300_000)
+    data = platform.app("tooldb", payload)
+    platform.host.objects.create(load(TOOL_CLASS))
+    proc = platform.controller("tool", *_with_workers(platform))
+    try:
+        platform.says("tool", "leading")
+        body = platform.job_body("tb1", "tooldb")
+        body["spec"]["backupClassName"] = "tar-in-image"
+        platform.tenant_creates(body)
+        job = platform.finished(BackupJob, "tb1")
+        assert job.status.phase == "Succeeded", job.status.message
+        run = _worker_of(platform, kubelet, "tb1")
+        until("the worker Pod to end", lambda: not run.alive)
+        tool = run.container("tool")
+        assert tool.exit_code == 0, tool.stderr
+        assert run.container("worker").exit_code == 0, run.container("worker").stderr
+        pods = client.CoreV1Api(platform.cluster.admin).list_namespaced_pod(
+            PLATFORM, label_selector="backups.cozystack.io/worker=backup"
+        )
+        [pod] = [p for p in pods.items if p.metadata.name == run.name]
+        spec = {c.name: c for c in pod.spec.containers}
+        assert spec["tool"].image == "registry.example.com/tools/tar:1"
+        assert pod.spec.automount_service_account_token is False
+        assert all("serviceaccount" not in m.mount_path for m in spec["tool"].volume_mounts)
+        assert any("serviceaccount" in m.mount_path for m in spec["worker"].volume_mounts)
+        held = " ".join([*tool.argv, *tool.env.values()])
+        assert platform.s3.secret_key not in held and platform.s3.access_key not in held
+
+        (data / "x.bin").write_bytes(b"damaged")
+        platform.tenant_creates(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "RestoreJob",
+                "metadata": {"name": "tr1", "namespace": ACME},
+                "spec": {"backupRef": {"name": "tb1"}},
+            }
+        )
+        restored = platform.finished(RestoreJob, "tr1")
+        assert restored.status.phase == "Succeeded", restored.status.message
+        assert (data / "x.bin").read_bytes() == payload
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+        platform.host.objects.delete(BackupClass, None, "tar-in-image")
 
 
 @pytest.mark.timeout(300)

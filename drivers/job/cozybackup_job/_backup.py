@@ -12,9 +12,16 @@ import os
 import time
 from typing import Any
 
-from cozybackup_core import BackupContext, Deadline, DeadlineExceeded, DriverError, run_tool
+from cozybackup_core import (
+    AppLocation,
+    BackupContext,
+    Deadline,
+    DeadlineExceeded,
+    DriverError,
+    run_tool,
+)
 
-from ._command import render_argv, render_env, run, tighter
+from ._command import render_argv, render_env, run, run_beside, tighter
 from ._params import JobParameters, compile_command
 
 #: How long ``versionCommand`` may take (within the job's own deadline).
@@ -22,21 +29,31 @@ VERSION_TIMEOUT = 30.0
 _VERSION_MAX = 200
 
 
+def command(params: JobParameters, app: AppLocation) -> tuple[list[str], dict[str, str]]:
+    """The backup command's argv and environment for ``app``."""
+    cmd = compile_command(params, "backup")
+    argv = render_argv(cmd, app, "backup")
+    return argv, render_env(cmd, app, "backup", {"COZY_STREAM": params.stream})
+
+
 def backup(ctx: BackupContext[JobParameters]) -> None:
     params = ctx.parameters
     app = ctx.application
-    cmd = compile_command(params, "backup")
-    argv = render_argv(cmd, app, "backup")
-    env = render_env(cmd, app, "backup", {"COZY_STREAM": params.stream})
-    if params.version_command:
+    argv, env = command(params, app)
+    if params.version_command and ctx.tool is None:  # the tool is not here but in its image
         _record_version(ctx, params.version_command)
+    if ctx.tool is not None:
+        ctx.tool_versions["image"] = str(params.image)
     limit = tighter(ctx.deadline, params.timeout_seconds)
     ctx.metadata["tool"] = os.path.basename(argv[0])
     # All a generic command says of what it backed up is which tool made it.
     ctx.resources["tool"] = ctx.metadata["tool"]
     ctx.progress.stage("running the backup command")
     with ctx.artifact.open(params.stream) as out:
-        run(argv, env, "backup", app, params, limit, stdout=out)
+        if ctx.tool is not None:
+            run_beside(ctx.tool, argv, "backup", app, params, limit, stdout=out)
+        else:
+            run(argv, env, "backup", app, params, limit, stdout=out)
 
 
 class _Head(io.BytesIO):

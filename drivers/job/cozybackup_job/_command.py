@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import IO
 
-from cozybackup_core import AppLocation, Deadline, DeadlineExceeded, DriverError, run_tool
+from cozybackup_core import AppLocation, Deadline, DeadlineExceeded, DriverError, ToolPipe, run_tool
 
 from ._params import Compiled, JobParameters
 from ._template import MissingValue, app_values, env_name, render, scalar
@@ -105,3 +105,39 @@ def run(
         raise DriverError(
             exc.message, admin_detail=f"{app.ref} in {app.namespace}: {argv[0]}: {exc.admin_detail}"
         ) from None
+
+
+def run_beside(
+    pipe: ToolPipe,
+    argv: list[str],
+    which: str,
+    app: AppLocation,
+    params: JobParameters,
+    limit: tuple[Deadline, bool],
+    *,
+    stdout: IO[bytes] | None = None,
+    stdin: IO[bytes] | None = None,
+) -> None:
+    """The command in the class's ``image``, in its container beside the worker (see
+    ``ToolPipe``): its stream through the pipe, its exit status as ``run`` reports it.
+    Its stderr is in that container's log, for the operator."""
+    what = f"the {which} command"
+    deadline, by_class = limit
+    try:
+        if stdout is not None:
+            code = pipe.read_into(stdout, deadline)
+        else:
+            code = pipe.write_from(stdin, deadline)
+    except DeadlineExceeded:
+        if by_class:
+            raise DeadlineExceeded(
+                f"{what} ran longer than the BackupClass allows ({params.timeout_seconds}s) "
+                "and was stopped"
+            ) from None
+        raise
+    if code != 0:
+        raise DriverError(
+            f"{what} failed with exit status {code}",
+            admin_detail=f"{app.ref} in {app.namespace}: {argv[0]} in image {params.image} "
+            "(its container's log has its stderr)",
+        )

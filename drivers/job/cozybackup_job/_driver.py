@@ -14,6 +14,8 @@ from cozybackup_core import (
     Capabilities,
     Driver,
     RestoreContext,
+    ToolContainer,
+    ToolRequest,
     distribution_version,
 )
 
@@ -43,3 +45,24 @@ class JobDriver(Driver[JobParameters]):
 
     def restore(self, ctx: RestoreContext[JobParameters]) -> None:
         _restore.restore(ctx)
+
+    def tool_container(
+        self, parameters: JobParameters, request: ToolRequest
+    ) -> ToolContainer | None:
+        """With an ``image``, the command runs there, beside the worker: it never holds
+        the storage's credentials, and the worker's image need not carry the tool."""
+        if not parameters.image:
+            return None
+        if request.io == "out":
+            argv, env = _backup.command(parameters, request.application)
+        else:
+            assert request.source is not None and request.taken_at is not None
+            argv, env = _restore.command(
+                parameters,
+                request.application,
+                request.in_place,
+                request.source,
+                request.taken_at,
+                parameters.stream,
+            )
+        return ToolContainer(image=parameters.image, argv=tuple(argv), env=env)

@@ -6,9 +6,17 @@ restore fails (the backup was not fully replayed).
 
 from __future__ import annotations
 
-from cozybackup_core import DriverError, RestoreContext, UnsupportedError
+import datetime as dt
 
-from ._command import render_argv, render_env, run, tighter
+from cozybackup_core import (
+    ApplicationRef,
+    AppLocation,
+    DriverError,
+    RestoreContext,
+    UnsupportedError,
+)
+
+from ._command import render_argv, render_env, run, run_beside, tighter
 from ._params import JobParameters, compile_command
 
 
@@ -25,23 +33,14 @@ def restore(ctx: RestoreContext[JobParameters]) -> None:
         )
     target = ctx.target
     stream = _stream_name(ctx, params)
-    cmd = compile_command(params, "restore")
-    argv = render_argv(cmd, target, "restore")
-    env = render_env(
-        cmd,
-        target,
-        "restore",
-        {
-            "COZY_STREAM": stream,
-            "COZY_RESTORE_MODE": "InPlace" if ctx.in_place else "ToCopy",
-            "COZY_SOURCE_NAME": ctx.source.name,
-            "COZY_BACKUP_TAKEN_AT": ctx.taken_at.isoformat(),
-        },
-    )
+    argv, env = command(params, target, ctx.in_place, ctx.source, ctx.taken_at, stream)
     limit = tighter(ctx.deadline, params.timeout_seconds)
     # No progress.stage() here: the core counts the bytes read under "restoring".
     with ctx.artifact.open(stream) as src:
-        run(argv, env, "restore", target, params, limit, stdin=src)
+        if ctx.tool is not None:
+            run_beside(ctx.tool, argv, "restore", target, params, limit, stdin=src)
+        else:
+            run(argv, env, "restore", target, params, limit, stdin=src)
         if src.read(1):
             raise DriverError(
                 "the restore command exited successfully without reading the whole "
@@ -49,6 +48,26 @@ def restore(ctx: RestoreContext[JobParameters]) -> None:
                 "check the BackupClass's restore command",
                 admin_detail=f"{target.ref}: {argv[0]} stopped reading stdin before its end",
             )
+
+
+def command(
+    params: JobParameters,
+    target: AppLocation,
+    in_place: bool,
+    source: ApplicationRef,
+    taken_at: dt.datetime,
+    stream: str,
+) -> tuple[list[str], dict[str, str]]:
+    """The restore command's argv and environment for ``target``."""
+    cmd = compile_command(params, "restore")
+    argv = render_argv(cmd, target, "restore")
+    extra = {
+        "COZY_STREAM": stream,
+        "COZY_RESTORE_MODE": "InPlace" if in_place else "ToCopy",
+        "COZY_SOURCE_NAME": source.name,
+        "COZY_BACKUP_TAKEN_AT": taken_at.isoformat(),
+    }
+    return argv, render_env(cmd, target, "restore", extra)
 
 
 def _stream_name(ctx: RestoreContext, params: JobParameters) -> str:

@@ -4,6 +4,7 @@ per-class restore modes, apply-time refusal of bad parameters, any kind."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -11,9 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import yaml
 from cozybackup_job import JobDriver, JobParameters
+from cozybackup_job._params import Command
 from cozybackup_job._template import ARGV, ENV, Ref, TemplateError, parse, render
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,6 +30,7 @@ from cozybackup_core import (
     EngineConfig,
     GroupKind,
     PluginHost,
+    ToolRequest,
     load_yaml,
 )
 from cozybackup_core.testing import LocalPlatform
@@ -687,3 +691,42 @@ def test_the_readme_example_class_is_valid() -> None:
     for group, kind in [("apps.cozystack.io", "Postgres"), ("apps.example.com", "SQLiteFile")]:
         resolved = catalog.resolve("pg-job", ApplicationRef(api_group=group, kind=kind, name="a"))
         assert resolved.driver.name == "job"
+
+
+def test_with_an_image_the_command_is_declared_for_a_container_beside_the_worker() -> None:
+    """What a Kubernetes host runs in the class's image: the command rendered for the
+    application, its environment (with the application's credentials, which the host
+    passes through the job's Secret), never the worker's own environment."""
+    params = JobParameters(
+        image="registry.example.com/tools/pg:15",
+        env={"PGPASSWORD": "${credentials.password}"},
+        backup=Command(command=("pg_dump", "--host=${connection.host}")),
+        restore=Command(command=("pg_restore", "--host=${connection.host}")),
+    )
+    app = AppLocation(
+        ref=ApplicationRef(api_group=GROUP, kind="Thing", name="db"),
+        namespace=NS,
+        connection={"host": "db.internal"},
+        credentials={"password": TOKEN},
+    )
+    driver = JobDriver()
+    made = driver.tool_container(params, ToolRequest(io="out", application=app))
+    assert made is not None and made.image == "registry.example.com/tools/pg:15"
+    assert made.argv == ("pg_dump", "--host=db.internal")
+    assert made.env["PGPASSWORD"] == TOKEN and made.env["COZY_STREAM"] == "data"
+    assert "AWS_SECRET_ACCESS_KEY" not in made.env
+    local = attrs.evolve(params, image=None)
+    assert driver.tool_container(local, ToolRequest(io="out", application=app)) is None
+
+    back = driver.tool_container(
+        params,
+        ToolRequest(
+            io="in",
+            application=app,
+            in_place=False,
+            source=ApplicationRef(api_group=GROUP, kind="Thing", name="orig"),
+            taken_at=dt.datetime(2026, 12, 6, 2, 0, tzinfo=dt.timezone.utc),
+        ),
+    )
+    assert back is not None and back.argv == ("pg_restore", "--host=db.internal")
+    assert back.env["COZY_RESTORE_MODE"] == "ToCopy" and back.env["COZY_SOURCE_NAME"] == "orig"
