@@ -4,9 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Debian packages the driver tests start real servers from.
+# Debian packages the driver tests start real servers from (prometheus: promtool checks
+# the alerting rules).
 APT_PACKAGES="postgresql postgresql-contrib mariadb-server mariadb-client mariadb-backup
-  clickhouse-server clickhouse-client etcd-server etcd-client sqlite3 qemu-utils ${COZYBACKUP_APT_PACKAGES:-}"
+  clickhouse-server clickhouse-client etcd-server etcd-client sqlite3 qemu-utils
+  prometheus ${COZYBACKUP_APT_PACKAGES:-}"
 
 need_apt=()
 for pkg in $APT_PACKAGES; do

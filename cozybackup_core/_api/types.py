@@ -280,6 +280,35 @@ class PlanSpec:
 
 
 @attrs.frozen(kw_only=True)
+class RPOStatus:
+    """*Extension*: the recovery point objective of a Plan's application.  The age is
+    measured against ``since`` when read (the status changes only when the newest good
+    Backup or the verdict does, not on every pass)."""
+
+    target: str
+    #: ``takenAt`` of the newest Ready Backup whose last check did not fail; None: none.
+    since: dt.datetime | None = None
+    met: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class RTOStatus:
+    """*Extension*: the recovery time objective: the newest passed drill's duration,
+    scaled to the newest Backup's size where it grew since (``method`` says how)."""
+
+    target: str
+    measured_seconds: int | None = None
+    method: str = text_field(default="")
+    met: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class ObjectivesStatus:
+    rpo: RPOStatus | None = None
+    rto: RTOStatus | None = None
+
+
+@attrs.frozen(kw_only=True)
 class PlanStatus:
     last_schedule_time: dt.datetime | None = None
     next_schedule_time: dt.datetime | None = None
@@ -287,6 +316,7 @@ class PlanStatus:
     #: *Extension*: slots that produced no job (runner down, deadline, Forbid), ever.
     missed_runs: int = 0
     last_missed_time: dt.datetime | None = None
+    objectives: ObjectivesStatus | None = None  # extension
     conditions: tuple[Condition, ...] = ()
 
 
@@ -331,6 +361,8 @@ class Verification:
     method: str = enum_field("Checksums", "RestoreDrill")
     result: str = enum_field("Passed", "Failed")
     message: str = text_field(default="")
+    #: How long it took (a drill's is the application's measured restore time).
+    duration_seconds: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -340,6 +372,9 @@ class BackupStatus:
     phase: str | None = enum_field("Pending", "Ready", "Deleting", "Failed", default=None)
     artifact: Artifact | None = None
     last_verified: Verification | None = None  # extension
+    #: *Extension*: the last restore drill of this Backup (``lastVerified`` may be a later
+    #: checksum check); what an application's measured RTO comes from.
+    last_drill: Verification | None = None
     conditions: tuple[Condition, ...] = ()
     #: Cozystack's free-form record of what a driver made (VM disks and addresses,
     #: database snapshots); kept as written.
@@ -448,6 +483,25 @@ class VerificationPolicy:
     )
 
 
+def _duration_field() -> Any:
+    return constrained(
+        default=None,
+        pattern=DURATION_PATTERN,
+        maxLength=32,
+        **{"x-describe": "is not a duration such as 26h or 90m"},
+    )
+
+
+@attrs.frozen(kw_only=True)
+class Objectives:
+    """*Extension*: what the platform promises each application, proven on every pass
+    (``_engine/objectives``).  ``rpo``: the newest good Backup is never older than this;
+    ``rto``: a restore takes no longer (measured by restore drills)."""
+
+    rpo: str | None = _duration_field()
+    rto: str | None = _duration_field()
+
+
 @attrs.frozen(kw_only=True)
 class StrategyBinding:
     """One entry of ``BackupClass.spec.strategies``: first match wins."""
@@ -459,6 +513,7 @@ class StrategyBinding:
     storage_ref: LocalObjectRef | None = optional_ref_field()
     retention: Retention | None = None  # extension: overrides the class's
     verification: VerificationPolicy | None = None  # extension: overrides the class's
+    objectives: Objectives | None = None  # extension: overrides the class's
 
 
 @attrs.frozen(kw_only=True)
@@ -468,6 +523,7 @@ class BackupClassSpec:
     storage_ref: LocalObjectRef | None = optional_ref_field()
     retention: Retention | None = None  # extension: for every binding without its own
     verification: VerificationPolicy | None = None  # extension: likewise
+    objectives: Objectives | None = None  # extension: likewise
 
 
 @attrs.frozen(kw_only=True)

@@ -32,19 +32,23 @@ class _Quiet:
         pass
 
 
-def record(svc: Services, backup: Backup, method: str, ok: bool, message: str) -> Backup:
+def record(
+    svc: Services, backup: Backup, method: str, ok: bool, message: str, took: float | None = None
+) -> Backup:
     v = Verification(
         time=svc.host.now(),
         method=method,
         result="Passed" if ok else "Failed",
         message=svc.redactor()(message, keep=chosen_by_tenant(backup))[:1000],
+        duration_seconds=None if took is None else max(1, round(took)),
     )
     current = (
         svc.host.objects.get(Backup, backup.metadata.namespace, backup.metadata.name) or backup
     )
-    updated = svc.host.objects.update_status(
-        attrs.evolve(current, status=attrs.evolve(current.status, last_verified=v))
-    )
+    status = attrs.evolve(current.status, last_verified=v)
+    if method == "RestoreDrill":
+        status = attrs.evolve(status, last_drill=v)
+    updated = svc.host.objects.update_status(attrs.evolve(current, status=status))
     svc.host.event(
         updated,
         "Normal" if ok else "Warning",
@@ -68,6 +72,7 @@ def verify_checksums(svc: Services, backup: Backup) -> Backup:
         "Checksums",
         True,
         f"{len(m.manifest.streams)} stream(s), {m.manifest.size_bytes} bytes match their checksums ({took:.1f}s)",
+        took,
     )
 
 
@@ -116,7 +121,8 @@ def drill(svc: Services, backup: Backup) -> Backup:
             False,
             "internal error during the drill; see the controller log",
         )
-    return record(svc, backup, "RestoreDrill", True, f"{summary} ({time.monotonic() - start:.1f}s)")
+    took = time.monotonic() - start
+    return record(svc, backup, "RestoreDrill", True, f"{summary} ({took:.1f}s)", took)
 
 
 def due_drills(svc: Services) -> list[Backup]:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 
-from .._api.types import Backup, BackupJob, RestoreJob
-from . import deletion, drills, expiry, jobs, prune, recovery, rekey, workers
+from .._api.types import Backup, BackupJob, Plan, RestoreJob
+from . import deletion, drills, expiry, jobs, objectives, prune, recovery, rekey, workers
 from .backup import run_backup
 from .restore import run_restore
 from .services import EngineConfig, Job, Services
@@ -50,6 +50,10 @@ class Engine(Services):
 
     def run_due_drills(self) -> list[Backup]:
         return drills.run_due_drills(self)
+
+    def evaluate_objectives(self) -> list[Plan]:
+        """Judge every Plan's RPO and RTO (``objectives``); the Plans rewritten."""
+        return objectives.evaluate(self.host, self.catalog())
 
     def expire_finished(self) -> list[str]:
         """Delete jobs finished longer than ``EngineConfig.finished_job_ttl`` ago."""

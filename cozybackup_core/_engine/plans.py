@@ -34,6 +34,8 @@ log = logging.getLogger("cozybackup.plans")
 ACTIVE = (None, "Pending", "Running")
 
 
+#: The Plan conditions a scheduling tick writes.
+_TICK_CONDITIONS = ("Ready", "Missed")
 NO_SCHEDULE = "the Plan makes no backups until it has a schedule"
 
 
@@ -69,6 +71,9 @@ def fire_due_plans(host: Host) -> list[BackupJob]:
         mine = by_plan.get((plan.metadata.namespace, plan.metadata.name), [])
         try:
             status, job = _tick(host, plan, mine)
+            # Conditions another stage owns (ObjectivesMet) stay as they are.
+            kept = (c for c in plan.status.conditions if c.type not in _TICK_CONDITIONS)
+            status = attrs.evolve(status, conditions=(*status.conditions, *kept))
             if job is not None:
                 created.append(job)
             if status != plan.status:

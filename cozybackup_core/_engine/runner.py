@@ -19,7 +19,7 @@ from typing import TypeVar
 import attrs
 
 from .._api.errors import CozyError
-from .._api.types import Backup, BackupJob
+from .._api.types import Backup, BackupJob, Plan
 from .engine import Engine
 from .plans import fire_due_plans, next_slot
 from .prune import PruneAction
@@ -36,6 +36,8 @@ class PassReport:
     fired: tuple[BackupJob, ...] = ()
     finished: tuple[Job, ...] = ()
     drills: tuple[Backup, ...] = ()
+    #: Plans whose objectives' verdict (or what it rests on) changed.
+    objectives: tuple[Plan, ...] = ()
     pruned: tuple[PruneAction, ...] = ()
     #: Finished jobs deleted after their time to live (``namespace/name``).
     expired: tuple[str, ...] = ()
@@ -78,6 +80,7 @@ class Runner:
         fired: list[BackupJob] = []
         finished: list[Job] = []
         drills: list[Backup] = []
+        judged: list[Plan] = []
         pruned: list[PruneAction] = []
         expired: list[str] = []
         swept: list[str] = []
@@ -95,6 +98,7 @@ class Runner:
                 pruned = self._stage(
                     "retention", errors, lambda: [a for a in self.engine.prune() if a.delete], []
                 )
+            judged = self._stage("objectives", errors, self.engine.evaluate_objectives, [])
             expired = self._stage("expiry", errors, self.engine.expire_finished, [])
             if self.retention:
                 swept = self._stage("orphans", errors, self.engine.sweep_orphans, [])
@@ -102,6 +106,7 @@ class Runner:
             fired=tuple(fired),
             finished=tuple(finished),
             drills=tuple(drills),
+            objectives=tuple(judged),
             pruned=tuple(pruned),
             expired=tuple(expired),
             swept=tuple(swept),

@@ -1,0 +1,292 @@
+"""Prometheus metrics (the official ``prometheus-client``), ``/healthz`` and ``/readyz``.
+
+Two sources, one registry:
+
+* **What happened** — counters and histograms the runner feeds after each pass
+  (:meth:`Metrics.observe`): jobs by result and reason, their durations, bytes backed up.
+* **Where things stand** — read from the objects at each scrape (:class:`_Standing`; on
+  Kubernetes from the informers' memory): last good backup and last verification per
+  application, RPO and RTO measured and targeted with the verdict, stored bytes, Backups
+  kept, missed Plan runs, the last drill's result, running jobs.
+
+Labels are the tenant's namespace, the application's kind and name, the class and the
+Plan: never a storage endpoint, bucket, path or credential.  Every metric is described
+in ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .._api.types import Backup, BackupJob, Plan, RestoreJob
+from .._api.units import parse_duration
+from .objectives import good, objectives_for
+from .services import Services
+
+APP = ("namespace", "application_kind", "application")
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 2 * 3600, 6 * 3600, 86400)
+
+
+def _app_labels(obj: Any) -> list[str]:
+    ref = obj.spec.application_ref
+    return [obj.metadata.namespace or "", ref.kind, ref.name]
+
+
+def _ts(t: dt.datetime | None) -> float | None:
+    return t.timestamp() if t is not None else None
+
+
+class Metrics:
+    """The registry ``cozybackup run`` and ``controller`` serve (see the module docstring)."""
+
+    def __init__(self, svc: Services, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.jobs = Counter(
+            "cozybackup_jobs_total",
+            "Backup and restore jobs finished, by result and reason.",
+            ["job", *APP, "result", "reason"],
+            registry=self.registry,
+        )
+        self.durations = Histogram(
+            "cozybackup_job_duration_seconds",
+            "How long finished jobs ran, from start to end.",
+            ["job", *APP],
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.backed_up = Counter(
+            "cozybackup_backup_bytes_total",
+            "Bytes read from applications by successful backups (before compression).",
+            list(APP),
+            registry=self.registry,
+        )
+        self.passes = Counter(
+            "cozybackup_passes_total",
+            "Runner passes, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.svc = svc
+        self.registry.register(_Standing(svc))
+        #: Monotonic time of the last pass (``/healthz``); set by ``observe``.
+        self.last_pass: float | None = None
+
+    def observe(self, report: Any) -> None:
+        """Count what one runner pass finished."""
+        self.last_pass = time.monotonic()
+        self.passes.labels("error" if report.error else "ok").inc()
+        for job in report.finished:
+            word = "backup" if isinstance(job, BackupJob) else "restore"
+            labels = self._job_app(job)
+            reason = job.status.conditions[0].reason if job.status.conditions else ""
+            self.jobs.labels(word, *labels, job.status.phase or "", reason).inc()
+            if job.status.started_at and job.status.completed_at:
+                took = (job.status.completed_at - job.status.started_at).total_seconds()
+                self.durations.labels(word, *labels).observe(max(0.0, took))
+            made = job.status.backup_ref if isinstance(job, BackupJob) else None
+            if made is not None and job.status.phase == "Succeeded":
+                backup = self.svc.host.objects.get(Backup, job.metadata.namespace, made.name)
+                if backup is not None and backup.status.artifact is not None:
+                    self.backed_up.labels(*labels).inc(backup.status.artifact.size_bytes)
+
+    @staticmethod
+    def _job_app(job: Any) -> list[str]:
+        if isinstance(job, RestoreJob):
+            ref = job.spec.target_application_ref
+            if ref is None:
+                return [job.metadata.namespace or "", "", ""]  # the Backup's: not read here
+            return [job.metadata.namespace or "", ref.kind, ref.name]
+        return _app_labels(job)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Standing(Collector):
+    """Gauges computed from the objects at each scrape."""
+
+    def __init__(self, svc: Services) -> None:
+        self.svc = svc
+
+    def collect(self) -> Iterator[Any]:
+        host = self.svc.host
+        now = host.now()
+        last_good = GaugeMetricFamily(
+            "cozybackup_last_success_timestamp_seconds",
+            "When the newest good Backup of the application was taken (Unix time).",
+            labels=list(APP),
+        )
+        last_verified = GaugeMetricFamily(
+            "cozybackup_last_verified_timestamp_seconds",
+            "When a Backup of the application was last checked and passed (Unix time).",
+            labels=list(APP),
+        )
+        kept = GaugeMetricFamily(
+            "cozybackup_backups", "Ready Backups kept, per application.", labels=list(APP)
+        )
+        size = GaugeMetricFamily(
+            "cozybackup_backups_size_bytes",
+            "Bytes the application's Ready Backups hold (before compression).",
+            labels=list(APP),
+        )
+        drill = GaugeMetricFamily(
+            "cozybackup_drill_passed",
+            "1 when the application's newest restore drill passed, 0 when it failed.",
+            labels=list(APP),
+        )
+        per_app: dict[tuple[str, str, str], list[Backup]] = {}
+        for b in host.objects.list(Backup):
+            per_app.setdefault(tuple(_app_labels(b)), []).append(b)  # type: ignore[arg-type]
+        for key, backups in sorted(per_app.items()):
+            labels = list(key)
+            ready = [b for b in backups if b.status.phase == "Ready"]
+            kept.add_metric(labels, len(ready))
+            size.add_metric(
+                labels, sum(b.status.artifact.size_bytes for b in ready if b.status.artifact)
+            )
+            if taken := [b.spec.taken_at for b in backups if good(b)]:
+                last_good.add_metric(labels, max(taken).timestamp())
+            checks = [
+                v.time
+                for b in backups
+                for v in (b.status.last_verified, b.status.last_drill)
+                if v is not None and v.result == "Passed"
+            ]
+            if checks:
+                last_verified.add_metric(labels, max(checks).timestamp())
+            drills = [b.status.last_drill for b in backups if b.status.last_drill is not None]
+            if drills:
+                newest = max(drills, key=lambda v: v.time)
+                drill.add_metric(labels, 1.0 if newest.result == "Passed" else 0.0)
+        yield from (last_good, last_verified, kept, size, drill)
+        yield from self._plans(now)
+        running = GaugeMetricFamily("cozybackup_jobs_running", "Jobs running now.", labels=["job"])
+        backup_jobs, restore_jobs = host.objects.list(BackupJob), host.objects.list(RestoreJob)
+        running.add_metric(["backup"], sum(j.status.phase == "Running" for j in backup_jobs))
+        running.add_metric(["restore"], sum(j.status.phase == "Running" for j in restore_jobs))
+        yield running
+
+    def _plans(self, now: dt.datetime) -> Iterator[Any]:
+        labels = ["namespace", "plan", "application_kind", "application", "class"]
+        missed = CounterMetricFamily(
+            "cozybackup_plan_missed_runs",
+            "Scheduled runs of the Plan that produced no job, ever.",
+            labels=labels,
+        )
+        rpo = GaugeMetricFamily(
+            "cozybackup_rpo_seconds", "Age of the newest good Backup (measured RPO).", labels=labels
+        )
+        rpo_target = GaugeMetricFamily(
+            "cozybackup_rpo_target_seconds", "The class's RPO objective.", labels=labels
+        )
+        rto = GaugeMetricFamily(
+            "cozybackup_rto_seconds",
+            "Measured RTO: the newest passed drill's duration, scaled to the newest Backup.",
+            labels=labels,
+        )
+        rto_target = GaugeMetricFamily(
+            "cozybackup_rto_target_seconds", "The class's RTO objective.", labels=labels
+        )
+        met = GaugeMetricFamily(
+            "cozybackup_objectives_met",
+            "1 when every objective of the Plan's application is met, else 0.",
+            labels=labels,
+        )
+        catalog = self.svc.catalog()
+        for plan in self.svc.host.objects.list(Plan):
+            ref = plan.spec.application_ref
+            values = [
+                plan.metadata.namespace or "",
+                plan.metadata.name,
+                ref.kind,
+                ref.name,
+                plan.spec.backup_class_name,
+            ]
+            missed.add_metric(values, plan.status.missed_runs)
+            if objectives_for(catalog, plan) is None or plan.status.objectives is None:
+                continue
+            judged = plan.status.objectives
+            ok = True
+            if judged.rpo is not None:
+                rpo_target.add_metric(values, parse_duration(judged.rpo.target).total_seconds())
+                if judged.rpo.since is not None:
+                    rpo.add_metric(values, (now - judged.rpo.since).total_seconds())
+                ok = ok and judged.rpo.met
+            if judged.rto is not None:
+                rto_target.add_metric(values, parse_duration(judged.rto.target).total_seconds())
+                if judged.rto.measured_seconds is not None:
+                    rto.add_metric(values, judged.rto.measured_seconds)
+                ok = ok and judged.rto.met
+            met.add_metric(values, 1.0 if ok else 0.0)
+        yield from (missed, rpo, rpo_target, rto, rto_target, met)
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class MetricsServer:
+    """``/metrics``, ``/healthz`` (the runner has passed within ``stale_after`` seconds)
+    and ``/readyz`` (``ready()`` says so: recovered, leading) on ``address``."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        address: tuple[str, int],
+        ready: Callable[[], bool],
+        stale_after: float,
+    ) -> None:
+        self.metrics = metrics
+        self.ready = ready
+        self.stale_after = stale_after
+        self.started = time.monotonic()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                code, body, kind = outer.answer(self.path)
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # scrapes every few seconds would drown the log
+
+        self.httpd = http.server.ThreadingHTTPServer(address, Handler)
+        self.httpd.daemon_threads = True
+        self.address = self.httpd.server_address
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="cozy-metrics", daemon=True
+        )
+
+    def answer(self, path: str) -> tuple[int, bytes, str]:
+        text = "text/plain; charset=utf-8"
+        route = path.split("?", 1)[0]
+        if route == "/metrics":
+            return 200, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8"
+        if route == "/healthz":
+            last = self.metrics.last_pass or self.started
+            if time.monotonic() - last > self.stale_after:
+                return 503, b"no runner pass within the expected time\n", text
+            return 200, b"ok\n", text
+        if route == "/readyz":
+            return (200, b"ok\n", text) if self.ready() else (503, b"not ready\n", text)
+        return 404, b"not found\n", text
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
