@@ -29,8 +29,8 @@ from prometheus_client.registry import Collector
 
 from .._api.types import Backup, BackupJob, Plan, RestoreJob
 from .._api.units import parse_duration
-from .objectives import good, objectives_for
 from .services import Services
+from .standing import standings, verdicts
 
 APP = ("namespace", "application_kind", "application")
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 2 * 3600, 6 * 3600, 86400)
@@ -112,122 +112,114 @@ class Metrics:
 
 
 class _Standing(Collector):
-    """Gauges computed from the objects at each scrape."""
+    """Gauges computed from the objects at each scrape (``standing.standings``)."""
 
     def __init__(self, svc: Services) -> None:
         self.svc = svc
 
     def collect(self) -> Iterator[Any]:
-        host = self.svc.host
-        now = host.now()
-        last_good = GaugeMetricFamily(
-            "cozybackup_last_success_timestamp_seconds",
-            "When the newest good Backup of the application was taken (Unix time).",
-            labels=list(APP),
-        )
-        last_verified = GaugeMetricFamily(
-            "cozybackup_last_verified_timestamp_seconds",
-            "When a Backup of the application was last checked and passed (Unix time).",
-            labels=list(APP),
-        )
-        kept = GaugeMetricFamily(
-            "cozybackup_backups", "Ready Backups kept, per application.", labels=list(APP)
-        )
-        size = GaugeMetricFamily(
-            "cozybackup_backups_size_bytes",
-            "Bytes the application's Ready Backups hold (before compression).",
-            labels=list(APP),
-        )
-        drill = GaugeMetricFamily(
-            "cozybackup_drill_passed",
-            "1 when the application's newest restore drill passed, 0 when it failed.",
-            labels=list(APP),
-        )
-        per_app: dict[tuple[str, str, str], list[Backup]] = {}
-        for b in host.objects.list(Backup):
-            per_app.setdefault(tuple(_app_labels(b)), []).append(b)  # type: ignore[arg-type]
-        for key, backups in sorted(per_app.items()):
-            labels = list(key)
-            ready = [b for b in backups if b.status.phase == "Ready"]
-            kept.add_metric(labels, len(ready))
-            size.add_metric(
-                labels, sum(b.status.artifact.size_bytes for b in ready if b.status.artifact)
+        now = self.svc.host.now()
+        app = list(APP)
+        plan_labels = ["namespace", "plan", "application_kind", "application", "class"]
+        gauges = {
+            name: GaugeMetricFamily(name, text, labels=app)
+            for name, text in (
+                (
+                    "cozybackup_last_success_timestamp_seconds",
+                    "When the newest good Backup of the application was taken (Unix time).",
+                ),
+                (
+                    "cozybackup_last_verified_timestamp_seconds",
+                    "When a Backup of the application was last checked and passed (Unix time).",
+                ),
+                ("cozybackup_backups", "Ready Backups kept, per application."),
+                (
+                    "cozybackup_backups_size_bytes",
+                    "Bytes the application's Ready Backups hold (before compression).",
+                ),
+                (
+                    "cozybackup_drill_passed",
+                    "1 when the application's newest restore drill passed, 0 when it failed.",
+                ),
             )
-            if taken := [b.spec.taken_at for b in backups if good(b)]:
-                last_good.add_metric(labels, max(taken).timestamp())
-            checks = [
-                v.time
-                for b in backups
-                for v in (b.status.last_verified, b.status.last_drill)
-                if v is not None and v.result == "Passed"
-            ]
-            if checks:
-                last_verified.add_metric(labels, max(checks).timestamp())
-            drills = [b.status.last_drill for b in backups if b.status.last_drill is not None]
-            if drills:
-                newest = max(drills, key=lambda v: v.time)
-                drill.add_metric(labels, 1.0 if newest.result == "Passed" else 0.0)
-        yield from (last_good, last_verified, kept, size, drill)
-        yield from self._plans(now)
-        running = GaugeMetricFamily("cozybackup_jobs_running", "Jobs running now.", labels=["job"])
-        backup_jobs, restore_jobs = host.objects.list(BackupJob), host.objects.list(RestoreJob)
-        running.add_metric(["backup"], sum(j.status.phase == "Running" for j in backup_jobs))
-        running.add_metric(["restore"], sum(j.status.phase == "Running" for j in restore_jobs))
-        yield running
-
-    def _plans(self, now: dt.datetime) -> Iterator[Any]:
-        labels = ["namespace", "plan", "application_kind", "application", "class"]
+        }
         missed = CounterMetricFamily(
             "cozybackup_plan_missed_runs",
             "Scheduled runs of the Plan that produced no job, ever.",
-            labels=labels,
+            labels=plan_labels,
         )
-        rpo = GaugeMetricFamily(
-            "cozybackup_rpo_seconds", "Age of the newest good Backup (measured RPO).", labels=labels
-        )
-        rpo_target = GaugeMetricFamily(
-            "cozybackup_rpo_target_seconds", "The class's RPO objective.", labels=labels
-        )
-        rto = GaugeMetricFamily(
-            "cozybackup_rto_seconds",
-            "Measured RTO: the newest passed drill's duration, scaled to the newest Backup.",
-            labels=labels,
-        )
-        rto_target = GaugeMetricFamily(
-            "cozybackup_rto_target_seconds", "The class's RTO objective.", labels=labels
-        )
-        met = GaugeMetricFamily(
-            "cozybackup_objectives_met",
-            "1 when every objective of the Plan's application is met, else 0.",
-            labels=labels,
-        )
-        catalog = self.svc.catalog()
-        for plan in self.svc.host.objects.list(Plan):
-            ref = plan.spec.application_ref
-            values = [
-                plan.metadata.namespace or "",
-                plan.metadata.name,
-                ref.kind,
-                ref.name,
-                plan.spec.backup_class_name,
-            ]
-            missed.add_metric(values, plan.status.missed_runs)
-            if objectives_for(catalog, plan) is None or plan.status.objectives is None:
-                continue
-            judged = plan.status.objectives
-            ok = True
-            if judged.rpo is not None:
-                rpo_target.add_metric(values, parse_duration(judged.rpo.target).total_seconds())
-                if judged.rpo.since is not None:
-                    rpo.add_metric(values, (now - judged.rpo.since).total_seconds())
-                ok = ok and judged.rpo.met
-            if judged.rto is not None:
-                rto_target.add_metric(values, parse_duration(judged.rto.target).total_seconds())
-                if judged.rto.measured_seconds is not None:
-                    rto.add_metric(values, judged.rto.measured_seconds)
-                ok = ok and judged.rto.met
-            met.add_metric(values, 1.0 if ok else 0.0)
-        yield from (missed, rpo, rpo_target, rto, rto_target, met)
+        per_plan = {
+            name: GaugeMetricFamily(name, text, labels=plan_labels)
+            for name, text in (
+                ("cozybackup_rpo_seconds", "Age of the newest good Backup (measured RPO)."),
+                ("cozybackup_rpo_target_seconds", "The class's RPO objective."),
+                (
+                    "cozybackup_rto_seconds",
+                    "Measured RTO: the newest passed drill's duration, scaled to the newest Backup.",
+                ),
+                ("cozybackup_rto_target_seconds", "The class's RTO objective."),
+                (
+                    "cozybackup_objectives_met",
+                    "1 when every objective of the Plan's application is met, else 0.",
+                ),
+            )
+        }
+        for a in standings(self.svc.host):
+            labels = [a.namespace, a.kind, a.name]
+            gauges["cozybackup_backups"].add_metric(labels, a.backups)
+            gauges["cozybackup_backups_size_bytes"].add_metric(labels, a.size_bytes)
+            if a.last_good is not None:
+                gauges["cozybackup_last_success_timestamp_seconds"].add_metric(
+                    labels, a.last_good.timestamp()
+                )
+            if a.last_verified is not None:
+                gauges["cozybackup_last_verified_timestamp_seconds"].add_metric(
+                    labels, a.last_verified.timestamp()
+                )
+            if a.last_drill is not None:
+                passed = a.last_drill.result == "Passed"
+                gauges["cozybackup_drill_passed"].add_metric(labels, 1.0 if passed else 0.0)
+            for plan in a.plans:
+                values = [a.namespace, plan.metadata.name, a.kind, a.name]
+                values.append(plan.spec.backup_class_name)
+                missed.add_metric(values, plan.status.missed_runs)
+                self._objectives(per_plan, values, plan, now)
+        yield from gauges.values()
+        yield missed
+        yield from per_plan.values()
+        yield self._running()
+
+    @staticmethod
+    def _objectives(
+        per_plan: dict[str, GaugeMetricFamily],
+        values: list[str],
+        plan: Plan,
+        now: dt.datetime,
+    ) -> None:
+        judged = plan.status.objectives
+        if judged is None:
+            return
+        if judged.rpo is not None:
+            target = parse_duration(judged.rpo.target).total_seconds()
+            per_plan["cozybackup_rpo_target_seconds"].add_metric(values, target)
+            if judged.rpo.since is not None:
+                age = (now - judged.rpo.since).total_seconds()
+                per_plan["cozybackup_rpo_seconds"].add_metric(values, age)
+        if judged.rto is not None:
+            target = parse_duration(judged.rto.target).total_seconds()
+            per_plan["cozybackup_rto_target_seconds"].add_metric(values, target)
+            if judged.rto.measured_seconds is not None:
+                per_plan["cozybackup_rto_seconds"].add_metric(values, judged.rto.measured_seconds)
+        ok = all(verdicts(judged, now))
+        per_plan["cozybackup_objectives_met"].add_metric(values, 1.0 if ok else 0.0)
+
+    def _running(self) -> GaugeMetricFamily:
+        running = GaugeMetricFamily("cozybackup_jobs_running", "Jobs running now.", labels=["job"])
+        host = self.svc.host
+        backup_jobs, restore_jobs = host.objects.list(BackupJob), host.objects.list(RestoreJob)
+        running.add_metric(["backup"], sum(j.status.phase == "Running" for j in backup_jobs))
+        running.add_metric(["restore"], sum(j.status.phase == "Running" for j in restore_jobs))
+        return running
 
 
 # --------------------------------------------------------------------------- the server
