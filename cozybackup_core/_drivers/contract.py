@@ -218,6 +218,30 @@ class ToolRequest:
 
 
 @attrs.frozen(kw_only=True)
+class LocatorCase:
+    """How a :class:`Locator` reaches the applications whose live object matches ``when``
+    (dotted paths into it, ``spec.replicas``, and the values they must equal; a path the
+    object lacks matches nothing): ``connection`` merged over the Locator's, and
+    ``credentials_from``/``keys`` in place of its own when given."""
+
+    when: Mapping[str, Any]
+    connection: Mapping[str, Any] = attrs.field(factory=dict)
+    credentials_from: str | None = None
+    keys: Mapping[str, str] | None = None
+
+    def matches(self, obj: Mapping[str, Any]) -> bool:
+        for path, want in self.when.items():
+            found: Any = obj
+            for part in path.split("."):
+                if not isinstance(found, Mapping) or part not in found:
+                    return False
+                found = found[part]
+            if found != want and str(found) != str(want):
+                return False
+        return True
+
+
+@attrs.frozen(kw_only=True)
 class Locator:
     """How a platform (Kubernetes) reaches every application of one kind.
 
@@ -227,14 +251,37 @@ class Locator:
     ``credentials_from`` (``credentialsFrom`` in a file) names the Secret (a template) in
     the tenant's namespace that holds the credentials; ``keys`` maps a credential key the
     driver reads to the Secret's key (default: every key of the Secret under its own
-    name); ``fixed`` adds constant credentials (``username: root``).  The application
-    counts as existing when its Secret exists (without a Secret: always).
+    name); ``fixed`` adds constant credentials (``username: root``).  With ``resource``
+    the live application object is read first (it exists when that object does) and the
+    first of ``cases`` it matches applies; without, the application counts as existing
+    when its Secret exists (without a Secret: always).
     """
 
     connection: Mapping[str, Any] = attrs.field(factory=dict)
     credentials_from: str | None = None
     keys: Mapping[str, str] | None = None
     fixed: Mapping[str, str] = attrs.field(factory=dict)
+    #: The plural of the live application object (``postgreses`` of apps.cozystack.io,
+    #: ``version``): read first, so a missing application says so, and matched against
+    #: ``cases`` (the first that matches applies).  None: not read.
+    resource: str | None = None
+    version: str = "v1alpha1"
+    cases: tuple[LocatorCase, ...] = ()
+
+    def for_object(self, obj: Mapping[str, Any] | None) -> Locator:
+        """This Locator with the first case ``obj`` matches applied."""
+        if obj is None:
+            return self
+        case = next((c for c in self.cases if c.matches(obj)), None)
+        if case is None:
+            return self
+        return attrs.evolve(
+            self,
+            connection={**self.connection, **case.connection},
+            credentials_from=case.credentials_from or self.credentials_from,
+            keys=case.keys if case.keys is not None else self.keys,
+            cases=(),
+        )
 
 
 class Driver(abc.ABC, Generic[P]):

@@ -583,6 +583,7 @@ class KubeHost:
         self.clock = clock
         self.objects = KubeObjectStore(api_client, timeout)
         self._core = client.CoreV1Api(api_client)
+        self._apps = client.CustomObjectsApi(api_client)  # applications (Locator.resource)
         self._instance = socket.gethostname()
         self.local_bucket_root = local_bucket_root
         self._warned_local = False
@@ -643,6 +644,8 @@ class KubeHost:
                 f"no convention for {ref.api_group}/{ref.kind} in the Kubernetes host"
             )
             raise gone
+        if conv.resource is not None:
+            conv = conv.for_object(self._application(namespace, ref, conv, gone))
         credentials: dict[str, str] = dict(conv.fixed)
         if conv.credentials_from is not None:
             secret_name = _fill(conv.credentials_from, ref.name, namespace)
@@ -663,6 +666,26 @@ class KubeHost:
         return AppLocation(
             ref=ref, namespace=namespace, connection=connection, credentials=credentials
         )
+
+    def _application(
+        self, namespace: str, ref: ApplicationRef, conv: Locator, gone: NotFoundError
+    ) -> dict[str, Any]:
+        """The live application object the Locator names (its ``resource``)."""
+        assert conv.resource is not None
+        try:
+            obj: dict[str, Any] = self.objects.call(
+                f"read {ref.kind} {ref.name} in {namespace}",
+                self._apps.get_namespaced_custom_object,
+                ref.api_group,
+                conv.version,
+                namespace,
+                conv.resource,
+                ref.name,
+            )
+        except NotFoundError:
+            gone.admin_detail = f"{ref.api_group}/{conv.resource} {ref.name} not found"
+            raise gone from None
+        return obj
 
     def _check_service(
         self, name: str, where: str, tenant: str, ref: ApplicationRef, gone: NotFoundError
