@@ -139,6 +139,18 @@ def backup(
             "accounts": accounts if not params.databases else None,
         }
     )
+    # What a restore brings back; a class that names databases leaves the accounts out,
+    # and the backup says so now rather than at restore time.
+    ctx.resources.update(
+        {"mode": "logical", "serverVersion": server_version, "databases": databases}
+    )
+    if params.databases:
+        ctx.warn(
+            "accounts and grants are not in this backup: the BackupClass names databases "
+            "(a restore brings back their schemas, data, routines, triggers and events only)"
+        )
+    else:
+        ctx.resources["accounts"] = accounts
     ctx.tool_versions["mariadb-server"] = server_version
     ctx.tool_versions["mariadb-dump"] = _tool_version(dump_tool)
     ctx.log.info("dumped %d databases and %d accounts", len(databases), accounts)

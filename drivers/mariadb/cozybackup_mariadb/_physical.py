@@ -141,6 +141,10 @@ def backup(
                     doing="copying the data files",
                 )
     ctx.metadata.update({"mode": "physical", "format": FORMAT, "serverVersion": server_version})
+    # The whole data directory: every database, account and grant, byte for byte.
+    ctx.resources.update(
+        {"mode": "physical", "serverVersion": server_version, "dataBytes": int(size[0][0] or 0)}
+    )
     ctx.tool_versions["mariadb-server"] = server_version
     ctx.tool_versions["mariabackup"] = _mariabackup_version(tool)
 

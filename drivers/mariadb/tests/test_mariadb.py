@@ -202,6 +202,12 @@ def test_partial_logical_backup_replaces_only_the_named_databases(
     assert job.status.phase == "Succeeded", job.status.message
     meta = typed_metadata(plat.backups(NS)[0].spec.driver_metadata)
     assert meta["databases"] == ["shop", "odd `name` db"] and meta["accounts"] is None
+    # Said on the Backup when it is made, not discovered at restore time.
+    described = plat.backups(NS)[0].status.underlying_resources or {}
+    assert "accounts" not in described
+    [warning] = described["warnings"]
+    assert warning["reason"] == "BackupNotExact"
+    assert "accounts and grants are not in this backup" in warning["message"]
     job = plat.restore(NS, "b1", "r1", target=declare(plat, "copy", dst))
     assert job.status.phase == "Succeeded", job.status.message
     after = table_checksums(dst)

@@ -65,6 +65,21 @@ def backup(ctx: BackupContext[PostgresParameters], deadline: Deadline) -> None:
             "rolePasswords": role_passwords,
         }
     )
+    # What a restore brings back: these databases and the roles, memberships and
+    # tablespaces of the whole server.
+    ctx.resources.update(
+        {
+            "serverVersion": str(info["version"]),
+            "databases": names,
+            "dumpBytes": sum(int(e["bytes"]) for e in entries),
+            "rolePasswords": role_passwords,
+        }
+    )
+    if not role_passwords:
+        ctx.warn(
+            "role passwords are not in this backup: the backup's account may not read them "
+            "(a restore creates the roles without passwords)"
+        )
 
 
 def _select(available: list[str], wanted: Sequence[str]) -> list[str]:

@@ -712,3 +712,33 @@ def test_restore_drill_runs_on_a_scratch_server_and_removes_it(
     assert server.fingerprint() == before, "the drill never touches the application"
     leftovers = subprocess.run(["pgrep", "-f", "cozybackup-drill-"], capture_output=True, text=True)
     assert leftovers.stdout == "", "the scratch server was stopped"
+
+
+def test_a_backup_without_role_passwords_says_so_when_it_is_made(
+    platform: LocalPlatform, pg_servers: ServerPool
+) -> None:
+    """A managed service's account cannot read pg_authid: the backup succeeds without role
+    passwords, and the Backup says so (not the restore, weeks later)."""
+    server = pg_servers.start()
+    server.psql(
+        "CREATE ROLE reader LOGIN PASSWORD 'reader-pw';CREATE DATABASE shop;",
+        "postgres",
+    )
+    server.psql(
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2);"
+        "GRANT SELECT ON t TO reader;",
+        "shop",
+    )
+    ok(
+        platform.backup(
+            NS, declare(platform, "src", server, username="reader", password="reader-pw"), "b1"
+        )
+    )
+    [backup] = platform.backups(NS)
+    assert typed_metadata(backup.spec.driver_metadata)["rolePasswords"] is False
+    described = backup.status.underlying_resources or {}
+    assert described["rolePasswords"] is False
+    assert described["databases"] == ["postgres", "shop"]
+    [warning] = described["warnings"]
+    assert warning["reason"] == "BackupNotExact"
+    assert "role passwords are not in this backup" in warning["message"]
