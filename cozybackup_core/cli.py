@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -12,7 +13,7 @@ import shlex
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,10 @@ from ._api.wire import dump, load_yaml
 from ._catalog.catalog import BUILTIN_STORAGE, DEFAULT_CLASS, builtin_class
 from ._engine.admission import admit
 from ._engine.engine import Engine, EngineConfig
+from ._engine.metrics import Metrics, MetricsServer
 from ._engine.progress import ProgressUpdate
 from ._engine.runner import PassReport, Runner
+from ._engine.standing import AppStanding, standings
 from ._plugins.host import PluginHost
 from ._storage.providers import unusable_keys
 from .hosts._local_types import Application, Secret
@@ -123,6 +126,17 @@ def _job_ttl(text: str) -> float | None:
     return seconds
 
 
+def _address(text: str) -> tuple[str, int]:
+    """``--metrics-address``: ``HOST:PORT``; ``:PORT`` listens on every interface (in a Pod,
+    where the kubelet's probes and Prometheus reach it)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9090, or :9090 for every interface)"
+        )
+    return (host.strip("[]") or "0.0.0.0", int(port))  # noqa: S104 - asked for by ":PORT"
+
+
 def _workers(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 64:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 64")
@@ -143,6 +157,13 @@ def _pass_options(parser: argparse.ArgumentParser) -> None:
         default=2,
         help="jobs for different applications run in parallel; with controller "
         "--data-mover jobs, the worker Jobs running at once (default %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-address",
+        type=_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz here (docs/metrics.md); "
+        "off by default",
     )
     parser.add_argument(
         "--job-ttl",
@@ -292,6 +313,99 @@ def _row(obj: Any, with_ns: bool, now: dt.datetime) -> dict[str, str]:
     return row
 
 
+def cmd_status(ctx: Ctx) -> int:
+    """Where every protected application stands; exit 1 when an objective is missed, so a
+    check or a cron job can alert on it."""
+    host: Any = ctx.host
+    if ctx.args.kubeconfig:
+        from .hosts.kube import KubeHost
+
+        host = KubeHost.from_config(kubeconfig=ctx.args.kubeconfig)
+    try:
+        now = host.now()
+        found = standings(host, ctx.args.namespace)
+    finally:
+        if host is not ctx.host:
+            host.close()
+    missed = [a for a in found if a.objectives_met(now) is False]
+    if ctx.args.output == "json":
+        print(json.dumps([_standing_json(a, now) for a in found], indent=2))
+    elif not found:
+        where = f" in namespace {ctx.args.namespace}" if ctx.args.namespace else ""
+        print(f"No protected applications{where} (no Backups, no Plans).", file=sys.stderr)
+    else:
+        _table([_standing_row(a, now) for a in found])
+        if missed:
+            print(
+                f"\n{len(missed)} application{'s' if len(missed) != 1 else ''} "
+                "missing an objective",
+                file=sys.stderr,
+            )
+    return 1 if missed else 0
+
+
+def _ago(when: dt.datetime | None, now: dt.datetime) -> str:
+    return f"{human_age(now - when)} ago" if when is not None else "never"
+
+
+def _objectives_word(a: AppStanding, now: dt.datetime) -> str:
+    """``met``, or what is missed and by how much: ``RPO 30h > 26h``; ``-``: none declared."""
+    found = a.objectives()
+    if not found:
+        return "-"
+    missed = []
+    for _plan, o in found:
+        if o.rpo is not None:
+            target = parse_duration(o.rpo.target)
+            if o.rpo.since is None:
+                missed.append(f"RPO: no good backup (target {o.rpo.target})")
+            elif now - o.rpo.since > target:
+                missed.append(f"RPO {human_age(now - o.rpo.since)} > {o.rpo.target}")
+        if o.rto is not None and not o.rto.met:
+            took = o.rto.measured_seconds
+            if took is None:
+                missed.append(f"RTO unproven (no passed drill; target {o.rto.target})")
+            else:
+                missed.append(f"RTO {human_age(dt.timedelta(seconds=took))} > {o.rto.target}")
+    return "MISSED: " + "; ".join(missed) if missed else "met"
+
+
+def _standing_row(a: AppStanding, now: dt.datetime) -> dict[str, str]:
+    drill = a.last_drill
+    return {
+        "NAMESPACE": a.namespace,
+        "APPLICATION": f"{a.kind}/{a.name}",
+        "BACKUPS": str(a.backups),
+        "SIZE": human_bytes(a.size_bytes) if a.backups else "-",
+        "LAST GOOD": _ago(a.last_good, now),
+        "VERIFIED": _ago(a.last_verified, now),
+        "DRILL": f"{drill.result} {_ago(drill.time, now)}" if drill is not None else "-",
+        "OBJECTIVES": _objectives_word(a, now),
+    }
+
+
+def _standing_json(a: AppStanding, now: dt.datetime) -> dict[str, Any]:
+    def iso(t: dt.datetime | None) -> str | None:
+        return t.isoformat() if t is not None else None
+
+    return {
+        "namespace": a.namespace,
+        "applicationRef": {"apiGroup": a.api_group, "kind": a.kind, "name": a.name},
+        "backups": a.backups,
+        "sizeBytes": a.size_bytes,
+        "lastGood": iso(a.last_good),
+        "lastVerified": iso(a.last_verified),
+        "lastDrill": (
+            {"result": a.last_drill.result, "time": iso(a.last_drill.time)}
+            if a.last_drill is not None
+            else None
+        ),
+        "plans": [p.metadata.name for p in a.plans],
+        "objectivesMet": a.objectives_met(now),
+        "objectives": _objectives_word(a, now),
+    }
+
+
 def cmd_describe(ctx: Ctx) -> int:
     cls = _kind(ctx.args.kind)
     ns = ctx.args.namespace if cls.namespaced else None
@@ -383,12 +497,43 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+@contextlib.contextmanager
+def _metrics(
+    ctx: Ctx,
+    engine: Engine,
+    ready: Callable[[], bool],
+    *,
+    active: Callable[[], bool] = lambda: True,
+    stale_after: float | None = None,
+) -> Iterator[Metrics | None]:
+    """The metrics server of ``--metrics-address`` while the block runs (None: not asked)."""
+    address = getattr(ctx.args, "metrics_address", None)
+    if address is None:
+        yield None
+        return
+    metrics = Metrics(engine, active=active)
+    try:
+        server = MetricsServer(metrics, address, ready, stale_after).start()
+    except OSError as exc:
+        raise ValidationError(
+            [("--metrics-address", f"cannot listen on {address[0]}:{address[1]}: {exc.strerror}")]
+        ) from None
+    host, port = server.address
+    print(f"serving metrics on http://{host}:{port}/metrics", file=sys.stderr)
+    try:
+        yield metrics
+    finally:
+        server.stop()
+
+
 def _serve(
     ctx: Ctx,
     engine: Engine,
     with_namespace: bool,
     stop: threading.Event | None = None,
     wake: threading.Event | None = None,
+    metrics: Metrics | None = None,
+    recovered: threading.Event | None = None,
 ) -> int:
     """The loop of ``run`` and ``controller``: recover once, then passes until stopped."""
     stop = stop or _stop_on_signals()
@@ -397,8 +542,14 @@ def _serve(
     runner = Runner(engine)
     for note in runner.recover():
         print(f"recovered: {note}", file=sys.stderr)
+    if metrics is not None:
+        metrics.heartbeat()
+    if recovered is not None:
+        recovered.set()
 
     def report(r: PassReport) -> None:
+        if metrics is not None:
+            metrics.observe(r)
         for job in r.finished:
             where = f" ({job.metadata.namespace})" if with_namespace else ""
             print(
@@ -423,8 +574,11 @@ def _serve(
 
 def cmd_run(ctx: Ctx) -> int:
     engine = ctx.engine(_ProgressPrinter(ctx.args.quiet))
-    with ctx.host.runner_lock():
-        return _serve(ctx, engine, with_namespace=False)
+    recovered = threading.Event()
+    with ctx.host.runner_lock(), _metrics(ctx, engine, recovered.is_set) as metrics:
+        # Jobs run inside passes here, so a pass lasts as long as a backup: /healthz
+        # does not judge passes by their age.
+        return _serve(ctx, engine, False, metrics=metrics, recovered=recovered)
 
 
 def cmd_controller(ctx: Ctx) -> int:
@@ -434,9 +588,10 @@ def cmd_controller(ctx: Ctx) -> int:
     One controller is active per cluster: each replica waits for the Lease
     ``--lease`` in the platform namespace, recovers and runs passes only while it holds
     it, and releases it on a clean stop so a successor takes over at once.  A replica
-    that cannot renew the Lease exits at once (status 3): data moves inside this process
-    (the design's worker Jobs are not built yet), and the successor's recovery settles the
-    jobs it was running.  ``--home`` (or ``$COZYBACKUP_HOME``) must be writable, as for
+    that cannot renew the Lease exits at once (status 3); the successor's recovery settles
+    the jobs it was running (``--data-mover jobs``: it adopts their worker Jobs).
+    ``--metrics-address``: /metrics, /readyz (recovered and leading) and /healthz (a
+    standby is alive; a leader whose passes stopped is not).  ``--home`` (or ``$COZYBACKUP_HOME``) must be writable, as for
     every command, though nothing is kept there.
     """
     from .hosts.kube import KubeHost, load_conventions
@@ -461,6 +616,10 @@ def cmd_controller(ctx: Ctx) -> int:
         engine.executor = _worker_jobs(ctx, host)
     stop = _stop_on_signals()
     elector = host.elector(ctx.args.lease)
+    leading_now, recovered = threading.Event(), threading.Event()
+    # Worker Jobs keep passes short, so a pass older than three intervals (five minutes at
+    # least) is a wedged loop; inline, a pass lasts as long as the backup it runs.
+    stale = max(3 * ctx.args.interval, 300.0) if ctx.args.data_mover == "jobs" else None
     where = f"{host.platform_namespace}/{ctx.args.lease}"
 
     def waiting(holder: str | None) -> None:
@@ -473,14 +632,20 @@ def cmd_controller(ctx: Ctx) -> int:
         os._exit(3)
 
     try:
-        with elector.leading(stop, lost, waiting) as leading:
+        with (
+            _metrics(
+                ctx, engine, recovered.is_set, active=leading_now.is_set, stale_after=stale
+            ) as metrics,
+            elector.leading(stop, lost, waiting) as leading,
+        ):
             if not leading:
                 return 0
             print(f"leading: holding the controller Lease {where}", file=sys.stderr)
+            leading_now.set()
             # Passes read informers; a new job starts one at once, not at the next --interval.
             wake = threading.Event()
             host.objects.inform(stop, wake)
-            _serve(ctx, engine, True, stop, wake)
+            _serve(ctx, engine, True, stop, wake, metrics=metrics, recovered=recovered)
     finally:
         host.close()
     return 0
@@ -707,6 +872,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-A", "--all-namespaces", action="store_true")
     g.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
     g.set_defaults(fn=cmd_get)
+
+    st = sub.add_parser(
+        "status",
+        help="where each protected application stands: backups, checks, drills, objectives "
+        "(exit 1 when an objective is missed)",
+    )
+    st.add_argument("-n", "--namespace", help="one namespace (default: all)")
+    st.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    st.add_argument(
+        "--kubeconfig", metavar="FILE", help="read a cluster's objects instead of the local home"
+    )
+    st.set_defaults(fn=cmd_status)
 
     d = sub.add_parser("describe", help="show one object with its events")
     d.add_argument("kind")

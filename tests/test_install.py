@@ -288,8 +288,12 @@ def test_deployment(objs: list[dict[str, Any]]) -> None:
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert set(container["resources"]["requests"]) == {"cpu", "memory"}
-    # No health endpoint yet: a probe would only restart a working controller.
-    assert not {"livenessProbe", "readinessProbe", "startupProbe"} & set(container)
+    # Probes on the metrics port the command serves (what they mean: docs/metrics.md).
+    assert container["ports"] == [{"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
+    assert container["command"][-2:] == ["--metrics-address", ":9090"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert "startupProbe" not in container
 
     env = {e["name"]: e for e in container["env"]}
     assert env["COZYBACKUP_NAMESPACE"]["valueFrom"] == {
@@ -307,6 +311,7 @@ def test_deployment(objs: list[dict[str, Any]]) -> None:
     assert command[:2] == ["cozybackup", "controller"]
     args = build_parser().parse_args(command[1:])
     assert args.platform_namespace == DEFAULT_NAMESPACE
+    assert args.metrics_address == ("0.0.0.0", 9090)
 
 
 def test_default_image_is_a_valid_tag_of_this_version() -> None:
@@ -467,7 +472,7 @@ def test_install_for_another_namespace_and_image(tmp_path: Path) -> None:
     dep = _one(docs, "Deployment", "cozybackup-controller")
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "registry.example/cb:dev"
-    assert container["command"][-3:] == ["backups", "--data-mover", "jobs"]
+    assert container["command"][3:6] == ["backups", "--data-mover", "jobs"]
     assert {"name": "COZYBACKUP_WORKER_IMAGE", "value": "registry.example/cb:dev"} in container[
         "env"
     ]

@@ -5,6 +5,13 @@ names storage; /healthz and /readyz."""
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,6 +21,9 @@ from test_objectives import NS, UTC, setup
 
 from cozybackup_core import PassReport, Runner
 from cozybackup_core._engine.metrics import Metrics, MetricsServer
+
+from support.cli import TESTS, cli
+from support.manifests import directory_class
 
 
 def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -106,3 +116,120 @@ def test_healthz_fails_when_the_runner_stops_passing(tmp_path: Path) -> None:
         assert status_of(f"http://127.0.0.1:{server.address[1]}/nothing") == 404
     finally:
         server.stop()
+
+
+def test_a_standby_is_alive_and_reports_no_standing(tmp_path: Path) -> None:
+    """A replica waiting for the Lease makes no passes: /healthz must not get it restarted,
+    and it reports none of the leader's series (a sum over replicas would double them)."""
+    now = [dt.datetime(2026, 12, 6, 1, 59, tzinfo=UTC)]
+    plat, _ = setup(tmp_path, now, drill=False)
+    now[0] = dt.datetime(2026, 12, 6, 2, 0, 30, tzinfo=UTC)
+    Runner(plat.engine).run_pass()  # the Plan's backup: there is something to report
+    leading = [False]
+    metrics = Metrics(plat.engine, active=lambda: leading[0])
+    server = MetricsServer(metrics, ("127.0.0.1", 0), lambda: leading[0], stale_after=0.0)
+    base = f"http://127.0.0.1:{server.start().address[1]}"
+    try:
+        assert status_of(f"{base}/healthz") == 200
+        assert status_of(f"{base}/readyz") == 503
+        assert "cozybackup_backups" not in scrape(f"{base}/metrics")
+        leading[0] = True
+        assert status_of(f"{base}/healthz") == 503  # leading, and no pass within 0 s
+        assert status_of(f"{base}/readyz") == 200
+        assert scrape(f"{base}/metrics")["cozybackup_backups"] == [
+            ({"namespace": NS, "application_kind": "SQLiteDatabase", "application": "db"}, 1.0)
+        ]
+    finally:
+        server.stop()
+
+
+def test_without_a_staleness_limit_healthz_only_says_the_process_answers(tmp_path: Path) -> None:
+    """Inline, a pass lasts as long as the backup it runs: its age proves nothing."""
+    now = [dt.datetime(2026, 12, 6, 1, 59, tzinfo=UTC)]
+    plat, _ = setup(tmp_path, now, drill=False)
+    server = MetricsServer(Metrics(plat.engine), ("127.0.0.1", 0), lambda: True, None).start()
+    try:
+        assert status_of(f"http://127.0.0.1:{server.address[1]}/healthz") == 200
+    finally:
+        server.stop()
+
+
+def _serving(proc: subprocess.Popen[str]) -> str:
+    """The base URL ``cozybackup run`` says it serves metrics on."""
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        found = re.search(r"serving metrics on (http://[0-9.:]+)/metrics", line)
+        if found:
+            return found.group(1)
+    raise AssertionError("cozybackup run never said where it serves metrics")
+
+
+def test_run_serves_metrics_while_it_keeps_going(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    admin = directory_class("tool", "Tool", "t") + (
+        "---\napiVersion: local.backups.cozystack.io/v1alpha1\nkind: Application\n"
+        "metadata: {name: app1, namespace: tenant-a}\n"
+        "spec: {apiGroup: apps.example.com, kind: Directory, connection: {script: 'echo dumped'}}\n"
+        "---\napiVersion: backups.cozystack.io/v1alpha1\nkind: BackupJob\n"
+        "metadata: {name: job1, namespace: tenant-a}\n"
+        "spec: {applicationRef: {apiGroup: apps.example.com, kind: Directory, name: app1}, "
+        "backupClassName: tool}\n"
+    )
+    assert cli(home, "apply", "-f", "-", stdin=admin).returncode == 0
+    env = {
+        **os.environ,
+        "COZYBACKUP_HOME": str(home),
+        "COZYBACKUP_PLUGINS": "support.drivers",
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
+    argv = ["run", "-q", "--interval", "1", "--metrics-address", "127.0.0.1:0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cozybackup_core.cli", *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base = _serving(proc)
+        deadline = time.monotonic() + 60
+        done: list[tuple[dict[str, str], float]] = []
+        while not done and time.monotonic() < deadline:
+            series = scrape(f"{base}/metrics").get("cozybackup_jobs_total", [])
+            done = [(s, v) for s, v in series if s["result"] == "Succeeded"]
+            time.sleep(0.2)
+        assert done == [
+            (
+                {
+                    "job": "backup",
+                    "namespace": "tenant-a",
+                    "application_kind": "Directory",
+                    "application": "app1",
+                    "result": "Succeeded",
+                    "reason": "Completed",
+                },
+                1.0,
+            )
+        ]
+        assert status_of(f"{base}/readyz") == 200
+        assert status_of(f"{base}/healthz") == 200
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0
+
+
+def test_a_bad_metrics_address_names_the_option(tmp_path: Path) -> None:
+    bad = cli(tmp_path / "home", "run", "--once", "--metrics-address", "9090")
+    assert bad.returncode == 2
+    assert "--metrics-address: '9090' is not HOST:PORT" in bad.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = cli(tmp_path / "home", "run", "--once", "--metrics-address", f"127.0.0.1:{port}")
+    assert busy.returncode != 0
+    assert f"--metrics-address: cannot listen on 127.0.0.1:{port}" in busy.stderr
+    assert "Traceback" not in busy.stderr

@@ -19,6 +19,7 @@ from test_objectives import UTC, setup
 
 from cozybackup_core import Runner
 from cozybackup_core._engine.metrics import Metrics
+from cozybackup_core.hosts.kube_install import bundle, objects
 
 MONITORING = Path(__file__).resolve().parents[1] / "deploy" / "monitoring"
 RULES = MONITORING / "prometheusrule.yaml"
@@ -79,7 +80,24 @@ def test_kustomize_builds_the_monitoring_bundle() -> None:
     )
     assert out.returncode == 0, out.stderr
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(out.stdout))
-    assert kinds == ["ConfigMap", "PrometheusRule"]
+    assert kinds == ["ConfigMap", "PodMonitor", "PrometheusRule"]
+
+
+def test_the_pod_monitor_scrapes_the_controllers_metrics_port() -> None:
+    """The PodMonitor selects the install bundle's controller Pods and names the port its
+    container declares and its probes use."""
+    [deployment] = [o for o in objects(bundle()) if o["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    monitor = yaml.safe_load((MONITORING / "podmonitor.yaml").read_text())
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod["metadata"]["labels"].items()
+    assert monitor["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    [port] = [p for p in container["ports"] if p["name"] == endpoint["port"]]
+    assert f":{port['containerPort']}" in container["command"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
 
 def test_every_exported_metric_is_documented(tmp_path: Path) -> None:

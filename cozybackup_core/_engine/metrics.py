@@ -48,7 +48,13 @@ def _ts(t: dt.datetime | None) -> float | None:
 class Metrics:
     """The registry ``cozybackup run`` and ``controller`` serve (see the module docstring)."""
 
-    def __init__(self, svc: Services, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        svc: Services,
+        registry: CollectorRegistry | None = None,
+        *,
+        active: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         self.jobs = Counter(
             "cozybackup_jobs_total",
@@ -76,13 +82,19 @@ class Metrics:
             registry=self.registry,
         )
         self.svc = svc
-        self.registry.register(_Standing(svc))
-        #: Monotonic time of the last pass (``/healthz``); set by ``observe``.
+        # Only the replica that runs passes reports where things stand: a standby's
+        # copy of the same series would double every sum over replicas.
+        self.registry.register(_Standing(svc, active))
+        #: Monotonic time of the last sign of life of the runner (``/healthz``).
         self.last_pass: float | None = None
+
+    def heartbeat(self) -> None:
+        """The runner is about to pass (it just started leading): /healthz measures from now."""
+        self.last_pass = time.monotonic()
 
     def observe(self, report: Any) -> None:
         """Count what one runner pass finished."""
-        self.last_pass = time.monotonic()
+        self.heartbeat()
         self.passes.labels("error" if report.error else "ok").inc()
         for job in report.finished:
             word = "backup" if isinstance(job, BackupJob) else "restore"
@@ -114,10 +126,13 @@ class Metrics:
 class _Standing(Collector):
     """Gauges computed from the objects at each scrape (``standing.standings``)."""
 
-    def __init__(self, svc: Services) -> None:
+    def __init__(self, svc: Services, active: Callable[[], bool]) -> None:
         self.svc = svc
+        self.active = active
 
     def collect(self) -> Iterator[Any]:
+        if not self.active():
+            return
         now = self.svc.host.now()
         app = list(APP)
         plan_labels = ["namespace", "plan", "application_kind", "application", "class"]
@@ -226,15 +241,22 @@ class _Standing(Collector):
 
 
 class MetricsServer:
-    """``/metrics``, ``/healthz`` (the runner has passed within ``stale_after`` seconds)
-    and ``/readyz`` (``ready()`` says so: recovered, leading) on ``address``."""
+    """``/metrics``, ``/readyz`` (``ready()`` says so: recovered, leading) and
+    ``/healthz`` on ``address``.
+
+    ``/healthz`` fails when a ready process's runner has not passed within
+    ``stale_after`` seconds (a wedged loop: restarting it is the cure).  With
+    ``stale_after=None`` it only says the process answers: a pass that runs a backup
+    in-process lasts as long as the backup, and a liveness probe must not kill it.  A
+    process that is not ready (a standby waiting for the Lease) makes no passes and is
+    alive."""
 
     def __init__(
         self,
         metrics: Metrics,
         address: tuple[str, int],
         ready: Callable[[], bool],
-        stale_after: float,
+        stale_after: float | None,
     ) -> None:
         self.metrics = metrics
         self.ready = ready
@@ -256,7 +278,9 @@ class MetricsServer:
 
         self.httpd = http.server.ThreadingHTTPServer(address, Handler)
         self.httpd.daemon_threads = True
-        self.address = self.httpd.server_address
+        bound = self.httpd.server_address
+        #: Where it listens (the port chosen when ``address`` asked for port 0).
+        self.address: tuple[str, int] = (str(bound[0]), int(bound[1]))
         self._thread = threading.Thread(
             target=self.httpd.serve_forever, name="cozy-metrics", daemon=True
         )
@@ -268,7 +292,8 @@ class MetricsServer:
             return 200, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8"
         if route == "/healthz":
             last = self.metrics.last_pass or self.started
-            if time.monotonic() - last > self.stale_after:
+            stale = self.stale_after is not None and time.monotonic() - last > self.stale_after
+            if stale and self.ready():
                 return 503, b"no runner pass within the expected time\n", text
             return 200, b"ok\n", text
         if route == "/readyz":

@@ -39,6 +39,8 @@ HOME = "/var/lib/cozybackup"
 UID = 10001
 #: Running jobs finish on SIGTERM before the process exits: give them an hour.
 GRACE_SECONDS = 3600
+#: /metrics, /healthz and /readyz of the controller (``--metrics-address``).
+METRICS_PORT = 9090
 #: Cozystack's tenant NetworkPolicies admit traffic from namespaces with this label.
 SYSTEM_LABEL = "cozystack.io/system"
 #: Cozystack aggregates ClusterRoles with these labels into every tenant's roles.
@@ -207,14 +209,38 @@ def deployment(ns: str, image: str) -> dict[str, Any]:
     releases the Lease before the new one starts (the Lease alone would keep two pods from
     both working, with a second one idling for up to the grace period).
 
-    No liveness or readiness probe: the controller serves no health endpoint yet.
+    Probes (``docs/metrics.md``): liveness is ``/healthz`` (a leader whose passes stopped
+    for five minutes is restarted; a standby is alive), readiness is ``/readyz``
+    (recovered and leading).  Prometheus scrapes the ``metrics`` port
+    (``deploy/monitoring``'s PodMonitor).
     """
     pod_labels = {**LABELS, "app.kubernetes.io/component": "controller"}
     container = {
         "name": "controller",
         "image": image,
         # Data moves in worker Jobs of the same image.
-        "command": ["cozybackup", "controller", "--platform-namespace", ns, "--data-mover", "jobs"],
+        "command": [
+            "cozybackup",
+            "controller",
+            "--platform-namespace",
+            ns,
+            "--data-mover",
+            "jobs",
+            "--metrics-address",
+            f":{METRICS_PORT}",
+        ],
+        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "metrics"},
+            "periodSeconds": 30,
+            "timeoutSeconds": 5,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "metrics"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+        },
         "env": [
             {"name": "COZYBACKUP_HOME", "value": HOME},
             {"name": "COZYBACKUP_WORKER_IMAGE", "value": image},
@@ -318,7 +344,7 @@ def bundle(ns: str = DEFAULT_NAMESPACE, image: str | None = None) -> list[Part]:
         ),
         Part(
             "deployment.yaml",
-            "The controller: one replica, Recreate, no probes yet (no health endpoint).",
+            f"The controller: one replica, Recreate; metrics and probes on port {METRICS_PORT}.",
             (deployment(ns, image),),
         ),
     ]

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -180,12 +183,35 @@ class Platform:
     def says(self, name: str, text: str, seconds: float = 60.0) -> None:
         until(f"controller {name} to say {text!r}", lambda: text in self.output(name)[1], seconds)
 
+    def metrics(self, name: str) -> str:
+        """The base URL controller ``name`` serves metrics on (``--metrics-address``)."""
+
+        def said() -> str | None:
+            found = re.search(r"serving metrics on (http://[0-9.:]+)/metrics", self.output(name)[1])
+            return found.group(1) if found else None
+
+        url: str = until(f"controller {name} to serve metrics", said)
+        return url
+
     def stop_controllers(self) -> None:
         for proc in self._controllers:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self._controllers.clear()
+
+
+def _http_text(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return str(resp.read().decode())
+
+
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 def _apply_bundle(cluster: KubeCluster) -> None:
@@ -482,10 +508,19 @@ def test_a_leader_handover_in_the_middle_of_a_job_runs_it_once(platform: Platfor
     there, the Lease is released, and the waiting replica runs what comes next."""
     data = platform.app("gated", b"g" * 1000, gated=True)
     platform.app("plain", b"p" * 1000)
-    first = platform.controller("first")
+    metrics = ("--metrics-address", "127.0.0.1:0")
+    first = platform.controller("first", *metrics)
     platform.says("first", "leading")
-    second = platform.controller("second")
+    second = platform.controller("second", *metrics)
     platform.says("second", "waiting for the controller Lease")
+    # The probes: the leader is ready; the standby is alive, not ready, and reports none
+    # of the leader's series.
+    lead, standby = platform.metrics("first"), platform.metrics("second")
+    until("the leader to be ready", lambda: _http_status(f"{lead}/readyz") == 200)
+    assert _http_status(f"{standby}/readyz") == 503
+    assert _http_status(f"{standby}/healthz") == 200
+    assert "cozybackup_jobs_running" not in _http_text(f"{standby}/metrics")
+    assert "cozybackup_jobs_running" in _http_text(f"{lead}/metrics")
 
     # Two applications: the pass runs them on its thread pool, where a signal may reach
     # a pool thread rather than the main one.
@@ -512,6 +547,9 @@ def test_a_leader_handover_in_the_middle_of_a_job_runs_it_once(platform: Platfor
     assert "backupjob/mid" not in out2
     assert _started_events(platform, "mid") == 1
     assert _started_events(platform, "next") == 1
+    # The new leader is ready and counts what it ran.
+    assert _http_status(f"{standby}/readyz") == 200
+    assert 'application="plain"' in _http_text(f"{standby}/metrics")
     os.killpg(second.pid, signal.SIGTERM)
     assert second.wait(timeout=60) == 0
 
