@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import json
 import logging
 import os
@@ -13,6 +12,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,20 +28,23 @@ from ._api.types import (
     Backup,
     BackupClass,
     BackupJob,
-    Plan,
     RestoreJob,
     StorageLocation,
 )
-from ._api.units import DURATION_PATTERN, human_age, human_bytes, parse_duration
+from ._api.units import DURATION_PATTERN, human_bytes, parse_duration
 from ._api.version import __version__
 from ._api.wire import dump, load_yaml
 from ._catalog.catalog import BUILTIN_STORAGE, DEFAULT_CLASS, builtin_class
+from ._cli import completion
+from ._cli.labels import parse_selector
+from ._cli.output import output_format, render_objects, row, table
+from ._cli.status import standing_json, standing_row
 from ._engine.admission import admit
 from ._engine.engine import Engine, EngineConfig
 from ._engine.metrics import Metrics, MetricsServer
 from ._engine.progress import ProgressUpdate
 from ._engine.runner import PassReport, Runner
-from ._engine.standing import AppStanding, standings
+from ._engine.standing import standings
 from ._plugins.host import PluginHost
 from ._storage.providers import unusable_keys
 from .hosts._local_types import Application, Secret
@@ -56,7 +59,8 @@ log = logging.getLogger("cozybackup")
 _ALIASES: dict[str, type[Any]] = {}
 _cls: Any
 for _cls in (*KINDS.values(), Application, Secret):
-    for _alias in (_cls.kind.lower(), _cls.kind.lower() + "s", _cls.kind.lower() + "es"):
+    _plural = _cls.kind.lower() + ("es" if _cls.kind.endswith("s") else "s")
+    for _alias in (_cls.kind.lower(), _plural):
         _ALIASES[_alias] = _cls
 _ALIASES.update({"bj": BackupJob, "rj": RestoreJob, "bc": BackupClass, "apps": Application})
 
@@ -234,10 +238,11 @@ def cmd_apply(ctx: Ctx) -> int:
         listing=store.list,
     )
     _check_keys(ctx, objs)
+    suffix = " (dry run)" if ctx.args.dry_run else ""
     for obj, action in plan:
-        if action != "unchanged":
+        if action != "unchanged" and not ctx.args.dry_run:
             store.replace(obj)
-        print(f"{obj.kind.lower()}/{obj.metadata.name} {action}")
+        print(f"{obj.kind.lower()}/{obj.metadata.name} {action}{suffix}")
     return 0
 
 
@@ -252,65 +257,75 @@ def _all(ctx: Ctx, cls: type[Any], ns: str | None) -> list[Any]:
     return items
 
 
+def _selected(ctx: Ctx, cls: type[Any], ns: str | None) -> list[Any]:
+    """The objects ``get``/``delete`` name: by name, else all of the kind, narrowed by
+    ``-l``."""
+    items = _all(ctx, cls, ns)
+    if getattr(ctx.args, "name", None):
+        items = [i for i in items if i.metadata.name == ctx.args.name]
+    if getattr(ctx.args, "selector", None):
+        wanted = parse_selector(ctx.args.selector)
+        items = [i for i in items if wanted(i.metadata.labels)]
+    return items
+
+
+def _none_found(cls: type[Any], ns: str | None) -> None:
+    """What kubectl says for an empty result, on stderr."""
+    where = f" in {ns} namespace" if ns is not None else ""
+    print(f"No resources found{where}.", file=sys.stderr)
+
+
 def cmd_get(ctx: Ctx) -> int:
     cls = _kind(ctx.args.kind)
     ns = None if (ctx.args.all_namespaces or not cls.namespaced) else ctx.args.namespace
-    items = _all(ctx, cls, ns)
-    if ctx.args.name:
-        items = [i for i in items if i.metadata.name == ctx.args.name]
-        if not items:
-            print(f"error: {cls.kind} {ctx.args.name} not found", file=sys.stderr)
-            return 1
-    if ctx.args.output in ("yaml", "json"):
-        # One object by name, else a v1 List (as kubectl prints it, and as apply reads it).
-        out = [dump(i) for i in items]
-        doc = out[0] if ctx.args.name else {"apiVersion": "v1", "kind": "List", "items": out}
-        if ctx.args.output == "yaml":
-            print(yaml.safe_dump(doc, sort_keys=False), end="")
-        else:
-            print(json.dumps(doc, indent=2))
-    else:
-        now = ctx.host.now()
-        rows = [_row(i, ctx.args.all_namespaces, now) for i in items]
-        if not rows:
-            print(f"No {cls.kind} objects found.", file=sys.stderr)
-            return 0
-        _table(rows)
+    if ctx.args.watch:
+        return _watch(ctx, cls, ns)
+    items = _selected(ctx, cls, ns)
+    if ctx.args.name and not items:
+        print(
+            f'Error from server (NotFound): {cls.kind} "{ctx.args.name}" not found', file=sys.stderr
+        )
+        return 1
+    fmt = ctx.args.output
+    if not items and fmt in ("table", "wide", "name"):
+        _none_found(cls, ns)
+        return 0
+    text = render_objects(
+        items, fmt, single=bool(ctx.args.name), with_ns=ctx.args.all_namespaces, now=ctx.host.now()
+    )
+    print(text, end="")
     return 0
 
 
-def _table(rows: list[dict[str, str]]) -> None:
-    header = list(rows[0].keys())
-    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
-    for r in rows:
-        print("  ".join(str(r[h]).ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
-
-
-def _row(obj: Any, with_ns: bool, now: dt.datetime) -> dict[str, str]:
-    row = {"NAMESPACE": obj.metadata.namespace or ""} if with_ns else {}
-    row["NAME"] = obj.metadata.name
-    if isinstance(obj, (BackupJob, RestoreJob)):
-        row["PHASE"] = obj.status.phase or "Pending"
-        row["MESSAGE"] = (obj.status.message or "")[:90]
-    elif isinstance(obj, Backup):
-        art = obj.status.artifact
-        row["PHASE"] = obj.status.phase or ""
-        row["APPLICATION"] = str(obj.spec.application_ref)
-        row["TAKEN"] = obj.spec.taken_at.isoformat(timespec="seconds")
-        row["SIZE"] = human_bytes(art.size_bytes) if art and art.size_bytes is not None else ""
-    elif isinstance(obj, Plan):
-        row["SCHEDULE"] = obj.spec.schedule.cron
-        row["LAST"] = (
-            obj.status.last_schedule_time.isoformat() if obj.status.last_schedule_time else ""
-        )
-    elif isinstance(obj, BackupClass):
-        row["KINDS"] = ",".join(s.application.kind for s in obj.spec.strategies)
-    elif isinstance(obj, Application):
-        row["KIND"] = obj.spec.kind
-    created = obj.metadata.creation_timestamp
-    row["AGE"] = human_age(now - created) if created is not None else ""
-    return row
+def _watch(ctx: Ctx, cls: type[Any], ns: str | None) -> int:
+    """``get -w``: a row whenever one changes, until Ctrl-C; with a job's name, until that
+    job ends (exit 0 when it succeeded, 1 when it failed)."""
+    fmt = ctx.args.output if ctx.args.output in ("table", "wide") else "table"
+    following = ctx.args.name if cls in (BackupJob, RestoreJob) else None
+    seen: dict[tuple[str, str], dict[str, str]] = {}
+    header_done = False
+    while True:
+        now = ctx.host.now()
+        items = _selected(ctx, cls, ns)
+        if ctx.args.name and not items and not seen:
+            print(
+                f'Error from server (NotFound): {cls.kind} "{ctx.args.name}" not found',
+                file=sys.stderr,
+            )
+            return 1
+        for item in items:
+            key = (item.metadata.namespace or "", item.metadata.name)
+            cells = row(item, ctx.args.all_namespaces, now, wide=fmt == "wide")
+            # A row is news when anything but its ages changed.
+            news = {k: v for k, v in cells.items() if k not in ("AGE", "DURATION", "LAST", "TAKEN")}
+            if seen.get(key) != news:
+                seen[key] = news
+                text = table([cells])
+                print(text if not header_done else text.split("\n", 1)[1], end="", flush=True)
+                header_done = True
+            if following and item.status.phase in ("Succeeded", "Failed"):
+                return 0 if item.status.phase == "Succeeded" else 1
+        time.sleep(0.5)
 
 
 def cmd_status(ctx: Ctx) -> int:
@@ -329,12 +344,12 @@ def cmd_status(ctx: Ctx) -> int:
             host.close()
     missed = [a for a in found if a.objectives_met(now) is False]
     if ctx.args.output == "json":
-        print(json.dumps([_standing_json(a, now) for a in found], indent=2))
+        print(json.dumps([standing_json(a, now) for a in found], indent=2))
     elif not found:
         where = f" in namespace {ctx.args.namespace}" if ctx.args.namespace else ""
         print(f"No protected applications{where} (no Backups, no Plans).", file=sys.stderr)
     else:
-        _table([_standing_row(a, now) for a in found])
+        print(table([standing_row(a, now) for a in found]), end="")
         if missed:
             print(
                 f"\n{len(missed)} application{'s' if len(missed) != 1 else ''} "
@@ -342,68 +357,6 @@ def cmd_status(ctx: Ctx) -> int:
                 file=sys.stderr,
             )
     return 1 if missed else 0
-
-
-def _ago(when: dt.datetime | None, now: dt.datetime) -> str:
-    return f"{human_age(now - when)} ago" if when is not None else "never"
-
-
-def _objectives_word(a: AppStanding, now: dt.datetime) -> str:
-    """``met``, or what is missed and by how much: ``RPO 30h > 26h``; ``-``: none declared."""
-    found = a.objectives()
-    if not found:
-        return "-"
-    missed = []
-    for _plan, o in found:
-        if o.rpo is not None:
-            target = parse_duration(o.rpo.target)
-            if o.rpo.since is None:
-                missed.append(f"RPO: no good backup (target {o.rpo.target})")
-            elif now - o.rpo.since > target:
-                missed.append(f"RPO {human_age(now - o.rpo.since)} > {o.rpo.target}")
-        if o.rto is not None and not o.rto.met:
-            took = o.rto.measured_seconds
-            if took is None:
-                missed.append(f"RTO unproven (no passed drill; target {o.rto.target})")
-            else:
-                missed.append(f"RTO {human_age(dt.timedelta(seconds=took))} > {o.rto.target}")
-    return "MISSED: " + "; ".join(missed) if missed else "met"
-
-
-def _standing_row(a: AppStanding, now: dt.datetime) -> dict[str, str]:
-    drill = a.last_drill
-    return {
-        "NAMESPACE": a.namespace,
-        "APPLICATION": f"{a.kind}/{a.name}",
-        "BACKUPS": str(a.backups),
-        "SIZE": human_bytes(a.size_bytes) if a.backups else "-",
-        "LAST GOOD": _ago(a.last_good, now),
-        "VERIFIED": _ago(a.last_verified, now),
-        "DRILL": f"{drill.result} {_ago(drill.time, now)}" if drill is not None else "-",
-        "OBJECTIVES": _objectives_word(a, now),
-    }
-
-
-def _standing_json(a: AppStanding, now: dt.datetime) -> dict[str, Any]:
-    def iso(t: dt.datetime | None) -> str | None:
-        return t.isoformat() if t is not None else None
-
-    return {
-        "namespace": a.namespace,
-        "applicationRef": {"apiGroup": a.api_group, "kind": a.kind, "name": a.name},
-        "backups": a.backups,
-        "sizeBytes": a.size_bytes,
-        "lastGood": iso(a.last_good),
-        "lastVerified": iso(a.last_verified),
-        "lastDrill": (
-            {"result": a.last_drill.result, "time": iso(a.last_drill.time)}
-            if a.last_drill is not None
-            else None
-        ),
-        "plans": [p.metadata.name for p in a.plans],
-        "objectivesMet": a.objectives_met(now),
-        "objectives": _objectives_word(a, now),
-    }
 
 
 def cmd_describe(ctx: Ctx) -> int:
@@ -424,9 +377,18 @@ def cmd_describe(ctx: Ctx) -> int:
 def cmd_delete(ctx: Ctx) -> int:
     cls = _kind(ctx.args.kind)
     ns = ctx.args.namespace if cls.namespaced else None
-    if ctx.host.objects.get(cls, ns, ctx.args.name) is None:
-        print(f"error: {cls.kind} {ctx.args.name} not found", file=sys.stderr)
-        return 1
+    if bool(ctx.args.name) == bool(ctx.args.selector):
+        raise ValidationError([("NAME", "give a name or -l SELECTOR (one of them)")])
+    items = _selected(ctx, cls, ns)
+    if not items:
+        if ctx.args.name:
+            print(
+                f'Error from server (NotFound): {cls.kind} "{ctx.args.name}" not found',
+                file=sys.stderr,
+            )
+            return 1
+        _none_found(cls, ns)
+        return 0
     if cls is Backup:
         print(
             "error: deleting Backups (and their data) is done by retention; not supported here yet",
@@ -434,17 +396,23 @@ def cmd_delete(ctx: Ctx) -> int:
         )
         return 2
     if cls is StorageLocation:
-        users = _location_users(ctx, ctx.args.name)
-        if users:
-            shown = ", ".join(users[:5]) + (f" and {len(users) - 5} more" if len(users) > 5 else "")
-            print(
-                f"error: StorageLocation {ctx.args.name} is still used by {shown}; "
-                "point them elsewhere (or let retention remove the Backups) first",
-                file=sys.stderr,
-            )
-            return 2
-    ctx.host.objects.delete(cls, ns, ctx.args.name)
-    print(f"{cls.kind.lower()}/{ctx.args.name} deleted")
+        for loc in items:
+            users = _location_users(ctx, loc.metadata.name)
+            if users:
+                shown = ", ".join(users[:5]) + (
+                    f" and {len(users) - 5} more" if len(users) > 5 else ""
+                )
+                print(
+                    f"error: StorageLocation {loc.metadata.name} is still used by {shown}; "
+                    "point them elsewhere (or let retention remove the Backups) first",
+                    file=sys.stderr,
+                )
+                return 2
+    suffix = " (dry run)" if ctx.args.dry_run else ""
+    for item in items:
+        if not ctx.args.dry_run:
+            ctx.host.objects.delete(cls, ns, item.metadata.name)
+        print(f"{cls.kind.lower()}/{item.metadata.name} deleted{suffix}")
     return 0
 
 
@@ -472,11 +440,14 @@ class _ProgressPrinter:
     def __call__(self, u: ProgressUpdate) -> None:
         if self.quiet:
             return
-        done = u.bytes_done / 2**20
-        rate = done / u.elapsed if u.elapsed > 0 else 0.0
-        total = f" of {u.bytes_total / 2**20:.1f}" if u.bytes_total else ""
+        total = f" of {human_bytes(u.bytes_total)}" if u.bytes_total else ""
+        rate = (
+            f" ({human_bytes(int(u.bytes_done / u.elapsed))}/s)"
+            if u.elapsed > 0 and u.bytes_done
+            else ""
+        )
         line = (
-            f"{u.kind} {u.namespace}/{u.name}: {u.stage} {done:.1f}{total} MiB ({rate:.1f} MiB/s)"
+            f"{u.kind} {u.namespace}/{u.name}: {u.stage} {human_bytes(u.bytes_done)}{total}{rate}"
         )
         print(line, file=sys.stderr, flush=True)
 
@@ -745,7 +716,7 @@ def cmd_prune(ctx: Ctx) -> int:
         }
         for a in actions
     ]
-    _table(rows)
+    print(table(rows), end="")
     return 0
 
 
@@ -828,6 +799,20 @@ def cmd_install(ctx: Ctx) -> int:
 # ---------------------------------------------------------------------------- parser
 
 
+def _kind_and_name(parser: argparse.ArgumentParser, name_nargs: str | None = None) -> None:
+    kind = parser.add_argument(
+        "kind", help="backupjobs (bj), plans, backups, restorejobs (rj), backupclasses (bc), ..."
+    )
+    kind.completer = completion.kind_completer(_ALIASES)  # type: ignore[attr-defined]
+    name = parser.add_argument("name", nargs=name_nargs)
+    name.completer = completion.name_completer(_ALIASES)  # type: ignore[attr-defined]
+
+
+def cmd_completion(ctx: Ctx) -> int:
+    print(completion.script(ctx.args.shell), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cozybackup",
@@ -863,14 +848,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply as the tenant of NAMESPACE: only BackupJob, Plan and RestoreJob objects "
         "in that namespace, no platform labels (what a tenant's credentials would allow)",
     )
+    a.add_argument(
+        "--dry-run", action="store_true", help="validate and say what would change, only"
+    )
     a.set_defaults(fn=cmd_apply)
 
     g = sub.add_parser("get", help="list objects of a kind")
-    g.add_argument("kind", help="backupjobs, plans, backups, restorejobs, backupclasses, ...")
-    g.add_argument("name", nargs="?")
+    _kind_and_name(g, name_nargs="?")
     g.add_argument("-n", "--namespace", default="default")
     g.add_argument("-A", "--all-namespaces", action="store_true")
-    g.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    g.add_argument(
+        "-o",
+        "--output",
+        type=output_format,
+        default="table",
+        metavar="FORMAT",
+        help="table (default), wide, name, yaml, json or jsonpath=TEMPLATE",
+    )
+    g.add_argument("-l", "--selector", help="label selector, e.g. app=shop,tier!=cache")
+    g.add_argument(
+        "-w",
+        "--watch",
+        action="store_true",
+        help="print a row whenever one changes; with a job's name, until it ends "
+        "(exit 1 if it failed)",
+    )
     g.set_defaults(fn=cmd_get)
 
     st = sub.add_parser(
@@ -886,15 +888,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(fn=cmd_status)
 
     d = sub.add_parser("describe", help="show one object with its events")
-    d.add_argument("kind")
-    d.add_argument("name")
+    _kind_and_name(d)
     d.add_argument("-n", "--namespace", default="default")
     d.set_defaults(fn=cmd_describe)
 
-    rm = sub.add_parser("delete", help="delete an object (not Backups: see retention)")
-    rm.add_argument("kind")
-    rm.add_argument("name")
+    rm = sub.add_parser("delete", help="delete objects (not Backups: see retention)")
+    _kind_and_name(rm, name_nargs="?")
     rm.add_argument("-n", "--namespace", default="default")
+    rm.add_argument("-l", "--selector", help="delete every object the label selector matches")
+    rm.add_argument("--dry-run", action="store_true", help="say what would be deleted, only")
     rm.set_defaults(fn=cmd_delete)
 
     r = sub.add_parser(
@@ -1057,6 +1059,13 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--once", action="store_true", help="one pass, then exit")
     k.set_defaults(fn=cmd_controller)
 
+    comp = sub.add_parser(
+        "completion",
+        help="print the shell completion script: source <(cozybackup completion bash)",
+    )
+    comp.add_argument("shell", choices=completion.SHELLS)
+    comp.set_defaults(fn=cmd_completion)
+
     w = sub.add_parser(
         "worker",
         help="run one job's data move (what the controller's worker Jobs run)",
@@ -1076,7 +1085,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    completion.autocomplete(parser)
+    args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -1091,6 +1102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc.filename}: no such file", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C outside run/controller (which finish their jobs on it): quietly, as a shell
+        # expects (128 + SIGINT).
+        print(file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # `cozybackup get ... | head`: the reader left; not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -9,6 +9,7 @@ The folders of ``cozybackup_core`` are its layers, lowest first::
     _plugins, hookspecs      the plugin host and the hooks it calls
     _engine        services and every operation over them, the runner, the host port
     hosts          adapters of the port (independent of each other)
+    _cli           the CLI's printing (kubectl's -o forms, selectors) and completion
     cli | testing  programs and the test kit (independent)
     __init__       the public facade
 
@@ -40,6 +41,7 @@ LAYERS: list[set[str]] = [
     {"_plugins", "hookspecs"},
     {"_engine"},
     {"hosts"},
+    {"_cli"},
     {"cli", "testing"},
     {"__init__"},
 ]
