@@ -1001,7 +1001,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--conventions",
         metavar="FILE",
         help="YAML: how to reach application kinds beyond the built-in Cozystack ones "
-        "(apiGroup/Kind: {connection, credentialsFrom, keys, fixed})",
+        "(apiGroup/Kind: {connection, credentialsFrom, keys, fixed, resource, cases}; over the "
+        "drivers' own locators)",
     )
     k.add_argument(
         "--local-buckets",

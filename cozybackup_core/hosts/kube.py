@@ -110,7 +110,8 @@ class KubeRequestRefused(PermanentError):
 
 def load_conventions(text: str, source: str = "<conventions>") -> dict[tuple[str, str], Locator]:
     """An admin's conventions file (YAML): ``{"<apiGroup>/<Kind>": {connection, credentialsFrom, keys,
-    fixed}}``, e.g. ``apps.example.com/Directory: {connection: {path: "/data/{name}"}}``."""
+    fixed, resource, version, cases}}`` (a :class:`Locator`, over the drivers' own), e.g.
+    ``apps.example.com/Directory: {connection: {path: "/data/{name}"}}``."""
     import yaml
 
     from .._api.wire import structure

@@ -14,6 +14,7 @@ its backup was taken with (read from the backup's own streams).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from cozybackup_core import (
@@ -22,6 +23,7 @@ from cozybackup_core import (
     Deadline,
     Driver,
     GroupKind,
+    Locator,
     RestoreContext,
     distribution_version,
 )
@@ -45,6 +47,24 @@ class ClickHouseDriver(Driver[ClickHouseParameters]):
     name: ClassVar[str] = "clickhouse"
     strategy_kind: ClassVar[str] = "ClickHouse"
     default_kinds: ClassVar[tuple[str, ...]] = ("ClickHouse",)
+    # Cozystack's Helm release clickhouse-X: an Altinity ClickHouseInstallation of cluster
+    # "clickhouse"; Secret clickhouse-X-credentials holds each user's password under the
+    # user's name, and the chart always adds the user "backup".  The first replica's own
+    # service (chi-<chi>-<cluster>-<shard>-<replica>), not the chendpoint one that spreads
+    # requests: without Keeper the replicas' tables are independent, and a backup must read
+    # one replica throughout (HTTP on 8123).
+    locators: ClassVar[Mapping[str, Locator]] = {
+        "ClickHouse": Locator(
+            resource="clickhouses",
+            connection={
+                "host": "chi-clickhouse-{name}-clickhouse-0-0.{namespace}.svc",
+                "port": 8123,
+            },
+            credentials_from="clickhouse-{name}-credentials",
+            keys={"password": "backup"},
+            fixed={"username": "backup"},
+        )
+    }
     version: ClassVar[str] = __version__
 
     def validate_parameters(self, parameters: Any) -> None:

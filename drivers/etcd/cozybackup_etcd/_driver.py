@@ -38,6 +38,7 @@ class EtcdDriver(Driver[EtcdParameters]):
     # Cozystack's EtcdCluster "etcd" in the tenant's namespace, TLS with a client certificate.
     locators: ClassVar[Mapping[str, Locator]] = {
         "Etcd": Locator(
+            resource="etcds",
             connection={"endpoints": ["https://etcd.{namespace}.svc:2379"]},
             credentials_from="etcd-client-tls",
             keys={"ca.crt": "ca.crt", "tls.crt": "tls.crt", "tls.key": "tls.key"},

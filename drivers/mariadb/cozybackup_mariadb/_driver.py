@@ -28,6 +28,7 @@ from cozybackup_core import (
     Driver,
     GroupKind,
     Locator,
+    LocatorCase,
     RestoreContext,
     distribution_version,
 )
@@ -47,13 +48,22 @@ class MariaDBDriver(Driver[MariaDBParameters]):
     name: ClassVar[str] = "mariadb"
     strategy_kind: ClassVar[str] = "MariaDB"
     default_kinds: ClassVar[tuple[str, ...]] = ("MariaDB",)
-    # Cozystack's Helm release mariadb-X: a mariadb-operator MariaDB; writes go to the primary.
+    # Cozystack's Helm release mariadb-X: a mariadb-operator MariaDB, root's password under
+    # key root of Secret mariadb-X-credentials.  With replication (replicas > 1) writes go
+    # to service mariadb-X-primary; a single replica has only service mariadb-X.
     locators: ClassVar[Mapping[str, Locator]] = {
         "MariaDB": Locator(
+            resource="mariadbs",
             connection={"host": "mariadb-{name}-primary.{namespace}.svc", "port": 3306},
             credentials_from="mariadb-{name}-credentials",
             keys={"password": "root"},
             fixed={"username": "root"},
+            cases=(
+                LocatorCase(
+                    when={"spec.replicas": 1},
+                    connection={"host": "mariadb-{name}.{namespace}.svc"},
+                ),
+            ),
         )
     }
     #: physical mode reads and replaces the declared ``datadir``

@@ -45,6 +45,7 @@ class PostgresDriver(Drills, Driver[PostgresParameters]):
     # postgres-X-rw, superuser Secret postgres-X-superuser.
     locators: ClassVar[Mapping[str, Locator]] = {
         "Postgres": Locator(
+            resource="postgreses",
             connection={
                 "host": "postgres-{name}-rw.{namespace}.svc",
                 "port": 5432,
