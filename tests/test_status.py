@@ -43,12 +43,16 @@ def test_status_says_what_is_protected_and_exits_1_when_an_objective_is_missed(
         "GOOD",
         "VERIFIED",
         "DRILL",
+        "RPO",
+        "RTO",
         "OBJECTIVES",
     ]
     [row] = lines[1:]
     assert row.split()[:2] == [NS, "SQLiteDatabase/db"]
     assert re.search(
-        r"\b1 .* (29|30)h ago .* Passed 29h ago .* MISSED: RPO (29|30)h > 26h$", row
+        r"\b1 .* (29|30)h ago .* Passed 29h ago in \d+s +(29|30)h/26h +\d+s/1h +"
+        r"MISSED: RPO (29|30)h > 26h$",
+        row,
     ), row
     assert "1 application missing an objective" in missed.stderr
 

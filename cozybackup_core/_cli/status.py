@@ -36,8 +36,33 @@ def objectives_word(a: AppStanding, now: dt.datetime) -> str:
     return "MISSED: " + "; ".join(missed) if missed else "met"
 
 
-def standing_row(a: AppStanding, now: dt.datetime) -> dict[str, str]:
+def _drill(a: AppStanding, now: dt.datetime) -> str:
+    """``Passed 3h ago in 1m``: the newest drill, and how long its restore took."""
     drill = a.last_drill
+    if drill is None:
+        return "-"
+    took = drill.duration_seconds
+    return f"{drill.result} {_ago(drill.time, now)}" + (
+        f" in {human_age(dt.timedelta(seconds=took))}" if took is not None else ""
+    )
+
+
+def _measured(a: AppStanding, now: dt.datetime) -> tuple[str, str]:
+    """``(RPO, RTO)`` as measured/target (``4h/26h``), the first Plan's that declares them."""
+    rpo = rto = "-"
+    for _plan, o in a.objectives():
+        if o.rpo is not None and rpo == "-":
+            age = human_age(now - o.rpo.since) if o.rpo.since is not None else "none"
+            rpo = f"{age}/{o.rpo.target}"
+        if o.rto is not None and rto == "-":
+            took = o.rto.measured_seconds
+            shown = human_age(dt.timedelta(seconds=took)) if took is not None else "unproven"
+            rto = f"{shown}/{o.rto.target}"
+    return rpo, rto
+
+
+def standing_row(a: AppStanding, now: dt.datetime) -> dict[str, str]:
+    rpo, rto = _measured(a, now)
     return {
         "NAMESPACE": a.namespace,
         "APPLICATION": f"{a.kind}/{a.name}",
@@ -45,7 +70,9 @@ def standing_row(a: AppStanding, now: dt.datetime) -> dict[str, str]:
         "SIZE": human_bytes(a.size_bytes) if a.backups else "-",
         "LAST GOOD": _ago(a.last_good, now),
         "VERIFIED": _ago(a.last_verified, now),
-        "DRILL": f"{drill.result} {_ago(drill.time, now)}" if drill is not None else "-",
+        "DRILL": _drill(a, now),
+        "RPO": rpo,
+        "RTO": rto,
         "OBJECTIVES": objectives_word(a, now),
     }
 
