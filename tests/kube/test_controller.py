@@ -908,3 +908,95 @@ def test_the_controller_refuses_a_service_that_leads_elsewhere(platform: Platfor
                 )
     finally:
         host.close()
+
+
+@pytest.mark.timeout(300)
+def test_a_postgres_application_backed_up_and_restored_in_worker_jobs(
+    platform: Platform, kubelet: Kubelet
+) -> None:
+    """A real PostgreSQL (on 127.0.0.1) as a tenant's ``apps.cozystack.io/Postgres``, backed
+    up and restored in place through worker Jobs; the admin's conventions file stands in for
+    the driver's Service names, which only a cluster's DNS resolves."""
+    from cozybackup_postgres.testing import running, write_dataset
+
+    conventions = platform.conventions.read_text()
+    with running() as server:
+        write_dataset(server, seed=5, rows=300)
+        before = server.fingerprint()
+        client.CoreV1Api(platform.cluster.admin).create_namespaced_secret(
+            ACME,
+            {"metadata": {"name": "postgres-shop-superuser"}, "stringData": server.credentials()},
+        )
+        platform.conventions.write_text(
+            conventions
+            + yaml.safe_dump(
+                {
+                    "apps.cozystack.io/Postgres": {
+                        "connection": server.connection(),
+                        "credentialsFrom": "postgres-{name}-superuser",
+                    }
+                }
+            )
+        )
+        platform.host.objects.create(
+            load(
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "BackupClass",
+                    "metadata": {"name": "pg"},
+                    "spec": {
+                        "storageRef": {"name": "platform-s3"},
+                        "strategies": [
+                            {
+                                "application": {
+                                    "apiGroup": "apps.cozystack.io",
+                                    "kind": "Postgres",
+                                },
+                                "strategyRef": {"kind": "Postgres", "name": "pg"},
+                            }
+                        ],
+                    },
+                }
+            )
+        )
+        proc = platform.controller("pg", *_with_workers(platform))
+        try:
+            platform.says("pg", "leading")
+            body = platform.job_body("pgb1", "shop")
+            body["spec"] = {
+                "applicationRef": {
+                    "apiGroup": "apps.cozystack.io",
+                    "kind": "Postgres",
+                    "name": "shop",
+                },
+                "backupClassName": "pg",
+            }
+            platform.tenant_creates(body)
+            job = platform.finished(BackupJob, "pgb1", seconds=180)
+            assert job.status.phase == "Succeeded", job.status.message
+            assert (
+                "backup tenant-acme/pgb1: Completed"
+                in _worker_of(platform, kubelet, "pgb1").container().stdout
+            )
+            backup = platform.host.objects.get(Backup, ACME, "pgb1")
+            assert backup is not None and backup.status.underlying_resources is not None
+            assert "shop" in backup.status.underlying_resources["databases"]
+
+            write_dataset(server, seed=6, rows=300)
+            assert server.fingerprint() != before
+            platform.tenant_creates(
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "RestoreJob",
+                    "metadata": {"name": "pgr1", "namespace": ACME},
+                    "spec": {"backupRef": {"name": "pgb1"}},
+                }
+            )
+            restored = platform.finished(RestoreJob, "pgr1", seconds=180)
+            assert restored.status.phase == "Succeeded", restored.status.message
+            assert server.fingerprint() == before
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+            platform.conventions.write_text(conventions)
+    assert proc.returncode == 0, platform.output("pg")
