@@ -141,6 +141,26 @@ def _address(text: str) -> tuple[str, int]:
     return (host.strip("[]") or "0.0.0.0", int(port))  # noqa: S104 - asked for by ":PORT"
 
 
+#: A Kubernetes resource quantity (``250m``, ``2Gi``, ``1.5``, ``1e3``).
+_QUANTITY = r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+
+
+def _resources(text: str) -> dict[str, str]:
+    """``--worker-requests``/``--worker-limits``: ``cpu=500m,memory=1Gi`` (as ``kubectl set
+    resources`` takes them)."""
+    out: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = item.strip().partition("=")
+        if key not in ("cpu", "memory", "ephemeral-storage") or not sep:
+            raise argparse.ArgumentTypeError(
+                f"{item!r} is not RESOURCE=QUANTITY (cpu, memory or ephemeral-storage)"
+            )
+        if not re.fullmatch(_QUANTITY, value):
+            raise argparse.ArgumentTypeError(f"{value!r} is not a quantity such as 500m or 1Gi")
+        out[key] = value
+    return out
+
+
 def _workers(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 64:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 64")
@@ -640,7 +660,13 @@ def _worker_jobs(ctx: Ctx, host: Any) -> Any:
     command = tuple(shlex.split(ctx.args.worker_command))
     if not command:
         raise ValidationError([("--worker-command", "is empty")])
-    return KubeWorkers(host, WorkerSettings(image=image, command=command, env=env))
+    resources = {
+        "requests": {"cpu": "250m", "memory": "256Mi", **ctx.args.worker_requests},
+        "limits": dict(ctx.args.worker_limits),
+    }
+    return KubeWorkers(
+        host, WorkerSettings(image=image, command=command, env=env, resources=resources)
+    )
 
 
 def cmd_worker(ctx: Ctx) -> int:
@@ -1035,6 +1061,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="extra environment of worker containers (repeatable)",
+    )
+    k.add_argument(
+        "--worker-requests",
+        type=_resources,
+        default={},
+        metavar="cpu=Q,memory=Q",
+        help="resource requests of worker containers (default cpu=250m,memory=256Mi)",
+    )
+    k.add_argument(
+        "--worker-limits",
+        type=_resources,
+        default={},
+        metavar="cpu=Q,memory=Q",
+        help="resource limits of worker containers (default none: a dump tool's memory "
+        "depends on the application)",
     )
     k.add_argument(
         "--workers-per-tenant",

@@ -224,3 +224,11 @@ def test_completion_scripts_and_object_names(tmp_path: Path) -> None:
     # later -n, so completion cannot offer names there (said in docs/cli.md).
     assert complete(f"cozybackup get -n {NS} backupjob night") == ["nightly-1", "nightly-2"]
     assert complete(f"cozybackup describe -n {NS} bj nightly-") == ["nightly-1", "nightly-2"]
+
+
+def test_worker_resources_are_checked_as_quantities(tmp_path: Path) -> None:
+    bad = cli(tmp_path / "home", "controller", "--worker-limits", "memory=lots")
+    assert bad.returncode == 2
+    assert "--worker-limits: 'lots' is not a quantity" in bad.stderr
+    wrong = cli(tmp_path / "home", "controller", "--worker-requests", "gpu=1")
+    assert wrong.returncode == 2 and "not RESOURCE=QUANTITY" in wrong.stderr

@@ -66,6 +66,9 @@ def test_launch_makes_a_job_and_a_secret_it_owns_once(kube: tuple[Any, Any]) -> 
     pod = spec.template.spec
     assert pod.service_account_name == "cozybackup-worker" and pod.restart_policy == "Never"
     assert pod.containers[0].command[-4:-1] == ["backup", "tenant-a/j1", "--location"]
+    # Requests so the scheduler places it; no limit unless the admin sets one.
+    assert pod.containers[0].resources.requests == {"cpu": "250m", "memory": "256Mi"}
+    assert pod.containers[0].resources.limits is None
     secret = kclient.CoreV1Api(api_client).read_namespaced_secret(name, PLATFORM)
     (owner,) = secret.metadata.owner_references
     assert (owner.kind, owner.name, owner.uid) == ("Job", name, job.metadata.uid)

@@ -75,6 +75,12 @@ class WorkerSettings:
     #: Added to the job's deadline for the Pod's start and the final reports.
     deadline_grace: int = 300
     home: str = "/var/lib/cozybackup"
+    #: The worker's (and a tool container's) ``resources``.  Requests by default, so the
+    #: scheduler places workers where there is room; no limit by default: a dump tool's
+    #: memory depends on the application (the admin sets one with --worker-limits).
+    resources: Mapping[str, Mapping[str, str]] = attrs.field(
+        factory=lambda: {"requests": {"cpu": "250m", "memory": "256Mi"}}
+    )
 
 
 def _add_tool(
@@ -107,6 +113,7 @@ def _add_tool(
                 "allowPrivilegeEscalation": False,
                 "capabilities": {"drop": ["ALL"]},
             },
+            "resources": worker["resources"],
             "volumeMounts": [share],
         }
     )
@@ -252,6 +259,7 @@ class KubeWorkers:
             "image": s.image,
             "command": command,
             "env": env,
+            "resources": {k: dict(v) for k, v in s.resources.items() if v},
             "securityContext": {
                 "allowPrivilegeEscalation": False,
                 "readOnlyRootFilesystem": True,

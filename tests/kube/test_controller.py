@@ -619,6 +619,8 @@ def _with_workers(platform: Platform) -> list[str]:
         "COZYBACKUP_PLUGINS=support.drivers",
         "--worker-env",
         f"KUBECONFIG={worker_kubeconfig}",
+        "--worker-limits",
+        "memory=2Gi",
     ]
 
 
@@ -681,6 +683,15 @@ def test_backup_and_restore_run_in_worker_jobs(platform: Platform, kubelet: Kube
             for j in _worker_jobs(platform)
         }
         assert words[f"BackupJob/{ACME}/wb1"] == "backup"
+        # The API server took the resources as they were asked for.
+        [made] = [
+            j
+            for j in _worker_jobs(platform)
+            if (j.metadata.annotations or {}).get("backups.cozystack.io/for")
+            == f"BackupJob/{ACME}/wb1"
+        ]
+        res = made.spec.template.spec.containers[0].resources
+        assert (res.requests, res.limits) == ({"cpu": "250m", "memory": "256Mi"}, {"memory": "2Gi"})
         assert words[f"RestoreJob/{ACME}/wr1"] == "restore"
         secrets = client.CoreV1Api(platform.cluster.admin).list_namespaced_secret(
             PLATFORM, label_selector="backups.cozystack.io/worker"
