@@ -33,9 +33,10 @@ from ._api.types import (
 )
 from ._api.units import DURATION_PATTERN, human_bytes, parse_duration
 from ._api.version import __version__
-from ._api.wire import dump, load_yaml
+from ._api.wire import load_yaml
 from ._catalog.catalog import BUILTIN_STORAGE, DEFAULT_CLASS, builtin_class
 from ._cli import completion
+from ._cli.describe import describe
 from ._cli.labels import parse_selector
 from ._cli.output import output_format, render_objects, row, table
 from ._cli.status import standing_json, standing_row
@@ -386,11 +387,8 @@ def cmd_describe(ctx: Ctx) -> int:
     if not items:
         print(f"error: {cls.kind} {ctx.args.name} not found in namespace {ns}", file=sys.stderr)
         return 1
-    print(yaml.safe_dump(dump(items[0]), sort_keys=False), end="")
     events = ctx.host.events(ns, cls.kind, ctx.args.name)
-    print("events:" if events else "events: []")
-    for e in events:
-        print(f"  - {e['time']}  {e['type']:<7}  {e['reason']:<12}  {e['message']}")
+    print(describe(items[0], events, ctx.host.now()), end="")
     return 0
 
 

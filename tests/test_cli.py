@@ -151,7 +151,7 @@ spec: {{apiGroup: apps.example.com, kind: Directory, connection: {{path: "{data}
     assert cli(home, "run", "--once", "-q").returncode == 0
     assert len((data / "f.bin").read_bytes()) == 4_000_000
     described = cli(home, "describe", "restorejob", "r1", "-n", "tenant-a").stdout
-    assert "phase: Succeeded" in described and "Completed" in described.split("events:")[1]
+    assert "phase: Succeeded" in described and "Completed" in described.split("Events:")[1]
 
 
 def test_drivers_lists_broken_plugins(tmp_path: Path) -> None:

@@ -232,3 +232,25 @@ def test_worker_resources_are_checked_as_quantities(tmp_path: Path) -> None:
     assert "--worker-limits: 'lots' is not a quantity" in bad.stderr
     wrong = cli(tmp_path / "home", "controller", "--worker-requests", "gpu=1")
     assert wrong.returncode == 2 and "not RESOURCE=QUANTITY" in wrong.stderr
+
+
+def test_describe_reads_as_kubectl_describe(tmp_path: Path) -> None:
+    """A summary in human units first, the stored spec and status as they are, then events
+    with their ages."""
+    home = home_with_jobs(tmp_path)
+    job = cli(home, "describe", "bj", "nightly-1", "-n", NS)
+    assert job.returncode == 0, job.stderr
+    head, rest = job.stdout.split("\nSpec:\n", 1)
+    fields = dict(line.split(":", 1) for line in head.splitlines() if not line.startswith(" "))
+    assert fields["Name"].strip() == "nightly-1" and fields["Kind"].strip() == "BackupJob"
+    assert fields["Phase"].strip() == "Succeeded"
+    assert fields["Backup"].strip() == "nightly-1"
+    assert re.fullmatch(r" *\d+s", fields["Duration"])
+    assert "Ready=True (BackupCompleted)" in head
+    assert "Status:\n  phase: Succeeded\n" in rest
+    events = rest.split("Events:\n", 1)[1].splitlines()
+    assert events[0].split() == ["TYPE", "REASON", "AGE", "MESSAGE"]
+    assert [e.split()[:2] for e in events[1:]] == [["Normal", "Started"], ["Normal", "Completed"]]
+    backup = cli(home, "describe", "backup", "nightly-1", "-n", NS).stdout
+    assert re.search(r"^Size: +[0-9.]+ (B|KiB|MiB)$", backup, re.M), backup
+    assert re.search(r"^  artifact:\n    uri: .*\n    sizeBytes: \d+$", backup, re.M), backup
