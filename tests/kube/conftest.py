@@ -9,6 +9,7 @@ that namespace.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,3 +75,44 @@ def kubelet(kube_cluster: KubeCluster, namespace: str, tmp_path: Path) -> Iterat
         yield k
     if k.errors:
         pytest.fail("the test kubelet reported errors:\n" + "\n\n".join(k.errors), pytrace=False)
+
+
+#: Cozystack's application kinds the locators read, by plural (its ApplicationDefinitions').
+COZYSTACK_APPS = {
+    "Postgres": "postgreses",
+    "MariaDB": "mariadbs",
+    "ClickHouse": "clickhouses",
+    "Etcd": "etcds",
+}
+
+
+@pytest.fixture(scope="session")
+def cozystack_apps(kube_cluster: KubeCluster) -> None:
+    """``apps.cozystack.io/v1alpha1`` served for the seed kinds: Cozystack serves them from
+    its own aggregated API server; CRDs of the same group, version and plurals stand in
+    (only the objects' shape matters to a locator).  They stay until the cluster stops."""
+    from kubernetes import client  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+    ext = client.ApiextensionsV1Api(kube_cluster.admin)
+    for kind, plural in COZYSTACK_APPS.items():
+        schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        version = {"name": "v1alpha1", "served": True, "storage": True}
+        ext.create_custom_resource_definition(
+            {
+                "metadata": {"name": f"{plural}.apps.cozystack.io"},
+                "spec": {
+                    "group": "apps.cozystack.io",
+                    "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+                    "scope": "Namespaced",
+                    "versions": [{**version, "schema": {"openAPIV3Schema": schema}}],
+                },
+            }
+        )
+    custom = client.CustomObjectsApi(kube_cluster.admin)
+    for plural in COZYSTACK_APPS.values():
+        for _ in range(100):  # served a moment after it is created
+            try:
+                custom.list_cluster_custom_object("apps.cozystack.io", "v1alpha1", plural)
+                break
+            except client.ApiException:
+                time.sleep(0.1)

@@ -10,7 +10,6 @@ cluster's DNS, so no worker reaches a database through them here."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,55 +20,9 @@ from cozybackup_core import ApplicationRef, NotFoundError, PluginHost
 from cozybackup_core.hosts.kube import KubeHost
 
 from .cluster import KubeCluster
+from .conftest import COZYSTACK_APPS
 
 APPS = "apps.cozystack.io"
-#: kind -> plural, as Cozystack's ApplicationDefinitions name them.
-PLURALS = {
-    "Postgres": "postgreses",
-    "MariaDB": "mariadbs",
-    "ClickHouse": "clickhouses",
-    "Etcd": "etcds",
-}
-
-
-@pytest.fixture(scope="module")
-def apps_crds(kube_cluster: KubeCluster) -> Iterator[None]:
-    ext = client.ApiextensionsV1Api(kube_cluster.admin)
-    for kind, plural in PLURALS.items():
-        ext.create_custom_resource_definition(
-            {
-                "metadata": {"name": f"{plural}.{APPS}"},
-                "spec": {
-                    "group": APPS,
-                    "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-                    "scope": "Namespaced",
-                    "versions": [
-                        {
-                            "name": "v1alpha1",
-                            "served": True,
-                            "storage": True,
-                            "schema": {
-                                "openAPIV3Schema": {
-                                    "type": "object",
-                                    "x-kubernetes-preserve-unknown-fields": True,
-                                }
-                            },
-                        }
-                    ],
-                },
-            }
-        )
-    custom = client.CustomObjectsApi(kube_cluster.admin)
-    for plural in PLURALS.values():
-        for _ in range(100):  # served a moment after it is created
-            try:
-                custom.list_cluster_custom_object(APPS, "v1alpha1", plural)
-                break
-            except client.ApiException:
-                time.sleep(0.1)
-    yield
-    for plural in PLURALS.values():
-        ext.delete_custom_resource_definition(f"{plural}.{APPS}")
 
 
 class Cozystack:
@@ -83,7 +36,7 @@ class Cozystack:
     def app(self, kind: str, name: str, spec: dict[str, Any]) -> None:
         body = {"apiVersion": f"{APPS}/v1alpha1", "kind": kind, "metadata": {"name": name}}
         self.custom.create_namespaced_custom_object(
-            APPS, "v1alpha1", self.ns, PLURALS[kind], {**body, "spec": spec}
+            APPS, "v1alpha1", self.ns, COZYSTACK_APPS[kind], {**body, "spec": spec}
         )
 
     def secret(self, name: str, data: dict[str, str]) -> None:
@@ -113,7 +66,7 @@ def ref(kind: str, name: str) -> ApplicationRef:
 
 
 def test_every_seed_database_kind_is_located_by_its_drivers_locator(
-    kube_cluster: KubeCluster, namespace: str, apps_crds: Any, host: KubeHost
+    kube_cluster: KubeCluster, namespace: str, cozystack_apps: None, host: KubeHost
 ) -> None:
     cozy = Cozystack(kube_cluster, namespace)
     # Postgres (CloudNativePG): service -rw, Secret -superuser.
@@ -159,7 +112,7 @@ def test_every_seed_database_kind_is_located_by_its_drivers_locator(
 
 
 def test_a_missing_application_secret_or_service_is_a_clear_reason(
-    kube_cluster: KubeCluster, namespace: str, apps_crds: Any, host: KubeHost
+    kube_cluster: KubeCluster, namespace: str, cozystack_apps: None, host: KubeHost
 ) -> None:
     cozy = Cozystack(kube_cluster, namespace)
     # The Secret and Service of an application that was deleted: it does not exist.

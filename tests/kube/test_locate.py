@@ -9,10 +9,6 @@ the locator)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 from kubernetes import client  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
@@ -35,43 +31,6 @@ LOCATOR = Locator(
         ),
     ),
 )
-
-
-@pytest.fixture(scope="module")
-def apps_crd(kube_cluster: KubeCluster) -> Iterator[None]:
-    ext = client.ApiextensionsV1Api(kube_cluster.admin)
-    ext.create_custom_resource_definition(
-        {
-            "metadata": {"name": f"{PLURAL}.{APPS}"},
-            "spec": {
-                "group": APPS,
-                "names": {"kind": "MariaDB", "plural": PLURAL, "singular": "mariadb"},
-                "scope": "Namespaced",
-                "versions": [
-                    {
-                        "name": "v1alpha1",
-                        "served": True,
-                        "storage": True,
-                        "schema": {
-                            "openAPIV3Schema": {
-                                "type": "object",
-                                "x-kubernetes-preserve-unknown-fields": True,
-                            }
-                        },
-                    }
-                ],
-            },
-        }
-    )
-    custom = client.CustomObjectsApi(kube_cluster.admin)
-    for _ in range(100):  # served a moment after it is created
-        try:
-            custom.list_cluster_custom_object(APPS, "v1alpha1", PLURAL)
-            break
-        except client.ApiException:
-            time.sleep(0.1)
-    yield
-    ext.delete_custom_resource_definition(f"{PLURAL}.{APPS}")
 
 
 def make(kube_cluster: KubeCluster, namespace: str, name: str, replicas: int) -> None:
@@ -111,7 +70,7 @@ def ref(name: str) -> ApplicationRef:
 
 
 def test_the_live_object_chooses_how_the_application_is_reached(
-    kube_cluster: KubeCluster, namespace: str, apps_crd: Any
+    kube_cluster: KubeCluster, namespace: str, cozystack_apps: None
 ) -> None:
     make(kube_cluster, namespace, "single", replicas=1)
     make(kube_cluster, namespace, "pair", replicas=2)
@@ -124,7 +83,7 @@ def test_the_live_object_chooses_how_the_application_is_reached(
 
 
 def test_a_missing_application_or_secret_is_a_clear_reason(
-    kube_cluster: KubeCluster, namespace: str, apps_crd: Any
+    kube_cluster: KubeCluster, namespace: str, cozystack_apps: None
 ) -> None:
     h = host(kube_cluster)
     with pytest.raises(NotFoundError) as gone:
