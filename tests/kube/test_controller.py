@@ -661,6 +661,31 @@ def test_backup_and_restore_run_in_worker_jobs(platform: Platform, kubelet: Kube
         assert backup is not None and backup.status.phase == "Ready"
         worker = _worker_of(platform, kubelet, "wb1")
         assert "backup tenant-acme/wb1: Completed" in worker.container().stdout
+        # The tenant reads where its application stands with its own token.
+        alice = str(platform.cluster.kubeconfig("alice"))
+        status = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cozybackup_core.cli",
+                "--home",
+                str(platform.root / "alice"),
+                "status",
+                "--kubeconfig",
+                alice,
+                "-n",
+                ACME,
+                "-o",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if k != "KUBERNETES_SERVICE_HOST"},
+        )
+        assert status.returncode == 0, status.stderr
+        [wdb] = [a for a in json.loads(status.stdout) if a["applicationRef"]["name"] == "wdb"]
+        assert wdb["backups"] == 1 and wdb["sizeBytes"] == 250_000
 
         (data / "x.bin").write_bytes(b"damaged")
         platform.tenant_creates(
