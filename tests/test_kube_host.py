@@ -37,6 +37,7 @@ from cozybackup_core._api.errors import (
     ValidationError,
 )
 from cozybackup_core._api.types import (
+    BACKUP_FINALIZER,
     KINDS,
     ArtifactRecord,
     Backup,
@@ -225,6 +226,14 @@ def test_round_trip_of_every_kind(
             assert not status_puts
             assert any(w[0] == "PUT" and w[2].get("status") for w in api.writes)
 
+    if kind == "Backup":
+        # Created with our finalizer: it goes only once the engine, its data deleted,
+        # removes it (engine/deletion.py).
+        current = host.objects.get(cls, ns, meta.name)
+        assert current is not None and current.metadata.finalizers == (BACKUP_FINALIZER,)
+        host.objects.update_status(
+            attrs.evolve(current, metadata=attrs.evolve(current.metadata, finalizers=()))
+        )
     host.objects.delete(cls, ns, meta.name)
     assert host.objects.get(cls, ns, meta.name) is None
     assert host.objects.list(cls) == []

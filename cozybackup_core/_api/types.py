@@ -45,6 +45,9 @@ LABEL_CLASS = "backups.cozystack.io/backup-class"
 ANNOTATION_PINNED = "backups.cozystack.io/pinned"
 #: On a Backup: the uid of the BackupJob that made it (a job never adopts another's).
 ANNOTATION_JOB_UID = "backups.cozystack.io/backup-job-uid"
+#: On every Backup the engine records on Kubernetes: a Backup deleted there (``kubectl
+#: delete``) stays until its data is deleted, then the engine removes this and it goes.
+BACKUP_FINALIZER = "backups.cozystack.io/artifact"
 #: Kubernetes refuses label values over 63 characters.
 LABEL_VALUE_MAX = 63
 
@@ -184,6 +187,11 @@ class ObjectMeta:
     resource_version: str | None = line_field(default=None, max_length=64)
     generation: int | None = None
     creation_timestamp: dt.datetime | None = None
+    #: Kept through every update (a PUT without them would drop them); the engine adds
+    #: and removes only its own (``BACKUP_FINALIZER``).
+    finalizers: tuple[str, ...] = ()
+    #: Set by the API server when a delete waits for finalizers.
+    deletion_timestamp: dt.datetime | None = None
 
 
 @attrs.frozen(kw_only=True)

