@@ -2,6 +2,8 @@
 
 ``db-<name>.dump``  one ``pg_dump -Fc --compress=0`` per database.
 ``globals.sql``     ``pg_dumpall --globals-only``: roles, memberships, tablespaces.
+``roles.json``      every role's attributes, memberships and settings, defaults included
+                    (``_roles``); backups made before it existed have none.
 ``index.json``      written last: which stream holds which database (database names may
                     hold any character; stream names may not), in format :data:`FORMAT`.
 """
@@ -67,6 +69,9 @@ def read_index(source: StreamSource) -> dict[str, Any]:
                 for e in entries
             )
             and isinstance(index["globals"]["stream"], str)
+            # No record of roles (null or absent): a backup older than it.
+            and isinstance(index.get("roles") or {}, dict)
+            and isinstance((index.get("roles") or {}).get("stream", ""), str)
         )
     except (ValueError, KeyError, TypeError):
         ok, fmt = False, None
@@ -81,6 +86,15 @@ def read_index(source: StreamSource) -> dict[str, Any]:
     missing = [e["stream"] for e in entries if e["stream"] not in names]
     if index["globals"]["stream"] not in names:
         missing.append(index["globals"]["stream"])
+    roles = roles_stream(index)
+    if roles is not None and roles not in names:
+        missing.append(roles)
     if missing:
         raise DriverError("the backup is incomplete: the dump of a database is missing")
     return index
+
+
+def roles_stream(index: dict[str, Any]) -> str | None:
+    """The stream with the record of roles (``_roles``), or None in a backup older than it."""
+    roles = index.get("roles")
+    return str(roles["stream"]) if isinstance(roles, dict) and "stream" in roles else None

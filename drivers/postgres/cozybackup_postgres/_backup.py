@@ -3,7 +3,8 @@
 Each database is dumped by ``pg_dump -Fc --compress=0`` piped straight into its artifact
 stream, which the core compresses with multi-threaded zstd; up to ``jobs`` databases at a
 time.  The globals (roles, memberships, tablespaces) are taken *after* the databases, so
-a role created while they were dumped (and owning something in them) is in it.  The
+a role created while they were dumped (and owning something in them) is in it; right
+after them, the record of every role's attributes, defaults included (``_roles``).  The
 index is written last (``_artifact``).
 """
 
@@ -20,6 +21,7 @@ from ._artifact import FORMAT, GLOBALS_STREAM, INDEX_STREAM, stream_names
 from ._parallel import CountingWriter, run_parallel
 from ._params import PostgresParameters
 from ._pg import Server, conninfo_dbname, find_tools, quoted, tool_version
+from ._roles import ROLES_STREAM, RoleState, read_sql
 
 
 def backup(ctx: BackupContext[PostgresParameters], deadline: Deadline) -> None:
@@ -47,11 +49,13 @@ def backup(ctx: BackupContext[PostgresParameters], deadline: Deadline) -> None:
     deadline.check()
     ctx.progress.stage("dumping roles and other global objects")
     role_passwords = _dump_globals(ctx, server, deadline)
+    roles = _record_roles(ctx, server, deadline, role_passwords)
     index = {
         "format": FORMAT,
         "server": {"version": info["version"]},
         "tools": dict(ctx.tool_versions),
         "globals": {"stream": GLOBALS_STREAM, "rolePasswords": role_passwords},
+        "roles": roles,
         "databases": entries,
         "extraDumpOptions": list(params.extra_dump_options),
     }
@@ -152,3 +156,23 @@ def _dump_globals(
     with ctx.artifact.open(GLOBALS_STREAM) as out:
         out.write(globals_sql)
     return role_passwords
+
+
+def _record_roles(
+    ctx: BackupContext[PostgresParameters], server: Server, deadline: Deadline, passwords: bool
+) -> dict[str, str]:
+    """Every role as the catalogs hold it (defaults included), for an exact restore;
+    the index's entry for it."""
+    data = server.query_json(
+        read_sql(passwords), deadline=deadline, doing="dumping roles and other global objects"
+    )
+    try:
+        state = RoleState.from_json(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DriverError(
+            "unexpected answer from the database server while reading its roles",
+            admin_detail=repr(exc),
+        ) from None
+    with ctx.artifact.open(ROLES_STREAM) as out:
+        out.write(state.to_json())
+    return {"stream": ROLES_STREAM}

@@ -30,10 +30,11 @@ import attrs
 
 from cozybackup_core import CozyError, Deadline, DriverError, RestoreContext
 
-from ._artifact import read_index
+from ._artifact import read_index, roles_stream
 from ._parallel import CancellableReader, Cancelled, run_parallel
 from ._params import RESTORE_OPTIONS, PostgresParameters
 from ._pg import ADMIN_DB, Server, conninfo_dbname, find_tools, first_error, ident, literal, quoted
+from ._roles import RoleState, added_roles, as_script, plan, read_sql
 
 ASIDE_PREFIX = "cozybackup_old_"
 #: Time allowed for putting databases back (or dropping old copies) after the work ended.
@@ -66,9 +67,20 @@ def restore(ctx: RestoreContext[PostgresParameters], deadline: Deadline) -> None
         analyze=params.analyze,
         ctx=ctx,
     )
+    before = restore.read_roles(deadline)
     ctx.progress.stage("restoring roles and other global objects")
-    restore.apply_globals(index["globals"]["stream"])
-    restore.databases(index["databases"], params.jobs)
+    try:
+        restore.apply_globals(index["globals"]["stream"])
+        restore.apply_roles(roles_stream(index))
+        restore.databases(index["databases"], params.jobs)
+    except BaseException as exc:
+        # The databases are already back (or untouched); the roles are server-wide and
+        # were changed first, so they go back last.
+        ctx.progress.stage("putting the previous roles back")
+        note = restore.put_roles_back(before)
+        if isinstance(exc, CozyError):
+            _amend(exc, note)
+        raise
     where = "in place" if ctx.in_place else "into the target application"
     ctx.log.info("restored %d databases %s", len(index["databases"]), where)
 
@@ -141,6 +153,79 @@ class _Restore:
                 f"rejected; first: {first_error(real[0])}); no database was changed",
                 admin_detail="\n".join(real),
             )
+
+    def read_roles(self, deadline: Deadline) -> RoleState:
+        """The target's roles now; without passwords if this account may not read them."""
+        doing = "reading the roles of the database server"
+        try:
+            data = self.server.query_json(
+                read_sql(True), deadline=deadline, database=ADMIN_DB, doing=doing
+            )
+        except DriverError as exc:
+            if "pg_authid" not in (exc.admin_detail or ""):
+                raise
+            data = self.server.query_json(
+                read_sql(False), deadline=deadline, database=ADMIN_DB, doing=doing
+            )
+        return RoleState.from_json(data)
+
+    def apply_roles(self, stream: str | None) -> None:
+        """Make every backed-up role exactly as it was: what ``globals.sql`` cannot say
+        (defaults, and things added after the backup) is set or taken away here."""
+        if stream is None:
+            self.ctx.log.warning(
+                "this backup has no record of roles (made by an older driver): attributes, "
+                "memberships and settings given to its roles after it stay"
+            )
+            return
+        with self.ctx.artifact.open(stream) as f:
+            raw = f.read()
+        try:
+            want = RoleState.from_json(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DriverError(
+                "the backup's record of roles is unreadable; no database was changed",
+                admin_detail=repr(exc),
+            ) from None
+        steps = plan(want, self.read_roles(self.deadline), {self.server.user})
+        self.ctx.log.info("roles: %d statements to match the backup", len(steps))
+        if steps:
+            self.sql(
+                as_script(steps),
+                "restoring the roles' attributes, memberships and settings",
+            )
+
+    def put_roles_back(self, before: RoleState) -> str:
+        """After a failure: the target's roles as in ``before``; what to tell the tenant."""
+        grace = Deadline.after(CLEANUP_SECONDS)  # even when the job's deadline has passed
+        keep_out = {self.server.user}
+        try:
+            now = self.read_roles(grace)
+            steps = plan(before, now, keep_out)
+            if steps:
+                self.sql(as_script(steps), "putting the previous roles back", deadline=grace)
+        except CozyError as exc:
+            self.ctx.log.error("putting the roles back failed: %s (%s)", exc, exc.admin_detail)
+            return (
+                "the roles could not be put back as they were before the restore (the "
+                "backup's attributes, passwords and memberships may be in effect); ask the "
+                "platform operator"
+            )
+        kept: list[str] = []
+        for name in added_roles(before, now, keep_out):
+            try:
+                self.sql(
+                    f"DROP ROLE {ident(name)};", "removing a role the restore added", deadline=grace
+                )
+            except CozyError as exc:
+                self.ctx.log.error("could not drop role %r: %s (%s)", name, exc, exc.admin_detail)
+                kept.append(name)
+        if kept:
+            return (
+                "the roles are as they were before the restore, except that these roles it "
+                "created remain: " + ", ".join(quoted(k) for k in kept)
+            )
+        return "the roles are as they were before the restore"
 
     # -- databases
 

@@ -1,0 +1,292 @@
+"""Roles come back exactly as backed up (issue #14): every attribute, defaults included,
+passwords (and none), memberships with their admin option and grantor, settings and
+comments; and a restore that fails puts the target's roles back as they were."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from cozybackup_postgres import PostgresDriver, _backup
+from cozybackup_postgres._roles import (
+    Membership,
+    Role,
+    RoleState,
+    plan,
+    set_setting_sql,
+    split_list_setting,
+)
+from cozybackup_postgres.testing import PostgresServer, ServerPool
+
+from cozybackup_core.testing import LocalPlatform
+
+NS = "tenant-a"
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> LocalPlatform:
+    return LocalPlatform(tmp_path / "home", drivers=(PostgresDriver,))
+
+
+def declare(plat: LocalPlatform, name: str, server: PostgresServer) -> Any:
+    return plat.declare_app(NS, name, "Postgres", server.connection(), server.credentials())
+
+
+def ok(job: Any) -> None:
+    assert job.status.phase == "Succeeded", f"{job.kind} failed: {job.status.message}"
+
+
+def roles_catalog(server: PostgresServer, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """pg_authid (every column but the oid, which differs between servers), comments,
+    pg_auth_members and pg_db_role_setting, by name; without built-in roles and the
+    connecting superuser (and ``skip``)."""
+    out = server.psql(
+        """SET TimeZone = 'UTC';
+SELECT json_build_object(
+ 'authid', (SELECT json_agg(to_jsonb(a) - 'oid' || jsonb_build_object('comment',
+             shobj_description(a.oid, 'pg_authid')) ORDER BY a.rolname)
+            FROM pg_authid a WHERE a.rolname !~ '^pg_' AND a.rolname <> current_user),
+ 'members', (SELECT json_agg(json_build_object('role', r.rolname, 'member', m.rolname,
+             'grantor', g.rolname, 'admin', am.admin_option) ORDER BY r.rolname, m.rolname)
+            FROM pg_auth_members am JOIN pg_roles r ON r.oid = am.roleid
+            JOIN pg_roles m ON m.oid = am.member LEFT JOIN pg_roles g ON g.oid = am.grantor
+            WHERE m.rolname !~ '^pg_' AND m.rolname <> current_user),
+ 'settings', (SELECT json_agg(json_build_object('db', d.datname, 'role', r.rolname,
+             'config', s.setconfig) ORDER BY d.datname NULLS FIRST, r.rolname)
+            FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
+            LEFT JOIN pg_database d ON d.oid = s.setdatabase
+            WHERE r.rolname <> current_user))"""
+    )
+    data: dict[str, Any] = json.loads(out)
+    for key in ("authid", "members", "settings"):
+        data[key] = [
+            row
+            for row in data[key] or []
+            if not {row.get("rolname"), row.get("role"), row.get("member")} & set(skip)
+        ]
+    return data
+
+
+def superuser_row(server: PostgresServer) -> str:
+    return server.psql("SELECT to_jsonb(a) FROM pg_authid a WHERE rolname = current_user")
+
+
+ROLES = """
+CREATE ROLE plain LOGIN;
+CREATE ROLE app LOGIN PASSWORD 'app-pw' CONNECTION LIMIT 3 VALID UNTIL '2040-01-02 03:04:05+00';
+CREATE ROLE staff NOLOGIN;
+CREATE ROLE auditors NOLOGIN;
+CREATE ROLE "Odd ""Rôle"" x" LOGIN VALID UNTIL 'infinity' CREATEDB CREATEROLE;
+CREATE ROLE ops REPLICATION BYPASSRLS NOINHERIT;
+CREATE ROLE boss SUPERUSER;
+GRANT staff TO app;
+GRANT auditors TO ops WITH ADMIN OPTION;
+GRANT staff TO "Odd ""Rôle"" x" WITH ADMIN OPTION GRANTED BY staff;
+GRANT pg_read_all_data TO auditors;
+COMMENT ON ROLE app IS 'the application';
+ALTER ROLE app SET search_path = "$user", public, 'we"ird';
+ALTER ROLE app SET work_mem = '8MB';
+CREATE DATABASE shop OWNER app;
+ALTER ROLE app IN DATABASE shop SET statement_timeout = '5s';
+"""
+
+#: Everything pg_dumpall --globals-only cannot undo, and more.
+CHANGES = """
+ALTER ROLE plain CONNECTION LIMIT 0 VALID UNTIL '2000-01-01' PASSWORD 'set-later';
+ALTER ROLE app NOLOGIN CREATEDB CONNECTION LIMIT -1 VALID UNTIL 'infinity' PASSWORD 'other';
+ALTER ROLE "Odd ""Rôle"" x" NOCREATEDB VALID UNTIL '1999-12-31';
+ALTER ROLE ops NOREPLICATION NOBYPASSRLS INHERIT SUPERUSER;
+ALTER ROLE boss NOSUPERUSER LOGIN;
+ALTER ROLE staff SET statement_timeout = '1s';
+ALTER ROLE app SET work_mem = '64MB';
+ALTER ROLE app SET search_path = public;
+ALTER ROLE app SET lock_timeout = '2s';
+ALTER ROLE app IN DATABASE shop SET statement_timeout = '9s';
+ALTER ROLE plain IN DATABASE shop SET work_mem = '1MB';
+COMMENT ON ROLE app IS NULL;
+COMMENT ON ROLE plain IS 'commented later';
+GRANT auditors TO plain;
+GRANT boss TO app;
+REVOKE staff FROM app;
+GRANT staff TO app WITH ADMIN OPTION;
+REVOKE ADMIN OPTION FOR auditors FROM ops;
+REVOKE staff FROM "Odd ""Rôle"" x";
+GRANT staff TO "Odd ""Rôle"" x";
+GRANT pg_monitor TO ops;
+REVOKE pg_read_all_data FROM auditors;
+CREATE ROLE later LOGIN;
+GRANT staff TO later;
+"""
+
+
+def test_in_place_restore_brings_every_role_back_exactly(
+    platform: LocalPlatform, pg_servers: ServerPool
+) -> None:
+    server = pg_servers.start()
+    server.psql(ROLES)
+    ref = declare(platform, "db", server)
+    ok(platform.backup(NS, ref, "b1"))
+    backed_up = roles_catalog(server)
+    me = superuser_row(server)
+    server.psql(CHANGES)
+    assert roles_catalog(server, skip=("later",)) != backed_up
+    ok(platform.restore(NS, "b1", "r1"))
+    # A role made after the backup is left alone (it may own things elsewhere).
+    assert roles_catalog(server, skip=("later",)) == backed_up
+    assert "later" in server.psql("SELECT rolname FROM pg_roles WHERE rolname = 'later'")
+    assert superuser_row(server) == me, "the platform's own role is never changed"
+
+
+def test_restore_into_a_copy_whose_roles_exist_brings_them_back_exactly(
+    platform: LocalPlatform, pg_servers: ServerPool
+) -> None:
+    src, copy = pg_servers.start(), pg_servers.start()
+    src.psql(ROLES)
+    # The copy holds the same roles, changed (and a database of that name).
+    copy.psql(ROLES)
+    copy.psql(CHANGES)
+    ok(platform.backup(NS, declare(platform, "src", src), "b1"))
+    me = superuser_row(copy)
+    ok(platform.restore(NS, "b1", "r1", target=declare(platform, "copy", copy)))
+    assert roles_catalog(copy, skip=("later",)) == roles_catalog(src)
+    assert superuser_row(copy) == me
+
+
+def test_a_backup_older_than_the_record_of_roles_still_restores(
+    platform: LocalPlatform, pg_servers: ServerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = pg_servers.start()
+    server.psql(ROLES)
+    # As the driver wrote backups before the record existed: no roles.json (and no
+    # stream named in the index).
+    monkeypatch.setattr(_backup, "_record_roles", lambda *a: None)
+    ok(platform.backup(NS, declare(platform, "db", server), "b1"))
+    server.psql("ALTER ROLE app NOLOGIN; DROP ROLE ops;")
+    ok(platform.restore(NS, "b1", "r1"))
+    login = server.psql("SELECT rolcanlogin FROM pg_roles WHERE rolname IN ('app', 'ops')")
+    assert login.split() == ["t", "f"], "globals.sql alone: flags and roles come back"
+
+
+# ---------------------------------------------------------------------------- units
+
+
+def test_list_settings_split_like_postgres() -> None:
+    assert split_list_setting('"$user", public, "we""ird"') == ["$user", "public", 'we"ird']
+    assert split_list_setting('""') == [""]
+    assert split_list_setting("a,b") == ["a", "b"]
+    assert set_setting_sql("x", 'search_path="$user", public') == (
+        "ALTER ROLE \"x\" SET \"search_path\" TO '$user', 'public';"
+    )
+    assert set_setting_sql("x", "work_mem=8MB") == 'ALTER ROLE "x" SET "work_mem" TO \'8MB\';'
+
+
+def test_plan_never_touches_the_platform_role_or_builtin_roles() -> None:
+    want = RoleState(
+        passwords=True,
+        roles=(Role(name="admin", superuser=True), Role(name="pg_monitor"), Role(name="a")),
+        memberships=(),
+    )
+    have = RoleState(
+        passwords=True,
+        roles=(
+            Role(name="admin", password="x"),
+            Role(name="pg_monitor", login=True),
+            Role(name="a", connection_limit=0, valid_until="2000-01-01T00:00:00+00:00"),
+        ),
+        memberships=(
+            Membership(role="a", member="admin", grantor="admin", admin_option=False),
+            Membership(role="admin", member="a", grantor="admin", admin_option=True),
+        ),
+    )
+    steps = plan(want, have, {"admin"})
+    assert steps == [
+        'ALTER ROLE "a" WITH CONNECTION LIMIT -1;',
+        "UPDATE pg_catalog.pg_authid SET rolvaliduntil = NULL WHERE rolname = 'a';",
+        'REVOKE "admin" FROM "a";',
+    ]
+    assert plan(want, want, {"admin"}) == []
+    # Without passwords on either side, passwords are left as they are.
+    blind = attrs.evolve(want, passwords=False)
+    assert plan(blind, have, {"admin"})[0] == 'ALTER ROLE "a" WITH CONNECTION LIMIT -1;'
+
+
+# ---------------------------------------------------------------------------- failures
+
+
+def breakable(server: PostgresServer) -> None:
+    """Roles, and two databases of which "shop" fails in pg_restore (an index on a
+    function whose body names a table without its schema), after "alpha" was restored."""
+    server.psql(
+        ROLES.replace("CREATE DATABASE shop OWNER app;", "").replace("IN DATABASE shop", "")
+    )
+    server.psql("CREATE DATABASE alpha OWNER app")
+    server.psql("CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)", "alpha")
+    server.psql("CREATE DATABASE shop OWNER staff")
+    server.psql(
+        """CREATE TABLE helper (x int); INSERT INTO helper VALUES (1);
+           CREATE FUNCTION f(i int) RETURNS int LANGUAGE sql IMMUTABLE
+             AS 'SELECT i + (SELECT count(*) FROM helper)::int';
+           CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10);
+           CREATE INDEX t_f ON t (f(id));""",
+        "shop",
+    )
+
+
+def test_a_failed_in_place_restore_puts_the_roles_back(
+    platform: LocalPlatform, pg_servers: ServerPool
+) -> None:
+    server = pg_servers.start()
+    breakable(server)
+    ok(platform.backup(NS, declare(platform, "db", server), "b1"))
+    server.psql(CHANGES.replace("IN DATABASE shop", ""))
+    before = roles_catalog(server)
+    job = platform.restore(NS, "b1", "r1")
+    assert job.status.phase == "Failed"
+    assert 'pg_restore failed while restoring database "shop"' in job.status.message
+    assert job.status.message.endswith(
+        "nothing was replaced: every database is as it was before the restore; "
+        "the roles are as they were before the restore"
+    )
+    assert roles_catalog(server) == before
+
+
+def test_a_failed_restore_into_a_copy_removes_the_roles_it_created(
+    platform: LocalPlatform, pg_servers: ServerPool
+) -> None:
+    src, copy = pg_servers.start(), pg_servers.start()
+    breakable(src)
+    copy.psql("CREATE ROLE app NOLOGIN CONNECTION LIMIT 0; CREATE ROLE mine LOGIN;")
+    before = roles_catalog(copy)
+    ok(platform.backup(NS, declare(platform, "src", src), "b1"))
+    job = platform.restore(NS, "b1", "r1", target=declare(platform, "copy", copy))
+    assert job.status.phase == "Failed"
+    assert "the roles are as they were before the restore" in job.status.message
+    assert roles_catalog(copy) == before
+    assert sorted(copy.databases()) == ["postgres"]
+
+
+def test_a_rejected_global_statement_puts_the_roles_back(
+    platform: LocalPlatform, pg_servers: ServerPool
+) -> None:
+    """Roles are created and changed statement by statement before the first error
+    (here a tablespace whose directory the target lacks) stops the restore."""
+    src, copy = pg_servers.start(), pg_servers.start()
+    src.psql(ROLES)
+    ts = src.root / "ts"
+    ts.mkdir()
+    shutil.chown(ts, "postgres", "postgres")
+    src.psql(f"CREATE TABLESPACE ts OWNER app LOCATION '{ts}'")
+    copy.psql("CREATE ROLE app NOLOGIN CONNECTION LIMIT 0 PASSWORD 'copy'; CREATE ROLE mine;")
+    before = roles_catalog(copy)
+    ok(platform.backup(NS, declare(platform, "src", src), "b1"))
+    job = platform.restore(NS, "b1", "r1", target=declare(platform, "copy", copy))
+    assert job.status.phase == "Failed"
+    assert "restoring roles and other global objects failed" in job.status.message
+    assert job.status.message.endswith(
+        "no database was changed; the roles are as they were before the restore"
+    )
+    assert roles_catalog(copy) == before
