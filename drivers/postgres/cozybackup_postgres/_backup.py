@@ -18,6 +18,7 @@ from typing import IO, Any, cast
 from cozybackup_core import BackupContext, Deadline, DriverError
 
 from ._artifact import FORMAT, GLOBALS_STREAM, INDEX_STREAM, stream_names
+from ._extras import READ_SQL, matview_warning
 from ._parallel import CountingWriter, run_parallel
 from ._params import PostgresParameters
 from ._pg import Server, conninfo_dbname, find_tools, quoted, tool_version
@@ -79,6 +80,9 @@ def backup(ctx: BackupContext[PostgresParameters], deadline: Deadline) -> None:
             "rolePasswords": role_passwords,
         }
     )
+    matviews = matview_warning(entries)
+    if matviews:
+        ctx.warn(matviews)
     if not role_passwords:
         ctx.warn(
             "role passwords are not in this backup: the backup's account may not read them "
@@ -130,7 +134,16 @@ def _dump_databases(
                 doing=f"dumping database {quoted(name)}",
             )
         ctx.log.info("dumped database %r: %d bytes", name, sink.count)
-        return {"name": name, "stream": streams[name], "bytes": sink.count}
+        extras = server.query_json(
+            READ_SQL, deadline=deadline, database=name, doing=f"dumping database {quoted(name)}"
+        )
+        return {
+            "name": name,
+            "stream": streams[name],
+            "bytes": sink.count,
+            "multirangeOwners": extras["multirangeOwners"],
+            "materializedViews": extras["materializedViews"],
+        }
 
     return run_parallel(names, params.jobs, dump)
 

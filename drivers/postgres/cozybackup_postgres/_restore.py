@@ -31,6 +31,7 @@ import attrs
 from cozybackup_core import CozyError, Deadline, DriverError, RestoreContext
 
 from ._artifact import read_index, roles_stream
+from ._extras import owner_sql
 from ._parallel import CancellableReader, Cancelled, run_parallel
 from ._params import RESTORE_OPTIONS, PostgresParameters
 from ._pg import ADMIN_DB, Server, conninfo_dbname, find_tools, first_error, ident, literal, quoted
@@ -241,7 +242,7 @@ class _Restore:
                 self.ctx.progress.stage(
                     f"restoring database {quoted(entry['name'])} ({n} of {total})"
                 )
-            self.restore_one(entry["name"], entry["stream"], cancel)
+            self.restore_one(entry, cancel)
 
         try:
             run_parallel(list(enumerate(entries, 1)), jobs, one)
@@ -259,7 +260,8 @@ class _Restore:
         self.ctx.progress.stage("dropping the previous copies of the databases")
         self.commit()
 
-    def restore_one(self, name: str, stream: str, cancel: threading.Event) -> None:
+    def restore_one(self, entry: dict[str, Any], cancel: threading.Event) -> None:
+        name, stream = str(entry["name"]), str(entry["stream"])
         q = quoted(name)
         aside: str | None = None
         allowed = self.existing.get(name, True)
@@ -283,6 +285,11 @@ class _Restore:
                 stdin=cast(IO[bytes], CancellableReader(src, cancel)),
                 doing=f"restoring database {q}",
             )
+        owners = owner_sql(entry)
+        if owners and "--no-owner" not in self.restore_options:
+            if cancel.is_set():
+                raise Cancelled
+            self.sql(owners, f"restoring database {q}", database=name)
         if self.analyze:
             if cancel.is_set():
                 raise Cancelled

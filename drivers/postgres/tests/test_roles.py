@@ -4,7 +4,6 @@ comments; and a restore that fails puts the target's roles back as they were."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from cozybackup_postgres._roles import (
     set_setting_sql,
     split_list_setting,
 )
-from cozybackup_postgres.testing import PostgresServer, ServerPool
+from cozybackup_postgres.testing import PostgresServer, ServerPool, roles_catalog
 
 from cozybackup_core.testing import LocalPlatform
 
@@ -38,37 +37,6 @@ def declare(plat: LocalPlatform, name: str, server: PostgresServer) -> Any:
 
 def ok(job: Any) -> None:
     assert job.status.phase == "Succeeded", f"{job.kind} failed: {job.status.message}"
-
-
-def roles_catalog(server: PostgresServer, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """pg_authid (every column but the oid, which differs between servers), comments,
-    pg_auth_members and pg_db_role_setting, by name; without built-in roles and the
-    connecting superuser (and ``skip``)."""
-    out = server.psql(
-        """SET TimeZone = 'UTC';
-SELECT json_build_object(
- 'authid', (SELECT json_agg(to_jsonb(a) - 'oid' || jsonb_build_object('comment',
-             shobj_description(a.oid, 'pg_authid')) ORDER BY a.rolname)
-            FROM pg_authid a WHERE a.rolname !~ '^pg_' AND a.rolname <> current_user),
- 'members', (SELECT json_agg(json_build_object('role', r.rolname, 'member', m.rolname,
-             'grantor', g.rolname, 'admin', am.admin_option) ORDER BY r.rolname, m.rolname)
-            FROM pg_auth_members am JOIN pg_roles r ON r.oid = am.roleid
-            JOIN pg_roles m ON m.oid = am.member LEFT JOIN pg_roles g ON g.oid = am.grantor
-            WHERE m.rolname !~ '^pg_' AND m.rolname <> current_user),
- 'settings', (SELECT json_agg(json_build_object('db', d.datname, 'role', r.rolname,
-             'config', s.setconfig) ORDER BY d.datname NULLS FIRST, r.rolname)
-            FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
-            LEFT JOIN pg_database d ON d.oid = s.setdatabase
-            WHERE r.rolname <> current_user))"""
-    )
-    data: dict[str, Any] = json.loads(out)
-    for key in ("authid", "members", "settings"):
-        data[key] = [
-            row
-            for row in data[key] or []
-            if not {row.get("rolname"), row.get("role"), row.get("member")} & set(skip)
-        ]
-    return data
 
 
 def superuser_row(server: PostgresServer) -> str:
