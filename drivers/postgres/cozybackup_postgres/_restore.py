@@ -32,6 +32,7 @@ from cozybackup_core import CozyError, Deadline, DriverError, RestoreContext
 
 from ._artifact import read_index, roles_stream
 from ._extras import owner_sql
+from ._globals import filter_globals
 from ._parallel import CancellableReader, Cancelled, run_parallel
 from ._params import RESTORE_OPTIONS, PostgresParameters
 from ._pg import ADMIN_DB, Server, conninfo_dbname, find_tools, first_error, ident, literal, quoted
@@ -84,17 +85,6 @@ def restore(ctx: RestoreContext[PostgresParameters], deadline: Deadline) -> None
         raise
     where = "in place" if ctx.in_place else "into the target application"
     ctx.log.info("restored %d databases %s", len(index["databases"]), where)
-
-
-def filter_globals(sql: str, user: str) -> str:
-    """``sql`` without the statements that would change role ``user`` (ourselves)."""
-    spellings = {ident(user)}
-    if re.fullmatch(r"[a-z_][a-z0-9_$]*", user):
-        spellings.add(user)
-    drop = tuple(f"CREATE ROLE {s};" for s in spellings) + tuple(
-        f"ALTER ROLE {s} WITH " for s in spellings
-    )
-    return "".join(line for line in sql.splitlines(keepends=True) if not line.startswith(drop))
 
 
 def _amend(exc: CozyError, addition: str) -> None:

@@ -139,6 +139,29 @@ def test_a_backup_older_than_the_record_of_roles_still_restores(
     assert login.split() == ["t", "f"], "globals.sql alone: flags and roles come back"
 
 
+def test_the_platform_role_keeps_its_settings_and_comment(
+    platform: LocalPlatform, pg_servers: ServerPool
+) -> None:
+    """The source's platform role (same name as the target's) had settings and a comment
+    over two lines: none of it reaches the target's."""
+    src, copy = pg_servers.start(), pg_servers.start()
+    src.psql(ROLES)
+    src.psql(
+        "ALTER ROLE cozy_admin SET work_mem = '1MB';"
+        "COMMENT ON ROLE cozy_admin IS 'line one\nline two; ''quoted''';"
+    )
+    ok(platform.backup(NS, declare(platform, "src", src), "b1"))
+    me = superuser_row(copy)
+    ok(platform.restore(NS, "b1", "r1", target=declare(platform, "copy", copy)))
+    assert superuser_row(copy) == me
+    touched = copy.psql(
+        "SELECT count(*) FROM pg_db_role_setting WHERE setrole = 'cozy_admin'::regrole;"
+        "SELECT shobj_description('cozy_admin'::regrole, 'pg_authid') IS NULL;"
+    )
+    assert touched.split() == ["0", "t"]
+    assert roles_catalog(copy) == roles_catalog(src)
+
+
 # ---------------------------------------------------------------------------- units
 
 
