@@ -36,7 +36,7 @@ from ._globals import filter_globals
 from ._parallel import CancellableReader, Cancelled, run_parallel
 from ._params import RESTORE_OPTIONS, PostgresParameters
 from ._pg import ADMIN_DB, Server, conninfo_dbname, find_tools, first_error, ident, literal, quoted
-from ._roles import RoleState, added_roles, as_script, plan, read_sql
+from ._roles import RoleState, added_roles, as_script, changed_roles, plan, read_sql
 
 ASIDE_PREFIX = "cozybackup_old_"
 #: Time allowed for putting databases back (or dropping old copies) after the work ended.
@@ -181,10 +181,14 @@ class _Restore:
         steps = plan(want, self.read_roles(self.deadline), {self.server.user})
         self.ctx.log.info("roles: %d statements to match the backup", len(steps))
         if steps:
-            self.sql(
-                as_script(steps),
-                "restoring the roles' attributes, memberships and settings",
-            )
+            try:
+                self.sql(
+                    as_script(steps),
+                    "restoring the roles' attributes, memberships and settings",
+                )
+            except CozyError as exc:
+                _amend(exc, "no database was changed")
+                raise
 
     def put_roles_back(self, before: RoleState) -> str:
         """After a failure: the target's roles as in ``before``; what to tell the tenant."""
@@ -197,11 +201,7 @@ class _Restore:
                 self.sql(as_script(steps), "putting the previous roles back", deadline=grace)
         except CozyError as exc:
             self.ctx.log.error("putting the roles back failed: %s (%s)", exc, exc.admin_detail)
-            return (
-                "the roles could not be put back as they were before the restore (the "
-                "backup's attributes, passwords and memberships may be in effect); ask the "
-                "platform operator"
-            )
+            return self.roles_not_back(before, keep_out, grace)
         kept: list[str] = []
         for name in added_roles(before, now, keep_out):
             try:
@@ -217,6 +217,26 @@ class _Restore:
                 "created remain: " + ", ".join(quoted(k) for k in kept)
             )
         return "the roles are as they were before the restore"
+
+    def roles_not_back(self, before: RoleState, keep_out: set[str], grace: Deadline) -> str:
+        """What to tell the tenant when the roles could not be put back: which differ."""
+        message = "the roles could not be put back as they were before the restore"
+        try:
+            names = changed_roles(before, self.read_roles(grace), keep_out)
+        except CozyError as exc:
+            self.ctx.log.error("reading the roles failed: %s (%s)", exc, exc.admin_detail)
+            return (
+                f"{message} (the backup's attributes, passwords and memberships may be in "
+                "effect); ask the platform operator"
+            )
+        if not names:
+            return "the roles are as they were before the restore"
+        return (
+            f"{message}; these differ from before (attributes, password, settings, "
+            "comment or memberships as in the backup, or created by it): "
+            + ", ".join(quoted(n) for n in names)
+            + "; ask the platform operator"
+        )
 
     # -- databases
 

@@ -275,6 +275,30 @@ def added_roles(before: RoleState, now: RoleState, keep_out: Collection[str]) ->
     ]
 
 
+def changed_roles(before: RoleState, now: RoleState, keep_out: Collection[str]) -> list[str]:
+    """The roles (not ``keep_out``, not built-in) whose attributes, password (when both
+    could be read), comment, settings or memberships differ, or that only one side has."""
+    blind = not (before.passwords and now.passwords)
+
+    def rows(state: RoleState) -> dict[str, Role]:
+        return {
+            r.name: attrs.evolve(r, password=None) if blind else r
+            for r in state.roles
+            if r.name not in keep_out and not builtin(r.name)
+        }
+
+    def held(state: RoleState) -> dict[tuple[str, str], Membership]:
+        return {(m.role, m.member): m for m in state.memberships}
+
+    was, now_rows = rows(before), rows(now)
+    out = {n for n in set(was) | set(now_rows) if was.get(n) != now_rows.get(n)}
+    m_was, m_now = held(before), held(now)
+    for key in set(m_was) | set(m_now):
+        if m_was.get(key) != m_now.get(key) and key[1] in set(was) | set(now_rows):
+            out.add(key[1])
+    return sorted(out)
+
+
 def as_script(statements: list[str]) -> str:
     """One transaction: either every role is changed or none is."""
     return "BEGIN;\n" + "\n".join(statements) + "\nCOMMIT;\n"

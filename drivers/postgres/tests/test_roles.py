@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 import pytest
-from cozybackup_postgres import PostgresDriver, _backup
+from cozybackup_postgres import PostgresDriver, _backup, _restore
 from cozybackup_postgres._roles import (
     Membership,
     Role,
@@ -281,3 +281,62 @@ def test_a_rejected_global_statement_puts_the_roles_back(
         "no database was changed; the roles are as they were before the restore"
     )
     assert roles_catalog(copy) == before
+
+
+def test_a_failure_while_setting_the_roles_puts_them_back(
+    platform: LocalPlatform, pg_servers: ServerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = pg_servers.start()
+    server.psql(ROLES)
+    ok(platform.backup(NS, declare(platform, "db", server), "b1"))
+    server.psql(CHANGES)
+    before = roles_catalog(server)
+    real = _restore.plan
+    calls: list[int] = []
+
+    def failing(want: RoleState, have: RoleState, keep_out: Any) -> list[str]:
+        """The first plan (the backup's roles) fails at its last statement."""
+        steps = real(want, have, keep_out)
+        calls.append(len(steps))
+        return [*steps, "SELECT 1 / 0;"] if len(calls) == 1 else steps
+
+    monkeypatch.setattr(_restore, "plan", failing)
+    job = platform.restore(NS, "b1", "r1")
+    assert job.status.phase == "Failed"
+    assert job.status.message.endswith(
+        "division by zero; no database was changed; the roles are as they were before the restore"
+    )
+    assert calls[0] > 1 and calls[1] > 1, "globals.sql had changed roles: put back"
+    assert roles_catalog(server) == before
+
+
+def test_when_the_roles_cannot_be_put_back_the_message_names_them(
+    platform: LocalPlatform, pg_servers: ServerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = pg_servers.start()
+    breakable(server)
+    ok(platform.backup(NS, declare(platform, "db", server), "b1"))
+    server.psql(CHANGES.replace("IN DATABASE shop", ""))
+    before = roles_catalog(server)
+    real = _restore.as_script
+    calls: list[int] = []
+
+    def failing(steps: list[str]) -> str:
+        """Setting the backup's roles works; putting the previous ones back does not."""
+        calls.append(len(steps))
+        return real(steps) if len(calls) == 1 else "SELECT 1 / 0;"
+
+    monkeypatch.setattr(_restore, "as_script", failing)
+    job = platform.restore(NS, "b1", "r1")
+    assert job.status.phase == "Failed"
+    assert job.status.message.endswith(
+        "nothing was replaced: every database is as it was before the restore; the roles "
+        "could not be put back as they were before the restore; these differ from before "
+        "(attributes, password, settings, comment or memberships as in the backup, or "
+        'created by it): "Odd "Rôle" x", "app", "auditors", "boss", "ops", "plain", '
+        '"staff"; ask the platform operator'
+    )
+    after = roles_catalog(server)
+    assert after != before
+    changed = {r["rolname"] for r in after["authid"] if r not in before["authid"]}
+    assert changed == {'Odd "Rôle" x', "app", "boss", "ops", "plain"}
