@@ -92,6 +92,9 @@ class RoleState:
     passwords: bool
     roles: tuple[Role, ...]
     memberships: tuple[Membership, ...]
+    #: ``ALTER ROLE ALL SET``: settings for every role in every database, which
+    #: pg_dumpall does not dump at all.
+    all_roles_settings: tuple[str, ...] = ()
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -99,6 +102,7 @@ class RoleState:
                 "passwords": self.passwords,
                 "roles": [attrs.asdict(r) for r in self.roles],
                 "memberships": [attrs.asdict(m) for m in self.memberships],
+                "all_roles_settings": list(self.all_roles_settings),
             },
             indent=1,
             sort_keys=True,
@@ -114,7 +118,12 @@ class RoleState:
         memberships = tuple(Membership(**m) for m in data["memberships"])
         if not isinstance(data["passwords"], bool):
             raise TypeError("passwords")
-        return cls(passwords=data["passwords"], roles=roles, memberships=memberships)
+        return cls(
+            passwords=data["passwords"],
+            roles=roles,
+            memberships=memberships,
+            all_roles_settings=tuple(data.get("all_roles_settings") or ()),
+        )
 
 
 def read_sql(passwords: bool) -> str:
@@ -137,6 +146,8 @@ SELECT json_build_object(
       'settings', (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s
                    WHERE s.setrole = a.oid AND s.setdatabase = 0))
     ORDER BY a.rolname), '[]') FROM {table} a),
+  'all_roles_settings', (SELECT s.setconfig FROM pg_catalog.pg_db_role_setting s
+                         WHERE s.setrole = 0 AND s.setdatabase = 0),
   'memberships', (SELECT coalesce(json_agg(json_build_object(
       'role', r.rolname, 'member', m.rolname, 'grantor', g.rolname,
       'admin_option', am.admin_option) ORDER BY r.rolname, m.rolname), '[]')
@@ -182,15 +193,16 @@ def split_list_setting(value: str) -> list[str]:
         i += 1
 
 
-def set_setting_sql(role: str, setting: str) -> str:
+def set_setting_sql(role: str | None, setting: str) -> str:
     """``ALTER ROLE … SET`` for one ``name=value`` of ``pg_db_role_setting`` (as pg_dumpall
-    writes it, so the catalog ends up holding the same text)."""
+    writes it, so the catalog ends up holding the same text); role None: ``ALL``."""
     name, _, value = setting.partition("=")
     if name.lower() in LIST_SETTINGS:
         rhs = ", ".join(literal(v) for v in split_list_setting(value))
     else:
         rhs = literal(value)
-    return f"ALTER ROLE {ident(role)} SET {ident(name)} TO {rhs};"
+    who = "ALL" if role is None else ident(role)
+    return f"ALTER ROLE {who} SET {ident(name)} TO {rhs};"
 
 
 def _grant(m: Membership, known: Collection[str]) -> str:
@@ -205,7 +217,8 @@ def _grant(m: Membership, known: Collection[str]) -> str:
 def plan(want: RoleState, have: RoleState, keep_out: Collection[str]) -> list[str]:
     """The statements that make ``have`` (a server now) hold ``want`` for every role of
     ``want``: attributes, password (when both sides could read them), comment,
-    server-wide settings, and the memberships those roles hold.
+    server-wide settings, and the memberships those roles hold; and the settings for all
+    roles (``ALTER ROLE ALL SET``).
 
     Roles in ``keep_out`` (the platform's own) and built-in roles are never changed;
     roles only ``have`` knows are left alone (see :func:`added_roles`).
@@ -244,6 +257,9 @@ def plan(want: RoleState, have: RoleState, keep_out: Collection[str]) -> list[st
         if r.settings != h.settings:
             out.append(f"ALTER ROLE {ident(r.name)} RESET ALL;")
             out.extend(set_setting_sql(r.name, s) for s in r.settings)
+    if want.all_roles_settings != have.all_roles_settings:
+        out.append("ALTER ROLE ALL RESET ALL;")
+        out.extend(set_setting_sql(None, s) for s in want.all_roles_settings)
     wanted = {(m.role, m.member): m for m in want.memberships if m.member in names}
     held = {(m.role, m.member): m for m in have.memberships if m.member in names}
     for key, m in held.items():

@@ -127,7 +127,8 @@ ALTER TABLE "Reporting".daily OWNER TO app_owner;
 
 def roles_catalog(server: PostgresServer, *, skip: Sequence[str] = ()) -> dict[str, Any]:
     """pg_authid (every column but the oid, which differs between servers), comments,
-    pg_auth_members and pg_db_role_setting, by name; without built-in roles and the
+    pg_auth_members and pg_db_role_setting (role None: ``ALTER ROLE ALL``, or
+    ``ALTER DATABASE`` with a database), by name; without built-in roles and the
     connecting superuser (and ``skip``)."""
     out = server.psql(
         """SET TimeZone = 'UTC';
@@ -141,10 +142,10 @@ SELECT json_build_object(
             JOIN pg_roles m ON m.oid = am.member LEFT JOIN pg_roles g ON g.oid = am.grantor
             WHERE m.rolname !~ '^pg_' AND m.rolname <> current_user),
  'settings', (SELECT json_agg(json_build_object('db', d.datname, 'role', r.rolname,
-             'config', s.setconfig) ORDER BY d.datname NULLS FIRST, r.rolname)
-            FROM pg_db_role_setting s JOIN pg_roles r ON r.oid = s.setrole
+             'config', s.setconfig) ORDER BY d.datname NULLS FIRST, r.rolname NULLS FIRST)
+            FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole
             LEFT JOIN pg_database d ON d.oid = s.setdatabase
-            WHERE r.rolname <> current_user))"""
+            WHERE r.rolname IS DISTINCT FROM current_user))"""
     )
     data: dict[str, Any] = json.loads(out)
     for key in ("authid", "members", "settings"):

@@ -58,6 +58,7 @@ GRANT pg_read_all_data TO auditors;
 COMMENT ON ROLE app IS 'the application';
 ALTER ROLE app SET search_path = "$user", public, 'we"ird';
 ALTER ROLE app SET work_mem = '8MB';
+ALTER ROLE ALL SET work_mem = '3MB';
 CREATE DATABASE shop OWNER app;
 ALTER ROLE app IN DATABASE shop SET statement_timeout = '5s';
 """
@@ -73,6 +74,8 @@ ALTER ROLE staff SET statement_timeout = '1s';
 ALTER ROLE app SET work_mem = '64MB';
 ALTER ROLE app SET search_path = public;
 ALTER ROLE app SET lock_timeout = '2s';
+ALTER ROLE ALL SET work_mem = '5MB';
+ALTER ROLE ALL SET lock_timeout = '9s';
 ALTER ROLE app IN DATABASE shop SET statement_timeout = '9s';
 ALTER ROLE plain IN DATABASE shop SET work_mem = '1MB';
 COMMENT ON ROLE app IS NULL;
