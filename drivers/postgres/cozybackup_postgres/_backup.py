@@ -18,7 +18,7 @@ from typing import IO, Any, cast
 from cozybackup_core import BackupContext, Deadline, DriverError
 
 from ._artifact import FORMAT, GLOBALS_STREAM, INDEX_STREAM, stream_names
-from ._extras import READ_SQL, matview_warning
+from ._extras import READ_SQL, extension_warning, matview_warning
 from ._parallel import CountingWriter, run_parallel
 from ._params import PostgresParameters
 from ._pg import Server, conninfo_dbname, find_tools, quoted, tool_version
@@ -80,9 +80,9 @@ def backup(ctx: BackupContext[PostgresParameters], deadline: Deadline) -> None:
             "rolePasswords": role_passwords,
         }
     )
-    matviews = matview_warning(entries)
-    if matviews:
-        ctx.warn(matviews)
+    for warning in (matview_warning(entries), extension_warning(entries)):
+        if warning:
+            ctx.warn(warning)
     if not role_passwords:
         ctx.warn(
             "role passwords are not in this backup: the backup's account may not read them "
@@ -143,6 +143,7 @@ def _dump_databases(
             "bytes": sink.count,
             "multirangeOwners": extras["multirangeOwners"],
             "materializedViews": extras["materializedViews"],
+            "extensionVersions": extras["extensionVersions"],
         }
 
     return run_parallel(names, params.jobs, dump)

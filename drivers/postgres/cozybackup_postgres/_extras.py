@@ -8,6 +8,9 @@
   refreshes it, so one that was stale at backup time comes back holding what its query
   gives on the restored tables, not the rows it held.  This cannot be helped; the backup
   says so (:func:`matview_warning`).
+- The version of an extension.  ``pg_dump`` writes ``CREATE EXTENSION`` without one, so
+  the target installs its default version; the backup says so for each extension that
+  is not at its server's default version (:func:`extension_warning`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ READ_SQL = """SELECT json_build_object(
     WHERE n.nspname <> 'pg_catalog'),
   'materializedViews', (SELECT coalesce(json_agg(format('%I.%I', schemaname, matviewname)
       ORDER BY schemaname, matviewname), '[]')
-    FROM pg_catalog.pg_matviews WHERE ispopulated));
+    FROM pg_catalog.pg_matviews WHERE ispopulated),
+  'extensionVersions', (SELECT coalesce(json_agg(json_build_object(
+      'name', e.extname, 'version', e.extversion, 'default', a.default_version)
+      ORDER BY e.extname), '[]')
+    FROM pg_catalog.pg_extension e
+    LEFT JOIN pg_catalog.pg_available_extensions a ON a.name = e.extname
+    WHERE e.extversion IS DISTINCT FROM a.default_version));
 """
 
 #: Names listed in a warning before "and N more".
@@ -58,4 +67,27 @@ def matview_warning(entries: Sequence[dict[str, Any]]) -> str | None:
         "materialized views are refreshed when restored: one that was stale when this backup "
         "was made comes back holding what its query gives on the restored tables, not the "
         f"rows it held ({shown})"
+    )
+
+
+def extension_warning(entries: Sequence[dict[str, Any]]) -> str | None:
+    """The warning a backup carries when an extension is not at its default version."""
+    found = [
+        f"{quoted(e['name'])}: {x['name']} {x['version']} "
+        + (
+            f"(this server's default is {x['default']})"
+            if x.get("default")
+            else "(this server cannot install it)"
+        )
+        for e in entries
+        for x in e.get("extensionVersions") or []
+    ]
+    if not found:
+        return None
+    shown = ", ".join(found[:LISTED])
+    if len(found) > LISTED:
+        shown += f" and {len(found) - LISTED} more"
+    return (
+        "extensions come back at the version the target server installs by default, not "
+        f"the version they have now ({shown})"
     )

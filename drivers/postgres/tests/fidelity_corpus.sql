@@ -324,3 +324,8 @@ COMMENT ON SERVER loopback IS 'talks to itself';
 -- materialized views), so it then holds these rows too.
 CREATE MATERIALIZED VIEW app.mv_stale AS SELECT id, name FROM app.rooms;
 INSERT INTO app.rooms VALUES (6, 'after the refresh');
+
+-- ------------------------------------------------------------------ a dropped column
+CREATE TABLE app.reshaped (a int PRIMARY KEY, gone text, b text DEFAULT 'b', c int);
+INSERT INTO app.reshaped VALUES (1, 'x', 'y', 2);
+ALTER TABLE app.reshaped DROP COLUMN gone;

@@ -35,6 +35,8 @@ CREATE DATABASE corpus OWNER corpus_owner;
 #: ACLs are compared as in effect: no ACL means acldefault(), and pg_dump writes nothing
 #: for an explicit ACL equal to it.  Not compared: a column's declared array dimensions
 #: (``text[][]`` is ``text[]`` to PostgreSQL, which pg_dump writes; see the README).
+#: Columns are compared by position among the live ones: a restore keeps their order,
+#: not the gaps dropped columns left in attnum.
 #: Options of foreign servers, tables and user mappings are a set (pg_dump writes them in
 #: name order), compared sorted.
 DEFINITIONS: dict[str, str] = {
@@ -69,7 +71,8 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_am am ON am.oid = c.relam LEFT JOIN pg_tablespace t ON t.oid = c.reltablespace
 WHERE n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'""",
     "columns": """
-SELECT concat_ws(' | ', a.attrelid::regclass::text, a.attnum, a.attname,
+SELECT concat_ws(' | ', a.attrelid::regclass::text,
+  row_number() OVER (PARTITION BY a.attrelid ORDER BY a.attnum), a.attname,
   format_type(a.atttypid, a.atttypmod), a.attnotnull, pg_get_expr(d.adbin, d.adrelid),
   a.attidentity, a.attgenerated, co.collname, a.attstattarget, a.attstorage,
   a.attcompression, a.attoptions::text, a.attacl::text,
@@ -167,7 +170,8 @@ UNION ALL SELECT concat_ws(' | ', 'column', attrelid::regclass::text, attname,
     "inheritance": """
 SELECT concat_ws(' | ', a.attrelid::regclass::text, a.attname, a.attislocal, a.attinhcount)
 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-WHERE a.attnum > 0 AND c.relnamespace = 'app'::regnamespace AND c.relkind = 'r'
+WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relnamespace = 'app'::regnamespace
+  AND c.relkind = 'r'
 UNION ALL SELECT inhrelid::regclass::text || ' inherits ' || inhparent::regclass::text
   || ' ' || inhseqno FROM pg_inherits""",
     "statistics objects": """
@@ -396,3 +400,18 @@ def test_the_corpus_comes_back_exactly_into_a_copy_with_conflicting_objects(
     problems = diff(before, snapshot(copy))
     assert problems == [], "\n".join(problems)
     assert roles_catalog(copy) == roles_catalog(corpus)
+
+
+def test_an_extension_not_at_its_default_version_is_warned_about(
+    platform: LocalPlatform, pg_servers: ServerPool
+) -> None:
+    """pg_dump writes CREATE EXTENSION without a version: the backup says so."""
+    server = pg_servers.start()
+    server.psql("CREATE DATABASE geo")
+    server.psql("CREATE EXTENSION cube VERSION '1.4'; CREATE EXTENSION seg", "geo")
+    ok(platform.backup(NS, declare(platform, "db", server), "b1"))
+    (warning,) = [w for w in warnings_of(platform) if "extensions" in w]
+    assert warning.endswith('("geo": cube 1.4 (this server\'s default is 1.5))')
+    ok(platform.restore(NS, "b1", "r1"))
+    versions = server.psql("SELECT extname, extversion FROM pg_extension ORDER BY 1", "geo")
+    assert versions.split() == ["cube|1.5", "plpgsql|1.0", "seg|1.4"], "as the warning said"
