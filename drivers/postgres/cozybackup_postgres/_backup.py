@@ -17,6 +17,7 @@ from typing import IO, Any, cast
 
 from cozybackup_core import BackupContext, Deadline, DriverError
 
+from . import _tablespaces
 from ._artifact import FORMAT, GLOBALS_STREAM, INDEX_STREAM, stream_names
 from ._extras import READ_SQL, extension_warning, matview_warning
 from ._parallel import CountingWriter, run_parallel
@@ -57,6 +58,7 @@ def backup(ctx: BackupContext[PostgresParameters], deadline: Deadline) -> None:
         "tools": dict(ctx.tool_versions),
         "globals": {"stream": GLOBALS_STREAM, "rolePasswords": role_passwords},
         "roles": roles,
+        "tablespaces": _record_tablespaces(ctx, server, deadline),
         "databases": entries,
         "extraDumpOptions": list(params.extra_dump_options),
     }
@@ -190,3 +192,22 @@ def _record_roles(
     with ctx.artifact.open(ROLES_STREAM) as out:
         out.write(state.to_json())
     return {"stream": ROLES_STREAM}
+
+
+def _record_tablespaces(
+    ctx: BackupContext[PostgresParameters], server: Server, deadline: Deadline
+) -> dict[str, str]:
+    """Every tablespace's owner, privileges, options and comment; the index's entry."""
+    data = server.query_json(
+        _tablespaces.READ_SQL, deadline=deadline, doing="dumping roles and other global objects"
+    )
+    try:
+        tablespaces = _tablespaces.from_json(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DriverError(
+            "unexpected answer from the database server while reading its tablespaces",
+            admin_detail=repr(exc),
+        ) from None
+    with ctx.artifact.open(_tablespaces.TABLESPACES_STREAM) as out:
+        out.write(_tablespaces.to_json(tablespaces))
+    return {"stream": _tablespaces.TABLESPACES_STREAM}

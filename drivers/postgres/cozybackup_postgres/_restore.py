@@ -30,13 +30,15 @@ import attrs
 
 from cozybackup_core import CozyError, Deadline, DriverError, RestoreContext
 
-from ._artifact import read_index, roles_stream
+from . import _serverwide as serverwide
+from . import _tablespaces
+from ._artifact import read_index, roles_stream, tablespaces_stream
 from ._extras import owner_sql
 from ._globals import filter_globals
 from ._parallel import CancellableReader, Cancelled, run_parallel
 from ._params import RESTORE_OPTIONS, PostgresParameters
 from ._pg import ADMIN_DB, Server, conninfo_dbname, find_tools, first_error, ident, literal, quoted
-from ._roles import RoleState, added_roles, as_script, changed_roles, plan, read_sql
+from ._roles import RoleState, as_script
 
 ASIDE_PREFIX = "cozybackup_old_"
 #: Time allowed for putting databases back (or dropping old copies) after the work ended.
@@ -69,17 +71,17 @@ def restore(ctx: RestoreContext[PostgresParameters], deadline: Deadline) -> None
         analyze=params.analyze,
         ctx=ctx,
     )
-    before = restore.read_roles(deadline)
+    before = serverwide.read(server, deadline)
     ctx.progress.stage("restoring roles and other global objects")
     try:
         restore.apply_globals(index["globals"]["stream"])
-        restore.apply_roles(roles_stream(index))
+        restore.apply_records(index)
         restore.databases(index["databases"], params.jobs)
     except BaseException as exc:
-        # The databases are already back (or untouched); the roles are server-wide and
-        # were changed first, so they go back last.
+        # The databases are already back (or untouched); roles and tablespaces are
+        # server-wide and were changed first, so they go back last.
         ctx.progress.stage("putting the previous roles back")
-        note = restore.put_roles_back(before)
+        note = restore.put_back(before)
         if isinstance(exc, CozyError):
             _amend(exc, note)
         raise
@@ -145,41 +147,30 @@ class _Restore:
                 admin_detail="\n".join(real),
             )
 
-    def read_roles(self, deadline: Deadline) -> RoleState:
-        """The target's roles now; without passwords if this account may not read them."""
-        doing = "reading the roles of the database server"
-        try:
-            data = self.server.query_json(
-                read_sql(True), deadline=deadline, database=ADMIN_DB, doing=doing
-            )
-        except DriverError as exc:
-            if "pg_authid" not in (exc.admin_detail or ""):
-                raise
-            data = self.server.query_json(
-                read_sql(False), deadline=deadline, database=ADMIN_DB, doing=doing
-            )
-        return RoleState.from_json(data)
-
-    def apply_roles(self, stream: str | None) -> None:
-        """Make every backed-up role exactly as it was: what ``globals.sql`` cannot say
-        (defaults, and things added after the backup) is set or taken away here."""
-        if stream is None:
+    def apply_records(self, index: dict[str, Any]) -> None:
+        """Make every backed-up role and tablespace exactly as it was: what
+        ``globals.sql`` cannot say (defaults, and things added after the backup) is set
+        or taken away here, in one transaction."""
+        roles, tablespaces = roles_stream(index), tablespaces_stream(index)
+        if roles is None:
             self.ctx.log.warning(
                 "this backup has no record of roles (made by an older driver): attributes, "
                 "memberships and settings given to its roles after it stay"
             )
             return
-        with self.ctx.artifact.open(stream) as f:
-            raw = f.read()
         try:
-            want = RoleState.from_json(raw)
+            want = serverwide.ServerWide(
+                RoleState.from_json(self.read_stream(roles)),
+                _tablespaces.from_json(self.read_stream(tablespaces) if tablespaces else "[]"),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise DriverError(
                 "the backup's record of roles is unreadable; no database was changed",
                 admin_detail=repr(exc),
             ) from None
-        steps = plan(want, self.read_roles(self.deadline), {self.server.user})
-        self.ctx.log.info("roles: %d statements to match the backup", len(steps))
+        have = serverwide.read(self.server, self.deadline)
+        steps = serverwide.plan(want, have, {self.server.user})
+        self.ctx.log.info("roles and tablespaces: %d statements to match the backup", len(steps))
         if steps:
             try:
                 self.sql(
@@ -190,51 +181,47 @@ class _Restore:
                 _amend(exc, "no database was changed")
                 raise
 
-    def put_roles_back(self, before: RoleState) -> str:
-        """After a failure: the target's roles as in ``before``; what to tell the tenant."""
+    def read_stream(self, stream: str) -> bytes:
+        with self.ctx.artifact.open(stream) as f:
+            return f.read()
+
+    def put_back(self, before: serverwide.ServerWide) -> str:
+        """After a failure: the target's roles and tablespaces as in ``before``, and what
+        the restore created dropped; what to tell the tenant."""
         grace = Deadline.after(CLEANUP_SECONDS)  # even when the job's deadline has passed
         keep_out = {self.server.user}
         try:
-            now = self.read_roles(grace)
-            steps = plan(before, now, keep_out)
+            now = serverwide.read(self.server, grace)
+            steps = serverwide.plan(before, now, keep_out)
             if steps:
                 self.sql(as_script(steps), "putting the previous roles back", deadline=grace)
         except CozyError as exc:
             self.ctx.log.error("putting the roles back failed: %s (%s)", exc, exc.admin_detail)
-            return self.roles_not_back(before, keep_out, grace)
-        kept: list[str] = []
-        for name in added_roles(before, now, keep_out):
+            return self.not_back(before, keep_out, grace)
+        for drop in serverwide.added(before, now, keep_out):
             try:
-                self.sql(
-                    f"DROP ROLE {ident(name)};", "removing a role the restore added", deadline=grace
-                )
+                self.sql(drop, "removing what the restore created", deadline=grace)
             except CozyError as exc:
-                self.ctx.log.error("could not drop role %r: %s (%s)", name, exc, exc.admin_detail)
-                kept.append(name)
-        if kept:
-            return (
-                "the roles are as they were before the restore, except that these roles it "
-                "created remain: " + ", ".join(quoted(k) for k in kept)
-            )
-        return "the roles are as they were before the restore"
+                self.ctx.log.error("%s failed: %s (%s)", drop, exc, exc.admin_detail)
+        return self.not_back(before, keep_out, grace)
 
-    def roles_not_back(self, before: RoleState, keep_out: set[str], grace: Deadline) -> str:
-        """What to tell the tenant when the roles could not be put back: which differ."""
-        message = "the roles could not be put back as they were before the restore"
+    def not_back(self, before: serverwide.ServerWide, keep_out: set[str], grace: Deadline) -> str:
+        """What to tell the tenant: the roles and tablespaces are back, or which are not."""
         try:
-            names = changed_roles(before, self.read_roles(grace), keep_out)
+            names = serverwide.changed(before, serverwide.read(self.server, grace), keep_out)
         except CozyError as exc:
             self.ctx.log.error("reading the roles failed: %s (%s)", exc, exc.admin_detail)
             return (
-                f"{message} (the backup's attributes, passwords and memberships may be in "
+                "the roles and tablespaces could not be put back as they were before the "
+                "restore (the backup's attributes, passwords and memberships may be in "
                 "effect); ask the platform operator"
             )
         if not names:
-            return "the roles are as they were before the restore"
+            return "the roles and tablespaces are as they were before the restore"
         return (
-            f"{message}; these differ from before (attributes, password, settings, "
-            "comment or memberships as in the backup, or created by it): "
-            + ", ".join(quoted(n) for n in names)
+            "the roles and tablespaces could not all be put back as they were before the "
+            "restore; these differ from before (as in the backup, or created by it): "
+            + ", ".join(names)
             + "; ask the platform operator"
         )
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 import pytest
-from cozybackup_postgres import PostgresDriver, _backup, _restore
+from cozybackup_postgres import PostgresDriver, _backup, _restore, _serverwide
 from cozybackup_postgres._roles import (
     Membership,
     Role,
@@ -19,6 +19,7 @@ from cozybackup_postgres._roles import (
     set_setting_sql,
     split_list_setting,
 )
+from cozybackup_postgres._serverwide import ServerWide
 from cozybackup_postgres.testing import PostgresServer, ServerPool, roles_catalog
 
 from cozybackup_core.testing import LocalPlatform
@@ -243,7 +244,7 @@ def test_a_failed_in_place_restore_puts_the_roles_back(
     assert 'pg_restore failed while restoring database "shop"' in job.status.message
     assert job.status.message.endswith(
         "nothing was replaced: every database is as it was before the restore; "
-        "the roles are as they were before the restore"
+        "the roles and tablespaces are as they were before the restore"
     )
     assert roles_catalog(server) == before
 
@@ -258,7 +259,7 @@ def test_a_failed_restore_into_a_copy_removes_the_roles_it_created(
     ok(platform.backup(NS, declare(platform, "src", src), "b1"))
     job = platform.restore(NS, "b1", "r1", target=declare(platform, "copy", copy))
     assert job.status.phase == "Failed"
-    assert "the roles are as they were before the restore" in job.status.message
+    assert "the roles and tablespaces are as they were before the restore" in job.status.message
     assert roles_catalog(copy) == before
     assert sorted(copy.databases()) == ["postgres"]
 
@@ -281,7 +282,7 @@ def test_a_rejected_global_statement_puts_the_roles_back(
     assert job.status.phase == "Failed"
     assert "restoring roles and other global objects failed" in job.status.message
     assert job.status.message.endswith(
-        "no database was changed; the roles are as they were before the restore"
+        "no database was changed; the roles and tablespaces are as they were before the restore"
     )
     assert roles_catalog(copy) == before
 
@@ -294,20 +295,20 @@ def test_a_failure_while_setting_the_roles_puts_them_back(
     ok(platform.backup(NS, declare(platform, "db", server), "b1"))
     server.psql(CHANGES)
     before = roles_catalog(server)
-    real = _restore.plan
+    real = _serverwide.plan
     calls: list[int] = []
 
-    def failing(want: RoleState, have: RoleState, keep_out: Any) -> list[str]:
+    def failing(want: ServerWide, have: ServerWide, keep_out: Any) -> list[str]:
         """The first plan (the backup's roles) fails at its last statement."""
         steps = real(want, have, keep_out)
         calls.append(len(steps))
         return [*steps, "SELECT 1 / 0;"] if len(calls) == 1 else steps
 
-    monkeypatch.setattr(_restore, "plan", failing)
+    monkeypatch.setattr(_serverwide, "plan", failing)
     job = platform.restore(NS, "b1", "r1")
     assert job.status.phase == "Failed"
     assert job.status.message.endswith(
-        "division by zero; no database was changed; the roles are as they were before the restore"
+        "division by zero; no database was changed; the roles and tablespaces are as they were before the restore"
     )
     assert calls[0] > 1 and calls[1] > 1, "globals.sql had changed roles: put back"
     assert roles_catalog(server) == before
@@ -334,10 +335,9 @@ def test_when_the_roles_cannot_be_put_back_the_message_names_them(
     assert job.status.phase == "Failed"
     assert job.status.message.endswith(
         "nothing was replaced: every database is as it was before the restore; the roles "
-        "could not be put back as they were before the restore; these differ from before "
-        "(attributes, password, settings, comment or memberships as in the backup, or "
-        'created by it): "Odd "Rôle" x", "app", "auditors", "boss", "ops", "plain", '
-        '"staff"; ask the platform operator'
+        "and tablespaces could not all be put back as they were before the restore; these "
+        'differ from before (as in the backup, or created by it): "Odd "Rôle" x", "app", '
+        '"auditors", "boss", "ops", "plain", "staff"; ask the platform operator'
     )
     after = roles_catalog(server)
     assert after != before
