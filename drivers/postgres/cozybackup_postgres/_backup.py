@@ -4,8 +4,10 @@ Each database is dumped by ``pg_dump -Fc --compress=0`` piped straight into its 
 stream, which the core compresses with multi-threaded zstd; up to ``jobs`` databases at a
 time.  The globals (roles, memberships, tablespaces) are taken *after* the databases, so
 a role created while they were dumped (and owning something in them) is in it; right
-after them, the record of every role's attributes, defaults included (``_roles``).  The
-index is written last (``_artifact``).
+after them, the records of every role and tablespace as the catalogs hold them,
+defaults included (``_roles``, ``_tablespaces``).  Each database also gets a note of what
+``pg_dump`` does not carry (``_extras``), and the backup warns about what a restore
+cannot bring back as it was.  The index is written last (``_artifact``).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import IO, Any, cast
 
 from cozybackup_core import BackupContext, Deadline, DriverError
 
-from . import _tablespaces
+from . import _extras, _tablespaces
 from ._artifact import FORMAT, GLOBALS_STREAM, INDEX_STREAM, stream_names
-from ._extras import READ_SQL, extension_warning, matview_warning
+from ._extras import extension_warning, matview_warning
 from ._parallel import CountingWriter, run_parallel
 from ._params import PostgresParameters
 from ._pg import Server, conninfo_dbname, find_tools, quoted, tool_version
@@ -34,6 +36,7 @@ def backup(ctx: BackupContext[PostgresParameters], deadline: Deadline) -> None:
     info = server.query_json(
         """SELECT json_build_object(
              'version', current_setting('server_version'),
+             'versionNum', current_setting('server_version_num')::int,
              'databases', (SELECT coalesce(json_agg(datname ORDER BY datname), '[]')
                            FROM pg_database WHERE NOT datistemplate AND datallowconn))""",
         deadline=deadline,
@@ -47,7 +50,9 @@ def backup(ctx: BackupContext[PostgresParameters], deadline: Deadline) -> None:
             "server": str(info["version"]),
         }
     )
-    entries = _dump_databases(ctx, server, deadline, names)
+    entries = _dump_databases(
+        ctx, server, deadline, names, _extras.read_sql(int(info["versionNum"]))
+    )
     deadline.check()
     ctx.progress.stage("dumping roles and other global objects")
     role_passwords = _dump_globals(ctx, server, deadline)
@@ -109,9 +114,14 @@ def _select(available: list[str], wanted: Sequence[str]) -> list[str]:
 
 
 def _dump_databases(
-    ctx: BackupContext[PostgresParameters], server: Server, deadline: Deadline, names: list[str]
+    ctx: BackupContext[PostgresParameters],
+    server: Server,
+    deadline: Deadline,
+    names: list[str],
+    extras_sql: str,
 ) -> list[dict[str, Any]]:
-    """Dump each database into its own stream, ``jobs`` at a time; the index's entries."""
+    """Dump each database into its own stream, ``jobs`` at a time; the index's entries
+    (with what ``extras_sql`` finds in the database: see ``_extras``)."""
     params = ctx.parameters
     streams = stream_names(names)
     extra = list(params.extra_dump_options)
@@ -137,7 +147,7 @@ def _dump_databases(
             )
         ctx.log.info("dumped database %r: %d bytes", name, sink.count)
         extras = server.query_json(
-            READ_SQL, deadline=deadline, database=name, doing=f"dumping database {quoted(name)}"
+            extras_sql, deadline=deadline, database=name, doing=f"dumping database {quoted(name)}"
         )
         return {
             "name": name,

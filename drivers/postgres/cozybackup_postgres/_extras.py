@@ -20,14 +20,22 @@ from typing import Any
 
 from ._pg import ident, quoted
 
-#: One query in each dumped database.  Names are schema-qualified and quoted (%I).
-READ_SQL = """SELECT json_build_object(
-  'multirangeOwners', (SELECT coalesce(json_agg(json_build_object(
+#: Multirange types' owners (PostgreSQL 14 made multirange types).
+_MULTIRANGE_OWNERS = """(SELECT coalesce(json_agg(json_build_object(
       'schema', n.nspname, 'type', m.typname, 'owner', pg_catalog.pg_get_userbyid(m.typowner))
       ORDER BY n.nspname, m.typname), '[]')
     FROM pg_catalog.pg_range r JOIN pg_catalog.pg_type m ON m.oid = r.rngmultitypid
     JOIN pg_catalog.pg_namespace n ON n.oid = m.typnamespace
-    WHERE n.nspname <> 'pg_catalog'),
+    WHERE n.nspname <> 'pg_catalog')"""
+
+
+def read_sql(version_num: int) -> str:
+    """One query in each dumped database (``version_num``: the server's
+    ``server_version_num``).  Names are schema-qualified and quoted (%I)."""
+    multiranges = _MULTIRANGE_OWNERS if version_num >= 140000 else "'[]'::json"
+    # Only the two fixed texts above are formatted in.
+    return f"""SELECT json_build_object(
+  'multirangeOwners', {multiranges},
   'materializedViews', (SELECT coalesce(json_agg(format('%I.%I', schemaname, matviewname)
       ORDER BY schemaname, matviewname), '[]')
     FROM pg_catalog.pg_matviews WHERE ispopulated),
@@ -37,7 +45,8 @@ READ_SQL = """SELECT json_build_object(
     FROM pg_catalog.pg_extension e
     LEFT JOIN pg_catalog.pg_available_extensions a ON a.name = e.extname
     WHERE e.extversion IS DISTINCT FROM a.default_version));
-"""
+"""  # noqa: S608
+
 
 #: Names listed in a warning before "and N more".
 LISTED = 10

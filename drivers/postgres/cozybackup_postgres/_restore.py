@@ -1,17 +1,23 @@
 """Restore, in place or into another application of the same kind.
 
+Before anything is changed, the target's roles and tablespaces are read (``_serverwide``).
+
 1. ``globals.sql`` is replayed with psql; "already exists" errors for roles and
    tablespaces are expected and ignored, any other error fails the restore before a
    database is touched.  The statements that would change the role the platform
-   connects as are left out, so a restore never locks the platform out.
+   connects as are left out (``_globals``), so a restore never locks the platform out.
+   Then every backed-up role and tablespace is set exactly as recorded (``roles.json``,
+   ``tablespaces.json``: what ``globals.sql`` cannot say), in one transaction.
 2. Each database is replaced: the existing one is closed to new connections, its
    sessions are terminated and it is renamed aside (``cozybackup_old_<random>``);
    ``pg_restore --create --exit-on-error`` recreates it from the stream on its stdin;
-   ``ANALYZE`` refreshes planner statistics.  Up to ``jobs`` databases at a time.
+   the owners of multirange types are set again (``_extras``); ``ANALYZE`` refreshes
+   planner statistics.  Up to ``jobs`` databases at a time.
 3. Only when every database is restored are the old copies dropped.  If any fails,
-   the partly restored databases are dropped and the old ones renamed back: the
-   target is left as it was (except for roles the backup added), and the job's
-   message names the database that failed and PostgreSQL's error.
+   the partly restored databases are dropped and the old ones renamed back, then the
+   roles and tablespaces are set as they were read at the start and those the restore
+   created are dropped: the target is left as it was, and the job's message names the
+   database that failed, PostgreSQL's error, and anything that could not be put back.
 
 Why not ``pg_restore -j``: it needs a seekable archive file, and writing a file would
 double the disk traffic and need scratch space as large as the biggest database.

@@ -316,5 +316,5 @@ def changed_roles(before: RoleState, now: RoleState, keep_out: Collection[str]) 
 
 
 def as_script(statements: list[str]) -> str:
-    """One transaction: either every role is changed or none is."""
+    """One transaction: either every statement takes effect or none does."""
     return "BEGIN;\n" + "\n".join(statements) + "\nCOMMIT;\n"

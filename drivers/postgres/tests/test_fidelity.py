@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cozybackup_postgres import PostgresDriver
+from cozybackup_postgres import PostgresDriver, _extras
 from cozybackup_postgres._pg import literal
 from cozybackup_postgres.testing import PostgresServer, ServerPool, roles_catalog
 
@@ -415,3 +415,25 @@ def test_an_extension_not_at_its_default_version_is_warned_about(
     ok(platform.restore(NS, "b1", "r1"))
     versions = server.psql("SELECT extname, extversion FROM pg_extension ORDER BY 1", "geo")
     assert versions.split() == ["cube|1.5", "plpgsql|1.0", "seg|1.4"], "as the warning said"
+
+
+def test_the_per_database_query_suits_servers_without_multiranges(
+    corpus: PostgresServer,
+) -> None:
+    """Before PostgreSQL 14 there are no multirange types (nor pg_range.rngmultitypid):
+    the query for such a server leaves them out and still runs."""
+    old = json.loads(corpus.psql(_extras.read_sql(130000), "corpus"))
+    new = json.loads(corpus.psql(_extras.read_sql(150000), "corpus"))
+    assert "rngmultitypid" not in _extras.read_sql(130000)
+    assert old["multirangeOwners"] == []
+    assert new["multirangeOwners"] == [
+        {"schema": "app", "type": "floatmultirange", "owner": "corpus_owner"}
+    ]
+    assert (
+        old["materializedViews"]
+        == new["materializedViews"]
+        == [
+            "app.mv_events",
+            "app.mv_stale",
+        ]
+    )
