@@ -343,3 +343,35 @@ def test_when_the_roles_cannot_be_put_back_the_message_names_them(
     assert after != before
     changed = {r["rolname"] for r in after["authid"] if r not in before["authid"]}
     assert changed == {'Odd "Rôle" x', "app", "boss", "ops", "plain"}
+
+
+def test_without_role_passwords_in_the_backup_the_targets_passwords_stay(
+    platform: LocalPlatform, pg_servers: ServerPool
+) -> None:
+    """A backup by an account that cannot read pg_authid: every other attribute still
+    comes back exactly; passwords are left as the target has them."""
+    src, copy = pg_servers.start(), pg_servers.start()
+    src.psql(
+        "CREATE ROLE reader LOGIN PASSWORD 'reader-pw';"
+        "CREATE ROLE app LOGIN PASSWORD 'app-pw' CONNECTION LIMIT 2;"
+        "CREATE DATABASE shop;"
+    )
+    src.psql("CREATE TABLE t (id int); GRANT SELECT ON t TO reader;", "shop")
+    copy.psql(
+        "CREATE ROLE app NOLOGIN PASSWORD 'copy-pw' CONNECTION LIMIT 0 VALID UNTIL '2000-01-01'"
+    )
+    copy_hash = copy.psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
+    ref = platform.declare_app(
+        NS,
+        "src",
+        "Postgres",
+        src.connection(),
+        {"username": "reader", "password": "reader-pw"},
+    )
+    ok(platform.backup(NS, ref, "b1"))
+    ok(platform.restore(NS, "b1", "r1", target=declare(platform, "copy", copy)))
+    row = copy.psql(
+        "SELECT rolcanlogin, rolconnlimit, rolvaliduntil IS NULL, rolpassword "
+        "FROM pg_authid WHERE rolname = 'app'"
+    )
+    assert row == f"t|2|t|{copy_hash.strip()}\n"
