@@ -21,7 +21,7 @@ from cozybackup_core import BackupContext, Deadline, DriverError
 
 from . import _extras, _tablespaces
 from ._artifact import FORMAT, GLOBALS_STREAM, INDEX_STREAM, stream_names
-from ._extras import extension_warning, matview_warning
+from ._extras import enum_partition_warning, extension_warning, matview_warning
 from ._parallel import CountingWriter, run_parallel
 from ._params import PostgresParameters
 from ._pg import Server, conninfo_dbname, find_tools, quoted, tool_version
@@ -87,7 +87,12 @@ def backup(ctx: BackupContext[PostgresParameters], deadline: Deadline) -> None:
             "rolePasswords": role_passwords,
         }
     )
-    for warning in (matview_warning(entries), extension_warning(entries)):
+    warnings = (
+        matview_warning(entries),
+        enum_partition_warning(entries),
+        extension_warning(entries),
+    )
+    for warning in warnings:
         if warning:
             ctx.warn(warning)
     if not role_passwords:
@@ -156,6 +161,7 @@ def _dump_databases(
             "multirangeOwners": extras["multirangeOwners"],
             "materializedViews": extras["materializedViews"],
             "extensionVersions": extras["extensionVersions"],
+            "enumHashPartitioned": extras["enumHashPartitioned"],
         }
 
     return run_parallel(names, params.jobs, dump)
