@@ -2,8 +2,16 @@
 
 ``db-<name>.dump``  one ``pg_dump -Fc --compress=0`` per database.
 ``globals.sql``     ``pg_dumpall --globals-only``: roles, memberships, tablespaces.
+``roles.json``      every role's attributes, memberships and settings, defaults included
+                    (``_roles``); backups made before it existed have none.
+``tablespaces.json`` every tablespace's owner, privileges, options, comment (``_tablespaces``).
 ``index.json``      written last: which stream holds which database (database names may
-                    hold any character; stream names may not), in format :data:`FORMAT`.
+                    hold any character; stream names may not), in format :data:`FORMAT`,
+                    and per database what pg_dump does not carry (``_extras``).
+
+A new key or stream is added without changing :data:`FORMAT` when a restore by an older
+driver, which ignores it, still does what it did before; a reader here treats a missing
+one as "made by an older driver".
 """
 
 from __future__ import annotations
@@ -67,6 +75,12 @@ def read_index(source: StreamSource) -> dict[str, Any]:
                 for e in entries
             )
             and isinstance(index["globals"]["stream"], str)
+            # No record of roles or tablespaces (null or absent): a backup older than it.
+            and all(
+                isinstance(index.get(k) or {}, dict)
+                and isinstance((index.get(k) or {}).get("stream", ""), str)
+                for k in ("roles", "tablespaces")
+            )
         )
     except (ValueError, KeyError, TypeError):
         ok, fmt = False, None
@@ -81,6 +95,24 @@ def read_index(source: StreamSource) -> dict[str, Any]:
     missing = [e["stream"] for e in entries if e["stream"] not in names]
     if index["globals"]["stream"] not in names:
         missing.append(index["globals"]["stream"])
+    for record in (roles_stream(index), tablespaces_stream(index)):
+        if record is not None and record not in names:
+            missing.append(record)
     if missing:
         raise DriverError("the backup is incomplete: the dump of a database is missing")
     return index
+
+
+def roles_stream(index: dict[str, Any]) -> str | None:
+    """The stream with the record of roles (``_roles``), or None in a backup older than it."""
+    return _record(index, "roles")
+
+
+def tablespaces_stream(index: dict[str, Any]) -> str | None:
+    """The stream with the record of tablespaces (``_tablespaces``), or None."""
+    return _record(index, "tablespaces")
+
+
+def _record(index: dict[str, Any], key: str) -> str | None:
+    entry = index.get(key)
+    return str(entry["stream"]) if isinstance(entry, dict) and "stream" in entry else None

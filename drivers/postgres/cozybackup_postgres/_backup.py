@@ -3,8 +3,11 @@
 Each database is dumped by ``pg_dump -Fc --compress=0`` piped straight into its artifact
 stream, which the core compresses with multi-threaded zstd; up to ``jobs`` databases at a
 time.  The globals (roles, memberships, tablespaces) are taken *after* the databases, so
-a role created while they were dumped (and owning something in them) is in it.  The
-index is written last (``_artifact``).
+a role created while they were dumped (and owning something in them) is in it; right
+after them, the records of every role and tablespace as the catalogs hold them,
+defaults included (``_roles``, ``_tablespaces``).  Each database also gets a note of what
+``pg_dump`` does not carry (``_extras``), and the backup warns about what a restore
+cannot bring back as it was.  The index is written last (``_artifact``).
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from typing import IO, Any, cast
 
 from cozybackup_core import BackupContext, Deadline, DriverError
 
+from . import _extras, _tablespaces
 from ._artifact import FORMAT, GLOBALS_STREAM, INDEX_STREAM, stream_names
+from ._extras import enum_partition_warning, extension_warning, matview_warning
 from ._parallel import CountingWriter, run_parallel
 from ._params import PostgresParameters
 from ._pg import Server, conninfo_dbname, find_tools, quoted, tool_version
+from ._roles import ROLES_STREAM, RoleState, read_sql
 
 
 def backup(ctx: BackupContext[PostgresParameters], deadline: Deadline) -> None:
@@ -30,6 +36,7 @@ def backup(ctx: BackupContext[PostgresParameters], deadline: Deadline) -> None:
     info = server.query_json(
         """SELECT json_build_object(
              'version', current_setting('server_version'),
+             'versionNum', current_setting('server_version_num')::int,
              'databases', (SELECT coalesce(json_agg(datname ORDER BY datname), '[]')
                            FROM pg_database WHERE NOT datistemplate AND datallowconn))""",
         deadline=deadline,
@@ -43,15 +50,20 @@ def backup(ctx: BackupContext[PostgresParameters], deadline: Deadline) -> None:
             "server": str(info["version"]),
         }
     )
-    entries = _dump_databases(ctx, server, deadline, names)
+    entries = _dump_databases(
+        ctx, server, deadline, names, _extras.read_sql(int(info["versionNum"]))
+    )
     deadline.check()
     ctx.progress.stage("dumping roles and other global objects")
     role_passwords = _dump_globals(ctx, server, deadline)
+    roles = _record_roles(ctx, server, deadline, role_passwords)
     index = {
         "format": FORMAT,
         "server": {"version": info["version"]},
         "tools": dict(ctx.tool_versions),
         "globals": {"stream": GLOBALS_STREAM, "rolePasswords": role_passwords},
+        "roles": roles,
+        "tablespaces": _record_tablespaces(ctx, server, deadline),
         "databases": entries,
         "extraDumpOptions": list(params.extra_dump_options),
     }
@@ -75,6 +87,14 @@ def backup(ctx: BackupContext[PostgresParameters], deadline: Deadline) -> None:
             "rolePasswords": role_passwords,
         }
     )
+    warnings = (
+        matview_warning(entries),
+        enum_partition_warning(entries),
+        extension_warning(entries),
+    )
+    for warning in warnings:
+        if warning:
+            ctx.warn(warning)
     if not role_passwords:
         ctx.warn(
             "role passwords are not in this backup: the backup's account may not read them "
@@ -99,9 +119,14 @@ def _select(available: list[str], wanted: Sequence[str]) -> list[str]:
 
 
 def _dump_databases(
-    ctx: BackupContext[PostgresParameters], server: Server, deadline: Deadline, names: list[str]
+    ctx: BackupContext[PostgresParameters],
+    server: Server,
+    deadline: Deadline,
+    names: list[str],
+    extras_sql: str,
 ) -> list[dict[str, Any]]:
-    """Dump each database into its own stream, ``jobs`` at a time; the index's entries."""
+    """Dump each database into its own stream, ``jobs`` at a time; the index's entries
+    (with what ``extras_sql`` finds in the database: see ``_extras``)."""
     params = ctx.parameters
     streams = stream_names(names)
     extra = list(params.extra_dump_options)
@@ -126,7 +151,18 @@ def _dump_databases(
                 doing=f"dumping database {quoted(name)}",
             )
         ctx.log.info("dumped database %r: %d bytes", name, sink.count)
-        return {"name": name, "stream": streams[name], "bytes": sink.count}
+        extras = server.query_json(
+            extras_sql, deadline=deadline, database=name, doing=f"dumping database {quoted(name)}"
+        )
+        return {
+            "name": name,
+            "stream": streams[name],
+            "bytes": sink.count,
+            "multirangeOwners": extras["multirangeOwners"],
+            "materializedViews": extras["materializedViews"],
+            "extensionVersions": extras["extensionVersions"],
+            "enumHashPartitioned": extras["enumHashPartitioned"],
+        }
 
     return run_parallel(names, params.jobs, dump)
 
@@ -152,3 +188,42 @@ def _dump_globals(
     with ctx.artifact.open(GLOBALS_STREAM) as out:
         out.write(globals_sql)
     return role_passwords
+
+
+def _record_roles(
+    ctx: BackupContext[PostgresParameters], server: Server, deadline: Deadline, passwords: bool
+) -> dict[str, str]:
+    """Every role as the catalogs hold it (defaults included), for an exact restore;
+    the index's entry for it."""
+    data = server.query_json(
+        read_sql(passwords), deadline=deadline, doing="dumping roles and other global objects"
+    )
+    try:
+        state = RoleState.from_json(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DriverError(
+            "unexpected answer from the database server while reading its roles",
+            admin_detail=repr(exc),
+        ) from None
+    with ctx.artifact.open(ROLES_STREAM) as out:
+        out.write(state.to_json())
+    return {"stream": ROLES_STREAM}
+
+
+def _record_tablespaces(
+    ctx: BackupContext[PostgresParameters], server: Server, deadline: Deadline
+) -> dict[str, str]:
+    """Every tablespace's owner, privileges, options and comment; the index's entry."""
+    data = server.query_json(
+        _tablespaces.READ_SQL, deadline=deadline, doing="dumping roles and other global objects"
+    )
+    try:
+        tablespaces = _tablespaces.from_json(data)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DriverError(
+            "unexpected answer from the database server while reading its tablespaces",
+            admin_detail=repr(exc),
+        ) from None
+    with ctx.artifact.open(_tablespaces.TABLESPACES_STREAM) as out:
+        out.write(_tablespaces.to_json(tablespaces))
+    return {"stream": _tablespaces.TABLESPACES_STREAM}

@@ -1,17 +1,23 @@
 """Restore, in place or into another application of the same kind.
 
+Before anything is changed, the target's roles and tablespaces are read (``_serverwide``).
+
 1. ``globals.sql`` is replayed with psql; "already exists" errors for roles and
    tablespaces are expected and ignored, any other error fails the restore before a
    database is touched.  The statements that would change the role the platform
-   connects as are left out, so a restore never locks the platform out.
+   connects as are left out (``_globals``), so a restore never locks the platform out.
+   Then every backed-up role and tablespace is set exactly as recorded (``roles.json``,
+   ``tablespaces.json``: what ``globals.sql`` cannot say), in one transaction.
 2. Each database is replaced: the existing one is closed to new connections, its
    sessions are terminated and it is renamed aside (``cozybackup_old_<random>``);
    ``pg_restore --create --exit-on-error`` recreates it from the stream on its stdin;
-   ``ANALYZE`` refreshes planner statistics.  Up to ``jobs`` databases at a time.
+   the owners of multirange types are set again (``_extras``); ``ANALYZE`` refreshes
+   planner statistics.  Up to ``jobs`` databases at a time.
 3. Only when every database is restored are the old copies dropped.  If any fails,
-   the partly restored databases are dropped and the old ones renamed back: the
-   target is left as it was (except for roles the backup added), and the job's
-   message names the database that failed and PostgreSQL's error.
+   the partly restored databases are dropped and the old ones renamed back, then the
+   roles and tablespaces are set as they were read at the start and those the restore
+   created are dropped: the target is left as it was, and the job's message names the
+   database that failed, PostgreSQL's error, and anything that could not be put back.
 
 Why not ``pg_restore -j``: it needs a seekable archive file, and writing a file would
 double the disk traffic and need scratch space as large as the biggest database.
@@ -30,10 +36,15 @@ import attrs
 
 from cozybackup_core import CozyError, Deadline, DriverError, RestoreContext
 
-from ._artifact import read_index
+from . import _serverwide as serverwide
+from . import _tablespaces
+from ._artifact import read_index, roles_stream, tablespaces_stream
+from ._extras import owner_sql
+from ._globals import filter_globals
 from ._parallel import CancellableReader, Cancelled, run_parallel
 from ._params import RESTORE_OPTIONS, PostgresParameters
 from ._pg import ADMIN_DB, Server, conninfo_dbname, find_tools, first_error, ident, literal, quoted
+from ._roles import RoleState, as_script
 
 ASIDE_PREFIX = "cozybackup_old_"
 #: Time allowed for putting databases back (or dropping old copies) after the work ended.
@@ -66,22 +77,22 @@ def restore(ctx: RestoreContext[PostgresParameters], deadline: Deadline) -> None
         analyze=params.analyze,
         ctx=ctx,
     )
+    before = serverwide.read(server, deadline)
     ctx.progress.stage("restoring roles and other global objects")
-    restore.apply_globals(index["globals"]["stream"])
-    restore.databases(index["databases"], params.jobs)
+    try:
+        restore.apply_globals(index["globals"]["stream"])
+        restore.apply_records(index)
+        restore.databases(index["databases"], params.jobs)
+    except BaseException as exc:
+        # The databases are already back (or untouched); roles and tablespaces are
+        # server-wide and were changed first, so they go back last.
+        ctx.progress.stage("putting the previous roles back")
+        note = restore.put_back(before)
+        if isinstance(exc, CozyError):
+            _amend(exc, note)
+        raise
     where = "in place" if ctx.in_place else "into the target application"
     ctx.log.info("restored %d databases %s", len(index["databases"]), where)
-
-
-def filter_globals(sql: str, user: str) -> str:
-    """``sql`` without the statements that would change role ``user`` (ourselves)."""
-    spellings = {ident(user)}
-    if re.fullmatch(r"[a-z_][a-z0-9_$]*", user):
-        spellings.add(user)
-    drop = tuple(f"CREATE ROLE {s};" for s in spellings) + tuple(
-        f"ALTER ROLE {s} WITH " for s in spellings
-    )
-    return "".join(line for line in sql.splitlines(keepends=True) if not line.startswith(drop))
 
 
 def _amend(exc: CozyError, addition: str) -> None:
@@ -142,6 +153,84 @@ class _Restore:
                 admin_detail="\n".join(real),
             )
 
+    def apply_records(self, index: dict[str, Any]) -> None:
+        """Make every backed-up role and tablespace exactly as it was: what
+        ``globals.sql`` cannot say (defaults, and things added after the backup) is set
+        or taken away here, in one transaction."""
+        roles, tablespaces = roles_stream(index), tablespaces_stream(index)
+        if roles is None:
+            self.ctx.log.warning(
+                "this backup has no record of roles (made by an older driver): attributes, "
+                "memberships and settings given to its roles after it stay"
+            )
+            return
+        try:
+            want = serverwide.ServerWide(
+                RoleState.from_json(self.read_stream(roles)),
+                _tablespaces.from_json(self.read_stream(tablespaces) if tablespaces else "[]"),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DriverError(
+                "the backup's record of roles is unreadable; no database was changed",
+                admin_detail=repr(exc),
+            ) from None
+        have = serverwide.read(self.server, self.deadline)
+        steps = serverwide.plan(want, have, {self.server.user})
+        self.ctx.log.info("roles and tablespaces: %d statements to match the backup", len(steps))
+        if steps:
+            try:
+                self.sql(
+                    as_script(steps),
+                    "restoring the roles' attributes, memberships and settings",
+                )
+            except CozyError as exc:
+                _amend(exc, "no database was changed")
+                raise
+
+    def read_stream(self, stream: str) -> bytes:
+        with self.ctx.artifact.open(stream) as f:
+            return f.read()
+
+    def put_back(self, before: serverwide.ServerWide) -> str:
+        """After a failure: the target's roles and tablespaces as in ``before``, and what
+        the restore created dropped; what to tell the tenant."""
+        grace = Deadline.after(CLEANUP_SECONDS)  # even when the job's deadline has passed
+        keep_out = {self.server.user}
+        try:
+            now = serverwide.read(self.server, grace)
+            steps = serverwide.plan(before, now, keep_out)
+            if steps:
+                self.sql(as_script(steps), "putting the previous roles back", deadline=grace)
+        except CozyError as exc:
+            self.ctx.log.error("putting the roles back failed: %s (%s)", exc, exc.admin_detail)
+            return self.not_back(before, keep_out, grace)
+        for drop in serverwide.added(before, now, keep_out):
+            try:
+                self.sql(drop, "removing what the restore created", deadline=grace)
+            except CozyError as exc:
+                self.ctx.log.error("%s failed: %s (%s)", drop, exc, exc.admin_detail)
+        return self.not_back(before, keep_out, grace)
+
+    def not_back(self, before: serverwide.ServerWide, keep_out: set[str], grace: Deadline) -> str:
+        """What to tell the tenant: the roles and tablespaces are back, or which are not."""
+        try:
+            names = serverwide.changed(before, serverwide.read(self.server, grace), keep_out)
+        except CozyError as exc:
+            self.ctx.log.error("reading the roles failed: %s (%s)", exc, exc.admin_detail)
+            return (
+                "the roles and tablespaces could not be put back as they were before the "
+                "restore (the backup's attributes, passwords and memberships may be in "
+                "effect); ask the platform operator"
+            )
+        if not names:
+            return "the roles and tablespaces are as they were before the restore"
+        return (
+            "the roles and tablespaces could not all be put back as they were before the "
+            "restore; these differ from before (as in the backup, or created by it): "
+            + ", ".join(names)
+            + "; ask the platform operator"
+        )
+
     # -- databases
 
     def databases(self, entries: list[dict[str, Any]], jobs: int) -> None:
@@ -156,7 +245,7 @@ class _Restore:
                 self.ctx.progress.stage(
                     f"restoring database {quoted(entry['name'])} ({n} of {total})"
                 )
-            self.restore_one(entry["name"], entry["stream"], cancel)
+            self.restore_one(entry, cancel)
 
         try:
             run_parallel(list(enumerate(entries, 1)), jobs, one)
@@ -174,7 +263,8 @@ class _Restore:
         self.ctx.progress.stage("dropping the previous copies of the databases")
         self.commit()
 
-    def restore_one(self, name: str, stream: str, cancel: threading.Event) -> None:
+    def restore_one(self, entry: dict[str, Any], cancel: threading.Event) -> None:
+        name, stream = str(entry["name"]), str(entry["stream"])
         q = quoted(name)
         aside: str | None = None
         allowed = self.existing.get(name, True)
@@ -198,6 +288,11 @@ class _Restore:
                 stdin=cast(IO[bytes], CancellableReader(src, cancel)),
                 doing=f"restoring database {q}",
             )
+        owners = owner_sql(entry)
+        if owners and "--no-owner" not in self.restore_options:
+            if cancel.is_set():
+                raise Cancelled
+            self.sql(owners, f"restoring database {q}", database=name)
         if self.analyze:
             if cancel.is_set():
                 raise Cancelled

@@ -7,7 +7,9 @@ is also what restore drills run on.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from ._server import (
     PostgresServer,
@@ -23,6 +25,7 @@ __all__ = [
     "conninfo_dbname",
     "find_bindir",
     "free_port",
+    "roles_catalog",
     "running",
     "write_dataset",
 ]
@@ -120,6 +123,38 @@ ALTER TABLE "Reporting".daily OWNER TO app_owner;
 """,  # noqa: S608
         "Analytics Ü 'q' a=b",
     )
+
+
+def roles_catalog(server: PostgresServer, *, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """pg_authid (every column but the oid, which differs between servers), comments,
+    pg_auth_members and pg_db_role_setting (role None: ``ALTER ROLE ALL``, or
+    ``ALTER DATABASE`` with a database), by name; without built-in roles and the
+    connecting superuser (and ``skip``)."""
+    out = server.psql(
+        """SET TimeZone = 'UTC';
+SELECT json_build_object(
+ 'authid', (SELECT json_agg(to_jsonb(a) - 'oid' || jsonb_build_object('comment',
+             shobj_description(a.oid, 'pg_authid')) ORDER BY a.rolname)
+            FROM pg_authid a WHERE a.rolname !~ '^pg_' AND a.rolname <> current_user),
+ 'members', (SELECT json_agg(json_build_object('role', r.rolname, 'member', m.rolname,
+             'grantor', g.rolname, 'admin', am.admin_option) ORDER BY r.rolname, m.rolname)
+            FROM pg_auth_members am JOIN pg_roles r ON r.oid = am.roleid
+            JOIN pg_roles m ON m.oid = am.member LEFT JOIN pg_roles g ON g.oid = am.grantor
+            WHERE m.rolname !~ '^pg_' AND m.rolname <> current_user),
+ 'settings', (SELECT json_agg(json_build_object('db', d.datname, 'role', r.rolname,
+             'config', s.setconfig) ORDER BY d.datname NULLS FIRST, r.rolname NULLS FIRST)
+            FROM pg_db_role_setting s LEFT JOIN pg_roles r ON r.oid = s.setrole
+            LEFT JOIN pg_database d ON d.oid = s.setdatabase
+            WHERE r.rolname IS DISTINCT FROM current_user))"""
+    )
+    data: dict[str, Any] = json.loads(out)
+    for key in ("authid", "members", "settings"):
+        data[key] = [
+            row
+            for row in data[key] or []
+            if not {row.get("rolname"), row.get("role"), row.get("member")} & set(skip)
+        ]
+    return data
 
 
 class ServerPool:

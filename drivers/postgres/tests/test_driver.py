@@ -260,12 +260,15 @@ def test_filter_globals_never_touches_the_connecting_role() -> None:
         "CREATE ROLE postgres;\nALTER ROLE postgres WITH SUPERUSER PASSWORD 'y';\n"
         'CREATE ROLE "User";\nALTER ROLE "User" WITH LOGIN;\n'
         "ALTER ROLE postgres SET work_mem = '8MB';\nGRANT app TO postgres;\n"
-        "CREATE ROLE postgres_ro;\n"
+        "COMMENT ON ROLE postgres IS 'two\nlines; ''quoted''';\n"
+        "CREATE ROLE postgres_ro;\nALTER ROLE postgres_ro SET work_mem = '1MB';\n"
     )
     out = filter_globals(sql, "postgres")
     assert "PASSWORD 'y'" not in out and "CREATE ROLE postgres;" not in out
     assert "CREATE ROLE app;" in out and "CREATE ROLE postgres_ro;" in out
-    assert "GRANT app TO postgres;" in out and "SET work_mem" in out
+    # Its settings and its comment (one statement over two lines) are left out too.
+    assert "'8MB'" not in out and "lines" not in out and "COMMENT" not in out
+    assert "GRANT app TO postgres;" in out and "ALTER ROLE postgres_ro SET" in out
     out = filter_globals(sql, "User")
     assert '"User"' not in out and "CREATE ROLE postgres;" in out
 
