@@ -1,0 +1,356 @@
+"""Accounts, roles and grants of a logical backup, and how a restore puts them in.
+
+A restore must give every definer its rights while the objects that need them are
+created, and must never leave accounts emptier than they were.  So:
+
+* the accounts are re-created with their *early* grants (global, database-level, role
+  and proxy grants, default roles): these need no object to exist;
+* the *late* grants (table, column and routine grants) need their objects; they are
+  put into the dump's replay after the tables and routines exist and before the views
+  are created (a view's definer must hold its rights when a view over it is created);
+* before anything changes, the privilege tables' rows of every account the restore
+  touches are read (:class:`PrivilegeSnapshot`); if the restore fails, they are put
+  back exactly, even for tables the failed replay dropped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+from collections.abc import Iterable, Iterator
+from typing import IO, Any
+
+import attrs
+
+from cozybackup_core import CozyError, Deadline, DriverError, iter_chunks
+
+from ._conn import Server, quote_ident, quote_string
+from ._conn import query as sql_query
+
+ACCOUNTS_STREAM = "accounts.jsonl"
+FORMAT = 1
+#: Accounts that belong to the server or the platform, never backed up or restored.
+SERVER_ACCOUNTS = frozenset({"root", "mariadb.sys", "mysql", ""})
+ACCOUNTS_HEADER = {"format": FORMAT, "kind": "cozybackup-mariadb accounts"}
+
+#: (user, host) of an account; a role's host is "".
+Account = tuple[str, str]
+
+
+@attrs.define
+class AccountRecords:
+    """The account records of a backup, turned into the SQL that re-creates them."""
+
+    creates: list[dict[str, Any]]
+    grants: list[dict[str, Any]]
+    #: Roles are created WITH ADMIN this temporary role, as mariadb-dump does, so that
+    #: the restoring account does not end up holding every role it re-creates.
+    helper: str = attrs.field(factory=lambda: f"cozybackup_import_{secrets.token_hex(4)}")
+
+    @classmethod
+    def read(cls, stream: IO[bytes], *, skip_user: str) -> AccountRecords:
+        data = b"".join(iter_chunks(stream))
+        lines = data.decode("utf-8", "surrogateescape").splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else {}
+            records = [json.loads(line) for line in lines[1:]]
+        except ValueError:
+            raise DriverError("the backup's account list is damaged") from None
+        if header.get("kind") != ACCOUNTS_HEADER["kind"] or header.get("format") != FORMAT:
+            raise DriverError(
+                "the backup was not written by a compatible version of the MariaDB driver",
+                admin_detail=f"unexpected header of {ACCOUNTS_STREAM}: {lines[:1]!r}",
+            )
+        # Never touch the account the platform itself uses on the target.
+        keep = [r for r in records if r["user"] != skip_user and r["user"] not in SERVER_ACCOUNTS]
+        return cls(
+            creates=[r for r in keep if r["phase"] == "create"],
+            grants=[r for r in keep if r["phase"] == "grant"],
+        )
+
+    @property
+    def accounts(self) -> list[Account]:
+        """Every account or role the restore re-creates (a role's host is "")."""
+        return [(r["user"], "" if r["role"] else r["host"]) for r in self.creates]
+
+    @property
+    def roles(self) -> list[str]:
+        return [r["user"] for r in self.creates if r["role"]]
+
+    def create_script(self) -> bytes:
+        """Re-create the accounts and give them every grant that needs no object."""
+        helper = quote_ident(self.helper)
+        out = ["SET SESSION sql_mode='';", f"CREATE ROLE {helper};", f"SET ROLE {helper};"]
+        for rec in self.creates:
+            if rec["role"]:
+                out.append(
+                    f"CREATE OR REPLACE ROLE {quote_ident(rec['user'])} WITH ADMIN {helper};"
+                )
+            else:
+                out.append(_statement(rec["sql"]))
+        out += [_statement(r["sql"]) for r in self.grants if not needs_objects(r["sql"])]
+        out.append("SET ROLE NONE;")
+        return _script(out)
+
+    def late_grants(self) -> bytes:
+        """Table, column and routine grants, once their objects exist.
+
+        Run inside the dump's session: its sql_mode is saved and put back.
+        """
+        late = [_statement(r["sql"]) for r in self.grants if needs_objects(r["sql"])]
+        if not late:
+            return b""
+        out = [
+            "SET @cozybackup_saved_sql_mode = @@SESSION.sql_mode;",
+            "SET SESSION sql_mode='';",
+            *late,
+            "SET SESSION sql_mode = @cozybackup_saved_sql_mode;",
+        ]
+        return _script(out)
+
+    def clean_up(self, server: Server, cnf: str) -> None:
+        """Drop the helper role even when the restore stopped half-way."""
+        with contextlib.suppress(CozyError):
+            sql_query(
+                server,
+                cnf,
+                [f"DROP ROLE IF EXISTS {quote_ident(self.helper)}"],
+                deadline=Deadline.after(30),
+                doing="cleaning up",
+            )
+
+
+def needs_objects(grant: str) -> bool:
+    """Whether a ``SHOW GRANTS`` line grants on a table, column or routine.
+
+    Such a GRANT fails until its object exists.  Global (``*.*``), database (``db.*``),
+    role and proxy grants and ``SET DEFAULT ROLE`` do not need any object.
+    """
+    target = _after_top_level_on(grant)
+    if target is None:
+        return False
+    word = target.split(None, 1)[0].upper() if target.strip() else ""
+    if word in ("FUNCTION", "PROCEDURE", "PACKAGE"):
+        return True
+    if target.startswith("*"):
+        return False  # *.* (global)
+    rest = _skip_identifier(target)
+    if rest is None or not rest.startswith("."):
+        return False  # PROXY ON 'user'@'host', or a form this parser does not know
+    return not rest[1:].lstrip().startswith("*")
+
+
+def _after_top_level_on(sql: str) -> str | None:
+    """The text after the keyword ON outside quotes and parentheses, or None."""
+    depth = 0
+    i = 0
+    n = len(sql)
+    while i < n:
+        ch = sql[i]
+        if ch in "`'\"":
+            i = _end_of_quoted(sql, i)
+            continue
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif (
+            depth == 0
+            and sql[i : i + 2].upper() == "ON"
+            and (i == 0 or sql[i - 1].isspace())
+            and i + 2 < n
+            and sql[i + 2].isspace()
+        ):
+            return sql[i + 2 :].lstrip()
+        i += 1
+    return None
+
+
+def _end_of_quoted(sql: str, start: int) -> int:
+    """The index just past the quoted token starting at ``start``."""
+    quote = sql[start]
+    i = start + 1
+    while i < len(sql):
+        ch = sql[i]
+        if ch == "\\" and quote != "`":
+            i += 2
+            continue
+        if ch == quote:
+            if sql[i + 1 : i + 2] == quote:  # a doubled quote stands for itself
+                i += 2
+                continue
+            return i + 1
+        i += 1
+    return i
+
+
+def _skip_identifier(text: str) -> str | None:
+    if text.startswith("`"):
+        return text[_end_of_quoted(text, 0) :]
+    i = 0
+    while i < len(text) and (text[i].isalnum() or text[i] in "_$"):
+        i += 1
+    return text[i:] if i else None
+
+
+def _statement(sql: Any) -> str:
+    return str(sql).rstrip().rstrip(";") + ";"
+
+
+def _script(lines: list[str]) -> bytes:
+    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+
+# ---------------------------------------------------------------------- backup
+
+
+def account_records(server: Server, cnf: str, deadline: Deadline) -> Iterator[dict[str, Any]]:
+    (rows,) = sql_query(
+        server,
+        cnf,
+        ["SELECT User, Host, is_role FROM mysql.user ORDER BY is_role DESC, User, Host"],
+        deadline=deadline,
+        doing="listing the accounts",
+    )
+    accounts = [
+        (user, host, role == "Y")
+        for user, host, role in rows
+        if user not in SERVER_ACCOUNTS and user != server.username
+    ]
+    statements: list[str] = []
+    for user, host, role in accounts:
+        if role:
+            statements.append(f"SHOW GRANTS FOR {_account(user, host, role)}")
+        else:
+            statements.append(f"SHOW CREATE USER {_account(user, host, role)}")
+            statements.append(f"SHOW GRANTS FOR {_account(user, host, role)}")
+    if not statements:
+        return
+    results = iter(
+        sql_query(server, cnf, statements, deadline=deadline, doing="reading the accounts")
+    )
+    creates: list[dict[str, Any]] = []
+    grants: list[dict[str, Any]] = []
+    for user, host, role in accounts:
+        who = {"user": user, "host": host, "role": role}
+        if role:
+            if user != "PUBLIC":  # PUBLIC always exists and cannot be created
+                creates.append({**who, "phase": "create", "sql": None})
+        else:
+            (create,) = next(results)
+            sql = create[0]
+            if not sql.startswith("CREATE USER "):
+                raise DriverError(
+                    "MariaDB described an account in a form this driver does not know",
+                    admin_detail=f"SHOW CREATE USER returned {sql[:80]!r}",
+                )
+            creates.append({**who, "phase": "create", "sql": "CREATE OR REPLACE USER " + sql[12:]})
+        grants += [{**who, "phase": "grant", "sql": row[0]} for row in next(results)]
+    yield from creates
+    yield from grants
+
+
+def _account(user: str, host: str, role: bool) -> str:
+    if role:
+        return "PUBLIC" if user == "PUBLIC" else quote_string(user)
+    return f"{quote_string(user)}@{quote_string(host)}"
+
+
+# ---------------------------------------------------------------------- snapshot
+
+#: The privilege tables, and which of their columns name an account.
+_PRIVILEGE_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
+    "global_priv": (("User", "Host"),),
+    "db": (("User", "Host"),),
+    "tables_priv": (("User", "Host"),),
+    "columns_priv": (("User", "Host"),),
+    "procs_priv": (("User", "Host"),),
+    "proxies_priv": (("User", "Host"), ("Proxied_user", "Proxied_host")),
+    "roles_mapping": (("User", "Host"),),
+}
+
+
+@attrs.frozen
+class PrivilegeSnapshot:
+    """The privilege tables' rows of some accounts, as they were, and how to put them back.
+
+    Rows rather than ``SHOW GRANTS``: a table grant survives its table being dropped,
+    and a GRANT cannot re-create it while the table is missing (a failed replay may
+    have dropped it); rows can be put back exactly, whatever exists.
+    """
+
+    accounts: tuple[Account, ...]
+    roles: tuple[str, ...]
+    #: table -> its column names and its rows, each row as SQL literals.
+    rows: dict[str, tuple[list[str], list[str]]]
+
+    @classmethod
+    def take(
+        cls, server: Server, cnf: str, accounts: Iterable[Account], roles: Iterable[str]
+    ) -> PrivilegeSnapshot:
+        accounts, roles = tuple(accounts), tuple(roles)
+        tables = list(_PRIVILEGE_TABLES)
+        (columns,) = sql_query(
+            server,
+            cnf,
+            [
+                "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "  # noqa: S608 - quoted
+                "WHERE TABLE_SCHEMA = 'mysql' AND TABLE_NAME IN ("
+                + ", ".join(quote_string(t) for t in tables)
+                + ") ORDER BY TABLE_NAME, ORDINAL_POSITION"
+            ],
+            deadline=Deadline.after(60),
+            doing="reading the accounts before the restore",
+        )
+        names: dict[str, list[str]] = {t: [] for t in tables}
+        for table, column in columns:
+            names[table].append(column)
+        snapshot = cls(accounts, roles, {})
+        results = sql_query(
+            server,
+            cnf,
+            [
+                "SELECT CONCAT_WS(',', "  # noqa: S608 - every name is quoted
+                + ", ".join(f"QUOTE({quote_ident(c)})" for c in names[t])
+                + f") FROM mysql.{quote_ident(t)} WHERE {snapshot._where(t)}"
+                for t in tables
+            ],
+            deadline=Deadline.after(120),
+            doing="reading the accounts before the restore",
+        )
+        for table, rows in zip(tables, results, strict=True):
+            snapshot.rows[table] = (names[table], [row[0] for row in rows])
+        return snapshot
+
+    def still_holds(self, server: Server, cnf: str) -> bool:
+        """Whether the privilege tables hold exactly these rows for these accounts."""
+        now = PrivilegeSnapshot.take(server, cnf, self.accounts, self.roles)
+        return all(
+            sorted(now.rows[table][1]) == sorted(rows) for table, (_, rows) in self.rows.items()
+        )
+
+    def put_back_script(self) -> bytes:
+        out = ["SET SESSION sql_mode='';"]
+        for table, (columns, rows) in self.rows.items():
+            where = self._where(table)
+            out.append(f"DELETE FROM mysql.{quote_ident(table)} WHERE {where};")  # noqa: S608
+            if rows:
+                cols = ", ".join(quote_ident(c) for c in columns)
+                values = ",\n".join(f"({row})" for row in rows)
+                out.append(f"INSERT INTO mysql.{quote_ident(table)} ({cols}) VALUES\n{values};")
+        out.append("FLUSH PRIVILEGES;")
+        return _script(out)
+
+    def _where(self, table: str) -> str:
+        if not self.accounts:
+            return "FALSE"
+        pairs = ", ".join(f"({quote_string(u)}, {quote_string(h)})" for u, h in self.accounts)
+        conds = [
+            f"({quote_ident(user)}, {quote_ident(host)}) IN ({pairs})"
+            for user, host in _PRIVILEGE_TABLES[table]
+        ]
+        if table == "roles_mapping" and self.roles:
+            # Re-creating a role takes it away from everyone who held it.
+            conds.append("`Role` IN (" + ", ".join(quote_string(r) for r in self.roles) + ")")
+        return " OR ".join(conds)
