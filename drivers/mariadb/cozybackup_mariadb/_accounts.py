@@ -78,8 +78,13 @@ class AccountRecords:
     def roles(self) -> list[str]:
         return [r["user"] for r in self.creates if r["role"]]
 
-    def create_script(self) -> bytes:
-        """Re-create the accounts and give them every grant that needs no object."""
+    def create_script(self, holders: Iterable[tuple[str, ...]] = ()) -> bytes:
+        """Re-create the accounts and give them every grant that needs no object.
+
+        ``holders``: (user, host, role, admin option) of accounts outside the backup
+        that hold a role it re-creates; ``CREATE OR REPLACE ROLE`` takes the role away
+        from them, and they get it back.
+        """
         helper = quote_ident(self.helper)
         out = ["SET SESSION sql_mode='';", f"CREATE ROLE {helper};", f"SET ROLE {helper};"]
         for rec in self.creates:
@@ -90,7 +95,23 @@ class AccountRecords:
             else:
                 out.append(_statement(rec["sql"]))
         out += [_statement(r["sql"]) for r in self.grants if not needs_objects(r["sql"])]
+        for user, host, role, admin in holders:
+            grantee = (
+                quote_ident(user) if not host else f"{quote_string(user)}@{quote_string(host)}"
+            )
+            option = " WITH ADMIN OPTION" if admin == "Y" else ""
+            out.append(f"GRANT {quote_ident(role)} TO {grantee}{option};")
         out.append("SET ROLE NONE;")
+        # CREATE USER restarts the password's clock (expiry intervals, PASSWORD EXPIRE).
+        clocks = [r for r in self.creates if isinstance(r.get("password_last_changed"), int)]
+        out += [
+            "UPDATE mysql.global_priv SET Priv = JSON_SET(Priv, '$.password_last_changed', "  # noqa: S608 - quoted
+            f"{int(r['password_last_changed'])}) WHERE User = {quote_string(r['user'])} "
+            f"AND Host = {quote_string(r['host'])};"
+            for r in clocks
+        ]
+        if clocks:
+            out.append("FLUSH PRIVILEGES;")
         return _script(out)
 
     def late_grants(self) -> bytes:
@@ -102,10 +123,17 @@ class AccountRecords:
         if not late:
             return b""
         out = [
-            "SET @cozybackup_saved_sql_mode = @@SESSION.sql_mode;",
-            "SET SESSION sql_mode='';",
+            "SET @cozybackup_saved_sql_mode = @@SESSION.sql_mode,",
+            "  @cozybackup_saved_client = @@SESSION.character_set_client,",
+            "  @cozybackup_saved_results = @@SESSION.character_set_results,",
+            "  @cozybackup_saved_connection = @@SESSION.collation_connection;",
+            # The dump's session reads bytes unconverted (binary); the grants are UTF-8.
+            "SET NAMES utf8mb4, SESSION sql_mode='';",
             *late,
-            "SET SESSION sql_mode = @cozybackup_saved_sql_mode;",
+            "SET SESSION sql_mode = @cozybackup_saved_sql_mode,",
+            "  SESSION character_set_client = @cozybackup_saved_client,",
+            "  SESSION character_set_results = @cozybackup_saved_results,",
+            "  SESSION collation_connection = @cozybackup_saved_connection;",
         ]
         return _script(out)
 
@@ -206,13 +234,18 @@ def _script(lines: list[str]) -> bytes:
 
 
 def account_records(server: Server, cnf: str, deadline: Deadline) -> Iterator[dict[str, Any]]:
-    (rows,) = sql_query(
+    rows, changed = sql_query(
         server,
         cnf,
-        ["SELECT User, Host, is_role FROM mysql.user ORDER BY is_role DESC, User, Host"],
+        [
+            "SELECT User, Host, is_role FROM mysql.user ORDER BY is_role DESC, User, Host",
+            # Not in SHOW CREATE USER: when the password was set (0: PASSWORD EXPIRE).
+            "SELECT User, Host, JSON_VALUE(Priv, '$.password_last_changed') FROM mysql.global_priv",
+        ],
         deadline=deadline,
         doing="listing the accounts",
     )
+    password_set = {(u, h): int(t) for u, h, t in changed if t.isdigit()}
     accounts = [
         (user, host, role == "Y")
         for user, host, role in rows
@@ -245,7 +278,14 @@ def account_records(server: Server, cnf: str, deadline: Deadline) -> Iterator[di
                     "MariaDB described an account in a form this driver does not know",
                     admin_detail=f"SHOW CREATE USER returned {sql[:80]!r}",
                 )
-            creates.append({**who, "phase": "create", "sql": "CREATE OR REPLACE USER " + sql[12:]})
+            creates.append(
+                {
+                    **who,
+                    "phase": "create",
+                    "sql": "CREATE OR REPLACE USER " + sql[12:],
+                    "password_last_changed": password_set.get((user, host)),
+                }
+            )
         grants += [{**who, "phase": "grant", "sql": row[0]} for row in next(results)]
     yield from creates
     yield from grants
@@ -284,6 +324,8 @@ class PrivilegeSnapshot:
     roles: tuple[str, ...]
     #: table -> its column names and its rows, each row as SQL literals.
     rows: dict[str, tuple[list[str], list[str]]]
+    #: (user, host, role, admin option) of the other accounts holding these roles.
+    holders: list[tuple[str, ...]] = attrs.field(factory=list)
 
     @classmethod
     def take(
@@ -321,6 +363,19 @@ class PrivilegeSnapshot:
         )
         for table, rows in zip(tables, results, strict=True):
             snapshot.rows[table] = (names[table], [row[0] for row in rows])
+        if roles:
+            (holders,) = sql_query(
+                server,
+                cnf,
+                [
+                    "SELECT User, Host, Role, Admin_option FROM mysql.roles_mapping WHERE "  # noqa: S608 - quoted
+                    f"Role IN ({', '.join(quote_string(r) for r in roles)}) "
+                    f"AND NOT ({snapshot._where('global_priv')})"
+                ],
+                deadline=Deadline.after(60),
+                doing="reading the accounts before the restore",
+            )
+            snapshot.holders.extend(holders)
         return snapshot
 
     def still_holds(self, server: Server, cnf: str) -> bool:

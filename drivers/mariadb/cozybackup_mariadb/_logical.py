@@ -52,6 +52,7 @@ from ._accounts import (
 )
 from ._conn import MAX_PACKET, Server, classify, find_tool, run
 from ._conn import query as sql_query
+from ._fidelity import survey
 from ._params import SYSTEM_SCHEMAS, MariaDBParameters
 from ._replay import DumpWithGrants
 
@@ -100,6 +101,8 @@ def backup(
             with ctx.artifact.open(ACCOUNTS_STREAM) as out:
                 out.write(b"".join(_jsonl(r) for r in [ACCOUNTS_HEADER, *records]))
             accounts = len({(r["user"], r["host"]) for r in records})
+        found = survey(server, cnf, databases, deadline)
+        history = ["--dump-history"] if found.dump_history and _has_history(dump_tool) else []
         ctx.progress.stage("dumping databases", bytes_total=int(size[0][0] or 0) or None)
         with ctx.artifact.open(DATABASES_STREAM) as out:
             if databases:
@@ -113,7 +116,10 @@ def backup(
                         "--triggers",
                         "--events",
                         "--add-drop-database",
+                        # Not binary: INET6, INET4 and UUID values would be read back
+                        # as raw bytes. Character sets utf8mb4 cannot carry are warned of.
                         "--default-character-set=utf8mb4",
+                        *history,
                         f"--max-allowed-packet={MAX_PACKET}",
                         "--databases",
                         "--",
@@ -124,6 +130,7 @@ def backup(
                     what="mariadb-dump",
                     doing="dumping the databases",
                 )
+                out.write(found.repairs)
             else:
                 out.write(_EMPTY_DUMP)
     ctx.metadata.update(
@@ -147,6 +154,13 @@ def backup(
         )
     else:
         ctx.resources["accounts"] = accounts
+    for warning in found.warnings:
+        ctx.warn(warning)
+    if not history and found.dump_history and databases:
+        ctx.warn(
+            "the history of system-versioned tables is not in this backup: this "
+            "mariadb-dump cannot dump it; physical mode (mode: physical) keeps it"
+        )
     ctx.tool_versions["mariadb-server"] = server_version
     ctx.tool_versions["mariadb-dump"] = _tool_version(dump_tool)
     ctx.log.info("dumped %d databases and %d accounts", len(databases), accounts)
@@ -154,6 +168,17 @@ def backup(
 
 def _jsonl(record: dict[str, Any]) -> bytes:
     return json.dumps(record, ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
+
+
+def _has_history(dump_tool: str) -> bool:
+    """Whether this mariadb-dump has ``--dump-history`` (10.11 and later)."""
+    try:
+        out = subprocess.run(
+            [dump_tool, "--help"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--dump-history" in out.stdout
 
 
 def _tool_version(path: str) -> str:
@@ -199,7 +224,9 @@ def restore(ctx: RestoreContext, server: Server, deadline: Deadline) -> None:
                 # the dump's views and routines hold their rights while those are created.
                 ctx.progress.stage("restoring accounts")
                 progress.step = "re-creating the accounts"
-                _run(argv, io.BytesIO(accounts.create_script()), deadline, progress.step)
+                assert snapshot is not None
+                script = accounts.create_script(snapshot.holders)
+                _run(argv, io.BytesIO(script), deadline, progress.step)
             ctx.progress.stage("restoring databases")
             progress.step = "replaying the databases"
             late = accounts.late_grants() if accounts is not None else b""
