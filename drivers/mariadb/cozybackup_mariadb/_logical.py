@@ -4,22 +4,26 @@ Two artifact streams:
 
 ``accounts.jsonl`` (only when every database is backed up)
     The server's accounts, roles and grants as SQL statements, one JSON record a line
-    (``{"user", "host", "role", "phase", "sql"}``), taken with ``SHOW CREATE USER`` and
-    ``SHOW GRANTS``.  The server's own accounts (``root``, ``mariadb.sys``, ``mysql``,
+    (``{"user", "host", "role", "phase", "sql"}``, and for users
+    ``password_last_changed``), taken with ``SHOW CREATE USER`` and ``SHOW GRANTS``.  The server's own accounts (``root``, ``mariadb.sys``, ``mysql``,
     anonymous ones) and the account the platform connects with are left out: a
     restore must not change how the platform or the server itself logs in.  Records
     rather than a SQL file so that a restore can leave out the *target's* platform
     account too, without parsing SQL.
 ``databases.sql``
     ``mariadb-dump --single-transaction --quick --routines --triggers --events
-    --add-drop-database --databases ...``: plain SQL (``mariadb < databases.sql``
-    replays it by hand), streamed from the tool into the artifact with no temp file.
+    --add-drop-database --dump-history --databases ...``: plain SQL (``mariadb <
+    databases.sql`` replays it by hand), streamed from the tool into the artifact with
+    no temp file, followed by the repairs :mod:`._fidelity` found needed.  What the
+    dump cannot keep is found first and warned about (:mod:`._fidelity`).
 
-Restore replays the accounts first (``CREATE OR REPLACE``: each account is exactly as
-it was at backup time; accounts created later are left alone), then the dump, which
-drops and re-creates each backed-up database.  Databases that are not in the backup
-are not touched.  A logical restore is not atomic: if it stops half-way, the databases
-replayed so far are replaced and the rest are as they were; the job says so.
+Restore re-creates the accounts with the grants that need no object (``CREATE OR
+REPLACE``: each account is exactly as it was at backup time; accounts created later
+are left alone), then replays the dump, which drops and re-creates each backed-up
+database, with the table, column and routine grants put in before the views
+(:mod:`._replay`).  Databases that are not in the backup are not touched.  A logical
+restore is not atomic for the databases: if it stops half-way, the job says which
+were replaced; the accounts are put back as they were (:mod:`._accounts`).
 """
 
 from __future__ import annotations
