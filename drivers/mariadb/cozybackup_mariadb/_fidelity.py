@@ -9,7 +9,9 @@
 * transaction-precise system versioning (``ROW START`` as BIGINT) has no
   ``--dump-history``: its history is lost (timestamp versioning keeps it);
 * a routine or event kept with ``NO_BACKSLASH_ESCAPES`` has its COMMENT printed with
-  backslash escapes, which that mode reads back doubled;
+  backslash escapes (for backslashes, line breaks, carriage returns, NUL and Ctrl-Z),
+  which that mode reads back as printed (a backslash doubles, a line break turns
+  into a backslash and an n);
 * character data goes through utf8mb4, and some character sets do not come back byte
   for byte (sjis, cp932, big5, ujis: several codes for one character; cp1250, greek,
   ascii...: bytes with no Unicode character become ``?``).  Dumping it unconverted
@@ -83,10 +85,10 @@ def survey(server: Server, cnf: str, databases: list[str], deadline: Deadline) -
             "SELECT ROUTINE_SCHEMA, ROUTINE_NAME, ROUTINE_TYPE, SQL_MODE, ROUTINE_COMMENT "
             "FROM information_schema.ROUTINES WHERE SQL_MODE LIKE '%NO_BACKSLASH_ESCAPES%' "
             "AND ROUTINE_TYPE IN ('PROCEDURE', 'FUNCTION') "
-            f"AND ROUTINE_COMMENT LIKE '%\\\\\\\\%' AND ROUTINE_SCHEMA {within} ORDER BY 1, 2",
+            f"AND ROUTINE_COMMENT <> '' AND ROUTINE_SCHEMA {within} ORDER BY 1, 2",
             "SELECT EVENT_SCHEMA, EVENT_NAME, DEFINER, SQL_MODE, EVENT_COMMENT "
             "FROM information_schema.EVENTS WHERE SQL_MODE LIKE '%NO_BACKSLASH_ESCAPES%' "
-            f"AND EVENT_COMMENT LIKE '%\\\\\\\\%' AND EVENT_SCHEMA {within} ORDER BY 1, 2",
+            f"AND EVENT_COMMENT <> '' AND EVENT_SCHEMA {within} ORDER BY 1, 2",
             "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.CHARACTER_SET_NAME, s.MAXLEN "
             "FROM information_schema.COLUMNS c JOIN information_schema.CHARACTER_SETS s "
             f"USING (CHARACTER_SET_NAME) WHERE c.TABLE_SCHEMA {within} "
@@ -126,7 +128,10 @@ def survey(server: Server, cnf: str, databases: list[str], deadline: Deadline) -
     return Survey(
         dump_history=not trx_precise,
         warnings=warnings,
-        repairs=_repairs(routines, events),
+        repairs=_repairs(
+            [r for r in routines if _escaped_when_printed(r[-1])],
+            [e for e in events if _escaped_when_printed(e[-1])],
+        ),
     )
 
 
@@ -163,36 +168,62 @@ def _names(rows: list[tuple[str, ...]]) -> str:
     return shown + (f" and {len(names) - _NAMED} more" if len(names) > _NAMED else "")
 
 
+def _escaped_when_printed(comment: str) -> bool:
+    """Whether SHOW CREATE prints ``comment`` with a backslash escape (append_unescaped)."""
+    return any(c in comment for c in "\\\n\r\x00\x1a")
+
+
 def _repairs(routines: list[tuple[str, ...]], events: list[tuple[str, ...]]) -> bytes:
-    """The exact COMMENTs of NO_BACKSLASH_ESCAPES routines and events, set again."""
+    """The exact COMMENTs of NO_BACKSLASH_ESCAPES routines and events, set again.
+
+    The tenant's text (names, definers, comments) reaches the SQL only as hex, and the
+    statement is built on the server and prepared there: no quote, backslash or line
+    of it can end a statement early, or look like a line of the dump to the restore.
+    """
     if not routines and not events:
         return b""
     out = [
         "",
         "-- cozybackup-mariadb: the exact comments of routines and events kept with",
         "-- NO_BACKSLASH_ESCAPES (mariadb-dump prints them with backslash escapes)",
-        "SET NAMES utf8mb4;",
         "SET @cozybackup_saved_sql_mode = @@SESSION.sql_mode;",
     ]
     for schema, name, kind, mode, comment in routines:
-        out += [
-            f"SET SESSION sql_mode = {quote_string(mode)};",
-            f"ALTER {kind} {quote_ident(schema)}.{quote_ident(name)} "
-            f"COMMENT {_no_backslash_literal(comment)};",
-        ]
+        if kind in ("PROCEDURE", "FUNCTION"):
+            out += _prepared(mode, f"'ALTER {kind} '", schema, name, comment)
     for schema, name, definer, mode, comment in events:
         user, _, host = definer.rpartition("@")
-        out += [
-            f"SET SESSION sql_mode = {quote_string(mode)};",
-            # ALTER EVENT would make the restoring account the definer.
-            f"ALTER DEFINER = {_no_backslash_literal(user)}@{_no_backslash_literal(host)} "
-            f"EVENT {quote_ident(schema)}.{quote_ident(name)} "
-            f"COMMENT {_no_backslash_literal(comment)};",
-        ]
+        # ALTER EVENT would make the restoring account the definer.
+        alter = f"'ALTER DEFINER = ', {_literal(user)}, '@', {_literal(host)}, ' EVENT '"
+        out += _prepared(mode, alter, schema, name, comment)
     out.append("SET SESSION sql_mode = @cozybackup_saved_sql_mode;")
     return ("\n".join(out) + "\n").encode("utf-8", "surrogateescape")
 
 
-def _no_backslash_literal(value: str) -> str:
-    """A string literal read under NO_BACKSLASH_ESCAPES: only quotes are doubled."""
-    return "'" + value.replace("'", "''") + "'"
+def _prepared(mode: str, alter: str, schema: str, name: str, comment: str) -> list[str]:
+    """``<alter> `schema`.`name` COMMENT '<comment>'``, run in the object's sql_mode."""
+    return [
+        f"SET SESSION sql_mode = {quote_string(mode)};",
+        f"SET @cozybackup_repair = CONCAT({alter}, {_identifier(schema)}, '.', "
+        f"{_identifier(name)}, ' COMMENT ', {_literal(comment)});",
+        "PREPARE cozybackup_repair FROM @cozybackup_repair;",
+        "EXECUTE cozybackup_repair;",
+        "DEALLOCATE PREPARE cozybackup_repair;",
+    ]
+
+
+def _text(value: str) -> str:
+    """SQL for ``value`` made only of hex digits and keywords."""
+    data = value.encode("utf-8", "surrogateescape").hex()
+    return f"CONVERT(UNHEX('{data}') USING utf8mb4)"
+
+
+def _identifier(value: str) -> str:
+    return f"CONCAT('`', REPLACE({_text(value)}, '`', '``'), '`')"
+
+
+def _literal(value: str) -> str:
+    """A string literal, as read under NO_BACKSLASH_ESCAPES: only quotes are doubled."""
+    return (
+        f"CONCAT(CHAR(39), REPLACE({_text(value)}, CHAR(39), CONCAT(CHAR(39), CHAR(39))), CHAR(39))"
+    )

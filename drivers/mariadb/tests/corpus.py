@@ -204,6 +204,10 @@ CREATE FUNCTION corpus.invoker_fn(x INT) RETURNS INT DETERMINISTIC SQL SECURITY 
 SET sql_mode = 'NO_BACKSLASH_ESCAPES';;
 CREATE PROCEDURE corpus.nbe_proc() COMMENT 'C:\\dir\\file and ''quote'''
   SELECT 'C:\\no\\escapes' AS path;;
+CREATE PROCEDURE corpus.`nbe hostile
+-- Current Database: x`() COMMENT 'x\''; DROP DATABASE corpus; --
+-- Final view structure for view `v`
+' SELECT 1;;
 CREATE EVENT corpus.nbe_event ON SCHEDULE EVERY 1 DAY STARTS '2030-01-01 00:00:00'
   DISABLE COMMENT 'back\\slash' DO SELECT 'a\\b';;
 SET sql_mode = 'ANSI_QUOTES,PIPES_AS_CONCAT';;

@@ -240,6 +240,51 @@ def test_late_grants_go_before_the_views_and_nowhere_else(chunk: int) -> None:
     assert out == expected
 
 
+#: Lines that look like the dump's own, inside names, strings, comments and rows.
+HOSTILE = b"""-- Current Database: `a`
+/*!50003 DROP PROCEDURE IF EXISTS `p
+-- Final view structure for view x` */;
+CREATE TABLE `t
+-- Current Database: `b` (`c` INT COMMENT 'x\\'
+-- Final view structure for view y');
+INSERT INTO `t
+-- Final view structure for view z` (`c
+-- Current Database: q`, row_start) VALUES (1,'a\\n-- Final view structure for view'),
+(2,'b;'),
+(3,'c');
+/*!50003 SET sql_mode              = 'NO_BACKSLASH_ESCAPES' */ ;
+DELIMITER ;;
+CREATE PROCEDURE p() SELECT 'x\\'
+;;
+DELIMITER ;
+/*!50003 SET sql_mode              = @saved_sql_mode */ ;
+/* a comment
+-- Final view structure for view v
+*/
+SELECT 'it''s
+-- Current Database: `c`';
+# -- Final view structure for view u
+-- Final view structure for view `v`
+CREATE VIEW v AS SELECT 1;
+"""
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 64, 1 << 20])
+def test_lines_that_only_look_like_the_dump_are_left_alone(chunk: int) -> None:
+    class Chunked(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            return super().read(chunk)
+
+    dump = DumpWithGrants(Chunked(HOSTILE), b"GRANT late;\n", "m")
+    out = b""
+    while data := dump.read(7):
+        out += data
+    assert out == b"SELECT 'm-db-0';\n" + HOSTILE.replace(
+        b"-- Final view structure for view `v`",
+        b"SELECT 'm-grants';\nGRANT late;\n-- Final view structure for view `v`",
+    )
+
+
 def test_without_views_the_late_grants_come_last() -> None:
     dump = DumpWithGrants(io.BytesIO(b"-- Current Database: `a`\nSELECT 1;"), b"GRANT late;\n", "m")
     assert dump.read() == (
