@@ -22,7 +22,7 @@ ALL_BYTES = bytes(range(256)).hex()
 CORPUS = f"""
 SET time_zone = '+00:00';
 SET sql_mode = 'STRICT_ALL_TABLES';
-CREATE DATABASE corpus CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
+CREATE DATABASE corpus CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci COMMENT 'the corpus';
 CREATE DATABASE `données ü` CHARACTER SET latin1;
 USE corpus;
 

@@ -82,15 +82,22 @@ class FailingReplayDriver(MariaDBDriver):
     """Restores a dump with a failing statement in its second database."""
 
     statement: ClassVar[bytes] = b"SELECT no_such_function_cozy();\n"
+    in_views: ClassVar[bool] = False
 
     def restore(self, ctx: RestoreContext) -> None:
-        ctx.artifact = _BreakSecondDatabase(ctx.artifact, self.statement)
+        ctx.artifact = _BreakSecondDatabase(ctx.artifact, self.statement, self.in_views)
         super().restore(ctx)
 
 
+class FailingViewsDriver(FailingReplayDriver):
+    """Restores a dump with a failing statement where its views begin."""
+
+    in_views = True
+
+
 class _BreakSecondDatabase:
-    def __init__(self, source: Any, statement: bytes) -> None:
-        self.source, self.statement = source, statement
+    def __init__(self, source: Any, statement: bytes, in_views: bool) -> None:
+        self.source, self.statement, self.in_views = source, statement, in_views
 
     def names(self) -> list[str]:
         return list(self.source.names())
@@ -102,6 +109,10 @@ class _BreakSecondDatabase:
                 yield stream
                 return
             data = stream.read()
+            if self.in_views:
+                cut = data.index(b"\n-- Final view structure for view ") + 1
+                yield io.BytesIO(data[:cut] + self.statement + data[cut:])
+                return
             marker = b"\n-- Current Database: "
             second = data.index(marker, data.index(marker) + 1)
             # After the second database's CREATE TABLE: it was dropped and is half-made.
@@ -143,6 +154,29 @@ def test_a_restore_that_fails_midway_puts_every_account_back(
     assert "the others are unchanged" not in message
     assert src.rows("SELECT 1", user="app", password="changed-pw") == [["1"]]
     assert_no_secrets(plat, src)
+
+
+def test_a_restore_that_fails_at_the_views_says_so_and_puts_every_account_back(
+    mariadb: ServerFactory, tmp_path: Path
+) -> None:
+    plat = make_platform(tmp_path, driver=FailingViewsDriver)
+    src, dst = mariadb(), mariadb()
+    write_data(src, seed=4)
+    src.sql(DEFINER_VIEWS)
+    write_data(dst, seed=8)
+    dst.sql("CREATE USER 'owner'@'%' IDENTIFIED BY 'x'; GRANT SELECT ON *.* TO 'owner'@'%';")
+    accounts_before = {k: objects(dst)[k] for k in ("accounts", "grants")}
+    job = plat.backup(NS, declare(plat, "shop", src), "b1", "maria-logical")
+    assert job.status.phase == "Succeeded", job.status.message
+    job = plat.restore(NS, "b1", "r1", target=declare(plat, "copy", dst))
+    assert job.status.phase == "Failed"
+    message = job.status.message or ""
+    assert (
+        "every database in the backup was replaced, but its views and its table, column "
+        "and routine grants were not all restored" in message
+    )
+    assert "were put back exactly as they were before the restore" in message
+    assert {k: objects(dst)[k] for k in ("accounts", "grants")} == accounts_before
 
 
 def test_a_restore_that_fails_before_any_change_says_the_accounts_are_unchanged(

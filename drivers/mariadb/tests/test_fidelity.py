@@ -18,7 +18,7 @@ from test_mariadb import NS, assert_no_secrets, declare, make_platform
 
 from cozybackup_core.testing import LocalPlatform
 
-from conftest import ServerFactory
+from conftest import ServerFactory, connection, credentials
 
 
 def _warnings(plat: LocalPlatform) -> list[str]:
@@ -108,3 +108,27 @@ def test_transaction_precise_history_is_said_to_be_missing(
     assert job.status.phase == "Succeeded", job.status.message
     assert dst.rows("SELECT x FROM h.by_time") == [["2"]]
     assert dst.rows("SELECT COUNT(*) FROM h.by_time FOR SYSTEM_TIME ALL") == [["1"]]
+
+
+def test_physical_mode_keeps_even_what_logical_mode_cannot(
+    mariadb: ServerFactory, tmp_path: Path
+) -> None:
+    """The warnings point to physical mode: it brings the whole corpus back exactly."""
+    plat = make_platform(tmp_path)
+    src = mariadb()
+    src.sql(CORPUS)
+    before = describe(src)
+    ref = declare(plat, "corpus", src, datadir=str(src.datadir))
+    job = plat.backup(NS, ref, "b1", "maria-physical")
+    assert job.status.phase == "Succeeded", job.status.message
+    assert _warnings(plat) == []
+    fresh = mariadb(started=False, empty=True)
+    target = plat.declare_app(
+        NS, "fresh", "MariaDB", connection(fresh, datadir=str(fresh.datadir)), credentials()
+    )
+    job = plat.restore(NS, "b1", "r1", target=target)
+    assert job.status.phase == "Succeeded", job.status.message
+    fresh.start()
+    after = describe(fresh)
+    assert {k for k in before if before[k] != after.get(k)} == set()
+    assert all(table in after for table in NOT_EXACT)
