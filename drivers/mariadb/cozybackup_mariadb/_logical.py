@@ -219,16 +219,16 @@ def restore(ctx: RestoreContext, server: Server, deadline: Deadline) -> None:
         if ACCOUNTS_STREAM in names:
             with ctx.artifact.open(ACCOUNTS_STREAM) as stream:
                 accounts = AccountRecords.read(stream, skip_user=server.username)
-            # Before anything changes: what a failed restore puts back.
-            snapshot = PrivilegeSnapshot.take(server, cnf, accounts.accounts, accounts.roles)
         progress = _Progress(databases)
         try:
             if accounts is not None:
+                # Before anything changes: what a failed restore puts back.
+                progress.step = "reading the accounts before the restore"
+                snapshot = PrivilegeSnapshot.take(server, cnf, accounts.accounts, accounts.roles)
                 # Accounts with their global and database grants first: the definers of
                 # the dump's views and routines hold their rights while those are created.
                 ctx.progress.stage("restoring accounts")
                 progress.step = "re-creating the accounts"
-                assert snapshot is not None
                 script = accounts.create_script(snapshot.holders)
                 _run(argv, io.BytesIO(script), deadline, progress.step)
             ctx.progress.stage("restoring databases")
@@ -288,6 +288,8 @@ class _Progress:
         changed = [self._databases_changed()]
         if snapshot is not None:
             changed.append(self._put_back(server, cnf, snapshot))
+        elif self.step == "reading the accounts before the restore":
+            changed.append("no account was changed")
         message = (
             f"{exc.message}; {'; '.join(changed)}; run the RestoreJob again once the cause is fixed"
         )

@@ -324,3 +324,28 @@ def test_without_views_the_late_grants_come_last() -> None:
     assert dump.read() == (
         b"SELECT 'm-db-0';\n-- Current Database: `a`\nSELECT 1;\nSELECT 'm-grants';\nGRANT late;\n"
     )
+
+
+def test_a_restore_that_cannot_read_the_accounts_changes_nothing(
+    mariadb: ServerFactory, tmp_path: Path
+) -> None:
+    plat = make_platform(tmp_path)
+    src, dst = mariadb(), mariadb()
+    write_data(src, seed=1)
+    write_data(dst, seed=2)
+    dst.sql(
+        "CREATE USER 'blind'@'%' IDENTIFIED BY 'blind-pw-1234'; GRANT CREATE USER ON *.* TO 'blind'@'%';"
+    )
+    before = objects(dst)
+    tables = table_checksums(dst)
+    assert plat.backup(NS, declare(plat, "shop", src), "b1", "maria-logical").status.phase == (
+        "Succeeded"
+    )
+    blind = declare(plat, "copy", dst, creds={"username": "blind", "password": "blind-pw-1234"})
+    job = plat.restore(NS, "b1", "r1", target=blind)
+    assert job.status.phase == "Failed"
+    message = job.status.message or ""
+    assert "while reading the accounts before the restore" in message
+    assert "no database was touched; no account was changed" in message
+    assert objects(dst) == before and table_checksums(dst) == tables
+    assert_no_secrets(plat, src, dst, extra=("blind-pw-1234",))
