@@ -22,6 +22,8 @@ from conftest import ServerFactory, objects, table_checksums, write_data
 
 #: An application account that owns its views, as applications do: the inner view is
 #: SQL SECURITY DEFINER and reads a table the account holds a table-level grant on.
+#: mariadb-dump creates views in name order, so prices_cheap is created after prices
+#: (before it, it would read mariadb-dump's placeholder and pass whatever the rights).
 DEFINER_VIEWS = """
 CREATE DATABASE app_db;
 CREATE TABLE app_db.items (id INT PRIMARY KEY, secret VARCHAR(20), price DECIMAL(8,2));
@@ -32,11 +34,11 @@ GRANT SELECT (id, price) ON app_db.items TO 'owner'@'%';
 CREATE USER 'reader'@'%' IDENTIFIED BY 'reader-pw-1';
 CREATE DEFINER='owner'@'%' SQL SECURITY DEFINER VIEW app_db.prices AS
   SELECT id, price FROM app_db.items;
-CREATE DEFINER='owner'@'%' SQL SECURITY DEFINER VIEW app_db.cheap AS
+CREATE DEFINER='owner'@'%' SQL SECURITY DEFINER VIEW app_db.prices_cheap AS
   SELECT id FROM app_db.prices WHERE price < 10;
 CREATE DEFINER='owner'@'%' SQL SECURITY INVOKER VIEW app_db.all_prices AS
   SELECT * FROM app_db.prices;
-GRANT SELECT ON app_db.cheap TO 'reader'@'%';
+GRANT SELECT ON app_db.prices_cheap TO 'reader'@'%';
 GRANT SELECT ON app_db.prices TO 'owner'@'%';
 """
 
@@ -54,7 +56,7 @@ def test_a_view_over_a_definer_view_restores_with_exact_grants(
     job = plat.backup(NS, ref, "b1", "maria-logical")
     assert job.status.phase == "Succeeded", job.status.message
     if where == "in_place":
-        src.sql("DELETE FROM app_db.items; REVOKE SELECT ON app_db.cheap FROM 'reader'@'%';")
+        src.sql("DELETE FROM app_db.items; REVOKE SELECT ON app_db.prices_cheap FROM 'reader'@'%';")
         target, job = src, plat.restore(NS, "b1", "r1")
     else:
         target = mariadb()
@@ -68,9 +70,9 @@ def test_a_view_over_a_definer_view_restores_with_exact_grants(
     assert table_checksums(target) == tables
     assert objects(target) == objs
     # The definer chain works for the account it was made for, and nothing more.
-    assert target.rows("SELECT id FROM app_db.cheap", user="reader", password="reader-pw-1") == [
-        ["1"]
-    ]
+    assert target.rows(
+        "SELECT id FROM app_db.prices_cheap", user="reader", password="reader-pw-1"
+    ) == [["1"]]
     denied = target.sql(
         "SELECT secret FROM app_db.items", user="reader", password="reader-pw-1", check=False
     )
