@@ -123,6 +123,12 @@ INSERT INTO history VALUES (1, 'first'), (2, 'two');
 UPDATE history SET v = 'second' WHERE id = 1;
 DELETE FROM history WHERE id = 2;
 
+CREATE TABLE history_parted (x INT) WITH SYSTEM VERSIONING
+  PARTITION BY SYSTEM_TIME (PARTITION p_hist HISTORY, PARTITION p_cur CURRENT);
+INSERT INTO history_parted VALUES (1);
+UPDATE history_parted SET x = 2;
+UPDATE history_parted SET x = 3;
+
 CREATE TABLE periods (id INT, s DATE, e DATE, PERIOD FOR valid(s, e),
   PRIMARY KEY (id, valid WITHOUT OVERLAPS));
 INSERT INTO periods VALUES (1, '2024-01-01', '2024-06-01'), (1, '2024-06-01', '2025-01-01');
@@ -271,7 +277,7 @@ def describe(server: MariaDBServer, *, skip: tuple[str, ...] = ()) -> dict[str, 
             ]
             continue
         create = server.rows(f"SHOW CREATE TABLE {ref}")
-        # Rows in key order, every column (invisible ones too), history included.
+        # Every column's bytes (invisible ones too), history included.
         columns = [
             r[0]
             for r in server.rows(
@@ -286,8 +292,9 @@ def describe(server: MariaDBServer, *, skip: tuple[str, ...] = ()) -> dict[str, 
         rows = server.sql(
             f"SET time_zone = '+00:00'; SELECT {select} FROM {ref}"
             + (" FOR SYSTEM_TIME ALL" if history else "")
-            + " ORDER BY 1",
         ).stdout
+        # In key order; whole rows, so that versions of one key are ordered too.
+        rows = "\n".join(sorted(rows.splitlines()))
         checksum = server.rows(f"CHECKSUM TABLE {ref} EXTENDED")[0][1]
         out[key] = [create, hashlib.sha256(rows.encode()).hexdigest(), checksum]
     out["routines"] = server.rows(
