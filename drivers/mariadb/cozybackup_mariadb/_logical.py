@@ -23,7 +23,7 @@ are left alone), then replays the dump, which drops and re-creates each backed-u
 database, with the table, column and routine grants put in before the views
 (:mod:`._replay`).  Databases that are not in the backup are not touched.  A logical
 restore is not atomic for the databases: if it stops half-way, the job says which
-were replaced; the accounts are put back as they were (:mod:`._accounts`).
+were replaced; the accounts are put back as they were (:mod:`._snapshot`).
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ from ._accounts import (
     ACCOUNTS_STREAM,
     FORMAT,
     AccountRecords,
-    PrivilegeSnapshot,
     account_records,
 )
 from ._conn import MAX_PACKET, Server, classify, find_tool, run
@@ -59,6 +58,7 @@ from ._conn import query as sql_query
 from ._fidelity import survey
 from ._params import SYSTEM_SCHEMAS, MariaDBParameters
 from ._replay import DumpWithGrants
+from ._snapshot import PrivilegeSnapshot
 
 DATABASES_STREAM = "databases.sql"
 _EMPTY_DUMP = b"-- cozybackup-mariadb: the server had no user databases to dump\n"
@@ -212,6 +212,9 @@ def restore(ctx: RestoreContext, server: Server, deadline: Deadline) -> None:
             "--binary-mode",
             "--batch",
             "--skip-column-names",
+            # Each marker row reaches us when its statement ran, even if the client is
+            # killed at the deadline: what a failure says rests on them.
+            "--unbuffered",
             f"--max-allowed-packet={MAX_PACKET}",
         ]
         accounts: AccountRecords | None = None
