@@ -79,8 +79,13 @@ class DumpWithGrants:
     # -- the stream
 
     def read(self, size: int = -1) -> bytes:
-        want = size if size > 0 else 1 << 62
-        while len(self._out) < want and not self._eof:
+        """What is ready, at most ``size`` bytes; b"" only at the end.
+
+        Returns as soon as some data is ready rather than waiting for ``size`` bytes: a
+        dump that arrives slowly reaches the client (and its marker rows come back) as
+        it arrives.
+        """
+        while not self._out and not self._eof:
             self._fill()
         if size < 0:
             size = len(self._out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,7 +19,7 @@ from test_mariadb import NS, assert_no_secrets, declare, make_platform
 from cozybackup_core import RestoreContext
 from cozybackup_core.testing import typed_metadata
 
-from conftest import ServerFactory, objects, table_checksums, write_data
+from conftest import ServerFactory, class_yaml, objects, table_checksums, write_data
 
 #: An application account that owns its views, as applications do: the inner view is
 #: SQL SECURITY DEFINER and reads a table the account holds a table-level grant on.
@@ -97,9 +98,35 @@ class FailingViewsDriver(FailingReplayDriver):
     in_views = True
 
 
+class StallingReplayDriver(MariaDBDriver):
+    """Restores a dump that stops arriving in its second database (until the deadline)."""
+
+    def restore(self, ctx: RestoreContext) -> None:
+        ctx.artifact = _BreakSecondDatabase(ctx.artifact, b"", in_views=False, stall=True)
+        super().restore(ctx)
+
+
+class _Stalling(io.BytesIO):
+    """The dump up to ``at``, then a pause longer than the restore's deadline."""
+
+    def __init__(self, data: bytes, at: int) -> None:
+        super().__init__(data)
+        self.at, self.stalled = at, False
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.tell() >= self.at and not self.stalled:
+            self.stalled = True
+            time.sleep(12)  # the restore's deadline (8 s) kills the client first
+        if not self.stalled:
+            return super().read(min(size or 1 << 20, self.at - self.tell()))
+        return super().read(size)
+
+
 class _BreakSecondDatabase:
-    def __init__(self, source: Any, statement: bytes, in_views: bool) -> None:
-        self.source, self.statement, self.in_views = source, statement, in_views
+    def __init__(
+        self, source: Any, statement: bytes, in_views: bool, *, stall: bool = False
+    ) -> None:
+        self.source, self.statement, self.in_views, self.stall = source, statement, in_views, stall
 
     def names(self) -> list[str]:
         return list(self.source.names())
@@ -119,6 +146,9 @@ class _BreakSecondDatabase:
             second = data.index(marker, data.index(marker) + 1)
             # After the second database's CREATE TABLE: it was dropped and is half-made.
             cut = data.index(b"LOCK TABLES", second)
+            if self.stall:
+                yield _Stalling(data, cut)
+                return
             yield io.BytesIO(data[:cut] + self.statement + data[cut:])
 
 
@@ -156,6 +186,28 @@ def test_a_restore_that_fails_midway_puts_every_account_back(
     assert "the others are unchanged" not in message
     assert src.rows("SELECT 1", user="app", password="changed-pw") == [["1"]]
     assert_no_secrets(plat, src)
+
+
+def test_a_restore_stopped_at_its_deadline_says_how_far_it_got(
+    mariadb: ServerFactory, tmp_path: Path
+) -> None:
+    plat = make_platform(tmp_path, driver=StallingReplayDriver)
+    plat.apply(class_yaml("quick", "{timeoutSeconds: 8}"))
+    src = mariadb()
+    write_data(src, seed=2)
+    job = plat.backup(NS, declare(plat, "shop", src), "b1", "quick")
+    assert job.status.phase == "Succeeded", job.status.message
+    first, second, *_ = typed_metadata(plat.backups(NS)[0].spec.driver_metadata)["databases"]
+    src.sql("ALTER USER 'app'@'%' IDENTIFIED BY 'changed-pw'; DROP USER 'auditor'@'10.0.0.%';")
+    accounts_before = {k: objects(src)[k] for k in ("accounts", "grants")}
+    job = plat.restore(NS, "b1", "r1")
+    assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == "DeadlineExceeded"
+    message = job.status.message or ""
+    assert f"database {second!r} was dropped and only partly restored" in message
+    assert f"replaced: {first!r}" in message
+    assert "were put back exactly as they were before the restore" in message
+    assert {k: objects(src)[k] for k in ("accounts", "grants")} == accounts_before
 
 
 def test_a_restore_that_fails_at_the_views_says_so_and_puts_every_account_back(
@@ -323,7 +375,10 @@ def test_lines_that_only_look_like_the_dump_are_left_alone(chunk: int) -> None:
 
 def test_without_views_the_late_grants_come_last() -> None:
     dump = DumpWithGrants(io.BytesIO(b"-- Current Database: `a`\nSELECT 1;"), b"GRANT late;\n", "m")
-    assert dump.read() == (
+    out = b""
+    while data := dump.read():
+        out += data
+    assert out == (
         b"SELECT 'm-db-0';\n-- Current Database: `a`\nSELECT 1;\nSELECT 'm-grants';\nGRANT late;\n"
     )
 
