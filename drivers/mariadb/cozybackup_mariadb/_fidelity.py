@@ -60,15 +60,21 @@ def survey(server: Server, cnf: str, databases: list[str], deadline: Deadline) -
         return Survey(dump_history=True, warnings=[], repairs=b"")
     within = "IN (" + ", ".join(quote_string(d) for d in databases) + ")"
     unicode = "(" + ", ".join(quote_string(c) for c in _UNICODE) + ")"
+    # A view's columns are in COLUMNS too; a view holds no data and is not named.
+    stored = (
+        "AND (TABLE_SCHEMA, TABLE_NAME) NOT IN (SELECT TABLE_SCHEMA, TABLE_NAME "
+        f"FROM information_schema.VIEWS WHERE TABLE_SCHEMA {within}) "
+    )
     floats, question_marks, versioned, trx_precise, routines, events, charsets = sql_query(
         server,
         cnf,
         [
             "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "
-            f"WHERE DATA_TYPE = 'float' AND TABLE_SCHEMA {within} ORDER BY 1, 2, ORDINAL_POSITION",
+            f"WHERE DATA_TYPE = 'float' AND TABLE_SCHEMA {within} {stored}"
+            "ORDER BY 1, 2, ORDINAL_POSITION",
             # '?' is how the server prints a 4-byte character in a table definition.
             "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS "
-            f"WHERE TABLE_SCHEMA {within} AND ((DATA_TYPE IN ('set', 'enum') AND "
+            f"WHERE TABLE_SCHEMA {within} {stored}AND ((DATA_TYPE IN ('set', 'enum') AND "
             "COLUMN_TYPE LIKE '%?%') OR COLUMN_COMMENT LIKE '%?%' OR COLUMN_DEFAULT LIKE '%?%') "
             "UNION SELECT TABLE_SCHEMA, TABLE_NAME, '' FROM information_schema.TABLES "
             f"WHERE TABLE_SCHEMA {within} AND TABLE_COMMENT LIKE '%?%' "
@@ -89,10 +95,10 @@ def survey(server: Server, cnf: str, databases: list[str], deadline: Deadline) -
             "SELECT EVENT_SCHEMA, EVENT_NAME, DEFINER, SQL_MODE, EVENT_COMMENT "
             "FROM information_schema.EVENTS WHERE SQL_MODE LIKE '%NO_BACKSLASH_ESCAPES%' "
             f"AND EVENT_COMMENT <> '' AND EVENT_SCHEMA {within} ORDER BY 1, 2",
-            "SELECT c.TABLE_SCHEMA, c.TABLE_NAME, c.COLUMN_NAME, c.CHARACTER_SET_NAME, s.MAXLEN "
-            "FROM information_schema.COLUMNS c JOIN information_schema.CHARACTER_SETS s "
-            f"USING (CHARACTER_SET_NAME) WHERE c.TABLE_SCHEMA {within} "
-            f"AND c.CHARACTER_SET_NAME NOT IN {unicode} ORDER BY 1, 2, ORDINAL_POSITION",
+            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, CHARACTER_SET_NAME, s.MAXLEN "
+            "FROM information_schema.COLUMNS JOIN information_schema.CHARACTER_SETS s "
+            f"USING (CHARACTER_SET_NAME) WHERE TABLE_SCHEMA {within} {stored}"
+            f"AND CHARACTER_SET_NAME NOT IN {unicode} ORDER BY 1, 2, ORDINAL_POSITION",
         ],
         deadline=deadline,
         doing="looking for what a logical dump cannot keep",

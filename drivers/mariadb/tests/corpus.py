@@ -196,6 +196,8 @@ CREATE DEFINER = 'app'@'%' SQL SECURITY DEFINER VIEW corpus.v_over AS
   SELECT id, bu FROM corpus.v_ints WHERE id > 1 WITH CHECK OPTION;
 CREATE DEFINER = 'app'@'%' SQL SECURITY INVOKER VIEW corpus.v_invoker AS
   SELECT o.id, 'é🙂' AS lit FROM corpus.v_over o;
+CREATE VIEW corpus.v_legacy AS SELECT f.f, l.sj, e.e FROM corpus.floats f
+  JOIN corpus.legacy_charsets l ON l.id = f.id JOIN corpus.emoji_members e ON e.id = f.id;
 CREATE ALGORITHM = TEMPTABLE VIEW corpus.v_temptable AS SELECT COUNT(*) AS n FROM corpus.texts;
 GRANT SELECT ON corpus.v_over TO 'nopw'@'192.168.1.0/255.255.255.0';
 
