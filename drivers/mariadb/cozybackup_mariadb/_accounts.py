@@ -127,7 +127,7 @@ class AccountRecords:
             "  @cozybackup_saved_client = @@SESSION.character_set_client,",
             "  @cozybackup_saved_results = @@SESSION.character_set_results,",
             "  @cozybackup_saved_connection = @@SESSION.collation_connection;",
-            # The dump's session reads bytes unconverted (binary); the grants are UTF-8.
+            # The grants are UTF-8 and backslash-escaped, whatever the dump set last.
             "SET NAMES utf8mb4, SESSION sql_mode='';",
             *late,
             "SET SESSION sql_mode = @cozybackup_saved_sql_mode,",
