@@ -57,7 +57,7 @@ from ._conn import MAX_PACKET, Server, classify, find_tool, run
 from ._conn import query as sql_query
 from ._fidelity import survey
 from ._params import SYSTEM_SCHEMAS, MariaDBParameters
-from ._replay import DumpWithGrants
+from ._replay import ClientOutput, DumpWithGrants
 from ._snapshot import PrivilegeSnapshot
 
 DATABASES_STREAM = "databases.sql"
@@ -215,6 +215,8 @@ def restore(ctx: RestoreContext, server: Server, deadline: Deadline) -> None:
             # Each marker row reaches us when its statement ran, even if the client is
             # killed at the deadline: what a failure says rests on them.
             "--unbuffered",
+            # Data changed on the way in (a value truncated...) is told to the admin.
+            "--show-warnings",
             f"--max-allowed-packet={MAX_PACKET}",
         ]
         accounts: AccountRecords | None = None
@@ -240,6 +242,12 @@ def restore(ctx: RestoreContext, server: Server, deadline: Deadline) -> None:
             with ctx.artifact.open(DATABASES_STREAM) as stream:
                 dump = DumpWithGrants(stream, late, "cozybackup-" + secrets.token_hex(8))
                 _run(argv, dump, deadline, progress.step, seen=progress.watch(dump))
+            if progress.output.data_warnings:
+                ctx.log.warning(
+                    "the replay stored %d values other than the backup held, e.g.: %s",
+                    progress.output.data_warnings,
+                    "; ".join(progress.output.examples),
+                )
         except CozyError as exc:
             raise progress.failed(exc, server, cnf, snapshot) from None
         finally:
@@ -252,14 +260,14 @@ def _run(
     script: IO[bytes] | DumpWithGrants,
     deadline: Deadline,
     doing: str,
-    seen: IO[bytes] | None = None,
+    seen: ClientOutput | None = None,
 ) -> None:
     """Run the client on ``script``; its output (the marker rows) goes to ``seen``."""
     try:
         run_tool(
             argv,
             stdin=cast(IO[bytes], script),
-            stdout=seen or io.BytesIO(),
+            stdout=cast(IO[bytes], seen or ClientOutput()),
             deadline=deadline,
             what="the mariadb client",
         )
@@ -273,11 +281,11 @@ class _Progress:
 
     databases: list[str]
     step: str = "connecting"
-    #: What the client printed: the replay's marker rows.
-    output: io.BytesIO = attrs.field(factory=io.BytesIO)
+    #: What the client printed: the replay's marker rows and data warnings.
+    output: ClientOutput = attrs.field(factory=ClientOutput)
     dump: DumpWithGrants | None = None
 
-    def watch(self, dump: DumpWithGrants) -> io.BytesIO:
+    def watch(self, dump: DumpWithGrants) -> ClientOutput:
         self.dump = dump
         return self.output
 
@@ -302,7 +310,7 @@ class _Progress:
         return new
 
     def _databases_changed(self) -> str:
-        seen = set(self.output.getvalue().split(b"\n"))
+        seen = self.output.lines
         if self.dump is None or self.dump.database_marker(0) not in seen:
             return "no database was touched"
         started = 0

@@ -224,3 +224,38 @@ class DumpWithGrants:
                 if c not in b" \t\r\n":
                     self._statement_open = True
                 i += 1
+
+
+#: Warnings that say the server stored something else than the dump held.
+_DATA_CHANGED = frozenset({1262, 1263, 1264, 1265, 1292, 1366, 1406})
+_WARNING = re.compile(rb"Warning \(Code (\d+)\): (.*)")
+_KEPT_WARNINGS = 10
+
+
+class ClientOutput:
+    """What the client prints while replaying (``--show-warnings``), kept small.
+
+    Marker rows are kept to say how far a failed replay got; warnings that mean data
+    was changed on the way in (truncated, out of range, invalid characters) are
+    counted, and the first few kept, for the platform log.
+    """
+
+    def __init__(self) -> None:
+        self.lines: set[bytes] = set()
+        self.data_warnings = 0
+        self.examples: list[str] = []
+        self._partial = b""
+
+    def write(self, data: bytes) -> int:
+        lines = (self._partial + bytes(data)).split(b"\n")
+        self._partial = lines.pop()[-4096:]
+        for line in lines:
+            if warning := _WARNING.match(line):
+                if int(warning.group(1)) in _DATA_CHANGED:
+                    self.data_warnings += 1
+                    text = warning.group(2).decode("utf-8", "replace")[:200]
+                    if len(self.examples) < _KEPT_WARNINGS and text not in self.examples:
+                        self.examples.append(text)
+            elif len(line) < 128:
+                self.lines.add(line)
+        return len(data)
