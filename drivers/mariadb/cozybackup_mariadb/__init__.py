@@ -7,6 +7,7 @@ BackupClass already binds ``MariaDB`` applications to its ``MariaDB`` strategy.
 
 from __future__ import annotations
 
+from ._accounts import ACCOUNTS_STREAM
 from ._conn import (
     ApplicationMisconfigured,
     CredentialsRejected,
@@ -14,7 +15,7 @@ from ._conn import (
     MissingPrivilege,
 )
 from ._driver import MARIADB_KIND, MariaDBDriver, __version__
-from ._logical import ACCOUNTS_STREAM, DATABASES_STREAM
+from ._logical import DATABASES_STREAM
 from ._params import MariaDBParameters, Mode
 from ._physical import DATADIR_STREAM
 

@@ -4,33 +4,36 @@ Two artifact streams:
 
 ``accounts.jsonl`` (only when every database is backed up)
     The server's accounts, roles and grants as SQL statements, one JSON record a line
-    (``{"user", "host", "role", "phase", "sql"}``), taken with ``SHOW CREATE USER`` and
-    ``SHOW GRANTS``.  The server's own accounts (``root``, ``mariadb.sys``, ``mysql``,
+    (``{"user", "host", "role", "phase", "sql"}``, and for users
+    ``password_last_changed``), taken with ``SHOW CREATE USER`` and ``SHOW GRANTS``.  The server's own accounts (``root``, ``mariadb.sys``, ``mysql``,
     anonymous ones) and the account the platform connects with are left out: a
     restore must not change how the platform or the server itself logs in.  Records
     rather than a SQL file so that a restore can leave out the *target's* platform
     account too, without parsing SQL.
 ``databases.sql``
     ``mariadb-dump --single-transaction --quick --routines --triggers --events
-    --add-drop-database --databases ...``: plain SQL (``mariadb < databases.sql``
-    replays it by hand), streamed from the tool into the artifact with no temp file.
+    --add-drop-database --dump-history --databases ...``: plain SQL (``mariadb <
+    databases.sql`` replays it by hand), streamed from the tool into the artifact with
+    no temp file, followed by the repairs :mod:`._fidelity` found needed.  What the
+    dump cannot keep is found first and warned about (:mod:`._fidelity`).
 
-Restore replays the accounts first (``CREATE OR REPLACE``: each account is exactly as
-it was at backup time; accounts created later are left alone), then the dump, which
-drops and re-creates each backed-up database.  Databases that are not in the backup
-are not touched.  A logical restore is not atomic: if it stops half-way, the databases
-replayed so far are replaced and the rest are as they were; the job says so.
+Restore re-creates the accounts with the grants that need no object (``CREATE OR
+REPLACE``: each account is exactly as it was at backup time; accounts created later
+are left alone), then replays the dump, which drops and re-creates each backed-up
+database, with the table, column and routine grants put in before the views
+(:mod:`._replay`).  Databases that are not in the backup are not touched.  A logical
+restore is not atomic for the databases: if it stops half-way, the job says which
+were replaced; the accounts are put back as they were (:mod:`._snapshot`).
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import io
 import json
 import secrets
 import subprocess
-from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import attrs
 
@@ -40,26 +43,24 @@ from cozybackup_core import (
     Deadline,
     DriverError,
     RestoreContext,
-    iter_chunks,
+    run_tool,
 )
 
-from ._conn import (
-    MAX_PACKET,
-    Server,
-    find_tool,
-    quote_ident,
-    quote_string,
-    run,
+from ._accounts import (
+    ACCOUNTS_HEADER,
+    ACCOUNTS_STREAM,
+    FORMAT,
+    AccountRecords,
+    account_records,
 )
+from ._conn import MAX_PACKET, Server, classify, find_tool, run
 from ._conn import query as sql_query
+from ._fidelity import survey
 from ._params import SYSTEM_SCHEMAS, MariaDBParameters
+from ._replay import ClientOutput, DumpWithGrants
+from ._snapshot import PrivilegeSnapshot
 
-ACCOUNTS_STREAM = "accounts.jsonl"
 DATABASES_STREAM = "databases.sql"
-FORMAT = 1
-#: Accounts that belong to the server or the platform, never backed up or restored.
-SERVER_ACCOUNTS = frozenset({"root", "mariadb.sys", "mysql", ""})
-_ACCOUNTS_HEADER = {"format": FORMAT, "kind": "cozybackup-mariadb accounts"}
 _EMPTY_DUMP = b"-- cozybackup-mariadb: the server had no user databases to dump\n"
 
 
@@ -100,10 +101,12 @@ def backup(
         accounts = 0
         if not params.databases:
             ctx.progress.stage("dumping accounts and grants")
-            records = list(_account_records(server, cnf, deadline))
+            records = list(account_records(server, cnf, deadline))
             with ctx.artifact.open(ACCOUNTS_STREAM) as out:
-                out.write(b"".join(_jsonl(r) for r in [_ACCOUNTS_HEADER, *records]))
+                out.write(b"".join(_jsonl(r) for r in [ACCOUNTS_HEADER, *records]))
             accounts = len({(r["user"], r["host"]) for r in records})
+        found = survey(server, cnf, databases, deadline)
+        history = ["--dump-history"] if found.dump_history and _has_history(dump_tool) else []
         ctx.progress.stage("dumping databases", bytes_total=int(size[0][0] or 0) or None)
         with ctx.artifact.open(DATABASES_STREAM) as out:
             if databases:
@@ -117,7 +120,10 @@ def backup(
                         "--triggers",
                         "--events",
                         "--add-drop-database",
+                        # Not binary: INET6, INET4 and UUID values would be read back
+                        # as raw bytes. Character sets utf8mb4 cannot carry are warned of.
                         "--default-character-set=utf8mb4",
+                        *history,
                         f"--max-allowed-packet={MAX_PACKET}",
                         "--databases",
                         "--",
@@ -128,6 +134,7 @@ def backup(
                     what="mariadb-dump",
                     doing="dumping the databases",
                 )
+                out.write(found.repairs)
             else:
                 out.write(_EMPTY_DUMP)
     ctx.metadata.update(
@@ -151,65 +158,31 @@ def backup(
         )
     else:
         ctx.resources["accounts"] = accounts
+    for warning in found.warnings:
+        ctx.warn(warning)
+    if not history and found.dump_history and databases:
+        ctx.warn(
+            "the history of system-versioned tables is not in this backup: this "
+            "mariadb-dump cannot dump it; physical mode (mode: physical) keeps it"
+        )
     ctx.tool_versions["mariadb-server"] = server_version
     ctx.tool_versions["mariadb-dump"] = _tool_version(dump_tool)
     ctx.log.info("dumped %d databases and %d accounts", len(databases), accounts)
 
 
-def _account_records(server: Server, cnf: str, deadline: Deadline) -> Iterator[dict[str, Any]]:
-    (rows,) = sql_query(
-        server,
-        cnf,
-        ["SELECT User, Host, is_role FROM mysql.user ORDER BY is_role DESC, User, Host"],
-        deadline=deadline,
-        doing="listing the accounts",
-    )
-    accounts = [
-        (user, host, role == "Y")
-        for user, host, role in rows
-        if user not in SERVER_ACCOUNTS and user != server.username
-    ]
-    statements: list[str] = []
-    for user, host, role in accounts:
-        if role:
-            statements.append(f"SHOW GRANTS FOR {_account(user, host, role)}")
-        else:
-            statements.append(f"SHOW CREATE USER {_account(user, host, role)}")
-            statements.append(f"SHOW GRANTS FOR {_account(user, host, role)}")
-    if not statements:
-        return
-    results = iter(
-        sql_query(server, cnf, statements, deadline=deadline, doing="reading the accounts")
-    )
-    creates: list[dict[str, Any]] = []
-    grants: list[dict[str, Any]] = []
-    for user, host, role in accounts:
-        who = {"user": user, "host": host, "role": role}
-        if role:
-            if user != "PUBLIC":  # PUBLIC always exists and cannot be created
-                creates.append({**who, "phase": "create", "sql": None})
-        else:
-            (create,) = next(results)
-            sql = create[0]
-            if not sql.startswith("CREATE USER "):
-                raise DriverError(
-                    "MariaDB described an account in a form this driver does not know",
-                    admin_detail=f"SHOW CREATE USER returned {sql[:80]!r}",
-                )
-            creates.append({**who, "phase": "create", "sql": "CREATE OR REPLACE USER " + sql[12:]})
-        grants += [{**who, "phase": "grant", "sql": row[0]} for row in next(results)]
-    yield from creates
-    yield from grants
-
-
-def _account(user: str, host: str, role: bool) -> str:
-    if role:
-        return "PUBLIC" if user == "PUBLIC" else quote_string(user)
-    return f"{quote_string(user)}@{quote_string(host)}"
-
-
 def _jsonl(record: dict[str, Any]) -> bytes:
     return json.dumps(record, ensure_ascii=False).encode("utf-8", "surrogateescape") + b"\n"
+
+
+def _has_history(dump_tool: str) -> bool:
+    """Whether this mariadb-dump has ``--dump-history`` (10.11 and later)."""
+    try:
+        out = subprocess.run(
+            [dump_tool, "--help"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--dump-history" in out.stdout
 
 
 def _tool_version(path: str) -> str:
@@ -229,6 +202,7 @@ def _tool_version(path: str) -> str:
 def restore(ctx: RestoreContext, server: Server, deadline: Deadline) -> None:
     client = find_tool("mariadb", "mysql")
     names = ctx.artifact.names()
+    databases = [str(d) for d in ctx.driver_metadata.get("databases") or []]
     with server.option_file() as cnf:
         ctx.progress.stage("connecting")
         sql_query(server, cnf, ["SELECT 1"], deadline=deadline, doing="connecting to the target")
@@ -237,117 +211,145 @@ def restore(ctx: RestoreContext, server: Server, deadline: Deadline) -> None:
             f"--defaults-file={cnf}",
             "--binary-mode",
             "--batch",
+            "--skip-column-names",
+            # Each marker row reaches us when its statement ran, even if the client is
+            # killed at the deadline: what a failure says rests on them.
+            "--unbuffered",
+            # Data changed on the way in (a value truncated...) is told to the admin.
+            "--show-warnings",
             f"--max-allowed-packet={MAX_PACKET}",
         ]
-
-        def replay(script: IO[bytes], doing: str, after: str) -> None:
-            run(
-                argv,
-                stdin=script,
-                deadline=deadline,
-                what="the mariadb client",
-                doing=doing,
-                after=f"{after}; run the RestoreJob again once the cause is fixed",
-            )
-
-        accounts: _Accounts | None = None
+        accounts: AccountRecords | None = None
+        snapshot: PrivilegeSnapshot | None = None
         if ACCOUNTS_STREAM in names:
             with ctx.artifact.open(ACCOUNTS_STREAM) as stream:
-                accounts = _Accounts.read(stream, skip_user=server.username)
+                accounts = AccountRecords.read(stream, skip_user=server.username)
+        progress = _Progress(databases)
         try:
             if accounts is not None:
-                # Accounts first: the views and routines of the dump name them as definers.
+                # Before anything changes: what a failed restore puts back.
+                progress.step = "reading the accounts before the restore"
+                snapshot = PrivilegeSnapshot.take(server, cnf, accounts.accounts, accounts.roles)
+                # Accounts with their global and database grants first: the definers of
+                # the dump's views and routines hold their rights while those are created.
                 ctx.progress.stage("restoring accounts")
-                replay(
-                    io.BytesIO(accounts.create_script()),
-                    "re-creating the accounts",
-                    "no database was touched",
-                )
+                progress.step = "re-creating the accounts"
+                script = accounts.create_script(snapshot.holders)
+                _run(argv, io.BytesIO(script), deadline, progress.step)
             ctx.progress.stage("restoring databases")
+            progress.step = "replaying the databases"
+            late = accounts.late_grants() if accounts is not None else b""
             with ctx.artifact.open(DATABASES_STREAM) as stream:
-                replay(
-                    stream,
-                    "replaying the databases",
-                    "the databases replayed so far were replaced and the others are unchanged",
+                dump = DumpWithGrants(stream, late, "cozybackup-" + secrets.token_hex(8))
+                _run(argv, dump, deadline, progress.step, seen=progress.watch(dump))
+            if progress.output.data_warnings:
+                ctx.log.warning(
+                    "the replay stored %d values other than the backup held, e.g.: %s",
+                    progress.output.data_warnings,
+                    "; ".join(progress.output.examples),
                 )
-            if accounts is not None:
-                # Grants last: table and routine privileges need their objects.
-                ctx.progress.stage("restoring grants")
-                replay(
-                    io.BytesIO(accounts.grant_script()),
-                    "restoring the grants",
-                    "the databases were restored but some accounts may lack their privileges",
-                )
+        except CozyError as exc:
+            raise progress.failed(exc, server, cnf, snapshot) from None
         finally:
             if accounts is not None:
                 accounts.clean_up(server, cnf)
 
 
-@attrs.define
-class _Accounts:
-    """The account records of a backup, turned into the SQL that re-creates them."""
-
-    creates: list[dict[str, Any]]
-    grants: list[dict[str, Any]]
-    #: Roles are created WITH ADMIN this temporary role, as mariadb-dump does, so that
-    #: the restoring account does not end up holding every role it re-creates.
-    helper: str = attrs.field(factory=lambda: f"cozybackup_import_{secrets.token_hex(4)}")
-
-    @classmethod
-    def read(cls, stream: IO[bytes], *, skip_user: str) -> _Accounts:
-        data = b"".join(iter_chunks(stream))
-        lines = data.decode("utf-8", "surrogateescape").splitlines()
-        try:
-            header = json.loads(lines[0]) if lines else {}
-            records = [json.loads(line) for line in lines[1:]]
-        except ValueError:
-            raise DriverError("the backup's account list is damaged") from None
-        if header.get("kind") != _ACCOUNTS_HEADER["kind"] or header.get("format") != FORMAT:
-            raise DriverError(
-                "the backup was not written by a compatible version of the MariaDB driver",
-                admin_detail=f"unexpected header of {ACCOUNTS_STREAM}: {lines[:1]!r}",
-            )
-        # Never touch the account the platform itself uses on the target.
-        keep = [r for r in records if r["user"] != skip_user and r["user"] not in SERVER_ACCOUNTS]
-        return cls(
-            creates=[r for r in keep if r["phase"] == "create"],
-            grants=[r for r in keep if r["phase"] == "grant"],
+def _run(
+    argv: list[str],
+    script: IO[bytes] | DumpWithGrants,
+    deadline: Deadline,
+    doing: str,
+    seen: ClientOutput | None = None,
+) -> None:
+    """Run the client on ``script``; its output (the marker rows) goes to ``seen``."""
+    try:
+        run_tool(
+            argv,
+            stdin=cast(IO[bytes], script),
+            stdout=cast(IO[bytes], seen or ClientOutput()),
+            deadline=deadline,
+            what="the mariadb client",
         )
+    except DriverError as exc:
+        raise classify(exc, doing=doing) from None
 
-    def create_script(self) -> bytes:
-        helper = quote_ident(self.helper)
-        out = ["SET SESSION sql_mode='';", f"CREATE ROLE {helper};", f"SET ROLE {helper};"]
-        for rec in self.creates:
-            if rec["role"]:
-                out.append(
-                    f"CREATE OR REPLACE ROLE {quote_ident(rec['user'])} WITH ADMIN {helper};"
-                )
-            else:
-                out.append(_statement(rec["sql"]))
-        return _script(out)
 
-    def grant_script(self) -> bytes:
-        helper = quote_ident(self.helper)
-        out = ["SET SESSION sql_mode='';", f"SET ROLE {helper};"]
-        out += [_statement(rec["sql"]) for rec in self.grants]
-        out += ["SET ROLE NONE;", f"DROP ROLE IF EXISTS {helper};"]
-        return _script(out)
+@attrs.define
+class _Progress:
+    """How far a logical restore got, to say exactly what a failure changed."""
 
-    def clean_up(self, server: Server, cnf: str) -> None:
-        """Drop the helper role even when the restore stopped half-way."""
-        with contextlib.suppress(CozyError):
-            sql_query(
-                server,
-                cnf,
-                [f"DROP ROLE IF EXISTS {quote_ident(self.helper)}"],
-                deadline=Deadline.after(30),
-                doing="cleaning up",
+    databases: list[str]
+    step: str = "connecting"
+    #: What the client printed: the replay's marker rows and data warnings.
+    output: ClientOutput = attrs.field(factory=ClientOutput)
+    dump: DumpWithGrants | None = None
+
+    def watch(self, dump: DumpWithGrants) -> ClientOutput:
+        self.dump = dump
+        return self.output
+
+    def failed(
+        self,
+        exc: CozyError,
+        server: Server,
+        cnf: str,
+        snapshot: PrivilegeSnapshot | None,
+    ) -> CozyError:
+        changed = [self._databases_changed()]
+        if snapshot is not None:
+            changed.append(self._put_back(server, cnf, snapshot))
+        elif self.step == "reading the accounts before the restore":
+            changed.append("no account was changed")
+        message = (
+            f"{exc.message}; {'; '.join(changed)}; run the RestoreJob again once the cause is fixed"
+        )
+        new = copy.copy(exc)
+        new.message = message
+        new.args = (message,)
+        return new
+
+    def _databases_changed(self) -> str:
+        seen = self.output.lines
+        if self.dump is None or self.dump.database_marker(0) not in seen:
+            return "no database was touched"
+        started = 0
+        while self.dump.database_marker(started) in seen:
+            started += 1
+        if not self.databases:  # metadata from an older backup
+            return "the databases replayed so far were replaced and the others are unchanged"
+        if started > len(self.databases) or self.dump.grants_marker() in seen:
+            # The dump's second pass (the views) had begun.
+            return (
+                "every database in the backup was replaced, but its views and its table, "
+                "column and routine grants were not all restored"
             )
+        done, current = self.databases[: started - 1], self.databases[started - 1]
+        rest = self.databases[started:]
+        text = f"database {current!r} was dropped and only partly restored"
+        if done:
+            text += "; replaced: " + ", ".join(repr(d) for d in done)
+        if rest:
+            text += "; unchanged: " + ", ".join(repr(d) for d in rest)
+        return text
 
-
-def _statement(sql: Any) -> str:
-    return str(sql).rstrip().rstrip(";") + ";"
-
-
-def _script(lines: list[str]) -> bytes:
-    return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+    def _put_back(self, server: Server, cnf: str, snapshot: PrivilegeSnapshot) -> str:
+        """Put the accounts back as they were; say what they are now, checked."""
+        what = f"the {len(snapshot.accounts)} accounts and roles in the backup and their grants"
+        try:
+            if snapshot.still_holds(server, cnf):
+                return f"{what} are unchanged"
+            run_tool(
+                [find_tool("mariadb", "mysql"), f"--defaults-file={cnf}", "--batch"],
+                stdin=io.BytesIO(snapshot.put_back_script()),
+                deadline=Deadline.after(120),
+                what="the mariadb client",
+            )
+            if snapshot.still_holds(server, cnf):
+                return f"{what} were put back exactly as they were before the restore"
+        except CozyError:
+            pass
+        return (
+            f"{what} were changed and could not be put back as they were before the restore; "
+            "ask the platform operator"
+        )

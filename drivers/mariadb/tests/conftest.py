@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -267,9 +268,20 @@ def objects(server: MariaDBServer) -> dict[str, Any]:
         who = "PUBLIC" if u == "PUBLIC" else (_s(u) if r == "Y" else f"{_s(u)}@{_s(h)}")
         if r != "Y":
             grants += server.rows(f"SHOW CREATE USER {who}")
-        grants += sorted(server.rows(f"SHOW GRANTS FOR {who}"))
+        grants += sorted(
+            [_columns_sorted(g) for g in row] for row in server.rows(f"SHOW GRANTS FOR {who}")
+        )
     out["grants"] = grants
     return out
+
+
+def _columns_sorted(grant: str) -> str:
+    """A column grant with its columns in name order (the server lists them in any order)."""
+    return re.sub(
+        r"\(((?:`[^`]*`(?:, )?)+)\)",
+        lambda m: "(" + ", ".join(sorted(re.findall(r"`[^`]*`", m.group(1)))) + ")",
+        grant,
+    )
 
 
 def checksum(server: MariaDBServer) -> str:

@@ -321,6 +321,8 @@ def make_template(base: Path) -> Path:
         server.sql(
             f"CREATE USER '{ADMIN_USER}'@'%' IDENTIFIED BY '{esc}';\n"
             f"GRANT ALL PRIVILEGES ON *.* TO '{ADMIN_USER}'@'%' WITH GRANT OPTION;\n"
+            # As root has: a restore re-grants the tenants' PROXY privileges.
+            f"GRANT PROXY ON ''@'%' TO '{ADMIN_USER}'@'%' WITH GRANT OPTION;\n"
             # Only the socket root is left: no passwordless account over TCP.
             "DROP USER IF EXISTS 'root'@'127.0.0.1', 'root'@'::1';\n"
             "DELETE FROM mysql.global_priv WHERE User='root' AND Host NOT IN "
