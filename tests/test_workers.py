@@ -8,7 +8,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cozybackup_core import ApplicationRef, ArtifactRecord, Backup, BackupJob, EngineConfig
+import pytest
+
+from cozybackup_core import (
+    ApplicationRef,
+    ArtifactRecord,
+    Backup,
+    BackupJob,
+    EngineConfig,
+    RestoreJob,
+)
 from cozybackup_core._api.types import (
     ANNOTATION_JOB_UID,
     ArtifactRecordSpec,
@@ -208,3 +217,31 @@ def test_deleting_a_running_job_stops_its_worker(tmp_path: Path) -> None:
     plat.host.objects.delete(BackupJob, NS, "gone")
     runner.run_pass()
     assert "gone" in workers.ended  # stopped
+
+
+@pytest.mark.parametrize("in_worker", [False, True])
+def test_a_restores_warnings_reach_the_tenant_redacted(tmp_path: Path, in_worker: bool) -> None:
+    """``RestoreContext.warn``: a Warning event a warning, and the message counts them;
+    inline and through a worker's report alike; the platform's path never shown."""
+    plat, workers, ref = setup(tmp_path)
+    (tmp_path / "app" / "y.lossy").write_bytes(b"approximately")
+    if not in_worker:
+        plat.engine.executor = None
+    runner = Runner(plat.engine, drills=False)
+    submit(plat, ref, "b1")
+    runner.run_pass()
+    if in_worker:
+        workers.run("b1")
+        runner.run_pass()
+    assert phase(plat, "b1") == "Succeeded"
+    plat.restore(NS, "b1", "r1")
+    if in_worker:
+        workers.run("r1")
+        runner.run_pass()
+    job = plat.host.objects.get(RestoreJob, NS, "r1")
+    assert job is not None and job.status.phase == "Succeeded"
+    assert (job.status.message or "").endswith("(1 warning: see the events)")
+    [warning] = [e for e in plat.host.events(NS, name="r1") if e["type"] == "Warning"]
+    assert warning["reason"] == "RestoreNotExact"
+    assert "y.lossy came back changed by the server" in warning["message"]
+    assert str(tmp_path) not in warning["message"]

@@ -202,6 +202,14 @@ class RestoreContext(Generic[P]):
     recovery_time: dt.datetime | None = None
     #: As ``BackupContext.tool``.
     tool: ToolPipe | None = None
+    #: What this restore did not bring back exactly (values the server changed, objects
+    #: it could not re-create as they were): each a Warning event on the RestoreJob, and
+    #: its message says how many.
+    warnings: list[BackupWarning] = attrs.field(factory=list)
+
+    def warn(self, message: str, reason: str = "RestoreNotExact") -> None:
+        """Say something the tenant should know about this restore (see ``warnings``)."""
+        self.warnings.append(BackupWarning(reason=reason, message=message))
 
 
 @attrs.frozen(kw_only=True)

@@ -25,6 +25,8 @@ class Outcome:
     ok: bool
     reason: str
     message: str
+    #: A restore's warnings (``{"reason", "message"}``), made Warning events by the runner.
+    warnings: tuple[dict[str, str], ...] = ()
 
 
 @attrs.frozen

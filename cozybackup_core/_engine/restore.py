@@ -119,4 +119,5 @@ def run_restore(svc: Services, job: RestoreJob) -> RestoreJob:
     took = time.monotonic() - started
     where = "in place" if in_place else f"into {target_ref.kind} {target_ref.name}"
     msg = f"restored Backup {backup.metadata.name} {where}: {human_bytes(reader.manifest.size_bytes)} in {took:.1f}s"
-    return svc.finish(job, True, "Completed", msg, redact)
+    warnings = [{"reason": w.reason, "message": w.message} for w in ctx.warnings]
+    return svc.finish(job, True, "Completed", msg, redact, warnings=warnings)

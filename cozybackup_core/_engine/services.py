@@ -14,7 +14,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import attrs
@@ -214,9 +214,20 @@ class Services:
         return job
 
     def finish(
-        self, job: J, ok: bool, reason: str, message: str, redact: Redactor, **extra: Any
+        self,
+        job: J,
+        ok: bool,
+        reason: str,
+        message: str,
+        redact: Redactor,
+        *,
+        warnings: Sequence[Mapping[str, str]] = (),
+        **extra: Any,
     ) -> J:
         now = self.host.now()
+        if warnings:
+            n = len(warnings)
+            message += f" ({n} warning{'s' if n != 1 else ''}: see the events)"
         message = redact(message, keep=chosen_by_tenant(job))
         cond = _condition("Complete" if ok else "Failed", reason, message, now)
         job = self.set_status(
@@ -229,6 +240,8 @@ class Services:
             **extra,
         )
         self.host.event(job, "Normal" if ok else "Warning", reason, message)
+        for w in warnings:
+            self.host.event(job, "Warning", w["reason"], redact(w["message"]))
         self.notify(job, "finished")
         return job
 

@@ -11,7 +11,7 @@ place, and a worker that is killed leaves nothing the runner cannot settle.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 import attrs
@@ -49,10 +49,19 @@ class WorkerServices(Services):
         return job  # the runner started it before launching this worker
 
     def finish(
-        self, job: J, ok: bool, reason: str, message: str, redact: Redactor, **extra: Any
+        self,
+        job: J,
+        ok: bool,
+        reason: str,
+        message: str,
+        redact: Redactor,
+        *,
+        warnings: Sequence[Mapping[str, str]] = (),
+        **extra: Any,
     ) -> J:
         j: Any = job
-        self.outcome = Outcome(ok=ok, reason=reason, message=redact(message))
+        said = tuple({"reason": w["reason"], "message": redact(w["message"])} for w in warnings)
+        self.outcome = Outcome(ok=ok, reason=reason, message=redact(message), warnings=said)
         self.report("outcome", attrs.asdict(self.outcome))
         self.notify(j, "finished")
         return job
@@ -161,7 +170,15 @@ def _reconcile_one(svc: Services, job: Job, state: WorkerState | None) -> Job | 
             message="the job's worker reported success but stored no backup; create the job again",
         )
     return cast(
-        Job, svc.finish(cast(Any, current), outcome.ok, outcome.reason, outcome.message, redact)
+        Job,
+        svc.finish(
+            cast(Any, current),
+            outcome.ok,
+            outcome.reason,
+            outcome.message,
+            redact,
+            warnings=outcome.warnings,
+        ),
     )
 
 
