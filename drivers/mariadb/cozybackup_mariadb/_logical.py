@@ -248,6 +248,15 @@ def restore(ctx: RestoreContext, server: Server, deadline: Deadline) -> None:
                     progress.output.data_warnings,
                     "; ".join(progress.output.examples),
                 )
+                # The tenant's own data and columns: theirs to know, at restore time.
+                n = progress.output.data_warnings
+                ctx.warn(
+                    f"the server stored {n} value{'s' if n != 1 else ''} other than the "
+                    f"backup held (e.g. {progress.output.examples[0]}); the backup's "
+                    "warnings name the tables, and mode: physical restores them exactly"
+                    if progress.output.examples
+                    else f"the server stored {n} values other than the backup held"
+                )
         except CozyError as exc:
             raise progress.failed(exc, server, cnf, snapshot) from None
         finally:

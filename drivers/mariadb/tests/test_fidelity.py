@@ -78,6 +78,10 @@ def test_the_corpus_round_trips_exactly(
     # The values the server changed on the way in are counted for the platform's admin.
     assert "values other than the backup held" in caplog.text
     assert "Data truncated for column 'e'" in caplog.text
+    # ... and for the tenant, on the RestoreJob.
+    assert (job.status.message or "").endswith("warning: see the events)")
+    [told] = [e for e in plat.host.events(NS, name="r1") if e["reason"] == "RestoreNotExact"]
+    assert "values other than the backup held" in told["message"]
     # Accounts that are not in the backup are left alone, roles they hold included.
     if where == "to_copy":
         assert "GRANT `reader` TO `bystander`@`%`" in after["account bystander@%"][1]
