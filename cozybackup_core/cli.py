@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import re
 import shlex
-import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +28,17 @@ from ._api.types import (
     RestoreJob,
     StorageLocation,
 )
-from ._api.units import DURATION_PATTERN, human_bytes, parse_duration
 from ._api.version import __version__
 from ._api.wire import load_yaml
 from ._catalog.catalog import BUILTIN_STORAGE, DEFAULT_CLASS, builtin_class
-from ._cli import completion
+from ._cli import completion, options
 from ._cli.describe import describe
 from ._cli.labels import parse_selector
 from ._cli.output import output_format, render_objects, row, table
+from ._cli.serving import ProgressPrinter, metrics_served, serve, stop_on_signals
 from ._cli.status import standing_json, standing_row
 from ._engine.admission import admit
 from ._engine.engine import Engine, EngineConfig
-from ._engine.metrics import Metrics, MetricsServer
-from ._engine.progress import ProgressUpdate
-from ._engine.runner import PassReport, Runner
 from ._engine.standing import standings
 from ._plugins.host import PluginHost
 from ._storage.providers import unusable_keys
@@ -109,90 +103,31 @@ class Ctx:
 # ---------------------------------------------------------------------------- commands
 
 
-def _interval(text: str) -> float:
-    """``--interval``: a pass re-reads all state, so a loop without a pause is refused."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 1 <= seconds <= 86400:
-        raise argparse.ArgumentTypeError(f"{text} is not between 1 and 86400 seconds")
-    return seconds
-
-
-def _job_ttl(text: str) -> float | None:
-    if text == "never":
-        return None
-    if not re.fullmatch(DURATION_PATTERN, text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 14d or 36h, or never")
-    seconds = parse_duration(text).total_seconds()
-    if seconds < 60:
-        raise argparse.ArgumentTypeError(f"{text} is less than a minute")
-    return seconds
-
-
-def _address(text: str) -> tuple[str, int]:
-    """``--metrics-address``: ``HOST:PORT``; ``:PORT`` listens on every interface (in a Pod,
-    where the kubelet's probes and Prometheus reach it)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:9090, or :9090 for every interface)"
-        )
-    return (host.strip("[]") or "0.0.0.0", int(port))  # noqa: S104 - asked for by ":PORT"
-
-
-#: A Kubernetes resource quantity (``250m``, ``2Gi``, ``1.5``, ``1e3``).
-_QUANTITY = r"^([+-]?[0-9.]+)([eE][+-]?[0-9]+|m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
-
-
-def _resources(text: str) -> dict[str, str]:
-    """``--worker-requests``/``--worker-limits``: ``cpu=500m,memory=1Gi`` (as ``kubectl set
-    resources`` takes them)."""
-    out: dict[str, str] = {}
-    for item in text.split(","):
-        key, sep, value = item.strip().partition("=")
-        if key not in ("cpu", "memory", "ephemeral-storage") or not sep:
-            raise argparse.ArgumentTypeError(
-                f"{item!r} is not RESOURCE=QUANTITY (cpu, memory or ephemeral-storage)"
-            )
-        if not re.fullmatch(_QUANTITY, value):
-            raise argparse.ArgumentTypeError(f"{value!r} is not a quantity such as 500m or 1Gi")
-        out[key] = value
-    return out
-
-
-def _workers(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 64:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 to 64")
-    return int(text)
-
-
 def _pass_options(parser: argparse.ArgumentParser) -> None:
     """What ``run`` and ``controller`` share: how often a pass runs, how wide."""
     parser.add_argument(
         "--interval",
-        type=_interval,
+        type=options.interval,
         default=30.0,
         help="seconds between passes, at least 1 (default %(default)s)",
     )
     parser.add_argument(
         "--workers",
-        type=_workers,
+        type=options.workers,
         default=2,
         help="jobs for different applications run in parallel; with controller "
         "--data-mover jobs, the worker Jobs running at once (default %(default)s)",
     )
     parser.add_argument(
         "--metrics-address",
-        type=_address,
+        type=options.address,
         metavar="HOST:PORT",
         help="serve Prometheus /metrics, /healthz and /readyz here (docs/metrics.md); "
         "off by default",
     )
     parser.add_argument(
         "--job-ttl",
-        type=_job_ttl,
+        type=options.job_ttl,
         default=14 * 86400.0,
         metavar="DURATION",
         help="delete BackupJobs and RestoreJobs this long after they finish (their Backups "
@@ -450,124 +385,21 @@ def _location_users(ctx: Ctx, location: str) -> list[str]:
     return users
 
 
-class _ProgressPrinter:
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-
-    def __call__(self, u: ProgressUpdate) -> None:
-        if self.quiet:
-            return
-        total = f" of {human_bytes(u.bytes_total)}" if u.bytes_total else ""
-        rate = (
-            f" ({human_bytes(int(u.bytes_done / u.elapsed))}/s)"
-            if u.elapsed > 0 and u.bytes_done
-            else ""
-        )
-        line = (
-            f"{u.kind} {u.namespace}/{u.name}: {u.stage} {human_bytes(u.bytes_done)}{total}{rate}"
-        )
-        print(line, file=sys.stderr, flush=True)
-
-
-def _stop_on_signals() -> threading.Event:
-    """An event set by SIGTERM/SIGINT: running jobs finish, then the loop ends."""
-    stop = threading.Event()
-
-    def _stop(signum: int, _frame: Any) -> None:
-        print(
-            f"cozybackup: signal {signum}: finishing the current jobs, then stopping",
-            file=sys.stderr,
-        )
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    return stop
-
-
-@contextlib.contextmanager
-def _metrics(
-    ctx: Ctx,
-    engine: Engine,
-    ready: Callable[[], bool],
-    *,
-    active: Callable[[], bool] = lambda: True,
-    stale_after: float | None = None,
-) -> Iterator[Metrics | None]:
-    """The metrics server of ``--metrics-address`` while the block runs (None: not asked)."""
-    address = getattr(ctx.args, "metrics_address", None)
-    if address is None:
-        yield None
-        return
-    metrics = Metrics(engine, active=active)
-    try:
-        server = MetricsServer(metrics, address, ready, stale_after).start()
-    except OSError as exc:
-        raise ValidationError(
-            [("--metrics-address", f"cannot listen on {address[0]}:{address[1]}: {exc.strerror}")]
-        ) from None
-    host, port = server.address
-    print(f"serving metrics on http://{host}:{port}/metrics", file=sys.stderr)
-    try:
-        yield metrics
-    finally:
-        server.stop()
-
-
-def _serve(
-    ctx: Ctx,
-    engine: Engine,
-    with_namespace: bool,
-    stop: threading.Event | None = None,
-    wake: threading.Event | None = None,
-    metrics: Metrics | None = None,
-    recovered: threading.Event | None = None,
-) -> int:
-    """The loop of ``run`` and ``controller``: recover once, then passes until stopped."""
-    stop = stop or _stop_on_signals()
-    for b in ctx.plugins.broken:
-        print(f"warning: driver plugin {b.name} is broken: {b.error}", file=sys.stderr)
-    runner = Runner(engine)
-    for note in runner.recover():
-        print(f"recovered: {note}", file=sys.stderr)
-    if metrics is not None:
-        metrics.heartbeat()
-    if recovered is not None:
-        recovered.set()
-
-    def report(r: PassReport) -> None:
-        if metrics is not None:
-            metrics.observe(r)
-        for job in r.finished:
-            where = f" ({job.metadata.namespace})" if with_namespace else ""
-            print(
-                f"{job.kind.lower()}/{job.metadata.name}{where} {job.status.phase}: {job.status.message}"
-            )
-        for checked in r.drills:
-            v = checked.status.last_verified
-            if v is not None:
-                print(
-                    f"drill backup/{checked.metadata.name} ({checked.metadata.namespace}): {v.result}: {v.message}"
-                )
-        for action in r.pruned:
-            print(f"pruned backup/{action.backup} ({action.namespace}): {action.reason}")
-        for note in r.swept:
-            print(f"swept: {note}")
-        if r.error:
-            print(f"error: the pass stopped early, retrying next pass: {r.error}", file=sys.stderr)
-
-    reports = runner.serve(stop, ctx.args.interval, once=ctx.args.once, on_pass=report, wake=wake)
-    return 1 if any(r.failed or r.error for r in reports) else 0
-
-
 def cmd_run(ctx: Ctx) -> int:
-    engine = ctx.engine(_ProgressPrinter(ctx.args.quiet))
+    engine = ctx.engine(ProgressPrinter(ctx.args.quiet))
     recovered = threading.Event()
-    with ctx.host.runner_lock(), _metrics(ctx, engine, recovered.is_set) as metrics:
+    address = ctx.args.metrics_address
+    with ctx.host.runner_lock(), metrics_served(address, engine, recovered.is_set) as metrics:
         # Jobs run inside passes here, so a pass lasts as long as a backup: /healthz
         # does not judge passes by their age.
-        return _serve(ctx, engine, False, metrics=metrics, recovered=recovered)
+        return serve(
+            engine,
+            interval=ctx.args.interval,
+            once=ctx.args.once,
+            with_namespace=False,
+            metrics=metrics,
+            recovered=recovered,
+        )
 
 
 def cmd_controller(ctx: Ctx) -> int:
@@ -603,7 +435,7 @@ def cmd_controller(ctx: Ctx) -> int:
     engine = Engine(host, ctx.plugins, ctx.config())
     if ctx.args.data_mover == "jobs":
         engine.executor = _worker_jobs(ctx, host)
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     elector = host.elector(ctx.args.lease)
     leading_now, recovered = threading.Event(), threading.Event()
     # Worker Jobs keep passes short, so a pass older than three intervals (five minutes at
@@ -622,8 +454,12 @@ def cmd_controller(ctx: Ctx) -> int:
 
     try:
         with (
-            _metrics(
-                ctx, engine, recovered.is_set, active=leading_now.is_set, stale_after=stale
+            metrics_served(
+                ctx.args.metrics_address,
+                engine,
+                recovered.is_set,
+                active=leading_now.is_set,
+                stale_after=stale,
             ) as metrics,
             elector.leading(stop, lost, waiting) as leading,
         ):
@@ -634,7 +470,16 @@ def cmd_controller(ctx: Ctx) -> int:
             # Passes read informers; a new job starts one at once, not at the next --interval.
             wake = threading.Event()
             host.objects.inform(stop, wake)
-            _serve(ctx, engine, True, stop, wake, metrics=metrics, recovered=recovered)
+            serve(
+                engine,
+                interval=ctx.args.interval,
+                once=ctx.args.once,
+                with_namespace=True,
+                stop=stop,
+                wake=wake,
+                metrics=metrics,
+                recovered=recovered,
+            )
     finally:
         host.close()
     return 0
@@ -1062,14 +907,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_argument(
         "--worker-requests",
-        type=_resources,
+        type=options.resources,
         default={},
         metavar="cpu=Q,memory=Q",
         help="resource requests of worker containers (default cpu=250m,memory=256Mi)",
     )
     k.add_argument(
         "--worker-limits",
-        type=_resources,
+        type=options.resources,
         default={},
         metavar="cpu=Q,memory=Q",
         help="resource limits of worker containers (default none: a dump tool's memory "
@@ -1077,7 +922,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     k.add_argument(
         "--workers-per-tenant",
-        type=_workers,
+        type=options.workers,
         default=None,
         metavar="N",
         help="with --data-mover jobs: at most N workers of one tenant at once "

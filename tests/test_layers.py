@@ -9,7 +9,8 @@ The folders of ``cozybackup_core`` are its layers, lowest first::
     _plugins, hookspecs      the plugin host and the hooks it calls
     _engine        services and every operation over them, the runner, the host port
     hosts          adapters of the port (independent of each other)
-    _cli           the CLI's printing (kubectl's -o forms, selectors) and completion
+    _cli           the CLI's parts: printing (kubectl's -o forms, selectors, describe),
+                   completion, option types, the run/controller loop
     cli | testing  programs and the test kit (independent)
     __init__       the public facade
 
