@@ -1,0 +1,197 @@
+"""The deduplicating format (``deduplication: true``): chunks in per-tenant repositories."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from cozybackup_core import ArtifactCorruptError, ArtifactKey, ArtifactStore
+from cozybackup_core._storage.crypto import KeyRing
+from cozybackup_core._storage.repo import Chunker
+from cozybackup_core._storage.repo.repository import REPOS
+from cozybackup_core._storage.store import Manifest
+
+from support.stores import read_streams
+
+KEY = ArtifactKey(namespace="tenant-a", kind="Directory", application="app1", uid="u-1")
+
+
+def _key(uid: str, namespace: str = "tenant-a") -> ArtifactKey:
+    return ArtifactKey(namespace=namespace, kind="Directory", application="app1", uid=uid)
+
+
+def _write(store: ArtifactStore, key: ArtifactKey, streams: dict[str, bytes]) -> int:
+    """Write and commit; returns the stored bytes the backup added to the repository."""
+    writer = store.writer(key)
+    for name, data in streams.items():
+        with writer.open(name) as out:
+            for i in range(0, len(data), 3_000_001):  # odd pieces: chunking must not care
+                out.write(data[i : i + 3_000_001])
+    writer.commit(
+        Manifest(
+            format_version=1,
+            backup_uid=key.uid,
+            namespace=key.namespace,
+            application={"kind": key.kind, "name": key.application},
+            driver={"name": "t", "version": "1"},
+            strategy_ref={"kind": "T", "name": "t"},
+            parameters={},
+            taken_at="2026-01-01T00:00:00Z",
+            streams=tuple(writer.streams),
+            encryption=writer.encryption,
+        )
+    )
+    return writer.added_bytes
+
+
+def _ring() -> KeyRing:
+    return KeyRing(keys=(("k1", os.urandom(32)),), active="k1")
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
+    if request.param == "local":
+        s = ArtifactStore.local(str(tmp_path / "bucket"))
+    else:
+        info = request.getfixturevalue("s3")
+        s = ArtifactStore.s3(
+            endpoint=info.endpoint_url,
+            bucket="cozy-backups",
+            prefix=f"d/{tmp_path.name}",
+            key=info.access_key,
+            secret=info.secret_key,
+        )
+    s.deduplicate = True
+    return s
+
+
+def _objects(store: ArtifactStore, under: str) -> dict[str, int]:
+    base = f"{store.root}/{under}"
+    return {
+        p: int(store.fs.size(p)) for p in store.fs.find(base) if p.rstrip("/") != base.rstrip("/")
+    }
+
+
+def _edited(data: bytes, seed: int, edits: int) -> bytes:
+    """``data`` with a few small insertions, deletions and overwrites (shifting bytes)."""
+    rng = random.Random(seed)
+    out = bytearray(data)
+    for _ in range(edits):
+        at = rng.randrange(len(out))
+        how = rng.choice(["insert", "delete", "overwrite"])
+        if how == "insert":
+            out[at:at] = rng.randbytes(rng.randrange(1, 200))
+        elif how == "delete":
+            del out[at : at + rng.randrange(1, 200)]
+        else:
+            out[at : at + 100] = rng.randbytes(100)
+    return bytes(out)
+
+
+def test_chunker_cuts_the_same_whatever_the_write_sizes() -> None:
+    data = random.Random(1).randbytes(40 << 20)
+    whole: list[bytes] = []
+    c = Chunker(whole.append, seed=7)
+    c.write(memoryview(data))
+    c.finish()
+    pieces: list[bytes] = []
+    c = Chunker(pieces.append, seed=7)
+    step = 777_777
+    for i in range(0, len(data), step):
+        c.write(memoryview(data)[i : i + step])
+    c.finish()
+    assert b"".join(whole) == data
+    assert [len(p) for p in pieces] == [len(w) for w in whole]
+    assert 10 < len(whole) < 60  # ~1.25 MiB on average, never more than 4 MiB
+    assert max(len(w) for w in whole) <= 4 << 20
+
+
+def test_round_trip_and_a_second_backup_adds_little(store: ArtifactStore) -> None:
+    rng = random.Random(2)
+    first = {"dump": rng.randbytes(24 << 20) + b"text" * 1_000_000, "globals": b"CREATE ROLE x;\n"}
+    added1 = _write(store, _key("u-1"), first)
+    assert read_streams(store, _key("u-1")) == first
+    m = store.reader(_key("u-1")).manifest
+    assert m.format_version == 2
+    assert m.stream("dump").sha256 == hashlib.sha256(first["dump"]).hexdigest()
+    assert len(m.stream("dump").chunks) > 10
+    # Nothing per stream under the backup's own folder: only its manifest.
+    assert [p.rsplit("/", 1)[-1] for p in _objects(store, _key("u-1").relpath)] == ["manifest.json"]
+
+    second = {"dump": _edited(first["dump"], 3, 5), "globals": first["globals"]}
+    before = sum(_objects(store, REPOS).values())
+    added2 = _write(store, _key("u-2"), second)
+    grown = sum(_objects(store, REPOS).values()) - before
+    assert read_streams(store, _key("u-2")) == second
+    # 5 small edits touch at most ~10 chunks of ~1.25 MiB, of a ~28 MiB stream: measured
+    # around 4-6 MiB here; a second full copy would be the whole of `added1`.
+    assert grown < added1 * 0.35, (grown, added1)
+    assert added2 == pytest.approx(grown, rel=0.05)
+    # Packs are tens of MiB, not one object per chunk.
+    packs = [p for p in _objects(store, REPOS) if "/packs/" in p]
+    assert len(packs) <= 4
+    # The first backup still restores (nothing of it was rewritten).
+    assert read_streams(store, _key("u-1")) == first
+
+
+def test_tenants_have_repositories_of_their_own(store: ArtifactStore) -> None:
+    data = {"dump": random.Random(4).randbytes(6 << 20)}
+    a = _write(store, _key("u-1", "tenant-a"), data)
+    b = _write(store, _key("u-2", "tenant-b"), data)
+    assert a > 5 << 20 and b > 5 << 20  # stored twice: no deduplication across tenants
+    objs_a = _objects(store, f"{REPOS}/tenant-a")
+    objs_b = _objects(store, f"{REPOS}/tenant-b")
+    names_a = {p.rsplit("/", 1)[-1] for p in objs_a}
+    names_b = {p.rsplit("/", 1)[-1] for p in objs_b}
+    assert names_a & names_b == {"config.json"}
+    ids = lambda ns: {  # noqa: E731
+        c.id
+        for s in store.reader(_key("u-1" if ns == "a" else "u-2", f"tenant-{ns}")).manifest.streams
+        for c in s.chunks
+    }
+    assert not ids("a") & ids("b")  # keyed ids: the same bytes have other names
+    assert read_streams(store, _key("u-2", "tenant-b")) == data
+
+
+def test_a_damaged_pack_fails_reading_and_verification(store: ArtifactStore) -> None:
+    data = {"dump": random.Random(5).randbytes(3 << 20)}
+    _write(store, KEY, data)
+    pack = next(p for p in _objects(store, REPOS) if "/packs/" in p)
+    blob = bytearray(store.fs.cat_file(pack))
+    blob[len(blob) // 2] ^= 0x40
+    store.fs.pipe_file(pack, bytes(blob))
+    with pytest.raises(ArtifactCorruptError):
+        store.reader(KEY).verify()
+    with pytest.raises(ArtifactCorruptError):
+        store.reader(KEY).verify_stored()
+    with pytest.raises(ArtifactCorruptError):
+        read_streams(store, KEY)
+    store.fs.rm_file(pack)
+    with pytest.raises(ArtifactCorruptError, match="missing"):
+        store.reader(KEY).verify()
+
+
+def test_encrypted_repository_holds_no_plaintext(tmp_path: Path) -> None:
+    store = ArtifactStore.local(str(tmp_path / "bucket"))
+    store.deduplicate, store.keyring = True, _ring()
+    text = b"".join(b"row %d: the tenant's secret value\n" % i for i in range(200_000))
+    data = {"dump": text, "random": os.urandom(2 << 20)}
+    _write(store, KEY, data)
+    assert read_streams(store, KEY) == data
+    stored = b"".join(
+        p.read_bytes() for p in sorted((tmp_path / "bucket").rglob("*")) if p.is_file()
+    )
+    assert b"secret value" not in stored
+    assert data["random"][1000:1064] not in stored
+    for _, raw in store.keyring.keys:
+        assert raw not in stored
+    m = store.reader(KEY).manifest
+    assert m.encryption is not None and m.encryption.algorithm == "aes-256-gcm-chunks"
+    assert m.stream("dump").sha256 != hashlib.sha256(text).hexdigest()  # keyed digest
+    # The index is sealed too: chunk ids and sizes are not listed in the clear.
+    for idx in (tmp_path / "bucket").rglob("index/*/*"):
+        assert m.stream("dump").chunks[0].id.encode() not in idx.read_bytes()
