@@ -195,3 +195,46 @@ def test_encrypted_repository_holds_no_plaintext(tmp_path: Path) -> None:
     # The index is sealed too: chunk ids and sizes are not listed in the clear.
     for idx in (tmp_path / "bucket").rglob("index/*/*"):
         assert m.stream("dump").chunks[0].id.encode() not in idx.read_bytes()
+
+
+def test_memory_stays_bounded_on_a_large_stream(tmp_path: Path) -> None:
+    """256 MiB written and read back: Python's peak allocation stays a fraction of it (the
+    chunker's window, a pack's entries, a few chunks read ahead), not the stream."""
+    import tracemalloc
+
+    store = ArtifactStore.local(str(tmp_path / "bucket"))
+    store.deduplicate = True
+    size, piece = 256 << 20, 1 << 20
+    tracemalloc.start()
+    try:
+        writer = store.writer(KEY)
+        with writer.open("big") as out:
+            for _ in range(size // piece):
+                out.write(os.urandom(piece))  # new data: every chunk is stored
+        writer.commit(
+            Manifest(
+                format_version=1,
+                backup_uid=KEY.uid,
+                namespace=KEY.namespace,
+                application={"kind": KEY.kind, "name": KEY.application},
+                driver={"name": "t", "version": "1"},
+                strategy_ref={"kind": "T", "name": "t"},
+                parameters={},
+                taken_at="2026-01-01T00:00:00Z",
+                streams=tuple(writer.streams),
+            )
+        )
+        _, write_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        reader = store.reader(KEY)
+        with reader.open("big") as f:
+            total = 0
+            while block := f.read(piece):
+                total += len(block)
+        _, read_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == size
+    assert writer.added_bytes > size  # random data: all of it stored (zstd adds a little)
+    assert write_peak < 48 << 20, f"writing peaked at {write_peak >> 20} MiB"
+    assert read_peak < 48 << 20, f"reading peaked at {read_peak >> 20} MiB"

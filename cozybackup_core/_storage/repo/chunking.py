@@ -41,12 +41,13 @@ class Chunker:
             self._cut(final=True)
 
     def _cut(self, final: bool) -> None:
-        window = bytes(self._buf)
-        cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(window)]
+        # Offsets only: no view of the buffer may outlive this, or it cannot shrink.
+        cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(self._buf)]
         if not final:
             cuts = cuts[:-1]  # may end only because the window does: cut it again later
         end = 0
-        for offset, length in cuts:
-            self._emit(window[offset : offset + length])
-            end = offset + length
+        with memoryview(self._buf) as view:
+            for offset, length in cuts:
+                self._emit(bytes(view[offset : offset + length]))
+                end = offset + length
         del self._buf[:end]
