@@ -112,7 +112,11 @@ def test_chunker_cuts_the_same_whatever_the_write_sizes() -> None:
 
 def test_round_trip_and_a_second_backup_adds_little(store: ArtifactStore) -> None:
     rng = random.Random(2)
-    first = {"dump": rng.randbytes(44 << 20) + b"text" * 1_000_000, "globals": b"CREATE ROLE x;\n"}
+    first = {
+        "dump": rng.randbytes(44 << 20) + b"text" * 1_000_000,
+        "globals": b"CREATE ROLE x;\n",
+        "empty": b"",
+    }
     added1 = _write(store, _key("u-1"), first)
     assert read_streams(store, _key("u-1")) == first
     m = store.reader(_key("u-1")).manifest
@@ -122,7 +126,7 @@ def test_round_trip_and_a_second_backup_adds_little(store: ArtifactStore) -> Non
     # Nothing per stream under the backup's own folder: only its manifest.
     assert [p.rsplit("/", 1)[-1] for p in _objects(store, _key("u-1").relpath)] == ["manifest.json"]
 
-    second = {"dump": _edited(first["dump"], 3, 3), "globals": first["globals"]}
+    second = {"dump": _edited(first["dump"], 3, 3), "globals": first["globals"], "empty": b""}
     before = sum(_objects(store, REPOS).values())
     added2 = _write(store, _key("u-2"), second)
     grown = sum(_objects(store, REPOS).values()) - before
@@ -155,6 +159,14 @@ def test_tenants_have_repositories_of_their_own(store: ArtifactStore) -> None:
     }
     assert not ids("a") & ids("b")  # keyed ids: the same bytes have other names
     assert read_streams(store, _key("u-2", "tenant-b")) == data
+    # Tenant a's manifest planted as a backup of tenant b reads only from b's repository,
+    # where a's packs are not: refused, not served from a's chunks.
+    planted = _key("u-3", "tenant-b")
+    store.put_atomic(
+        store.path(planted, "manifest.json"), store.reader(_key("u-1", "tenant-a")).manifest_bytes
+    )
+    with pytest.raises(ArtifactCorruptError):
+        read_streams(store, planted)
 
 
 def test_a_damaged_pack_fails_reading_and_verification(store: ArtifactStore) -> None:

@@ -571,8 +571,8 @@ class ArtifactReader:
         )
 
     def _unlock_repository(self, enc: EncryptionInfo | None) -> None:
-        if self._repo is not None:
-            return
+        if self._repo is not None or not self.manifest.streams:
+            return  # nothing to read from it (a backup of server-side streams only)
         # The tenant's own repository, whatever the manifest says: a backup never reads
         # another namespace's chunks.
         repo = self.store.repository(self.key.namespace, sealed=enc is not None, create=False)
