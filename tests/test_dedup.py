@@ -123,6 +123,9 @@ def test_round_trip_and_a_second_backup_adds_little(store: ArtifactStore) -> Non
     assert m.format_version == 2
     assert m.stream("dump").sha256 == hashlib.sha256(first["dump"]).hexdigest()
     assert len(m.stream("dump").chunks) > 10
+    seen: list[int] = []
+    store.reader(_key("u-1")).verify_stored(seen.append)  # progress in stored bytes
+    assert sum(seen) == m.stored_bytes
     # Nothing per stream under the backup's own folder: only its manifest.
     assert [p.rsplit("/", 1)[-1] for p in _objects(store, _key("u-1").relpath)] == ["manifest.json"]
 

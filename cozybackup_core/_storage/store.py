@@ -591,7 +591,9 @@ class ArtifactReader:
         return self.store.server_target(self.key, name)
 
     @contextlib.contextmanager
-    def open(self, name: str) -> Iterator[IO[bytes]]:
+    def open(
+        self, name: str, on_stored: Callable[[int], None] = lambda n: None
+    ) -> Iterator[IO[bytes]]:
         info = self.manifest.stream(name)
         self.unlock()
         if self._repo is not None:
@@ -604,6 +606,7 @@ class ArtifactReader:
                 digest_hex=info.sha256,
                 digest=_raw_digest(repo.key.secret if repo.sealed else None, name),
                 on_bytes=self.on_bytes,
+                on_stored=on_stored,
             )
             try:
                 yield io.BufferedReader(chunks, CHUNK)
@@ -635,7 +638,15 @@ class ArtifactReader:
         A deduplicated backup is read whole instead: each chunk is checked by its keyed
         hash, which needs the repository key (so this unlocks first)."""
         if self.deduplicated:
-            self.verify(on_bytes)
+            # Progress in stored bytes, as for the stream format (the stage's total).
+            saved, self.on_bytes = self.on_bytes, lambda n: None
+            try:
+                for name in self.names():
+                    with self.open(name, on_stored=on_bytes) as stream:
+                        while stream.read(CHUNK):
+                            pass
+            finally:
+                self.on_bytes = saved
             return
         for info in self.manifest.streams:
             path = self.store.stream_path(self.key, info.name)

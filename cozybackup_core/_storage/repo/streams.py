@@ -157,8 +157,11 @@ class ChunkReader(io.RawIOBase):
         digest_hex: str,
         digest: Any,
         on_bytes: Callable[[int], None],
+        on_stored: Callable[[int], None] = lambda n: None,
     ) -> None:
         self._repo = repo
+        #: Called with each chunk's stored length once it is checked (verify's progress).
+        self._on_stored = on_stored
         self._refs = iter(refs)
         self._name = name
         self._size = size
@@ -166,7 +169,9 @@ class ChunkReader(io.RawIOBase):
         self._hash = digest
         self._on_bytes = on_bytes
         self._pool = concurrent.futures.ThreadPoolExecutor(READ_AHEAD, "cozybackup-read")
-        self._pending: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
+        self._pending: collections.deque[tuple[ChunkRef, concurrent.futures.Future[bytes]]] = (
+            collections.deque()
+        )
         self._chunk = b""
         self._pos = 0
         self._count = 0
@@ -178,7 +183,7 @@ class ChunkReader(io.RawIOBase):
             ref = next(self._refs, None)
             if ref is None:
                 return
-            self._pending.append(self._pool.submit(self._repo.read_chunk, ref))
+            self._pending.append((ref, self._pool.submit(self._repo.read_chunk, ref)))
 
     def readable(self) -> bool:
         return True
@@ -199,7 +204,7 @@ class ChunkReader(io.RawIOBase):
         return n
 
     def _next(self) -> bytes:
-        future = self._pending.popleft()
+        ref, future = self._pending.popleft()
         try:
             chunk = future.result()
         except (ArtifactCorruptError, StorageError):
@@ -211,6 +216,7 @@ class ChunkReader(io.RawIOBase):
         self._fill()
         self._hash.update(chunk)
         self._count += len(chunk)
+        self._on_stored(ref.length)
         return chunk
 
     def _verify(self) -> None:
@@ -221,7 +227,7 @@ class ChunkReader(io.RawIOBase):
             )
 
     def close(self) -> None:
-        for future in self._pending:
+        for _, future in self._pending:
             future.cancel()
         self._pending.clear()
         with contextlib.suppress(Exception):
