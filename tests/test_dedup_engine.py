@@ -18,8 +18,8 @@ from cozybackup_core import Backup
 from cozybackup_core.testing import LocalPlatform, S3ServerInfo
 from cozybackup_core.testing import key_secret_yaml as _key_secret
 
-from support.drivers import FilesDriver
-from support.manifests import FILES_CLASS, directory_app
+from support.drivers import FilesDriver, RaisingDriver
+from support.manifests import FILES_CLASS, directory_app, directory_class
 
 NS = "tenant-a"
 
@@ -230,3 +230,13 @@ def test_encrypted_deduplicated_backups_hold_no_plaintext_and_rekey(tmp_path: Pa
     _ok(plat.restore(NS, "b1", "r1"))
     assert (tmp_path / "app" / "x.bin").read_bytes() == text
     assert {p: p.read_bytes() for p in chunks} == chunks
+
+
+def test_a_failed_backup_leaves_no_partial_pack(tmp_path: Path) -> None:
+    plat = LocalPlatform(tmp_path / "home", drivers=(RaisingDriver,))
+    plat.apply(_local_location(), directory_class("boom", "Raising"))
+    ref = directory_app(plat, tmp_path / "app", b"data")
+    job = plat.backup(NS, ref, "b1", "boom")
+    assert job.status.phase == "Failed"
+    # The repository's key stays (made on first use); no pack, no index, no manifest.
+    assert [p.name for p in plat.stored_files()] == ["config.json"]

@@ -511,6 +511,12 @@ class ArtifactWriter:
             )
         )
 
+    def abort(self) -> None:
+        """The backup failed: drop the pack being written (packs already stored stay,
+        with their indexes: sound chunks that later backups may reference)."""
+        if self._sink is not None:
+            self._sink.abort()
+
     def commit(self, manifest: Manifest) -> bytes:
         """Write ``manifest.json``; from then on the artifact exists.  Returns its bytes."""
         if self.deduplicate:

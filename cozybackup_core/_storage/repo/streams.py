@@ -97,8 +97,15 @@ class PackSink:
 
     def abort(self) -> None:
         with self._lock:
-            if self._file is not None:
+            if self._file is not None and self._pack is not None:
+                # On S3 the multipart upload is aborted: no object; locally the partial
+                # file is removed.  Its chunks leave the known set with it.
                 self._discard(self._file)
+                with contextlib.suppress(Exception):
+                    self.repo.bucket.fs.rm_file(self.repo.pack_path(self._pack))
+                if self._known is not None:
+                    for ref in self._entries:
+                        self._known.pop(ref.id, None)
             self._file, self._pack, self._entries = None, None, []
 
 
