@@ -213,8 +213,8 @@ def test_encrypted_repository_holds_no_plaintext(tmp_path: Path) -> None:
 
 
 def test_memory_stays_bounded_on_a_large_stream(tmp_path: Path) -> None:
-    """256 MiB written and read back: Python's peak allocation stays a fraction of it (the
-    chunker's window, a pack's entries, a few chunks read ahead), not the stream."""
+    """256 MiB written and read back: Python's peak allocation stays a quarter of it at
+    most, whatever the stream's size (bounded buffers, not the stream)."""
     import tracemalloc
 
     store = ArtifactStore.local(str(tmp_path / "bucket"))
@@ -251,5 +251,7 @@ def test_memory_stays_bounded_on_a_large_stream(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert total == size
     assert writer.added_bytes > size  # random data: all of it stored (zstd adds a little)
-    assert write_peak < 48 << 20, f"writing peaked at {write_peak >> 20} MiB"
-    assert read_peak < 48 << 20, f"reading peaked at {read_peak >> 20} MiB"
+    # Measured ~26-34 MiB writing (the 16 MiB window, chunks in flight to the compressing
+    # threads) and ~33-42 MiB reading (four chunks ahead, each up to 4 MiB raw + stored).
+    assert write_peak < 64 << 20, f"writing peaked at {write_peak >> 20} MiB"
+    assert read_peak < 64 << 20, f"reading peaked at {read_peak >> 20} MiB"

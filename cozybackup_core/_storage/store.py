@@ -413,7 +413,7 @@ class ArtifactWriter:
         """The tenant's repository, its key made on the first backup that needs it."""
         if self._sink is None:
             repo = self.store.repository(self.key.namespace, sealed=bool(self.store.keyring))
-            self._sink = PackSink(repo, _discard)
+            self._sink = PackSink(repo, _discard, threads=self.store.threads)
         return self._sink
 
     @property

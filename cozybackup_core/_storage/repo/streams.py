@@ -31,11 +31,20 @@ class PackSink:
     repository (or this backup) already holds is referenced, not stored again."""
 
     def __init__(
-        self, repo: Repository, discard: Callable[[IO[bytes]], None], pack_target: int = PACK_TARGET
+        self,
+        repo: Repository,
+        discard: Callable[[IO[bytes]], None],
+        *,
+        threads: int = 1,
+        pack_target: int = PACK_TARGET,
     ) -> None:
         self.repo = repo
         self._discard = discard
         self._pack_target = pack_target
+        self._threads = max(1, threads)
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        #: How many chunks a stream may have in flight (memory: this many, ~1.25 MiB each).
+        self.depth = 2 * self._threads
         self._lock = threading.Lock()  # a driver may write two streams at once
         self._known: dict[str, ChunkRef] | None = None
         self._pack: str | None = None
@@ -46,16 +55,33 @@ class PackSink:
         self.added_bytes = 0
 
     def add(self, chunk: bytes) -> ChunkRef:
+        return self.prepare(chunk)()
+
+    def prepare(self, chunk: bytes) -> Callable[[], ChunkRef]:
+        """Start storing ``chunk`` (compressed and sealed in a worker thread: zstd and
+        AES-GCM release the GIL); the call returned finishes it.  A stream calls those in
+        its own order, so its chunks are appended in order."""
         cid = self.repo.chunk_id(chunk)
         with self._lock:
-            known = self._known_ids()
-            if cid in known:
-                return known[cid]
-        blob = self.repo.seal(cid, zstandard.ZstdCompressor(level=3).compress(chunk))
+            ref = self._known_ids().get(cid)
+        if ref is not None:
+            held = ref
+            return lambda: held
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, "cozybackup-pack")
+        size = len(chunk)
+        blob = self._pool.submit(self._seal, cid, chunk)
+        return lambda: self._store(cid, size, blob.result())
+
+    def _seal(self, cid: str, chunk: bytes) -> bytes:
+        return self.repo.seal(cid, zstandard.ZstdCompressor(level=3).compress(chunk))
+
+    def _store(self, cid: str, size: int, blob: bytes) -> ChunkRef:
         with self._lock:
-            if cid in known:  # the other stream stored it meanwhile
+            known = self._known_ids()
+            if cid in known:  # stored meanwhile (an earlier repeat, or the other stream)
                 return known[cid]
-            ref = self._append(cid, len(chunk), blob)
+            ref = self._append(cid, size, blob)
             known[cid] = ref
             return ref
 
@@ -94,6 +120,12 @@ class PackSink:
         """Store the open pack and its index (before the manifest that references it)."""
         with self._lock:
             self._close_pack()
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     def abort(self) -> None:
         with self._lock:
@@ -107,6 +139,7 @@ class PackSink:
                     for ref in self._entries:
                         self._known.pop(ref.id, None)
             self._file, self._pack, self._entries = None, None, []
+        self._stop()
 
 
 def _guard(call: Callable[[], Any]) -> Any:
@@ -129,6 +162,7 @@ class DedupStreamWriter(io.RawIOBase):
         self._hash = digest
         self._on_bytes = on_bytes
         self.refs: list[ChunkRef] = []
+        self._inflight: collections.deque[Callable[[], ChunkRef]] = collections.deque()
         self.count = 0
 
     def writable(self) -> bool:
@@ -143,10 +177,14 @@ class DedupStreamWriter(io.RawIOBase):
         return len(view)
 
     def _add(self, chunk: bytes) -> None:
-        self.refs.append(self._sink.add(chunk))
+        self._inflight.append(self._sink.prepare(chunk))
+        while len(self._inflight) > self._sink.depth:
+            self.refs.append(self._inflight.popleft()())
 
     def finish(self) -> tuple[list[ChunkRef], str]:
         self._chunker.finish()
+        while self._inflight:
+            self.refs.append(self._inflight.popleft()())
         return self.refs, self._hash.hexdigest()
 
 
