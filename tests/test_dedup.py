@@ -255,3 +255,75 @@ def test_memory_stays_bounded_on_a_large_stream(tmp_path: Path) -> None:
     # threads) and ~33-42 MiB reading (four chunks ahead, each up to 4 MiB raw + stored).
     assert write_peak < 64 << 20, f"writing peaked at {write_peak >> 20} MiB"
     assert read_peak < 64 << 20, f"reading peaked at {read_peak >> 20} MiB"
+
+
+def test_a_missing_or_wrong_key_fails_before_reading(tmp_path: Path) -> None:
+    from cozybackup_core import EncryptionKeyError
+
+    store = ArtifactStore.local(str(tmp_path / "bucket"))
+    store.deduplicate, store.keyring = True, _ring()
+    _write(store, KEY, {"a": b"data" * 1000})
+    store.keyring = None
+    with pytest.raises(EncryptionKeyError, match="encrypted"):
+        store.reader(KEY).unlock()
+    store.keyring = _ring()  # same id, other bytes
+    with pytest.raises(EncryptionKeyError, match="operator"):
+        store.reader(KEY).unlock()
+
+
+def test_a_repository_key_replaced_while_writing_fails_the_commit(tmp_path: Path) -> None:
+    """Two first backups racing on S3 may both write config.json: the one whose key lost
+    must not commit a manifest whose chunks no one can read."""
+    from cozybackup_core import StorageError
+    from cozybackup_core._storage.repo.repository import repository_path
+
+    store = ArtifactStore.local(str(tmp_path / "bucket"))
+    store.deduplicate = True
+    writer = store.writer(KEY)
+    with writer.open("a") as out:
+        out.write(os.urandom(100_000))
+    config = Path(repository_path(store.root, KEY.namespace, False)) / "config.json"
+    config.unlink()
+    store.repository(KEY.namespace, sealed=False)  # another backup makes its own key
+    with pytest.raises(StorageError, match="changed"):
+        writer.commit(
+            Manifest(
+                format_version=1,
+                backup_uid=KEY.uid,
+                namespace=KEY.namespace,
+                application={"kind": KEY.kind, "name": KEY.application},
+                driver={"name": "t", "version": "1"},
+                strategy_ref={"kind": "T", "name": "t"},
+                parameters={},
+                taken_at="2026-01-01T00:00:00Z",
+                streams=tuple(writer.streams),
+            )
+        )
+    assert not store.is_committed(KEY)
+
+
+def test_an_unreadable_index_costs_deduplication_only(tmp_path: Path) -> None:
+    store = ArtifactStore.local(str(tmp_path / "bucket"))
+    store.deduplicate = True
+    data = {"a": random.Random(6).randbytes(3 << 20)}
+    _write(store, _key("u-1"), data)
+    [index] = (tmp_path / "bucket").rglob("index/*/*")
+    index.write_bytes(b"not json")
+    assert _write(store, _key("u-2"), data) > 3 << 20  # stored again, not referenced
+    assert read_streams(store, _key("u-1")) == data == read_streams(store, _key("u-2"))
+
+
+def test_reordered_chunk_references_are_refused(tmp_path: Path) -> None:
+    import json
+
+    store = ArtifactStore.local(str(tmp_path / "bucket"))
+    store.deduplicate = True
+    _write(store, KEY, {"a": random.Random(7).randbytes(6 << 20)})
+    path = Path(store.path(KEY, "manifest.json"))
+    doc = json.loads(path.read_bytes())
+    chunks = doc["streams"][0]["chunks"]
+    assert len(chunks) > 2
+    chunks[0], chunks[1] = chunks[1], chunks[0]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ArtifactCorruptError, match="checksum"):
+        store.reader(KEY).verify()
