@@ -287,8 +287,13 @@ def read_key(bucket: Bucket, path: str, namespace: str, keyring: KeyRing | None)
 def rewrap(bucket: Bucket, root: str, namespace: str, keyring: KeyRing) -> bool:
     """Re-wrap a sealed repository's key under the active key (``cozybackup rekey``)."""
     path = f"{repository_path(root, namespace, True)}/{CONFIG}"
-    doc = json.loads(bucket.read_bytes(path))
-    wraps = doc.get("wraps") or []
+    try:
+        doc = json.loads(bucket.read_bytes(path))
+        wraps = [w for w in doc["wraps"] if isinstance(w, dict)]
+    except (ValueError, KeyError, TypeError):
+        raise ArtifactCorruptError(
+            "the backup's repository is unreadable", admin_detail=f"{path} is malformed"
+        ) from None
     if [w.get("keyId") for w in wraps] == [keyring.active] and all(
         bool(w.get("perTenant")) == keyring.per_tenant for w in wraps
     ):
