@@ -240,3 +240,24 @@ def test_a_failed_backup_leaves_no_partial_pack(tmp_path: Path) -> None:
     assert job.status.phase == "Failed"
     # The repository's key stays (made on first use); no pack, no index, no manifest.
     assert [p.name for p in plat.stored_files()] == ["config.json"]
+
+
+def test_prune_deletes_a_manifest_and_leaves_shared_chunks(tmp_path: Path) -> None:
+    """No garbage collection yet: pruning a Backup removes its manifest only, so the chunks
+    a kept Backup shares with it stay and the kept one restores."""
+    keep_one = FILES_CLASS.replace("spec:\n", "spec:\n  retention: {keepLast: 1}\n", 1)
+    assert keep_one != FILES_CLASS
+    plat = _platform(tmp_path, _local_location())
+    plat.apply(keep_one)
+    original = random.Random(8).randbytes(4 << 20)
+    ref = directory_app(plat, tmp_path / "app", original)
+    _ok(plat.backup(NS, ref, "b1", "files"))
+    (tmp_path / "app" / "x.bin").write_bytes(_edit(original, 9))
+    _ok(plat.backup(NS, ref, "b2", "files"))
+    packs = {p: p.read_bytes() for p in _repo_files(plat) if "packs" in p.parts}
+    plat.engine.prune()
+    assert [b.metadata.name for b in plat.backups(NS)] == ["b2"]
+    assert len([p for p in plat.stored_files() if p.name == "manifest.json"]) == 1
+    assert {p: p.read_bytes() for p in packs} == packs
+    _ok(plat.restore(NS, "b2", "r1"))
+    assert (tmp_path / "app" / "x.bin").read_bytes() == _edit(original, 9)
