@@ -1,7 +1,7 @@
 """A stream into chunks and back: the writer a driver writes to, the reader it reads.
 
-Memory is bounded whatever the stream's size: the chunker's window, one chunk being
-compressed, the pack's upload buffer, a few chunks read ahead.  What grows is the list of
+Memory is bounded whatever the stream's size: the chunker's window, a few chunks in
+flight to the compressing threads, the pack's upload buffer, a few chunks read ahead.  What grows is the list of
 chunk references (one per ~1.25 MiB) and the map of the repository's known chunk ids.
 """
 
@@ -58,8 +58,8 @@ class PackSink:
         return self.prepare(chunk)()
 
     def prepare(self, chunk: bytes) -> Callable[[], ChunkRef]:
-        """Start storing ``chunk`` (compressed and sealed in a worker thread: zstd and
-        AES-GCM release the GIL); the call returned finishes it.  A stream calls those in
+        """Start storing ``chunk`` (compressed and sealed in a worker thread: zstd
+        releases the GIL); the call returned finishes it.  A stream calls those in
         its own order, so its chunks are appended in order."""
         cid = self.repo.chunk_id(chunk)
         with self._lock:
