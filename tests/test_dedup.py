@@ -8,6 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cozybackup_core import ArtifactCorruptError, ArtifactKey, ArtifactStore
 from cozybackup_core._storage.crypto import KeyRing
@@ -327,3 +329,32 @@ def test_reordered_chunk_references_are_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps(doc))
     with pytest.raises(ArtifactCorruptError, match="checksum"):
         store.reader(KEY).verify()
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    size=st.integers(0, 40 << 20),  # beyond the 16 MiB window: cut more than once
+    splits=st.lists(st.integers(1, 5 << 20), min_size=1, max_size=8),
+    seed=st.integers(0, (1 << 63) - 1),
+)
+def test_chunks_do_not_depend_on_how_the_stream_is_written(
+    size: int, splits: list[int], seed: int
+) -> None:
+    """Whatever sizes a driver writes in, the cuts are those of the whole stream (so a
+    second backup deduplicates against the first however its tool buffers)."""
+    data = random.Random(size).randbytes(size)
+    whole: list[bytes] = []
+    c = Chunker(whole.append, seed=seed)
+    c.write(memoryview(data))
+    c.finish()
+    pieces: list[bytes] = []
+    c = Chunker(pieces.append, seed=seed)
+    at, i = 0, 0
+    while at < len(data):
+        step = splits[i % len(splits)]
+        c.write(memoryview(data)[at : at + step])
+        at, i = at + step, i + 1
+    c.finish()
+    assert pieces == whole
+    assert b"".join(whole) == data
+    assert all(len(w) <= 4 << 20 for w in whole)
