@@ -179,6 +179,7 @@ def _attempt(
         progress.stage("committing")
         raw = writer.commit(manifest)
     except BaseException:
+        writer.abort()
         svc.discard(store, key, record)
         raise
     checksum = checksum_of(raw)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from .._api.errors import NotFoundError, UnsupportedError, ValidationError
+from .._api.errors import ArtifactCorruptError, NotFoundError, UnsupportedError, ValidationError
 from .._api.types import Backup, BackupJob, RestoreJob
 from .._api.units import human_bytes
 from .._drivers.contract import Deadline, Driver, RestoreContext, ToolRequest
@@ -113,6 +113,13 @@ def run_restore(svc: Services, job: RestoreJob) -> RestoreJob:
             tool=svc.tool,
         )
         driver.restore(ctx)
+    except ArtifactCorruptError as exc:
+        # Name the Backup: the job's message is what tells the tenant which one is damaged.
+        named = ArtifactCorruptError(
+            f"Backup {backup.metadata.name}: {exc.message}", admin_detail=exc.admin_detail
+        )
+        reason, msg = svc.failure(named, driver, job)
+        return svc.finish(job, False, reason, msg, redact)
     except Exception as exc:
         reason, msg = svc.failure(exc, driver, job)
         return svc.finish(job, False, reason, msg, redact)

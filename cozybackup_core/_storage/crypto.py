@@ -46,6 +46,11 @@ def _hkdf(key: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=_KEY_BYTES, salt=None, info=info).derive(key)
 
 
+def derive_key(key: bytes, info: bytes) -> bytes:
+    """A 256-bit key for one purpose (``info``) from ``key`` (HKDF-SHA256)."""
+    return _hkdf(key, info)
+
+
 def new_data_key() -> bytes:
     return os.urandom(_KEY_BYTES)
 

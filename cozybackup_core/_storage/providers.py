@@ -88,6 +88,7 @@ class StorageProviders:
         store = self.get(spec.provider).open(spec, env)
         if spec.encryption is not None:
             store.keyring = keyring(spec.encryption, env)
+        store.deduplicate = spec.deduplication
         return store
 
     def sensitive(self, spec: StorageLocationSpec, env: StorageEnv) -> list[str]:

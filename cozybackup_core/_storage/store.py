@@ -8,6 +8,10 @@ Layout under the location's root (admin-visible only)::
         keys.json            <- the data key, wrapped (encrypted locations only)
         manifest.json        <- written last: its presence is the commit
 
+With ``deduplication`` on the location, streams are not stored under the backup at all:
+they are cut into chunks kept in the tenant's repository (see ``repo``), and the manifest
+(format version 2) lists each stream's chunk references.
+
 Every stream records two sha256 digests: of the stored (compressed, maybe encrypted)
 bytes, which checks the store, and of the raw bytes, which checks the whole pipeline end to
 end (keyed by the data key when the stream is encrypted: see ``_crypto``).
@@ -57,8 +61,12 @@ from .crypto import (
     read_keys_document,
     stream_key,
 )
+from .repo import ChunkReader, ChunkRef, DedupStreamWriter, PackSink, Repository
+from .repo.repository import SEALED, repository_for, rewrap
 
 FORMAT_VERSION = 1
+#: Streams as chunk references into the tenant's repository.
+DEDUP_FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 _STREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
@@ -107,6 +115,9 @@ class StreamInfo:
     stored_sha256: str
     compression: str = "zstd"
     encryption: str = "none"
+    #: Format 2: the stream's chunks, in order (``stored_sha256`` is then empty: each
+    #: chunk is checked by its own keyed hash instead).
+    chunks: tuple[ChunkRef, ...] = ()
 
 
 @attrs.frozen(kw_only=True)
@@ -194,7 +205,7 @@ def _manifest_from_json(data: bytes) -> Manifest:
         raise ArtifactCorruptError(
             "the backup's manifest is malformed", admin_detail=str(exc)
         ) from None
-    if m.format_version != FORMAT_VERSION:
+    if m.format_version not in (FORMAT_VERSION, DEDUP_FORMAT_VERSION):
         raise ArtifactCorruptError(f"unsupported artifact format version {m.format_version}")
     return m
 
@@ -384,14 +395,31 @@ class ArtifactWriter:
         self.server_streams: list[str] = []
         self._open: set[str] = set()
         self._on_bytes = on_bytes
+        self.deduplicate = store.deduplicate
         # A fresh data key for every backup; only its wrapped form is ever stored.
-        self._data_key = new_data_key() if store.keyring else None
+        self._data_key = new_data_key() if store.keyring and not self.deduplicate else None
+        self._sink: PackSink | None = None
 
     @property
     def encryption(self) -> EncryptionInfo | None:
+        if self.deduplicate and self.store.keyring is not None:
+            repo = self._packs().repo
+            return EncryptionInfo(algorithm=SEALED, key_check=repo.key.check)
         if self._data_key is None:
             return None
         return EncryptionInfo(algorithm=ALGORITHM, key_check=key_check(self._data_key))
+
+    def _packs(self) -> PackSink:
+        """The tenant's repository, its key made on the first backup that needs it."""
+        if self._sink is None:
+            repo = self.store.repository(self.key.namespace, sealed=bool(self.store.keyring))
+            self._sink = PackSink(repo, _discard, threads=self.store.threads)
+        return self._sink
+
+    @property
+    def added_bytes(self) -> int:
+        """Stored bytes this backup added to the tenant's repository (format 2)."""
+        return self._sink.added_bytes if self._sink else 0
 
     def server_side(self, name: str) -> ServerSideTarget:
         if not _STREAM_NAME.match(name):
@@ -426,6 +454,14 @@ class ArtifactWriter:
             raise ValueError(f"stream name {name!r} must match {_STREAM_NAME.pattern}")
         if name in self._open or any(s.name == name for s in self.streams):
             raise ValueError(f"stream {name!r} was already written")
+        if self.deduplicate:
+            self._open.add(name)
+            try:
+                with self._open_chunked(name) as chunked:
+                    yield chunked
+            finally:
+                self._open.discard(name)
+            return
         self._open.add(name)
         path = self.store.stream_path(self.key, name)
         try:
@@ -455,8 +491,45 @@ class ArtifactWriter:
                     self.store.fs.rm_file(path)
         self.streams.append(info)
 
+    @contextlib.contextmanager
+    def _open_chunked(self, name: str) -> Iterator[IO[bytes]]:
+        sink = self._packs()
+        sealed = sink.repo.sealed
+        digest = _raw_digest(sink.repo.key.secret if sealed else None, name)
+        writer = DedupStreamWriter(sink, digest, self._on_bytes)
+        yield writer  # type: ignore[misc]
+        refs, sha = writer.finish()
+        self.streams.append(
+            StreamInfo(
+                name=name,
+                size_bytes=writer.count,
+                stored_bytes=sum(r.length for r in refs),
+                sha256=sha,
+                stored_sha256="",
+                encryption=SEALED if sealed else "none",
+                chunks=tuple(refs),
+            )
+        )
+
+    def abort(self) -> None:
+        """The backup failed: drop the pack being written (packs already stored stay,
+        with their indexes: sound chunks that later backups may reference)."""
+        if self._sink is not None:
+            self._sink.abort()
+
     def commit(self, manifest: Manifest) -> bytes:
         """Write ``manifest.json``; from then on the artifact exists.  Returns its bytes."""
+        if self.deduplicate:
+            manifest = attrs.evolve(manifest, format_version=DEDUP_FORMAT_VERSION)
+            if self._sink is not None:
+                self._sink.flush()  # every pack and index before the manifest naming them
+                stored = self.store.repository(self.key.namespace, sealed=self._sink.repo.sealed)
+                if stored.key.check != self._sink.repo.key.check:
+                    raise StorageError(
+                        "the backup storage changed while the backup was written",
+                        admin_detail="another backup created the tenant's repository key at "
+                        "the same time; this attempt's chunks are not under it",
+                    )
         data = _manifest_to_json(manifest)
         if self._data_key is not None:
             assert self.store.keyring is not None
@@ -477,12 +550,20 @@ class ArtifactReader:
         #: Called with the number of raw bytes each read returns (progress reporting).
         self.on_bytes: Callable[[int], None] = lambda n: None
         self._data_key: bytes | None = None
+        self._repo: Repository | None = None
+
+    @property
+    def deduplicated(self) -> bool:
+        return self.manifest.format_version == DEDUP_FORMAT_VERSION
 
     def unlock(self) -> None:
         """Unwrap the data key of an encrypted backup (no-op otherwise).  Raises
         :class:`EncryptionKeyError` when the platform lacks the key: call it before
         touching a restore's target."""
         enc = self.manifest.encryption
+        if self.deduplicated:
+            self._unlock_repository(enc)
+            return
         if enc is None or self._data_key is not None:
             return
         if self.store.keyring is None:
@@ -495,6 +576,18 @@ class ArtifactReader:
             wraps, self.key.namespace, self.key.uid, enc.key_check
         )
 
+    def _unlock_repository(self, enc: EncryptionInfo | None) -> None:
+        if self._repo is not None or not self.manifest.streams:
+            return  # nothing to read from it (a backup of server-side streams only)
+        # The tenant's own repository, whatever the manifest says: a backup never reads
+        # another namespace's chunks.
+        repo = self.store.repository(self.key.namespace, sealed=enc is not None, create=False)
+        if enc is not None and not hmac.compare_digest(repo.key.check, enc.key_check):
+            raise ArtifactCorruptError(
+                "the backup's repository key is not the one it was written with"
+            )
+        self._repo = repo
+
     def names(self) -> list[str]:
         return [s.name for s in self.manifest.streams]
 
@@ -504,9 +597,28 @@ class ArtifactReader:
         return self.store.server_target(self.key, name)
 
     @contextlib.contextmanager
-    def open(self, name: str) -> Iterator[IO[bytes]]:
+    def open(
+        self, name: str, on_stored: Callable[[int], None] = lambda n: None
+    ) -> Iterator[IO[bytes]]:
         info = self.manifest.stream(name)
         self.unlock()
+        if self._repo is not None:
+            repo = self._repo
+            chunks = ChunkReader(
+                repo,
+                info.chunks,
+                name=name,
+                size=info.size_bytes,
+                digest_hex=info.sha256,
+                digest=_raw_digest(repo.key.secret if repo.sealed else None, name),
+                on_bytes=self.on_bytes,
+                on_stored=on_stored,
+            )
+            try:
+                yield io.BufferedReader(chunks, CHUNK)
+            finally:
+                chunks.close()
+            return
         try:
             source = self.store.open_read(self.store.stream_path(self.key, name))
         except ArtifactCorruptError:
@@ -527,7 +639,21 @@ class ArtifactReader:
     def verify_stored(self, on_bytes: Callable[[int], None] = lambda n: None) -> None:
         """Check every stored byte against the digest and size recorded at backup time,
         without decompressing (about 1.5 GB/s of sha256 instead of a full decode).  What
-        was stored is what was written; the raw digest is checked again as a driver reads."""
+        was stored is what was written; the raw digest is checked again as a driver reads.
+
+        A deduplicated backup is read whole instead: each chunk is checked by its keyed
+        hash, which needs the repository key (so this unlocks first)."""
+        if self.deduplicated:
+            # Progress in stored bytes, as for the stream format (the stage's total).
+            saved, self.on_bytes = self.on_bytes, lambda n: None
+            try:
+                for name in self.names():
+                    with self.open(name, on_stored=on_bytes) as stream:
+                        while stream.read(CHUNK):
+                            pass
+            finally:
+                self.on_bytes = saved
+            return
         for info in self.manifest.streams:
             path = self.store.stream_path(self.key, info.name)
             digest, count = hashlib.sha256(), 0
@@ -605,6 +731,33 @@ class ArtifactStore:
     server_access: ServerSideAccess | None = None
     #: Set where the location has encryption keys: every new backup is encrypted.
     keyring: KeyRing | None = None
+    #: Set where the location opted in: new backups go to the tenant's repository.
+    deduplicate: bool = False
+
+    def repository(self, namespace: str, *, sealed: bool, create: bool = True) -> Repository:
+        return repository_for(
+            self, self.root, namespace, self.keyring, sealed=sealed, create=create
+        )
+
+    def open_write(self, path: str) -> IO[bytes]:
+        opened: IO[bytes] = self.fs.open(path, "wb", block_size=BLOCK_SIZE)
+        return opened
+
+    def read_range(self, path: str, start: int, length: int) -> bytes:
+        """``length`` bytes at ``start`` (fewer at the end): one ranged GET on S3."""
+        try:
+            if isinstance(self.fs, LocalFileSystem):
+                with self.open_read(path) as f:
+                    f.seek(start)
+                    return f.read(length)
+            data: bytes = self.fs.cat_file(path, start=start, end=start + length)
+            return data
+        except (ArtifactCorruptError, FileNotFoundError):
+            raise
+        except Exception as exc:
+            raise StorageError(
+                "the backup storage could not be read", admin_detail=repr(exc)
+            ) from exc
 
     @classmethod
     def local(cls, path: str) -> ArtifactStore:
@@ -725,6 +878,8 @@ class ArtifactStore:
     def put_atomic(self, path: str, data: bytes) -> None:
         try:
             if isinstance(self.fs, LocalFileSystem):
+                # A deduplicated backup stores nothing before its manifest: make its folder.
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
                 tmp = f"{path}.tmp-{os.getpid()}"
                 with open(tmp, "wb") as f:
                     f.write(data)
@@ -790,6 +945,8 @@ class ArtifactStore:
         enc = reader.manifest.encryption
         if enc is None:
             return False
+        if reader.deduplicated:
+            return rewrap(self, self.root, key.namespace, ring)
         path = self.path(key, KEYS_FILE)
         wraps = read_keys_document(self.read_bytes(path))
         if [w.get("keyId") for w in wraps] == [ring.active] and all(

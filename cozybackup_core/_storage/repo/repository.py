@@ -1,0 +1,333 @@
+"""One tenant's repository on one location: its key, its packs and the packs' indexes.
+
+Chunk ids are BLAKE3 keyed by a secret of the repository, so a chunk's name says nothing
+about its content to someone who can list the bucket (an unkeyed hash would confirm a
+guessed file), and two tenants' ids for the same bytes differ.  The key is made on first
+use and kept in ``config.json``, wrapped under the location's key-encryption key (bound to
+the namespace, per-tenant when the location says so) when the location encrypts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import attrs
+import blake3
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from fsspec.implementations.local import LocalFileSystem
+
+from ..._api.errors import ArtifactCorruptError, EncryptionKeyError, StorageError
+from ..crypto import KeyRing, derive_key, key_check, new_data_key
+
+log = logging.getLogger("cozybackup.storage.repo")
+
+REPOS = "_repos"
+CONFIG = "config.json"
+FORMAT_VERSION = 1
+#: ``EncryptionInfo.algorithm`` of a Backup whose chunks are sealed.
+SEALED = "aes-256-gcm-chunks"
+#: The "uid" the repository key is wrapped for (a Backup's uid is a UUID: no clash).
+_WRAP_SUBJECT = "repository"
+_NONCE = 12
+_MAX_CHUNK = 16 << 20  # FastCDC's own ceiling; a bigger blob is not one of ours
+
+
+class Bucket(Protocol):
+    """What a repository needs of the store (``ArtifactStore`` is one)."""
+
+    fs: Any
+
+    def put_atomic(self, path: str, data: bytes) -> None: ...
+
+    def read_bytes(self, path: str) -> bytes: ...
+
+    def read_range(self, path: str, start: int, length: int) -> bytes: ...
+
+    def open_write(self, path: str) -> IO[bytes]: ...
+
+
+@attrs.frozen(kw_only=True)
+class ChunkRef:
+    """Where one chunk of a stream is: ``length`` stored bytes at ``offset`` in ``pack``,
+    which open to ``size`` raw bytes whose keyed hash is ``id``."""
+
+    id: str
+    size: int
+    pack: str
+    offset: int
+    length: int
+
+
+@attrs.frozen
+class RepoKey:
+    secret: bytes = attrs.field(repr=False)
+
+    @property
+    def check(self) -> str:
+        return key_check(self.secret)
+
+    @property
+    def id_key(self) -> bytes:
+        return derive_key(self.secret, b"cozybackup chunk id")
+
+    @property
+    def seal_key(self) -> bytes:
+        return derive_key(self.secret, b"cozybackup chunk seal")
+
+    @property
+    def seed(self) -> int:
+        """FastCDC's gear-table seed (63 bits: what it accepts)."""
+        return int.from_bytes(derive_key(self.secret, b"cozybackup chunker seed")[:8], "big") >> 1
+
+
+class Repository:
+    def __init__(self, bucket: Bucket, base: str, key: RepoKey, sealed: bool) -> None:
+        self.bucket = bucket
+        self.base = base
+        self.key = key
+        self.sealed = sealed
+        self._id_key = key.id_key
+        self._aead = AESGCM(key.seal_key) if sealed else None
+
+    # ------------------------------------------------------------------ names
+
+    def pack_path(self, pack: str) -> str:
+        return f"{self.base}/packs/{pack[:2]}/{pack}"
+
+    def index_path(self, pack: str) -> str:
+        return f"{self.base}/index/{pack[:2]}/{pack}"
+
+    @staticmethod
+    def new_pack_id() -> str:
+        return secrets.token_hex(16)
+
+    # ------------------------------------------------------------------ chunks
+
+    def chunk_id(self, data: bytes) -> str:
+        return blake3.blake3(data, key=self._id_key).hexdigest()
+
+    def seal(self, chunk_id: str, compressed: bytes) -> bytes:
+        if self._aead is None:
+            return compressed
+        nonce = os.urandom(_NONCE)
+        return nonce + self._aead.encrypt(nonce, compressed, b"chunk\0" + chunk_id.encode())
+
+    def open_blob(self, ref: ChunkRef, blob: bytes) -> bytes:
+        """The raw chunk, checked: authentic (when sealed), decodable, and its keyed hash
+        and size are the ones recorded."""
+        what = f"chunk {ref.id[:16]} in pack {ref.pack}"
+        if self._aead is not None:
+            try:
+                blob = self._aead.decrypt(
+                    blob[:_NONCE], blob[_NONCE:], b"chunk\0" + ref.id.encode()
+                )
+            except (InvalidTag, ValueError):
+                raise ArtifactCorruptError(
+                    "the backup's data in storage is corrupted (a chunk failed decryption)",
+                    admin_detail=what,
+                ) from None
+        try:
+            # A decompressor per call: chunks are opened in several threads at once.
+            raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=_MAX_CHUNK)
+        except zstandard.ZstdError:
+            raise ArtifactCorruptError(
+                "the backup's data in storage is corrupted (an undecodable chunk)",
+                admin_detail=what,
+            ) from None
+        if len(raw) != ref.size or self.chunk_id(raw) != ref.id:
+            raise ArtifactCorruptError(
+                "the backup's data in storage does not match its recorded checksum",
+                admin_detail=what,
+            )
+        return raw
+
+    def read_chunk(self, ref: ChunkRef) -> bytes:
+        try:
+            blob = self.bucket.read_range(self.pack_path(ref.pack), ref.offset, ref.length)
+        except FileNotFoundError:
+            raise ArtifactCorruptError(
+                "the backup's data is missing from storage",
+                admin_detail=f"pack {ref.pack} is missing",
+            ) from None
+        if len(blob) != ref.length:
+            raise ArtifactCorruptError(
+                "the backup's data in storage is truncated",
+                admin_detail=f"pack {ref.pack} ends before chunk {ref.id[:16]}",
+            )
+        return self.open_blob(ref, blob)
+
+    # ------------------------------------------------------------------ indexes
+
+    def _seal_doc(self, pack: str, doc: bytes) -> bytes:
+        if self._aead is None:
+            return doc
+        nonce = os.urandom(_NONCE)
+        return nonce + self._aead.encrypt(nonce, doc, b"index\0" + pack.encode())
+
+    def _open_doc(self, pack: str, data: bytes) -> bytes:
+        if self._aead is None:
+            return data
+        return self._aead.decrypt(data[:_NONCE], data[_NONCE:], b"index\0" + pack.encode())
+
+    def write_index(self, pack: str, refs: list[ChunkRef]) -> None:
+        """Written only once the pack is stored: an indexed chunk is always readable."""
+        doc = {
+            "formatVersion": FORMAT_VERSION,
+            "chunks": [[r.id, r.size, r.offset, r.length] for r in refs],
+        }
+        path = self.index_path(pack)
+        self.bucket.put_atomic(path, self._seal_doc(pack, json.dumps(doc).encode()))
+
+    def known(self) -> dict[str, ChunkRef]:
+        """Every indexed chunk of the repository, for deduplication.  An unreadable index
+        only loses deduplication against its pack, so it is logged and skipped."""
+        base = f"{self.base}/index"
+        try:
+            paths = [p for p in self.bucket.fs.find(base) if p.rstrip("/") != base]
+        except FileNotFoundError:
+            return {}
+        except Exception as exc:
+            raise StorageError(
+                "the backup storage could not be read", admin_detail=repr(exc)
+            ) from exc
+        out: dict[str, ChunkRef] = {}
+        for path in paths:
+            pack = path.rstrip("/").rsplit("/", 1)[-1]
+            try:
+                doc = json.loads(self._open_doc(pack, self.bucket.read_bytes(path)))
+                for cid, size, offset, length in doc["chunks"]:
+                    out[str(cid)] = ChunkRef(
+                        id=str(cid),
+                        size=int(size),
+                        pack=pack,
+                        offset=int(offset),
+                        length=int(length),
+                    )
+            except (ArtifactCorruptError, InvalidTag, ValueError, KeyError, TypeError) as exc:
+                log.warning(
+                    "index of pack %s is unreadable, not deduplicating against it: %r", pack, exc
+                )
+        return out
+
+
+# ---------------------------------------------------------------------- the key
+
+
+def repository_path(root: str, namespace: str, sealed: bool) -> str:
+    # A sealed repository is never one a plaintext chunk was written to: turning
+    # encryption on starts a new one instead of referencing old plaintext.
+    return f"{root}/{REPOS}/{namespace}/{'sealed' if sealed else 'plain'}"
+
+
+def repository_for(
+    bucket: Bucket,
+    root: str,
+    namespace: str,
+    keyring: KeyRing | None,
+    *,
+    sealed: bool,
+    create: bool,
+) -> Repository:
+    """The tenant's repository, its key made and stored on first use when ``create``."""
+    if sealed and keyring is None:
+        raise EncryptionKeyError(
+            "the backup is encrypted but the platform has no key for it; ask the platform operator",
+            admin_detail="the StorageLocation holding it has no encryption keys configured",
+        )
+    base = repository_path(root, namespace, sealed)
+    path = f"{base}/{CONFIG}"
+    if create and not _exists(bucket, path):
+        secret = new_data_key()
+        doc: dict[str, Any] = {"formatVersion": FORMAT_VERSION, "keyCheck": key_check(secret)}
+        if keyring is not None:
+            doc["wraps"] = [keyring.wrap(secret, namespace, _WRAP_SUBJECT)]
+        else:
+            doc["key"] = base64.b64encode(secret).decode()
+        _create_once(bucket, path, json.dumps(doc, indent=2, sort_keys=True).encode())
+    # Always what is stored: if another backup made the key first, its key is the key.
+    return Repository(bucket, base, read_key(bucket, path, namespace, keyring), sealed)
+
+
+def read_key(bucket: Bucket, path: str, namespace: str, keyring: KeyRing | None) -> RepoKey:
+    try:
+        doc = json.loads(bucket.read_bytes(path))
+        check = str(doc["keyCheck"])
+    except (ValueError, KeyError, TypeError):
+        raise ArtifactCorruptError(
+            "the backup's repository is unreadable", admin_detail=f"{path} is malformed"
+        ) from None
+    if "wraps" in doc:
+        if keyring is None:
+            raise EncryptionKeyError(
+                "the backup is encrypted but the platform has no key for it; ask the platform operator",
+                admin_detail="the StorageLocation holding it has no encryption keys configured",
+            )
+        return RepoKey(keyring.unwrap(doc["wraps"], namespace, _WRAP_SUBJECT, check))
+    try:
+        secret = base64.b64decode(doc["key"], validate=True)
+    except (KeyError, ValueError, TypeError):
+        raise ArtifactCorruptError(
+            "the backup's repository is unreadable", admin_detail=f"{path} holds no key"
+        ) from None
+    if key_check(secret) != check:
+        raise ArtifactCorruptError(
+            "the backup's repository is unreadable", admin_detail=f"{path}: key check fails"
+        )
+    return RepoKey(secret)
+
+
+def rewrap(bucket: Bucket, root: str, namespace: str, keyring: KeyRing) -> bool:
+    """Re-wrap a sealed repository's key under the active key (``cozybackup rekey``)."""
+    path = f"{repository_path(root, namespace, True)}/{CONFIG}"
+    try:
+        doc = json.loads(bucket.read_bytes(path))
+        wraps = [w for w in doc["wraps"] if isinstance(w, dict)]
+    except (ValueError, KeyError, TypeError):
+        raise ArtifactCorruptError(
+            "the backup's repository is unreadable", admin_detail=f"{path} is malformed"
+        ) from None
+    if [w.get("keyId") for w in wraps] == [keyring.active] and all(
+        bool(w.get("perTenant")) == keyring.per_tenant for w in wraps
+    ):
+        return False
+    key = read_key(bucket, path, namespace, keyring)
+    doc["wraps"] = [keyring.wrap(key.secret, namespace, _WRAP_SUBJECT)]
+    bucket.put_atomic(path, json.dumps(doc, indent=2, sort_keys=True).encode())
+    return True
+
+
+def _exists(bucket: Bucket, path: str) -> bool:
+    try:
+        return bool(bucket.fs.exists(path))
+    except Exception as exc:
+        raise StorageError("the backup storage is unreachable", admin_detail=repr(exc)) from exc
+
+
+def _create_once(bucket: Bucket, path: str, data: bytes) -> None:
+    """Create ``path`` unless it exists.  Exclusive on a local bucket (a hard link fails on
+    an existing name); on S3 two first backups racing may both write, and the loser then
+    fails at commit when it sees the stored key is not the one it used (and is retried)."""
+    if not isinstance(bucket.fs, LocalFileSystem):
+        bucket.put_atomic(path, data)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
