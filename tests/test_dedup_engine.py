@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import random
+import re
 import sqlite3
 from pathlib import Path
 
@@ -101,12 +102,18 @@ def test_local_round_trip_and_a_second_backup_adds_little(tmp_path: Path) -> Non
 
     edited = _edit(original, 2)
     (tmp_path / "app" / "x.bin").write_bytes(edited)
-    _ok(plat.backup(NS, ref, "b2", "files"))
+    second = plat.backup(NS, ref, "b2", "files")
+    _ok(second)
     added = sum(p.stat().st_size for p in _repo_files(plat)) - first
     # Three 50-byte insertions (every later byte shifts) touch one or two chunks of
     # ~1.25 MiB each: measured 6-18% of this 48 MiB stream over random repository keys
     # (which seed the chunker); storing it again would add all of it.
     assert added < first * 0.3, (added, first)
+    # The job's message says what was new, not only what the backup references.
+    said = re.search(r"stored, ([0-9.]+) (KiB|MiB) of it new\)", second.status.message or "")
+    assert said, second.status.message
+    new = float(said.group(1)) * (1 << 10 if said.group(2) == "KiB" else 1 << 20)
+    assert abs(new - added) <= max(0.06 * added, 64 << 10), (new, added)
 
     (tmp_path / "app" / "x.bin").write_bytes(b"current")
     _ok(plat.restore(NS, "b1", "r1"))

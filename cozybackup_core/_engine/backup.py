@@ -95,9 +95,11 @@ def run_backup(svc: Services, job: BackupJob) -> BackupJob:
         reason, msg = svc.failure(exc, driver, job)
         return svc.finish(job, False, reason, msg, redact)
     took = time.monotonic() - started
+    # Deduplicated, most of what a backup references may be shared: say what was new.
+    new = "" if manifest.new_bytes is None else f", {human_bytes(manifest.new_bytes)} of it new"
     msg = (
         f"Backup {backup.metadata.name} is ready: {human_bytes(manifest.size_bytes)} "
-        f"({human_bytes(manifest.stored_bytes)} stored) in {took:.1f}s"
+        f"({human_bytes(manifest.stored_bytes)} stored{new}) in {took:.1f}s"
     )
     return svc.finish(
         job,
@@ -175,6 +177,7 @@ def _attempt(
             warnings=tuple(
                 {"reason": w.reason, "message": redact(w.message)} for w in ctx.warnings
             ),
+            new_bytes=writer.added_bytes if writer.deduplicate else None,
         )
         progress.stage("committing")
         raw = writer.commit(manifest)

@@ -166,6 +166,9 @@ class Manifest:
     resources: Mapping[str, Any] = attrs.field(factory=dict)
     #: What the backup cannot bring back exactly: ``{"reason": …, "message": …}`` each.
     warnings: tuple[Mapping[str, str], ...] = ()
+    #: Format 2: the stored bytes this backup added to the tenant's repository (the rest
+    #: of ``stored_bytes`` it shares with earlier backups).  None: not deduplicated.
+    new_bytes: int | None = None
 
     @property
     def size_bytes(self) -> int:
