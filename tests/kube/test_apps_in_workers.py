@@ -91,10 +91,8 @@ def workers_for(
     assert proc.returncode == 0, platform.output(name)
 
 
-def backed_up(
-    platform: Platform, kubelet: Kubelet, job: str, kind: str, app: str, backup_class: str
-) -> Backup:
-    """The tenant's BackupJob ``job`` of ``kind`` ``app``, run to Succeeded in a worker."""
+def backup_of(platform: Platform, job: str, kind: str, app: str, backup_class: str) -> BackupJob:
+    """The tenant's BackupJob ``job`` of ``kind`` ``app``, once finished."""
     platform.tenant_creates(
         {
             "apiVersion": f"{GROUP}/{VERSION}",
@@ -106,7 +104,15 @@ def backed_up(
             },
         }
     )
-    done = platform.finished(BackupJob, job, seconds=180)
+    done: BackupJob = platform.finished(BackupJob, job, seconds=180)
+    return done
+
+
+def backed_up(
+    platform: Platform, kubelet: Kubelet, job: str, kind: str, app: str, backup_class: str
+) -> Backup:
+    """:func:`backup_of`, run to Succeeded in a worker; its Backup."""
+    done = backup_of(platform, job, kind, app, backup_class)
     assert done.status.phase == "Succeeded", done.status.message
     worker = controller._worker_of(platform, kubelet, job)
     assert f"backup {ACME}/{job}: Completed" in worker.container().stdout
@@ -293,6 +299,15 @@ def test_a_mariadb_application_backed_up_and_restored_in_worker_jobs(
         assert _mariadb_fingerprint(server) != before
         restored(platform, "mdr1", "mdb1")
         assert _mariadb_fingerprint(server) == before
+        # An application that does not exist, and one whose Secret is missing: the same
+        # plain reason, naming neither the Secret nor the Service.
+        cozy.app("MariaDB", "nosecret", {"replicas": 1})
+        for app in ("gone", "nosecret"):
+            failed = backup_of(platform, f"mdb-{app}", "MariaDB", app, "mariadb")
+            assert failed.status.phase == "Failed"
+            assert failed.status.message == (
+                f"application MariaDB {app} does not exist in namespace {ACME}"
+            )
     tenant_reads_none_of(platform, helper.ADMIN_PASSWORD, helper.ADMIN_USER, "credentials")
 
 
