@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Iterator, Mapping
@@ -249,8 +250,6 @@ def _mariadb_fingerprint(server: Any) -> list[Any]:
 @pytest.fixture
 def mariadb_server() -> Iterator[Any]:
     """A real MariaDB on 127.0.0.1 (the driver's test helper), stopped by its PID."""
-    import shutil
-
     helper = _mariadb_server()
     template = helper.private_dir("cozy-kube-mariadb-template-")
     server = helper.MariaDBServer(helper.private_dir("cozy-kube-mariadb-"))
