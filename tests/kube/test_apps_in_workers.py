@@ -361,7 +361,8 @@ def test_clickhouse_native_mode_streams_server_side_to_s3_from_a_worker(
     """Native mode (``BACKUP ... TO S3`` by the engine itself) where the class opts in: a
     StorageLocation with ``serverSideAccess: true`` hands the worker an S3 prefix the
     engine writes to and reads back; chdb (the engine inside the worker) stands in for a
-    ClickHouse server, which runs the same statements.  In place and into a copy."""
+    ClickHouse server, which runs the same statements.  In place and into a copy; storage
+    that did not opt in refuses native mode."""
     from cozybackup_clickhouse.testing import ChdbApp, fingerprint, write_dataset
 
     s3 = platform.s3
@@ -422,6 +423,24 @@ def test_clickhouse_native_mode_streams_server_side_to_s3_from_a_worker(
         restored(platform, "chnr2", "chn1", {"kind": "ClickHouse", "name": "analytics-copy"})
         with copy.session() as run:
             assert fingerprint(run) == before
+        # A class that asks for native mode on storage that did not opt in: refused, and
+        # nothing is stored.
+        platform.host.objects.create(
+            load(
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "BackupClass",
+                    "metadata": {"name": "native-not-allowed"},
+                    "spec": {"storageRef": {"name": "platform-s3"}, "strategies": [strategy]},
+                }
+            )
+        )
+        refused = backup_of(platform, "chn2", "ClickHouse", "analytics", "native-not-allowed")
+        assert refused.status.phase == "Failed"
+        assert "which the platform's storage for this class does not allow" in (
+            refused.status.message or ""
+        )
+        assert platform.host.objects.get(Backup, ACME, "chn2") is None
     tenant_reads_none_of(platform, str(tmp_path), "native-s3", "hidden-native-prefix")
 
 
