@@ -8,8 +8,9 @@ Layout (big-endian)::
 
 Extents the image reports as reading zero (holes, zero clusters) are never read; data
 extents are read in whole blocks and any block that is all zeros is dropped too, so the
+records are cut only at runs of zeros and at multiples of 4 MiB (``canonical``), so the
 stream is canonical: the same guest content gives the same records whatever the image
-format, cluster size or allocation.  The content digest is sha256 over
+format, cluster size or allocation, or whether it was read through NBD or front to back.  The content digest is sha256 over
 ``(u64 offset, block)`` of every non-zero block; a restore recomputes it from the image it
 wrote, through the same reader.
 """
@@ -134,11 +135,37 @@ def write_stream(client: NBDClient, out: IO[bytes], tick: Callable[[], None]) ->
     return write_runs(out, client.size, nonzero_runs(client, tick))
 
 
+def canonical(runs: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+    """``runs`` (increasing) as records: every maximal run of consecutive non-zero blocks,
+    cut at each multiple of 4 MiB, whatever pieces the reader found them in (NBD extents,
+    4 MiB reads of a body), so one content gives one stream."""
+    start, pending = 0, bytearray()
+    for offset, data in runs:
+        if pending and offset != start + len(pending):
+            yield start, bytes(pending)
+            pending.clear()
+        if not pending:
+            start = offset
+        pending += data
+        while (start + len(pending)) // MAX_REQUEST > start // MAX_REQUEST:
+            cut = (start // MAX_REQUEST + 1) * MAX_REQUEST - start
+            if cut == len(pending):
+                break
+            yield start, bytes(pending[:cut])
+            del pending[:cut]
+            start += cut
+        if start + len(pending) == (start // MAX_REQUEST + 1) * MAX_REQUEST:
+            yield start, bytes(pending)
+            pending.clear()
+    if pending:
+        yield start, bytes(pending)
+
+
 def write_runs(out: IO[bytes], size: int, runs: Iterable[tuple[int, bytes]]) -> Summary:
     """Write a disk of ``size`` bytes whose non-zero content is ``runs`` to ``out``."""
     out.write(_HEADER.pack(MAGIC, VERSION, size, BLOCK))
     digest = Digest()
-    for offset, data in runs:
+    for offset, data in canonical(runs):
         out.write(_RECORD.pack(b"D", offset, len(data)))
         out.write(data)
         digest.add(offset, data)
