@@ -396,7 +396,9 @@ def test_a_vminstance_with_two_disks_backed_up_and_restored(
 def test_a_running_vm_without_guest_agent_is_refused_and_nothing_is_left(
     vms: tuple[Platform, StandIn], kubelet: Kubelet
 ) -> None:
-    """``consistency: auto`` (the default) refuses a crash-consistent snapshot."""
+    """``consistency: auto`` (the default) refuses a crash-consistent snapshot.  A VMDisk
+    no VM mounts is exported as its PVC (no snapshot); its restore is refused before
+    anything is made (there is no VM to swap it into)."""
     platform, standin = vms
     _disk(platform, standin, "bare", 8 * MiB, seed=7)
     _vm(platform, "noagent", ["bare"], agent=False)
@@ -410,6 +412,21 @@ def test_a_running_vm_without_guest_agent_is_refused_and_nothing_is_left(
         assert platform.host.objects.get(Backup, ACME, "vmb4") is None
         until("the snapshot to be deleted", lambda: not _left_over(platform, "snapshot.kubevirt.io", "v1beta1", "virtualmachinesnapshots"))  # fmt: skip
         assert not _left_over(platform, "export.kubevirt.io", "v1", "virtualmachineexports")
+
+        snapshots = set(standin.seen["VirtualMachineSnapshot"])
+        spare = _disk(platform, standin, "spare", 8 * MiB, seed=8)
+        job = _backup(platform, "vmb5", "VMDisk", "spare")
+        assert job.status.phase == "Succeeded", job.status.message
+        assert standin.seen["VirtualMachineSnapshot"] == snapshots
+        backup = platform.host.objects.get(Backup, ACME, "vmb5")
+        assert backup is not None and backup.status.underlying_resources is not None
+        assert backup.status.underlying_resources["consistency"] == "offline"
+        volumes = set(_left_over(platform, "cdi.kubevirt.io", "v1beta1", "datavolumes"))
+        restored = _restore(platform, "vmr5", "vmb5")
+        assert restored.status.phase == "Failed"
+        assert "attached to no virtual machine" in restored.status.message
+        assert set(_left_over(platform, "cdi.kubevirt.io", "v1beta1", "datavolumes")) == volumes
+        assert standin.disk(ACME, "vm-disk-spare").read_bytes() == spare
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)

@@ -198,6 +198,7 @@ def _refused(call: str, *, missing_ok: bool = False) -> Iterator[list[Any]]:
     from kubernetes.config.config_exception import (  # type: ignore[import-untyped, import-not-found, unused-ignore]
         ConfigException,
     )
+    from urllib3.exceptions import HTTPError
 
     found: list[Any] = []
     try:
@@ -213,7 +214,7 @@ def _refused(call: str, *, missing_ok: bool = False) -> Iterator[list[Any]]:
             "platform operator",
             admin_detail=f"{call}: HTTP {exc.status} {why}: {str(exc.body)[:300]}",
         ) from None
-    except (ConfigException, OSError) as exc:
+    except (ConfigException, OSError, HTTPError) as exc:
         raise DriverError(
             "the platform could not reach the Kubernetes API; ask the platform operator",
             admin_detail=f"{call}: {exc!r}",

@@ -72,8 +72,7 @@ def _restore(m: KubeMachine, cluster: Cluster, ctx: RestoreContext[KubeVirtParam
                 _verify(cluster, d, new, summary)
             assert d.volume is not None
             swaps[d.volume] = new
-        _swap(m, cluster, swaps, ctx)
-        made.clear()  # in the VM now
+        _swap(m, cluster, swaps, made, ctx)
     finally:
         for new in made:
             cluster.delete(DATA_VOLUME, new)
@@ -156,20 +155,24 @@ def _swap(
     m: KubeMachine,
     cluster: Cluster,
     swaps: Mapping[str, str],
+    made: list[str],
     ctx: RestoreContext[KubeVirtParameters],
 ) -> None:
+    """Stop, point the volumes at ``swaps``, start; ``made`` (the DataVolumes a failure
+    deletes) is emptied as soon as the VM names them."""
     name = m.vm_name
     assert name is not None and m.vm is not None
     vm = cluster.get(VM, name) or m.vm
     running = cluster.get(VMI, name) is not None
     stop, start = _run_patches(vm)
-    if running:
-        ctx.progress.stage("stopping the virtual machine")
-        cluster.patch(VM, name, stop)
-        cluster.wait("stopping the virtual machine", VMI, name, lambda _: False, gone_ok=True)
     try:
+        if running:
+            ctx.progress.stage("stopping the virtual machine")
+            cluster.patch(VM, name, stop)
+            cluster.wait("stopping the virtual machine", VMI, name, lambda _: False, gone_ok=True)
         ctx.progress.stage("swapping in the restored disks")
         cluster.patch(VM, name, _volume_patch(vm, swaps))
+        made.clear()
     finally:
         if running:
             ctx.progress.stage("starting the virtual machine")
