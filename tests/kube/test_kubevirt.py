@@ -45,7 +45,6 @@ from .test_controller import (
     status_of,
     until,
 )
-from support.manifests import hidden_s3_platform
 
 pytestmark = [pytest.mark.kube, pytest.mark.s3]
 require_servers()
@@ -74,8 +73,8 @@ def _tolerate_conflict(call: Any, *args: Any) -> None:
 def vms(
     kube_cluster: KubeCluster, s3: S3ServerInfo, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Platform, StandIn]]:
-    """The bundle, the tenants and the platform's S3 (as test_controller.py sets them up,
-    kept if it did already), Cozystack's VM kinds, the KubeVirt/CDI stand-in, a class
+    """The bundle and the tenants (as test_controller.py sets them up, kept if it did
+    already), S3 storage of this module's own, Cozystack's VM kinds, the KubeVirt/CDI stand-in, a class
     ``vms`` for both kinds, and conventions pointing the driver at the stand-in's upload
     proxy."""
     assert OPENAPI is not None
@@ -109,10 +108,17 @@ def vms(
         "the CRDs to be served", lambda: status_of(lambda: plat.host.objects.list(BackupJob)) == 200
     )
     until("the VM kinds to be served", lambda: status_of(lambda: plat.alice.list_namespaced_custom_object("apps.cozystack.io", "v1alpha1", ACME, "vmdisks")) in (200, 403))  # fmt: skip
-    creds = {"metadata": {"name": "s3-creds"}, "stringData": {"accessKeyId": s3.access_key, "secretAccessKey": s3.secret_key}}  # fmt: skip
-    _tolerate_conflict(core.create_namespaced_secret, PLATFORM, creds)
-    for doc in yaml.safe_load_all(hidden_s3_platform(s3)):
-        _tolerate_conflict(plat.host.objects.create, load(doc))
+    # This module's own S3 server, so its own StorageLocation and Secret (another module's
+    # platform-s3 names that module's server, stopped by now).
+    creds = {"metadata": {"name": "vms-s3-creds"}, "stringData": {"accessKeyId": s3.access_key, "secretAccessKey": s3.secret_key}}  # fmt: skip
+    core.create_namespaced_secret(PLATFORM, creds)
+    storage = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "StorageLocation",
+        "metadata": {"name": "vms-s3"},
+        "spec": {"provider": "S3", "endpoint": s3.endpoint_url, "bucket": "hidden-bucket-name", "prefix": "hidden/vms", "credentialsSecretRef": {"name": "vms-s3-creds"}},
+    }  # fmt: skip
+    plat.host.objects.create(load(storage))
     plat.host.objects.create(
         load(
             {
@@ -120,7 +126,7 @@ def vms(
                 "kind": "BackupClass",
                 "metadata": {"name": "vms"},
                 "spec": {
-                    "storageRef": {"name": "platform-s3"},
+                    "storageRef": {"name": "vms-s3"},
                     "strategies": [
                         {
                             "application": {"apiGroup": "apps.cozystack.io", "kind": kind},
@@ -284,7 +290,7 @@ def _restore(platform: Platform, name: str, backup: str) -> Any:
 
 def _no_storage_seen_by_tenant(platform: Platform) -> None:
     seen = json.dumps([platform.alice.list_namespaced_custom_object(GROUP, VERSION, ACME, p) for p in ("backupjobs", "restorejobs", "backups")])  # fmt: skip
-    for secret in (platform.s3.endpoint_url, platform.s3.secret_key, "hidden-bucket-name", "s3-creds", "127.0.0.1"):  # fmt: skip
+    for secret in (platform.s3.endpoint_url, platform.s3.secret_key, "hidden-bucket-name", "hidden/vms", "vms-s3", "127.0.0.1"):  # fmt: skip
         assert secret not in seen, secret
 
 
