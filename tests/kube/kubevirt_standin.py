@@ -24,7 +24,8 @@ OpenAPI documents (``../shared/kubevirt-openapi/``, read at test time, never cop
   header ``x-kubevirt-export-token``; the CA in ``status.links.internal.cert``.
 * **DataVolume** ``source.upload`` → ``UploadReady``; **UploadTokenRequest** → a token in
   its status; ``POST /v1beta1/upload`` with ``Authorization: Bearer <token>`` (chunked or
-  not, raw or gzip) writes the image, sparse, and the DataVolume becomes ``Succeeded``.
+  not, raw or gzip) writes the image, sparse, and the DataVolume becomes ``Succeeded``
+  (``corrupt_uploads`` flips a byte of it first, as failing storage would).
   Any other DataVolume is ``Succeeded`` at once (its image is the test's file).
 """
 
@@ -176,6 +177,8 @@ class StandIn:
         self._exports: dict[str, tuple[str, dict[str, Path]]] = {}  # path prefix -> token, files
         self._uploads: dict[str, tuple[str, str]] = {}  # token -> namespace, claim
         self._validated: set[tuple[str, str, str]] = set()
+        #: Flip one byte of every image uploaded from now on (storage that corrupts data).
+        self.corrupt_uploads = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         (root / "pki").mkdir(parents=True)
@@ -433,6 +436,12 @@ class StandIn:
         if (dv.get("status") or {}).get("phase") != "UploadReady":
             return 400
         _write_sparse(self.disk(ns, claim), _gunzipped(body))
+        if self.corrupt_uploads:
+            with self.disk(ns, claim).open("r+b") as f:
+                f.seek(12345)
+                flipped = f.read(1)[0] ^ 0xFF
+                f.seek(12345)
+                f.write(bytes([flipped]))
         self._status(
             "DataVolume", dv, {"phase": "Succeeded", "claimName": claim, "progress": "100.0%"}
         )

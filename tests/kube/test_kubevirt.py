@@ -439,6 +439,41 @@ def test_a_running_vm_without_guest_agent_is_refused_and_nothing_is_left(
     assert proc.returncode == 0, platform.output("noagent")
 
 
+@pytest.mark.timeout(300)
+def test_an_upload_that_reads_back_otherwise_changes_nothing(
+    vms: tuple[Platform, StandIn], kubelet: Kubelet
+) -> None:
+    """Storage that flips a byte of the uploaded image: the restore's read-back catches it,
+    the new DataVolume is deleted, the VM keeps running on its disk, untouched."""
+    platform, standin = vms
+    _disk(platform, standin, "cache", 8 * MiB, seed=9)
+    _vm(platform, "cache", ["cache"])
+    until("the VM to run", lambda: any(b[0] == "vm-instance-cache" for b in standin.boots))
+    proc = platform.controller("corrupt", *_with_workers(platform))
+    try:
+        platform.says("corrupt", "leading")
+        job = _backup(platform, "vmb6", "VMInstance", "cache")
+        assert job.status.phase == "Succeeded", job.status.message
+        _scribble(standin.disk(ACME, "vm-disk-cache"), seed=10)
+        now = standin.disk(ACME, "vm-disk-cache").read_bytes()
+        boots, volumes = len(standin.boots), set(_left_over(platform, "cdi.kubevirt.io", "v1beta1", "datavolumes"))  # fmt: skip
+        standin.corrupt_uploads = True
+        try:
+            restored = _restore(platform, "vmr6", "vmb6")
+        finally:
+            standin.corrupt_uploads = False
+        assert restored.status.phase == "Failed"
+        assert "does not read back as the backup's content" in restored.status.message
+        assert _claims(_get_vm(platform, "cache")) == {"disk-cache": "vm-disk-cache"}
+        assert standin.disk(ACME, "vm-disk-cache").read_bytes() == now
+        assert len(standin.boots) == boots
+        until("the new DataVolume to be deleted", lambda: set(_left_over(platform, "cdi.kubevirt.io", "v1beta1", "datavolumes")) == volumes)  # fmt: skip
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, platform.output("corrupt")
+
+
 def test_the_standin_refuses_what_the_published_schemas_refuse() -> None:
     """The validation every object goes through is live: a misspelled field, a wrong type
     and a missing required field of the driver's kinds are each refused."""
