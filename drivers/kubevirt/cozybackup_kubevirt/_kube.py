@@ -42,6 +42,9 @@ SNAPSHOT = Kind(
     "snapshot.kubevirt.io", "v1beta1", "virtualmachinesnapshots", "VirtualMachineSnapshot"
 )
 EXPORT = Kind("export.kubevirt.io", "v1", "virtualmachineexports", "VirtualMachineExport")
+#: Versions of export.kubevirt.io this driver speaks (v1beta1: KubeVirt before v1 was
+#: served; the fields it uses are the same), the newest first.
+EXPORT_VERSIONS = ("v1", "v1beta1")
 DATA_VOLUME = Kind("cdi.kubevirt.io", "v1beta1", "datavolumes", "DataVolume")
 UPLOAD_TOKEN = Kind(
     "upload.cdi.kubevirt.io", "v1beta1", "uploadtokenrequests", "UploadTokenRequest"
@@ -147,6 +150,24 @@ class Cluster:
         with _refused(f"read ConfigMap {namespace}/{name}", missing_ok=True) as found:
             found.append(self._core.read_namespaced_config_map(name, namespace, **self._timeout()))
         return dict(found[0].data or {}) if found else None
+
+    def served(self, kind: Kind, versions: tuple[str, ...]) -> Kind:
+        """``kind`` in the first of ``versions`` the cluster serves (API discovery, which
+        every authenticated user may read)."""
+        from kubernetes import client  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+        with _refused("discover the API groups"):
+            groups = client.ApisApi(self._api).get_api_versions(**self._timeout()).groups
+        served = {v.version for g in groups or () if g.name == kind.group for v in g.versions}
+        for version in versions:
+            if version in served:
+                return attrs.evolve(kind, version=version)
+        raise DriverError(
+            "this cluster does not offer what backing up virtual machines needs; ask the "
+            "platform operator",
+            admin_detail=f"{kind.group} serves {sorted(served)}, not any of {list(versions)} "
+            "(KubeVirt's VMExport feature gate?)",
+        )
 
     def wait(
         self,

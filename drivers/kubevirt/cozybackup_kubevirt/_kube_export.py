@@ -14,7 +14,7 @@ import attrs
 from cozybackup_core import DriverError
 
 from . import _https
-from ._kube import EXPORT, Cluster
+from ._kube import EXPORT, EXPORT_VERSIONS, Cluster
 from ._stream import StreamInvalid, sequential_runs
 
 T = TypeVar("T")
@@ -72,18 +72,19 @@ class Export:
 @contextlib.contextmanager
 def exported(cluster: Cluster, source: Mapping[str, str], what: str) -> Iterator[Export]:
     """Export ``source`` (a PVC or a VirtualMachineSnapshot) until the block ends."""
+    kind = cluster.served(EXPORT, EXPORT_VERSIONS)
     name = object_name("export")
     token = secrets.token_urlsafe(32)
     ttl = max(60, int(cluster.deadline.remaining()) + 60)
     made = cluster.create(
-        EXPORT,
+        kind,
         name,
         {"source": dict(source), "tokenSecretRef": f"{name}-token", "ttlDuration": f"{ttl}s"},
         labels=LABELS,
     )
     try:
         cluster.create_secret(f"{name}-token", {"token": token}, owner=made)
-        ready = cluster.wait(what, EXPORT, name, _ready, _failed)
+        ready = cluster.wait(what, kind, name, _ready, _failed)
         assert ready is not None
         link = ready["status"]["links"]["internal"]
         raw = {
@@ -94,7 +95,7 @@ def exported(cluster: Cluster, source: Mapping[str, str], what: str) -> Iterator
         }
         yield Export(name=name, token=token, cert=link.get("cert") or None, raw=raw)
     finally:
-        cluster.delete(EXPORT, name)
+        cluster.delete(kind, name)
 
 
 def _ready(obj: Mapping[str, Any]) -> bool:
