@@ -402,7 +402,8 @@ def test_a_vminstance_with_two_disks_backed_up_and_restored(
 def test_a_running_vm_without_guest_agent_is_refused_and_nothing_is_left(
     vms: tuple[Platform, StandIn], kubelet: Kubelet
 ) -> None:
-    """``consistency: auto`` (the default) refuses a crash-consistent snapshot.  A VMDisk
+    """``consistency: auto`` (the default) refuses a crash-consistent snapshot; ``crash``
+    takes it, with a warning on the Backup.  A VMDisk
     no VM mounts is exported as its PVC (no snapshot); its restore is refused before
     anything is made (there is no VM to swap it into)."""
     platform, standin = vms
@@ -418,6 +419,26 @@ def test_a_running_vm_without_guest_agent_is_refused_and_nothing_is_left(
         assert platform.host.objects.get(Backup, ACME, "vmb4") is None
         until("the snapshot to be deleted", lambda: not _left_over(platform, "snapshot.kubevirt.io", "v1beta1", "virtualmachinesnapshots"))  # fmt: skip
         assert not _left_over(platform, "export.kubevirt.io", "v1", "virtualmachineexports")
+
+        # A class that accepts crash-consistent copies backs it up, and says so.
+        crash = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "BackupClass",
+            "metadata": {"name": "vms-crash"},
+            "spec": {
+                "storageRef": {"name": "vms-s3"},
+                "strategies": [{"application": {"apiGroup": "apps.cozystack.io", "kind": "VMInstance"}, "strategyRef": {"kind": "KubeVirt", "name": "vms"}, "parameters": {"consistency": "crash"}}],
+            },
+        }  # fmt: skip
+        platform.host.objects.create(load(crash))
+        ref = {"apiGroup": "apps.cozystack.io", "kind": "VMInstance", "name": "noagent"}
+        job = _run(platform, "BackupJob", "vmb7", {"applicationRef": ref, "backupClassName": "vms-crash"})  # fmt: skip
+        assert job.status.phase == "Succeeded", job.status.message
+        backup = platform.host.objects.get(Backup, ACME, "vmb7")
+        assert backup is not None and backup.status.underlying_resources is not None
+        assert backup.status.underlying_resources["consistency"] == "crash"
+        [warning] = backup.status.underlying_resources["warnings"]
+        assert warning["reason"] == "CrashConsistent" and "no guest agent" in warning["message"]
 
         snapshots = set(standin.seen["VirtualMachineSnapshot"])
         spare = _disk(platform, standin, "spare", 8 * MiB, seed=8)
