@@ -343,6 +343,9 @@ def test_a_vmdisk_backed_up_by_snapshot_and_export_restored_by_upload(
         assert "vm-disk-root" in _left_over(platform, "cdi.kubevirt.io", "v1beta1", "datavolumes")
         until("exports to be deleted", lambda: not _left_over(platform, "export.kubevirt.io", "v1", "virtualmachineexports"))  # fmt: skip
         _no_storage_seen_by_tenant(platform)
+        # The exports' token Secrets went with them (owned by them: the garbage collector).
+        core = client.CoreV1Api(platform.cluster.admin)
+        until("the token Secrets to be collected", lambda: not [s for s in core.list_namespaced_secret(ACME).items if s.metadata.name.startswith("cozybackup-export-")])  # fmt: skip
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
