@@ -25,10 +25,20 @@ from kubernetes.client.exceptions import (  # type: ignore[import-untyped, impor
     ApiException,
 )
 
-from cozybackup_core import Backup, BackupJob, ConflictError, RestoreJob, load
+from cozybackup_core import (
+    ApplicationRef,
+    Backup,
+    BackupJob,
+    ConflictError,
+    NotFoundError,
+    RestoreJob,
+    load,
+)
+from cozybackup_core.hosts.kube import KubeHost
 from cozybackup_core.testing import S3ServerInfo, shared_reference
 
 from .cluster import KubeCluster
+from .conftest import COZYSTACK_APPS
 from .kubelet import Kubelet
 from .kubevirt_standin import StandIn, load_kinds
 from .servers import require_servers
@@ -56,8 +66,8 @@ if OPENAPI is None:
     )
 
 MiB = 1 << 20
-#: Cozystack's VM kinds, as CRD stand-ins for its aggregated API (see conftest.py).
-VM_APPS = {"VMDisk": "vmdisks", "VMInstance": "vminstances"}
+#: Cozystack's VM kinds (served by conftest.py's ``cozystack_apps``).
+VM_APPS = {kind: COZYSTACK_APPS[kind] for kind in ("VMDisk", "VMInstance")}
 
 
 def _tolerate_conflict(call: Any, *args: Any) -> None:
@@ -71,7 +81,10 @@ def _tolerate_conflict(call: Any, *args: Any) -> None:
 
 @pytest.fixture(scope="module")
 def vms(
-    kube_cluster: KubeCluster, s3: S3ServerInfo, tmp_path_factory: pytest.TempPathFactory
+    kube_cluster: KubeCluster,
+    cozystack_apps: None,
+    s3: S3ServerInfo,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[Platform, StandIn]]:
     """The bundle and the tenants (as test_controller.py sets them up, kept if it did
     already), S3 storage of this module's own, Cozystack's VM kinds, the KubeVirt/CDI stand-in, a class
@@ -90,24 +103,10 @@ def vms(
                 "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": ns}],
             }  # fmt: skip
             _tolerate_conflict(rbac.create_namespaced_role_binding, ns, binding)
-    ext = client.ApiextensionsV1Api(admin)
-    for kind, plural in VM_APPS.items():
-        schema = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-        crd = {
-            "metadata": {"name": f"{plural}.apps.cozystack.io"},
-            "spec": {
-                "group": "apps.cozystack.io",
-                "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
-                "scope": "Namespaced",
-                "versions": [{"name": "v1alpha1", "served": True, "storage": True, "schema": {"openAPIV3Schema": schema}}],
-            },
-        }  # fmt: skip
-        _tolerate_conflict(ext.create_custom_resource_definition, crd)
     plat = Platform(kube_cluster, s3, tmp_path_factory.mktemp("kubevirt"))
     until(
         "the CRDs to be served", lambda: status_of(lambda: plat.host.objects.list(BackupJob)) == 200
     )
-    until("the VM kinds to be served", lambda: status_of(lambda: plat.alice.list_namespaced_custom_object("apps.cozystack.io", "v1alpha1", ACME, "vmdisks")) in (200, 403))  # fmt: skip
     # This module's own S3 server, so its own StorageLocation and Secret (another module's
     # platform-s3 names that module's server, stopped by now).
     creds = {"metadata": {"name": "vms-s3-creds"}, "stringData": {"accessKeyId": s3.access_key, "secretAccessKey": s3.secret_key}}  # fmt: skip
@@ -513,3 +512,25 @@ def test_the_standin_refuses_what_the_published_schemas_refuse() -> None:
     assert errors("VirtualMachineExport", {**export, "spec": {"source": source, "tokenSecretRefs": "t"}})  # fmt: skip
     assert errors("VirtualMachineExport", {**export, "spec": {"tokenSecretRef": "t"}})
     assert errors("DataVolume", {"metadata": {"name": "d"}, "spec": {"source": {"upload": {}}, "contentType": 3}})  # fmt: skip
+
+
+def test_the_drivers_locators_find_cozystacks_vm_objects(
+    kube_cluster: KubeCluster, cozystack_apps: None, namespace: str
+) -> None:
+    """The installed driver's own locators (no conventions file): Cozystack's chart
+    names, the live application read first; a missing one "does not exist"."""
+    from cozybackup_kubevirt import KubeVirtDriver
+
+    locators = {("apps.cozystack.io", kind): loc for kind, loc in KubeVirtDriver.locators.items()}
+    host = KubeHost(kube_cluster.admin, PLATFORM, conventions=locators)
+    custom = client.CustomObjectsApi(kube_cluster.admin)
+    for kind, name in (("VMDisk", "root"), ("VMInstance", "web")):
+        ref = ApplicationRef(api_group="apps.cozystack.io", kind=kind, name=name)
+        with pytest.raises(NotFoundError, match=f"application {kind} {name} does not exist"):
+            host.locate(namespace, ref)
+        body = {"apiVersion": "apps.cozystack.io/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": {}}  # fmt: skip
+        custom.create_namespaced_custom_object("apps.cozystack.io", "v1alpha1", namespace, COZYSTACK_APPS[kind], body)  # fmt: skip
+    disk = host.locate(namespace, ApplicationRef(api_group="apps.cozystack.io", kind="VMDisk", name="root"))  # fmt: skip
+    assert dict(disk.connection) == {"dataVolume": "vm-disk-root", "volume": "disk-root"}
+    vm = host.locate(namespace, ApplicationRef(api_group="apps.cozystack.io", kind="VMInstance", name="web"))  # fmt: skip
+    assert dict(vm.connection) == {"virtualMachine": "vm-instance-web"}
