@@ -179,6 +179,8 @@ class StandIn:
         self._validated: set[tuple[str, str, str]] = set()
         #: Flip one byte of every image uploaded from now on (storage that corrupts data).
         self.corrupt_uploads = False
+        #: VMs that do not stop when asked (a guest that ignores the shutdown).
+        self.stuck: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         (root / "pki").mkdir(parents=True)
@@ -280,7 +282,7 @@ class StandIn:
             run = spec.get("running", spec.get("runStrategy", "Always") == "Always")
             if run and name not in vmis:
                 self._start(ns, vm)
-            elif not run and name in vmis:
+            elif not run and name in vmis and name not in self.stuck:
                 self._delete("VirtualMachineInstance", ns, name)
         for dv in self._list("DataVolume", ns):
             if not dv.get("status"):

@@ -497,6 +497,38 @@ def test_an_upload_that_reads_back_otherwise_changes_nothing(
     assert proc.returncode == 0, platform.output("corrupt")
 
 
+@pytest.mark.timeout(300)
+def test_a_vm_that_does_not_stop_is_started_again_and_nothing_is_swapped(
+    vms: tuple[Platform, StandIn], kubelet: Kubelet
+) -> None:
+    """The restore's deadline passes while it waits for the VM to stop: the VM is asked to
+    run again (its run strategy put back, past the deadline), its volumes are untouched
+    and the new DataVolume is deleted."""
+    platform, standin = vms
+    _disk(platform, standin, "stuck", 8 * MiB, seed=11)
+    _vm(platform, "stuck", ["stuck"])
+    until("the VM to run", lambda: any(b[0] == "vm-instance-stuck" for b in standin.boots))
+    proc = platform.controller("stuck", *_with_workers(platform))
+    try:
+        platform.says("stuck", "leading")
+        job = _backup(platform, "vmb8", "VMInstance", "stuck")
+        assert job.status.phase == "Succeeded", job.status.message
+        volumes = set(_left_over(platform, "cdi.kubevirt.io", "v1beta1", "datavolumes"))
+        standin.stuck.add("vm-instance-stuck")
+        body = {"backupRef": {"name": "vmb8"}, "options": {"restoreTimeoutSeconds": 20}}
+        restored = _run(platform, "RestoreJob", "vmr8", body)
+        assert restored.status.phase == "Failed"
+        vm = _get_vm(platform, "stuck")
+        assert vm["spec"]["runStrategy"] == "Always"
+        assert _claims(vm) == {"disk-stuck": "vm-disk-stuck"}
+        until("the new DataVolume to be deleted", lambda: set(_left_over(platform, "cdi.kubevirt.io", "v1beta1", "datavolumes")) == volumes)  # fmt: skip
+    finally:
+        standin.stuck.discard("vm-instance-stuck")
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, platform.output("stuck")
+
+
 def test_the_standin_refuses_what_the_published_schemas_refuse() -> None:
     """The validation every object goes through is live: a misspelled field, a wrong type
     and a missing required field of the driver's kinds are each refused."""

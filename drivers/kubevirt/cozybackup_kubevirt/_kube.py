@@ -102,6 +102,7 @@ class Cluster:
         return made
 
     def delete(self, kind: Kind, name: str) -> None:
+        """Cleanup: runs past the job's deadline too."""
         with _refused(f"delete {kind.kind} {name}", missing_ok=True):
             self._custom.delete_namespaced_custom_object(
                 kind.group,
@@ -110,11 +111,14 @@ class Cluster:
                 kind.plural,
                 name,
                 propagation_policy="Background",
-                **self._timeout(),
+                **self._timeout(cleanup=True),
             )
 
-    def patch(self, kind: Kind, name: str, ops: list[dict[str, Any]]) -> None:
-        """A JSON patch (``test`` operations make it conditional)."""
+    def patch(
+        self, kind: Kind, name: str, ops: list[dict[str, Any]], *, cleanup: bool = False
+    ) -> None:
+        """A JSON patch (``test`` operations make it conditional); ``cleanup`` (a VM
+        started again) runs past the job's deadline too."""
         with _refused(f"patch {kind.kind} {name}"):
             self._custom.patch_namespaced_custom_object(
                 kind.group,
@@ -124,7 +128,7 @@ class Cluster:
                 name,
                 ops,
                 _content_type="application/json-patch+json",
-                **self._timeout(),
+                **self._timeout(cleanup=cleanup),
             )
 
     def create_secret(self, name: str, data: Mapping[str, str], owner: Mapping[str, Any]) -> None:
@@ -206,8 +210,9 @@ class Cluster:
                 )
             time.sleep(POLL_SECONDS)
 
-    def _timeout(self) -> dict[str, Any]:
-        self.deadline.check()
+    def _timeout(self, *, cleanup: bool = False) -> dict[str, Any]:
+        if not cleanup:
+            self.deadline.check()
         return {"_request_timeout": _TIMEOUT}
 
 

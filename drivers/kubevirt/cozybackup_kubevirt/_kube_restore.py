@@ -16,7 +16,7 @@ import secrets
 from collections.abc import Mapping
 from typing import IO, Any
 
-from cozybackup_core import DriverError, RestoreContext
+from cozybackup_core import DeadlineExceeded, DriverError, RestoreContext
 
 from . import _https
 from ._kube import DATA_VOLUME, UPLOAD_TOKEN, VM, VMI, Cluster
@@ -76,11 +76,15 @@ def _restore(m: KubeMachine, cluster: Cluster, ctx: RestoreContext[KubeVirtParam
     finally:
         for new in made:
             cluster.delete(DATA_VOLUME, new)
+    # The restore is done; a DataVolume of an earlier restore left behind is only logged.
     for d in m.disks:
         if d.volume in swaps and _RESTORED.search(d.claim):
-            old = cluster.get(DATA_VOLUME, d.claim)
-            if old is not None and _ours(old):
-                cluster.delete(DATA_VOLUME, d.claim)
+            try:
+                old = cluster.get(DATA_VOLUME, d.claim)
+                if old is not None and _ours(old):
+                    cluster.delete(DATA_VOLUME, d.claim)
+            except (DriverError, DeadlineExceeded) as exc:
+                ctx.log.warning("%s: DataVolume %s not deleted: %s", m.ref, d.claim, exc)
 
 
 def _upload(
@@ -176,7 +180,7 @@ def _swap(
     finally:
         if running:
             ctx.progress.stage("starting the virtual machine")
-            cluster.patch(VM, name, start)
+            cluster.patch(VM, name, start, cleanup=True)
 
 
 def _run_patches(vm: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
