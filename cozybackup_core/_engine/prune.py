@@ -7,12 +7,15 @@ import logging
 
 import attrs
 
+from .._api.errors import CozyError
 from .._api.types import (
     ANNOTATION_PINNED,
     Backup,
 )
+from .._api.units import human_bytes
 from .._catalog.catalog import Catalog
 from .._policy.retention import Candidate, decide
+from .._storage.repo.gc import Collected
 from .deletion import delete_backup, finish_deletions
 from .services import Services
 
@@ -90,4 +93,32 @@ def prune(svc: Services, dry_run: bool = False) -> list[PruneAction]:
         for note in finish_deletions(svc):
             if "not finished" in note or "failed" in note:
                 log.warning("%s", note)
+        collect_garbage(svc)
     return actions
+
+
+def collect_garbage(svc: Services) -> dict[str, Collected]:
+    """Collect the chunks no committed backup references, in every deduplicating
+    repository of every location (``_storage/repo/gc.py``): after the deletions, so what
+    they released goes in the same pass.  By ``<location>/<namespace>/<plain|sealed>``."""
+    out: dict[str, Collected] = {}
+    for name, loc in sorted(svc.catalog().storages.items()):
+        try:
+            done = svc.store_for(loc).collect_garbage()
+        except CozyError as exc:
+            log.warning("storage %s not collected: %s (%s)", name, exc, exc.admin_detail)
+            continue
+        for repo, what in done.items():
+            out[f"{name}/{repo}"] = what
+            if what.deleted_packs or what.rewritten_packs:
+                log.info(
+                    "collected %s/%s: %d pack(s) deleted, %d rewritten, %s freed",
+                    name,
+                    repo,
+                    what.deleted_packs,
+                    what.rewritten_packs,
+                    human_bytes(what.freed_bytes),
+                )
+            if what.waiting:
+                log.info("collection of %s/%s waits for %d backup(s)", name, repo, what.waiting)
+    return out

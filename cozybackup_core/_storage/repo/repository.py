@@ -96,6 +96,7 @@ class Repository:
         self.sealed = sealed
         self._id_key = key.id_key
         self._aead = AESGCM(key.seal_key) if sealed else None
+        self._moved: dict[str, dict[str, ChunkRef]] = {}
 
     # ------------------------------------------------------------------ names
 
@@ -153,10 +154,14 @@ class Repository:
         try:
             blob = self.bucket.read_range(self.pack_path(ref.pack), ref.offset, ref.length)
         except FileNotFoundError:
-            raise ArtifactCorruptError(
-                "the backup's data is missing from storage",
-                admin_detail=f"pack {ref.pack} is missing",
-            ) from None
+            moved = self.moved(ref.pack).get(ref.id)
+            if moved is None or moved.pack == ref.pack:
+                raise ArtifactCorruptError(
+                    "the backup's data is missing from storage",
+                    admin_detail=f"pack {ref.pack} is missing",
+                ) from None
+            # Garbage collection rewrote the pack: the chunk is where its forward says.
+            return self.read_chunk(moved)
         if len(blob) != ref.length:
             raise ArtifactCorruptError(
                 "the backup's data in storage is truncated",
@@ -166,16 +171,16 @@ class Repository:
 
     # ------------------------------------------------------------------ indexes
 
-    def _seal_doc(self, pack: str, doc: bytes) -> bytes:
+    def _seal_doc(self, pack: str, doc: bytes, what: bytes = b"index\0") -> bytes:
         if self._aead is None:
             return doc
         nonce = os.urandom(_NONCE)
-        return nonce + self._aead.encrypt(nonce, doc, b"index\0" + pack.encode())
+        return nonce + self._aead.encrypt(nonce, doc, what + pack.encode())
 
-    def _open_doc(self, pack: str, data: bytes) -> bytes:
+    def _open_doc(self, pack: str, data: bytes, what: bytes = b"index\0") -> bytes:
         if self._aead is None:
             return data
-        return self._aead.decrypt(data[:_NONCE], data[_NONCE:], b"index\0" + pack.encode())
+        return self._aead.decrypt(data[:_NONCE], data[_NONCE:], what + pack.encode())
 
     def write_index(self, pack: str, refs: list[ChunkRef]) -> None:
         """Written only once the pack is stored: an indexed chunk is always readable."""
@@ -186,35 +191,150 @@ class Repository:
         path = self.index_path(pack)
         self.bucket.put_atomic(path, self._seal_doc(pack, json.dumps(doc).encode()))
 
-    def known(self) -> dict[str, ChunkRef]:
-        """Every indexed chunk of the repository, for deduplication.  An unreadable index
-        only loses deduplication against its pack, so it is logged and skipped."""
-        base = f"{self.base}/index"
+    def names(self, folder: str) -> list[str]:
+        """The object names (last path segment) under ``folder`` of the repository."""
+        base = f"{self.base}/{folder}"
         try:
             paths = [p for p in self.bucket.fs.find(base) if p.rstrip("/") != base]
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise StorageError(
+                "the backup storage could not be read", admin_detail=repr(exc)
+            ) from exc
+        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in paths)
+        return [n for n in names if not _partial(n)]
+
+    def sizes(self, folder: str) -> dict[str, int]:
+        """Name -> stored size of every object under ``folder``."""
+        base = f"{self.base}/{folder}"
+        try:
+            found = self.bucket.fs.find(base, detail=True)
         except FileNotFoundError:
             return {}
         except Exception as exc:
             raise StorageError(
                 "the backup storage could not be read", admin_detail=repr(exc)
             ) from exc
+        out = {}
+        for p, info in found.items():
+            name = p.rstrip("/").rsplit("/", 1)[-1]
+            if p.rstrip("/") != base and info.get("type") != "directory" and not _partial(name):
+                out[name] = int(info.get("size") or 0)
+        return out
+
+    def read_index(self, pack: str) -> list[ChunkRef]:
+        """The chunks of one pack, as its index lists them (raises when unreadable)."""
+        data = self.bucket.read_bytes(self.index_path(pack))
+        try:
+            doc = json.loads(self._open_doc(pack, data))
+            return [
+                ChunkRef(id=str(c), size=int(s), pack=pack, offset=int(o), length=int(n))
+                for c, s, o, n in doc["chunks"]
+            ]
+        except (InvalidTag, ValueError, KeyError, TypeError) as exc:
+            raise ArtifactCorruptError(
+                "the backup's repository is unreadable",
+                admin_detail=f"index of pack {pack}: {exc!r}",
+            ) from None
+
+    def known(self) -> dict[str, ChunkRef]:
+        """Every indexed chunk of the repository a new backup may reference: all but those
+        of packs a garbage collection condemned (``gc.py``).  An unreadable index only
+        loses deduplication against its pack, so it is logged and skipped."""
+        condemned = self.condemned()
         out: dict[str, ChunkRef] = {}
-        for path in paths:
-            pack = path.rstrip("/").rsplit("/", 1)[-1]
+        for pack in self.names("index"):
+            if pack in condemned:
+                continue
             try:
-                doc = json.loads(self._open_doc(pack, self.bucket.read_bytes(path)))
-                for cid, size, offset, length in doc["chunks"]:
-                    out[str(cid)] = ChunkRef(
-                        id=str(cid),
-                        size=int(size),
-                        pack=pack,
-                        offset=int(offset),
-                        length=int(length),
-                    )
-            except (ArtifactCorruptError, InvalidTag, ValueError, KeyError, TypeError) as exc:
+                refs = self.read_index(pack)
+            except ArtifactCorruptError as exc:
                 log.warning(
-                    "index of pack %s is unreadable, not deduplicating against it: %r", pack, exc
+                    "index of pack %s is unreadable, not deduplicating against it: %s",
+                    pack,
+                    exc.admin_detail,
                 )
+                continue
+            out.update((r.id, r) for r in refs)
+        return out
+
+    # ------------------------------------------------------------------ collection
+
+    def writer_path(self, writer: str) -> str:
+        return f"{self.base}/writers/{writer}"
+
+    def register_writer(self, writer: str, manifest: str, started: str) -> None:
+        """Say, before reading the indexes, that a backup may reference what they list
+        until ``manifest`` exists (see ``gc.py``)."""
+        doc = {"manifest": manifest, "startedAt": started}
+        self.bucket.put_atomic(self.writer_path(writer), json.dumps(doc).encode())
+
+    def release_writer(self, writer: str) -> None:
+        """The backup committed or gave up.  A marker left behind (storage down, a crash)
+        only delays collection: its manifest, once it exists, releases it as well, and
+        deleting the artifact removes it."""
+        try:
+            self.bucket.fs.rm_file(self.writer_path(writer))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - the backup stands; see above
+            log.warning("could not remove writer marker %s: %r", writer, exc)
+
+    def condemnation_path(self, run: str) -> str:
+        return f"{self.base}/gc/{run}"
+
+    def condemned(self) -> set[str]:
+        """Every pack a collection under way condemned: no new backup references them."""
+        out: set[str] = set()
+        for run in self.names("gc"):
+            data = read_if_any(self.bucket, self.condemnation_path(run))
+            if data is None:
+                continue  # finished meanwhile: its packs are gone or live again
+            try:
+                out.update(str(p) for p in json.loads(data)["packs"])
+            except (ValueError, KeyError, TypeError):
+                # Its packs are unknown: deduplicating against any could reference a
+                # chunk about to go.  Refuse; the collector that wrote it replaces it.
+                raise StorageError(
+                    "the backup storage is being cleaned up; the backup is retried",
+                    admin_detail=f"condemnation {run} of {self.base} is unreadable",
+                ) from None
+        return out
+
+    def moved_path(self, pack: str) -> str:
+        return f"{self.base}/moved/{pack[:2]}/{pack}"
+
+    def write_moved(self, pack: str, refs: list[ChunkRef]) -> None:
+        """Where the live chunks of a rewritten ``pack`` are now (manifests, which are
+        immutable, keep naming the old pack)."""
+        doc = {
+            "formatVersion": FORMAT_VERSION,
+            "chunks": {r.id: [r.pack, r.size, r.offset, r.length] for r in refs},
+        }
+        data = self._seal_doc(pack, json.dumps(doc).encode(), b"moved\0")
+        self.bucket.put_atomic(self.moved_path(pack), data)
+
+    def moved(self, pack: str) -> dict[str, ChunkRef]:
+        """A rewritten pack's forwards (empty when it was never rewritten)."""
+        cached = self._moved.get(pack)
+        if cached is not None:
+            return cached
+        data = read_if_any(self.bucket, self.moved_path(pack))
+        if data is None:
+            return {}
+        try:
+            doc = json.loads(self._open_doc(pack, data, b"moved\0"))
+            out = {
+                str(c): ChunkRef(id=str(c), size=int(s), pack=str(p), offset=int(o), length=int(n))
+                for c, (p, s, o, n) in doc["chunks"].items()
+            }
+        except (InvalidTag, ValueError, KeyError, TypeError) as exc:
+            raise ArtifactCorruptError(
+                "the backup's repository is unreadable",
+                admin_detail=f"forwards of pack {pack}: {exc!r}",
+            ) from None
+        self._moved[pack] = out
         return out
 
 
@@ -302,6 +422,21 @@ def rewrap(bucket: Bucket, root: str, namespace: str, keyring: KeyRing) -> bool:
     doc["wraps"] = [keyring.wrap(key.secret, namespace, _WRAP_SUBJECT)]
     bucket.put_atomic(path, json.dumps(doc, indent=2, sort_keys=True).encode())
     return True
+
+
+def _partial(name: str) -> bool:
+    """A local atomic write's temporary file (a crash may leave one)."""
+    return ".tmp-" in name
+
+
+def read_if_any(bucket: Bucket, path: str) -> bytes | None:
+    """The object's bytes, or None when there is none."""
+    try:
+        return bucket.read_bytes(path)
+    except ArtifactCorruptError:  # how the store says "missing" (or "not a file")
+        if not _exists(bucket, path):
+            return None
+        raise
 
 
 def _exists(bucket: Bucket, path: str) -> bool:

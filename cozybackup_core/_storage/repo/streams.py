@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import datetime as dt
 import io
 import threading
 from collections.abc import Callable
@@ -37,8 +38,14 @@ class PackSink:
         *,
         threads: int = 1,
         pack_target: int = PACK_TARGET,
+        writer: str = "",
+        manifest: str = "",
     ) -> None:
         self.repo = repo
+        #: Registered with the repository before its indexes are read (see ``gc.py``).
+        self._writer = writer
+        self._manifest = manifest
+        self._registered = False
         self._discard = discard
         self._pack_target = pack_target
         self._threads = max(1, threads)
@@ -87,8 +94,18 @@ class PackSink:
 
     def _known_ids(self) -> dict[str, ChunkRef]:
         if self._known is None:
+            if self._writer:
+                started = dt.datetime.now(dt.timezone.utc).isoformat()
+                self.repo.register_writer(self._writer, self._manifest, started)
+                self._registered = True
             self._known = self.repo.known()
         return self._known
+
+    def release(self) -> None:
+        """The manifest is written (or the backup gave up): a collection need not wait."""
+        if self._registered:
+            self.repo.release_writer(self._writer)
+            self._registered = False
 
     def _append(self, cid: str, size: int, blob: bytes) -> ChunkRef:
         if self._file is None:
@@ -140,6 +157,7 @@ class PackSink:
                         self._known.pop(ref.id, None)
             self._file, self._pack, self._entries = None, None, []
         self._stop()
+        self.release()
 
 
 def _guard(call: Callable[[], Any]) -> Any:
