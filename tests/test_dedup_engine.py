@@ -275,3 +275,52 @@ def test_prune_collects_what_only_the_pruned_backup_held(tmp_path: Path) -> None
     assert after < before and after <= 2 * live, (before, after, live)
     _ok(plat.restore(NS, "b2", "r1"))
     assert (tmp_path / "app" / "x.bin").read_bytes() == _edit(original, 9)[: 5 << 20]
+
+
+def test_one_damaged_pack_fails_every_backup_that_references_it(tmp_path: Path) -> None:
+    """b2 shares b1's head, so it references b1's pack; one byte of that pack that only
+    b1 uses is damaged.  Both fail verification (the pack's sha256 differs from its
+    index's), a restore of b2 is refused before the target is touched and names b2, and
+    b3, which references nothing in that pack, still verifies."""
+    plat = _platform(tmp_path, _local_location())
+    first = random.Random(21).randbytes(12 << 20)
+    ref = directory_app(plat, tmp_path / "app", first)
+    _ok(plat.backup(NS, ref, "b1", "files"))
+    [pack] = [p for p in _repo_files(plat) if "packs" in p.parts]
+    (tmp_path / "app" / "x.bin").write_bytes(
+        first[: 6 << 20] + random.Random(22).randbytes(1 << 20)
+    )
+    _ok(plat.backup(NS, ref, "b2", "files"))
+    (tmp_path / "app" / "x.bin").write_bytes(random.Random(23).randbytes(1 << 20))
+    _ok(plat.backup(NS, ref, "b3", "files"))
+
+    def refs(name: str) -> list[tuple[str, int, int]]:
+        backup = plat.host.objects.get(Backup, NS, name)
+        assert backup is not None
+        m = plat.engine.open_backup(backup).manifest
+        return [(c.pack, c.offset, c.length) for s in m.streams for c in s.chunks]
+
+    in_pack = [r for r in refs("b2") if r[0] == pack.name]
+    assert in_pack  # b2 shares chunks of b1's pack
+    assert not any(r[0] == pack.name for r in refs("b3"))
+    damaged_at = pack.stat().st_size - 1  # in b1's last chunk, beyond what b2 shares
+    assert all(offset + length <= damaged_at for _, offset, length in in_pack)
+    raw = bytearray(pack.read_bytes())
+    raw[damaged_at] ^= 0x01
+    pack.write_bytes(bytes(raw))
+
+    results = {}
+    for name in ("b1", "b2", "b3"):
+        backup = plat.host.objects.get(Backup, NS, name)
+        assert backup is not None
+        checked = plat.engine.verify(backup).status.last_verified
+        assert checked is not None
+        results[name] = checked.result
+    assert results == {"b1": "Failed", "b2": "Failed", "b3": "Passed"}
+    (tmp_path / "app" / "x.bin").write_bytes(b"current")
+    job = plat.restore(NS, "b2", "r2")
+    assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == "ArtifactCorrupt"
+    assert "b2" in (job.status.message or ""), job.status.message
+    assert (tmp_path / "app" / "x.bin").read_bytes() == b"current"
+    _ok(plat.restore(NS, "b3", "r3"))

@@ -666,18 +666,9 @@ class ArtifactReader:
         without decompressing (about 1.5 GB/s of sha256 instead of a full decode).  What
         was stored is what was written; the raw digest is checked again as a driver reads.
 
-        A deduplicated backup is read whole instead: each chunk is checked by its keyed
-        hash, which needs the repository key (so this unlocks first)."""
+        A deduplicated backup has its packs checked instead (``verify_packs``)."""
         if self.deduplicated:
-            # Progress in stored bytes, as for the stream format (the stage's total).
-            saved, self.on_bytes = self.on_bytes, lambda n: None
-            try:
-                for name in self.names():
-                    with self.open(name, on_stored=on_bytes) as stream:
-                        while stream.read(CHUNK):
-                            pass
-            finally:
-                self.on_bytes = saved
+            self.verify_packs(on_bytes)
             return
         for info in self.manifest.streams:
             path = self.store.stream_path(self.key, info.name)
@@ -704,6 +695,26 @@ class ArtifactReader:
                 )
         self._verify_server_files(on_bytes)
 
+    def verify_packs(self, on_bytes: Callable[[int], None] = lambda n: None) -> None:
+        """Every pack the backup references (through the forwards of rewritten ones) is
+        read whole, once: its sha256 must be the one recorded in its index, every
+        reference must be a chunk its index lists, and every referenced chunk must open
+        (authentic, decodable, its keyed hash and size: this needs the repository key, so
+        it unlocks first).  One damaged pack thus fails every backup that references it.
+        The chunks' order (the manifest's, which the Backup's checksum covers) and the
+        whole stream's digest are checked as a reader reads the streams."""
+        self.unlock()
+        repo = self._repo
+        if repo is None:
+            return  # no stream (server-side streams only)
+        by_pack: dict[str, list[ChunkRef]] = {}
+        for info in self.manifest.streams:
+            for ref in info.chunks:
+                at = repo.locate(ref)
+                by_pack.setdefault(at.pack, []).append(at)
+        for pack in sorted(by_pack):
+            repo.check_pack(pack, by_pack[pack], on_bytes)
+
     def _verify_server_files(self, on_bytes: Callable[[int], None]) -> None:
         expected: dict[str, dict[str, tuple[int, str]]] = {}
         for f in self.manifest.server_files:
@@ -718,8 +729,11 @@ class ArtifactReader:
 
     def verify(self, on_bytes: Callable[[int], None] = lambda n: None) -> None:
         """Read and decode every stream to the end: stored and raw digests, sizes, zstd
-        frame checksums, and every server-side object's digest.  Raise
+        frame checksums, and every server-side object's digest; deduplicated, every pack
+        the backup references first (``verify_packs``).  Raise
         :class:`ArtifactCorruptError` on any mismatch."""
+        if self.deduplicated:
+            self.verify_packs()
         saved, self.on_bytes = self.on_bytes, on_bytes
         try:
             for name in self.names():

@@ -36,6 +36,7 @@ a forward the other just wrote.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import secrets
@@ -43,7 +44,7 @@ from collections.abc import Callable, Iterable
 
 import attrs
 
-from ..._api.errors import ArtifactCorruptError, CozyError, StorageError
+from ..._api.errors import CozyError, StorageError
 from .repository import ChunkRef, Repository, read_if_any
 
 log = logging.getLogger("cozybackup.storage.gc")
@@ -54,7 +55,6 @@ REWRITE_DEAD = 0.5
 WRITER_STALE = dt.timedelta(hours=24)
 #: A collection's lock older than this is a crashed collection's.
 LOCK_STALE = dt.timedelta(hours=6)
-_MAX_HOPS = 64
 
 
 @attrs.frozen(kw_only=True)
@@ -91,21 +91,6 @@ class Marks:
         return sorted(p for p in self.packs if self.dead_fraction(p) >= REWRITE_DEAD)
 
 
-def resolve(repo: Repository, ref: ChunkRef, used: set[str] | None = None) -> ChunkRef:
-    """Where a manifest's reference is now: through the forwards of rewritten packs (a
-    forward wins over the old pack, which a crash may have left behind it)."""
-    for _ in range(_MAX_HOPS):
-        moved = repo.moved(ref.pack).get(ref.id)
-        if moved is None:
-            return ref
-        if used is not None:
-            used.add(ref.pack)
-        ref = moved
-    raise ArtifactCorruptError(
-        "the backup's repository is unreadable", admin_detail=f"forwards of {ref.pack} loop"
-    )
-
-
 def mark(repo: Repository, references: Iterable[Iterable[ChunkRef]]) -> Marks:
     """``references``: each committed manifest's chunk references (raising when one is
     unreadable: what it references is unknown, so nothing may be collected)."""
@@ -113,7 +98,7 @@ def mark(repo: Repository, references: Iterable[Iterable[ChunkRef]]) -> Marks:
     live: dict[str, dict[str, ChunkRef]] = {}
     for refs in references:
         for ref in refs:
-            at = resolve(repo, ref, used)
+            at = repo.locate(ref, used)
             live.setdefault(at.pack, {})[at.id] = at
     return Marks(
         packs=repo.sizes("packs"),
@@ -226,6 +211,7 @@ class Collector:
         live = sorted(marks.live[pack].values(), key=lambda r: r.offset)
         new = repo.new_pack_id()
         moved: list[ChunkRef] = []
+        digest = hashlib.sha256()
         try:
             with repo.bucket.open_write(repo.pack_path(new)) as out:
                 offset = 0
@@ -233,6 +219,7 @@ class Collector:
                     blob = repo.bucket.read_range(repo.pack_path(pack), ref.offset, ref.length)
                     repo.open_blob(ref, blob)  # never copy a damaged chunk into a sound pack
                     out.write(blob)
+                    digest.update(blob)
                     moved.append(attrs.evolve(ref, pack=new, offset=offset))
                     offset += len(blob)
         except CozyError as exc:
@@ -240,7 +227,7 @@ class Collector:
             log.warning("pack %s not rewritten: %s (%s)", pack, exc, exc.admin_detail)
             self._drop(repo.pack_path(new))
             return
-        repo.write_index(new, moved)
+        repo.write_index(new, moved, digest.hexdigest())
         repo.write_moved(pack, moved)
         size = marks.packs[pack]
         self._delete_pack(pack, size)

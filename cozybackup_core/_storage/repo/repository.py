@@ -10,10 +10,13 @@ the namespace, per-tenant when the location says so) when the location encrypts.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -38,6 +41,8 @@ SEALED = "aes-256-gcm-chunks"
 _WRAP_SUBJECT = "repository"
 _NONCE = 12
 _MAX_CHUNK = 16 << 20  # FastCDC's own ceiling; a bigger blob is not one of ours
+_MAX_HOPS = 64  # forwards followed at most (each rewrite of a rewritten pack adds one)
+_READ = 1 << 20
 
 
 class Bucket(Protocol):
@@ -50,6 +55,8 @@ class Bucket(Protocol):
     def read_bytes(self, path: str) -> bytes: ...
 
     def read_range(self, path: str, start: int, length: int) -> bytes: ...
+
+    def open_read(self, path: str) -> IO[bytes]: ...
 
     def open_write(self, path: str) -> IO[bytes]: ...
 
@@ -182,11 +189,13 @@ class Repository:
             return data
         return self._aead.decrypt(data[:_NONCE], data[_NONCE:], what + pack.encode())
 
-    def write_index(self, pack: str, refs: list[ChunkRef]) -> None:
-        """Written only once the pack is stored: an indexed chunk is always readable."""
+    def write_index(self, pack: str, refs: list[ChunkRef], sha256: str) -> None:
+        """Written only once the pack is stored: an indexed chunk is always readable.
+        ``sha256`` is the whole pack's, which verification checks."""
         doc = {
             "formatVersion": FORMAT_VERSION,
             "chunks": [[r.id, r.size, r.offset, r.length] for r in refs],
+            "sha256": sha256,
         }
         path = self.index_path(pack)
         self.bucket.put_atomic(path, self._seal_doc(pack, json.dumps(doc).encode()))
@@ -225,18 +234,106 @@ class Repository:
 
     def read_index(self, pack: str) -> list[ChunkRef]:
         """The chunks of one pack, as its index lists them (raises when unreadable)."""
+        return self.read_index_doc(pack)[0]
+
+    def read_index_doc(self, pack: str) -> tuple[list[ChunkRef], str | None]:
+        """The pack's chunks and its recorded sha256 (None in an index written before
+        packs had one)."""
         data = self.bucket.read_bytes(self.index_path(pack))
         try:
             doc = json.loads(self._open_doc(pack, data))
-            return [
+            refs = [
                 ChunkRef(id=str(c), size=int(s), pack=pack, offset=int(o), length=int(n))
                 for c, s, o, n in doc["chunks"]
             ]
+            digest = doc.get("sha256")
+            return refs, None if digest is None else str(digest)
         except (InvalidTag, ValueError, KeyError, TypeError) as exc:
             raise ArtifactCorruptError(
                 "the backup's repository is unreadable",
                 admin_detail=f"index of pack {pack}: {exc!r}",
             ) from None
+
+    def locate(self, ref: ChunkRef, used: set[str] | None = None) -> ChunkRef:
+        """Where a manifest's reference is now: through the forwards of rewritten packs (a
+        forward wins over the old pack, which a crash may have left behind it); ``used``
+        gathers the packs whose forwards were followed."""
+        for _ in range(_MAX_HOPS):
+            moved = self.moved(ref.pack).get(ref.id)
+            if moved is None:
+                return ref
+            if used is not None:
+                used.add(ref.pack)
+            ref = moved
+        raise ArtifactCorruptError(
+            "the backup's repository is unreadable", admin_detail=f"forwards of {ref.pack} loop"
+        )
+
+    def check_pack(self, pack: str, refs: list[ChunkRef], on_bytes: Callable[[int], None]) -> None:
+        """Read the whole pack once: its sha256 must be the one its index recorded, each
+        reference must be a chunk its index lists there, and each referenced chunk must
+        open (authentic, decodable, its keyed hash and size).  So a pack damaged anywhere
+        fails every backup that references it, not only those whose chunk was hit."""
+        try:
+            listed, recorded = self.read_index_doc(pack)
+        except ArtifactCorruptError as exc:
+            raise ArtifactCorruptError(
+                "the backup's data in storage is missing or unreadable",
+                admin_detail=f"pack {pack}: {exc.admin_detail or exc}",
+            ) from None
+        at = {r.offset: r for r in listed}
+        wanted = sorted({r.offset: r for r in refs}.values(), key=lambda r: r.offset)
+        for ref in wanted:
+            entry = at.get(ref.offset)
+            if entry is None or (entry.id, entry.size, entry.length) != (
+                ref.id,
+                ref.size,
+                ref.length,
+            ):
+                raise ArtifactCorruptError(
+                    "the backup references data its storage does not hold",
+                    admin_detail=f"chunk {ref.id[:16]} is not at {ref.offset} in pack {pack}",
+                )
+        digest = hashlib.sha256()
+        buf = bytearray()
+        start = 0  # the pack offset of buf[0]
+        pending = iter(wanted)
+        nxt = next(pending, None)
+        try:
+            with self.bucket.open_read(self.pack_path(pack)) as f:
+                while piece := f.read(_READ):
+                    digest.update(piece)
+                    buf += piece
+                    while nxt is not None and start + len(buf) >= nxt.offset + nxt.length:
+                        lo = nxt.offset - start
+                        self.open_blob(nxt, bytes(buf[lo : lo + nxt.length]))
+                        on_bytes(nxt.length)  # progress in the stored bytes referenced
+                        nxt = next(pending, None)
+                    # Keep only what the next referenced chunk needs (memory: one chunk).
+                    drop = len(buf) if nxt is None else min(len(buf), max(0, nxt.offset - start))
+                    del buf[:drop]
+                    start += drop
+        except FileNotFoundError:
+            raise ArtifactCorruptError(
+                "the backup's data is missing from storage",
+                admin_detail=f"pack {pack} is missing",
+            ) from None
+        except (ArtifactCorruptError, StorageError):
+            raise
+        except Exception as exc:
+            raise StorageError(
+                "the backup storage could not be read", admin_detail=repr(exc)
+            ) from exc
+        if nxt is not None:
+            raise ArtifactCorruptError(
+                "the backup's data in storage is truncated",
+                admin_detail=f"pack {pack} ends before chunk {nxt.id[:16]}",
+            )
+        if recorded is not None and not hmac.compare_digest(digest.hexdigest(), recorded):
+            raise ArtifactCorruptError(
+                "the backup's data in storage does not match its recorded checksum",
+                admin_detail=f"pack {pack}: sha256 differs from its index",
+            )
 
     def known(self) -> dict[str, ChunkRef]:
         """Every indexed chunk of the repository a new backup may reference: all but those

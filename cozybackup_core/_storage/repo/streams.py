@@ -11,6 +11,7 @@ import collections
 import concurrent.futures
 import contextlib
 import datetime as dt
+import hashlib
 import io
 import threading
 from collections.abc import Callable
@@ -56,6 +57,7 @@ class PackSink:
         self._known: dict[str, ChunkRef] | None = None
         self._pack: str | None = None
         self._file: IO[bytes] | None = None
+        self._digest = hashlib.sha256()
         self._offset = 0
         self._entries: list[ChunkRef] = []
         #: Stored bytes this backup added to the repository.
@@ -114,9 +116,11 @@ class PackSink:
                 lambda: self.repo.bucket.open_write(self.repo.pack_path(self._pack or ""))
             )
             self._offset = 0
+            self._digest = hashlib.sha256()
         file = self._file
         assert self._pack is not None and file is not None
         _guard(lambda: file.write(blob))
+        self._digest.update(blob)
         ref = ChunkRef(id=cid, size=size, pack=self._pack, offset=self._offset, length=len(blob))
         self._offset += len(blob)
         self._entries.append(ref)
@@ -131,7 +135,7 @@ class PackSink:
         if file is None or pack is None:
             return
         _guard(file.close)
-        self.repo.write_index(pack, entries)
+        self.repo.write_index(pack, entries, self._digest.hexdigest())
 
     def flush(self) -> None:
         """Store the open pack and its index (before the manifest that references it)."""
