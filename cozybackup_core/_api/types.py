@@ -45,6 +45,13 @@ LABEL_CLASS = "backups.cozystack.io/backup-class"
 ANNOTATION_PINNED = "backups.cozystack.io/pinned"
 #: On a Backup: the uid of the BackupJob that made it (a job never adopts another's).
 ANNOTATION_JOB_UID = "backups.cozystack.io/backup-job-uid"
+#: On a Backup: the stored bytes it added when it was made (deduplicated: its new chunks;
+#: else all it stored).  Annotations, not status fields: Cozystack's Backup status has no
+#: place for them and its structural schema would prune any we added.
+ANNOTATION_STORED_BYTES = "backups.cozystack.io/stored-bytes"
+#: On a Backup: the stored bytes no other Backup references, what deleting it would free
+#: (measured by each prune pass; absent until the first).
+ANNOTATION_UNIQUE_BYTES = "backups.cozystack.io/unique-bytes"
 #: On every Backup the engine records on Kubernetes: a Backup deleted there (``kubectl
 #: delete``) stays until its data is deleted, then the engine removes this and it goes.
 BACKUP_FINALIZER = "backups.cozystack.io/artifact"

@@ -2,7 +2,7 @@
 
 Each operation lives in its own module and depends only on :class:`Services`:
 ``jobs`` (the queue; ``backup`` and ``restore``), ``recovery``, ``prune`` (over
-``deletion``), ``drills`` and ``rekey``.  :class:`Engine` only composes them; a pass of
+``deletion``), ``usage``, ``drills`` and ``rekey``.  :class:`Engine` only composes them; a pass of
 them all, in order, is :class:`~cozybackup_core.Runner`.
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 import threading
 
 from .._api.types import Backup, BackupJob, Plan, RestoreJob
-from . import deletion, drills, expiry, jobs, objectives, prune, recovery, rekey, workers
+from . import deletion, drills, expiry, jobs, objectives, prune, recovery, rekey, usage, workers
 from .backup import run_backup
+from .prune import Frees, PruneAction
 from .restore import run_restore
 from .services import EngineConfig, Job, Services
 
@@ -36,8 +37,17 @@ class Engine(Services):
         return run_restore(self, job)
 
     def prune(self, dry_run: bool = False) -> list[prune.PruneAction]:
-        """Apply every class's retention policy (or, with ``dry_run``, only report it)."""
-        return prune.prune(self, dry_run)
+        """Apply every class's retention policy and collect the garbage (or, with
+        ``dry_run``, only report what it would do and free); then measure what each
+        Backup alone holds (``usage``)."""
+        actions = prune.prune(self, dry_run)
+        if not dry_run:
+            usage.record_usage(self)
+        return actions
+
+    def retention_frees(self, actions: list[PruneAction]) -> Frees:
+        """What the deletions among ``actions`` (a dry run's) would free in storage."""
+        return prune.frees(self, actions)
 
     def rekey(self) -> tuple[int, int, list[str]]:
         """Re-wrap every encrypted backup's data key under its location's active key."""

@@ -8,10 +8,7 @@ import logging
 import attrs
 
 from .._api.errors import CozyError
-from .._api.types import (
-    ANNOTATION_PINNED,
-    Backup,
-)
+from .._api.types import ANNOTATION_PINNED, Backup, artifact_uid
 from .._api.units import human_bytes
 from .._catalog.catalog import Catalog
 from .._policy.retention import Candidate, decide
@@ -77,6 +74,36 @@ def _group_actions(
             )
         )
     return actions
+
+
+@attrs.frozen(kw_only=True)
+class Frees:
+    """What retention's deletions would free in storage."""
+
+    #: ``(namespace, backup)`` -> the stored bytes that Backup alone holds.
+    alone: dict[tuple[str, str], int]
+    #: All of them together (chunks shared only among them included).
+    total: int
+
+
+def frees(svc: Services, actions: list[PruneAction]) -> Frees:
+    """Measure (``_storage/usage.py``) what deleting the Backups ``actions`` delete
+    would free, from the committed manifests as they are now."""
+    doomed = {(a.namespace, a.backup) for a in actions if a.delete}
+    uid_of = {}
+    for b in svc.host.objects.list(Backup):
+        key = (b.metadata.namespace or "", b.metadata.name)
+        uid = artifact_uid(b.status.artifact.uri if b.status.artifact else None)
+        if key in doomed and uid is not None:
+            uid_of[uid] = key
+    alone: dict[tuple[str, str], int] = {}
+    total = 0
+    for _, usage in svc.usages():
+        mine = {b.uid: b for b in usage.backups if b.uid in uid_of}
+        for uid, measured in mine.items():
+            alone[uid_of[uid]] = measured.unique_bytes
+        total += usage.freed_by(mine)
+    return Frees(alone=alone, total=total)
 
 
 def prune(svc: Services, dry_run: bool = False) -> list[PruneAction]:
