@@ -100,3 +100,31 @@ def test_each_backup_says_what_it_stored_and_alone_holds(tmp_path: Path) -> None
     assert frees.alone == {(NS, "b1"): alone["b1"], (NS, "b2"): alone["b2"]}
     assert frees.total == together
     assert [b.metadata.name for b in plat.backups(NS)] == ["b1", "b2", "b3"]  # dry run
+
+
+def test_a_backup_past_the_tenants_quota_fails_before_writing(tmp_path: Path) -> None:
+    plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,))
+    quota = lambda size: FILES_CLASS.replace(  # noqa: E731
+        "spec:\n", f"spec:\n  quota: {{storagePerTenant: {size}}}\n", 1
+    )
+    plat.apply(LOCATION, quota("10Mi"))
+    ref = directory_app(plat, tmp_path / "app", random.Random(41).randbytes(6 << 20))
+    assert plat.backup(NS, ref, "b1", "files").status.phase == "Succeeded"
+    stored = plat.stored_files()
+
+    (tmp_path / "app" / "x.bin").write_bytes(random.Random(42).randbytes(6 << 20))
+    job = plat.backup(NS, ref, "b2", "files")
+    assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == "QuotaExceeded"
+    message = job.status.message or ""
+    assert "use 6.0 MiB of the 10.0 MiB BackupClass files allows" in message, message
+    assert "the last backup of this application stored 6.0 MiB" in message, message
+    assert plat.stored_files() == stored  # refused before anything was written
+    assert [b.metadata.name for b in plat.backups(NS)] == ["b1"]
+
+    plat.apply(quota("20Mi"))
+    assert plat.backup(NS, ref, "b3", "files").status.phase == "Succeeded"
+
+    bad = cli(tmp_path / "home", "apply", "-f", "-", stdin=quota("10 GB"))
+    assert bad.returncode != 0
+    assert "spec.quota.storagePerTenant" in bad.stderr and "500Mi" in bad.stderr, bad.stderr

@@ -1089,6 +1089,21 @@ class ArtifactStore:
                 out[name] = done
         return out
 
+    def tenant_bytes(self, namespace: str) -> int:
+        """What a tenant's data takes here: its backups' folders and its repositories
+        (garbage not yet collected included: it is stored, and paid for)."""
+        total = 0
+        for base in (f"{self.root}/{namespace}", f"{self.root}/{REPOS}/{namespace}"):
+            try:
+                total += int(self.fs.du(base, total=True))
+            except FileNotFoundError:
+                continue
+            except Exception as exc:
+                raise StorageError(
+                    "the backup storage could not be read", admin_detail=repr(exc)
+                ) from exc
+        return total
+
     def _is_stored(self, path: str) -> bool:
         try:
             return bool(self.fs.exists(path))
