@@ -335,27 +335,6 @@ class Repository:
                 admin_detail=f"pack {pack}: sha256 differs from its index",
             )
 
-    def known(self) -> dict[str, ChunkRef]:
-        """Every indexed chunk of the repository a new backup may reference: all but those
-        of packs a garbage collection condemned (``gc.py``).  An unreadable index only
-        loses deduplication against its pack, so it is logged and skipped."""
-        condemned = self.condemned()
-        out: dict[str, ChunkRef] = {}
-        for pack in self.names("index"):
-            if pack in condemned:
-                continue
-            try:
-                refs = self.read_index(pack)
-            except ArtifactCorruptError as exc:
-                log.warning(
-                    "index of pack %s is unreadable, not deduplicating against it: %s",
-                    pack,
-                    exc.admin_detail,
-                )
-                continue
-            out.update((r.id, r) for r in refs)
-        return out
-
     # ------------------------------------------------------------------ collection
 
     def writer_path(self, writer: str) -> str:
