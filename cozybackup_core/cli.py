@@ -570,7 +570,7 @@ def cmd_verify(ctx: Ctx) -> int:
 def cmd_prune(ctx: Ctx) -> int:
     engine = ctx.engine()
     with ctx.host.runner_lock():
-        actions = engine.prune(dry_run=ctx.args.dry_run)
+        actions = engine.prune(dry_run=ctx.args.dry_run, collect=True)
         frees = engine.retention_frees(actions) if ctx.args.dry_run else None
     if not actions:
         print("no Backup is under a retention policy", file=sys.stderr)

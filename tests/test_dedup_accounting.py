@@ -128,3 +128,22 @@ def test_a_backup_past_the_tenants_quota_fails_before_writing(tmp_path: Path) ->
     bad = cli(tmp_path / "home", "apply", "-f", "-", stdin=quota("10 GB"))
     assert bad.returncode != 0
     assert "spec.quota.storagePerTenant" in bad.stderr and "500Mi" in bad.stderr, bad.stderr
+
+
+def test_a_pass_collects_and_measures_when_due_not_every_time(tmp_path: Path) -> None:
+    """b2 holds b1's very data, so b1 no longer holds anything alone; a pass that deleted
+    nothing within the hour after the last collection does not re-read every manifest,
+    a forced one (what `cozybackup prune` does) does."""
+    plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,))
+    plat.apply(LOCATION, FILES_CLASS)
+    ref = directory_app(plat, tmp_path / "app", random.Random(51).randbytes(3 << 20))
+    assert plat.backup(NS, ref, "b1", "files").status.phase == "Succeeded"
+    plat.engine.prune()
+    alone = _notes(plat, "b1")["alone"]
+    assert alone == _notes(plat, "b1")["stored"] > 0
+    assert plat.backup(NS, ref, "b2", "files").status.phase == "Succeeded"
+    assert _notes(plat, "b2")["stored"] == 0  # all of it deduplicated
+    plat.engine.prune()
+    assert _notes(plat, "b1")["alone"] == alone  # not due yet
+    plat.engine.prune(collect=True)
+    assert _notes(plat, "b1")["alone"] == 0 == _notes(plat, "b2")["alone"]

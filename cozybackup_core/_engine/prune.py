@@ -120,14 +120,13 @@ def prune(svc: Services, dry_run: bool = False) -> list[PruneAction]:
         for note in finish_deletions(svc):
             if "not finished" in note or "failed" in note:
                 log.warning("%s", note)
-        collect_garbage(svc)
     return actions
 
 
 def collect_garbage(svc: Services) -> dict[str, Collected]:
     """Collect the chunks no committed backup references, in every deduplicating
-    repository of every location (``_storage/repo/gc.py``): after the deletions, so what
-    they released goes in the same pass.  By ``<location>/<namespace>/<plain|sealed>``."""
+    repository of every location (``_storage/repo/gc.py``); run after the deletions, so
+    what they released goes in the same pass.  By ``<location>/<namespace>/<plain|sealed>``."""
     out: dict[str, Collected] = {}
     for name, loc in sorted(svc.catalog().storages.items()):
         try:
