@@ -128,3 +128,28 @@ def test_a_crashed_writer_is_waited_for_until_its_artifact_is_removed(
     done = _collect(store)
     assert done.waiting == 0 and done.deleted_packs == 2
     assert not _under(store, "packs") and not _under(store, "index")
+
+
+def test_a_pack_rewritten_after_a_wait_stays_reachable(dedup_store: ArtifactStore) -> None:
+    """The condemnation waits for a writer; the run that settles it rewrites a's pack
+    behind a forward and then marks afresh: the rewritten pack is live (b's chunks are in
+    it), so nothing of b is lost in that run or the next."""
+    store = dedup_store
+    rng = random.Random(15)
+    a = {"dump": rng.randbytes(16 << 20)}
+    b = {"dump": a["dump"][: 6 << 20] + rng.randbytes(4 << 20)}
+    write_backup(store, _key("u-a"), a)
+    write_backup(store, _key("u-b"), b)
+    running = store.writer(_key("u-w"))
+    with running.open("dump") as out:
+        out.write(rng.randbytes(2 << 20))
+    store.delete(_key("u-a"))
+    assert _collect(store).waiting == 1
+    running.commit(manifest_of(running, _key("u-w")))
+    settled = _collect(store)
+    assert (settled.rewritten_packs, settled.deleted_packs, settled.waiting) == (1, 0, 0)
+    assert len(_under(store, "moved")) == 1
+    again = _collect(store)
+    assert (again.rewritten_packs, again.deleted_packs) == (0, 0)
+    assert read_streams(store, _key("u-b")) == b
+    store.reader(_key("u-b")).verify()

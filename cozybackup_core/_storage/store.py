@@ -707,13 +707,22 @@ class ArtifactReader:
         repo = self._repo
         if repo is None:
             return  # no stream (server-side streams only)
-        by_pack: dict[str, list[ChunkRef]] = {}
-        for info in self.manifest.streams:
-            for ref in info.chunks:
-                at = repo.locate(ref)
-                by_pack.setdefault(at.pack, []).append(at)
-        for pack in sorted(by_pack):
-            repo.check_pack(pack, by_pack[pack], on_bytes)
+        for attempt in (1, 2):
+            repo.list_forwards()
+            by_pack: dict[str, list[ChunkRef]] = {}
+            for info in self.manifest.streams:
+                for ref in info.chunks:
+                    at = repo.locate(ref)
+                    by_pack.setdefault(at.pack, []).append(at)
+            try:
+                for pack in sorted(by_pack):
+                    repo.check_pack(pack, by_pack[pack], on_bytes)
+                return
+            except ArtifactCorruptError:
+                if attempt == 2:
+                    raise
+                # A collection may have rewritten a pack since it was located: once more,
+                # from a fresh listing of the forwards.  Damage fails both times.
 
     def _verify_server_files(self, on_bytes: Callable[[int], None]) -> None:
         expected: dict[str, dict[str, tuple[int, str]]] = {}

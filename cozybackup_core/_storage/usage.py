@@ -80,6 +80,7 @@ def tenant_usage(store: ArtifactStore, namespace: str) -> TenantUsage:
         sealed = m.encryption is not None
         if sealed not in repos:
             repos[sealed] = store.repository(namespace, sealed=sealed, create=False)
+            repos[sealed].list_forwards()
         repo = repos[sealed]
         chunks: dict[tuple[str, str], int] = {}
         for s in m.streams:

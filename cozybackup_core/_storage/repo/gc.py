@@ -94,6 +94,7 @@ class Marks:
 def mark(repo: Repository, references: Iterable[Iterable[ChunkRef]]) -> Marks:
     """``references``: each committed manifest's chunk references (raising when one is
     unreadable: what it references is unknown, so nothing may be collected)."""
+    forwards = repo.list_forwards()  # afresh: this collection may have just written some
     used: set[str] = set()
     live: dict[str, dict[str, ChunkRef]] = {}
     for refs in references:
@@ -104,7 +105,7 @@ def mark(repo: Repository, references: Iterable[Iterable[ChunkRef]]) -> Marks:
         packs=repo.sizes("packs"),
         live=live,
         used_forwards=used,
-        forwards=set(repo.names("moved")),
+        forwards=forwards,
     )
 
 

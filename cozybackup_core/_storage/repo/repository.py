@@ -104,6 +104,7 @@ class Repository:
         self._id_key = key.id_key
         self._aead = AESGCM(key.seal_key) if sealed else None
         self._moved: dict[str, dict[str, ChunkRef]] = {}
+        self._forwards: set[str] | None = None
 
     # ------------------------------------------------------------------ names
 
@@ -161,7 +162,7 @@ class Repository:
         try:
             blob = self.bucket.read_range(self.pack_path(ref.pack), ref.offset, ref.length)
         except FileNotFoundError:
-            moved = self.moved(ref.pack).get(ref.id)
+            moved = self.moved(ref.pack, fresh=True).get(ref.id)
             if moved is None or moved.pack == ref.pack:
                 raise ArtifactCorruptError(
                     "the backup's data is missing from storage",
@@ -391,11 +392,21 @@ class Repository:
         data = self._seal_doc(pack, json.dumps(doc).encode(), b"moved\0")
         self.bucket.put_atomic(self.moved_path(pack), data)
 
-    def moved(self, pack: str) -> dict[str, ChunkRef]:
-        """A rewritten pack's forwards (empty when it was never rewritten)."""
+    def list_forwards(self) -> set[str]:
+        """List the rewritten packs once: :meth:`locate` then fetches only their forwards
+        (without it, one request per pack that has none).  Call again to see new ones."""
+        self._forwards = set(self.names("moved"))
+        return self._forwards
+
+    def moved(self, pack: str, *, fresh: bool = False) -> dict[str, ChunkRef]:
+        """A rewritten pack's forwards (empty when it was never rewritten).  ``fresh``:
+        look in storage even if the listing did not show it (a reader that found the pack
+        gone: a collection may have rewritten it since)."""
         cached = self._moved.get(pack)
         if cached is not None:
             return cached
+        if not fresh and self._forwards is not None and pack not in self._forwards:
+            return {}
         data = read_if_any(self.bucket, self.moved_path(pack))
         if data is None:
             return {}
