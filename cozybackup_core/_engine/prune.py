@@ -128,7 +128,7 @@ def collect_garbage(svc: Services) -> dict[str, Collected]:
     repository of every location (``_storage/repo/gc.py``); run after the deletions, so
     what they released goes in the same pass.  By ``<location>/<namespace>/<plain|sealed>``."""
     out: dict[str, Collected] = {}
-    for name, loc in sorted(svc.catalog().storages.items()):
+    for name, loc in svc.locations_in_use().items():
         try:
             done = svc.store_for(loc).collect_garbage()
         except CozyError as exc:

@@ -437,6 +437,14 @@ class Services:
                 groups.setdefault(key, []).append(b)
         return groups
 
+    def locations_in_use(self) -> dict[str, StorageLocation]:
+        """The locations that hold (or held, in this process) an artifact: those an
+        ArtifactRecord names, and those whose store is open.  Never the others: opening a
+        Local location creates its directory."""
+        names = {r.spec.storage_ref.name for r in self.host.objects.list(ArtifactRecord)}
+        names.update(name for name, _ in self._stores)
+        return {n: loc for n, loc in sorted(self.catalog().storages.items()) if n in names}
+
     def usages(self) -> list[tuple[str, TenantUsage]]:
         """``(location, usage)`` of every namespace that has committed backups, per
         location (``_storage/usage.py``); a location that cannot be read is logged and
