@@ -9,13 +9,14 @@ import os
 import random
 import re
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 import s3fs
 from cozybackup_sqlite import SQLiteDriver
 
-from cozybackup_core import Backup
+from cozybackup_core import Backup, BackupContext
 from cozybackup_core.testing import LocalPlatform, S3ServerInfo
 from cozybackup_core.testing import key_secret_yaml as _key_secret
 
@@ -324,3 +325,60 @@ def test_one_damaged_pack_fails_every_backup_that_references_it(tmp_path: Path) 
     assert "b2" in (job.status.message or ""), job.status.message
     assert (tmp_path / "app" / "x.bin").read_bytes() == b"current"
     _ok(plat.restore(NS, "b3", "r3"))
+
+
+class _GatedDriver(FilesDriver):
+    """Writes its streams, then waits at a gate before the engine commits them."""
+
+    name = "gated"
+    strategy_kind = "Gated"
+    reached = threading.Event()
+    go = threading.Event()
+
+    def backup(self, ctx: BackupContext) -> None:
+        super().backup(ctx)
+        self.reached.set()
+        assert self.go.wait(60)
+
+
+def test_prune_racing_a_backup_keeps_every_chunk_it_references(tmp_path: Path) -> None:
+    """b2 is written (referencing b0's chunks, found in the index when it started) and
+    not yet committed when retention deletes b0 and collects: the collection waits for
+    it, and once b2 is committed b0's pack is live again.  b2 restores exactly."""
+    keep_one = directory_class("gated", "Gated").replace(
+        "spec:\n", "spec:\n  retention: {keepLast: 1}\n", 1
+    )
+    plat = LocalPlatform(tmp_path / "home", drivers=(_GatedDriver,))
+    plat.apply(_local_location(), keep_one)
+    day0 = random.Random(61).randbytes(6 << 20)
+    ref = directory_app(plat, tmp_path / "app", day0)
+    _GatedDriver.go.set()
+    _ok(plat.backup(NS, ref, "b0", "gated"))
+    (tmp_path / "app" / "x.bin").write_bytes(random.Random(62).randbytes(1 << 20))
+    _ok(plat.backup(NS, ref, "b1", "gated"))
+
+    _GatedDriver.reached.clear()
+    _GatedDriver.go.clear()
+    (tmp_path / "app" / "x.bin").write_bytes(day0)  # b2 holds b0's data again
+    done: list[object] = []
+    running = threading.Thread(target=lambda: done.append(plat.backup(NS, ref, "b2", "gated")))
+    running.start()
+    try:
+        assert _GatedDriver.reached.wait(60)
+        plat.engine.prune(collect=True)  # deletes b0; b1 is the newest Backup
+        assert [b.metadata.name for b in plat.backups(NS)] == ["b1"]
+        pending = [p for p in _repo_files(plat) if "gc" in p.parts]
+        assert pending, "the collection condemned b0's pack and waits for b2"
+    finally:
+        _GatedDriver.go.set()
+        running.join(60)
+    _ok(done[0])
+    plat.engine.prune(collect=True)  # deletes b1; b0's pack is b2's now
+    assert [b.metadata.name for b in plat.backups(NS)] == ["b2"]
+    assert not [p for p in _repo_files(plat) if "gc" in p.parts or "writers" in p.parts]
+    backup = plat.host.objects.get(Backup, NS, "b2")
+    assert backup is not None
+    plat.engine.verify_backup(NS, "b2")
+    (tmp_path / "app" / "x.bin").write_bytes(b"current")
+    _ok(plat.restore(NS, "b2", "r2"))
+    assert (tmp_path / "app" / "x.bin").read_bytes() == day0
