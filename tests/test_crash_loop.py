@@ -1,4 +1,4 @@
-"""kill -9 at 145 points (by default) spread over a backup, a restore and a prune, in the
+"""kill -9 at 155 points (by default) spread over a backup, a restore and a prune, in the
 stream format and (backup and prune, whose pass collects garbage) deduplicated, then
 ``run --once``.
 
@@ -39,16 +39,17 @@ from cozybackup_core.testing import LocalPlatform
 from conftest import FILES_CLASS
 
 NS = "tenant-a"
-# 145 kill points in all; nox runs them all on one Python and a fifth on the others.
-_SCALE = int(os.environ.get("COZYBACKUP_CRASH_RUNS", "145")) / 145
+# 155 kill points in all; nox runs them all on one Python and a fifth on the others.
 _POINTS = {
     "backup": 40,
     "restore": 35,
     "prune": 35,
     "dedup-backup": 15,
     "dedup-prune": 10,
-    "dedup-gc": 20,  # a prune too, its kill points among garbage collection's own lines
+    "dedup-gc": 20,  # a prune too, its kill points among garbage collection's own steps
 }
+_TOTAL = sum(_POINTS.values())
+_SCALE = int(os.environ.get("COZYBACKUP_CRASH_RUNS", str(_TOTAL))) / _TOTAL
 RUNS = {op: max(3, round(n * _SCALE)) for op, n in _POINTS.items()}
 SEED = 20261124
 TRACED = (str(Path(cozybackup_core.__file__).parent), str(Path(__file__).parent / "support"))
