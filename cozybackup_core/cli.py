@@ -28,7 +28,7 @@ from ._api.types import (
     RestoreJob,
     StorageLocation,
 )
-from ._api.units import short_list
+from ._api.units import human_bytes, short_list
 from ._api.version import __version__
 from ._api.wire import load_yaml
 from ._catalog.catalog import BUILTIN_STORAGE, DEFAULT_CLASS, builtin_class
@@ -568,21 +568,71 @@ def cmd_verify(ctx: Ctx) -> int:
 def cmd_prune(ctx: Ctx) -> int:
     engine = ctx.engine()
     with ctx.host.runner_lock():
-        actions = engine.prune(dry_run=ctx.args.dry_run)
+        actions = engine.prune(dry_run=ctx.args.dry_run, collect=True)
+        frees = engine.retention_frees(actions) if ctx.args.dry_run else None
     if not actions:
         print("no Backup is under a retention policy", file=sys.stderr)
         return 0
     verb = "would delete" if ctx.args.dry_run else "deleted"
-    rows = [
-        {
+    rows = []
+    for a in actions:
+        cells = {
             "NAMESPACE": a.namespace,
             "BACKUP": a.backup,
             "APPLICATION": a.application,
             "TAKEN": a.taken_at,
             "ACTION": verb if a.delete else "keep",
-            "WHY": a.reason,
         }
-        for a in actions
+        if frees is not None:
+            alone = frees.alone.get((a.namespace, a.backup))
+            cells["FREES"] = human_bytes(alone) if a.delete and alone is not None else ""
+        rows.append({**cells, "WHY": a.reason})
+    print(table(rows), end="")
+    if frees is not None:
+        # More than the sum when Backups it deletes share chunks only among themselves.
+        print(f"retention would free {human_bytes(frees.total)} of storage in all")
+    return 0
+
+
+def cmd_usage(ctx: Ctx) -> int:
+    """Per tenant and application: backups, logical and stored bytes, their ratio."""
+    found = [u for _, u in ctx.engine().usages() if ctx.args.namespace in (None, u.namespace)]
+    lines = [
+        (u.namespace, label, totals)
+        for u in found
+        for label, totals in [
+            *((f"{kind}/{app}", t) for (kind, app), t in u.applications.items()),
+            ("(all)", u.total),  # each chunk once: less than the sum when apps share
+        ]
+    ]
+    if ctx.args.output == "json":
+        docs = [
+            {
+                "namespace": ns,
+                "application": app,
+                "backups": t.backups,
+                "logicalBytes": t.logical_bytes,
+                "storedBytes": t.stored_bytes,
+                "ratio": round(t.ratio, 3),
+            }
+            for ns, app, t in lines
+        ]
+        print(json.dumps(docs, indent=2))
+        return 0
+    if not lines:
+        where = f" in namespace {ctx.args.namespace}" if ctx.args.namespace else ""
+        print(f"No backups{where}.", file=sys.stderr)
+        return 0
+    rows = [
+        {
+            "NAMESPACE": ns,
+            "APPLICATION": app,
+            "BACKUPS": str(t.backups),
+            "LOGICAL": human_bytes(t.logical_bytes),
+            "STORED": human_bytes(t.stored_bytes),
+            "RATIO": f"{t.ratio:.2f}x",
+        }
+        for ns, app, t in lines
     ]
     print(table(rows), end="")
     return 0
@@ -754,6 +804,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--kubeconfig", metavar="FILE", help="read a cluster's objects instead of the local home"
     )
     st.set_defaults(fn=cmd_status)
+
+    us = sub.add_parser(
+        "usage",
+        help="what backups cost in storage, per tenant and application: logical bytes, "
+        "stored bytes (each shared chunk once), deduplication ratio",
+    )
+    us.add_argument("-n", "--namespace", help="one namespace (default: all)")
+    us.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    us.set_defaults(fn=cmd_usage)
 
     d = sub.add_parser("describe", help="show one object with its events")
     _kind_and_name(d)

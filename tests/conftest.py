@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from cozybackup_core import ArtifactStore
 from cozybackup_core.testing import LocalPlatform, S3ServerInfo, seaweed_s3
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -26,6 +27,24 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3ServerInfo]:
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     with seaweed_s3(tmp_path_factory.mktemp("weed")) as info:
         yield info
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def dedup_store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
+    """A deduplicating store on a local bucket, and on SeaweedFS."""
+    if request.param == "local":
+        s = ArtifactStore.local(str(tmp_path / "bucket"))
+    else:
+        info = request.getfixturevalue("s3")
+        s = ArtifactStore.s3(
+            endpoint=info.endpoint_url,
+            bucket="cozy-backups",
+            prefix=f"d/{tmp_path.name}",
+            key=info.access_key,
+            secret=info.secret_key,
+        )
+    s.deduplicate = True
+    return s
 
 
 @pytest.fixture

@@ -119,8 +119,10 @@ spec: {{apiGroup: apps.example.com, kind: Directory, connection: {{path: "{data}
     assert table.splitlines()[0].split()[:3] == ["NAME", "PHASE", "APPLICATION"]
     assert "Directory/app1" in table
     header, row = table.splitlines()
-    assert header.split()[-2:] == ["SIZE", "AGE"]
-    assert row.split()[-3:-1] == ["3.8", "MiB"]  # 4,000,000 bytes, as a person reads it
+    assert header.split()[-4:] == ["SIZE", "STORED", "FREES", "AGE"]
+    # 4,000,000 bytes, as a person reads it; stored: compressed (random: about as much);
+    # what deleting it frees: not measured before a prune pass.
+    assert row.split()[-5:-1] == ["3.8", "MiB", "3.8", "MiB"]
     assert row.split()[-1].endswith("s")  # made seconds ago
     # A reader that leaves early (| head) ends the output quietly, not with a traceback.
     piped = subprocess.run(

@@ -17,7 +17,7 @@ from cozybackup_core._storage.repo import Chunker
 from cozybackup_core._storage.repo.repository import REPOS
 from cozybackup_core._storage.store import Manifest
 
-from support.stores import read_streams
+from support.stores import read_streams, write_backup
 
 KEY = ArtifactKey(namespace="tenant-a", kind="Directory", application="app1", uid="u-1")
 
@@ -26,49 +26,8 @@ def _key(uid: str, namespace: str = "tenant-a") -> ArtifactKey:
     return ArtifactKey(namespace=namespace, kind="Directory", application="app1", uid=uid)
 
 
-def _write(store: ArtifactStore, key: ArtifactKey, streams: dict[str, bytes]) -> int:
-    """Write and commit; returns the stored bytes the backup added to the repository."""
-    writer = store.writer(key)
-    for name, data in streams.items():
-        with writer.open(name) as out:
-            for i in range(0, len(data), 3_000_001):  # odd pieces: chunking must not care
-                out.write(data[i : i + 3_000_001])
-    writer.commit(
-        Manifest(
-            format_version=1,
-            backup_uid=key.uid,
-            namespace=key.namespace,
-            application={"kind": key.kind, "name": key.application},
-            driver={"name": "t", "version": "1"},
-            strategy_ref={"kind": "T", "name": "t"},
-            parameters={},
-            taken_at="2026-01-01T00:00:00Z",
-            streams=tuple(writer.streams),
-            encryption=writer.encryption,
-        )
-    )
-    return writer.added_bytes
-
-
 def _ring() -> KeyRing:
     return KeyRing(keys=(("k1", os.urandom(32)),), active="k1")
-
-
-@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> ArtifactStore:
-    if request.param == "local":
-        s = ArtifactStore.local(str(tmp_path / "bucket"))
-    else:
-        info = request.getfixturevalue("s3")
-        s = ArtifactStore.s3(
-            endpoint=info.endpoint_url,
-            bucket="cozy-backups",
-            prefix=f"d/{tmp_path.name}",
-            key=info.access_key,
-            secret=info.secret_key,
-        )
-    s.deduplicate = True
-    return s
 
 
 def _objects(store: ArtifactStore, under: str) -> dict[str, int]:
@@ -112,84 +71,89 @@ def test_chunker_cuts_the_same_whatever_the_write_sizes() -> None:
     assert max(len(w) for w in whole) <= 4 << 20
 
 
-def test_round_trip_and_a_second_backup_adds_little(store: ArtifactStore) -> None:
+def test_round_trip_and_a_second_backup_adds_little(dedup_store: ArtifactStore) -> None:
     rng = random.Random(2)
     first = {
         "dump": rng.randbytes(44 << 20) + b"text" * 1_000_000,
         "globals": b"CREATE ROLE x;\n",
         "empty": b"",
     }
-    added1 = _write(store, _key("u-1"), first)
-    assert read_streams(store, _key("u-1")) == first
-    m = store.reader(_key("u-1")).manifest
+    added1 = write_backup(dedup_store, _key("u-1"), first)
+    assert read_streams(dedup_store, _key("u-1")) == first
+    m = dedup_store.reader(_key("u-1")).manifest
     assert m.format_version == 2
     assert m.stream("dump").sha256 == hashlib.sha256(first["dump"]).hexdigest()
     assert len(m.stream("dump").chunks) > 10
     seen: list[int] = []
-    store.reader(_key("u-1")).verify_stored(seen.append)  # progress in stored bytes
+    dedup_store.reader(_key("u-1")).verify_stored(seen.append)  # progress in stored bytes
     assert sum(seen) == m.stored_bytes
     # Nothing per stream under the backup's own folder: only its manifest.
-    assert [p.rsplit("/", 1)[-1] for p in _objects(store, _key("u-1").relpath)] == ["manifest.json"]
+    assert [p.rsplit("/", 1)[-1] for p in _objects(dedup_store, _key("u-1").relpath)] == [
+        "manifest.json"
+    ]
 
     second = {"dump": _edited(first["dump"], 3, 3), "globals": first["globals"], "empty": b""}
-    before = sum(_objects(store, REPOS).values())
-    added2 = _write(store, _key("u-2"), second)
-    grown = sum(_objects(store, REPOS).values()) - before
-    assert read_streams(store, _key("u-2")) == second
+    before = sum(_objects(dedup_store, REPOS).values())
+    added2 = write_backup(dedup_store, _key("u-2"), second)
+    grown = sum(_objects(dedup_store, REPOS).values()) - before
+    assert read_streams(dedup_store, _key("u-2")) == second
     # 3 small edits touch one or two chunks of ~1.25 MiB each, of a 48 MiB stream:
     # measured 6-18% over random repository keys; a full copy would be all of `added1`.
     assert grown < added1 * 0.3, (grown, added1)
     assert added2 == pytest.approx(grown, rel=0.05)
     # Packs are tens of MiB, not one object per chunk.
-    packs = [p for p in _objects(store, REPOS) if "/packs/" in p]
+    packs = [p for p in _objects(dedup_store, REPOS) if "/packs/" in p]
     assert len(packs) <= 4
     # The first backup still restores (nothing of it was rewritten).
-    assert read_streams(store, _key("u-1")) == first
+    assert read_streams(dedup_store, _key("u-1")) == first
 
 
-def test_tenants_have_repositories_of_their_own(store: ArtifactStore) -> None:
+def test_tenants_have_repositories_of_their_own(dedup_store: ArtifactStore) -> None:
     data = {"dump": random.Random(4).randbytes(6 << 20)}
-    a = _write(store, _key("u-1", "tenant-a"), data)
-    b = _write(store, _key("u-2", "tenant-b"), data)
+    a = write_backup(dedup_store, _key("u-1", "tenant-a"), data)
+    b = write_backup(dedup_store, _key("u-2", "tenant-b"), data)
     assert a > 5 << 20 and b > 5 << 20  # stored twice: no deduplication across tenants
-    objs_a = _objects(store, f"{REPOS}/tenant-a")
-    objs_b = _objects(store, f"{REPOS}/tenant-b")
+    objs_a = _objects(dedup_store, f"{REPOS}/tenant-a")
+    objs_b = _objects(dedup_store, f"{REPOS}/tenant-b")
     names_a = {p.rsplit("/", 1)[-1] for p in objs_a}
     names_b = {p.rsplit("/", 1)[-1] for p in objs_b}
     assert names_a & names_b == {"config.json"}
     ids = lambda ns: {  # noqa: E731
         c.id
-        for s in store.reader(_key("u-1" if ns == "a" else "u-2", f"tenant-{ns}")).manifest.streams
+        for s in dedup_store.reader(
+            _key("u-1" if ns == "a" else "u-2", f"tenant-{ns}")
+        ).manifest.streams
         for c in s.chunks
     }
     assert not ids("a") & ids("b")  # keyed ids: the same bytes have other names
-    assert read_streams(store, _key("u-2", "tenant-b")) == data
+    assert read_streams(dedup_store, _key("u-2", "tenant-b")) == data
     # Tenant a's manifest planted as a backup of tenant b reads only from b's repository,
     # where a's packs are not: refused, not served from a's chunks.
     planted = _key("u-3", "tenant-b")
-    store.put_atomic(
-        store.path(planted, "manifest.json"), store.reader(_key("u-1", "tenant-a")).manifest_bytes
+    dedup_store.put_atomic(
+        dedup_store.path(planted, "manifest.json"),
+        dedup_store.reader(_key("u-1", "tenant-a")).manifest_bytes,
     )
     with pytest.raises(ArtifactCorruptError):
-        read_streams(store, planted)
+        read_streams(dedup_store, planted)
 
 
-def test_a_damaged_pack_fails_reading_and_verification(store: ArtifactStore) -> None:
+def test_a_damaged_pack_fails_reading_and_verification(dedup_store: ArtifactStore) -> None:
     data = {"dump": random.Random(5).randbytes(3 << 20)}
-    _write(store, KEY, data)
-    pack = next(p for p in _objects(store, REPOS) if "/packs/" in p)
-    blob = bytearray(store.fs.cat_file(pack))
+    write_backup(dedup_store, KEY, data)
+    pack = next(p for p in _objects(dedup_store, REPOS) if "/packs/" in p)
+    blob = bytearray(dedup_store.fs.cat_file(pack))
     blob[len(blob) // 2] ^= 0x40
-    store.fs.pipe_file(pack, bytes(blob))
+    dedup_store.fs.pipe_file(pack, bytes(blob))
     with pytest.raises(ArtifactCorruptError):
-        store.reader(KEY).verify()
+        dedup_store.reader(KEY).verify()
     with pytest.raises(ArtifactCorruptError):
-        store.reader(KEY).verify_stored()
+        dedup_store.reader(KEY).verify_stored()
     with pytest.raises(ArtifactCorruptError):
-        read_streams(store, KEY)
-    store.fs.rm_file(pack)
+        read_streams(dedup_store, KEY)
+    dedup_store.fs.rm_file(pack)
     with pytest.raises(ArtifactCorruptError, match="missing"):
-        store.reader(KEY).verify()
+        dedup_store.reader(KEY).verify()
 
 
 def test_encrypted_repository_holds_no_plaintext(tmp_path: Path) -> None:
@@ -197,7 +161,7 @@ def test_encrypted_repository_holds_no_plaintext(tmp_path: Path) -> None:
     store.deduplicate, store.keyring = True, _ring()
     text = b"".join(b"row %d: the tenant's secret value\n" % i for i in range(200_000))
     data = {"dump": text, "random": os.urandom(2 << 20)}
-    _write(store, KEY, data)
+    write_backup(store, KEY, data)
     assert read_streams(store, KEY) == data
     stored = b"".join(
         p.read_bytes() for p in sorted((tmp_path / "bucket").rglob("*")) if p.is_file()
@@ -264,7 +228,7 @@ def test_a_missing_or_wrong_key_fails_before_reading(tmp_path: Path) -> None:
 
     store = ArtifactStore.local(str(tmp_path / "bucket"))
     store.deduplicate, store.keyring = True, _ring()
-    _write(store, KEY, {"a": b"data" * 1000})
+    write_backup(store, KEY, {"a": b"data" * 1000})
     store.keyring = None
     with pytest.raises(EncryptionKeyError, match="encrypted"):
         store.reader(KEY).unlock()
@@ -308,10 +272,10 @@ def test_an_unreadable_index_costs_deduplication_only(tmp_path: Path) -> None:
     store = ArtifactStore.local(str(tmp_path / "bucket"))
     store.deduplicate = True
     data = {"a": random.Random(6).randbytes(3 << 20)}
-    _write(store, _key("u-1"), data)
+    write_backup(store, _key("u-1"), data)
     [index] = (tmp_path / "bucket").rglob("index/*/*")
     index.write_bytes(b"not json")
-    assert _write(store, _key("u-2"), data) > 3 << 20  # stored again, not referenced
+    assert write_backup(store, _key("u-2"), data) > 3 << 20  # stored again, not referenced
     assert read_streams(store, _key("u-1")) == data == read_streams(store, _key("u-2"))
 
 
@@ -320,7 +284,7 @@ def test_reordered_chunk_references_are_refused(tmp_path: Path) -> None:
 
     store = ArtifactStore.local(str(tmp_path / "bucket"))
     store.deduplicate = True
-    _write(store, KEY, {"a": random.Random(7).randbytes(6 << 20)})
+    write_backup(store, KEY, {"a": random.Random(7).randbytes(6 << 20)})
     path = Path(store.path(KEY, "manifest.json"))
     doc = json.loads(path.read_bytes())
     chunks = doc["streams"][0]["chunks"]

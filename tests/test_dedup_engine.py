@@ -9,13 +9,14 @@ import os
 import random
 import re
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 import s3fs
 from cozybackup_sqlite import SQLiteDriver
 
-from cozybackup_core import Backup
+from cozybackup_core import Backup, BackupContext
 from cozybackup_core.testing import LocalPlatform, S3ServerInfo
 from cozybackup_core.testing import key_secret_yaml as _key_secret
 
@@ -249,22 +250,135 @@ def test_a_failed_backup_leaves_no_partial_pack(tmp_path: Path) -> None:
     assert [p.name for p in plat.stored_files()] == ["config.json"]
 
 
-def test_prune_deletes_a_manifest_and_leaves_shared_chunks(tmp_path: Path) -> None:
-    """No garbage collection yet: pruning a Backup removes its manifest only, so the chunks
-    a kept Backup shares with it stay and the kept one restores."""
+def test_prune_collects_what_only_the_pruned_backup_held(tmp_path: Path) -> None:
+    """Retention deletes b1; the same pass collects its chunks: a pack it alone used
+    goes, a pack it shared is kept while mostly live, rewritten when mostly dead.  What
+    stays is at most twice what b2 references (the rewrite threshold), and b2 restores."""
     keep_one = FILES_CLASS.replace("spec:\n", "spec:\n  retention: {keepLast: 1}\n", 1)
     assert keep_one != FILES_CLASS
     plat = _platform(tmp_path, _local_location())
     plat.apply(keep_one)
-    original = random.Random(8).randbytes(4 << 20)
+    original = random.Random(8).randbytes(8 << 20)
     ref = directory_app(plat, tmp_path / "app", original)
     _ok(plat.backup(NS, ref, "b1", "files"))
-    (tmp_path / "app" / "x.bin").write_bytes(_edit(original, 9))
+    (tmp_path / "app" / "x.bin").write_bytes(_edit(original, 9)[: 5 << 20])
     _ok(plat.backup(NS, ref, "b2", "files"))
-    packs = {p: p.read_bytes() for p in _repo_files(plat) if "packs" in p.parts}
+    packs = lambda: [p for p in _repo_files(plat) if "packs" in p.parts]  # noqa: E731
+    before = sum(p.stat().st_size for p in packs())
     plat.engine.prune()
     assert [b.metadata.name for b in plat.backups(NS)] == ["b2"]
     assert len([p for p in plat.stored_files() if p.name == "manifest.json"]) == 1
-    assert {p: p.read_bytes() for p in packs} == packs
+    after = sum(p.stat().st_size for p in packs())
+    backup = plat.host.objects.get(Backup, NS, "b2")
+    assert backup is not None
+    manifest = plat.engine.open_backup(backup).manifest
+    live = sum({c.id: c.length for s in manifest.streams for c in s.chunks}.values())
+    assert after < before and after <= 2 * live, (before, after, live)
     _ok(plat.restore(NS, "b2", "r1"))
-    assert (tmp_path / "app" / "x.bin").read_bytes() == _edit(original, 9)
+    assert (tmp_path / "app" / "x.bin").read_bytes() == _edit(original, 9)[: 5 << 20]
+
+
+def test_one_damaged_pack_fails_every_backup_that_references_it(tmp_path: Path) -> None:
+    """b2 shares b1's head, so it references b1's pack; one byte of that pack that only
+    b1 uses is damaged.  Both fail verification (the pack's sha256 differs from its
+    index's), a restore of b2 is refused before the target is touched and names b2, and
+    b3, which references nothing in that pack, still verifies."""
+    plat = _platform(tmp_path, _local_location())
+    first = random.Random(21).randbytes(12 << 20)
+    ref = directory_app(plat, tmp_path / "app", first)
+    _ok(plat.backup(NS, ref, "b1", "files"))
+    [pack] = [p for p in _repo_files(plat) if "packs" in p.parts]
+    (tmp_path / "app" / "x.bin").write_bytes(
+        first[: 6 << 20] + random.Random(22).randbytes(1 << 20)
+    )
+    _ok(plat.backup(NS, ref, "b2", "files"))
+    (tmp_path / "app" / "x.bin").write_bytes(random.Random(23).randbytes(1 << 20))
+    _ok(plat.backup(NS, ref, "b3", "files"))
+
+    def refs(name: str) -> list[tuple[str, int, int]]:
+        backup = plat.host.objects.get(Backup, NS, name)
+        assert backup is not None
+        m = plat.engine.open_backup(backup).manifest
+        return [(c.pack, c.offset, c.length) for s in m.streams for c in s.chunks]
+
+    in_pack = [r for r in refs("b2") if r[0] == pack.name]
+    assert in_pack  # b2 shares chunks of b1's pack
+    assert not any(r[0] == pack.name for r in refs("b3"))
+    damaged_at = pack.stat().st_size - 1  # in b1's last chunk, beyond what b2 shares
+    assert all(offset + length <= damaged_at for _, offset, length in in_pack)
+    raw = bytearray(pack.read_bytes())
+    raw[damaged_at] ^= 0x01
+    pack.write_bytes(bytes(raw))
+
+    results = {}
+    for name in ("b1", "b2", "b3"):
+        backup = plat.host.objects.get(Backup, NS, name)
+        assert backup is not None
+        checked = plat.engine.verify(backup).status.last_verified
+        assert checked is not None
+        results[name] = checked.result
+    assert results == {"b1": "Failed", "b2": "Failed", "b3": "Passed"}
+    (tmp_path / "app" / "x.bin").write_bytes(b"current")
+    job = plat.restore(NS, "b2", "r2")
+    assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == "ArtifactCorrupt"
+    assert "b2" in (job.status.message or ""), job.status.message
+    assert (tmp_path / "app" / "x.bin").read_bytes() == b"current"
+    _ok(plat.restore(NS, "b3", "r3"))
+
+
+class _GatedDriver(FilesDriver):
+    """Writes its streams, then waits at a gate before the engine commits them."""
+
+    name = "gated"
+    strategy_kind = "Gated"
+    reached = threading.Event()
+    go = threading.Event()
+
+    def backup(self, ctx: BackupContext) -> None:
+        super().backup(ctx)
+        self.reached.set()
+        assert self.go.wait(60)
+
+
+def test_prune_racing_a_backup_keeps_every_chunk_it_references(tmp_path: Path) -> None:
+    """b2 is written (referencing b0's chunks, found in the index when it started) and
+    not yet committed when retention deletes b0 and collects: the collection waits for
+    it, and once b2 is committed b0's pack is live again.  b2 restores exactly."""
+    keep_one = directory_class("gated", "Gated").replace(
+        "spec:\n", "spec:\n  retention: {keepLast: 1}\n", 1
+    )
+    plat = LocalPlatform(tmp_path / "home", drivers=(_GatedDriver,))
+    plat.apply(_local_location(), keep_one)
+    day0 = random.Random(61).randbytes(6 << 20)
+    ref = directory_app(plat, tmp_path / "app", day0)
+    _GatedDriver.go.set()
+    _ok(plat.backup(NS, ref, "b0", "gated"))
+    (tmp_path / "app" / "x.bin").write_bytes(random.Random(62).randbytes(1 << 20))
+    _ok(plat.backup(NS, ref, "b1", "gated"))
+
+    _GatedDriver.reached.clear()
+    _GatedDriver.go.clear()
+    (tmp_path / "app" / "x.bin").write_bytes(day0)  # b2 holds b0's data again
+    done: list[object] = []
+    running = threading.Thread(target=lambda: done.append(plat.backup(NS, ref, "b2", "gated")))
+    running.start()
+    try:
+        assert _GatedDriver.reached.wait(60)
+        plat.engine.prune(collect=True)  # deletes b0; b1 is the newest Backup
+        assert [b.metadata.name for b in plat.backups(NS)] == ["b1"]
+        pending = [p for p in _repo_files(plat) if "gc" in p.parts]
+        assert pending, "the collection condemned b0's pack and waits for b2"
+    finally:
+        _GatedDriver.go.set()
+        running.join(60)
+    _ok(done[0])
+    plat.engine.prune(collect=True)  # deletes b1; b0's pack is b2's now
+    assert [b.metadata.name for b in plat.backups(NS)] == ["b2"]
+    assert not [p for p in _repo_files(plat) if "gc" in p.parts or "writers" in p.parts]
+    backup = plat.host.objects.get(Backup, NS, "b2")
+    assert backup is not None
+    plat.engine.verify_backup(NS, "b2")
+    (tmp_path / "app" / "x.bin").write_bytes(b"current")
+    _ok(plat.restore(NS, "b2", "r2"))
+    assert (tmp_path / "app" / "x.bin").read_bytes() == day0

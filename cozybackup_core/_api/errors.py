@@ -131,6 +131,12 @@ class OptionRefused(PermanentError):
     reason = "OptionRefused"
 
 
+class QuotaExceededError(PermanentError):
+    """A backup would take its tenant past the storage its BackupClass allows."""
+
+    reason = "QuotaExceeded"
+
+
 class EncryptionKeyError(PermanentError):
     """The key a backup needs is missing or wrong: nothing is read or restored."""
 

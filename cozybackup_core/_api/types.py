@@ -30,7 +30,7 @@ from .fields import (
     path_field,
     text_field,
 )
-from .units import DURATION_PATTERN
+from .units import BYTES_PATTERN, DURATION_PATTERN
 
 GROUP = "backups.cozystack.io"
 VERSION = "v1alpha1"
@@ -45,6 +45,13 @@ LABEL_CLASS = "backups.cozystack.io/backup-class"
 ANNOTATION_PINNED = "backups.cozystack.io/pinned"
 #: On a Backup: the uid of the BackupJob that made it (a job never adopts another's).
 ANNOTATION_JOB_UID = "backups.cozystack.io/backup-job-uid"
+#: On a Backup: the stored bytes it added when it was made (deduplicated: its new chunks;
+#: else all it stored).  Annotations, not status fields: Cozystack's Backup status has no
+#: place for them and its structural schema would prune any we added.
+ANNOTATION_STORED_BYTES = "backups.cozystack.io/stored-bytes"
+#: On a Backup: the stored bytes no other Backup references, what deleting it would free
+#: (measured by each prune pass; absent until the first).
+ANNOTATION_UNIQUE_BYTES = "backups.cozystack.io/unique-bytes"
 #: On every Backup the engine records on Kubernetes: a Backup deleted there (``kubectl
 #: delete``) stays until its data is deleted, then the engine removes this and it goes.
 BACKUP_FINALIZER = "backups.cozystack.io/artifact"
@@ -525,6 +532,20 @@ class StrategyBinding:
 
 
 @attrs.frozen(kw_only=True)
+class Quota:
+    """*Extension*: what one tenant's backups may take in storage.  A backup of this class
+    that would take the tenant past ``storagePerTenant`` on the class's storage location
+    (what the tenant's backups use there, plus what the application's last backup
+    stored) fails before writing anything, with reason ``QuotaExceeded``."""
+
+    storage_per_tenant: str = constrained(
+        pattern=BYTES_PATTERN,
+        maxLength=24,
+        **{"x-describe": "is not a size such as 500Mi, 100Gi or 2T"},
+    )
+
+
+@attrs.frozen(kw_only=True)
 class BackupClassSpec:
     strategies: tuple[StrategyBinding, ...]
     # extension: the default StorageLocation
@@ -532,6 +553,7 @@ class BackupClassSpec:
     retention: Retention | None = None  # extension: for every binding without its own
     verification: VerificationPolicy | None = None  # extension: likewise
     objectives: Objectives | None = None  # extension: likewise
+    quota: Quota | None = None  # extension: per tenant, over every binding
 
 
 @attrs.frozen(kw_only=True)

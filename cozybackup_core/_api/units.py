@@ -30,6 +30,22 @@ def parse_duration(text: str) -> dt.timedelta:
     )
 
 
+#: A size as Kubernetes quantities write one: ``500Mi``, ``100Gi``, ``2T``, ``1000000``.
+BYTES_PATTERN = r"^[0-9]{1,15}(Ki|Mi|Gi|Ti|Pi|k|K|M|G|T|P)?$"
+_BYTES: dict[str, int] = {
+    "": 1,
+    **{u: 1 << (10 * i) for i, u in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi"), 1)},
+    **{u: int(10 ** (3 * i)) for i, u in enumerate(("K", "M", "G", "T", "P"), 1)},
+    "k": 1000,
+}
+
+
+def parse_bytes(text: str) -> int:
+    """``100Gi`` -> 107374182400 (a quantity ``BYTES_PATTERN`` admits)."""
+    number = text.rstrip("kKMGTPi")
+    return int(number) * _BYTES[text[len(number) :]]
+
+
 def human_bytes(n: int) -> str:
     """``5429299`` -> ``5.2 MiB`` (binary units, one decimal; bytes as they are)."""
     size = float(n)

@@ -11,7 +11,15 @@ from typing import Any
 
 import yaml
 
-from .._api.types import Backup, BackupClass, BackupJob, Plan, RestoreJob
+from .._api.types import (
+    ANNOTATION_STORED_BYTES,
+    ANNOTATION_UNIQUE_BYTES,
+    Backup,
+    BackupClass,
+    BackupJob,
+    Plan,
+    RestoreJob,
+)
 from .._api.units import human_age, human_bytes
 from .._api.wire import dump
 from ..hosts._local_types import Application
@@ -61,6 +69,12 @@ def table(rows: list[dict[str, str]]) -> str:
     return line(header) + "".join(line([str(r[h]) for h in header]) for r in rows)
 
 
+def _bytes_note(obj: Any, key: str) -> str:
+    """An annotation holding a byte count, in human units ("" when absent or not one)."""
+    value = obj.metadata.annotations.get(key, "")
+    return human_bytes(int(value)) if value.isdigit() else ""
+
+
 def _ago(when: dt.datetime | None, now: dt.datetime) -> str:
     return human_age(now - when) if when is not None else ""
 
@@ -94,6 +108,9 @@ def row(obj: Any, with_ns: bool, now: dt.datetime, *, wide: bool = False) -> dic
         out["APPLICATION"] = str(obj.spec.application_ref)
         out["TAKEN"] = _ago(obj.spec.taken_at, now)
         out["SIZE"] = human_bytes(art.size_bytes) if art and art.size_bytes is not None else ""
+        # What it stored when made, and what deleting it would free (the last prune's).
+        out["STORED"] = _bytes_note(obj, ANNOTATION_STORED_BYTES)
+        out["FREES"] = _bytes_note(obj, ANNOTATION_UNIQUE_BYTES)
         if wide:
             out["TAKEN AT"] = obj.spec.taken_at.isoformat(timespec="seconds")
             out["STRATEGY"] = f"{obj.spec.strategy_ref.kind}/{obj.spec.strategy_ref.name}"

@@ -18,9 +18,11 @@ import uuid
 
 import attrs
 
-from .._api.errors import PermanentError
+from .._api.errors import PermanentError, QuotaExceededError
 from .._api.types import (
     ANNOTATION_JOB_UID,
+    ANNOTATION_STORED_BYTES,
+    LABEL_CLASS,
     ArtifactRecord,
     ArtifactRecordSpec,
     ArtifactRecordStatus,
@@ -29,8 +31,9 @@ from .._api.types import (
     LocalObjectRef,
     ObjectMeta,
     ObjectRef,
+    label_value,
 )
-from .._api.units import human_bytes
+from .._api.units import human_bytes, parse_bytes
 from .._api.wire import unstructure
 from .._catalog.catalog import Resolved
 from .._drivers.contract import AppLocation, BackupContext, Deadline, Driver, ToolRequest
@@ -73,6 +76,7 @@ def run_backup(svc: Services, job: BackupJob) -> BackupJob:
         resolved = svc.catalog().resolve(job.spec.backup_class_name, job.spec.application_ref)
         driver = resolved.driver
         app = svc.host.locate(ns, job.spec.application_ref)
+        check_quota(svc, job, resolved)
     except Exception as exc:
         reason, msg = svc.failure(exc, driver, job)
         return svc.finish(job, False, reason, msg, redact)
@@ -109,6 +113,40 @@ def run_backup(svc: Services, job: BackupJob) -> BackupJob:
         redact,
         backup_ref=LocalObjectRef(name=backup.metadata.name),
     )
+
+
+def check_quota(svc: Services, job: BackupJob, resolved: Resolved) -> None:
+    """Refuse, before anything is written, a backup that would take its tenant past its
+    class's quota: what the tenant's data takes on the class's storage now, plus what the
+    application's newest backup of this class stored (the best guess of what this one
+    adds; nothing for a first backup, which is refused only at or over the quota)."""
+    bc = svc.catalog().classes.get(job.spec.backup_class_name)
+    quota = bc.spec.quota if bc is not None else None
+    if quota is None:
+        return
+    ns = job.metadata.namespace or ""
+    allowed = parse_bytes(quota.storage_per_tenant)
+    used = svc.store_for(resolved.storage).tenant_bytes(ns)
+    same = [
+        b
+        for b in svc.host.objects.list(Backup, ns)
+        if b.spec.application_ref == job.spec.application_ref
+        and b.metadata.labels.get(LABEL_CLASS) == label_value(job.spec.backup_class_name)
+        and b.metadata.annotations.get(ANNOTATION_STORED_BYTES, "").isdigit()
+    ]
+    newest = max(same, key=lambda b: b.spec.taken_at, default=None)
+    expected = int(newest.metadata.annotations[ANNOTATION_STORED_BYTES]) if newest else 0
+    if used >= allowed or used + expected > allowed:
+        last = (
+            f"; the last backup of this application stored {human_bytes(expected)}"
+            if newest
+            else ""
+        )
+        raise QuotaExceededError(
+            f"this namespace's backups use {human_bytes(used)} of the "
+            f"{human_bytes(allowed)} BackupClass {job.spec.backup_class_name} allows{last}; "
+            "delete or unpin Backups, or ask the platform operator for a larger quota"
+        )
 
 
 def _attempt(

@@ -2,25 +2,34 @@
 
 Each operation lives in its own module and depends only on :class:`Services`:
 ``jobs`` (the queue; ``backup`` and ``restore``), ``recovery``, ``prune`` (over
-``deletion``), ``drills`` and ``rekey``.  :class:`Engine` only composes them; a pass of
+``deletion``), ``usage``, ``drills`` and ``rekey``.  :class:`Engine` only composes them; a pass of
 them all, in order, is :class:`~cozybackup_core.Runner`.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 from .._api.types import Backup, BackupJob, Plan, RestoreJob
-from . import deletion, drills, expiry, jobs, objectives, prune, recovery, rekey, workers
+from . import deletion, drills, expiry, jobs, objectives, prune, recovery, rekey, usage, workers
 from .backup import run_backup
+from .prune import Frees, PruneAction
 from .restore import run_restore
 from .services import EngineConfig, Job, Services
 
 __all__ = ["Engine", "EngineConfig"]
 
 
+#: Seconds between two collections and accountings when retention deleted nothing
+#: (Backups made meanwhile change what the others alone hold; orphans swept leave garbage).
+COLLECT_EVERY = 3600.0
+
+
 class Engine(Services):
     """The services plus every operation on them."""
+
+    _collected_at: float | None = None
 
     def run_once(self, stop: threading.Event | None = None) -> list[Job]:
         """Run every pending job (see ``jobs.run_once``); returns the jobs finished."""
@@ -35,9 +44,31 @@ class Engine(Services):
     def run_restore(self, job: RestoreJob) -> RestoreJob:
         return run_restore(self, job)
 
-    def prune(self, dry_run: bool = False) -> list[prune.PruneAction]:
-        """Apply every class's retention policy (or, with ``dry_run``, only report it)."""
-        return prune.prune(self, dry_run)
+    def prune(self, dry_run: bool = False, collect: bool | None = None) -> list[PruneAction]:
+        """Apply every class's retention policy (or, with ``dry_run``, only report it);
+        then collect the garbage of every deduplicating repository and measure what each
+        Backup alone holds (``usage``).  Both read every committed manifest, so a pass
+        does them only when ``collect`` says so or, when it says nothing, when retention
+        deleted something or ``COLLECT_EVERY`` has passed since the last time."""
+        actions = prune.prune(self, dry_run)
+        if dry_run:
+            return actions
+        last = self._collected_at
+        if collect is None:
+            collect = (
+                last is None
+                or any(a.delete for a in actions)
+                or time.monotonic() - last >= COLLECT_EVERY
+            )
+        if collect:
+            prune.collect_garbage(self)
+            usage.record_usage(self)
+            self._collected_at = time.monotonic()
+        return actions
+
+    def retention_frees(self, actions: list[PruneAction]) -> Frees:
+        """What the deletions among ``actions`` (a dry run's) would free in storage."""
+        return prune.frees(self, actions)
 
     def rekey(self) -> tuple[int, int, list[str]]:
         """Re-wrap every encrypted backup's data key under its location's active key."""

@@ -80,6 +80,10 @@ class ObjectStore(Protocol):
         """Replace the status of an existing object (spec and metadata are kept)."""
         ...
 
+    def set_metadata(self, obj: T) -> T:
+        """Replace the labels and annotations of an existing object (the rest is kept)."""
+        ...
+
     def delete(self, cls: type[Resource], namespace: str | None, name: str) -> None: ...
 
 

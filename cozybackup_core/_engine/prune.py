@@ -7,12 +7,12 @@ import logging
 
 import attrs
 
-from .._api.types import (
-    ANNOTATION_PINNED,
-    Backup,
-)
+from .._api.errors import CozyError
+from .._api.types import ANNOTATION_PINNED, Backup, artifact_uid
+from .._api.units import human_bytes
 from .._catalog.catalog import Catalog
 from .._policy.retention import Candidate, decide
+from .._storage.repo.gc import Collected
 from .deletion import delete_backup, finish_deletions
 from .services import Services
 
@@ -76,6 +76,36 @@ def _group_actions(
     return actions
 
 
+@attrs.frozen(kw_only=True)
+class Frees:
+    """What retention's deletions would free in storage."""
+
+    #: ``(namespace, backup)`` -> the stored bytes that Backup alone holds.
+    alone: dict[tuple[str, str], int]
+    #: All of them together (chunks shared only among them included).
+    total: int
+
+
+def frees(svc: Services, actions: list[PruneAction]) -> Frees:
+    """Measure (``_storage/usage.py``) what deleting the Backups ``actions`` delete
+    would free, from the committed manifests as they are now."""
+    doomed = {(a.namespace, a.backup) for a in actions if a.delete}
+    uid_of = {}
+    for b in svc.host.objects.list(Backup):
+        key = (b.metadata.namespace or "", b.metadata.name)
+        uid = artifact_uid(b.status.artifact.uri if b.status.artifact else None)
+        if key in doomed and uid is not None:
+            uid_of[uid] = key
+    alone: dict[tuple[str, str], int] = {}
+    total = 0
+    for _, usage in svc.usages():
+        mine = {b.uid: b for b in usage.backups if b.uid in uid_of}
+        for uid, measured in mine.items():
+            alone[uid_of[uid]] = measured.unique_bytes
+        total += usage.freed_by(mine)
+    return Frees(alone=alone, total=total)
+
+
 def prune(svc: Services, dry_run: bool = False) -> list[PruneAction]:
     actions = retention_actions(svc)
     if not dry_run:
@@ -91,3 +121,30 @@ def prune(svc: Services, dry_run: bool = False) -> list[PruneAction]:
             if "not finished" in note or "failed" in note:
                 log.warning("%s", note)
     return actions
+
+
+def collect_garbage(svc: Services) -> dict[str, Collected]:
+    """Collect the chunks no committed backup references, in every deduplicating
+    repository of every location (``_storage/repo/gc.py``); run after the deletions, so
+    what they released goes in the same pass.  By ``<location>/<namespace>/<plain|sealed>``."""
+    out: dict[str, Collected] = {}
+    for name, loc in svc.locations_in_use().items():
+        try:
+            done = svc.store_for(loc).collect_garbage()
+        except CozyError as exc:
+            log.warning("storage %s not collected: %s (%s)", name, exc, exc.admin_detail)
+            continue
+        for repo, what in done.items():
+            out[f"{name}/{repo}"] = what
+            if what.deleted_packs or what.rewritten_packs:
+                log.info(
+                    "collected %s/%s: %d pack(s) deleted, %d rewritten, %s freed",
+                    name,
+                    repo,
+                    what.deleted_packs,
+                    what.rewritten_packs,
+                    human_bytes(what.freed_bytes),
+                )
+            if what.waiting:
+                log.info("collection of %s/%s waits for %d backup(s)", name, repo, what.waiting)
+    return out

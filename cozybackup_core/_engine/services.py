@@ -30,6 +30,7 @@ from .._api.errors import (
 )
 from .._api.types import (
     ANNOTATION_JOB_UID,
+    ANNOTATION_STORED_BYTES,
     LABEL_CLASS,
     LABEL_JOB,
     LABEL_PLAN,
@@ -58,6 +59,7 @@ from .._drivers.toolpipe import ToolPipe
 from .._plugins.host import PluginHost
 from .._storage.providers import store_secrets
 from .._storage.store import ArtifactKey, ArtifactReader, ArtifactStore, Manifest, checksum_of
+from .._storage.usage import TenantUsage, tenant_usage
 from .executor import Executor
 from .port import Host
 from .progress import Progress, ProgressUpdate
@@ -350,7 +352,12 @@ class Services:
                 name=job.metadata.name,
                 namespace=job.metadata.namespace,
                 labels=labels,
-                annotations={ANNOTATION_JOB_UID: job.metadata.uid or ""},
+                annotations={
+                    ANNOTATION_JOB_UID: job.metadata.uid or "",
+                    ANNOTATION_STORED_BYTES: str(
+                        manifest.stored_bytes if manifest.new_bytes is None else manifest.new_bytes
+                    ),
+                },
             ),
             spec=BackupSpec(
                 application_ref=job.spec.application_ref,
@@ -429,6 +436,43 @@ class Services:
                 )
                 groups.setdefault(key, []).append(b)
         return groups
+
+    def locations_in_use(self) -> dict[str, StorageLocation]:
+        """The locations that hold (or held, in this process) an artifact: those an
+        ArtifactRecord names, and those whose store is open.  Never the others: opening a
+        Local location creates its directory."""
+        names = {r.spec.storage_ref.name for r in self.host.objects.list(ArtifactRecord)}
+        names.update(name for name, _ in self._stores)
+        return {n: loc for n, loc in sorted(self.catalog().storages.items()) if n in names}
+
+    def usages(self) -> list[tuple[str, TenantUsage]]:
+        """``(location, usage)`` of every namespace that has committed backups, per
+        location (``_storage/usage.py``); a location that cannot be read is logged and
+        left out."""
+        pairs = sorted(
+            {
+                (r.spec.storage_ref.name, r.spec.namespace)
+                for r in self.host.objects.list(ArtifactRecord)
+                if r.status.phase == "Committed"
+            }
+        )
+        storages = self.catalog().storages
+        out = []
+        for location, namespace in pairs:
+            loc = storages.get(location)
+            if loc is None:
+                continue
+            try:
+                out.append((location, tenant_usage(self.store_for(loc), namespace)))
+            except CozyError as exc:
+                log.warning(
+                    "usage of %s in %s not measured: %s (%s)",
+                    namespace,
+                    location,
+                    exc,
+                    exc.admin_detail,
+                )
+        return out
 
     def verify_backup(
         self, namespace: str, name: str, on_bytes: Callable[[int], None] = lambda n: None

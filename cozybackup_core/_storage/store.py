@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import hmac
 import io
 import json
+import logging
 import os
 import re
 import stat
@@ -40,6 +42,7 @@ from fsspec.spec import AbstractBufferedFile
 
 from .._api.errors import (
     ArtifactCorruptError,
+    CozyError,
     EncryptionKeyError,
     NotFoundError,
     StorageError,
@@ -62,7 +65,18 @@ from .crypto import (
     stream_key,
 )
 from .repo import ChunkReader, ChunkRef, DedupStreamWriter, PackSink, Repository
-from .repo.repository import SEALED, repository_for, rewrap
+from .repo.gc import Collected, Collector
+from .repo.repository import (
+    CONFIG,
+    REPOS,
+    SEALED,
+    read_if_any,
+    repository_for,
+    repository_path,
+    rewrap,
+)
+
+log = logging.getLogger("cozybackup.storage")
 
 FORMAT_VERSION = 1
 #: Streams as chunk references into the tenant's repository.
@@ -416,7 +430,13 @@ class ArtifactWriter:
         """The tenant's repository, its key made on the first backup that needs it."""
         if self._sink is None:
             repo = self.store.repository(self.key.namespace, sealed=bool(self.store.keyring))
-            self._sink = PackSink(repo, _discard, threads=self.store.threads)
+            self._sink = PackSink(
+                repo,
+                _discard,
+                threads=self.store.threads,
+                writer=self.key.uid,
+                manifest=self.store.path(self.key, MANIFEST),
+            )
         return self._sink
 
     @property
@@ -539,6 +559,8 @@ class ArtifactWriter:
             wrap = self.store.keyring.wrap(self._data_key, self.key.namespace, self.key.uid)
             self.store.put_atomic(self.store.path(self.key, KEYS_FILE), keys_document([wrap]))
         self.store.put_atomic(self.store.path(self.key, MANIFEST), data)
+        if self._sink is not None:
+            self._sink.release()  # after the manifest: it names every chunk from now on
         return data
 
 
@@ -644,18 +666,9 @@ class ArtifactReader:
         without decompressing (about 1.5 GB/s of sha256 instead of a full decode).  What
         was stored is what was written; the raw digest is checked again as a driver reads.
 
-        A deduplicated backup is read whole instead: each chunk is checked by its keyed
-        hash, which needs the repository key (so this unlocks first)."""
+        A deduplicated backup has its packs checked instead (``verify_packs``)."""
         if self.deduplicated:
-            # Progress in stored bytes, as for the stream format (the stage's total).
-            saved, self.on_bytes = self.on_bytes, lambda n: None
-            try:
-                for name in self.names():
-                    with self.open(name, on_stored=on_bytes) as stream:
-                        while stream.read(CHUNK):
-                            pass
-            finally:
-                self.on_bytes = saved
+            self.verify_packs(on_bytes)
             return
         for info in self.manifest.streams:
             path = self.store.stream_path(self.key, info.name)
@@ -682,6 +695,35 @@ class ArtifactReader:
                 )
         self._verify_server_files(on_bytes)
 
+    def verify_packs(self, on_bytes: Callable[[int], None] = lambda n: None) -> None:
+        """Every pack the backup references (through the forwards of rewritten ones) is
+        read whole, once: its sha256 must be the one recorded in its index, every
+        reference must be a chunk its index lists, and every referenced chunk must open
+        (authentic, decodable, its keyed hash and size: this needs the repository key, so
+        it unlocks first).  One damaged pack thus fails every backup that references it.
+        The chunks' order (the manifest's, which the Backup's checksum covers) and the
+        whole stream's digest are checked as a reader reads the streams."""
+        self.unlock()
+        repo = self._repo
+        if repo is None:
+            return  # no stream (server-side streams only)
+        for attempt in (1, 2):
+            repo.list_forwards()
+            by_pack: dict[str, list[ChunkRef]] = {}
+            for info in self.manifest.streams:
+                for ref in info.chunks:
+                    at = repo.locate(ref)
+                    by_pack.setdefault(at.pack, []).append(at)
+            try:
+                for pack in sorted(by_pack):
+                    repo.check_pack(pack, by_pack[pack], on_bytes)
+                return
+            except ArtifactCorruptError:
+                if attempt == 2:
+                    raise
+                # A collection may have rewritten a pack since it was located: once more,
+                # from a fresh listing of the forwards.  Damage fails both times.
+
     def _verify_server_files(self, on_bytes: Callable[[int], None]) -> None:
         expected: dict[str, dict[str, tuple[int, str]]] = {}
         for f in self.manifest.server_files:
@@ -696,8 +738,11 @@ class ArtifactReader:
 
     def verify(self, on_bytes: Callable[[int], None] = lambda n: None) -> None:
         """Read and decode every stream to the end: stored and raw digests, sizes, zstd
-        frame checksums, and every server-side object's digest.  Raise
+        frame checksums, and every server-side object's digest; deduplicated, every pack
+        the backup references first (``verify_packs``).  Raise
         :class:`ArtifactCorruptError` on any mismatch."""
+        if self.deduplicated:
+            self.verify_packs()
         saved, self.on_bytes = self.on_bytes, on_bytes
         try:
             for name in self.names():
@@ -971,19 +1016,108 @@ class ArtifactStore:
         return ArtifactReader(self, key, _manifest_from_json(raw), raw)
 
     def delete(self, key: ArtifactKey) -> None:
-        """Remove an artifact, manifest first so a half-deleted one is never 'committed'."""
+        """Remove an artifact, manifest first so a half-deleted one is never 'committed';
+        then a deduplicated writer's marker (a crashed backup's), so a collection of its
+        repository stops waiting for it.  Its chunks go with the next collection."""
         base = self.path(key)
         try:
             if self.fs.exists(self.path(key, MANIFEST)):
                 self.fs.rm_file(self.path(key, MANIFEST))
             if self.fs.exists(base):
                 self.fs.rm(base, recursive=True)
+            for sealed in (False, True):
+                marker = f"{repository_path(self.root, key.namespace, sealed)}/writers/{key.uid}"
+                if self.fs.exists(marker):
+                    self.fs.rm_file(marker)
         except FileNotFoundError:
             pass
         except Exception as exc:
             raise StorageError(
                 "the backup storage could not be cleaned up", admin_detail=repr(exc)
             ) from exc
+
+    def manifests(self, namespace: str) -> Iterator[tuple[str, Manifest]]:
+        """``(path, manifest)`` of every committed backup of a namespace, both formats (one
+        deleted meanwhile is skipped; an unreadable one raises)."""
+        try:
+            paths = sorted(self.fs.glob(f"{self.root}/{namespace}/*/*/*/{MANIFEST}"))
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            raise StorageError(
+                "the backup storage could not be read", admin_detail=repr(exc)
+            ) from exc
+        for path in paths:
+            data = read_if_any(self, path)
+            if data is not None:
+                yield path, _manifest_from_json(data)
+
+    def repositories(self) -> Iterator[tuple[str, bool]]:
+        """``(namespace, sealed)`` of every tenant repository in this location."""
+        base = f"{self.root}/{REPOS}"
+        try:
+            names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(base, detail=False)]
+        except FileNotFoundError:
+            return
+        except Exception as exc:
+            raise StorageError(
+                "the backup storage could not be read", admin_detail=repr(exc)
+            ) from exc
+        for ns in sorted(names):
+            for sealed in (False, True):
+                if self.fs.exists(f"{repository_path(self.root, ns, sealed)}/{CONFIG}"):
+                    yield ns, sealed
+
+    def chunk_references(self, namespace: str, sealed: bool) -> Iterator[tuple[ChunkRef, ...]]:
+        """Every stream's chunks, of each committed backup in that repository."""
+        for _, m in self.manifests(namespace):
+            if m.format_version == DEDUP_FORMAT_VERSION and (m.encryption is not None) == sealed:
+                yield from (s.chunks for s in m.streams)
+
+    def collect_garbage(self) -> dict[str, Collected]:
+        """Collect every tenant repository here (``repo/gc.py``); what each one did,
+        by ``<namespace>/<plain|sealed>``.  A repository that fails is logged and
+        left for the next pass; the others go on."""
+        out: dict[str, Collected] = {}
+        for ns, sealed in self.repositories():
+            name = f"{ns}/{'sealed' if sealed else 'plain'}"
+            if sealed and self.keyring is None:
+                log.warning(
+                    "repository %s is sealed and the location has no keys: not collected", name
+                )
+                continue
+            try:
+                repo = self.repository(ns, sealed=sealed, create=False)
+                done = Collector(
+                    repo, functools.partial(self.chunk_references, ns, sealed), self._is_stored
+                ).run()
+            except CozyError as exc:
+                log.warning("repository %s not collected: %s (%s)", name, exc, exc.admin_detail)
+                continue
+            if done is not None:
+                out[name] = done
+        return out
+
+    def tenant_bytes(self, namespace: str) -> int:
+        """What a tenant's data takes here: its backups' folders and its repositories
+        (garbage not yet collected included: it is stored, and paid for)."""
+        total = 0
+        for base in (f"{self.root}/{namespace}", f"{self.root}/{REPOS}/{namespace}"):
+            try:
+                total += int(self.fs.du(base, total=True))
+            except FileNotFoundError:
+                continue
+            except Exception as exc:
+                raise StorageError(
+                    "the backup storage could not be read", admin_detail=repr(exc)
+                ) from exc
+        return total
+
+    def _is_stored(self, path: str) -> bool:
+        try:
+            return bool(self.fs.exists(path))
+        except Exception as exc:
+            raise StorageError("the backup storage is unreachable", admin_detail=repr(exc)) from exc
 
     def exists(self, key: ArtifactKey) -> bool:
         """Whether any object of the artifact is stored (empty "directories" do not count)."""

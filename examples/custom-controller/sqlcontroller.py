@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import attrs
 import yaml
 
 import cozybackup_core as cb
@@ -81,6 +82,20 @@ class SQLObjectStore:
         if current is None:
             raise cb.NotFoundError(f"{obj.kind} {obj.metadata.name} does not exist")
         new = cb.with_metadata(cb.with_status_of(current, obj), cb.bumped(current.metadata))
+        with self.lock:
+            self._write(new, insert=False)
+        return new
+
+    def set_metadata(self, obj: R) -> R:
+        current = self.get(type(obj), obj.metadata.namespace, obj.metadata.name)
+        if current is None:
+            raise cb.NotFoundError(f"{obj.kind} {obj.metadata.name} does not exist")
+        meta = attrs.evolve(
+            cb.bumped(current.metadata),
+            labels=obj.metadata.labels,
+            annotations=obj.metadata.annotations,
+        )
+        new = cb.with_metadata(current, meta)
         with self.lock:
             self._write(new, insert=False)
         return new

@@ -10,8 +10,8 @@ root, beside the per-backup folders of the stream format::
 
 A Backup's ``manifest.json`` (format version 2) lists each stream as its ordered chunk
 references.  ``_repos`` cannot be a namespace (a DNS label has no ``_``), so it never
-collides with the per-backup folders.  Garbage collection of unreferenced chunks is not
-built yet: deleting a Backup removes its manifest only.
+collides with the per-backup folders.  Deleting a Backup removes its manifest; the next
+garbage collection (``gc.py``) removes what no committed manifest references any more.
 """
 
 from .chunking import Chunker

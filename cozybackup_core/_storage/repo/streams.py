@@ -2,7 +2,8 @@
 
 Memory is bounded whatever the stream's size: the chunker's window, a few chunks in
 flight to the compressing threads, the pack's upload buffer, a few chunks read ahead.  What grows is the list of
-chunk references (one per ~1.25 MiB) and the map of the repository's known chunk ids.
+chunk references (one per ~1.25 MiB); the repository's known chunk ids are in a
+temporary SQLite file (``known.py``), not in memory.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import datetime as dt
+import hashlib
 import io
 import threading
 from collections.abc import Callable
@@ -19,6 +22,7 @@ import zstandard
 
 from ..._api.errors import ArtifactCorruptError, StorageError
 from .chunking import Chunker
+from .known import KnownChunks, known_chunks
 from .repository import ChunkRef, Repository
 
 #: A pack is closed once it holds this much: few objects, yet small enough to re-read.
@@ -37,8 +41,14 @@ class PackSink:
         *,
         threads: int = 1,
         pack_target: int = PACK_TARGET,
+        writer: str = "",
+        manifest: str = "",
     ) -> None:
         self.repo = repo
+        #: Registered with the repository before its indexes are read (see ``gc.py``).
+        self._writer = writer
+        self._manifest = manifest
+        self._registered = False
         self._discard = discard
         self._pack_target = pack_target
         self._threads = max(1, threads)
@@ -46,9 +56,10 @@ class PackSink:
         #: How many chunks a stream may have in flight (memory: this many, ~1.25 MiB each).
         self.depth = 2 * self._threads
         self._lock = threading.Lock()  # a driver may write two streams at once
-        self._known: dict[str, ChunkRef] | None = None
+        self._known: KnownChunks | None = None
         self._pack: str | None = None
         self._file: IO[bytes] | None = None
+        self._digest = hashlib.sha256()
         self._offset = 0
         self._entries: list[ChunkRef] = []
         #: Stored bytes this backup added to the repository.
@@ -79,16 +90,31 @@ class PackSink:
     def _store(self, cid: str, size: int, blob: bytes) -> ChunkRef:
         with self._lock:
             known = self._known_ids()
-            if cid in known:  # stored meanwhile (an earlier repeat, or the other stream)
-                return known[cid]
+            held = known.get(cid)
+            if held is not None:  # stored meanwhile (an earlier repeat, or the other stream)
+                return held
             ref = self._append(cid, size, blob)
-            known[cid] = ref
+            known.add([ref])
             return ref
 
-    def _known_ids(self) -> dict[str, ChunkRef]:
+    def _known_ids(self) -> KnownChunks:
         if self._known is None:
-            self._known = self.repo.known()
+            if self._writer:
+                started = dt.datetime.now(dt.timezone.utc).isoformat()
+                self.repo.register_writer(self._writer, self._manifest, started)
+                self._registered = True
+            self._known = known_chunks(self.repo)
         return self._known
+
+    def release(self) -> None:
+        """The manifest is written (or the backup gave up): a collection need not wait."""
+        if self._registered:
+            self.repo.release_writer(self._writer)
+            self._registered = False
+        with self._lock:
+            if self._known is not None:
+                self._known.close()
+                self._known = None
 
     def _append(self, cid: str, size: int, blob: bytes) -> ChunkRef:
         if self._file is None:
@@ -97,9 +123,11 @@ class PackSink:
                 lambda: self.repo.bucket.open_write(self.repo.pack_path(self._pack or ""))
             )
             self._offset = 0
+            self._digest = hashlib.sha256()
         file = self._file
         assert self._pack is not None and file is not None
         _guard(lambda: file.write(blob))
+        self._digest.update(blob)
         ref = ChunkRef(id=cid, size=size, pack=self._pack, offset=self._offset, length=len(blob))
         self._offset += len(blob)
         self._entries.append(ref)
@@ -114,7 +142,7 @@ class PackSink:
         if file is None or pack is None:
             return
         _guard(file.close)
-        self.repo.write_index(pack, entries)
+        self.repo.write_index(pack, entries, self._digest.hexdigest())
 
     def flush(self) -> None:
         """Store the open pack and its index (before the manifest that references it)."""
@@ -137,9 +165,10 @@ class PackSink:
                     self.repo.bucket.fs.rm_file(self.repo.pack_path(self._pack))
                 if self._known is not None:
                     for ref in self._entries:
-                        self._known.pop(ref.id, None)
+                        self._known.discard(ref.id)
             self._file, self._pack, self._entries = None, None, []
         self._stop()
+        self.release()
 
 
 def _guard(call: Callable[[], Any]) -> Any:
