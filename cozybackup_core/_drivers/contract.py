@@ -144,6 +144,31 @@ class StreamSource(Protocol):
         ...
 
 
+class SegmentStore(Protocol):
+    """An application's continuous archive of log segments (PostgreSQL's WAL): each
+    segment stored, compressed, encrypted and verified like a stream, beside the
+    application's Backups in the same location."""
+
+    def names(self) -> list[str]:
+        """The stored segments, sorted by name."""
+        ...
+
+    def metadata(self, name: str) -> Mapping[str, Any]:
+        """What the driver recorded with segment ``name`` when it stored it."""
+        ...
+
+    def open(self, name: str) -> AbstractContextManager[IO[bytes]]:
+        """Segment ``name``; reaching its end verifies it (:class:`ArtifactCorruptError`
+        naming the segment otherwise)."""
+        ...
+
+    def put(self, name: str, source: IO[bytes], metadata: Mapping[str, Any]) -> None:
+        """Store ``source`` to its end as segment ``name``; wholly or not at all."""
+        ...
+
+    def delete(self, name: str) -> None: ...
+
+
 #: A driver's parameters type (``Driver[PostgresParameters]``); ``Any`` when not given.
 P = TypeVar("P", default=Any)
 
@@ -200,6 +225,9 @@ class RestoreContext(Generic[P]):
     #: (Cozystack's console sends strings); ``recovery_time`` is ``options.recoveryTime``.
     options: Mapping[str, Any] = attrs.field(factory=dict)
     recovery_time: dt.datetime | None = None
+    #: The source application's continuous archive, in the Backup's location (for a
+    #: driver with ``point_in_time``); None where the host offers none.
+    archive: SegmentStore | None = None
     #: As ``BackupContext.tool``.
     tool: ToolPipe | None = None
     #: What this restore did not bring back exactly (values the server changed, objects
