@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from .._api.errors import ValidationError
@@ -100,7 +101,11 @@ def serve(
     stop = stop or stop_on_signals()
     for b in engine.plugins.broken:
         print(f"warning: driver plugin {b.name} is broken: {b.error}", file=sys.stderr)
-    runner = Runner(engine)
+    # The embedded host keeps its streamers' directories under its home; a single pass
+    # starts none (a streamer is for a runner that stays).
+    home = getattr(engine.host, "home", None)
+    streams_dir = Path(home) / "streams" if home is not None and not once else None
+    runner = Runner(engine, streams_dir=streams_dir)
     for note in runner.recover():
         print(f"recovered: {note}", file=sys.stderr)
     if metrics is not None:

@@ -169,6 +169,26 @@ class SegmentStore(Protocol):
     def delete(self, name: str) -> None: ...
 
 
+class Streamer(Protocol):
+    """A long-running copier of one application's changes into its archive (a WAL
+    streamer), hosted by the runner beside jobs (see ``Driver.streams``)."""
+
+    def run(self, stop: threading.Event) -> None:
+        """Copy until ``stop`` is set; return then.  Raise (a :class:`CozyError` with a
+        tenant-safe message) when it cannot go on: the runner reports it and starts a new
+        streamer later."""
+        ...
+
+    def lag(self) -> Mapping[str, Any]:
+        """How far behind the application it is (``lagBytes``, ``lagSeconds``...)."""
+        ...
+
+    def release(self) -> None:
+        """Give back what it holds on the application's server (a replication slot),
+        when no class asks for streaming any more."""
+        ...
+
+
 #: A driver's parameters type (``Driver[PostgresParameters]``); ``Any`` when not given.
 P = TypeVar("P", default=Any)
 
@@ -394,6 +414,19 @@ class Driver(abc.ABC, Generic[P]):
     @abc.abstractmethod
     def restore(self, ctx: RestoreContext[P]) -> None:
         """Replay ``ctx.artifact`` into ``ctx.target``."""
+
+    def streams(self, parameters: P) -> bool:
+        """Whether applications bound with these parameters get a :class:`Streamer`
+        (continuous archiving, for ``point_in_time`` restores).  Default: no."""
+        return False
+
+    def streamer(
+        self, parameters: P, application: AppLocation, archive: SegmentStore, workdir: Path
+    ) -> Streamer:
+        """The streamer of one application, writing into ``archive``; ``workdir`` is a
+        directory of its own that outlives it (what a killed streamer left there is the
+        next one's to store).  Called only where :meth:`streams` is true."""
+        raise UnsupportedError(f"the {self.name} driver has no streamer")
 
     def tool_container(self, parameters: P, request: ToolRequest) -> ToolContainer | None:
         """A tool to run in an image of its own beside the worker, where the host moves

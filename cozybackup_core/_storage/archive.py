@@ -47,8 +47,16 @@ class SegmentArchive:
     def of(cls, store: ArtifactStore, key: ArtifactKey, driver: str) -> SegmentArchive:
         """The archive of the application whose Backup is at ``key``, in the same location
         (and under the same encryption keys)."""
+        return cls.for_application(store, key.namespace, key.kind, key.application, driver)
+
+    @classmethod
+    def for_application(
+        cls, store: ArtifactStore, namespace: str, kind: str, application: str, driver: str
+    ) -> SegmentArchive:
+        # Validates the three names as path segments, as for a Backup.
+        ArtifactKey(namespace=namespace, kind=kind, application=application, uid="archive")
         beside = attrs.evolve(store, root=f"{store.root}/{ARCHIVE_DIR}", deduplicate=False)
-        return cls(beside, key.namespace, key.kind, key.application, driver)
+        return cls(beside, namespace, kind, application, driver)
 
     def _key(self, name: str) -> ArtifactKey:
         return ArtifactKey(

@@ -14,9 +14,11 @@ the server in ``_pg.py``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 from cozybackup_core import (
+    AppLocation,
     BackupContext,
     Capabilities,
     Driver,
@@ -24,12 +26,15 @@ from cozybackup_core import (
     Locator,
     PointInTimeNotSupported,
     RestoreContext,
+    SegmentStore,
+    Streamer,
     distribution_version,
 )
 
 from . import _backup, _basebackup, _params, _physical, _restore
 from ._drill import Drills
 from ._params import PostgresParameters
+from ._streamer import WalStreamer
 
 __version__ = distribution_version("cozybackup-postgres")
 
@@ -67,6 +72,18 @@ class PostgresDriver(Drills, Driver[PostgresParameters]):
         _params.check(parameters)
 
     # timeoutSeconds can only shorten the platform's own deadline for the job.
+
+    def streams(self, parameters: PostgresParameters) -> bool:
+        return parameters.mode == "physical" and parameters.wal_archiving
+
+    def streamer(
+        self,
+        parameters: PostgresParameters,
+        application: AppLocation,
+        archive: SegmentStore,
+        workdir: Path,
+    ) -> Streamer:
+        return WalStreamer(application, archive, workdir)
 
     def backup(self, ctx: BackupContext[PostgresParameters]) -> None:
         deadline = ctx.deadline.tighter(ctx.parameters.timeout_seconds)

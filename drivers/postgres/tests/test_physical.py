@@ -3,19 +3,23 @@ the platform's storage, restores into a fresh data directory to a moment in time
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import pwd
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from cozybackup_postgres import PostgresDriver
+from cozybackup_postgres._wal import parse_lsn, segment_name
 from cozybackup_postgres.testing import PostgresServer, ServerPool, free_port, write_dataset
 
-from cozybackup_core import API_VERSION, ApplicationRef, RestoreJob, load
+from cozybackup_core import API_VERSION, APPS_GROUP, ApplicationRef, RestoreJob, Runner, load
 from cozybackup_core.testing import (
     LocalPlatform,
     driver_class_yaml,
@@ -190,3 +194,157 @@ def test_in_place_without_stop_and_start_commands_is_refused_untouched(
     assert "cannot stop and start this PostgreSQL server" in job.status.message
     assert src.fingerprint() == before
     assert str(src.data) not in platform.tenant_view(NS)
+
+
+# ---------------------------------------------------------------------------- WAL archive
+
+PITR = "pg-pitr"
+PITR_CLASS = driver_class_yaml(
+    PostgresDriver, PITR, json.dumps({"mode": "physical", "walArchiving": True})
+)
+
+
+def archived(plat: LocalPlatform) -> dict[str, dict[str, Any]]:
+    """Every archived segment (by archive name) and what was recorded with it, read from
+    the local bucket as an operator would."""
+    found: dict[str, dict[str, Any]] = {}
+    for manifest in (plat.home / "buckets").rglob("_archive/**/manifest.json"):
+        doc = json.loads(manifest.read_text())
+        found[manifest.parent.name] = doc["driverMetadata"]
+    return found
+
+
+def wait_for(what: str, check: Any, seconds: float = 60) -> Any:
+    limit = time.monotonic() + seconds
+    while time.monotonic() < limit:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def switch_and_wait(plat: LocalPlatform, src: PostgresServer) -> str:
+    """Close the current WAL segment and wait until the archive holds it; its name."""
+    ident = src.psql("SELECT system_identifier FROM pg_control_system()").strip()
+    end = parse_lsn(src.psql("SELECT pg_switch_wal()").strip())
+    timeline = int(src.psql("SELECT timeline_id FROM pg_control_checkpoint()").strip())
+    name = f"{ident}.{segment_name(timeline, (end - 1) // (16 << 20), 16 << 20)}"
+    wait_for(f"segment {name} archived", lambda: name in archived(plat))
+    return name
+
+
+@attrs.define
+class History:
+    """A source server streamed into the archive since before its base backup ``b1``,
+    then three transactions; ``mid`` is a time between the first and the second."""
+
+    src: PostgresServer
+    runner: Runner
+    after_first: dict[str, object]
+    last: dict[str, object]
+    mid: str
+    segments: list[str]
+
+
+@pytest.fixture
+def history(platform: LocalPlatform, pg_servers: ServerPool, tmp_path: Path) -> Iterator[History]:
+    platform.apply(PITR_CLASS)
+    src = pg_servers.start()
+    write_dataset(src, seed=5)
+    ref = declare(platform, "src", src.connection(), src)
+    platform.apply(
+        {
+            "apiVersion": API_VERSION,
+            "kind": "Plan",
+            "metadata": {"name": "nightly", "namespace": NS},
+            "spec": {
+                "applicationRef": {"apiGroup": APPS_GROUP, "kind": "Postgres", "name": "src"},
+                "backupClassName": PITR,
+                "schedule": {"type": "cron", "cron": "0 3 1 1 *"},
+            },
+        }
+    )
+    runner = Runner(platform.engine, streams_dir=tmp_path / "streams")
+    try:
+        assert runner.streams is not None
+        assert runner.streams.reconcile() == ["started streaming for tenant-a/src"]
+        wait_for(
+            "the streamer's slot",
+            lambda: (
+                src.psql("SELECT count(*) FROM pg_replication_slots WHERE active").strip() == "1"
+            ),
+        )
+        ok(platform.backup(NS, ref, "b1", PITR))
+        src.psql("INSERT INTO public.notes VALUES (1001, 'first')")
+        mid = src.psql("SELECT clock_timestamp()").strip()
+        after_first = src.fingerprint()
+        src.psql("INSERT INTO public.notes VALUES (1002, 'second')")
+        src.psql("UPDATE public.notes SET body = 'third' WHERE id = 1")
+        last = src.fingerprint()
+        segments = [switch_and_wait(platform, src)]
+        yield History(
+            src=src, runner=runner, after_first=after_first, last=last, mid=mid, segments=segments
+        )
+    finally:
+        runner.close()
+
+
+def test_recovery_time_between_two_transactions_restores_exactly_after_the_first(
+    platform: LocalPlatform, history: History, fresh_targets: list[FreshTarget]
+) -> None:
+    target = FreshTarget(history.src)
+    fresh_targets.append(target)
+    copy = declare(platform, "copy", target.connection(), history.src)
+    ok(restore(platform, "b1", "r1", copy, {"recoveryTime": history.mid.replace(" ", "T")}))
+    assert target.server().fingerprint() == history.after_first
+    assert target.server().fingerprint() != history.last
+
+
+def test_without_recovery_time_the_restore_reaches_the_last_archived_transaction(
+    platform: LocalPlatform, history: History, fresh_targets: list[FreshTarget]
+) -> None:
+    target = FreshTarget(history.src)
+    fresh_targets.append(target)
+    copy = declare(platform, "copy", target.connection(), history.src)
+    ok(restore(platform, "b1", "r1", copy))
+    assert target.server().fingerprint() == history.last
+
+
+@pytest.mark.parametrize("when", ["before the backup", "after the archive"])
+def test_time_outside_the_window_is_refused_before_anything_is_touched(
+    platform: LocalPlatform, history: History, fresh_targets: list[FreshTarget], when: str
+) -> None:
+    target = FreshTarget(history.src)
+    fresh_targets.append(target)
+    copy = declare(platform, "copy", target.connection(), history.src)
+    (backup,) = platform.backups(NS)
+    taken = backup.spec.taken_at
+    at = (
+        taken - dt.timedelta(hours=1)
+        if when == "before the backup"
+        else taken + dt.timedelta(days=1)
+    )
+    job = restore(platform, "b1", "r1", copy, {"recoveryTime": at.isoformat()})
+    assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == "RecoveryTargetUnreachable"
+    assert "the available window is from " in job.status.message
+    assert "up to (not including)" in job.status.message
+    assert list(target.root.iterdir()) == []  # not even a staging directory
+
+
+def test_a_damaged_segment_fails_the_restore_naming_it(
+    platform: LocalPlatform, history: History, fresh_targets: list[FreshTarget]
+) -> None:
+    (name,) = history.segments
+    (stream,) = (platform.home / "buckets").rglob(f"_archive/**/{name}/streams/segment.zst")
+    data = bytearray(stream.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stream.write_bytes(bytes(data))
+    target = FreshTarget(history.src)
+    fresh_targets.append(target)
+    copy = declare(platform, "copy", target.connection(), history.src)
+    job = restore(platform, "b1", "r1", copy)
+    assert job.status.phase == "Failed"
+    assert f"archived WAL segment {name.split('.', 1)[1]} is damaged" in job.status.message
+    assert list(target.root.iterdir()) == []
