@@ -7,6 +7,9 @@ import datetime as dt
 import json
 import os
 import pwd
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,10 +19,10 @@ from typing import Any
 import attrs
 import pytest
 from cozybackup_postgres import PostgresDriver
-from cozybackup_postgres._wal import parse_lsn, segment_name
+from cozybackup_postgres._wal import parse_lsn, segment_name, segment_of
 from cozybackup_postgres.testing import PostgresServer, ServerPool, free_port, write_dataset
 
-from cozybackup_core import API_VERSION, APPS_GROUP, ApplicationRef, RestoreJob, Runner, load
+from cozybackup_core import API_VERSION, APPS_GROUP, ApplicationRef, Plan, RestoreJob, Runner, load
 from cozybackup_core.testing import (
     LocalPlatform,
     driver_class_yaml,
@@ -253,18 +256,7 @@ def history(platform: LocalPlatform, pg_servers: ServerPool, tmp_path: Path) -> 
     src = pg_servers.start()
     write_dataset(src, seed=5)
     ref = declare(platform, "src", src.connection(), src)
-    platform.apply(
-        {
-            "apiVersion": API_VERSION,
-            "kind": "Plan",
-            "metadata": {"name": "nightly", "namespace": NS},
-            "spec": {
-                "applicationRef": {"apiGroup": APPS_GROUP, "kind": "Postgres", "name": "src"},
-                "backupClassName": PITR,
-                "schedule": {"type": "cron", "cron": "0 3 1 1 *"},
-            },
-        }
-    )
+    platform.apply(plan_manifest("nightly", "src", PITR))
     runner = Runner(platform.engine, streams_dir=tmp_path / "streams")
     try:
         assert runner.streams is not None
@@ -348,3 +340,121 @@ def test_a_damaged_segment_fails_the_restore_naming_it(
     assert job.status.phase == "Failed"
     assert f"archived WAL segment {name.split('.', 1)[1]} is damaged" in job.status.message
     assert list(target.root.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- the streamer
+
+
+def plan_manifest(name: str, app: str, backup_class: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Plan",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "applicationRef": {"apiGroup": APPS_GROUP, "kind": "Postgres", "name": app},
+            "backupClassName": backup_class,
+            "schedule": {"type": "cron", "cron": "0 3 1 1 *"},
+        },
+    }
+
+
+def segment_numbers(plat: LocalPlatform) -> list[int]:
+    return sorted(segment_of(n.split(".", 1)[1], 16 << 20)[1] for n in archived(plat))
+
+
+def slot_active(src: PostgresServer) -> bool:
+    return src.psql("SELECT count(*) FROM pg_replication_slots WHERE active").strip() == "1"
+
+
+def test_a_streamer_killed_with_sigkill_and_restarted_leaves_no_gap(
+    platform: LocalPlatform, pg_servers: ServerPool, fresh_targets: list[FreshTarget]
+) -> None:
+    platform.apply(PITR_CLASS)
+    src = pg_servers.start()
+    src.psql("CREATE TABLE ticks (n int PRIMARY KEY, filler text)")
+    declare(platform, "src", src.connection(), src)
+    platform.apply(plan_manifest("nightly", "src", PITR))
+    env = {**os.environ, "COZYBACKUP_HOME": str(platform.home)}
+    argv = [sys.executable, "-m", "cozybackup_core.cli", "run", "--interval", "1"]
+    log = (platform.home / "runner.log").open("ab")
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=log)
+
+    runner = start()
+    try:
+        wait_for("the streamer's slot", lambda: slot_active(src))
+        platform.apply(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "BackupJob",
+                "metadata": {"name": "b1", "namespace": NS},
+                "spec": {
+                    "applicationRef": {"apiGroup": APPS_GROUP, "kind": "Postgres", "name": "src"},
+                    "backupClassName": PITR,
+                },
+            }
+        )
+        wait_for("Backup b1", lambda: platform.backups(NS), 120)
+        # Enough WAL for a few segments, some archived before the kill and some after.
+        filler = "repeat(md5(g::text), 200)"
+        src.psql(f"INSERT INTO ticks SELECT g, {filler} FROM generate_series(1, 3000) g")
+        switch_and_wait(platform, src)
+        src.psql(f"INSERT INTO ticks SELECT g, {filler} FROM generate_series(3001, 9000) g")
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+        # pg_receivewal dies with it, and the slot keeps the WAL written meanwhile.
+        wait_for("the slot released", lambda: not slot_active(src))
+        src.psql(f"INSERT INTO ticks SELECT g, {filler} FROM generate_series(9001, 15000) g")
+        runner = start()
+        wait_for("the streamer's slot again", lambda: slot_active(src))
+        src.psql("INSERT INTO ticks VALUES (-1, 'last')")
+        expected = src.fingerprint()
+        switch_and_wait(platform, src)
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        try:
+            runner.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            runner.kill()
+            runner.wait()
+        log.close()
+    numbers = segment_numbers(platform)
+    assert len(numbers) >= 4
+    assert numbers == list(range(numbers[0], numbers[-1] + 1))  # no gap
+    target = FreshTarget(src)
+    fresh_targets.append(target)
+    copy = declare(platform, "copy", target.connection(), src)
+    ok(restore(platform, "b1", "r1", copy))
+    assert target.server().fingerprint() == expected
+
+
+def test_lag_is_reported_and_a_lost_slot_fails_loudly_on_the_plan(
+    platform: LocalPlatform, history: History
+) -> None:
+    streams = history.runner.streams
+    assert streams is not None
+    (lag,) = streams.lags().values()
+    assert isinstance(lag["lagBytes"], int) and lag["lagBytes"] >= 0
+    assert lag["segmentsStored"] >= 1
+    streams.reconcile()
+    plan = platform.host.objects.get(Plan, NS, "nightly")
+    (cond,) = [c for c in plan.status.conditions if c.type == "Archiving"]
+    assert (cond.status, cond.reason) == ("True", "Streaming")
+    assert "lagBytes" in cond.message
+
+    history.runner.close()
+    history.src.psql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots")
+    notes: list[str] = []
+    wait_for(
+        "the failure reported",
+        lambda: notes.extend(streams.reconcile()) or any("failed" in n for n in notes),
+    )
+    plan = platform.host.objects.get(Plan, NS, "nightly")
+    (cond,) = [c for c in plan.status.conditions if c.type == "Archiving"]
+    assert (cond.status, cond.reason) == ("False", "WalSlotLost")
+    assert "replication slot" in cond.message and "take a new backup" in cond.message
+    text = platform.tenant_view(NS)
+    assert "WalSlotLost" in text
+    for secret in (history.src.password, str(history.src.root)):
+        assert secret not in text
