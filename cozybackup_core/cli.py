@@ -570,10 +570,16 @@ def cmd_prune(ctx: Ctx) -> int:
     engine = ctx.engine()
     with ctx.host.runner_lock():
         actions = engine.prune(dry_run=ctx.args.dry_run)
+        archives = engine.prune_archives(actions, dry_run=ctx.args.dry_run)
+    verb = "would delete" if ctx.args.dry_run else "deleted"
+    for arch in archives:
+        print(
+            f"archive {arch.namespace}/{arch.application}: {verb} {len(arch.expired)} "
+            f"segment(s), {arch.kept} {arch.reason}"
+        )
     if not actions:
         print("no Backup is under a retention policy", file=sys.stderr)
         return 0
-    verb = "would delete" if ctx.args.dry_run else "deleted"
     rows = [
         {
             "NAMESPACE": a.namespace,

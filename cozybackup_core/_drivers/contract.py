@@ -8,7 +8,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any, ClassVar, Generic, Protocol, get_args, get_origin
@@ -427,6 +427,19 @@ class Driver(abc.ABC, Generic[P]):
         directory of its own that outlives it (what a killed streamer left there is the
         next one's to store).  Called only where :meth:`streams` is true."""
         raise UnsupportedError(f"the {self.name} driver has no streamer")
+
+    def archive_expired(
+        self,
+        parameters: P,
+        kept: Sequence[Mapping[str, Any]],
+        names: Sequence[str],
+        now: dt.datetime,
+    ) -> tuple[list[str], str]:
+        """Retention of the continuous archive: which of ``names`` (the application's
+        stored segments) no kept Backup (``kept``: their driverMetadata) and no window the
+        parameters promise still needs; returns them and a tenant-safe sentence saying
+        what the rest is kept for.  Default: keep everything."""
+        return [], "kept: the driver does not expire its archive"
 
     def tool_container(self, parameters: P, request: ToolRequest) -> ToolContainer | None:
         """A tool to run in an image of its own beside the worker, where the host moves

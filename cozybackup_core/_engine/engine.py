@@ -11,8 +11,20 @@ from __future__ import annotations
 import threading
 
 from .._api.types import Backup, BackupJob, Plan, RestoreJob
-from . import deletion, drills, expiry, jobs, objectives, prune, recovery, rekey, workers
+from . import (
+    archive_retention,
+    deletion,
+    drills,
+    expiry,
+    jobs,
+    objectives,
+    prune,
+    recovery,
+    rekey,
+    workers,
+)
 from .backup import run_backup
+from .prune import PruneAction
 from .restore import run_restore
 from .services import EngineConfig, Job, Services
 
@@ -38,6 +50,12 @@ class Engine(Services):
     def prune(self, dry_run: bool = False) -> list[prune.PruneAction]:
         """Apply every class's retention policy (or, with ``dry_run``, only report it)."""
         return prune.prune(self, dry_run)
+
+    def prune_archives(
+        self, actions: list[PruneAction], dry_run: bool = False
+    ) -> list[archive_retention.ArchiveAction]:
+        """Expire what of each continuous archive no Backup kept by ``actions`` needs."""
+        return archive_retention.prune_archives(self, actions, dry_run)
 
     def rekey(self) -> tuple[int, int, list[str]]:
         """Re-wrap every encrypted backup's data key under its location's active key."""

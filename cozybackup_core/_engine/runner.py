@@ -109,9 +109,7 @@ class Runner:
             if self.drills:
                 drills = self._stage("drills", errors, self.engine.run_due_drills, [])
             if self.retention:
-                pruned = self._stage(
-                    "retention", errors, lambda: [a for a in self.engine.prune() if a.delete], []
-                )
+                pruned = self._stage("retention", errors, self._retention, [])
             judged = self._stage("objectives", errors, self.engine.evaluate_objectives, [])
             expired = self._stage("expiry", errors, self.engine.expire_finished, [])
             if self.retention:
@@ -127,6 +125,11 @@ class Runner:
             streams=tuple(streams),
             error="; ".join(errors) or None,
         )
+
+    def _retention(self) -> list[PruneAction]:
+        actions = self.engine.prune()
+        self.engine.prune_archives(actions)
+        return [a for a in actions if a.delete]
 
     def _reconcile_streams(self) -> list[str]:
         return self.streams.reconcile() if self.streams is not None else []

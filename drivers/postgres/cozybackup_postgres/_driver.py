@@ -13,7 +13,8 @@ the server in ``_pg.py``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,7 +32,7 @@ from cozybackup_core import (
     distribution_version,
 )
 
-from . import _backup, _basebackup, _params, _physical, _restore
+from . import _backup, _basebackup, _params, _physical, _restore, _wal
 from ._drill import Drills
 from ._params import PostgresParameters
 from ._streamer import WalStreamer
@@ -84,6 +85,15 @@ class PostgresDriver(Drills, Driver[PostgresParameters]):
         workdir: Path,
     ) -> Streamer:
         return WalStreamer(application, archive, workdir)
+
+    def archive_expired(
+        self,
+        parameters: PostgresParameters,
+        kept: Sequence[Mapping[str, Any]],
+        names: Sequence[str],
+        now: dt.datetime,
+    ) -> tuple[list[str], str]:
+        return _wal.expired(names, kept, parameters.pitr_window_seconds, now)
 
     def backup(self, ctx: BackupContext[PostgresParameters]) -> None:
         deadline = ctx.deadline.tighter(ctx.parameters.timeout_seconds)

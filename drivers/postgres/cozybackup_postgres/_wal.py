@@ -20,7 +20,7 @@ import datetime as dt
 import os
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +155,44 @@ def plan(archive: SegmentStore | None, meta: Mapping[str, Any]) -> Replay:
             break
     end = last if last is not None and last > start else None
     return Replay(segments=chain, start=start, end=end)
+
+
+def expired(
+    names: Sequence[str],
+    kept: Sequence[Mapping[str, Any]],
+    window_seconds: int | None,
+    now: dt.datetime,
+) -> tuple[list[str], str]:
+    """The archived segments no kept base backup needs to roll forward: everything before
+    the one where the oldest kept physical Backup's WAL continues, or, with a recovery
+    window, the newest kept one that is consistent before the window starts (older Backups
+    still restore to their own moment: their WAL is inside them).  Segments of another
+    server (an earlier ``initdb``) go too; other timelines stay."""
+    physical = [m for m in kept if m.get("mode") == "physical" and m.get("consistentAt")]
+    if not physical:
+        return [], "kept: no physical Backup is kept for the archive to continue from"
+    by_time = sorted(physical, key=lambda m: _time(m["consistentAt"]) or now)
+    anchor = by_time[0]
+    if window_seconds is not None:
+        start = now - dt.timedelta(seconds=window_seconds)
+        older = [m for m in by_time if (_time(m["consistentAt"]) or now) <= start]
+        anchor = older[-1] if older else anchor
+    size = int(anchor.get("walSegmentSize") or DEFAULT_SEGMENT_SIZE)
+    timeline = int(anchor["timeline"])
+    first = max(parse_lsn(str(anchor["endLsn"])) - 1, 0) // size
+    servers = {str(m["systemIdentifier"]) for m in physical}
+    out = []
+    for name in names:
+        system_id, _, segment = name.partition(".")
+        if not is_segment(segment):
+            continue
+        tli, segno = segment_of(segment, size)
+        if system_id not in servers or (
+            system_id == str(anchor["systemIdentifier"]) and tli == timeline and segno < first
+        ):
+            out.append(name)
+    why = "the recovery window's start" if window_seconds is not None else "the oldest kept"
+    return out, (
+        f"kept: WAL from {segment_name(timeline, first, size)} on, where {why} base backup "
+        f"(consistent at {anchor['consistentAt']}) continues"
+    )

@@ -18,15 +18,18 @@ from typing import Any
 
 import attrs
 import pytest
+import yaml
 from cozybackup_postgres import PostgresDriver
-from cozybackup_postgres._wal import parse_lsn, segment_name, segment_of
+from cozybackup_postgres._wal import expired, format_lsn, parse_lsn, segment_name, segment_of
 from cozybackup_postgres.testing import PostgresServer, ServerPool, free_port, write_dataset
 
 from cozybackup_core import API_VERSION, APPS_GROUP, ApplicationRef, Plan, RestoreJob, Runner, load
 from cozybackup_core.testing import (
     LocalPlatform,
+    cli_ok,
     driver_class_yaml,
     refused_parameters,
+    run_cli,
     typed_metadata,
 )
 
@@ -458,3 +461,93 @@ def test_lag_is_reported_and_a_lost_slot_fails_loudly_on_the_plan(
     assert "WalSlotLost" in text
     for secret in (history.src.password, str(history.src.root)):
         assert secret not in text
+
+
+# ---------------------------------------------------------------------------- retention
+
+
+def _meta(system_id: str, end_segno: int, at: str) -> dict[str, Any]:
+    size = 16 << 20
+    return {
+        "mode": "physical",
+        "systemIdentifier": system_id,
+        "timeline": 1,
+        "walSegmentSize": size,
+        "endLsn": format_lsn(end_segno * size + 0x100),
+        "consistentAt": at,
+    }
+
+
+def test_archive_expiry_keeps_what_the_oldest_kept_backup_or_the_window_needs() -> None:
+    names = [f"7.{segment_name(1, n, 16 << 20)}" for n in range(1, 11)]
+    names += [f"6.{segment_name(1, 3, 16 << 20)}", f"7.{segment_name(2, 2, 16 << 20)}"]
+    kept = [_meta("7", 4, "2026-01-01T00:00:00+00:00"), _meta("7", 8, "2026-01-05T00:00:00+00:00")]
+    now = dt.datetime(2026, 1, 10, tzinfo=dt.timezone.utc)
+    gone, why = expired(names, kept, None, now)
+    # Before the oldest kept backup's end segment (4), and another server's segment.
+    assert sorted(gone) == sorted([*names[:3], f"6.{segment_name(1, 3, 16 << 20)}"])
+    assert "from 000000010000000000000004 on" in why
+    # A 3-day window starts after the second backup, which anchors it; a 7-day one
+    # starts before it, so the first one still does.
+    assert expired(names, kept, 7 * 86400, now)[0] == gone
+    gone, why = expired(names, kept, 3 * 86400, now)
+    assert sorted(gone) == sorted([*names[:7], f"6.{segment_name(1, 3, 16 << 20)}"])
+    assert "recovery window" in why
+    assert expired(names, [], None, now)[0] == []  # nothing to continue from: keep all
+
+
+def test_prune_dry_run_says_which_segments_retention_expires_and_prune_keeps_what_restores(
+    platform: LocalPlatform,
+    pg_servers: ServerPool,
+    tmp_path: Path,
+    fresh_targets: list[FreshTarget],
+) -> None:
+    (doc,) = yaml.safe_load_all(
+        driver_class_yaml(
+            PostgresDriver, "pg-keep1", json.dumps({"mode": "physical", "walArchiving": True})
+        )
+    )
+    doc["spec"]["retention"] = {"keepLast": 1}
+    platform.apply(doc)
+    src = pg_servers.start()
+    ref = declare(platform, "src", src.connection(), src)
+    platform.apply(plan_manifest("nightly", "src", "pg-keep1"))
+    runner = Runner(platform.engine, streams_dir=tmp_path / "streams")
+    assert runner.streams is not None
+    try:
+        runner.streams.reconcile()
+        wait_for("the streamer's slot", lambda: slot_active(src))
+        src.psql("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        switch_and_wait(platform, src)
+        ok(platform.backup(NS, ref, "b1", "pg-keep1"))
+        src.psql("INSERT INTO t VALUES (2)")
+        switch_and_wait(platform, src)
+        ok(platform.backup(NS, ref, "b2", "pg-keep1"))
+        src.psql("INSERT INTO t VALUES (3)")
+        expected = src.fingerprint()
+        switch_and_wait(platform, src)
+    finally:
+        runner.close()
+    b2 = next(b for b in platform.backups(NS) if b.metadata.name == "b2")
+    end = parse_lsn(typed_metadata(b2.spec.driver_metadata)["endLsn"])
+    before = sorted(archived(platform))
+    older = [
+        n for n in before if segment_of(n.split(".", 1)[1], 16 << 20)[1] < (end - 1) // (16 << 20)
+    ]
+    assert older  # the segments of b1's time
+
+    out = cli_ok(run_cli(platform.home, "prune", "--dry-run"))
+    assert (
+        f"archive {NS}/Postgres/src: would delete {len(older)} segment(s), {len(before) - len(older)} kept"
+        in out
+    )
+    assert "would delete" in out and "b1" in out
+    assert sorted(archived(platform)) == before  # a dry run deletes nothing
+
+    cli_ok(run_cli(platform.home, "prune"))
+    assert sorted(archived(platform)) == sorted(set(before) - set(older))
+    assert [b.metadata.name for b in platform.backups(NS)] == ["b2"]
+    target = FreshTarget(src)
+    fresh_targets.append(target)
+    ok(restore(platform, "b2", "r1", declare(platform, "copy", target.connection(), src)))
+    assert target.server().fingerprint() == expected
