@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,11 +232,16 @@ def wait_for(what: str, check: Any, seconds: float = 60) -> Any:
 
 def switch_and_wait(plat: LocalPlatform, src: PostgresServer) -> str:
     """Close the current WAL segment and wait until the archive holds it; its name."""
+    return switch_and_wait_for(lambda: set(archived(plat)), src)
+
+
+def switch_and_wait_for(names: Callable[[], set[str]], src: PostgresServer) -> str:
+    """As :func:`switch_and_wait`, the archive's names read by ``names``."""
     ident = src.psql("SELECT system_identifier FROM pg_control_system()").strip()
     end = parse_lsn(src.psql("SELECT pg_switch_wal()").strip())
     timeline = int(src.psql("SELECT timeline_id FROM pg_control_checkpoint()").strip())
     name = f"{ident}.{segment_name(timeline, (end - 1) // (16 << 20), 16 << 20)}"
-    wait_for(f"segment {name} archived", lambda: name in archived(plat))
+    wait_for(f"segment {name} archived", lambda: name in names())
     return name
 
 
