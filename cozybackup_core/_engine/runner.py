@@ -25,7 +25,7 @@ from .engine import Engine
 from .plans import fire_due_plans, next_slot
 from .prune import PruneAction
 from .services import Job
-from .streaming import StreamHost
+from .streaming import ArchiveLag, StreamHost
 
 log = logging.getLogger("cozybackup.runner")
 _T = TypeVar("_T")
@@ -47,6 +47,8 @@ class PassReport:
     swept: tuple[str, ...] = ()
     #: Streamers started, stopped or failed (continuous archiving), one note each.
     streams: tuple[str, ...] = ()
+    #: Each running streamer's lag, as it said this pass.
+    archive_lags: tuple[ArchiveLag, ...] = ()
     #: Set when the pass stopped early on a platform error (the API server went away...):
     #: the admin-facing text; the next pass tries again.
     error: str | None = None
@@ -123,6 +125,7 @@ class Runner:
             expired=tuple(expired),
             swept=tuple(swept),
             streams=tuple(streams),
+            archive_lags=self.streams.reported_lags() if self.streams is not None else (),
             error="; ".join(errors) or None,
         )
 

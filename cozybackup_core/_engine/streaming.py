@@ -36,6 +36,17 @@ RESTART_AFTER = 10.0
 _Key = tuple[str, str, str]  # namespace, kind, application
 
 
+@attrs.frozen(kw_only=True)
+class ArchiveLag:
+    """How far one application's archive is behind it, as its streamer last said."""
+
+    namespace: str
+    kind: str
+    application: str
+    lag_bytes: int | None
+    lag_seconds: float | None
+
+
 @attrs.define
 class _Running:
     plan: Plan
@@ -54,6 +65,7 @@ class StreamHost:
         self.workdir = workdir
         self.running: dict[_Key, _Running] = {}
         self._failed_at: dict[_Key, float] = {}
+        self._lags: dict[_Key, Mapping[str, Any]] = {}
 
     def reconcile(self) -> list[str]:
         """Start, report and stop streamers as the Plans ask; a note per change."""
@@ -121,12 +133,27 @@ class StreamHost:
                 log.warning("lag of %s/%s unknown: %r", key[0], key[2], exc)
         return out
 
+    def reported_lags(self) -> tuple[ArchiveLag, ...]:
+        """The lags the last :meth:`reconcile` read, of the streamers still running."""
+        return tuple(
+            ArchiveLag(
+                namespace=key[0],
+                kind=key[1],
+                application=key[2],
+                lag_bytes=lag.get("lagBytes"),
+                lag_seconds=lag.get("lagSeconds"),
+            )
+            for key, lag in sorted(self._lags.items())
+            if key in self.running
+        )
+
     def _report_running(self, key: _Key) -> None:
         run = self.running[key]
         try:
             lag = run.streamer.lag()
         except Exception:  # noqa: BLE001 - said as unknown
             lag = {}
+        self._lags[key] = lag
         said = ", ".join(f"{k} {v}" for k, v in sorted(lag.items()) if v is not None)
         self._set_condition(run.plan, "True", "Streaming", f"archiving continuously ({said})")
 
