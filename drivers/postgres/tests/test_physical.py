@@ -556,3 +556,26 @@ def test_prune_dry_run_says_which_segments_retention_expires_and_prune_keeps_wha
     fresh_targets.append(target)
     ok(restore(platform, "b2", "r1", declare(platform, "copy", target.connection(), src)))
     assert target.server().fingerprint() == expected
+
+
+def test_in_place_with_stop_and_start_commands_replaces_the_running_server(
+    platform: LocalPlatform, pg_servers: ServerPool
+) -> None:
+    src = pg_servers.start()
+    write_dataset(src, seed=4)
+    ctl = [str(BINDIR / "pg_ctl"), "-D", str(src.data)]
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    opts = f"-p {src.port} -k {src.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    conn = {
+        **src.connection(),
+        "dataDir": str(src.data),
+        "startCommand": [*as_pg, *ctl, "-l", str(src.log_path), "-W", "-o", opts, "start"],
+        "stopCommand": [*as_pg, *ctl, "-m", "fast", "-w", "stop"],
+    }
+    ok(platform.backup(NS, declare(platform, "db", conn, src), "b1", PHYSICAL))
+    expected = src.fingerprint()
+    src.psql("DROP DATABASE shop WITH (FORCE)")
+    src.psql("CREATE TABLE public.after (x int)")
+    ok(restore(platform, "b1", "r1", None))
+    assert src.fingerprint() == expected
+    assert sorted(p.name for p in src.root.iterdir() if "cozybackup" in p.name) == []
