@@ -579,3 +579,24 @@ def test_in_place_with_stop_and_start_commands_replaces_the_running_server(
     ok(restore(platform, "b1", "r1", None))
     assert src.fingerprint() == expected
     assert sorted(p.name for p in src.root.iterdir() if "cozybackup" in p.name) == []
+
+
+def test_a_restored_server_that_does_not_start_is_rolled_back(
+    platform: LocalPlatform, pg_servers: ServerPool, fresh_targets: list[FreshTarget]
+) -> None:
+    src = pg_servers.start()
+    ok(platform.backup(NS, declare(platform, "src", src.connection(), src), "b1", PHYSICAL))
+    target = FreshTarget(src)
+    fresh_targets.append(target)
+    target.data.mkdir()
+    (target.data / "was-here").write_text("the previous data")
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(target.data, pw.pw_uid, pw.pw_gid)
+    conn = {**target.connection(), "startCommand": ["false"]}
+    job = restore(platform, "b1", "r1", declare(platform, "copy", conn, src))
+    assert job.status.phase == "Failed"
+    assert "starting the restored server failed" in job.status.message
+    assert "the previous data was put back" in job.status.message
+    assert [p.name for p in target.root.iterdir()] == ["data"]
+    assert [p.name for p in target.data.iterdir()] == ["was-here"]
