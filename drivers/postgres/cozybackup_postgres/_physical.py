@@ -12,7 +12,8 @@ touched before step 4:
     ``startCommand``; without them the restore is refused.
 2.  The base backup is unpacked into a fresh 0700 directory beside the data directory
     (same filesystem, so the swap is a rename), reached through its parent held open.
-3.  The archived segments to replay are fetched through the platform's storage, each
+3.  The archived segments to replay (up to the first with a commit after
+    ``recoveryTime``) are fetched through the platform's storage, each
     verified as it is read (a damaged one fails the restore, naming it), into a second
     directory beside it; the unpacked directory gets ``recovery.signal`` and a
     ``restore_command`` that copies from there, ``recovery_target_time`` when asked,
@@ -240,10 +241,10 @@ class _Restore:
         if not self.replay.segments:
             return
         assert archive is not None
-        total = len(self.replay.segments)
-        self.ctx.progress.stage(f"fetching {total} archived WAL segments")
+        wanted = self.replay.to_replay(archive, self.ctx.recovery_time)
+        self.ctx.progress.stage(f"fetching {len(wanted)} archived WAL segments")
         with self.parent.open_dir(wal, what=_WHAT) as held:
-            for name, segment in self.replay.segments.items():
+            for name, segment in wanted.items():
                 self.deadline.check()
                 _fetch(archive, name, segment, Path(held.fd_path, segment))
 

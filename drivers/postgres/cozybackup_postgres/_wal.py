@@ -110,6 +110,19 @@ class Replay:
         end = self.end.isoformat().replace("+00:00", "Z")
         return f"from {start} up to (not including) {end}"
 
+    def to_replay(self, archive: SegmentStore, target: dt.datetime | None) -> dict[str, str]:
+        """The segments a restore to ``target`` replays: all without one; with one, up to
+        the first that holds a commit after it (where recovery stops)."""
+        if target is None:
+            return dict(self.segments)
+        out: dict[str, str] = {}
+        for name, segment in self.segments.items():
+            out[name] = segment
+            last = _time(archive.metadata(name).get("lastCommit"))
+            if last is not None and last > target:
+                break
+        return out
+
     def check(self, target: dt.datetime | None) -> None:
         """Refuse a recovery time the base backup and the archive cannot reach."""
         if target is None:
@@ -132,10 +145,11 @@ def plan(archive: SegmentStore | None, meta: Mapping[str, Any]) -> Replay:
     start = _time(meta["consistentAt"])
     assert start is not None
     end_lsn = parse_lsn(str(meta["endLsn"]))
-    _, first = segment_of(segment_name(timeline, max(end_lsn - 1, 0) // size, size), size)
+    first = max(end_lsn - 1, 0) // size  # the segment holding the backup's last record
     prefix = f"{system_id}."
+    names = archive.names() if archive is not None else []
     by_segno: dict[int, str] = {}
-    for name in archive.names() if archive is not None else []:
+    for name in names:
         seg = name[len(prefix) :]
         if name.startswith(prefix) and is_segment(seg):
             tli, segno = segment_of(seg, size)
@@ -147,11 +161,10 @@ def plan(archive: SegmentStore | None, meta: Mapping[str, Any]) -> Replay:
         chain[by_segno[segno]] = by_segno[segno][len(prefix) :]
         segno += 1
     last: dt.datetime | None = None
-    assert archive is not None or not chain
     for name in reversed(chain):  # the newest segment with a commit in it
-        found = _time(archive.metadata(name).get("lastCommit")) if archive else None
-        if found is not None:
-            last = found
+        assert archive is not None  # a chain comes from one
+        last = _time(archive.metadata(name).get("lastCommit"))
+        if last is not None:
             break
     end = last if last is not None and last > start else None
     return Replay(segments=chain, start=start, end=end)
