@@ -174,7 +174,7 @@ pg1-user={server.superuser}
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
 
-        _caught_up(runner)  # the backups do not compete with a catching-up streamer
+        _caught_up(runner, server)  # the backups do not compete with a catching-up streamer
         run_once = [sys.executable, "-m", "cozybackup_core.cli", "run", "--once", "-q"]
         cli(home, "apply", "-f", "-", stdin=_job("BackupJob", "base", ""))
         ours = timed(run_once, env=cli_env(home), label="cozybackup physical backup")
@@ -261,8 +261,9 @@ pg1-user={server.superuser}
         server.destroy()
 
 
-def _caught_up(runner: Runner) -> None:
-    """Wait until the streamer holds all but the segment being filled."""
+def _caught_up(runner: Runner, server: PostgresServer) -> None:
+    """Close the current segment, and wait until the streamer holds all but the next."""
+    server.psql("SELECT pg_switch_wal()")
     assert runner.streams is not None
     streams = runner.streams
 
