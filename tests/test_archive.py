@@ -107,7 +107,8 @@ class LinesStreamer:
             lines = self.feed.read_text().splitlines() if self.feed.exists() else []
             for i, line in enumerate(lines):
                 if line == "fail":
-                    raise DriverError("the feed failed; take a new backup")
+                    # names the platform's path, which the tenant must not see
+                    raise DriverError(f"the feed {self.feed.parent} failed; take a new backup")
                 name = f"line-{i:04d}"
                 if name not in self.archive.names():
                     self.archive.put(name, io.BytesIO(line.encode()), {"n": i})
@@ -192,13 +193,14 @@ def test_the_runner_keeps_a_streamer_per_plan_reports_failures_and_releases(
         _wait(lambda: not streams.running[NS, "Directory", "app1"].thread.is_alive())
         report = runner.run_pass()
         assert report.streams == (
-            "streaming for tenant-a/app1 failed: the feed failed; take a new backup",
+            "streaming for tenant-a/app1 failed: the feed [redacted] failed; take a new backup",
         )
         plan = plat.host.objects.get(Plan, NS, "p1")
         assert plan is not None
         (cond,) = [c for c in plan.status.conditions if c.type == "Archiving"]
         assert (cond.status, cond.reason) == ("False", "DriverFailed")
-        assert "the feed failed" in plat.tenant_view(NS)
+        assert "the feed [redacted] failed" in plat.tenant_view(NS)
+        assert str(data) not in plat.tenant_view(NS)
         assert report.archive_lags == ()
 
         (data / "feed").write_text("a\nb\nc\n")

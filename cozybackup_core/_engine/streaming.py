@@ -22,7 +22,7 @@ import attrs
 
 from .._api.errors import CozyError
 from .._api.types import Condition, Plan
-from .._drivers.contract import Streamer
+from .._drivers.contract import AppLocation, Streamer
 from .._storage.archive import SegmentArchive
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ class ArchiveLag:
 @attrs.define
 class _Running:
     plan: Plan
+    location: AppLocation
     streamer: Streamer
     thread: threading.Thread
     stop: threading.Event
@@ -85,7 +86,7 @@ class StreamHost:
                 del self.running[key]
                 if run.error is not None:
                     self._failed_at[key] = time.monotonic()
-                    notes.append(self._report_failure(run.plan, run.error))
+                    notes.append(self._report_failure(run.plan, run.error, run.location))
             elif key not in wanted:
                 notes.append(f"stopped WAL streaming for {key[0]}/{key[2]}")
                 self._stop(key, release=True)
@@ -111,7 +112,9 @@ class StreamHost:
         workdir = self.workdir / ns / kind / name
         streamer = resolved.driver.streamer(resolved.parameters, location, archive, workdir)
         stop = threading.Event()
-        run = _Running(plan=plan, streamer=streamer, thread=threading.Thread(), stop=stop)
+        run = _Running(
+            plan=plan, location=location, streamer=streamer, thread=threading.Thread(), stop=stop
+        )
 
         def body() -> None:
             try:
@@ -157,13 +160,17 @@ class StreamHost:
         said = ", ".join(f"{k} {v}" for k, v in sorted(lag.items()) if v is not None)
         self._set_condition(run.plan, "True", "Streaming", f"archiving continuously ({said})")
 
-    def _report_failure(self, plan: Plan, exc: BaseException) -> str:
+    def _report_failure(
+        self, plan: Plan, exc: BaseException, location: AppLocation | None = None
+    ) -> str:
         reason = exc.reason if isinstance(exc, CozyError) else "StreamerFailed"
         message = (
             str(exc)
             if isinstance(exc, CozyError)
             else "continuous archiving stopped on an internal error; it is started again"
         )
+        # Tenant-visible: masked like a job's message (storage and the app's connection).
+        message = self.engine.redactor(*([location] if location else []))(message)
         self._set_condition(plan, "False", reason, message)
         self.engine.host.event(plan, "Warning", reason, message)
         return f"streaming for {plan.metadata.namespace}/{plan.spec.application_ref.name} failed: {message}"
