@@ -399,6 +399,9 @@ def cmd_run(ctx: Ctx) -> int:
             with_namespace=False,
             metrics=metrics,
             recovered=recovered,
+            # Streamers (continuous archiving) keep their directories under the home; a
+            # single pass starts none (a streamer is for a runner that stays).
+            streams_dir=None if ctx.args.once else Path(ctx.host.home) / "streams",
         )
 
 

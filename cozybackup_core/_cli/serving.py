@@ -95,16 +95,14 @@ def serve(
     wake: threading.Event | None = None,
     metrics: Metrics | None = None,
     recovered: threading.Event | None = None,
+    streams_dir: Path | None = None,
 ) -> int:
     """The loop of ``run`` and ``controller``: recover once, then passes until stopped;
-    what each pass finished, on stdout."""
+    what each pass finished, on stdout.  ``streams_dir``: where streamers keep their
+    directories (None: no streamer runs, as on the Kubernetes host for now)."""
     stop = stop or stop_on_signals()
     for b in engine.plugins.broken:
         print(f"warning: driver plugin {b.name} is broken: {b.error}", file=sys.stderr)
-    # The embedded host keeps its streamers' directories under its home; a single pass
-    # starts none (a streamer is for a runner that stays).
-    home = getattr(engine.host, "home", None)
-    streams_dir = Path(home) / "streams" if home is not None and not once else None
     runner = Runner(engine, streams_dir=streams_dir)
     for note in runner.recover():
         print(f"recovered: {note}", file=sys.stderr)
