@@ -202,6 +202,13 @@ def test_the_runner_keeps_a_streamer_per_plan_reports_failures_and_releases(
         assert "the feed [redacted] failed" in plat.tenant_view(NS)
         assert str(data) not in plat.tenant_view(NS)
         assert report.archive_lags == ()
+        # Retried, failing the same way: said again in the pass, not as a new event.
+        streams._failed_at.clear()  # skip the pause before a restart
+        runner.run_pass()
+        _wait(lambda: not streams.running[NS, "Directory", "app1"].thread.is_alive())
+        assert runner.run_pass().streams == report.streams
+        warnings = [e for e in plat.host.events(NS, "Plan", "p1") if e["type"] == "Warning"]
+        assert [e["reason"] for e in warnings] == ["DriverFailed"]
 
         (data / "feed").write_text("a\nb\nc\n")
         streams._failed_at.clear()  # skip the pause before a restart

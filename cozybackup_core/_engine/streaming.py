@@ -171,17 +171,19 @@ class StreamHost:
         )
         # Tenant-visible: masked like a job's message (storage and the app's connection).
         message = self.engine.redactor(*([location] if location else []))(message)
-        self._set_condition(plan, "False", reason, message)
-        self.engine.host.event(plan, "Warning", reason, message)
+        if self._set_condition(plan, "False", reason, message):
+            # Once per failure, not at every retry of the same one.
+            self.engine.host.event(plan, "Warning", reason, message)
         return f"streaming for {plan.metadata.namespace}/{plan.spec.application_ref.name} failed: {message}"
 
-    def _set_condition(self, plan: Plan, status: str, reason: str, message: str) -> None:
+    def _set_condition(self, plan: Plan, status: str, reason: str, message: str) -> bool:
+        """Set the Plan's ``Archiving`` condition; whether its status or reason changed."""
         current = self.engine.host.objects.get(Plan, plan.metadata.namespace, plan.metadata.name)
         if current is None:
-            return
+            return False
         old = next((c for c in current.status.conditions if c.type == CONDITION), None)
         if old is not None and (old.status, old.reason, old.message) == (status, reason, message):
-            return
+            return False
         changed = old is None or (old.status, old.reason) != (status, reason)
         cond = Condition(
             type=CONDITION,
@@ -195,6 +197,7 @@ class StreamHost:
         others = tuple(c for c in current.status.conditions if c.type != CONDITION)
         status_obj = attrs.evolve(current.status, conditions=(*others, cond))
         self.engine.host.objects.update_status(attrs.evolve(current, status=status_obj))
+        return changed
 
     def _stop(self, key: _Key, *, release: bool) -> None:
         run = self.running.pop(key)

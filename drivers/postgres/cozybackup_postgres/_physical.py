@@ -38,6 +38,7 @@ import grp
 import os
 import pwd
 import secrets
+import shlex
 import shutil
 import tarfile
 import time
@@ -249,10 +250,11 @@ class _Restore:
                 _fetch(archive, name, segment, Path(held.fd_path, segment))
 
     def _configure(self, stage: str, wal: str) -> None:
-        where = self.parent.join(wal)
+        # The server runs it through the shell, as its own user (the staged directory is
+        # its own); "%" would be one of its placeholders.
+        where = shlex.quote(self.parent.join(wal)).replace("%", "%%")
         settings = {
-            # The server runs it as its own user; the staged directory is its own.
-            "restore_command": f"cp '{where}/%f' '%p'",
+            "restore_command": f"cp {where}/%f %p",
             "recovery_target_action": "promote",
         }
         if self.ctx.recovery_time is not None:
