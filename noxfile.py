@@ -115,7 +115,8 @@ def kube(session: nox.Session) -> None:
     # Every driver: their locators are tested against Cozystack-shaped objects, and the Job
     # strategy's image runs beside the worker (the tool container).
     pkgs = [a for d in DRIVER_DIRS for a in ("-e", str(d))]
-    session.install("-e", ".[s3,kube]", *pkgs, *TEST_DEPS)
+    # chdb: ClickHouse's native mode runs its engine inside a worker (test_apps_in_workers.py).
+    session.install("-e", ".[s3,kube]", *pkgs, *TEST_DEPS, "chdb-core>=26.9")
     session.run("pytest", "tests/kube", *session.posargs)
 
 

@@ -47,6 +47,7 @@ from ._api.types import (
     StorageLocation,
     StrategyRef,
 )
+from ._api.units import short_list
 from ._api.version import __version__
 from ._api.wire import API_KINDS, Kinds, dump, load, load_yaml
 from ._catalog.catalog import (
@@ -213,6 +214,7 @@ __all__ = [
     "open_local",
     "run_admin_command",
     "run_tool",
+    "short_list",
     "stamped",
     "with_metadata",
     "with_status_of",

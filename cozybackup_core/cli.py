@@ -28,6 +28,7 @@ from ._api.types import (
     RestoreJob,
     StorageLocation,
 )
+from ._api.units import short_list
 from ._api.version import __version__
 from ._api.wire import load_yaml
 from ._catalog.catalog import BUILTIN_STORAGE, DEFAULT_CLASS, builtin_class
@@ -352,9 +353,7 @@ def cmd_delete(ctx: Ctx) -> int:
         for loc in items:
             users = _location_users(ctx, loc.metadata.name)
             if users:
-                shown = ", ".join(users[:5]) + (
-                    f" and {len(users) - 5} more" if len(users) > 5 else ""
-                )
+                shown = short_list(users)
                 print(
                     f"error: StorageLocation {loc.metadata.name} is still used by {shown}; "
                     "point them elsewhere (or let retention remove the Backups) first",

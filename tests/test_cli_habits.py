@@ -254,3 +254,16 @@ def test_describe_reads_as_kubectl_describe(tmp_path: Path) -> None:
     backup = cli(home, "describe", "backup", "nightly-1", "-n", NS).stdout
     assert re.search(r"^Size: +[0-9.]+ (B|KiB|MiB)$", backup, re.M), backup
     assert re.search(r"^  artifact:\n    uri: .*\n    sizeBytes: \d+$", backup, re.M), backup
+
+
+def test_start_up_loads_the_jsonpath_parser_and_prometheus_only_when_asked() -> None:
+    """Every command pays its imports at start-up (a worker Pod, a shell completion):
+    the two that weigh most and serve one option each are loaded for that option only."""
+    probe = (
+        "import sys, cozybackup_core.cli\n"
+        "print(sorted(m for m in ('jsonpath_ng', 'prometheus_client') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

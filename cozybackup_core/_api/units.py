@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 #: A duration as people write one in a policy or a flag: ``90d``, ``12h``, ``2w3d``.
@@ -43,3 +44,10 @@ def secret_text(raw: bytes) -> str:
     """A Secret value as text: UTF-8, with bytes that are not (a raw key) kept losslessly
     as surrogates, so ``secret_text(b).encode("utf-8", "surrogateescape") == b``."""
     return raw.decode("utf-8", "surrogateescape")
+
+
+def short_list(names: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` names and how many more: ``a, b, c and 7 more``, so that a
+    message naming what a long list holds stays one readable line."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")

@@ -9,14 +9,16 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._api.errors import ValidationError
 from .._api.units import human_bytes
 from .._engine.engine import Engine
-from .._engine.metrics import Metrics, MetricsServer
 from .._engine.progress import ProgressUpdate
 from .._engine.runner import PassReport, Runner
+
+if TYPE_CHECKING:
+    from .._engine.metrics import Metrics
 
 
 class ProgressPrinter:
@@ -70,6 +72,9 @@ def metrics_served(
     if address is None:
         yield None
         return
+    # Imported when asked for: prometheus_client is a tenth of every command's start-up.
+    from .._engine.metrics import Metrics, MetricsServer
+
     metrics = Metrics(engine, active=active)
     try:
         server = MetricsServer(metrics, address, ready, stale_after).start()

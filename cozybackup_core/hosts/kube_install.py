@@ -114,12 +114,31 @@ def controller_namespace_rules() -> list[dict[str, Any]]:
 
 def worker_rules() -> list[dict[str, Any]]:
     """Cluster-wide, for worker Jobs: read the job, its class, storage and Backup; write
-    ArtifactRecords (the artifact's crash-safe record).  Nothing a tenant reads."""
+    ArtifactRecords (the artifact's crash-safe record).  Nothing a tenant reads.  Then
+    what the KubeVirt driver does in a tenant's namespace (its README's "On Kubernetes")."""
     read = ["BackupJob", "RestoreJob", "Backup", *_ADMIN_KINDS]
     return [
         _rule(GROUP, [plural(k) for k in read], ["get", "list"]),
         _rule(GROUP, [plural("ArtifactRecord")], ["get", "list", *WRITE]),
         _rule(GROUP, [f"{plural('ArtifactRecord')}/status"], ["get", "update", "patch"]),
+        *kubevirt_worker_rules(),
+    ]
+
+
+def kubevirt_worker_rules() -> list[dict[str, Any]]:
+    """The KubeVirt driver's, in tenants' namespaces: find the VM and its disks, stop and
+    start it and point its volumes at restored disks (patch); snapshot and export it; the
+    export's token Secret, which it makes itself (create only: it reads no tenant Secret);
+    upload restored disks through CDI; CDI's upload CA in its ConfigMap."""
+    return [
+        _rule("kubevirt.io", ["virtualmachines"], ["get", "list", "patch"]),
+        _rule("kubevirt.io", ["virtualmachineinstances"], ["get"]),
+        _rule("snapshot.kubevirt.io", ["virtualmachinesnapshots"], ["get", "create", "delete"]),
+        _rule("export.kubevirt.io", ["virtualmachineexports"], ["get", "create", "delete"]),
+        _rule("cdi.kubevirt.io", ["datavolumes"], ["get", "create", "delete"]),
+        _rule("upload.cdi.kubevirt.io", ["uploadtokenrequests"], ["get", "create"]),
+        _rule("", ["secrets"], ["create"]),
+        _rule("", ["configmaps"], ["get"]),
     ]
 
 

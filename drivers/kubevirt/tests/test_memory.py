@@ -55,3 +55,51 @@ def test_memory_is_flat_in_the_amount_of_data(tmp_path: Path) -> None:
     small = peak_rss_mib(tmp_path, 64)
     large = peak_rss_mib(tmp_path, 512)
     assert large - small < 32, (small, large)
+
+
+KUBE_SCRIPT = """
+import resource, sys
+from pathlib import Path
+from cozybackup_core import Deadline
+from cozybackup_kubevirt._https import gzip_image
+from cozybackup_kubevirt._stream import Summary, read_header, records, sequential_runs, write_runs
+
+image, stream = Path(sys.argv[1]), Path(sys.argv[2])
+size, tick = image.stat().st_size, Deadline.after(200).check
+with image.open("rb") as body, stream.open("wb") as out:  # an export's raw image
+    write_runs(out, size, sequential_runs(body, size, tick))
+with stream.open("rb") as src:  # the upload's body
+    size = read_header(src)
+    sent = sum(len(piece) for piece in gzip_image(size, records(src, size, Summary(size)), tick))
+assert sent > 0
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def kube_peak_rss_mib(tmp_path: Path, data_mib: int) -> int:
+    img = tmp_path / f"k{data_mib}.raw"
+    with img.open("wb") as f:
+        f.truncate(4 * data_mib * MiB)
+        for i in range(data_mib // 16):
+            f.seek(i * 64 * MiB + 12345)
+            f.write(bytes([i % 250 + 1]) * (16 * MiB))
+    out = subprocess.run(
+        [sys.executable, "-c", KUBE_SCRIPT, str(img), str(tmp_path / f"k{data_mib}.vmdisk")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    img.unlink()
+    (tmp_path / f"k{data_mib}.vmdisk").unlink()
+    return int(out.stdout.split()[-1])
+
+
+@pytest.mark.slow
+def test_the_kubernetes_path_is_flat_in_the_amount_of_data(tmp_path: Path) -> None:
+    """An export's body read into the stream and the stream sent as the upload's gzip body
+    (what a worker does on Kubernetes besides the HTTP calls)."""
+    small = kube_peak_rss_mib(tmp_path, 64)
+    large = kube_peak_rss_mib(tmp_path, 512)
+    assert large - small < 32, (small, large)

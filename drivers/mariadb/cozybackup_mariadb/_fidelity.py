@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import attrs
 
-from cozybackup_core import Deadline
+from cozybackup_core import Deadline, short_list
 
 from ._conn import Server, quote_ident, quote_string
 from ._conn import query as sql_query
@@ -170,8 +170,7 @@ def _lossy_charsets(
 
 def _names(rows: list[tuple[str, ...]]) -> str:
     names = [".".join(quote_ident(part) for part in row if part) for row in rows]
-    shown = ", ".join(names[:_NAMED])
-    return shown + (f" and {len(names) - _NAMED} more" if len(names) > _NAMED else "")
+    return short_list(names, _NAMED)
 
 
 def _escaped_when_printed(comment: str) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from cozybackup_mariadb import DATABASES_STREAM, MariaDBDriver
 from cozybackup_mariadb._accounts import needs_objects
 from cozybackup_mariadb._replay import DumpWithGrants
+from mariadb_server import MariaDBServer
 from test_mariadb import NS, assert_no_secrets, declare, make_platform
 
 from cozybackup_core import RestoreContext
@@ -103,6 +105,18 @@ class StallingReplayDriver(MariaDBDriver):
 
     def restore(self, ctx: RestoreContext) -> None:
         ctx.artifact = _BreakSecondDatabase(ctx.artifact, b"", in_views=False, stall=True)
+        super().restore(ctx)
+
+
+class KilledServerDriver(FailingReplayDriver):
+    """Restores a dump that waits in its second database, where the server is killed."""
+
+    statement = b"SELECT SLEEP(600);\n"
+    victim: ClassVar[MariaDBServer | None] = None
+
+    def restore(self, ctx: RestoreContext) -> None:
+        if self.victim is not None:
+            threading.Thread(target=_kill_at_the_sleep, args=(self.victim,), daemon=True).start()
         super().restore(ctx)
 
 
@@ -208,6 +222,53 @@ def test_a_restore_stopped_at_its_deadline_says_how_far_it_got(
     assert f"replaced: {first!r}" in message
     assert "were put back exactly as they were before the restore" in message
     assert {k: objects(src)[k] for k in ("accounts", "grants")} == accounts_before
+
+
+def test_a_server_killed_mid_restore_is_told_exactly_and_a_rerun_restores_it(
+    mariadb: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 of the target server in the middle of the replay: the RestoreJob fails
+    saying which database is half-made and that the accounts could not be put back (the
+    server is gone); once the server is up again, the same backup restores exactly."""
+    plat = make_platform(tmp_path, driver=KilledServerDriver)
+    src = mariadb()
+    write_data(src, seed=6)
+    src.sql(DEFINER_VIEWS)
+    job = plat.backup(NS, declare(plat, "shop", src), "b1", "maria-logical")
+    assert job.status.phase == "Succeeded", job.status.message
+    backed_up = {"rows": table_checksums(src), **objects(src)}
+    first, second, *rest = typed_metadata(plat.backups(NS)[0].spec.driver_metadata)["databases"]
+    src.sql("ALTER USER 'app'@'%' IDENTIFIED BY 'changed-pw'; DROP USER 'auditor'@'10.0.0.%';")
+    write_data(src, seed=7)
+    monkeypatch.setattr(KilledServerDriver, "victim", src)
+    job = plat.restore(NS, "b1", "r1")
+    assert job.status.phase == "Failed"
+    message = job.status.message or ""
+    assert f"database {second!r} was dropped and only partly restored" in message
+    assert f"replaced: {first!r}" in message
+    assert "unchanged: " + ", ".join(repr(d) for d in rest) in message
+    assert "were changed and could not be put back as they were before the restore" in message
+    assert "run the RestoreJob again once the cause is fixed" in message
+    assert not src.running()
+    # The operator starts the server (InnoDB recovers) and the tenant runs the restore again.
+    src.start()
+    monkeypatch.setattr(KilledServerDriver, "victim", None)
+    monkeypatch.setattr(KilledServerDriver, "statement", b"")
+    job = plat.restore(NS, "b1", "r2")
+    assert job.status.phase == "Succeeded", job.status.message
+    assert {"rows": table_checksums(src), **objects(src)} == backed_up
+    assert_no_secrets(plat, src)
+
+
+def _kill_at_the_sleep(server: MariaDBServer) -> None:
+    """SIGKILL once the replay runs the SLEEP it was given: all before it has run."""
+    sleeping = (
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP(600)%'"
+    )
+    end = time.monotonic() + 120
+    while server.rows(sleeping) != [["1"]] and time.monotonic() < end:
+        time.sleep(0.2)
+    server.kill()
 
 
 def test_a_restore_that_fails_at_the_views_says_so_and_puts_every_account_back(

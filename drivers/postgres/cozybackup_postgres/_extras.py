@@ -22,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from cozybackup_core import short_list
+
 from ._pg import ident, quoted
 
 #: Multirange types' owners (PostgreSQL 14 made multirange types).
@@ -98,9 +100,7 @@ def matview_warning(entries: Sequence[dict[str, Any]]) -> str | None:
     ]
     if not found:
         return None
-    shown = ", ".join(found[:LISTED])
-    if len(found) > LISTED:
-        shown += f" and {len(found) - LISTED} more"
+    shown = short_list(found, LISTED)
     return (
         "materialized views are refreshed when restored: one that was stale when this backup "
         "was made comes back holding what its query gives on the restored tables, not the "
@@ -122,9 +122,7 @@ def extension_warning(entries: Sequence[dict[str, Any]]) -> str | None:
     ]
     if not found:
         return None
-    shown = ", ".join(found[:LISTED])
-    if len(found) > LISTED:
-        shown += f" and {len(found) - LISTED} more"
+    shown = short_list(found, LISTED)
     return (
         "extensions come back at the version the target server installs by default, not "
         f"the version they have now ({shown})"
@@ -138,9 +136,7 @@ def enum_partition_warning(entries: Sequence[dict[str, Any]]) -> str | None:
     ]
     if not found:
         return None
-    shown = ", ".join(found[:LISTED])
-    if len(found) > LISTED:
-        shown += f" and {len(found) - LISTED} more"
+    shown = short_list(found, LISTED)
     return (
         "hash-partitioned tables whose partition key holds an enum keep every row when "
         "restored, but a row may be in another of their partitions than now, as enum values "
