@@ -99,7 +99,6 @@ def test_seed_style_restore_job_with_recovery_time_end_to_end(
             wait_for(
                 "the base backup",
                 lambda: "Succeeded" in cli("get", "backupjob", "base-postgres", "-n", NS).stdout,
-                120,
             )
             src.psql("INSERT INTO public.notes VALUES (500, 'before the migration')")
             mid = src.psql("SELECT clock_timestamp()").strip()
