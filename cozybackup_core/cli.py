@@ -398,6 +398,9 @@ def cmd_run(ctx: Ctx) -> int:
             with_namespace=False,
             metrics=metrics,
             recovered=recovered,
+            # Streamers (continuous archiving) keep their directories under the home; a
+            # single pass starts none (a streamer is for a runner that stays).
+            streams_dir=None if ctx.args.once else Path(ctx.host.home) / "streams",
         )
 
 
@@ -570,10 +573,16 @@ def cmd_prune(ctx: Ctx) -> int:
     with ctx.host.runner_lock():
         actions = engine.prune(dry_run=ctx.args.dry_run, collect=True)
         frees = engine.retention_frees(actions) if ctx.args.dry_run else None
+        archives = engine.prune_archives(actions, dry_run=ctx.args.dry_run)
+    verb = "would delete" if ctx.args.dry_run else "deleted"
+    for arch in archives:
+        print(
+            f"archive {arch.namespace}/{arch.application}: {verb} {len(arch.expired)} "
+            f"segment(s), {arch.kept} {arch.reason}"
+        )
     if not actions:
         print("no Backup is under a retention policy", file=sys.stderr)
         return 0
-    verb = "would delete" if ctx.args.dry_run else "deleted"
     rows = []
     for a in actions:
         cells = {

@@ -125,6 +125,13 @@ class PointInTimeNotSupported(UnsupportedError):
     reason = "PointInTimeNotSupported"
 
 
+class RecoveryTargetUnreachable(PermanentError):
+    """``options.recoveryTime`` is outside what the Backup and the archive can reach; the
+    message says the window that is."""
+
+    reason = "RecoveryTargetUnreachable"
+
+
 class OptionRefused(PermanentError):
     """A restore option the platform does not allow (another tenant's namespace)."""
 

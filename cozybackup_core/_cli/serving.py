@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._api.errors import ValidationError
@@ -99,13 +100,15 @@ def serve(
     wake: threading.Event | None = None,
     metrics: Metrics | None = None,
     recovered: threading.Event | None = None,
+    streams_dir: Path | None = None,
 ) -> int:
     """The loop of ``run`` and ``controller``: recover once, then passes until stopped;
-    what each pass finished, on stdout."""
+    what each pass finished, on stdout.  ``streams_dir``: where streamers keep their
+    directories (None: no streamer runs, as on the Kubernetes host for now)."""
     stop = stop or stop_on_signals()
     for b in engine.plugins.broken:
         print(f"warning: driver plugin {b.name} is broken: {b.error}", file=sys.stderr)
-    runner = Runner(engine)
+    runner = Runner(engine, streams_dir=streams_dir)
     for note in runner.recover():
         print(f"recovered: {note}", file=sys.stderr)
     if metrics is not None:

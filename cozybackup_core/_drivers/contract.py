@@ -8,7 +8,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any, ClassVar, Generic, Protocol, get_args, get_origin
@@ -144,6 +144,51 @@ class StreamSource(Protocol):
         ...
 
 
+class SegmentStore(Protocol):
+    """An application's continuous archive of log segments (PostgreSQL's WAL): each
+    segment stored, compressed, encrypted and verified like a stream, beside the
+    application's Backups in the same location."""
+
+    def names(self) -> list[str]:
+        """The stored segments, sorted by name."""
+        ...
+
+    def metadata(self, name: str) -> Mapping[str, Any]:
+        """What the driver recorded with segment ``name`` when it stored it."""
+        ...
+
+    def open(self, name: str) -> AbstractContextManager[IO[bytes]]:
+        """Segment ``name``; reaching its end verifies it (:class:`ArtifactCorruptError`
+        naming the segment otherwise)."""
+        ...
+
+    def put(self, name: str, source: IO[bytes], metadata: Mapping[str, Any]) -> None:
+        """Store ``source`` to its end as segment ``name``; wholly or not at all."""
+        ...
+
+    def delete(self, name: str) -> None: ...
+
+
+class Streamer(Protocol):
+    """A long-running copier of one application's changes into its archive (a WAL
+    streamer), hosted by the runner beside jobs (see ``Driver.streams``)."""
+
+    def run(self, stop: threading.Event) -> None:
+        """Copy until ``stop`` is set; return then.  Raise (a :class:`CozyError` with a
+        tenant-safe message) when it cannot go on: the runner reports it and starts a new
+        streamer later."""
+        ...
+
+    def lag(self) -> Mapping[str, Any]:
+        """How far behind the application it is (``lagBytes``, ``lagSeconds``...)."""
+        ...
+
+    def release(self) -> None:
+        """Give back what it holds on the application's server (a replication slot),
+        when no class asks for streaming any more."""
+        ...
+
+
 #: A driver's parameters type (``Driver[PostgresParameters]``); ``Any`` when not given.
 P = TypeVar("P", default=Any)
 
@@ -200,6 +245,9 @@ class RestoreContext(Generic[P]):
     #: (Cozystack's console sends strings); ``recovery_time`` is ``options.recoveryTime``.
     options: Mapping[str, Any] = attrs.field(factory=dict)
     recovery_time: dt.datetime | None = None
+    #: The source application's continuous archive, in the Backup's location (for a
+    #: driver with ``point_in_time``); None where the host offers none.
+    archive: SegmentStore | None = None
     #: As ``BackupContext.tool``.
     tool: ToolPipe | None = None
     #: What this restore did not bring back exactly (values the server changed, objects
@@ -366,6 +414,32 @@ class Driver(abc.ABC, Generic[P]):
     @abc.abstractmethod
     def restore(self, ctx: RestoreContext[P]) -> None:
         """Replay ``ctx.artifact`` into ``ctx.target``."""
+
+    def streams(self, parameters: P) -> bool:
+        """Whether applications bound with these parameters get a :class:`Streamer`
+        (continuous archiving, for ``point_in_time`` restores).  Default: no."""
+        return False
+
+    def streamer(
+        self, parameters: P, application: AppLocation, archive: SegmentStore, workdir: Path
+    ) -> Streamer:
+        """The streamer of one application, writing into ``archive``; ``workdir`` is a
+        directory of its own that outlives it (what a killed streamer left there is the
+        next one's to store).  Called only where :meth:`streams` is true."""
+        raise UnsupportedError(f"the {self.name} driver has no streamer")
+
+    def archive_expired(
+        self,
+        parameters: P,
+        kept: Sequence[Mapping[str, Any]],
+        names: Sequence[str],
+        now: dt.datetime,
+    ) -> tuple[list[str], str]:
+        """Retention of the continuous archive: which of ``names`` (the application's
+        stored segments) no kept Backup (``kept``: their driverMetadata) and no window the
+        parameters promise still needs; returns them and a tenant-safe sentence saying
+        what the rest is kept for.  Default: keep everything."""
+        return [], "kept: the driver does not expire its archive"
 
     def tool_container(self, parameters: P, request: ToolRequest) -> ToolContainer | None:
         """A tool to run in an image of its own beside the worker, where the host moves

@@ -12,7 +12,19 @@ import threading
 import time
 
 from .._api.types import Backup, BackupJob, Plan, RestoreJob
-from . import deletion, drills, expiry, jobs, objectives, prune, recovery, rekey, usage, workers
+from . import (
+    archive_retention,
+    deletion,
+    drills,
+    expiry,
+    jobs,
+    objectives,
+    prune,
+    recovery,
+    rekey,
+    usage,
+    workers,
+)
 from .backup import run_backup
 from .prune import Frees, PruneAction
 from .restore import run_restore
@@ -69,6 +81,12 @@ class Engine(Services):
     def retention_frees(self, actions: list[PruneAction]) -> Frees:
         """What the deletions among ``actions`` (a dry run's) would free in storage."""
         return prune.frees(self, actions)
+
+    def prune_archives(
+        self, actions: list[PruneAction], dry_run: bool = False
+    ) -> list[archive_retention.ArchiveAction]:
+        """Expire what of each continuous archive no Backup kept by ``actions`` needs."""
+        return archive_retention.prune_archives(self, actions, dry_run)
 
     def rekey(self) -> tuple[int, int, list[str]]:
         """Re-wrap every encrypted backup's data key under its location's active key."""

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -81,6 +81,18 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.archive_lag_bytes = Gauge(
+            "cozybackup_archive_lag_bytes",
+            "Bytes an application wrote that its continuous archive does not hold yet.",
+            list(APP),
+            registry=self.registry,
+        )
+        self.archive_lag_seconds = Gauge(
+            "cozybackup_archive_lag_seconds",
+            "Seconds since a continuous archive last stored a segment while WAL was waiting.",
+            list(APP),
+            registry=self.registry,
+        )
         self.svc = svc
         # Only the replica that runs passes reports where things stand: a standby's
         # copy of the same series would double every sum over replicas.
@@ -96,6 +108,7 @@ class Metrics:
         """Count what one runner pass finished."""
         self.heartbeat()
         self.passes.labels("error" if report.error else "ok").inc()
+        self._observe_lags(getattr(report, "archive_lags", ()))
         for job in report.finished:
             word = "backup" if isinstance(job, BackupJob) else "restore"
             labels = self._job_app(job)
@@ -109,6 +122,17 @@ class Metrics:
                 backup = self.svc.host.objects.get(Backup, job.metadata.namespace, made.name)
                 if backup is not None and backup.status.artifact is not None:
                     self.backed_up.labels(*labels).inc(backup.status.artifact.size_bytes)
+
+    def _observe_lags(self, lags: Any) -> None:
+        # A streamer that stopped leaves no stale series behind.
+        self.archive_lag_bytes.clear()
+        self.archive_lag_seconds.clear()
+        for lag in lags:
+            labels = (lag.namespace, lag.kind, lag.application)
+            if lag.lag_bytes is not None:
+                self.archive_lag_bytes.labels(*labels).set(lag.lag_bytes)
+            if lag.lag_seconds is not None:
+                self.archive_lag_seconds.labels(*labels).set(lag.lag_seconds)
 
     @staticmethod
     def _job_app(job: Any) -> list[str]:

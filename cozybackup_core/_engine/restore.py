@@ -9,6 +9,7 @@ from .._api.errors import ArtifactCorruptError, NotFoundError, UnsupportedError,
 from .._api.types import Backup, BackupJob, RestoreJob
 from .._api.units import human_bytes
 from .._drivers.contract import Deadline, Driver, RestoreContext, ToolRequest
+from .._storage.archive import SegmentArchive
 from .restore_options import read_options
 from .services import Services
 
@@ -110,6 +111,7 @@ def run_restore(svc: Services, job: RestoreJob) -> RestoreJob:
             deadline=Deadline.after(timeout),
             options=options.for_driver,
             recovery_time=options.recovery_time,
+            archive=_archive(svc, backup, driver),
             tool=svc.tool,
         )
         driver.restore(ctx)
@@ -128,3 +130,11 @@ def run_restore(svc: Services, job: RestoreJob) -> RestoreJob:
     msg = f"restored Backup {backup.metadata.name} {where}: {human_bytes(reader.manifest.size_bytes)} in {took:.1f}s"
     warnings = [{"reason": w.reason, "message": w.message} for w in ctx.warnings]
     return svc.finish(job, True, "Completed", msg, redact, warnings=warnings)
+
+
+def _archive(svc: Services, backup: Backup, driver: Driver) -> SegmentArchive | None:
+    """The source application's continuous archive, for a driver that restores to a moment."""
+    if not driver.capabilities.point_in_time:
+        return None
+    store, key, _ = svc.artifact_of(backup)
+    return SegmentArchive.of(store, key, driver.name)

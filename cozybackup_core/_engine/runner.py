@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import attrs
@@ -24,6 +25,7 @@ from .engine import Engine
 from .plans import fire_due_plans, next_slot
 from .prune import PruneAction
 from .services import Job
+from .streaming import ArchiveLag, StreamHost
 
 log = logging.getLogger("cozybackup.runner")
 _T = TypeVar("_T")
@@ -43,6 +45,10 @@ class PassReport:
     expired: tuple[str, ...] = ()
     #: Orphaned artifacts swept (committed data no Backup points at), one note each.
     swept: tuple[str, ...] = ()
+    #: Streamers started, stopped or failed (continuous archiving), one note each.
+    streams: tuple[str, ...] = ()
+    #: Each running streamer's lag, as it said this pass.
+    archive_lags: tuple[ArchiveLag, ...] = ()
     #: Set when the pass stopped early on a platform error (the API server went away...):
     #: the admin-facing text; the next pass tries again.
     error: str | None = None
@@ -55,11 +61,20 @@ class PassReport:
 class Runner:
     """Runs passes of an :class:`Engine` until told to stop."""
 
-    def __init__(self, engine: Engine, *, drills: bool = True, retention: bool = True) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        drills: bool = True,
+        retention: bool = True,
+        streams_dir: Path | None = None,
+    ) -> None:
         self.engine = engine
         self.drills = drills
         self.retention = retention
         self._recovered = False
+        #: Streamers (continuous archiving) run only where a directory for them is given.
+        self.streams = StreamHost(engine, streams_dir) if streams_dir is not None else None
 
     def recover(self) -> list[str]:
         """Settle what a crashed run left behind (once; later calls return ``[]``).  Call
@@ -90,14 +105,13 @@ class Runner:
         self.engine.invalidate_stores()
         fired = self._stage("plans", errors, lambda: fire_due_plans(self.engine.host), [])
         finished = self._stage("workers", errors, self.engine.reconcile_workers, [])
+        streams = self._stage("streams", errors, self._reconcile_streams, [])
         finished += self._stage("jobs", errors, lambda: self.engine.run_once(stop), [])
         if stop is None or not stop.is_set():
             if self.drills:
                 drills = self._stage("drills", errors, self.engine.run_due_drills, [])
             if self.retention:
-                pruned = self._stage(
-                    "retention", errors, lambda: [a for a in self.engine.prune() if a.delete], []
-                )
+                pruned = self._stage("retention", errors, self._retention, [])
             judged = self._stage("objectives", errors, self.engine.evaluate_objectives, [])
             expired = self._stage("expiry", errors, self.engine.expire_finished, [])
             if self.retention:
@@ -110,8 +124,23 @@ class Runner:
             pruned=tuple(pruned),
             expired=tuple(expired),
             swept=tuple(swept),
+            streams=tuple(streams),
+            archive_lags=self.streams.reported_lags() if self.streams is not None else (),
             error="; ".join(errors) or None,
         )
+
+    def _retention(self) -> list[PruneAction]:
+        actions = self.engine.prune()
+        self.engine.prune_archives(actions)
+        return [a for a in actions if a.delete]
+
+    def _reconcile_streams(self) -> list[str]:
+        return self.streams.reconcile() if self.streams is not None else []
+
+    def close(self) -> None:
+        """Stop the streamers (they resume where they were on the next run)."""
+        if self.streams is not None:
+            self.streams.stop_all()
 
     @staticmethod
     def _stage(
@@ -143,15 +172,18 @@ class Runner:
         reports of the passes when ``once``, else ``[]`` (``on_pass`` sees each one)."""
         kept: list[PassReport] = []
         self.recover()
-        while True:
-            report = self.run_pass(stop)
-            if on_pass is not None:
-                on_pass(report)
-            if once:
-                kept.append(report)
-                return kept
-            if self._rest(stop, wake, self.pause(interval)):
-                return kept
+        try:
+            while True:
+                report = self.run_pass(stop)
+                if on_pass is not None:
+                    on_pass(report)
+                if once:
+                    kept.append(report)
+                    return kept
+                if self._rest(stop, wake, self.pause(interval)):
+                    return kept
+        finally:
+            self.close()
 
     @staticmethod
     def _rest(stop: threading.Event, wake: threading.Event | None, seconds: float) -> bool:

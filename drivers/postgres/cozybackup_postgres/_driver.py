@@ -13,21 +13,29 @@ the server in ``_pg.py``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from cozybackup_core import (
+    AppLocation,
     BackupContext,
+    Capabilities,
     Driver,
     GroupKind,
     Locator,
+    PointInTimeNotSupported,
     RestoreContext,
+    SegmentStore,
+    Streamer,
     distribution_version,
 )
 
-from . import _backup, _params, _restore
+from . import _backup, _basebackup, _params, _physical, _restore, _wal
 from ._drill import Drills
 from ._params import PostgresParameters
+from ._streamer import WalStreamer
 
 __version__ = distribution_version("cozybackup-postgres")
 
@@ -36,7 +44,9 @@ POSTGRES_KIND = GroupKind(kind="Postgres")
 
 
 class PostgresDriver(Drills, Driver[PostgresParameters]):
-    """Logical backups of PostgreSQL servers (``apps.cozystack.io/Postgres``)."""
+    """Backups of PostgreSQL servers (``apps.cozystack.io/Postgres``): logical
+    (``pg_dump``) or, with ``mode: physical``, base backups and archived WAL, restored to
+    any moment the archive reaches."""
 
     name: ClassVar[str] = "postgres"
     strategy_kind: ClassVar[str] = "Postgres"
@@ -56,14 +66,52 @@ class PostgresDriver(Drills, Driver[PostgresParameters]):
         )
     }
     version: ClassVar[str] = __version__
+    # Physical backups only; a logical one refuses a recoveryTime (restore below).
+    capabilities: ClassVar[Capabilities] = Capabilities(point_in_time=True)
 
     def validate_parameters(self, parameters: Any) -> None:
         _params.check(parameters)
 
     # timeoutSeconds can only shorten the platform's own deadline for the job.
 
+    def streams(self, parameters: PostgresParameters) -> bool:
+        return parameters.mode == "physical" and parameters.wal_archiving
+
+    def streamer(
+        self,
+        parameters: PostgresParameters,
+        application: AppLocation,
+        archive: SegmentStore,
+        workdir: Path,
+    ) -> Streamer:
+        return WalStreamer(application, archive, workdir)
+
+    def archive_expired(
+        self,
+        parameters: PostgresParameters,
+        kept: Sequence[Mapping[str, Any]],
+        names: Sequence[str],
+        now: dt.datetime,
+    ) -> tuple[list[str], str]:
+        return _wal.expired(names, kept, parameters.pitr_window_seconds, now)
+
     def backup(self, ctx: BackupContext[PostgresParameters]) -> None:
-        _backup.backup(ctx, ctx.deadline.tighter(ctx.parameters.timeout_seconds))
+        deadline = ctx.deadline.tighter(ctx.parameters.timeout_seconds)
+        if ctx.parameters.mode == "physical":
+            _basebackup.backup(ctx, deadline)
+        else:
+            _backup.backup(ctx, deadline)
 
     def restore(self, ctx: RestoreContext[PostgresParameters]) -> None:
-        _restore.restore(ctx, ctx.deadline.tighter(ctx.parameters.timeout_seconds))
+        # The Backup's own mode decides, not the class's current one.
+        deadline = ctx.deadline.tighter(ctx.parameters.timeout_seconds)
+        if ctx.driver_metadata.get("mode") == "physical":
+            _physical.restore(ctx, deadline)
+            return
+        if ctx.recovery_time is not None:
+            raise PointInTimeNotSupported(
+                "spec.options.recoveryTime: this Backup is logical (pg_dump) and restores to "
+                "the moment it was taken; point-in-time recovery needs a BackupClass with "
+                "mode: physical and walArchiving: true"
+            )
+        _restore.restore(ctx, deadline)

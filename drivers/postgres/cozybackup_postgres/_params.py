@@ -8,6 +8,9 @@ In a BackupClass (camelCase on the wire)::
       extraDumpOptions: [--no-owner]     # pg_dump options from an allow-list
       timeoutSeconds: 3600               # on top of the platform's own job deadline
       analyze: true                      # ANALYZE each restored database
+      mode: physical                     # logical (default) or physical (pg_basebackup)
+      walArchiving: true                 # physical only: stream WAL continuously (PITR)
+      pitrWindowSeconds: 604800          # physical only: how far back recoveryTime may go
 """
 
 from __future__ import annotations
@@ -76,6 +79,20 @@ class PostgresParameters:
     extra_dump_options: tuple[str, ...] = ()
     timeout_seconds: int | None = None
     analyze: bool = True
+    #: ``logical`` (``pg_dump`` per database) or ``physical`` (``pg_basebackup``).
+    mode: str = "logical"
+    #: Physical only: keep a WAL streamer for every application of this binding, so a
+    #: restore can stop at any moment (``recoveryTime``) up to the newest archived WAL.
+    wal_archiving: bool = False
+    #: Physical only: the archived WAL retention keeps for this long, whatever the base
+    #: backups kept (None: only what the kept base backups need).
+    pitr_window_seconds: int | None = None
+
+
+MODES = ("logical", "physical")
+#: Fields that mean something to one mode only.
+_LOGICAL_ONLY = (("databases", "databases"), ("extra_dump_options", "extraDumpOptions"))
+_PHYSICAL_ONLY = (("wal_archiving", "walArchiving"), ("pitr_window_seconds", "pitrWindowSeconds"))
 
 
 def check(parameters: PostgresParameters) -> None:
@@ -106,6 +123,25 @@ def parameter_problems(p: PostgresParameters) -> list[tuple[str, str]]:
             problems.append((f"extraDumpOptions[{i}]", why))
     if p.timeout_seconds is not None and p.timeout_seconds < 1:
         problems.append(("timeoutSeconds", "must be at least 1"))
+    problems.extend(_mode_problems(p))
+    return problems
+
+
+def _mode_problems(p: PostgresParameters) -> list[tuple[str, str]]:
+    if p.mode not in MODES:
+        return [("mode", f"must be one of {', '.join(MODES)}, got {p.mode[:40]!r}")]
+    problems: list[tuple[str, str]] = []
+    # A physical backup is the whole server; a logical one has no WAL to archive.
+    other, fields = (
+        ("physical", _PHYSICAL_ONLY) if p.mode == "logical" else ("logical", _LOGICAL_ONLY)
+    )
+    for attr, name in fields:
+        if getattr(p, attr) not in ((), None, False):
+            problems.append((name, f"means nothing with mode: {p.mode} (only with mode: {other})"))
+    if p.pitr_window_seconds is not None and p.pitr_window_seconds < 1:
+        problems.append(("pitrWindowSeconds", "must be at least 1"))
+    if p.pitr_window_seconds is not None and not p.wal_archiving:
+        problems.append(("pitrWindowSeconds", "needs walArchiving: true"))
     return problems
 
 

@@ -30,6 +30,13 @@ from cozybackup_core import (
 )
 
 TOOLS = ("pg_dump", "pg_dumpall", "pg_restore", "psql")
+#: What physical mode runs besides psql (``pg_waldump`` reads commit times from the WAL).
+PHYSICAL_TOOLS = ("pg_basebackup", "pg_receivewal", "pg_waldump", "psql")
+#: Connection keys of a physical restore's target (``_physical``): where its data
+#: directory is and how the platform stops and starts its server.
+PHYSICAL_KEYS = frozenset(
+    {"dataDir", "dataDirOwner", "startCommand", "stopCommand", "serviceTimeoutSeconds"}
+)
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 DEFAULT_PORT = 5432
 CONNECT_TIMEOUT = 30  # seconds, per connection attempt of each tool
@@ -78,7 +85,7 @@ def check_name(name: str) -> str | None:
 # ---------------------------------------------------------------------- tools
 
 
-def find_tools() -> dict[str, str]:
+def find_tools(tools: Sequence[str] = TOOLS) -> dict[str, str]:
     """Paths of the client tools: ``$COZYBACKUP_PG_BINDIR``, the newest
     ``/usr/lib/postgresql/<major>/bin`` (Debian), else ``$PATH``."""
     env = os.environ.get("COZYBACKUP_PG_BINDIR")
@@ -89,7 +96,7 @@ def find_tools() -> dict[str, str]:
         majors = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if p.parent.name.isdigit()]
         dirs.extend(sorted(majors, key=lambda p: int(p.parent.name), reverse=True)[:1])
     out: dict[str, str] = {}
-    for tool in TOOLS:
+    for tool in tools:
         path = next((str(d / tool) for d in dirs if (d / tool).is_file()), None)
         path = path or shutil.which(tool)
         if path is None:
@@ -147,7 +154,7 @@ class Server:
         database = c.get("database", "postgres")
         if not isinstance(database, str) or check_name(database):
             problems.append("'database' must be a database name")
-        unknown = sorted(set(c) - {"host", "port", "sslmode", "database"})
+        unknown = sorted(set(c) - {"host", "port", "sslmode", "database"} - PHYSICAL_KEYS)
         if unknown:
             problems.append(f"unknown connection keys {unknown}")
         user = creds.get("username") or "postgres"

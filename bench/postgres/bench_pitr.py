@@ -1,0 +1,357 @@
+#!/usr/bin/env python3
+"""Benchmark: point-in-time recovery, cozybackup's physical mode against pgBackRest, same run.
+
+    python bench/postgres/bench_pitr.py --scale 70 --traffic 600   # the ~1.1 GB database
+
+Run on demand (not a test).  Needs the Debian packages postgresql, pgbackrest and time,
+and ``cozybackup-core`` + ``cozybackup-postgres`` installed in this Python.
+
+One server, the existing benchmark's database (``bench_postgres.make_database``), archived
+by both at once: pgBackRest through ``archive_command`` (``archive-push``), cozybackup
+through its WAL streamer (the runner's stream host, in this process, on ``pg_receivewal``
+and a slot).  Then, each measured as wall time and the peak RSS of the largest process and
+of the whole process tree:
+
+    backup   cozybackup physical (``cozybackup run --once`` with a BackupJob)
+             pgBackRest full backup (compress-type=zst, process-max=2)
+    traffic  ``pgbench -c2 -j2`` for ``--traffic`` seconds after the backups; half way it
+             pauses, the data is fingerprinted and the time taken is the recovery target
+             (the WAL streamer's lag is sampled every second throughout)
+    restore  each into a fresh data directory, to that time, until the server promoted:
+             cozybackup (``run --once`` with a RestoreJob, ``options.recoveryTime``), and
+             ``pgbackrest restore --type=time`` + start + replay + promote
+
+Both restores are checked against the fingerprint taken at the target time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from cozybackup_postgres.testing import PostgresServer, free_port
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_postgres import DB, cli, cli_env, make_database, timed
+
+from cozybackup_core import Engine, EngineConfig, PluginHost, Runner
+from cozybackup_core.hosts.local import LocalHost
+
+NS = "tenant-bench"
+AS_PG = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+def fingerprint(server: PostgresServer, port: int | None = None) -> str:
+    env = {**server.env(), "PGPORT": str(port or server.port)}
+    out = subprocess.run(
+        [
+            str(server.bindir / "psql"),
+            "-X",
+            "-A",
+            "-t",
+            "-d",
+            DB,
+            "-c",
+            "SELECT (SELECT count(*) FROM pgbench_history), "
+            "(SELECT sum(hashtext(a::text)::bigint) FROM pgbench_accounts a), "
+            "(SELECT sum(hashtext(t::text)::bigint) FROM pgbench_tellers t), "
+            "(SELECT sum(hashtext(b::text)::bigint) FROM pgbench_branches b)",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def owned_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+    return path
+
+
+def pgbackrest(conf: Path, *args: str) -> list[str]:
+    return [*AS_PG, "pgbackrest", f"--config={conf}", "--stanza=bench", *args]
+
+
+def ctl(server: PostgresServer, data: Path, port: int, log: Path) -> tuple[list[str], list[str]]:
+    base = [*AS_PG, str(server.bindir / "pg_ctl"), "-D", str(data)]
+    opts = f"-p {port} -k {data.parent} -c listen_addresses=127.0.0.1 -c archive_mode=off"
+    return [*base, "-l", str(log), "-W", "-o", opts, "start"], [*base, "-m", "fast", "-w", "stop"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--scale", type=int, default=70, help="pgbench scale (70 ~ 1.1 GB)")
+    ap.add_argument("--traffic", type=int, default=600, help="seconds of pgbench after the backups")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    work = owned_dir(Path(tempfile.mkdtemp(prefix="cozy-pitr-bench-", dir=args.workdir)))
+    work.chmod(0o755)
+    server = PostgresServer.start(
+        settings=["shared_buffers=256MB", "max_wal_size=4GB", "checkpoint_timeout=30min"],
+        parent=work,
+    )
+    conf = work / "pgbackrest.conf"
+    conf.write_text(
+        f"""[global]
+repo1-path={owned_dir(work / "pgbr-repo")}
+log-path={owned_dir(work / "pgbr-log")}
+lock-path={owned_dir(work / "pgbr-lock")}
+spool-path={owned_dir(work / "pgbr-spool")}
+compress-type=zst
+process-max=2
+start-fast=y
+log-level-console=warn
+
+[bench]
+pg1-path={server.data}
+pg1-port={server.port}
+pg1-socket-path={server.root}
+pg1-user={server.superuser}
+"""
+    )
+    conf.chmod(0o644)
+    runner: Runner | None = None
+    restored: list[tuple[list[str], Path]] = []
+    results: dict[str, Any] = {"scale": args.scale, "trafficSeconds": args.traffic}
+    try:
+        server.psql(
+            f"ALTER SYSTEM SET archive_mode = on; ALTER SYSTEM SET archive_command = "
+            f"'pgbackrest --config={conf} --stanza=bench archive-push %p'"
+        )
+        server.stop()
+        server.restart()
+        t = time.monotonic()
+        make_database(server, args.scale)
+        results["databaseBytes"] = int(server.psql(f"SELECT pg_database_size('{DB}')").strip())
+        print(f"database: {results['databaseBytes'] / 1e9:.2f} GB in {time.monotonic() - t:.0f} s")
+        subprocess.run(pgbackrest(conf, "stanza-create"), check=True, capture_output=True)
+
+        home = work / "home"
+        cli(home, "apply", "-f", "-", stdin=_admin(server))
+        # The WAL streamer, as `cozybackup run` hosts it (here, so that `run --once`
+        # below can take the runner lock for the jobs).
+        server.psql("CHECKPOINT")  # the slot reserves WAL from the last checkpoint on
+        engine = Engine(LocalHost(home), PluginHost.load(), EngineConfig())
+        runner = Runner(engine, streams_dir=home / "streams")
+        assert runner.streams is not None
+        runner.streams.reconcile()
+        _wait(
+            lambda: (
+                server.psql("SELECT count(*) FROM pg_replication_slots WHERE active").strip() == "1"
+            )
+        )
+        lags: list[dict[str, Any]] = []
+        sampling = threading.Event()
+        phase = ["backups"]
+
+        def sample() -> None:
+            while not sampling.wait(1.0):
+                assert runner is not None and runner.streams is not None
+                lags.extend({**lag, "phase": phase[0]} for lag in runner.streams.lags().values())
+                runner.streams.reconcile()
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+
+        _caught_up(runner, server)  # the backups do not compete with a catching-up streamer
+        run_once = [sys.executable, "-m", "cozybackup_core.cli", "run", "--once", "-q"]
+        cli(home, "apply", "-f", "-", stdin=_job("BackupJob", "base", ""))
+        ours = timed(run_once, env=cli_env(home), label="cozybackup physical backup")
+        theirs = timed(pgbackrest(conf, "--type=full", "backup"), label="pgBackRest full backup")
+        results["backup"] = [_row(ours), _row(theirs)]
+        print(f"backup: cozybackup {ours['seconds']:.1f}s, pgBackRest {theirs['seconds']:.1f}s")
+
+        pgbench = [str(server.bindir / "pgbench"), "-c2", "-j2", "-n", DB]
+        half = args.traffic // 2
+        phase[0] = "traffic"
+        subprocess.run([*pgbench, f"-T{half}"], env=server.env(), check=True, capture_output=True)
+        target = server.psql("SELECT clock_timestamp()").strip()
+        expected = fingerprint(server)
+        subprocess.run(
+            [*pgbench, f"-T{args.traffic - half}"],
+            env=server.env(),
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            pgbackrest(conf, "check"), check=True, capture_output=True
+        )  # archives the last segment
+        end = server.psql("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").strip()
+        _wait(
+            lambda: lags and lags[-1]["lagBytes"] is not None and lags[-1]["lagBytes"] < 16 << 20,
+            300,
+        )
+        sampling.set()
+        sampler.join()
+        results["streaming"] = {"walBytes": int(end)}
+        for name in ("backups", "traffic"):
+            seen = [x for x in lags if x["phase"] == name and x["lagBytes"] is not None]
+            results["streaming"][name] = {
+                "maxLagBytes": max((x["lagBytes"] for x in seen), default=0),
+                "maxLagSeconds": max((x["lagSeconds"] for x in seen), default=0),
+                "medianLagSeconds": statistics.median([x["lagSeconds"] for x in seen] or [0]),
+            }
+        print(f"streaming: {results['streaming']}")
+
+        # cozybackup: into a fresh data directory declared as an application.
+        port = free_port()
+        data = owned_dir(work / "ours") / "data"
+        start, stop = ctl(server, data, port, work / "ours.log")
+        cli(home, "apply", "-f", "-", stdin=_target(server, data, port, start, stop))
+        cli(home, "apply", "-f", "-", stdin=_job("RestoreJob", "pitr", target.replace(" ", "T")))
+        ours = timed(run_once, env=cli_env(home), label="cozybackup restore to the target time")
+        restored.append((stop, data))
+        assert fingerprint(server, port) == expected, "cozybackup: restored data differs"
+        subprocess.run(stop, check=True, capture_output=True)
+
+        # pgBackRest: restore, start, replay to the same time, promote.
+        port2 = free_port()
+        data2 = owned_dir(work / "theirs") / "data"
+        start2, stop2 = ctl(server, data2, port2, work / "theirs.log")
+        restore_argv = pgbackrest(
+            conf,
+            f"--pg1-path={data2}",
+            "--type=time",
+            f"--target={target}",
+            "--target-action=promote",
+            "restore",
+        )
+        script = (
+            f"{shlex.join(restore_argv)} && {shlex.join(start2[:-1])} -w -t 3600 start"
+            f" && until [ \"$({server.bindir}/psql -X -A -t -h 127.0.0.1 -p {port2} -d {DB} -c 'SELECT pg_is_in_recovery()')\" = f ]; do sleep 0.2; done"
+        )
+        theirs = timed(
+            ["sh", "-c", script], env=server.env(), label="pgBackRest restore to the target time"
+        )
+        restored.append((stop2, data2))
+        assert fingerprint(server, port2) == expected, "pgBackRest: restored data differs"
+        subprocess.run(stop2, check=True, capture_output=True)
+        results["restore"] = [_row(ours), _row(theirs)]
+        print(f"restore: cozybackup {ours['seconds']:.1f}s, pgBackRest {theirs['seconds']:.1f}s")
+        print(json.dumps(results, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+    finally:
+        if runner is not None:
+            runner.close()
+        for stop_cmd, d in restored:
+            if (d / "postmaster.pid").exists():
+                subprocess.run(stop_cmd, check=False, capture_output=True)
+        server.destroy()
+
+
+def _caught_up(runner: Runner, server: PostgresServer) -> None:
+    """Close the current segment, and wait until the streamer holds all but the next."""
+    server.psql("SELECT pg_switch_wal()")
+    assert runner.streams is not None
+    streams = runner.streams
+
+    def behind() -> bool:
+        lags = list(streams.lags().values())
+        return bool(lags) and lags[0]["lagBytes"] is not None and lags[0]["lagBytes"] < 16 << 20
+
+    _wait(behind, 600)
+
+
+def _row(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(r[k], 2) for k in ("seconds", "peak_proc_mb", "peak_tree_mb")} | {
+        "label": r["label"]
+    }
+
+
+def _wait(check: Any, seconds: float = 60) -> None:
+    limit = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > limit:
+            sys.exit("gave up waiting")
+        time.sleep(0.5)
+
+
+def _admin(server: PostgresServer) -> str:
+    return f"""\
+apiVersion: backups.cozystack.io/v1alpha1
+kind: BackupClass
+metadata: {{name: pitr}}
+spec:
+  strategies:
+  - application: {{apiGroup: apps.cozystack.io, kind: Postgres}}
+    strategyRef: {{apiGroup: strategy.backups.cozystack.io, kind: Postgres, name: pitr}}
+    parameters: {{mode: physical, walArchiving: true}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: bench-superuser}}
+stringData: {{username: {server.superuser}, password: "{server.password}"}}
+---
+apiVersion: local.backups.cozystack.io/v1alpha1
+kind: Application
+metadata: {{name: bench, namespace: {NS}}}
+spec:
+  kind: Postgres
+  connection: {{host: {server.host}, port: {server.port}}}
+  credentialsSecretRef: {{name: bench-superuser}}
+---
+apiVersion: backups.cozystack.io/v1alpha1
+kind: Plan
+metadata: {{name: nightly, namespace: {NS}}}
+spec:
+  applicationRef: {{apiGroup: apps.cozystack.io, kind: Postgres, name: bench}}
+  backupClassName: pitr
+  schedule: {{type: cron, cron: "0 3 1 1 *"}}
+"""
+
+
+def _target(
+    server: PostgresServer, data: Path, port: int, start: list[str], stop: list[str]
+) -> str:
+    return f"""\
+apiVersion: local.backups.cozystack.io/v1alpha1
+kind: Application
+metadata: {{name: bench-pitr, namespace: {NS}}}
+spec:
+  kind: Postgres
+  connection:
+    host: 127.0.0.1
+    port: {port}
+    dataDir: {json.dumps(str(data))}
+    startCommand: {json.dumps(start)}
+    stopCommand: {json.dumps(stop)}
+    serviceTimeoutSeconds: 3600
+  credentialsSecretRef: {{name: bench-superuser}}
+"""
+
+
+def _job(kind: str, name: str, recovery_time: str) -> str:
+    if kind == "BackupJob":
+        spec = "{applicationRef: {apiGroup: apps.cozystack.io, kind: Postgres, name: bench}, backupClassName: pitr}"
+    else:
+        spec = (
+            "{backupRef: {name: base}, targetApplicationRef: {apiGroup: apps.cozystack.io, "
+            f'kind: Postgres, name: bench-pitr}}, options: {{recoveryTime: "{recovery_time}"}}}}'
+        )
+    return f"apiVersion: backups.cozystack.io/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}, namespace: {NS}}}\nspec: {spec}\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""WAL segments: their names, what they hold, and which of them a restore replays.
+
+A segment's file name is ``TTTTTTTTXXXXXXXXYYYYYYYY``: timeline, then the segment number
+split in two (``XXXXXXXX`` counts 4 GiB of WAL, ``YYYYYYYY`` segments within it).  The
+archive stores each under ``<system identifier>.<file name>``: a server re-created from
+scratch (a new ``initdb``) starts a history of its own.
+
+The window a Backup can be restored to: from the moment its base backup was consistent
+(``consistentAt``: the server's clock read just after ``pg_basebackup`` ended, so every
+WAL record the backup needs is older) up to, not including, the last commit in the
+unbroken run of archived segments that follows it.  PostgreSQL stops a recovery to
+``recovery_target_time`` at the first commit *after* it, so there has to be one: a time
+at or after the last archived commit is refused, and a restore without a time replays to
+the end of the run instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from cozybackup_core import RecoveryTargetUnreachable, SegmentStore
+
+DEFAULT_SEGMENT_SIZE = 16 << 20
+_NAME = re.compile(r"^[0-9A-F]{24}$")
+_COMMIT = re.compile(
+    r"desc: (?:COMMIT|ABORT)(?:_PREPARED)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC"
+)
+
+
+def is_segment(name: str) -> bool:
+    return bool(_NAME.match(name))
+
+
+def parse_lsn(text: str) -> int:
+    high, _, low = text.partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def segment_name(timeline: int, segno: int, size: int) -> str:
+    per = 0x100000000 // size
+    return f"{timeline:08X}{segno // per:08X}{segno % per:08X}"
+
+
+def segment_of(name: str, size: int) -> tuple[int, int]:
+    """(timeline, segment number) of a segment's file name."""
+    per = 0x100000000 // size
+    return int(name[:8], 16), int(name[8:16], 16) * per + int(name[16:24], 16)
+
+
+def archive_name(system_id: str, segment: str) -> str:
+    return f"{system_id}.{segment}"
+
+
+def commit_times(path: Path, waldump: str) -> tuple[str | None, str | None]:
+    """The first and last commit (or abort) time recorded in a segment file, RFC 3339.
+
+    ``pg_waldump`` reads the one file; a record continuing into the next segment ends
+    its run with an error, after every record before it was printed, so its exit
+    status is not looked at (a file that is no WAL at all yields no times)."""
+    proc = subprocess.run(
+        [waldump, "--rmgr=Transaction", str(path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TZ": "UTC"},
+        check=False,
+        timeout=300,
+    )
+    times = _COMMIT.findall(proc.stdout)
+    if not times:
+        return None, None
+    return _rfc3339(times[0]), _rfc3339(times[-1])
+
+
+def _rfc3339(text: str) -> str:
+    fmt = "%Y-%m-%d %H:%M:%S.%f" if "." in text else "%Y-%m-%d %H:%M:%S"
+    return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.timezone.utc).isoformat()
+
+
+def _time(value: Any) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(str(value)) if value else None
+
+
+@attrs.frozen(kw_only=True)
+class Replay:
+    """What a restore replays: archived segments by file name (to stage), and the window."""
+
+    #: Archive name → segment file name, in WAL order.
+    segments: Mapping[str, str]
+    start: dt.datetime
+    #: The last archived commit (exclusive bound of ``recoveryTime``); None: none after the
+    #: base backup, so only the base backup's own moment can be restored.
+    end: dt.datetime | None
+
+    def window(self) -> str:
+        start = self.start.isoformat().replace("+00:00", "Z")
+        if self.end is None:
+            return f"only the base backup's own moment ({start}): no WAL is archived after it"
+        end = self.end.isoformat().replace("+00:00", "Z")
+        return f"from {start} up to (not including) {end}"
+
+    def to_replay(self, archive: SegmentStore, target: dt.datetime | None) -> dict[str, str]:
+        """The segments a restore to ``target`` replays: all without one; with one, up to
+        the first that holds a commit after it (where recovery stops)."""
+        if target is None:
+            return dict(self.segments)
+        out: dict[str, str] = {}
+        for name, segment in self.segments.items():
+            out[name] = segment
+            last = _time(archive.metadata(name).get("lastCommit"))
+            if last is not None and last > target:
+                break
+        return out
+
+    def check(self, target: dt.datetime | None) -> None:
+        """Refuse a recovery time the base backup and the archive cannot reach."""
+        if target is None:
+            return
+        if target < self.start or self.end is None or target >= self.end:
+            when = target.isoformat().replace("+00:00", "Z")
+            raise RecoveryTargetUnreachable(
+                f"spec.options.recoveryTime: {when} cannot be reached from this Backup; "
+                f"the available window is {self.window()}. Nothing was changed"
+            )
+
+
+def plan(archive: SegmentStore | None, meta: Mapping[str, Any]) -> Replay:
+    """The archived segments a restore of the base backup described by ``meta`` (its
+    driverMetadata) can replay: the segment holding its end, then every one after it
+    while none is missing."""
+    size = int(meta.get("walSegmentSize") or DEFAULT_SEGMENT_SIZE)
+    timeline = int(meta["timeline"])
+    system_id = str(meta["systemIdentifier"])
+    start = _time(meta["consistentAt"])
+    assert start is not None
+    end_lsn = parse_lsn(str(meta["endLsn"]))
+    first = max(end_lsn - 1, 0) // size  # the segment holding the backup's last record
+    prefix = f"{system_id}."
+    names = archive.names() if archive is not None else []
+    by_segno: dict[int, str] = {}
+    for name in names:
+        seg = name[len(prefix) :]
+        if name.startswith(prefix) and is_segment(seg):
+            tli, segno = segment_of(seg, size)
+            if tli == timeline and segno >= first:
+                by_segno[segno] = name
+    chain: dict[str, str] = {}
+    segno = first
+    while segno in by_segno:
+        chain[by_segno[segno]] = by_segno[segno][len(prefix) :]
+        segno += 1
+    last: dt.datetime | None = None
+    for name in reversed(chain):  # the newest segment with a commit in it
+        assert archive is not None  # a chain comes from one
+        last = _time(archive.metadata(name).get("lastCommit"))
+        if last is not None:
+            break
+    end = last if last is not None and last > start else None
+    return Replay(segments=chain, start=start, end=end)
+
+
+def expired(
+    names: Sequence[str],
+    kept: Sequence[Mapping[str, Any]],
+    window_seconds: int | None,
+    now: dt.datetime,
+) -> tuple[list[str], str]:
+    """The archived segments no kept base backup needs to roll forward: everything before
+    the one where the oldest kept physical Backup's WAL continues, or, with a recovery
+    window, the newest kept one that is consistent before the window starts (older Backups
+    still restore to their own moment: their WAL is inside them).  Segments of another
+    server (an earlier ``initdb``) go too; other timelines stay."""
+    physical = [m for m in kept if m.get("mode") == "physical" and m.get("consistentAt")]
+    if not physical:
+        return [], "kept: no physical Backup is kept for the archive to continue from"
+    by_time = sorted(physical, key=lambda m: _time(m["consistentAt"]) or now)
+    anchor = by_time[0]
+    if window_seconds is not None:
+        start = now - dt.timedelta(seconds=window_seconds)
+        older = [m for m in by_time if (_time(m["consistentAt"]) or now) <= start]
+        anchor = older[-1] if older else anchor
+    size = int(anchor.get("walSegmentSize") or DEFAULT_SEGMENT_SIZE)
+    timeline = int(anchor["timeline"])
+    first = max(parse_lsn(str(anchor["endLsn"])) - 1, 0) // size
+    servers = {str(m["systemIdentifier"]) for m in physical}
+    out = []
+    for name in names:
+        system_id, _, segment = name.partition(".")
+        if not is_segment(segment):
+            continue
+        tli, segno = segment_of(segment, size)
+        if system_id not in servers or (
+            system_id == str(anchor["systemIdentifier"]) and tli == timeline and segno < first
+        ):
+            out.append(name)
+    why = "the recovery window's start" if window_seconds is not None else "the oldest kept"
+    return out, (
+        f"kept: WAL from {segment_name(timeline, first, size)} on, where {why} base backup "
+        f"(consistent at {anchor['consistentAt']}) continues"
+    )

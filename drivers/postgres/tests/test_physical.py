@@ -1,0 +1,611 @@
+"""Physical mode against real PostgreSQL 15 servers: base backups, WAL archived through
+the platform's storage, restores into a fresh data directory to a moment in time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import yaml
+from cozybackup_postgres import PostgresDriver
+from cozybackup_postgres._wal import expired, format_lsn, parse_lsn, segment_name, segment_of
+from cozybackup_postgres.testing import PostgresServer, ServerPool, free_port, write_dataset
+
+from cozybackup_core import API_VERSION, APPS_GROUP, ApplicationRef, Plan, RestoreJob, Runner, load
+from cozybackup_core.testing import (
+    LocalPlatform,
+    cli_ok,
+    driver_class_yaml,
+    refused_parameters,
+    run_cli,
+    typed_metadata,
+)
+
+from .conftest import BINDIR
+
+NS = "tenant-a"
+PHYSICAL = "pg-physical"
+
+
+@pytest.fixture
+def platform(tmp_path: Path) -> LocalPlatform:
+    plat = LocalPlatform(tmp_path / "home", drivers=(PostgresDriver,))
+    plat.apply(driver_class_yaml(PostgresDriver, PHYSICAL, json.dumps({"mode": "physical"})))
+    return plat
+
+
+class FreshTarget:
+    """A data directory that does not exist yet, and the commands that start and stop a
+    server on it (as the admin would declare them); :meth:`server` is that server once
+    restored (the source's superuser and password: a physical restore brings them)."""
+
+    def __init__(self, source: PostgresServer) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="cozy-pg-target-"))
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+        self.port = free_port()
+        self.source = source
+        ctl = [str(BINDIR / "pg_ctl"), "-D", str(self.data)]
+        as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self.start = [*as_pg, *ctl, "-l", str(self.root / "server.log"), "-W", "-o", opts, "start"]
+        self.stop = [*as_pg, *ctl, "-m", "fast", "-w", "stop"]
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def connection(self, *, commands: bool = True) -> dict[str, Any]:
+        conn: dict[str, Any] = {"host": "127.0.0.1", "port": self.port, "dataDir": str(self.data)}
+        if commands:
+            conn.update(startCommand=self.start, stopCommand=self.stop)
+        return conn
+
+    def server(self) -> PostgresServer:
+        s = PostgresServer(
+            root=self.root,
+            port=self.port,
+            bindir=BINDIR,
+            superuser=self.source.superuser,
+            password=self.source.password,
+        )
+        pid = s.data / "postmaster.pid"
+        s.pid = int(pid.read_text().split("\n", 1)[0]) if pid.exists() else None
+        return s
+
+    def destroy(self) -> None:
+        self.server().destroy()
+
+
+@pytest.fixture
+def fresh_targets() -> Iterator[list[FreshTarget]]:
+    made: list[FreshTarget] = []
+    try:
+        yield made
+    finally:
+        for t in made:
+            t.destroy()
+
+
+def declare(plat: LocalPlatform, name: str, conn: dict[str, Any], src: PostgresServer) -> Any:
+    return plat.declare_app(NS, name, "Postgres", conn, src.credentials())
+
+
+def ok(job: Any) -> None:
+    assert job.status.phase == "Succeeded", f"{job.kind} failed: {job.status.message}"
+
+
+def restore(
+    plat: LocalPlatform,
+    backup: str,
+    name: str,
+    target: ApplicationRef | None,
+    options: dict[str, Any] | None = None,
+) -> RestoreJob:
+    spec: dict[str, Any] = {"backupRef": {"name": backup}, "options": options}
+    if target is not None:
+        spec["targetApplicationRef"] = {
+            "apiGroup": target.api_group,
+            "kind": target.kind,
+            "name": target.name,
+        }
+    doc = {
+        "apiVersion": API_VERSION,
+        "kind": "RestoreJob",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+    }
+    job: RestoreJob = plat.host.objects.create(load(doc))
+    return plat.engine.run_restore(job)
+
+
+# ---------------------------------------------------------------------------- parameters
+
+
+@pytest.mark.parametrize(
+    ("parameters", "expected"),
+    [
+        ({"mode": "phsyical"}, "mode: must be one of logical, physical"),
+        (
+            {"mode": "physical", "databases": ["shop"]},
+            "databases: means nothing with mode: physical",
+        ),
+        ({"walArchiving": True}, "walArchiving: means nothing with mode: logical"),
+        ({"mode": "physical", "pitrWindowSeconds": 60}, "pitrWindowSeconds: needs walArchiving"),
+    ],
+)
+def test_mode_parameters_are_checked_naming_the_field(
+    parameters: dict[str, Any], expected: str
+) -> None:
+    assert expected in str(refused_parameters(PostgresDriver, json.dumps(parameters)))
+
+
+# ---------------------------------------------------------------------------- base backups
+
+
+def test_base_backup_restores_into_a_fresh_data_directory_exactly(
+    platform: LocalPlatform, pg_servers: ServerPool, fresh_targets: list[FreshTarget]
+) -> None:
+    src = pg_servers.start()
+    write_dataset(src, seed=3)
+    ok(platform.backup(NS, declare(platform, "src", src.connection(), src), "b1", PHYSICAL))
+    (backup,) = platform.backups(NS)
+    meta = typed_metadata(backup.spec.driver_metadata)
+    ident = src.psql("SELECT system_identifier FROM pg_control_system()").strip()
+    assert meta["mode"] == "physical"
+    assert meta["systemIdentifier"] == ident
+    assert meta["serverVersion"] == src.psql("SHOW server_version").strip()
+    expected = src.fingerprint()
+    src.psql("INSERT INTO public.notes VALUES (-1, 'after the backup')")
+
+    target = FreshTarget(src)
+    fresh_targets.append(target)
+    copy = declare(platform, "copy", target.connection(), src)
+    ok(restore(platform, "b1", "r1", copy))
+    restored = target.server()
+    assert restored.fingerprint() == expected
+    assert restored.psql("SELECT pg_is_in_recovery()").strip() == "f"
+    # The recovery settings are gone once it is promoted; the staging directories too.
+    assert restored.psql("SHOW restore_command").strip() == ""
+    assert sorted(p.name for p in target.root.iterdir() if "cozybackup" in p.name) == []
+    view = platform.tenant_view(NS)
+    for secret in (str(target.root), src.password, "runuser", "pg_ctl"):
+        assert secret not in view
+
+
+def test_in_place_without_stop_and_start_commands_is_refused_untouched(
+    platform: LocalPlatform, pg_servers: ServerPool
+) -> None:
+    src = pg_servers.start()
+    conn = {**src.connection(), "dataDir": str(src.data)}
+    ref = declare(platform, "db", conn, src)
+    ok(platform.backup(NS, ref, "b1", PHYSICAL))
+    src.psql("CREATE TABLE after_backup (x int)")
+    before = src.fingerprint()
+    job = restore(platform, "b1", "r1", None)
+    assert job.status.phase == "Failed"
+    assert "cannot stop and start this PostgreSQL server" in job.status.message
+    assert src.fingerprint() == before
+    assert str(src.data) not in platform.tenant_view(NS)
+
+
+# ---------------------------------------------------------------------------- WAL archive
+
+PITR = "pg-pitr"
+PITR_CLASS = driver_class_yaml(
+    PostgresDriver, PITR, json.dumps({"mode": "physical", "walArchiving": True})
+)
+
+
+def archived(plat: LocalPlatform) -> dict[str, dict[str, Any]]:
+    """Every archived segment (by archive name) and what was recorded with it, read from
+    the local bucket as an operator would."""
+    found: dict[str, dict[str, Any]] = {}
+    for manifest in (plat.home / "buckets").rglob("_archive/**/manifest.json"):
+        doc = json.loads(manifest.read_text())
+        found[manifest.parent.name] = doc["driverMetadata"]
+    return found
+
+
+def wait_for(what: str, check: Any, seconds: float = 180) -> Any:
+    """Poll ``check`` until it is true (generous bound: the machine may be busy)."""
+    limit = time.monotonic() + seconds
+    while time.monotonic() < limit:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def switch_and_wait(plat: LocalPlatform, src: PostgresServer) -> str:
+    """Close the current WAL segment and wait until the archive holds it; its name."""
+    return switch_and_wait_for(lambda: set(archived(plat)), src)
+
+
+def switch_and_wait_for(names: Callable[[], set[str]], src: PostgresServer) -> str:
+    """As :func:`switch_and_wait`, the archive's names read by ``names``."""
+    ident = src.psql("SELECT system_identifier FROM pg_control_system()").strip()
+    end = parse_lsn(src.psql("SELECT pg_switch_wal()").strip())
+    timeline = int(src.psql("SELECT timeline_id FROM pg_control_checkpoint()").strip())
+    name = f"{ident}.{segment_name(timeline, (end - 1) // (16 << 20), 16 << 20)}"
+    wait_for(f"segment {name} archived", lambda: name in names())
+    return name
+
+
+@attrs.define
+class History:
+    """A source server streamed into the archive since before its base backup ``b1``,
+    then three transactions; ``mid`` is a time between the first and the second."""
+
+    src: PostgresServer
+    runner: Runner
+    after_first: dict[str, object]
+    last: dict[str, object]
+    mid: str
+    segments: list[str]
+
+
+@pytest.fixture
+def history(platform: LocalPlatform, pg_servers: ServerPool, tmp_path: Path) -> Iterator[History]:
+    platform.apply(PITR_CLASS)
+    src = pg_servers.start()
+    write_dataset(src, seed=5)
+    ref = declare(platform, "src", src.connection(), src)
+    platform.apply(plan_manifest("nightly", "src", PITR))
+    runner = Runner(platform.engine, streams_dir=tmp_path / "streams")
+    try:
+        assert runner.streams is not None
+        assert runner.streams.reconcile() == ["started streaming for tenant-a/src"]
+        wait_for(
+            "the streamer's slot",
+            lambda: (
+                src.psql("SELECT count(*) FROM pg_replication_slots WHERE active").strip() == "1"
+            ),
+        )
+        ok(platform.backup(NS, ref, "b1", PITR))
+        src.psql("INSERT INTO public.notes VALUES (1001, 'first')")
+        mid = src.psql("SELECT clock_timestamp()").strip()
+        after_first = src.fingerprint()
+        src.psql("INSERT INTO public.notes VALUES (1002, 'second')")
+        src.psql("UPDATE public.notes SET body = 'third' WHERE id = 1")
+        last = src.fingerprint()
+        segments = [switch_and_wait(platform, src)]
+        yield History(
+            src=src, runner=runner, after_first=after_first, last=last, mid=mid, segments=segments
+        )
+    finally:
+        runner.close()
+
+
+def test_recovery_time_between_two_transactions_restores_exactly_after_the_first(
+    platform: LocalPlatform, history: History, fresh_targets: list[FreshTarget]
+) -> None:
+    target = FreshTarget(history.src)
+    fresh_targets.append(target)
+    copy = declare(platform, "copy", target.connection(), history.src)
+    ok(restore(platform, "b1", "r1", copy, {"recoveryTime": history.mid.replace(" ", "T")}))
+    assert target.server().fingerprint() == history.after_first
+    assert target.server().fingerprint() != history.last
+
+
+def test_without_recovery_time_the_restore_reaches_the_last_archived_transaction(
+    platform: LocalPlatform, history: History, fresh_targets: list[FreshTarget]
+) -> None:
+    target = FreshTarget(history.src)
+    fresh_targets.append(target)
+    copy = declare(platform, "copy", target.connection(), history.src)
+    ok(restore(platform, "b1", "r1", copy))
+    assert target.server().fingerprint() == history.last
+
+
+@pytest.mark.parametrize("when", ["before the backup", "after the archive"])
+def test_time_outside_the_window_is_refused_before_anything_is_touched(
+    platform: LocalPlatform, history: History, fresh_targets: list[FreshTarget], when: str
+) -> None:
+    target = FreshTarget(history.src)
+    fresh_targets.append(target)
+    copy = declare(platform, "copy", target.connection(), history.src)
+    (backup,) = platform.backups(NS)
+    taken = backup.spec.taken_at
+    at = (
+        taken - dt.timedelta(hours=1)
+        if when == "before the backup"
+        else taken + dt.timedelta(days=1)
+    )
+    job = restore(platform, "b1", "r1", copy, {"recoveryTime": at.isoformat()})
+    assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == "RecoveryTargetUnreachable"
+    assert "the available window is from " in job.status.message
+    assert "up to (not including)" in job.status.message
+    assert list(target.root.iterdir()) == []  # not even a staging directory
+
+
+def test_a_damaged_segment_fails_the_restore_naming_it(
+    platform: LocalPlatform, history: History, fresh_targets: list[FreshTarget]
+) -> None:
+    (name,) = history.segments
+    (stream,) = (platform.home / "buckets").rglob(f"_archive/**/{name}/streams/segment.zst")
+    data = bytearray(stream.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stream.write_bytes(bytes(data))
+    target = FreshTarget(history.src)
+    fresh_targets.append(target)
+    copy = declare(platform, "copy", target.connection(), history.src)
+    job = restore(platform, "b1", "r1", copy)
+    assert job.status.phase == "Failed"
+    assert f"archived WAL segment {name.split('.', 1)[1]} is damaged" in job.status.message
+    assert list(target.root.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- the streamer
+
+
+def plan_manifest(name: str, app: str, backup_class: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "Plan",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "applicationRef": {"apiGroup": APPS_GROUP, "kind": "Postgres", "name": app},
+            "backupClassName": backup_class,
+            "schedule": {"type": "cron", "cron": "0 3 1 1 *"},
+        },
+    }
+
+
+def segment_numbers(plat: LocalPlatform) -> list[int]:
+    return sorted(segment_of(n.split(".", 1)[1], 16 << 20)[1] for n in archived(plat))
+
+
+def slot_active(src: PostgresServer) -> bool:
+    return src.psql("SELECT count(*) FROM pg_replication_slots WHERE active").strip() == "1"
+
+
+def test_a_streamer_killed_with_sigkill_and_restarted_leaves_no_gap(
+    platform: LocalPlatform, pg_servers: ServerPool, fresh_targets: list[FreshTarget]
+) -> None:
+    platform.apply(PITR_CLASS)
+    src = pg_servers.start()
+    # Stored as written (no compression): each batch below is tens of MB of WAL.
+    src.psql(
+        "CREATE TABLE ticks (n int PRIMARY KEY, filler text);"
+        "ALTER TABLE ticks ALTER filler SET STORAGE EXTERNAL"
+    )
+    declare(platform, "src", src.connection(), src)
+    platform.apply(plan_manifest("nightly", "src", PITR))
+    env = {**os.environ, "COZYBACKUP_HOME": str(platform.home)}
+    argv = [sys.executable, "-m", "cozybackup_core.cli", "run", "--interval", "1"]
+    log = (platform.home / "runner.log").open("ab")
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=log)
+
+    runner = start()
+    try:
+        wait_for("the streamer's slot", lambda: slot_active(src))
+        platform.apply(
+            {
+                "apiVersion": API_VERSION,
+                "kind": "BackupJob",
+                "metadata": {"name": "b1", "namespace": NS},
+                "spec": {
+                    "applicationRef": {"apiGroup": APPS_GROUP, "kind": "Postgres", "name": "src"},
+                    "backupClassName": PITR,
+                },
+            }
+        )
+        wait_for("Backup b1", lambda: platform.backups(NS))
+        # Enough WAL for a few segments, some archived before the kill and some after.
+        filler = "repeat(md5(g::text), 200)"
+        src.psql(f"INSERT INTO ticks SELECT g, {filler} FROM generate_series(1, 3000) g")
+        switch_and_wait(platform, src)
+        src.psql(f"INSERT INTO ticks SELECT g, {filler} FROM generate_series(3001, 9000) g")
+        runner.send_signal(signal.SIGKILL)
+        runner.wait()
+        before_kill = segment_numbers(platform)
+        # pg_receivewal dies with it, and the slot keeps the WAL written meanwhile.
+        wait_for("the slot released", lambda: not slot_active(src))
+        src.psql(f"INSERT INTO ticks SELECT g, {filler} FROM generate_series(9001, 15000) g")
+        runner = start()
+        wait_for("the streamer's slot again", lambda: slot_active(src))
+        src.psql("INSERT INTO ticks VALUES (-1, 'last')")
+        expected = src.fingerprint()
+        switch_and_wait(platform, src)
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        try:
+            runner.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            runner.kill()
+            runner.wait()
+        log.close()
+    numbers = segment_numbers(platform)
+    log_tail = (platform.home / "runner.log").read_text(errors="replace")[-3000:]
+    assert numbers, log_tail
+    # WAL written while no streamer ran (two batches' worth) was archived after it.
+    assert numbers[-1] > before_kill[-1] + 1, (numbers, before_kill, log_tail)
+    assert numbers == list(range(numbers[0], numbers[-1] + 1)), (numbers, log_tail)  # no gap
+    target = FreshTarget(src)
+    fresh_targets.append(target)
+    copy = declare(platform, "copy", target.connection(), src)
+    ok(restore(platform, "b1", "r1", copy))
+    assert target.server().fingerprint() == expected
+
+
+def test_lag_is_reported_and_a_lost_slot_fails_loudly_on_the_plan(
+    platform: LocalPlatform, history: History
+) -> None:
+    streams = history.runner.streams
+    assert streams is not None
+    (lag,) = streams.lags().values()
+    assert isinstance(lag["lagBytes"], int) and lag["lagBytes"] >= 0
+    assert lag["segmentsStored"] >= 1
+    streams.reconcile()
+    plan = platform.host.objects.get(Plan, NS, "nightly")
+    (cond,) = [c for c in plan.status.conditions if c.type == "Archiving"]
+    assert (cond.status, cond.reason) == ("True", "Streaming")
+    assert "lagBytes" in cond.message
+
+    history.runner.close()
+    history.src.psql("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots")
+    notes: list[str] = []
+    wait_for(
+        "the failure reported",
+        lambda: notes.extend(streams.reconcile()) or any("failed" in n for n in notes),
+    )
+    plan = platform.host.objects.get(Plan, NS, "nightly")
+    (cond,) = [c for c in plan.status.conditions if c.type == "Archiving"]
+    assert (cond.status, cond.reason) == ("False", "WalSlotLost")
+    assert "replication slot" in cond.message and "take a new backup" in cond.message
+    text = platform.tenant_view(NS)
+    assert "WalSlotLost" in text
+    for secret in (history.src.password, str(history.src.root)):
+        assert secret not in text
+
+
+# ---------------------------------------------------------------------------- retention
+
+
+def _meta(system_id: str, end_segno: int, at: str) -> dict[str, Any]:
+    size = 16 << 20
+    return {
+        "mode": "physical",
+        "systemIdentifier": system_id,
+        "timeline": 1,
+        "walSegmentSize": size,
+        "endLsn": format_lsn(end_segno * size + 0x100),
+        "consistentAt": at,
+    }
+
+
+def test_archive_expiry_keeps_what_the_oldest_kept_backup_or_the_window_needs() -> None:
+    names = [f"7.{segment_name(1, n, 16 << 20)}" for n in range(1, 11)]
+    names += [f"6.{segment_name(1, 3, 16 << 20)}", f"7.{segment_name(2, 2, 16 << 20)}"]
+    kept = [_meta("7", 4, "2026-01-01T00:00:00+00:00"), _meta("7", 8, "2026-01-05T00:00:00+00:00")]
+    now = dt.datetime(2026, 1, 10, tzinfo=dt.timezone.utc)
+    gone, why = expired(names, kept, None, now)
+    # Before the oldest kept backup's end segment (4), and another server's segment.
+    assert sorted(gone) == sorted([*names[:3], f"6.{segment_name(1, 3, 16 << 20)}"])
+    assert "from 000000010000000000000004 on" in why
+    # A 3-day window starts after the second backup, which anchors it; a 7-day one
+    # starts before it, so the first one still does.
+    assert expired(names, kept, 7 * 86400, now)[0] == gone
+    gone, why = expired(names, kept, 3 * 86400, now)
+    assert sorted(gone) == sorted([*names[:7], f"6.{segment_name(1, 3, 16 << 20)}"])
+    assert "recovery window" in why
+    assert expired(names, [], None, now)[0] == []  # nothing to continue from: keep all
+
+
+def test_prune_dry_run_says_which_segments_retention_expires_and_prune_keeps_what_restores(
+    platform: LocalPlatform,
+    pg_servers: ServerPool,
+    tmp_path: Path,
+    fresh_targets: list[FreshTarget],
+) -> None:
+    (doc,) = yaml.safe_load_all(
+        driver_class_yaml(
+            PostgresDriver, "pg-keep1", json.dumps({"mode": "physical", "walArchiving": True})
+        )
+    )
+    doc["spec"]["retention"] = {"keepLast": 1}
+    platform.apply(doc)
+    src = pg_servers.start()
+    ref = declare(platform, "src", src.connection(), src)
+    platform.apply(plan_manifest("nightly", "src", "pg-keep1"))
+    runner = Runner(platform.engine, streams_dir=tmp_path / "streams")
+    assert runner.streams is not None
+    try:
+        runner.streams.reconcile()
+        wait_for("the streamer's slot", lambda: slot_active(src))
+        src.psql("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        switch_and_wait(platform, src)
+        ok(platform.backup(NS, ref, "b1", "pg-keep1"))
+        src.psql("INSERT INTO t VALUES (2)")
+        switch_and_wait(platform, src)
+        ok(platform.backup(NS, ref, "b2", "pg-keep1"))
+        src.psql("INSERT INTO t VALUES (3)")
+        expected = src.fingerprint()
+        switch_and_wait(platform, src)
+    finally:
+        runner.close()
+    b2 = next(b for b in platform.backups(NS) if b.metadata.name == "b2")
+    end = parse_lsn(typed_metadata(b2.spec.driver_metadata)["endLsn"])
+    before = sorted(archived(platform))
+    older = [
+        n for n in before if segment_of(n.split(".", 1)[1], 16 << 20)[1] < (end - 1) // (16 << 20)
+    ]
+    assert older  # the segments of b1's time
+
+    out = cli_ok(run_cli(platform.home, "prune", "--dry-run"))
+    assert (
+        f"archive {NS}/Postgres/src: would delete {len(older)} segment(s), {len(before) - len(older)} kept"
+        in out
+    )
+    assert "would delete" in out and "b1" in out
+    assert sorted(archived(platform)) == before  # a dry run deletes nothing
+
+    cli_ok(run_cli(platform.home, "prune"))
+    assert sorted(archived(platform)) == sorted(set(before) - set(older))
+    assert [b.metadata.name for b in platform.backups(NS)] == ["b2"]
+    target = FreshTarget(src)
+    fresh_targets.append(target)
+    ok(restore(platform, "b2", "r1", declare(platform, "copy", target.connection(), src)))
+    assert target.server().fingerprint() == expected
+
+
+def test_in_place_with_stop_and_start_commands_replaces_the_running_server(
+    platform: LocalPlatform, pg_servers: ServerPool
+) -> None:
+    src = pg_servers.start()
+    write_dataset(src, seed=4)
+    ctl = [str(BINDIR / "pg_ctl"), "-D", str(src.data)]
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    opts = f"-p {src.port} -k {src.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    conn = {
+        **src.connection(),
+        "dataDir": str(src.data),
+        "startCommand": [*as_pg, *ctl, "-l", str(src.log_path), "-W", "-o", opts, "start"],
+        "stopCommand": [*as_pg, *ctl, "-m", "fast", "-w", "stop"],
+    }
+    ok(platform.backup(NS, declare(platform, "db", conn, src), "b1", PHYSICAL))
+    expected = src.fingerprint()
+    src.psql("DROP DATABASE shop WITH (FORCE)")
+    src.psql("CREATE TABLE public.after (x int)")
+    ok(restore(platform, "b1", "r1", None))
+    assert src.fingerprint() == expected
+    assert sorted(p.name for p in src.root.iterdir() if "cozybackup" in p.name) == []
+
+
+def test_a_restored_server_that_does_not_start_is_rolled_back(
+    platform: LocalPlatform, pg_servers: ServerPool, fresh_targets: list[FreshTarget]
+) -> None:
+    src = pg_servers.start()
+    ok(platform.backup(NS, declare(platform, "src", src.connection(), src), "b1", PHYSICAL))
+    target = FreshTarget(src)
+    fresh_targets.append(target)
+    target.data.mkdir()
+    (target.data / "was-here").write_text("the previous data")
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(target.data, pw.pw_uid, pw.pw_gid)
+    conn = {**target.connection(), "startCommand": ["false"]}
+    job = restore(platform, "b1", "r1", declare(platform, "copy", conn, src))
+    assert job.status.phase == "Failed"
+    assert "starting the restored server failed" in job.status.message
+    assert "the previous data was put back" in job.status.message
+    assert [p.name for p in target.root.iterdir()] == ["data"]
+    assert [p.name for p in target.data.iterdir()] == ["was-here"]
