@@ -90,7 +90,7 @@ from ._drivers.kit import (
     distribution_version,
     misconfigured,
 )
-from ._drivers.localpaths import LocalDir, LocalFile, UnsafeLocalPath, open_local
+from ._drivers.localpaths import LocalDir, LocalFile, UnsafeLocalPath, chown_tree, open_local
 from ._drivers.registry import DriverRegistry
 from ._drivers.toolpipe import ToolContainer, ToolPipe
 from ._drivers.tools import run_admin_command, run_tool
@@ -201,6 +201,7 @@ __all__ = [
     "all_crds",
     "builtin_class",
     "bumped",
+    "chown_tree",
     "connection_argv",
     "connection_str",
     "crd",

@@ -442,3 +442,22 @@ __all__ = [
     "open_local",
     "split_local",
 ]
+
+
+def chown_tree(root: str | os.PathLike[str], uid: int, gid: int) -> None:
+    """Give ``root`` and everything under it to ``uid:gid`` (a server's system user, for
+    the data files a restore just wrote), links themselves and never what they point to;
+    a refusal is a :class:`DriverError` for the operator."""
+    if (os.geteuid(), os.getegid()) == (uid, gid):
+        return
+    try:
+        os.chown(root, uid, gid)
+        for base, dirs, files in os.walk(root):  # does not descend into linked directories
+            for name in dirs + files:
+                os.lchown(Path(base, name), uid, gid)
+    except PermissionError as exc:
+        raise DriverError(
+            "the restored data files could not be given to the server's system user; "
+            "ask the platform operator",
+            admin_detail=f"chown to {uid}:{gid} under {root}: {exc!r}",
+        ) from None

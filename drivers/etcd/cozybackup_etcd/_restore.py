@@ -42,6 +42,7 @@ from cozybackup_core import (
     RestoreContext,
     UnsafeLocalPath,
     UnsupportedError,
+    chown_tree,
     iter_chunks,
     run_tool,
 )
@@ -246,7 +247,7 @@ def _rebuild(
             ) from None
         uid, gid = owners[s.member.name]
         with _file_errors(cluster, "hand the restored data to etcd's user"):
-            _chown_tree(s.data, uid, gid)
+            chown_tree(s.data, uid, gid)
             os.chmod("data", 0o700, dir_fd=s.stage.fd, follow_symlinks=False)
 
 
@@ -350,15 +351,6 @@ def _ownership(cluster: Cluster, member: Member, parent: LocalDir) -> tuple[int,
         return pw.pw_uid, gid
     st = parent.lstat(member.data_dir.name) or parent.stat()  # a directory: checked
     return st.st_uid, st.st_gid
-
-
-def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    if (os.geteuid(), os.getegid()) == (uid, gid):
-        return
-    os.chown(root, uid, gid)
-    for base, dirs, files in os.walk(root):
-        for name in dirs + files:
-            os.lchown(Path(base, name), uid, gid)
 
 
 @contextlib.contextmanager

@@ -66,6 +66,7 @@ from cozybackup_core import (
     RestoreContext,
     UnsafeLocalPath,
     UnsupportedError,
+    chown_tree,
     run_admin_command,
 )
 
@@ -226,7 +227,7 @@ def _restore(
                 doing="preparing the backup; the target was not touched",
             )
             with _file_errors(server, "hand the restored files to the database's user"):
-                _chown_tree(stage, uid, gid)
+                chown_tree(stage, uid, gid)
                 os.chmod(held.fd, mode)  # noqa: PTH101 - by descriptor
         deadline.check()
         if running:
@@ -407,22 +408,6 @@ def _file_errors(server: Server, doing: str) -> Iterator[None]:
             f"the backup worker could not {doing}; the target was not touched. Ask the "
             "platform operator",
             admin_detail=f"{server.ref}: {exc!r}",
-        ) from None
-
-
-def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    if (os.geteuid(), os.getegid()) == (uid, gid):
-        return
-    try:
-        os.chown(root, uid, gid)
-        for base, dirs, files in os.walk(root):
-            for name in dirs + files:
-                os.lchown(Path(base, name), uid, gid)
-    except PermissionError as exc:
-        raise DriverError(
-            "the restored data files could not be given to the database's system user; "
-            "ask the platform operator",
-            admin_detail=f"chown to {uid}:{gid} under {root}: {exc!r}",
         ) from None
 
 

@@ -57,6 +57,7 @@ from cozybackup_core import (
     RestoreContext,
     SegmentStore,
     UnsupportedError,
+    chown_tree,
     connection_argv,
     connection_str,
     misconfigured,
@@ -179,7 +180,7 @@ class _Restore:
             self._configure(stage, wal)
             with self._errors("hand the restored files to the database's user"):
                 for name in (stage, wal):
-                    _chown_tree(Path(self.parent.fd_path, name), uid, gid)
+                    chown_tree(Path(self.parent.fd_path, name), uid, gid)
             self.deadline.check()
             if self.running:
                 self.ctx.progress.stage("stopping the server")
@@ -394,15 +395,6 @@ def _fetch(archive: SegmentStore, name: str, segment: str, dest: Path) -> None:
             "target was touched",
             admin_detail=f"{exc.message} ({exc.admin_detail})",
         ) from None
-
-
-def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    if (os.geteuid(), os.getegid()) == (uid, gid):
-        return
-    os.chown(root, uid, gid)
-    for base, dirs, files in os.walk(root):
-        for name in dirs + files:
-            os.lchown(Path(base, name), uid, gid)
 
 
 def _pg_time(when: dt.datetime) -> str:
