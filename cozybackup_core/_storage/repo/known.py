@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import weakref
 
 from ..._api.errors import ArtifactCorruptError
 from .repository import ChunkRef, Repository
@@ -26,6 +27,9 @@ class KnownChunks:
 
     def __init__(self) -> None:
         self._db = sqlite3.connect("", check_same_thread=False)
+        # Closed with the object even when a writer is abandoned (a crash, a failed
+        # commit nobody aborts): the temporary file goes, and no connection is left open.
+        self._closer = weakref.finalize(self, self._db.close)
         self._lock = threading.Lock()
         self._db.execute(f"PRAGMA cache_size = -{_CACHE_KIB}")
         self._db.execute(
@@ -60,7 +64,7 @@ class KnownChunks:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            self._closer()
 
 
 def known_chunks(repo: Repository) -> KnownChunks:
