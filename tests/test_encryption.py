@@ -20,13 +20,12 @@ from cozybackup_core._storage.crypto import (
     KeyRing,
     read_keys_document,
 )
-from cozybackup_core._storage.store import Manifest
 from cozybackup_core.testing import LocalPlatform
 from cozybackup_core.testing import key_secret_yaml as _key_secret
 
 from support.drivers import FilesDriver
 from support.manifests import FILES_CLASS, directory_app
-from support.stores import read_streams
+from support.stores import manifest_of, read_streams
 
 KEY = ArtifactKey(namespace="tenant-a", kind="Directory", application="app1", uid="u-1")
 
@@ -117,20 +116,7 @@ def _write(store: ArtifactStore, streams: dict[str, bytes], key: ArtifactKey = K
     for name, data in streams.items():
         with writer.open(name) as out:
             out.write(data)
-    writer.commit(
-        Manifest(
-            format_version=1,
-            backup_uid=key.uid,
-            namespace=key.namespace,
-            application={"kind": key.kind, "name": key.application},
-            driver={"name": "t", "version": "1"},
-            strategy_ref={"kind": "T", "name": "t"},
-            parameters={},
-            taken_at="2026-01-01T00:00:00Z",
-            streams=tuple(writer.streams),
-            encryption=writer.encryption,
-        )
-    )
+    writer.commit(manifest_of(writer, key))
 
 
 def _stored(root: Path) -> bytes:
