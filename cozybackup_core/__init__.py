@@ -48,7 +48,7 @@ from ._api.types import (
     StorageLocation,
     StrategyRef,
 )
-from ._api.units import short_list
+from ._api.units import parse_bytes, short_list
 from ._api.version import __version__
 from ._api.wire import API_KINDS, Kinds, dump, load, load_yaml
 from ._catalog.catalog import (
@@ -69,6 +69,7 @@ from ._drivers.contract import (
     Locator,
     LocatorCase,
     NoParameters,
+    PriorBackup,
     ProgressReporter,
     RestoreContext,
     SegmentStore,
@@ -170,6 +171,7 @@ __all__ = [
     "Plan",
     "PluginHost",
     "PointInTimeNotSupported",
+    "PriorBackup",
     "ProgressReporter",
     "QuotaExceededError",
     "RecoveryTargetUnreachable",
@@ -215,6 +217,7 @@ __all__ = [
     "misconfigured",
     "object_schema",
     "open_local",
+    "parse_bytes",
     "run_admin_command",
     "run_tool",
     "short_list",

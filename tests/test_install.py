@@ -237,7 +237,8 @@ def test_controller_namespace_rights(objs: list[dict[str, Any]]) -> None:
 def test_worker_rights(objs: list[dict[str, Any]]) -> None:
     """Worker Jobs read what a job needs and write only ArtifactRecords; in the platform
     namespace, Secrets one by one and their own Job (their reports).  In tenants'
-    namespaces, the KubeVirt driver's objects, and Secrets it may create but never read."""
+    namespaces, the KubeVirt driver's objects, and Secrets and scratch PVCs it may create
+    but never read."""
     cluster = _one(objs, "ClusterRole", "cozybackup:worker")
     readable = {"backupjobs", "restorejobs", "backups", "backupclasses", "storagelocations"}
     made = {"get", "create", "delete"}
@@ -250,8 +251,11 @@ def test_worker_rights(objs: list[dict[str, Any]]) -> None:
         | _cross("snapshot.kubevirt.io", {"virtualmachinesnapshots"}, made)
         | _cross("export.kubevirt.io", {"virtualmachineexports"}, made)
         | _cross("cdi.kubevirt.io", {"datavolumes"}, made)
+        | _cross("backup.kubevirt.io", {"virtualmachinebackups"}, made)
+        | _cross("backup.kubevirt.io", {"virtualmachinebackuptrackers"}, {"get", "create"})
         | _cross("upload.cdi.kubevirt.io", {"uploadtokenrequests"}, {"get", "create"})
-        | {("", "secrets", "create"), ("", "configmaps", "get")}
+        | {("", "secrets", "create"), ("", "persistentvolumeclaims", "create")}
+        | {("", "configmaps", "get")}
     )
     role = _one(objs, "Role", "cozybackup-worker")
     assert grants(role["rules"]) == {("", "secrets", "get")} | _cross(

@@ -8,7 +8,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any, ClassVar, Generic, Protocol, get_args, get_origin
@@ -193,6 +193,24 @@ class Streamer(Protocol):
 P = TypeVar("P", default=Any)
 
 
+@attrs.frozen(kw_only=True)
+class PriorBackup:
+    """The application's newest Ready Backup of the same class, open for reading: what a
+    driver that stores only what changed builds on (a VM disk's changed blocks are laid
+    over the previous disk stream, so every Backup still holds a whole disk)."""
+
+    name: str
+    taken_at: dt.datetime
+    #: What the driver recorded on it (``BackupContext.metadata``), with its types.
+    driver_metadata: Mapping[str, Any]
+    #: Its streams; every read is verified as a restore's is.
+    artifact: StreamSource
+
+
+def _no_prior() -> PriorBackup | None:
+    return None
+
+
 @attrs.define(kw_only=True)
 class BackupContext(Generic[P]):
     application: AppLocation
@@ -216,6 +234,10 @@ class BackupContext(Generic[P]):
     #: What this backup cannot bring back exactly, said before anyone needs it: each is a
     #: Warning event on the BackupJob and an entry of ``underlyingResources.warnings``.
     warnings: list[BackupWarning] = attrs.field(factory=list)
+    #: The application's previous Backup of this class (:class:`PriorBackup`), opened
+    #: when called (None: there is none, or it cannot be read); only drivers that build
+    #: on it call it.
+    prior: Callable[[], PriorBackup | None] = _no_prior
 
     def warn(self, message: str, reason: str = "BackupNotExact") -> None:
         """Say something the tenant should know about this backup (see ``warnings``)."""

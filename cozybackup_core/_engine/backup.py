@@ -12,13 +12,14 @@ the job (the manifest exists and every stream verifies) or removes the partial d
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
 
 import attrs
 
-from .._api.errors import PermanentError, QuotaExceededError
+from .._api.errors import CozyError, PermanentError, QuotaExceededError
 from .._api.types import (
     ANNOTATION_JOB_UID,
     ANNOTATION_STORED_BYTES,
@@ -36,9 +37,18 @@ from .._api.types import (
 from .._api.units import human_bytes, parse_bytes
 from .._api.wire import unstructure
 from .._catalog.catalog import Resolved
-from .._drivers.contract import AppLocation, BackupContext, Deadline, Driver, ToolRequest
+from .._drivers.contract import (
+    AppLocation,
+    BackupContext,
+    Deadline,
+    Driver,
+    PriorBackup,
+    ToolRequest,
+)
 from .._storage.store import ArtifactKey, Manifest, checksum_of
 from .services import Services
+
+log = logging.getLogger("cozybackup.engine")
 
 
 def made_by(backup: Backup, job: BackupJob) -> bool:
@@ -129,10 +139,8 @@ def check_quota(svc: Services, job: BackupJob, resolved: Resolved) -> None:
     used = svc.store_for(resolved.storage).tenant_bytes(ns)
     same = [
         b
-        for b in svc.host.objects.list(Backup, ns)
-        if b.spec.application_ref == job.spec.application_ref
-        and b.metadata.labels.get(LABEL_CLASS) == label_value(job.spec.backup_class_name)
-        and b.metadata.annotations.get(ANNOTATION_STORED_BYTES, "").isdigit()
+        for b in _same_class(svc, job)
+        if b.metadata.annotations.get(ANNOTATION_STORED_BYTES, "").isdigit()
     ]
     newest = max(same, key=lambda b: b.spec.taken_at, default=None)
     expected = int(newest.metadata.annotations[ANNOTATION_STORED_BYTES]) if newest else 0
@@ -147,6 +155,42 @@ def check_quota(svc: Services, job: BackupJob, resolved: Resolved) -> None:
             f"{human_bytes(allowed)} BackupClass {job.spec.backup_class_name} allows{last}; "
             "delete or unpin Backups, or ask the platform operator for a larger quota"
         )
+
+
+def _same_class(svc: Services, job: BackupJob) -> list[Backup]:
+    """The Backups of the job's application made with the job's BackupClass."""
+    return [
+        b
+        for b in svc.host.objects.list(Backup, job.metadata.namespace or "")
+        if b.spec.application_ref == job.spec.application_ref
+        and b.metadata.labels.get(LABEL_CLASS) == label_value(job.spec.backup_class_name)
+    ]
+
+
+def _prior(svc: Services, job: BackupJob, resolved: Resolved) -> PriorBackup | None:
+    """The application's newest Ready Backup of the job's class and strategy, opened (see
+    ``BackupContext.prior``); None when there is none or it cannot be opened, and the
+    driver then backs up everything."""
+    ready = [
+        b
+        for b in _same_class(svc, job)
+        if b.status.phase == "Ready" and b.spec.strategy_ref == resolved.binding.strategy_ref
+    ]
+    newest = max(ready, key=lambda b: b.spec.taken_at, default=None)
+    if newest is None:
+        return None
+    try:
+        reader = svc.open_backup(newest)
+        reader.unlock()
+    except CozyError as exc:
+        log.warning("Backup %s cannot be built on: %s", newest.metadata.name, exc)
+        return None
+    return PriorBackup(
+        name=newest.metadata.name,
+        taken_at=newest.spec.taken_at,
+        driver_metadata=reader.manifest.driver_metadata,
+        artifact=reader,
+    )
 
 
 def _attempt(
@@ -183,6 +227,7 @@ def _attempt(
             log=logging.getLogger(f"cozybackup.driver.{resolved.driver.name}"),
             deadline=deadline,
             tool=svc.tool,
+            prior=functools.partial(_prior, svc, job, resolved),
         )
         resolved.driver.backup(ctx)
         # Tenant-visible on the Backup: scrubbed like every other tenant text.

@@ -127,14 +127,19 @@ def worker_rules() -> list[dict[str, Any]]:
 
 def kubevirt_worker_rules() -> list[dict[str, Any]]:
     """The KubeVirt driver's, in tenants' namespaces: find the VM and its disks, stop and
-    start it and point its volumes at restored disks (patch); snapshot and export it; the
-    export's token Secret, which it makes itself (create only: it reads no tenant Secret);
+    start it and point its volumes at restored disks (patch); snapshot and export it, or
+    back it up through changed-block tracking (a pull-mode VirtualMachineBackup, its
+    tracker, and the scratch PVC KubeVirt needs); the export's and the backup's token
+    Secrets, which it makes itself (create only: it reads no tenant Secret);
     upload restored disks through CDI; CDI's upload CA in its ConfigMap."""
     return [
         _rule("kubevirt.io", ["virtualmachines"], ["get", "list", "patch"]),
         _rule("kubevirt.io", ["virtualmachineinstances"], ["get"]),
         _rule("snapshot.kubevirt.io", ["virtualmachinesnapshots"], ["get", "create", "delete"]),
         _rule("export.kubevirt.io", ["virtualmachineexports"], ["get", "create", "delete"]),
+        _rule("backup.kubevirt.io", ["virtualmachinebackups"], ["get", "create", "delete"]),
+        _rule("backup.kubevirt.io", ["virtualmachinebackuptrackers"], ["get", "create"]),
+        _rule("", ["persistentvolumeclaims"], ["create"]),
         _rule("cdi.kubevirt.io", ["datavolumes"], ["get", "create", "delete"]),
         _rule("upload.cdi.kubevirt.io", ["uploadtokenrequests"], ["get", "create"]),
         _rule("", ["secrets"], ["create"]),

@@ -22,6 +22,18 @@ OpenAPI documents (``../shared/kubevirt-openapi/``, read at test time, never cop
   or of a snapshot (volumes ``<export>-<claim>``, as the PVCs KubeVirt restores for it) →
   served over HTTPS on 127.0.0.1 once its token Secret exists: ``GET .../disk.img`` with
   header ``x-kubevirt-export-token``; the CA in ``status.links.internal.cert``.
+* **VirtualMachineBackup** in pull mode (KubeVirt 1.8+, changed-block tracking), from a
+  **VirtualMachineBackupTracker** (not in the published documents: its shape is checked
+  against ``TRACKER_SCHEMA``, written from KubeVirt's Go API types) → once its scratch PVC
+  and token Secret exist and the VM runs: the VM's images copied aside as the backup's
+  checkpoint (the guest frozen meanwhile if it has an agent), ``Full`` unless the tracker
+  names a checkpoint still kept and ``forceFullBackup`` is not set, then ``Incremental``;
+  each volume's ``map`` (pages of coalesced 64 KiB extents described as KubeVirt's export
+  server does: data/zero, or clean/dirty/zero/dirty,zero) and ``data``
+  (``?offset=&length=`` of the checkpoint's copy) served with the token; deleting it ends
+  it as KubeVirt does: ``Complete``, the tracker moved to its checkpoint.
+  ``backup_reads`` records every data read; ``forget_checkpoints`` plays a VM whose
+  changed-block bitmaps were lost (KubeVirt then clears the tracker's checkpoint).
 * **DataVolume** ``source.upload`` → ``UploadReady``; **UploadTokenRequest** → a token in
   its status; ``POST /v1beta1/upload`` with ``Authorization: Bearer <token>`` (chunked or
   not, raw or gzip) writes the image, sparse, and the DataVolume becomes ``Succeeded``
@@ -41,6 +53,7 @@ import ssl
 import subprocess
 import threading
 import time
+import traceback
 import urllib.parse
 import zlib
 from collections.abc import Iterator, Mapping
@@ -61,7 +74,46 @@ KINDS = {
     "VirtualMachineExport": ("kubevirt-swagger.json", "v1.VirtualMachineExport"),
     "DataVolume": ("cdi-swagger.json", "v1beta1.DataVolume"),
     "UploadTokenRequest": ("cdi-swagger.json", "v1beta1.UploadTokenRequest"),
+    "VirtualMachineBackup": ("kubevirt-swagger.json", "v1alpha1.VirtualMachineBackup"),
 }
+#: VirtualMachineBackupTracker as KubeVirt's Go API types declare it
+#: (staging/src/kubevirt.io/api/backup/v1alpha1/types.go): the published OpenAPI
+#: document lacks it.  Unknown fields are refused, as for the documents' kinds.
+_REF = {
+    "type": "object",
+    "required": ["kind", "name"],
+    "additionalProperties": False,
+    "properties": {"apiGroup": {"type": "string"}, "kind": {"type": "string"}, "name": {"type": "string"}},
+}  # fmt: skip
+TRACKER_SCHEMA = {
+    "type": "object",
+    "required": ["spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"type": "string"},
+        "kind": {"type": "string"},
+        "metadata": {"type": "object"},
+        "spec": {"type": "object", "required": ["source"], "additionalProperties": False, "properties": {"source": _REF}},
+        "status": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "checkpointRedefinitionRequired": {"type": "boolean"},
+                "latestCheckpoint": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string"},
+                        "creationTime": {"type": "string"},
+                        "volumes": {"type": "array", "items": {"type": "object", "additionalProperties": False, "required": ["volumeName"], "properties": {"volumeName": {"type": "string"}, "dataEndpoint": {"type": "string"}, "mapEndpoint": {"type": "string"}}}},
+                    },
+                },
+            },
+        },
+    },
+}  # fmt: skip
+#: KubeVirt's finalizer on a VirtualMachineBackup until it has ended.
+BACKUP_FINALIZER = "backup.kubevirt.io/vmbackup-protection"
 BLOCK = 64 << 10
 _ZERO = bytes(BLOCK)
 
@@ -117,6 +169,13 @@ def load_kinds(openapi: Path) -> dict[str, Kind]:
         root = {"$ref": f"#/definitions/{definition}", "definitions": _strict(doc["definitions"])}
         validator = jsonschema.Draft4Validator(root, format_checker=None)
         out[kind] = Kind(kind, *found, validator)
+    out["VirtualMachineBackupTracker"] = Kind(
+        "VirtualMachineBackupTracker",
+        "backup.kubevirt.io",
+        "v1alpha1",
+        "virtualmachinebackuptrackers",
+        jsonschema.Draft4Validator(TRACKER_SCHEMA),
+    )
     return out
 
 
@@ -173,7 +232,7 @@ class StandIn:
         #: (vm, "freeze" | "thaw") as snapshots of running VMs with an agent go
         self.freezes: list[tuple[str, str]] = []
         #: every object name the stand-in saw, by kind (a test checks what was cleaned up)
-        self.seen: dict[str, set[str]] = {k: set() for k in KINDS}
+        self.seen: dict[str, set[str]] = {k: set() for k in self.kinds}
         self._exports: dict[str, tuple[str, dict[str, Path]]] = {}  # path prefix -> token, files
         self._uploads: dict[str, tuple[str, str]] = {}  # token -> namespace, claim
         self._validated: set[tuple[str, str, str]] = set()
@@ -181,6 +240,10 @@ class StandIn:
         self.corrupt_uploads = False
         #: VMs that do not stop when asked (a guest that ignores the shutdown).
         self.stuck: set[str] = set()
+        #: (backup, volume, offset, length) of every read of a backup's data endpoint
+        self.backup_reads: list[tuple[str, str, int, int]] = []
+        #: path prefix -> (token, {volume: (checkpoint image, base image or None)})
+        self._backups: dict[str, tuple[str, dict[str, tuple[Path, Path | None]]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         (root / "pki").mkdir(parents=True)
@@ -240,7 +303,9 @@ class StandIn:
                 try:
                     self._pass(ns)
                 except Exception as exc:  # the test reports it
-                    self.errors.append(f"stand-in pass in {ns}: {exc!r}")
+                    where = traceback.extract_tb(exc.__traceback__)[-1]
+                    body = str(getattr(exc, "body", ""))[:300]
+                    self.errors.append(f"stand-in pass in {ns}: {exc!r} {body} at {where.lineno}")
 
     def _list(self, kind: str, ns: str) -> list[dict[str, Any]]:
         k = self.kinds[kind]
@@ -310,6 +375,12 @@ class StandIn:
         for export in exports:
             if (export.get("status") or {}).get("phase") != "Ready":
                 self._export(ns, export, vmis)
+        trackers = {t["metadata"]["name"]: t for t in self._list("VirtualMachineBackupTracker", ns)}
+        for backup in self._list("VirtualMachineBackup", ns):
+            if backup["metadata"].get("deletionTimestamp"):
+                self._end_backup(ns, backup, trackers)
+            elif not backup.get("status"):
+                self._start_backup(ns, backup, vms, vmis, trackers)
 
     def _start(self, ns: str, vm: dict[str, Any]) -> None:
         name = vm["metadata"]["name"]
@@ -415,6 +486,151 @@ class StandIn:
             },
         )
 
+    def forget_checkpoints(self, ns: str) -> None:
+        """The VMs' changed-block bitmaps are lost (a crash): every kept checkpoint goes."""
+        shutil.rmtree(self.root / "checkpoints" / ns, ignore_errors=True)
+
+    def _start_backup(
+        self,
+        ns: str,
+        backup: dict[str, Any],
+        vms: Mapping[str, Any],
+        vmis: Mapping[str, Any],
+        trackers: Mapping[str, Any],
+    ) -> None:
+        name, spec = backup["metadata"]["name"], backup["spec"]
+        source = spec["source"]
+        if source.get("kind") != "VirtualMachineBackupTracker" or spec.get("mode") != "Pull":
+            self.errors.append(
+                f"VirtualMachineBackup {name}: {source} / {spec.get('mode')} not played"
+            )
+            return
+        tracker = trackers.get(source["name"])
+        if tracker is None:
+            return  # KubeVirt waits for the tracker (Initializing)
+        vm_name = tracker["spec"]["source"]["name"]
+        try:  # as KubeVirt, it waits for its scratch PVC and token Secret
+            self._core.read_namespaced_persistent_volume_claim(spec["pvcName"], ns)
+            secret = self._core.read_namespaced_secret(spec["tokenSecretRef"], ns)
+        except ApiException:
+            return
+        if vm_name not in vmis:
+            return  # only a running VM is backed up; KubeVirt waits for it
+        vm = vms[vm_name]
+        # KubeVirt's finalizer: the backup ends (and the tracker moves) before it is gone.
+        k = self.kinds["VirtualMachineBackup"]
+        backup = self._custom.patch_namespaced_custom_object(
+            k.group, k.version, ns, k.plural, name, {"metadata": {"finalizers": [BACKUP_FINALIZER]}}
+        )
+        latest = ((tracker.get("status") or {}).get("latestCheckpoint") or {}).get("name")
+        kept = self.root / "checkpoints" / ns
+        if latest and not (kept / latest).is_dir():
+            # Bitmaps lost: KubeVirt drops the tracker's checkpoint, the backup is full.
+            self._status("VirtualMachineBackupTracker", tracker, {})
+            latest = None
+        incremental = bool(latest) and not spec.get("forceFullBackup")
+        checkpoint = f"{name}-checkpoint"
+        agent = vm["metadata"].get("annotations", {}).get("standin/guest-agent") != "false"
+        if agent:
+            self.freezes.append((vm_name, "freeze"))
+        (kept / checkpoint).mkdir(parents=True)
+        try:
+            for claim in _claims(vm).values():
+                subprocess.run(
+                    ["cp", "--sparse=always", str(self.disk(ns, claim)), str(kept / checkpoint / claim)],
+                    check=True,
+                )  # fmt: skip
+        finally:
+            if agent:
+                self.freezes.append((vm_name, "thaw"))
+        prefix = f"/{ns}/{name}/backup/"
+        files = {
+            vol: (kept / checkpoint / claim, kept / str(latest) / claim if incremental else None)
+            for vol, claim in _claims(vm).items()
+        }
+        with self._lock:
+            self._backups[prefix] = (_b64(secret.data["token"]), files)
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        quiesced = {"type": "Quiesced", "status": "True" if agent else "False", "reason": "QuiesceSucceeded" if agent else "QuiesceFailed", "message": "stand-in", "lastTransitionTime": now}  # fmt: skip
+        ready = {"type": "Progressing", "status": "True", "reason": "ExportReady", "message": "stand-in: export ready", "lastTransitionTime": now}  # fmt: skip
+        self._status(
+            "VirtualMachineBackup",
+            backup,
+            {
+                "type": "Incremental" if incremental else "Full",
+                "checkpointName": checkpoint,
+                "endpointCert": self.ca_pem,
+                "conditions": [ready, quiesced],
+                "includedVolumes": [
+                    {
+                        "volumeName": vol,
+                        "mapEndpoint": f"{self.url}{prefix}{vol}/map",
+                        "dataEndpoint": f"{self.url}{prefix}{vol}/data",
+                    }
+                    for vol in files
+                ],
+            },
+        )
+
+    def _end_backup(self, ns: str, backup: dict[str, Any], trackers: Mapping[str, Any]) -> None:
+        """A pull-mode backup ends when its object is deleted: Complete, the tracker on its
+        checkpoint, the finalizer removed."""
+        name = backup["metadata"]["name"]
+        if BACKUP_FINALIZER not in (backup["metadata"].get("finalizers") or ()):
+            return
+        status = backup.get("status") or {}
+        with self._lock:
+            self._backups.pop(f"/{ns}/{name}/backup/", None)
+        tracker = trackers.get(backup["spec"]["source"]["name"])
+        if tracker is not None and status.get("checkpointName"):
+            now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            latest = {"name": status["checkpointName"], "creationTime": now, "volumes": [{"volumeName": v["volumeName"]} for v in status.get("includedVolumes") or ()]}  # fmt: skip
+            self._status("VirtualMachineBackupTracker", tracker, {"latestCheckpoint": latest})
+        done = {"type": "Progressing", "status": "False", "reason": "Completed", "message": "stand-in", "lastTransitionTime": status.get("conditions", [{}])[0].get("lastTransitionTime", "")}  # fmt: skip
+        self._status("VirtualMachineBackup", backup, {**status, "conditions": [done]})
+        k = self.kinds["VirtualMachineBackup"]
+        self._custom.patch_namespaced_custom_object(
+            k.group,
+            k.version,
+            ns,
+            k.plural,
+            name,
+            {"metadata": {"finalizers": None}},
+        )
+
+    def backup_answer(
+        self, path: str, query: Mapping[str, str], token: str | None
+    ) -> tuple[int, bytes]:
+        """A backup's ``map`` or ``data`` endpoint (KubeVirt's export server's)."""
+        with self._lock:
+            found = [(p, t, f) for p, (t, f) in self._backups.items() if path.startswith(p)]
+        if not found:
+            return 404, b""
+        prefix, want, files = found[0]
+        vol, _, endpoint = path[len(prefix) :].partition("/")
+        if token != want:
+            return 401, b""
+        if vol not in files:
+            return 404, b""
+        image, base = files[vol]
+        offset = int(query.get("offset", "0"))
+        size = image.stat().st_size
+        if endpoint == "data":
+            length = int(query.get("length", "0")) or size - offset
+            self.backup_reads.append((prefix, vol, offset, length))
+            with image.open("rb") as f:
+                f.seek(offset)
+                return 200, f.read(length)
+        if endpoint != "map":
+            return 404, b""
+        page = int(query.get("page_size", "64"))
+        extents = [e for e in _map(image, base) if e["offset"] >= offset]
+        body = {
+            "extents": extents[:page],
+            "next_offset": extents[page]["offset"] if len(extents) > page else None,
+        }
+        return 200, json.dumps(body).encode()
+
     # -- HTTP
 
     def export_file(self, path: str, token: str | None) -> tuple[int, Path | None]:
@@ -462,6 +678,27 @@ def _claims_of(spec: Mapping[str, Any]) -> dict[str, str]:
             out[v["name"]] = v["dataVolume"]["name"]
         elif "persistentVolumeClaim" in v:
             out[v["name"]] = v["persistentVolumeClaim"]["claimName"]
+    return out
+
+
+def _map(image: Path, base: Path | None) -> list[dict[str, Any]]:
+    """Coalesced 64 KiB extents as KubeVirt's export server describes them: for a full
+    backup data (0) or zero (2); for an incremental clean (0), dirty (1), zero (2) or
+    dirty,zero (3), dirty where the block differs from the base checkpoint's."""
+    names = {0: "clean", 1: "dirty", 2: "zero", 3: "dirty,zero"} if base else {0: "data", 2: "zero"}
+    data, before = image.read_bytes(), base.read_bytes() if base else b""
+    out: list[dict[str, Any]] = []
+    for offset in range(0, len(data), BLOCK):
+        block = data[offset : offset + BLOCK]
+        flags = 2 if block == _ZERO[: len(block)] else 0
+        if base is not None and before[offset : offset + BLOCK].ljust(len(block), b"\0") != block:
+            flags |= 1
+        if out and out[-1]["type"] == flags:
+            out[-1]["length"] += len(block)
+        else:
+            out.append(
+                {"offset": offset, "length": len(block), "type": flags, "description": names[flags]}
+            )
     return out
 
 
@@ -523,6 +760,13 @@ def _handler(standin: StandIn) -> type[http.server.BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             path = urllib.parse.urlsplit(self.path).path
+            if "/backup/" in path:
+                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+                status, body = standin.backup_answer(
+                    path, query, self.headers.get("x-kubevirt-export-token")
+                )
+                self._answer(status, body)
+                return
             status, file = standin.export_file(path, self.headers.get("x-kubevirt-export-token"))
             if file is None:
                 self._answer(status, b"")

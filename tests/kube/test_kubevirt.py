@@ -28,12 +28,14 @@ from kubernetes.client.exceptions import (  # type: ignore[import-untyped, impor
 from cozybackup_core import (
     ApplicationRef,
     Backup,
+    BackupClass,
     BackupJob,
     ConflictError,
     NotFoundError,
     RestoreJob,
     load,
 )
+from cozybackup_core._api.types import ANNOTATION_STORED_BYTES
 from cozybackup_core.hosts.kube import KubeHost
 from cozybackup_core.testing import S3ServerInfo, shared_reference
 
@@ -66,6 +68,7 @@ if OPENAPI is None:
     )
 
 MiB = 1 << 20
+BLOCK = 64 << 10
 #: Cozystack's VM kinds (served by conftest.py's ``cozystack_apps``).
 VM_APPS = {kind: COZYSTACK_APPS[kind] for kind in ("VMDisk", "VMInstance")}
 
@@ -527,6 +530,115 @@ def test_a_vm_that_does_not_stop_is_started_again_and_nothing_is_swapped(
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
     assert proc.returncode == 0, platform.output("stuck")
+
+
+def _changed_blocks_class(platform: Platform) -> None:
+    """Class ``vms-cbt``: changed-block tracking, on a deduplicating location of the same
+    S3 server (what an incremental adds is measured there)."""
+    if platform.host.objects.get(BackupClass, None, "vms-cbt") is not None:
+        return
+    storage = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "StorageLocation",
+        "metadata": {"name": "vms-dedup"},
+        "spec": {"provider": "S3", "endpoint": platform.s3.endpoint_url, "bucket": "hidden-bucket-name", "prefix": "hidden/vms-dedup", "credentialsSecretRef": {"name": "vms-s3-creds"}, "deduplication": True},
+    }  # fmt: skip
+    platform.host.objects.create(load(storage))
+    cls = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "BackupClass",
+        "metadata": {"name": "vms-cbt"},
+        "spec": {
+            "storageRef": {"name": "vms-dedup"},
+            "strategies": [{"application": {"apiGroup": "apps.cozystack.io", "kind": "VMInstance"}, "strategyRef": {"kind": "KubeVirt", "name": "vms"}, "parameters": {"changedBlocks": True}}],
+        },
+    }  # fmt: skip
+    platform.host.objects.create(load(cls))
+
+
+def _blocks(image: bytes, before: bytes | None = None) -> int:
+    """64 KiB blocks of ``image`` that are not zero, or (with ``before``) that changed."""
+    if before is None:
+        return sum(1 for i in range(0, len(image), BLOCK) if image[i : i + BLOCK].strip(b"\0"))
+    return sum(1 for i in range(0, len(image), BLOCK) if image[i : i + BLOCK] != before[i : i + BLOCK])  # fmt: skip
+
+
+@pytest.mark.timeout(900)
+def test_changed_blocks_incrementals_read_only_what_changed_and_restore_exactly(
+    vms: tuple[Platform, StandIn], kubelet: Kubelet
+) -> None:
+    """A full backup through KubeVirt's VirtualMachineBackup, three incrementals that read
+    only the changed blocks and store little, the second restored bit for bit; after the
+    restore replaced the disk, and after KubeVirt lost its checkpoint, full again."""
+    platform, standin = vms
+    _changed_blocks_class(platform)
+    _disk(platform, standin, "cbt", 48 * MiB, seed=11)
+    with standin.disk(ACME, "vm-disk-cbt").open("r+b") as f:  # mostly data, as a used disk
+        f.write(random.Random(12).randbytes(32 * MiB))
+    _vm(platform, "cbt", ["cbt"])
+    until("the VM to run", lambda: any(b[0] == "vm-instance-cbt" for b in standin.boots))
+    proc = platform.controller("cbt", *_with_workers(platform))
+
+    def backup(name: str) -> tuple[Backup, int]:
+        reads = len(standin.backup_reads)
+        body = {"applicationRef": {"apiGroup": "apps.cozystack.io", "kind": "VMInstance", "name": "cbt"}, "backupClassName": "vms-cbt"}  # fmt: skip
+        job = _run(platform, "BackupJob", name, body)
+        assert job.status.phase == "Succeeded", job.status.message
+        made = platform.host.objects.get(Backup, ACME, name)
+        assert made is not None
+        return made, sum(n for *_, n in standin.backup_reads[reads:])
+
+    try:
+        platform.says("cbt", "leading")
+        images: list[bytes] = []
+        stored: list[int] = []
+        for i in range(4):
+            if i:
+                _scribble(standin.disk(ACME, "vm-disk-cbt"), seed=20 + i)
+            images.append(standin.disk(ACME, "vm-disk-cbt").read_bytes())
+            made, read = backup(f"cbt{i}")
+            meta = made.spec.driver_metadata
+            assert meta["via"] == "VirtualMachineBackup"
+            assert meta["backupType"] == ("Full" if i == 0 else "Incremental"), meta
+            assert meta["consistency"] == "frozen"
+            if i == 0:
+                assert read == _blocks(images[0]) * BLOCK  # the data, never the zeros
+            else:
+                assert meta["builtOn"] == f"cbt{i - 1}"
+                assert 0 < read == _blocks(images[i], images[i - 1]) * BLOCK
+            # Every Backup holds the whole disk, whatever was read for it.
+            [disk] = (made.status.underlying_resources or {})["disks"]
+            assert disk["dataBytes"] == _blocks(images[i]) * BLOCK
+            stored.append(int(made.metadata.annotations[ANNOTATION_STORED_BYTES]))
+        # Deduplicated, an incremental adds a fraction of what the full one stored.
+        assert all(n < stored[0] // 2 for n in stored[1:]), stored
+        until("the backups to end", lambda: not _left_over(platform, "backup.kubevirt.io", "v1alpha1", "virtualmachinebackups"))  # fmt: skip
+        core = client.CoreV1Api(platform.cluster.admin)
+        # Owned by their backups, the scratch PVCs are deleted with them (their protection
+        # finalizer is storage's: no controller here removes it).
+        until("the scratch PVCs to be collected", lambda: not [c for c in core.list_namespaced_persistent_volume_claim(ACME).items if c.metadata.name.endswith("-scratch") and not c.metadata.deletion_timestamp])  # fmt: skip
+
+        restored = _restore(platform, "cbtr", "cbt1")
+        assert restored.status.phase == "Succeeded", restored.status.message
+        claim = _claims(_get_vm(platform, "cbt"))["disk-cbt"]
+        assert standin.disk(ACME, claim).read_bytes() == images[1]
+        until("the VM to run again", lambda: standin.boots[-1] == ("vm-instance-cbt", (claim,)))
+
+        # The restore replaced the disk: KubeVirt's checkpoint is of the old one.
+        made, read = backup("cbt4")
+        assert made.spec.driver_metadata["backupType"] == "Full"
+        assert "replaced" in made.spec.driver_metadata["fullBecause"]
+        assert read == _blocks(images[1]) * BLOCK
+        # KubeVirt lost its changed-block bitmaps (it clears the tracker): full again.
+        standin.forget_checkpoints(ACME)
+        made, _ = backup("cbt5")
+        assert made.spec.driver_metadata["backupType"] == "Full"
+        assert "checkpoint" in made.spec.driver_metadata["fullBecause"]
+        _no_storage_seen_by_tenant(platform)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, platform.output("cbt")
 
 
 def test_the_standin_refuses_what_the_published_schemas_refuse() -> None:

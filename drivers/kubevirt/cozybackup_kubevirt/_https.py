@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import ssl
 import urllib.parse
 import zlib
@@ -101,6 +102,72 @@ def upload(
             )
     finally:
         conn.close()
+
+
+class BackupEndpoint:
+    """One volume's endpoints of a pull-mode VirtualMachineBackup: ``map`` (JSON pages of
+    extents) and ``data`` (``?offset=&length=``, the bytes as of the backup's start), on
+    one connection to the export server, with the backup's token."""
+
+    def __init__(
+        self, map_url: str, data_url: str, token: str, ca_pem: str | None, deadline: Deadline
+    ) -> None:
+        self.map_url, self.data_url = map_url, data_url
+        self._token, self._ca, self._deadline = token, ca_pem, deadline
+        self._conn: Any = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def extents(self, what: str) -> Iterator[dict[str, Any]]:
+        """Every extent the map lists (``offset``, ``length``, ``description``), page by
+        page (``next_offset`` null on the last)."""
+        offset = 0
+        while True:
+            page = json.loads(self._get(self.map_url, {"offset": offset}, what, None))
+            yield from page.get("extents") or ()
+            if page.get("next_offset") is None:
+                return
+            if int(page["next_offset"]) <= offset:
+                raise DriverError(
+                    f"{what} failed; ask the platform operator",
+                    admin_detail=f"GET {self.map_url}: next_offset {page['next_offset']} "
+                    f"does not move past {offset}",
+                )
+            offset = int(page["next_offset"])
+
+    def read(self, offset: int, length: int, what: str) -> bytes:
+        return self._get(self.data_url, {"offset": offset, "length": length}, what, length)
+
+    def _get(self, url: str, query: dict[str, int], what: str, exact: int | None) -> bytes:
+        full = f"{url}{'&' if '?' in url else '?'}{urllib.parse.urlencode(query)}"
+        for attempt in (1, 2):  # a kept-alive connection the server closed: once more
+            conn, path = _connection(full, self._ca, self._deadline)
+            if self._conn is None:
+                self._conn = conn
+            else:
+                conn.close()  # only its path was wanted: the open connection is kept
+            try:
+                self._conn.request("GET", path, headers={EXPORT_TOKEN_HEADER: self._token})
+                resp = self._conn.getresponse()
+                body: bytes = resp.read()
+                break
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                if attempt == 2:
+                    raise DriverError(
+                        f"{what} failed: the connection broke; ask the platform operator",
+                        admin_detail=f"GET {url}: {exc!r}",
+                    ) from None
+        if resp.status != 200 or (exact is not None and len(body) != exact):
+            raise DriverError(
+                f"{what} failed; ask the platform operator",
+                admin_detail=f"GET {url} {query}: HTTP {resp.status}, {len(body)} bytes "
+                f"{body[:200]!r}",
+            )
+        return body
 
 
 def gzip_image(

@@ -45,6 +45,12 @@ EXPORT = Kind("export.kubevirt.io", "v1", "virtualmachineexports", "VirtualMachi
 #: Versions of export.kubevirt.io this driver speaks (v1beta1: KubeVirt before v1 was
 #: served; the fields it uses are the same), the newest first.
 EXPORT_VERSIONS = ("v1", "v1beta1")
+#: KubeVirt's changed-block-tracking backups (1.8 and later, alpha): a pull-mode backup
+#: of a running VM, and the tracker that keeps the checkpoint the next one starts from.
+VM_BACKUP = Kind("backup.kubevirt.io", "v1alpha1", "virtualmachinebackups", "VirtualMachineBackup")
+TRACKER = Kind(
+    "backup.kubevirt.io", "v1alpha1", "virtualmachinebackuptrackers", "VirtualMachineBackupTracker"
+)
 DATA_VOLUME = Kind("cdi.kubevirt.io", "v1beta1", "datavolumes", "DataVolume")
 UPLOAD_TOKEN = Kind(
     "upload.cdi.kubevirt.io", "v1beta1", "uploadtokenrequests", "UploadTokenRequest"
@@ -133,22 +139,26 @@ class Cluster:
 
     def create_secret(self, name: str, data: Mapping[str, str], owner: Mapping[str, Any]) -> None:
         """A Secret owned by ``owner`` (the garbage collector deletes it with that object)."""
-        body = {
-            "metadata": {
-                "name": name,
-                "ownerReferences": [
-                    {
-                        "apiVersion": owner["apiVersion"],
-                        "kind": owner["kind"],
-                        "name": owner["metadata"]["name"],
-                        "uid": owner["metadata"]["uid"],
-                    }
-                ],
-            },
-            "stringData": dict(data),
-        }
+        body = {"metadata": _owned(name, owner), "stringData": dict(data)}
         with _refused(f"create Secret {name}"):
             self._core.create_namespaced_secret(self.namespace, body, **self._timeout())
+
+    def create_scratch_claim(
+        self, name: str, size: int, storage_class: str | None, owner: Mapping[str, Any]
+    ) -> None:
+        """A filesystem PVC of ``size`` bytes owned by ``owner`` (deleted with it)."""
+        spec: dict[str, Any] = {
+            "accessModes": ["ReadWriteOnce"],
+            "volumeMode": "Filesystem",
+            "resources": {"requests": {"storage": str(size)}},
+        }
+        if storage_class:
+            spec["storageClassName"] = storage_class
+        body = {"metadata": _owned(name, owner), "spec": spec}
+        with _refused(f"create PersistentVolumeClaim {name}"):
+            self._core.create_namespaced_persistent_volume_claim(
+                self.namespace, body, **self._timeout()
+            )
 
     def config_map(self, namespace: str, name: str) -> dict[str, str] | None:
         with _refused(f"read ConfigMap {namespace}/{name}", missing_ok=True) as found:
@@ -214,6 +224,13 @@ class Cluster:
         if not cleanup:
             self.deadline.check()
         return {"_request_timeout": _TIMEOUT}
+
+
+def _owned(name: str, owner: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata of an object named ``name`` that ``owner`` owns."""
+    ref = {k: owner[k] for k in ("apiVersion", "kind")}
+    ref.update(name=owner["metadata"]["name"], uid=owner["metadata"]["uid"])
+    return {"name": name, "ownerReferences": [ref]}
 
 
 @contextmanager

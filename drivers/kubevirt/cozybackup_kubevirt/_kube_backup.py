@@ -14,9 +14,10 @@ from typing import Any
 
 from cozybackup_core import BackupContext, DriverError
 
-from ._kube import DATA_VOLUME, SNAPSHOT, Cluster
+from . import _kube_cbt
+from ._kube import DATA_VOLUME, SNAPSHOT, VMI, Cluster
 from ._kube_export import LABELS, exported, object_name
-from ._kube_machine import KubeMachine, locate
+from ._kube_machine import CRASH_CONSISTENT, KubeMachine, locate, unfrozen
 from ._params import Consistency, KubeVirtParameters
 from ._stream import Summary, write_runs
 
@@ -36,6 +37,11 @@ def _backup(m: KubeMachine, cluster: Cluster, ctx: BackupContext[KubeVirtParamet
             "on Kubernetes: KubeVirt's snapshot freezes the guest instead ('freeze' or 'auto')",
             admin_detail=f"{m.ref}: consistency stop on Kubernetes",
         )
+    if ctx.parameters.changed_blocks and m.vm_name and cluster.get(VMI, m.vm_name):
+        # Changed-block tracking needs the running guest; a stopped VM's disks are read
+        # whole through a snapshot, and the next backup of it is full again.
+        _kube_cbt.backup(m, cluster, ctx)
+        return
     summaries: dict[str, Summary] = {}
     with _source(m, cluster, ctx) as (source, mode):
         ctx.progress.stage("exporting the disks")
@@ -61,11 +67,7 @@ def _backup(m: KubeMachine, cluster: Cluster, ctx: BackupContext[KubeVirtParamet
     ctx.metadata.update({"consistency": mode, "disks": disks, "via": "VirtualMachineExport"})
     ctx.resources.update({"consistency": mode, "disks": disks})
     if mode == "crash":
-        ctx.warn(
-            "the virtual machine has no guest agent, so its snapshot was taken without "
-            "freezing its filesystems: the disks are crash-consistent (as after a power cut)",
-            reason="CrashConsistent",
-        )
+        ctx.warn(CRASH_CONSISTENT, reason="CrashConsistent")
     if m.ref.kind == "VMDisk":
         ctx.metadata.update({k: v for k, v in disks[0].items() if k != "name"})
 
@@ -121,13 +123,7 @@ def _consistency(snap: Mapping[str, Any], m: KubeMachine, wanted: Consistency) -
     if "GuestAgent" in said:
         return "frozen"
     if wanted is not Consistency.CRASH:
-        raise DriverError(
-            "the virtual machine runs without a guest agent, so KubeVirt could not freeze its "
-            "filesystems for the snapshot, and a backup now would not be consistent; install "
-            "the QEMU guest agent in the VM, stop it, or ask the platform operator to allow "
-            "crash-consistent backups ('consistency: crash' in the BackupClass)",
-            admin_detail=f"{m.ref}: snapshot indications {sorted(said)}",
-        )
+        raise unfrozen(m, f"snapshot indications {sorted(said)}")
     return "crash"
 
 

@@ -151,3 +151,21 @@ def _gone(ref: ApplicationRef, detail: str) -> DriverError:
         "operator",
         admin_detail=detail,
     )
+
+
+def unfrozen(m: KubeMachine, detail: str) -> DriverError:
+    """The refusal of a backup KubeVirt could not freeze the guest for (no guest agent),
+    unless the class accepts crash-consistent copies."""
+    return DriverError(
+        "the virtual machine runs without a guest agent, so KubeVirt could not freeze its "
+        "filesystems for the backup, and a backup now would not be consistent; install "
+        "the QEMU guest agent in the VM, stop it, or ask the platform operator to allow "
+        "crash-consistent backups ('consistency: crash' in the BackupClass)",
+        admin_detail=f"{m.ref}: {detail}",
+    )
+
+
+CRASH_CONSISTENT = (
+    "the virtual machine has no guest agent, so its backup was taken without freezing its "
+    "filesystems: the disks are crash-consistent (as after a power cut)"
+)

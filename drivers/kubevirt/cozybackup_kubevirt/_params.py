@@ -6,6 +6,10 @@ In a BackupClass (camelCase on the wire)::
       consistency: auto        # auto (default) | freeze | stop | crash
       restoreFormat: qcow2     # qcow2 (default) | raw
       verifyRestore: true      # re-read the rebuilt image before it replaces the target
+      changedBlocks: false     # on Kubernetes: read only the blocks changed since the last
+                               # backup (KubeVirt's VirtualMachineBackup, changed-block tracking)
+      fullEvery: 0             # with changedBlocks: read every block on each Nth backup (0: never)
+      scratchStorageClass: ""  # with changedBlocks: StorageClass of the backup's scratch PVC
 """
 
 from __future__ import annotations
@@ -56,8 +60,23 @@ class KubeVirtParameters:
     ``verify_restore`` (``verifyRestore``)
         Re-read the rebuilt image and compare its content digest with the backup's before
         it replaces the target (costs one read of the data, not of the holes).
+    ``changed_blocks`` (``changedBlocks``)
+        On Kubernetes, back up a running VM through KubeVirt's ``VirtualMachineBackup``
+        (pull mode, changed-block tracking): after the first, only the blocks the guest
+        changed since the previous Backup of the class are read from the cluster, laid over
+        that Backup's disks, so every Backup still holds whole disks (a restore needs no
+        other Backup) and a deduplicating location stores only the changed chunks.
+    ``full_every`` (``fullEvery``)
+        With ``changed_blocks``: every Nth backup reads every block again (0: only when
+        the chain is broken: no usable previous Backup, or KubeVirt lost the checkpoint).
+    ``scratch_storage_class`` (``scratchStorageClass``)
+        With ``changed_blocks``: the StorageClass of the filesystem PVC KubeVirt keeps the
+        blocks the guest overwrites during the backup in (the cluster's default if unset).
     """
 
     consistency: Consistency = Consistency.AUTO
     restore_format: DiskFormat = DiskFormat.QCOW2
     verify_restore: bool = True
+    changed_blocks: bool = False
+    full_every: int = attrs.field(default=0, validator=attrs.validators.ge(0))
+    scratch_storage_class: str | None = None

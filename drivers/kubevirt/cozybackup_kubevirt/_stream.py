@@ -47,6 +47,8 @@ class Summary:
     data_bytes: int = 0
     blocks: int = 0
     digest: str = ""
+    #: Bytes read from the source (less than the data where only changes were read).
+    read_bytes: int = 0
 
 
 def nonzero_runs(client: NBDClient, tick: Callable[[], None]) -> Iterator[tuple[int, bytes]]:
@@ -159,6 +161,70 @@ def canonical(runs: Iterable[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
             pending.clear()
     if pending:
         yield start, bytes(pending)
+
+
+@attrs.frozen
+class Change:
+    """Blocks ``[offset, offset + length)`` (block-aligned) that differ from the base:
+    read anew, or known to read as zeros (``zero``)."""
+
+    offset: int
+    length: int
+    zero: bool = False
+
+
+def overlay(
+    base: Iterable[tuple[int, bytes]],
+    changes: Iterable[Change],
+    read: Callable[[int, int], bytes],
+    tick: Callable[[], None],
+) -> Iterator[tuple[int, bytes]]:
+    """The runs of a disk whose ``changes`` (increasing, not overlapping) are read with
+    ``read(offset, length)`` and whose other blocks are those of ``base`` (the previous
+    stream's records): the runs a read of the whole disk would give.  ``base`` is read
+    to its end, so a damaged one fails here, before anything is committed."""
+    records = iter(base)
+    pending = next(records, None)
+
+    def take(end: int, keep: bool) -> Iterator[tuple[int, bytes]]:
+        """Base data below ``end``: yielded if ``keep``, else dropped."""
+        nonlocal pending
+        while pending is not None and pending[0] < end:
+            offset, data = pending
+            cut = min(len(data), end - offset)
+            if keep:
+                yield offset, data[:cut]
+            pending = (offset + cut, data[cut:]) if cut < len(data) else next(records, None)
+
+    for change in changes:
+        yield from take(change.offset, keep=True)
+        yield from take(change.offset + change.length, keep=False)
+        pos, end = change.offset, change.offset + change.length
+        while pos < end and not change.zero:
+            tick()
+            n = min(MAX_REQUEST, end - pos)
+            yield from runs_in(pos, read(pos, n))
+            pos += n
+    yield from take(MAX_VIRTUAL_SIZE, keep=True)
+
+
+def aligned(changes: Iterable[Change], size: int) -> Iterator[Change]:
+    """``changes`` (increasing) widened to whole blocks and merged where they touch; a
+    zero change that does not cover its blocks whole is read instead."""
+    last: Change | None = None
+    for c in changes:
+        lo = c.offset // BLOCK * BLOCK
+        hi = min(-(-(c.offset + c.length) // BLOCK) * BLOCK, size)
+        zero = c.zero and lo == c.offset and (hi == c.offset + c.length)
+        if last is not None and lo <= last.offset + last.length:
+            end = max(hi, last.offset + last.length)
+            last = Change(last.offset, end - last.offset, last.zero and zero)
+            continue
+        if last is not None:
+            yield last
+        last = Change(lo, hi - lo, zero)
+    if last is not None:
+        yield last
 
 
 def write_runs(out: IO[bytes], size: int, runs: Iterable[tuple[int, bytes]]) -> Summary:
