@@ -73,6 +73,14 @@ def _restore(m: KubeMachine, cluster: Cluster, ctx: RestoreContext[KubeVirtParam
             assert d.volume is not None
             swaps[d.volume] = new
         _swap(m, cluster, swaps, made, ctx)
+        # Cozystack's vm-instance chart always renders DataVolume vm-disk-<name>.
+        ctx.warn(
+            "the virtual machine now runs on the restored disks, which are new volumes; its "
+            "application's chart still names the disks it had, so changing the application's "
+            "settings (which applies the chart again) would put the virtual machine back on "
+            "the disks as they were before this restore; ask the platform operator first",
+            reason="RestoredDisksOutsideChart",
+        )
     finally:
         for new in made:
             cluster.delete(DATA_VOLUME, new)
