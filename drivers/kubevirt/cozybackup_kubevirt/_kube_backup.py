@@ -17,17 +17,14 @@ from cozybackup_core import BackupContext, DriverError
 from . import _kube_cbt
 from ._kube import DATA_VOLUME, SNAPSHOT, VMI, Cluster
 from ._kube_export import LABELS, exported, object_name
-from ._kube_machine import CRASH_CONSISTENT, KubeMachine, locate, unfrozen
+from ._kube_machine import CRASH_CONSISTENT, KubeMachine, located, unfrozen
 from ._params import Consistency, KubeVirtParameters
 from ._stream import Summary, write_runs
 
 
 def backup(ctx: BackupContext[KubeVirtParameters]) -> None:
-    cluster = Cluster(ctx.application.namespace, ctx.deadline)
-    try:
-        _backup(locate(ctx.application, cluster), cluster, ctx)
-    finally:
-        cluster.close()
+    with located(ctx.application, ctx.deadline) as (m, cluster):
+        _backup(m, cluster, ctx)
 
 
 def _backup(m: KubeMachine, cluster: Cluster, ctx: BackupContext[KubeVirtParameters]) -> None:

@@ -20,12 +20,13 @@ Connection keys (a tenant never sees them)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
 
-from cozybackup_core import ApplicationRef, AppLocation, DriverError
+from cozybackup_core import ApplicationRef, AppLocation, Deadline, DriverError
 
 from ._kube import VM, Cluster
 from ._machine import SINGLE_DISK, misconfigured
@@ -91,6 +92,16 @@ class KubeMachine:
     @property
     def what(self) -> str:
         return "virtual machine" if self.ref.kind == "VMInstance" else "disk"
+
+
+@contextlib.contextmanager
+def located(loc: AppLocation, deadline: Deadline) -> Iterator[tuple[KubeMachine, Cluster]]:
+    """The machine ``loc`` names and a client of its namespace, closed after the block."""
+    cluster = Cluster(loc.namespace, deadline)
+    try:
+        yield locate(loc, cluster), cluster
+    finally:
+        cluster.close()
 
 
 def locate(loc: AppLocation, cluster: Cluster) -> KubeMachine:

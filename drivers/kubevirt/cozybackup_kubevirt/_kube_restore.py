@@ -21,7 +21,7 @@ from cozybackup_core import DeadlineExceeded, DriverError, RestoreContext
 from . import _https
 from ._kube import DATA_VOLUME, UPLOAD_TOKEN, VM, VMI, Cluster
 from ._kube_export import LABELS, exported
-from ._kube_machine import KubeDisk, KubeMachine, locate
+from ._kube_machine import KubeDisk, KubeMachine, located
 from ._params import KubeVirtParameters
 from ._stream import StreamInvalid, Summary, read_header, records, runs_digest
 
@@ -33,11 +33,8 @@ _BIND_NOW = {"cdi.kubevirt.io/storage.bind.immediate.requested": ""}
 
 
 def restore(ctx: RestoreContext[KubeVirtParameters]) -> None:
-    cluster = Cluster(ctx.target.namespace, ctx.deadline)
-    try:
-        _restore(locate(ctx.target, cluster), cluster, ctx)
-    finally:
-        cluster.close()
+    with located(ctx.target, ctx.deadline) as (m, cluster):
+        _restore(m, cluster, ctx)
 
 
 def _restore(m: KubeMachine, cluster: Cluster, ctx: RestoreContext[KubeVirtParameters]) -> None:
