@@ -30,6 +30,7 @@ import contextlib
 import re
 import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, cast
 
 import attrs
@@ -45,10 +46,15 @@ from ._parallel import CancellableReader, Cancelled, run_parallel
 from ._params import RESTORE_OPTIONS, PostgresParameters
 from ._pg import ADMIN_DB, Server, conninfo_dbname, find_tools, first_error, ident, literal, quoted
 from ._roles import RoleState, as_script
+from ._toc import staged_head
 
 ASIDE_PREFIX = "cozybackup_old_"
 #: Time allowed for putting databases back (or dropping old copies) after the work ended.
 CLEANUP_SECONDS = 300.0
+
+#: pg_restore's sections: the stream restores the first two, the staged head the last.
+_BEFORE_POST_DATA = ("--section=pre-data", "--section=data")
+_POST_DATA = ("--section=post-data",)
 
 _ROLE_EXISTS = re.compile(r'ERROR:\s+(role|tablespace) ".*" already exists')
 
@@ -75,6 +81,7 @@ def restore(ctx: RestoreContext[PostgresParameters], deadline: Deadline) -> None
         existing={str(k): bool(v) for k, v in info["existing"].items()},
         restore_options=[o for o in params.extra_dump_options if o in RESTORE_OPTIONS],
         analyze=params.analyze,
+        index_jobs=params.index_jobs,
         ctx=ctx,
     )
     before = serverwide.read(server, deadline)
@@ -118,6 +125,7 @@ class _Restore:
     existing: dict[str, bool]
     restore_options: list[str]
     analyze: bool
+    index_jobs: int
     ctx: RestoreContext
     done: list[_Restored] = attrs.field(factory=list)
     lock: threading.Lock = attrs.field(factory=threading.Lock)
@@ -260,43 +268,83 @@ class _Restore:
                     else "nothing was replaced: every database is as it was before the restore",
                 )
             raise
-        self.ctx.progress.stage("dropping the previous copies of the databases")
-        self.commit()
+        # Every database is in: the swap is done.  ANALYZE (statistics only, no data)
+        # runs while the previous copies are dropped; each DROP DATABASE waits for a
+        # checkpoint, which needs the server's disk, not its CPU.
+        restored = [r.name for r in self.done]
+        self.ctx.progress.stage(
+            "dropping the previous copies of the databases, analyzing the restored ones"
+        )
+        with ThreadPoolExecutor(1, thread_name_prefix="cozy-pg-drop") as pool:
+            dropped = pool.submit(self.commit)
+            if self.analyze:
+                run_parallel(restored, jobs, self.analyze_one)
+            dropped.result()
+
+    def analyze_one(self, name: str, cancel: threading.Event) -> None:
+        """Planner statistics for a restored database; a failure is only a warning (the
+        data is restored and committed, the statistics come with the next ANALYZE)."""
+        q = quoted(name)
+        try:
+            self.sql("ANALYZE;", f"analyzing restored database {q}", database=name)
+        except CozyError as exc:
+            self.ctx.log.warning("ANALYZE of %r failed: %s (%s)", name, exc, exc.admin_detail)
+            self.ctx.warn(
+                f"database {q} is restored, but ANALYZE failed ({exc.message}): its planner "
+                "statistics are missing until it is analyzed (autovacuum or ANALYZE)",
+                reason="AnalyzeFailed",
+            )
 
     def restore_one(self, entry: dict[str, Any], cancel: threading.Event) -> None:
         name, stream = str(entry["name"]), str(entry["stream"])
         q = quoted(name)
-        aside: str | None = None
-        allowed = self.existing.get(name, True)
-        if name in self.existing:
-            aside = ASIDE_PREFIX + secrets.token_hex(6)
-            self.set_aside(name, aside, allowed)
-        with self.lock:
-            self.done.append(_Restored(name=name, aside=aside, allowed_connections=allowed))
-        with self.ctx.artifact.open(stream) as src:
+        doing = f"restoring database {q}"
+        with (
+            self.ctx.artifact.open(stream) as src,
+            staged_head(
+                self.server,
+                cast(IO[bytes], CancellableReader(src, cancel)),
+                deadline=self.deadline,
+                doing=doing,
+            ) as (head, archive),
+        ):
+            aside: str | None = None
+            allowed = self.existing.get(name, True)
+            if name in self.existing:
+                aside = ASIDE_PREFIX + secrets.token_hex(6)
+                self.set_aside(name, aside, allowed)
+            with self.lock:
+                self.done.append(_Restored(name=name, aside=aside, allowed_connections=allowed))
+            common = ["-w", "--exit-on-error", *self.restore_options]
+            self.server.run(
+                "pg_restore",
+                [*common, "--create", *_BEFORE_POST_DATA, "-d", conninfo_dbname(ADMIN_DB)],
+                deadline=self.deadline,
+                stdin=archive,
+                doing=doing,
+            )
+            if cancel.is_set():
+                raise Cancelled
+            # Indexes, constraints and triggers: from the staged table of contents,
+            # several at a time (they need no data from the archive).
             self.server.run(
                 "pg_restore",
                 [
-                    "-w",
-                    "--create",
-                    "--exit-on-error",
-                    *self.restore_options,
+                    *common,
+                    f"--jobs={self.index_jobs}",
+                    *_POST_DATA,
                     "-d",
-                    conninfo_dbname(ADMIN_DB),
+                    conninfo_dbname(name),
+                    str(head),
                 ],
                 deadline=self.deadline,
-                stdin=cast(IO[bytes], CancellableReader(src, cancel)),
-                doing=f"restoring database {q}",
+                doing=doing,
             )
         owners = owner_sql(entry)
         if owners and "--no-owner" not in self.restore_options:
             if cancel.is_set():
                 raise Cancelled
-            self.sql(owners, f"restoring database {q}", database=name)
-        if self.analyze:
-            if cancel.is_set():
-                raise Cancelled
-            self.sql("ANALYZE;", f"analyzing restored database {q}", database=name)
+            self.sql(owners, doing, database=name)
 
     def _wait_idle(self, name: str) -> str:
         """SQL: terminate the sessions of ``name`` and wait (up to 30 s) until they are gone."""
