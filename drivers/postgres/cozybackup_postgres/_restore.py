@@ -49,6 +49,8 @@ from ._roles import RoleState, as_script
 from ._toc import staged_head
 
 ASIDE_PREFIX = "cozybackup_old_"
+#: Previous copies dropped at the same time (a connection each).
+MAX_DROPS = 8
 #: Time allowed for putting databases back (or dropping old copies) after the work ended.
 CLEANUP_SECONDS = 300.0
 
@@ -414,22 +416,28 @@ $cozy$;
         return problems
 
     def commit(self) -> None:
+        """Drop the previous copies, all at once: each DROP DATABASE waits for a
+        checkpoint, and drops waiting together are served by the same one."""
         grace = Deadline.after(CLEANUP_SECONDS)
-        for r in self.done:
-            if r.aside:
-                try:
-                    self.sql(
-                        self.drop_sql(r.aside),
-                        f"dropping the previous copy of {quoted(r.name)}",
-                        deadline=grace,
-                    )
-                except CozyError as exc:
-                    # The restore itself succeeded; the leftover only costs space.
-                    self.ctx.log.warning(
-                        "could not drop %r (the old copy of %r): %s (%s)",
-                        r.aside,
-                        r.name,
-                        exc,
-                        exc.admin_detail,
-                    )
+        aside = [r for r in self.done if r.aside]
+
+        def drop(r: _Restored, cancel: threading.Event) -> None:
+            assert r.aside is not None
+            try:
+                self.sql(
+                    self.drop_sql(r.aside),
+                    f"dropping the previous copy of {quoted(r.name)}",
+                    deadline=grace,
+                )
+            except CozyError as exc:
+                # The restore itself succeeded; the leftover only costs space.
+                self.ctx.log.warning(
+                    "could not drop %r (the old copy of %r): %s (%s)",
+                    r.aside,
+                    r.name,
+                    exc,
+                    exc.admin_detail,
+                )
+
+        run_parallel(aside, min(len(aside), MAX_DROPS), drop)
         self.done.clear()
