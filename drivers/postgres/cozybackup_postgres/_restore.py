@@ -8,20 +8,25 @@ Before anything is changed, the target's roles and tablespaces are read (``_serv
    connects as are left out (``_globals``), so a restore never locks the platform out.
    Then every backed-up role and tablespace is set exactly as recorded (``roles.json``,
    ``tablespaces.json``: what ``globals.sql`` cannot say), in one transaction.
-2. Each database is replaced: the existing one is closed to new connections, its
-   sessions are terminated and it is renamed aside (``cozybackup_old_<random>``);
-   ``pg_restore --create --exit-on-error`` recreates it from the stream on its stdin;
-   the owners of multirange types are set again (``_extras``); ``ANALYZE`` refreshes
-   planner statistics.  Up to ``jobs`` databases at a time.
-3. Only when every database is restored are the old copies dropped.  If any fails,
-   the partly restored databases are dropped and the old ones renamed back, then the
-   roles and tablespaces are set as they were read at the start and those the restore
-   created are dropped: the target is left as it was, and the job's message names the
-   database that failed, PostgreSQL's error, and anything that could not be put back.
+2. Each database is replaced: the start of its stream is staged until it holds the
+   archive's table of contents (``_toc``); the existing database is closed to new
+   connections, its sessions are terminated and it is renamed aside
+   (``cozybackup_old_<random>``); ``pg_restore --create --exit-on-error`` recreates its
+   pre-data and data from the stream on its stdin, then ``pg_restore -j indexJobs``
+   its post-data (indexes, constraints, triggers) from the staged table of contents;
+   the owners of multirange types are set again (``_extras``).  Up to ``jobs``
+   databases at a time.
+3. Only when every database is restored are the old copies dropped (all at once),
+   while ``ANALYZE`` refreshes the planner statistics (a failure there is a warning:
+   the data is in).  If any database fails, the partly restored databases are dropped
+   and the old ones renamed back, then the roles and tablespaces are set as they were
+   read at the start and those the restore created are dropped: the target is left as
+   it was, and the job's message names the database that failed, PostgreSQL's error,
+   and anything that could not be put back.
 
-Why not ``pg_restore -j``: it needs a seekable archive file, and writing a file would
-double the disk traffic and need scratch space as large as the biggest database.
-Parallelism here is across databases instead; see the README for measurements.
+Why only the post-data section with ``pg_restore -j``: it needs a seekable archive
+file, and staging the data would double the disk traffic and need scratch space as
+large as the biggest database.  Beyond that, parallelism is across databases.
 """
 
 from __future__ import annotations
