@@ -69,6 +69,11 @@ def test_launch_makes_a_job_and_a_secret_it_owns_once(kube: tuple[Any, Any]) -> 
     # Requests so the scheduler places it; no limit unless the admin sets one.
     assert pod.containers[0].resources.requests == {"cpu": "250m", "memory": "256Mi"}
     assert pod.containers[0].resources.limits is None
+    # A read-only root filesystem: temporary files go to the home emptyDir.
+    worker = pod.containers[0]
+    assert worker.security_context.read_only_root_filesystem is True
+    (home,) = [m.mount_path for m in worker.volume_mounts if m.name == "home"]
+    assert {e.name: e.value for e in worker.env}["TMPDIR"] == home
     secret = kclient.CoreV1Api(api_client).read_namespaced_secret(name, PLATFORM)
     (owner,) = secret.metadata.owner_references
     assert (owner.kind, owner.name, owner.uid) == ("Job", name, job.metadata.uid)

@@ -146,6 +146,9 @@ def fingerprint(server: PostgresServer) -> str:
 def cli_env(home: Path) -> dict[str, str]:
     env = {**os.environ, "COZYBACKUP_HOME": str(home)}
     env.pop("COZYBACKUP_PLUGINS", None)
+    # As installed (a wheel, an image), the CLI runs from compiled bytecode: a shell that
+    # forbids writing it would make every run compile its modules again (~1 s).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
 
@@ -249,6 +252,9 @@ def main() -> None:
     )
     ap.add_argument("--scale", type=int, default=70, help="pgbench scale (70 ~ 1 GB, 210 ~ 3 GB)")
     ap.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported")
+    ap.add_argument(
+        "--backup-repeat", type=int, default=None, help="backup rounds (default: --repeat)"
+    )
     ap.add_argument("--workdir", type=Path, default=None, help="where dumps and the bucket go")
     ap.add_argument("--skip-restore", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -268,7 +274,7 @@ def main() -> None:
             "max_wal_senders=0",
         ]
     )
-    results: dict[str, Any] = {"scale": args.scale, "repeat": args.repeat}
+    results: dict[str, Any] = {"scale": args.scale, "repeat": args.repeat, "loadavg": []}
     try:
         t = time.monotonic()
         make_database(server, args.scale)
@@ -287,7 +293,7 @@ def main() -> None:
 
         # Rounds interleave the methods, so a noisy neighbour slows them all alike.
         backups: dict[str, list[dict[str, Any]]] = {}
-        for i in range(args.repeat):
+        for i in range(args.repeat if args.backup_repeat is None else args.backup_repeat):
             cli(home, "apply", "-f", "-", stdin=BACKUPJOB.format(name=f"b{i}"))
             methods: list[tuple[str, list[str], dict[str, str]]] = [
                 ("cozybackup backup", run_once, cli_env(home)),
@@ -348,7 +354,13 @@ def main() -> None:
                 rnd = [done_[label] for label, _, _ in methods]
                 for r in rnd:
                     restores.setdefault(r["label"], []).append(r)
-                print(f"restore round {i + 1}: " + ", ".join(f"{r['seconds']:.1f}s" for r in rnd))
+                load = Path("/proc/loadavg").read_text().split()[0]
+                results["loadavg"].append(float(load))
+                print(
+                    f"restore round {i + 1}: "
+                    + ", ".join(f"{r['seconds']:.1f}s" for r in rnd)
+                    + f" (load average {load})"
+                )
         results["restore"] = summarize(restores)
     finally:
         server.destroy()
@@ -366,6 +378,8 @@ def report(results: dict[str, Any]) -> None:
         f"\nscale {results['scale']}: database {dbsize / 1e9:.2f} GB, dump (pg_dump -Z0) "
         f"{raw / 1e6:.0f} MB; median of {results['repeat']} rounds; MB/s = dump MB / median s"
     )
+    if results.get("loadavg"):
+        print(f"load average after each restore round: {results['loadavg']}")
     head = (
         f"{'':38} {'median':>7} {'best':>7} {'MB/s':>6} {'output':>8} {'ratio':>6} "
         f"{'RSS max':>8} {'RSS tree':>9}"

@@ -252,6 +252,9 @@ class KubeWorkers:
         env = [
             {"name": "COZYBACKUP_WORKER_JOB", "value": name},
             {"name": "COZYBACKUP_NAMESPACE", "value": self.namespace},
+            # The root filesystem is read-only: temporary files (a driver's staged
+            # table of contents, a command's output) go to the home emptyDir.
+            {"name": "TMPDIR", "value": s.home},
             *({"name": k, "value": v} for k, v in sorted(s.env.items())),
         ]
         worker: dict[str, Any] = {

@@ -35,6 +35,12 @@ from .._drivers.contract import AppLocation
 from .._engine.port import Resource, T, bumped, stamped, with_metadata, with_status_of
 from ._local_types import Application, Secret
 
+# libyaml's loader and dumper when PyYAML has them: every command reads every state file
+# it lists, and the pure-Python parser made that most of a short command's time.  The
+# files are this module's own (safe_dump of plain data), which both read alike.
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 log = logging.getLogger(__name__)
 
 #: The kinds the embedded host stores: the API's, and its own admin-only Application
@@ -79,7 +85,7 @@ class LocalObjectStore:
             text = path.read_text()
         except FileNotFoundError:
             return None
-        return load(yaml.safe_load(text), LOCAL_KINDS)
+        return load(yaml.load(text, Loader=_LOADER), LOCAL_KINDS)  # noqa: S506 - a safe loader
 
     def _write(self, obj: Any) -> None:
         path = self._path(obj.kind, obj.metadata.namespace, obj.metadata.name)
@@ -90,7 +96,7 @@ class LocalObjectStore:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "w") as f:
-                yaml.safe_dump(dump(obj), f, sort_keys=False)
+                yaml.dump(dump(obj), f, Dumper=_DUMPER, sort_keys=False)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

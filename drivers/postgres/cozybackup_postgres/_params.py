@@ -5,6 +5,7 @@ In a BackupClass (camelCase on the wire)::
     parameters:
       databases: [shop]                  # default: every non-template database
       jobs: 2                            # databases dumped or restored at a time, 1-16
+      indexJobs: 2                       # connections building one database's indexes, 1-16
       extraDumpOptions: [--no-owner]     # pg_dump options from an allow-list
       timeoutSeconds: 3600               # on top of the platform's own job deadline
       analyze: true                      # ANALYZE each restored database
@@ -68,6 +69,9 @@ class PostgresParameters:
 
     ``databases``: back up only these (default: every non-template database).
     ``jobs``: databases dumped or restored at the same time (1-16).
+    ``indexJobs``: logical restores: connections building one database's indexes,
+    constraints and triggers at the same time once its data is in (``pg_restore -j`` on
+    the post-data section, 1-16).
     ``extraDumpOptions``: extra ``pg_dump`` options from an allow-list.
     ``timeoutSeconds``: stop a backup or restore that runs longer than this.
     ``analyze``: run ``ANALYZE`` on each restored database (planner statistics are not
@@ -76,6 +80,7 @@ class PostgresParameters:
 
     databases: tuple[str, ...] = ()
     jobs: int = 1
+    index_jobs: int = 2
     extra_dump_options: tuple[str, ...] = ()
     timeout_seconds: int | None = None
     analyze: bool = True
@@ -117,6 +122,8 @@ def parameter_problems(p: PostgresParameters) -> list[tuple[str, str]]:
         seen.add(name)
     if not 1 <= p.jobs <= MAX_JOBS:
         problems.append(("jobs", f"must be between 1 and {MAX_JOBS}"))
+    if not 1 <= p.index_jobs <= MAX_JOBS:
+        problems.append(("indexJobs", f"must be between 1 and {MAX_JOBS}"))
     for i, opt in enumerate(p.extra_dump_options):
         why = option_problem(opt)
         if why:

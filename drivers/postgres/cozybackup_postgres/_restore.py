@@ -8,20 +8,25 @@ Before anything is changed, the target's roles and tablespaces are read (``_serv
    connects as are left out (``_globals``), so a restore never locks the platform out.
    Then every backed-up role and tablespace is set exactly as recorded (``roles.json``,
    ``tablespaces.json``: what ``globals.sql`` cannot say), in one transaction.
-2. Each database is replaced: the existing one is closed to new connections, its
-   sessions are terminated and it is renamed aside (``cozybackup_old_<random>``);
-   ``pg_restore --create --exit-on-error`` recreates it from the stream on its stdin;
-   the owners of multirange types are set again (``_extras``); ``ANALYZE`` refreshes
-   planner statistics.  Up to ``jobs`` databases at a time.
-3. Only when every database is restored are the old copies dropped.  If any fails,
-   the partly restored databases are dropped and the old ones renamed back, then the
-   roles and tablespaces are set as they were read at the start and those the restore
-   created are dropped: the target is left as it was, and the job's message names the
-   database that failed, PostgreSQL's error, and anything that could not be put back.
+2. Each database is replaced: the start of its stream is staged until it holds the
+   archive's table of contents (``_toc``); the existing database is closed to new
+   connections, its sessions are terminated and it is renamed aside
+   (``cozybackup_old_<random>``); ``pg_restore --create --exit-on-error`` recreates its
+   pre-data and data from the stream on its stdin, then ``pg_restore -j indexJobs``
+   its post-data (indexes, constraints, triggers) from the staged table of contents;
+   the owners of multirange types are set again (``_extras``).  Up to ``jobs``
+   databases at a time.
+3. Only when every database is restored are the old copies dropped (all at once),
+   while ``ANALYZE`` refreshes the planner statistics (a failure there is a warning:
+   the data is in).  If any database fails, the partly restored databases are dropped
+   and the old ones renamed back, then the roles and tablespaces are set as they were
+   read at the start and those the restore created are dropped: the target is left as
+   it was, and the job's message names the database that failed, PostgreSQL's error,
+   and anything that could not be put back.
 
-Why not ``pg_restore -j``: it needs a seekable archive file, and writing a file would
-double the disk traffic and need scratch space as large as the biggest database.
-Parallelism here is across databases instead; see the README for measurements.
+Why only the post-data section with ``pg_restore -j``: it needs a seekable archive
+file, and staging the data would double the disk traffic and need scratch space as
+large as the biggest database.  Beyond that, parallelism is across databases.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import contextlib
 import re
 import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, cast
 
 import attrs
@@ -45,10 +51,17 @@ from ._parallel import CancellableReader, Cancelled, run_parallel
 from ._params import RESTORE_OPTIONS, PostgresParameters
 from ._pg import ADMIN_DB, Server, conninfo_dbname, find_tools, first_error, ident, literal, quoted
 from ._roles import RoleState, as_script
+from ._toc import staged_head
 
 ASIDE_PREFIX = "cozybackup_old_"
+#: Previous copies dropped at the same time (a connection each).
+MAX_DROPS = 8
 #: Time allowed for putting databases back (or dropping old copies) after the work ended.
 CLEANUP_SECONDS = 300.0
+
+#: pg_restore's sections: the stream restores the first two, the staged head the last.
+_BEFORE_POST_DATA = ("--section=pre-data", "--section=data")
+_POST_DATA = ("--section=post-data",)
 
 _ROLE_EXISTS = re.compile(r'ERROR:\s+(role|tablespace) ".*" already exists')
 
@@ -75,6 +88,7 @@ def restore(ctx: RestoreContext[PostgresParameters], deadline: Deadline) -> None
         existing={str(k): bool(v) for k, v in info["existing"].items()},
         restore_options=[o for o in params.extra_dump_options if o in RESTORE_OPTIONS],
         analyze=params.analyze,
+        index_jobs=params.index_jobs,
         ctx=ctx,
     )
     before = serverwide.read(server, deadline)
@@ -118,6 +132,7 @@ class _Restore:
     existing: dict[str, bool]
     restore_options: list[str]
     analyze: bool
+    index_jobs: int
     ctx: RestoreContext
     done: list[_Restored] = attrs.field(factory=list)
     lock: threading.Lock = attrs.field(factory=threading.Lock)
@@ -260,43 +275,83 @@ class _Restore:
                     else "nothing was replaced: every database is as it was before the restore",
                 )
             raise
-        self.ctx.progress.stage("dropping the previous copies of the databases")
-        self.commit()
+        # Every database is in: the swap is done.  ANALYZE (statistics only, no data)
+        # runs while the previous copies are dropped; each DROP DATABASE waits for a
+        # checkpoint, which needs the server's disk, not its CPU.
+        restored = [r.name for r in self.done]
+        self.ctx.progress.stage(
+            "dropping the previous copies of the databases, analyzing the restored ones"
+        )
+        with ThreadPoolExecutor(1, thread_name_prefix="cozy-pg-drop") as pool:
+            dropped = pool.submit(self.commit)
+            if self.analyze:
+                run_parallel(restored, jobs, self.analyze_one)
+            dropped.result()
+
+    def analyze_one(self, name: str, cancel: threading.Event) -> None:
+        """Planner statistics for a restored database; a failure is only a warning (the
+        data is restored and committed, the statistics come with the next ANALYZE)."""
+        q = quoted(name)
+        try:
+            self.sql("ANALYZE;", f"analyzing restored database {q}", database=name)
+        except CozyError as exc:
+            self.ctx.log.warning("ANALYZE of %r failed: %s (%s)", name, exc, exc.admin_detail)
+            self.ctx.warn(
+                f"database {q} is restored, but ANALYZE failed ({exc.message}): its planner "
+                "statistics are missing until it is analyzed (autovacuum or ANALYZE)",
+                reason="AnalyzeFailed",
+            )
 
     def restore_one(self, entry: dict[str, Any], cancel: threading.Event) -> None:
         name, stream = str(entry["name"]), str(entry["stream"])
         q = quoted(name)
-        aside: str | None = None
-        allowed = self.existing.get(name, True)
-        if name in self.existing:
-            aside = ASIDE_PREFIX + secrets.token_hex(6)
-            self.set_aside(name, aside, allowed)
-        with self.lock:
-            self.done.append(_Restored(name=name, aside=aside, allowed_connections=allowed))
-        with self.ctx.artifact.open(stream) as src:
+        doing = f"restoring database {q}"
+        with (
+            self.ctx.artifact.open(stream) as src,
+            staged_head(
+                self.server,
+                cast(IO[bytes], CancellableReader(src, cancel)),
+                deadline=self.deadline,
+                doing=doing,
+            ) as (head, archive),
+        ):
+            aside: str | None = None
+            allowed = self.existing.get(name, True)
+            if name in self.existing:
+                aside = ASIDE_PREFIX + secrets.token_hex(6)
+                self.set_aside(name, aside, allowed)
+            with self.lock:
+                self.done.append(_Restored(name=name, aside=aside, allowed_connections=allowed))
+            common = ["-w", "--exit-on-error", *self.restore_options]
+            self.server.run(
+                "pg_restore",
+                [*common, "--create", *_BEFORE_POST_DATA, "-d", conninfo_dbname(ADMIN_DB)],
+                deadline=self.deadline,
+                stdin=archive,
+                doing=doing,
+            )
+            if cancel.is_set():
+                raise Cancelled
+            # Indexes, constraints and triggers: from the staged table of contents,
+            # several at a time (they need no data from the archive).
             self.server.run(
                 "pg_restore",
                 [
-                    "-w",
-                    "--create",
-                    "--exit-on-error",
-                    *self.restore_options,
+                    *common,
+                    f"--jobs={self.index_jobs}",
+                    *_POST_DATA,
                     "-d",
-                    conninfo_dbname(ADMIN_DB),
+                    conninfo_dbname(name),
+                    str(head),
                 ],
                 deadline=self.deadline,
-                stdin=cast(IO[bytes], CancellableReader(src, cancel)),
-                doing=f"restoring database {q}",
+                doing=doing,
             )
         owners = owner_sql(entry)
         if owners and "--no-owner" not in self.restore_options:
             if cancel.is_set():
                 raise Cancelled
-            self.sql(owners, f"restoring database {q}", database=name)
-        if self.analyze:
-            if cancel.is_set():
-                raise Cancelled
-            self.sql("ANALYZE;", f"analyzing restored database {q}", database=name)
+            self.sql(owners, doing, database=name)
 
     def _wait_idle(self, name: str) -> str:
         """SQL: terminate the sessions of ``name`` and wait (up to 30 s) until they are gone."""
@@ -366,22 +421,28 @@ $cozy$;
         return problems
 
     def commit(self) -> None:
+        """Drop the previous copies, all at once: each DROP DATABASE waits for a
+        checkpoint, and drops waiting together are served by the same one."""
         grace = Deadline.after(CLEANUP_SECONDS)
-        for r in self.done:
-            if r.aside:
-                try:
-                    self.sql(
-                        self.drop_sql(r.aside),
-                        f"dropping the previous copy of {quoted(r.name)}",
-                        deadline=grace,
-                    )
-                except CozyError as exc:
-                    # The restore itself succeeded; the leftover only costs space.
-                    self.ctx.log.warning(
-                        "could not drop %r (the old copy of %r): %s (%s)",
-                        r.aside,
-                        r.name,
-                        exc,
-                        exc.admin_detail,
-                    )
+        aside = [r for r in self.done if r.aside]
+
+        def drop(r: _Restored, cancel: threading.Event) -> None:
+            assert r.aside is not None
+            try:
+                self.sql(
+                    self.drop_sql(r.aside),
+                    f"dropping the previous copy of {quoted(r.name)}",
+                    deadline=grace,
+                )
+            except CozyError as exc:
+                # The restore itself succeeded; the leftover only costs space.
+                self.ctx.log.warning(
+                    "could not drop %r (the old copy of %r): %s (%s)",
+                    r.aside,
+                    r.name,
+                    exc,
+                    exc.admin_detail,
+                )
+
+        run_parallel(aside, min(len(aside), MAX_DROPS), drop)
         self.done.clear()

@@ -488,7 +488,7 @@ def test_progress_names_each_database(platform: LocalPlatform, pg_servers: Serve
     ok(platform.restore(NS, "b1", "r1"))
     assert "restoring roles and other global objects" in stages
     assert 'restoring database "shop" (3 of 3)' in stages
-    assert "dropping the previous copies of the databases" in stages
+    assert "dropping the previous copies of the databases, analyzing the restored ones" in stages
 
 
 def test_password_travels_in_the_environment_only(

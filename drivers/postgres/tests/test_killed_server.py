@@ -14,14 +14,18 @@ from pathlib import Path
 from typing import Any
 
 from cozybackup_postgres import PostgresDriver
+from cozybackup_postgres._toc import FIRST_HEAD
 from cozybackup_postgres.testing import PostgresServer, ServerPool, write_dataset
 
 from cozybackup_core import RestoreContext
 from cozybackup_core.testing import LocalPlatform
 
 NS = "tenant-a"
-#: The database whose restore the server dies in, and how far into its stream.
+#: The database whose restore the server dies in, and how far into its stream: past the
+#: head a restore stages first (the table of contents, read before anything is changed),
+#: 64 KiB into what pg_restore streams into the database.
 VICTIM_DB = "shop"
+KILL_AT = FIRST_HEAD + 64 * 1024
 
 
 class KilledServerDriver(PostgresDriver):
@@ -56,7 +60,7 @@ class _Halfway:
         self.stream, self.server, self.sent, self.killed = stream, server, 0, False
 
     def read(self, size: int = -1) -> bytes:
-        if self.sent >= 64 * 1024 and not self.killed:
+        if self.sent >= KILL_AT and not self.killed:
             self.killed = True
             kill_when_restoring(self.server)
         data: bytes = self.stream.read(size if self.killed else min(size, 16 * 1024))
