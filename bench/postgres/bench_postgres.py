@@ -97,6 +97,24 @@ def timed(argv: list[str], *, env: dict[str, str] | None = None, label: str) -> 
 # ---------------------------------------------------------------------------- the dataset
 
 
+def word_sql() -> str:
+    """SQL for one random word of ``WORDS``, from the array ``w`` in scope."""
+    return f"w[1 + (random() * {len(WORDS) - 1})::int]"
+
+
+def insert_accounts(ids: str) -> str:
+    """SQL inserting one ``pgbench_accounts`` row per id of the set-returning ``ids``,
+    with a filler that compresses like real data (words, a number and hex)."""
+    words = "ARRAY[" + ",".join(f"'{w}'" for w in WORDS) + "]"
+    w = word_sql()
+    return f"""
+INSERT INTO pgbench_accounts (aid, bid, abalance, filler)
+  SELECT g, (g - 1) / 100000 + 1, (random() * 20000)::int - 10000,
+         left({w} || ' ' || {w} || ' #' || (random() * 100000)::int || ' '
+              || substr(md5(random()::text), 1, 24) || ' ' || {w} || ' ' || {w} || ' ' || {w}, 84)
+  FROM {ids} g, (SELECT {words} AS w) v;"""
+
+
 def make_database(server: PostgresServer, scale: int) -> None:
     pgbench = str(server.bindir / "pgbench")
     env = server.env()
@@ -107,20 +125,12 @@ def make_database(server: PostgresServer, scale: int) -> None:
         check=True,
         capture_output=True,
     )
-    words = "ARRAY[" + ",".join(f"'{w}'" for w in WORDS) + "]"
-    n = len(WORDS)
     server.psql(
         f"""
 INSERT INTO pgbench_branches (bid, bbalance) SELECT g, 0 FROM generate_series(1, {scale}) g;
 INSERT INTO pgbench_tellers (tid, bid, tbalance) SELECT g, (g - 1) / 10 + 1, 0
   FROM generate_series(1, {scale * 10}) g;
-INSERT INTO pgbench_accounts (aid, bid, abalance, filler)
-  SELECT g, (g - 1) / 100000 + 1, (random() * 20000)::int - 10000,
-         left(w[1 + (random() * {n - 1})::int] || ' ' || w[1 + (random() * {n - 1})::int]
-              || ' #' || (random() * 100000)::int || ' ' || substr(md5(random()::text), 1, 24)
-              || ' ' || w[1 + (random() * {n - 1})::int] || ' ' || w[1 + (random() * {n - 1})::int]
-              || ' ' || w[1 + (random() * {n - 1})::int], 84)
-  FROM generate_series(1, {scale * 100000}) g, (SELECT {words} AS w) v;
+{insert_accounts("generate_series(1, " + str(scale * 100000) + ")")}
 """,
         DB,
     )
@@ -199,7 +209,7 @@ RESTOREJOB = """\
 apiVersion: backups.cozystack.io/v1alpha1
 kind: RestoreJob
 metadata: {{name: {name}, namespace: tenant-bench}}
-spec: {{backupRef: {{name: b0}}}}
+spec: {{backupRef: {{name: {backup}}}}}
 """
 
 
@@ -327,7 +337,7 @@ def main() -> None:
                 ),
             ]
             for i in range(args.repeat):
-                cli(home, "apply", "-f", "-", stdin=RESTOREJOB.format(name=f"r{i}"))
+                cli(home, "apply", "-f", "-", stdin=RESTOREJOB.format(name=f"r{i}", backup="b0"))
                 server.psql("UPDATE pgbench_tellers SET tbalance = 1 WHERE tid < 5", DB)  # damage
                 methods = [
                     ("cozybackup restore (in place)", run_once, cli_env(home)),
