@@ -56,9 +56,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import blake3
 from cozybackup_postgres.testing import PostgresServer
 
@@ -67,7 +69,6 @@ from bench_postgres import (
     BACKUPJOB,
     DB,
     RESTOREJOB,
-    WORDS,
     cli,
     cli_env,
     declare,
@@ -78,6 +79,7 @@ from bench_postgres import (
     make_database,
     timed,
     word_sql,
+    words_array,
 )
 
 from cozybackup_core._storage.repo.chunking import Chunker
@@ -110,20 +112,19 @@ def dir_bytes(path: Path) -> int:
 
 
 class Cozy:
-    """cozybackup through its CLI, one home (and bucket) of its own."""
+    """cozybackup through its CLI, one home (and bucket) of its own, one application."""
 
-    def __init__(self, home: Path, server: PostgresServer, *, dedup: bool) -> None:
-        self.home, self.dedup = home, dedup
+    def __init__(self, home: Path, app: str, kind: str, *, dedup: bool) -> None:
+        self.home, self.kind = home, kind
         self.label = "cozybackup" if dedup else "cozybackup stream"
-        cli(home, "apply", "-f", "-", stdin=LOCATION.format(dedup=str(dedup).lower()))
-        declare(home, server)
+        cli(home, "apply", "-f", "-", stdin=LOCATION.format(dedup=str(dedup).lower()) + app)
 
     @property
     def repo(self) -> Path:
         return self.home / "buckets"
 
     def backup(self, name: str) -> dict[str, Any]:
-        cli(self.home, "apply", "-f", "-", stdin=BACKUPJOB.format(name=name))
+        cli(self.home, "apply", "-f", "-", stdin=BACKUPJOB.format(name=name, kind=self.kind))
         before = dir_bytes(self.repo) if self.repo.exists() else 0
         r = timed(RUN_ONCE, env=cli_env(self.home), label=self.label)
         job = get(self.home, "backupjob", name)
@@ -143,77 +144,93 @@ class Cozy:
         return r
 
 
+def cozy_postgres(home: Path, server: PostgresServer, *, dedup: bool) -> Cozy:
+    cozy = Cozy(home, "", "Postgres", dedup=dedup)
+    declare(home, server)
+    return cozy
+
+
+@attrs.frozen
+class Feed:
+    """What a peer backs up and restores: ``source`` writes the data to stdout, ``sink``
+    reads it back from stdin; ``reset`` runs (untimed) before a restore."""
+
+    source: str
+    sink: str
+    env: dict[str, str]
+    reset: Callable[[], None]
+
+
 class Piped:
-    """A peer fed ``pg_dump -Fc -Z0`` on its stdin, restored through ``pg_restore``."""
+    """A peer fed the data on its stdin (``--stdin``), restored from its stdout."""
 
     def __init__(
-        self,
-        label: str,
-        server: PostgresServer,
-        repo: Path,
-        env: dict[str, str],
-        *,
-        store: str,
-        dump: str,
-        init: str,
+        self, label: str, repo: Path, feed: Feed, env: dict[str, str], *, store: str, dump: str
     ) -> None:
-        self.label, self.server, self.repo, self.env = label, server, repo, env
+        self.label, self.repo, self.feed, self.env = label, repo, feed, {**feed.env, **env}
         self._store, self._dump = store, dump
-        subprocess.run(["sh", "-c", init], env=env, check=True, capture_output=True)
 
     def backup(self, name: str) -> dict[str, Any]:
         before = dir_bytes(self.repo)
-        pg_dump = f"{self.server.bindir}/pg_dump -Fc -Z0 -d {DB}"
-        cmd = f"set -o pipefail 2>/dev/null; {pg_dump} | {self._store.format(name=name)}"
+        cmd = f"set -o pipefail; {self.feed.source} | {self._store.format(name=name)}"
         r = timed(["bash", "-c", cmd], env=self.env, label=self.label)
         r["added_bytes"] = dir_bytes(self.repo) - before
         return r
 
     def restore(self, name: str, run: str) -> dict[str, Any]:
-        drop_db(self.server)  # not timed: these restore into a new database
-        b = self.server.bindir
-        cmd = (
-            f"set -o pipefail; {self._dump.format(name=name)} | {b}/pg_restore -C -d template1"
-            f" && {b}/psql -X -q -d {DB} -c ANALYZE"
-        )
+        self.feed.reset()  # not timed: these restore into a new database or file
+        cmd = f"set -o pipefail; {self._dump.format(name=name)} | {self.feed.sink}"
         return timed(["bash", "-c", cmd], env=self.env, label=self.label)
 
 
-def borg(work: Path, server: PostgresServer) -> Piped:
+def borg(work: Path, feed: Feed) -> Piped:
     repo = work / "borg-repo"
     env = {
-        **server.env(),
         "BORG_REPO": str(repo),
         "BORG_BASE_DIR": str(work / "borg-base"),
         "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes",
     }
+    subprocess.run(["borg", "init", "-e", "none"], env={**os.environ, **env}, check=True)
     return Piped(
         "borg",
-        server,
         repo,
+        feed,
         env,
         store=f"borg create --compression zstd,3 --stdin-name {DUMP_NAME} ::{{name}} -",
         dump="borg extract --stdout ::{name}",
-        init="borg init -e none",
     )
 
 
-def restic(work: Path, server: PostgresServer) -> Piped:
+def restic(work: Path, feed: Feed) -> Piped:
     repo = work / "restic-repo"
     env = {
-        **server.env(),
         "RESTIC_REPOSITORY": str(repo),
         "RESTIC_PASSWORD": "bench",
         "RESTIC_CACHE_DIR": str(work / "restic-cache"),
     }
+    subprocess.run(
+        ["restic", "init", "-q", "--repository-version", "2"],
+        env={**os.environ, **env},
+        check=True,
+    )
     return Piped(
         "restic",
-        server,
         repo,
+        feed,
         env,
         store=f"restic backup -q --stdin --stdin-filename {DUMP_NAME} --tag {{name}}",
         dump=f"restic dump -q --tag {{name}} latest {DUMP_NAME}",
-        init="restic init -q --repository-version 2",
+    )
+
+
+def postgres_feed(server: PostgresServer) -> Feed:
+    """``pg_dump -Fc -Z0`` out, ``pg_restore`` into a freshly dropped database + ANALYZE."""
+    b = server.bindir
+    return Feed(
+        source=f"{b}/pg_dump -Fc -Z0 -d {DB}",
+        sink=f"{b}/pg_restore -C -d template1 && {b}/psql -X -q -d {DB} -c ANALYZE",
+        env=server.env(),
+        reset=lambda: drop_db(server),
     )
 
 
@@ -228,14 +245,13 @@ def change_day(server: PostgresServer, *, rows: int, skewed: bool) -> dict[str, 
     pick = (
         f"{top} - floor({top} * power(random(), {SKEW}))" if skewed else f"1 + random() * {top - 1}"
     )
-    words = "ARRAY[" + ",".join(f"'{w}'" for w in WORDS) + "]"
     out = server.psql(
         f"""
 CREATE TEMP TABLE chosen AS
   SELECT DISTINCT ({pick})::int AS aid FROM generate_series(1, {updates * 3}) LIMIT {updates};
 UPDATE pgbench_accounts a SET abalance = a.abalance + (random() * 1000)::int - 500,
        filler = left({word_sql()} || ' ' || a.filler, 84)
-  FROM chosen c, (SELECT {words} AS w) v WHERE a.aid = c.aid;
+  FROM chosen c, (SELECT {words_array()} AS w) v WHERE a.aid = c.aid;
 {insert_accounts(f"generate_series({top + 1}, {top + inserts})")}
 SELECT count(*), coalesce(sum(octet_length(a::text)), 0)
   FROM pgbench_accounts a WHERE a.aid IN (SELECT aid FROM chosen) OR a.aid > {top};
@@ -298,9 +314,10 @@ def rotate(items: list[Any], by: int) -> list[Any]:
 
 def run_series(args: argparse.Namespace, server: PostgresServer, work: Path) -> dict[str, Any]:
     rows = int(server.psql("SELECT count(*) FROM pgbench_accounts", DB))
-    cozy = Cozy(work / "home-dedup", server, dedup=True)
-    stream = Cozy(work / "home-stream", server, dedup=False)
-    peers = [borg(work, server), restic(work, server)]
+    cozy = cozy_postgres(work / "home-dedup", server, dedup=True)
+    stream = cozy_postgres(work / "home-stream", server, dedup=False)
+    feed = postgres_feed(server)
+    peers = [borg(work, feed), restic(work, feed)]
     study = OrderStudy() if args.order_study else None
     days: list[dict[str, Any]] = []
     full: dict[str, list[dict[str, Any]]] = {"cozybackup": [], "cozybackup stream": []}
@@ -324,7 +341,7 @@ def run_series(args: argparse.Namespace, server: PostgresServer, work: Path) -> 
             # stream format, alternating; the series' own day-1 backup is round 1.
             full["cozybackup"].append(results["cozybackup"])
             for i in range(args.repeat):
-                fresh = [Cozy(work / f"home-full{i}", server, dedup=True)] if i else []
+                fresh = [cozy_postgres(work / f"home-full{i}", server, dedup=True)] if i else []
                 for tool in rotate([stream, *fresh], i):
                     full[tool.label].append(tool.backup(f"full{i}" if tool is stream else name))
             for i in range(1, args.repeat):
@@ -474,7 +491,7 @@ def main() -> None:
         size = int(server.psql(f"SELECT pg_database_size('{DB}')").strip())
         print(f"database: {size / 1e9:.2f} GB, made in {time.monotonic() - t:.0f} s", flush=True)
         if args.rss_only:
-            r = Cozy(work / "home", server, dedup=True).backup("day1")
+            r = cozy_postgres(work / "home", server, dedup=True).backup("day1")
             res: dict[str, Any] = {"database_bytes": size, "backup": r}
             del r["stdout"]
             print(

@@ -97,6 +97,11 @@ def timed(argv: list[str], *, env: dict[str, str] | None = None, label: str) -> 
 # ---------------------------------------------------------------------------- the dataset
 
 
+def words_array() -> str:
+    """SQL for the array of ``WORDS``."""
+    return "ARRAY[" + ",".join(f"'{w}'" for w in WORDS) + "]"
+
+
 def word_sql() -> str:
     """SQL for one random word of ``WORDS``, from the array ``w`` in scope."""
     return f"w[1 + (random() * {len(WORDS) - 1})::int]"
@@ -105,14 +110,13 @@ def word_sql() -> str:
 def insert_accounts(ids: str) -> str:
     """SQL inserting one ``pgbench_accounts`` row per id of the set-returning ``ids``,
     with a filler that compresses like real data (words, a number and hex)."""
-    words = "ARRAY[" + ",".join(f"'{w}'" for w in WORDS) + "]"
     w = word_sql()
     return f"""
 INSERT INTO pgbench_accounts (aid, bid, abalance, filler)
   SELECT g, (g - 1) / 100000 + 1, (random() * 20000)::int - 10000,
          left({w} || ' ' || {w} || ' #' || (random() * 100000)::int || ' '
               || substr(md5(random()::text), 1, 24) || ' ' || {w} || ' ' || {w} || ' ' || {w}, 84)
-  FROM {ids} g, (SELECT {words} AS w) v;"""
+  FROM {ids} g, (SELECT {words_array()} AS w) v;"""
 
 
 def make_database(server: PostgresServer, scale: int) -> None:
@@ -201,7 +205,7 @@ apiVersion: backups.cozystack.io/v1alpha1
 kind: BackupJob
 metadata: {{name: {name}, namespace: tenant-bench}}
 spec:
-  applicationRef: {{apiGroup: apps.cozystack.io, kind: Postgres, name: bench}}
+  applicationRef: {{apiGroup: apps.cozystack.io, kind: {kind}, name: bench}}
   backupClassName: cozy-default
 """
 
@@ -298,7 +302,7 @@ def main() -> None:
         # Rounds interleave the methods, so a noisy neighbour slows them all alike.
         backups: dict[str, list[dict[str, Any]]] = {}
         for i in range(args.repeat):
-            cli(home, "apply", "-f", "-", stdin=BACKUPJOB.format(name=f"b{i}"))
+            cli(home, "apply", "-f", "-", stdin=BACKUPJOB.format(name=f"b{i}", kind="Postgres"))
             methods: list[tuple[str, list[str], dict[str, str]]] = [
                 ("cozybackup backup", run_once, cli_env(home)),
                 ("pg_dump -Fc > file", ["sh", "-c", f'exec {b}/pg_dump -Fc -d {DB} > "{fc}"'], env),
