@@ -12,8 +12,9 @@ time, and ``cozybackup-core`` + ``cozybackup-postgres`` installed in this Python
 The database is ``bench_postgres.make_database``'s (pgbench's schema, a filler that
 compresses like real data).  Day 1 is a full backup.  Each following day inserts 0.5% new
 rows into ``pgbench_accounts``, updates 1% of its rows (a new balance, a word put in front
-of the filler), most of them among the newest rows (row ``max - max * u**6`` for uniform
-``u``: two thirds of the updates fall on the newest tenth), runs ``VACUUM ANALYZE`` (what
+of the filler), most of them among the newest rows (an updated row's age, the rows
+newer than it, is exponential with mean ``--update-age`` of the table, 1% by default: all
+but ~1 in 20,000 updates fall on the newest tenth), runs ``VACUUM ANALYZE`` (what
 autovacuum would do, at a fixed point so every tool sees the same data), and backs up.
 Days 2-7 are that; day 8 is the worst case, the 1% of updates uniformly random.
 
@@ -92,8 +93,6 @@ spec: {{bucket: cozy-backups, deduplication: {dedup}}}
 """
 RUN_ONCE = [sys.executable, "-m", "cozybackup_core.cli", "run", "--once", "-q"]
 DUMP_NAME = "bench.dump"
-#: Updated row ids are drawn as ``max - max * u**SKEW``: the larger, the newer the rows hit.
-SKEW = 6
 
 LOADS: list[float] = []
 
@@ -237,13 +236,16 @@ def postgres_feed(server: PostgresServer) -> Feed:
 # ---------------------------------------------------------------------------- the days
 
 
-def change_day(server: PostgresServer, *, rows: int, skewed: bool) -> dict[str, int]:
+def change_day(server: PostgresServer, *, rows: int, age: float | None) -> dict[str, int]:
     """One day's writes: 0.5% new rows, 1% updated, VACUUM ANALYZE.  Returns the counts and
     the text size of the rows written (what actually changed)."""
     inserts, updates = rows // 200, rows // 100
     top = int(server.psql("SELECT max(aid) FROM pgbench_accounts", DB))
+    # age None: uniform; else the updated rows' age is exponential with mean age * rows.
     pick = (
-        f"{top} - floor({top} * power(random(), {SKEW}))" if skewed else f"1 + random() * {top - 1}"
+        f"greatest(1, {top} - floor(-ln(1 - random()) * {age * top}))"
+        if age is not None
+        else f"1 + random() * {top - 1}"
     )
     out = server.psql(
         f"""
@@ -327,7 +329,7 @@ def run_series(args: argparse.Namespace, server: PostgresServer, work: Path) -> 
         info: dict[str, Any] = {"day": day, "load_before": load_now()}
         if day > 1:
             t = time.monotonic()
-            info.update(change_day(server, rows=rows, skewed=day < 8))
+            info.update(change_day(server, rows=rows, age=args.update_age if day < 8 else None))
             info["change_seconds"] = time.monotonic() - t
         fingerprints[day] = fingerprint(server)
         if study is not None:
@@ -355,7 +357,7 @@ def run_series(args: argparse.Namespace, server: PostgresServer, work: Path) -> 
         days.append(info)
         print_day(info)
 
-    out: dict[str, Any] = {"rows": rows, "days": days}
+    out: dict[str, Any] = {"rows": rows, "update_age": args.update_age, "days": days}
     out["full"] = {label: summary(rs) for label, rs in full.items()}
     out["restore"] = restore_day7(args, server, [cozy, stream, *peers], fingerprints[7])
     out["repo_bytes"] = {
@@ -464,6 +466,12 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=70, help="pgbench scale (70 ~ 1.1 GB)")
     ap.add_argument("--repeat", type=int, default=3, help="rounds of full backups and restores")
     ap.add_argument("--workdir", type=Path, default=None, help="where the repositories go")
+    ap.add_argument(
+        "--update-age",
+        type=float,
+        default=0.01,
+        help="mean age of an updated row (rows newer than it), as a share of the table",
+    )
     ap.add_argument("--no-order-study", dest="order_study", action="store_false")
     ap.add_argument("--rss-only", action="store_true", help="one dedup backup: time and RSS")
     ap.add_argument("--json", type=Path, help="also write the results here")
