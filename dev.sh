@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 # the alerting rules).
 APT_PACKAGES="postgresql postgresql-contrib mariadb-server mariadb-client mariadb-backup
   clickhouse-server clickhouse-client etcd-server etcd-client sqlite3 qemu-utils
-  prometheus pgbackrest ${COZYBACKUP_APT_PACKAGES:-}"
+  prometheus pgbackrest borgbackup restic ${COZYBACKUP_APT_PACKAGES:-}"
 
 need_apt=()
 for pkg in $APT_PACKAGES; do

@@ -97,6 +97,28 @@ def timed(argv: list[str], *, env: dict[str, str] | None = None, label: str) -> 
 # ---------------------------------------------------------------------------- the dataset
 
 
+def words_array() -> str:
+    """SQL for the array of ``WORDS``."""
+    return "ARRAY[" + ",".join(f"'{w}'" for w in WORDS) + "]"
+
+
+def word_sql() -> str:
+    """SQL for one random word of ``WORDS``, from the array ``w`` in scope."""
+    return f"w[1 + (random() * {len(WORDS) - 1})::int]"
+
+
+def insert_accounts(ids: str) -> str:
+    """SQL inserting one ``pgbench_accounts`` row per id of the set-returning ``ids``,
+    with a filler that compresses like real data (words, a number and hex)."""
+    w = word_sql()
+    return f"""
+INSERT INTO pgbench_accounts (aid, bid, abalance, filler)
+  SELECT g, (g - 1) / 100000 + 1, (random() * 20000)::int - 10000,
+         left({w} || ' ' || {w} || ' #' || (random() * 100000)::int || ' '
+              || substr(md5(random()::text), 1, 24) || ' ' || {w} || ' ' || {w} || ' ' || {w}, 84)
+  FROM {ids} g, (SELECT {words_array()} AS w) v;"""
+
+
 def make_database(server: PostgresServer, scale: int) -> None:
     pgbench = str(server.bindir / "pgbench")
     env = server.env()
@@ -107,20 +129,12 @@ def make_database(server: PostgresServer, scale: int) -> None:
         check=True,
         capture_output=True,
     )
-    words = "ARRAY[" + ",".join(f"'{w}'" for w in WORDS) + "]"
-    n = len(WORDS)
     server.psql(
         f"""
 INSERT INTO pgbench_branches (bid, bbalance) SELECT g, 0 FROM generate_series(1, {scale}) g;
 INSERT INTO pgbench_tellers (tid, bid, tbalance) SELECT g, (g - 1) / 10 + 1, 0
   FROM generate_series(1, {scale * 10}) g;
-INSERT INTO pgbench_accounts (aid, bid, abalance, filler)
-  SELECT g, (g - 1) / 100000 + 1, (random() * 20000)::int - 10000,
-         left(w[1 + (random() * {n - 1})::int] || ' ' || w[1 + (random() * {n - 1})::int]
-              || ' #' || (random() * 100000)::int || ' ' || substr(md5(random()::text), 1, 24)
-              || ' ' || w[1 + (random() * {n - 1})::int] || ' ' || w[1 + (random() * {n - 1})::int]
-              || ' ' || w[1 + (random() * {n - 1})::int], 84)
-  FROM generate_series(1, {scale * 100000}) g, (SELECT {words} AS w) v;
+{insert_accounts("generate_series(1, " + str(scale * 100000) + ")")}
 """,
         DB,
     )
@@ -194,7 +208,7 @@ apiVersion: backups.cozystack.io/v1alpha1
 kind: BackupJob
 metadata: {{name: {name}, namespace: tenant-bench}}
 spec:
-  applicationRef: {{apiGroup: apps.cozystack.io, kind: Postgres, name: bench}}
+  applicationRef: {{apiGroup: apps.cozystack.io, kind: {kind}, name: bench}}
   backupClassName: cozy-default
 """
 
@@ -202,7 +216,7 @@ RESTOREJOB = """\
 apiVersion: backups.cozystack.io/v1alpha1
 kind: RestoreJob
 metadata: {{name: {name}, namespace: tenant-bench}}
-spec: {{backupRef: {{name: b0}}}}
+spec: {{backupRef: {{name: {backup}}}}}
 """
 
 
@@ -294,7 +308,7 @@ def main() -> None:
         # Rounds interleave the methods, so a noisy neighbour slows them all alike.
         backups: dict[str, list[dict[str, Any]]] = {}
         for i in range(args.repeat if args.backup_repeat is None else args.backup_repeat):
-            cli(home, "apply", "-f", "-", stdin=BACKUPJOB.format(name=f"b{i}"))
+            cli(home, "apply", "-f", "-", stdin=BACKUPJOB.format(name=f"b{i}", kind="Postgres"))
             methods: list[tuple[str, list[str], dict[str, str]]] = [
                 ("cozybackup backup", run_once, cli_env(home)),
                 ("pg_dump -Fc > file", ["sh", "-c", f'exec {b}/pg_dump -Fc -d {DB} > "{fc}"'], env),
@@ -333,7 +347,7 @@ def main() -> None:
                 ),
             ]
             for i in range(args.repeat):
-                cli(home, "apply", "-f", "-", stdin=RESTOREJOB.format(name=f"r{i}"))
+                cli(home, "apply", "-f", "-", stdin=RESTOREJOB.format(name=f"r{i}", backup="b0"))
                 server.psql("UPDATE pgbench_tellers SET tbalance = 1 WHERE tid < 5", DB)  # damage
                 methods = [
                     ("cozybackup restore (in place)", run_once, cli_env(home)),
