@@ -416,20 +416,33 @@ def print_day(info: dict[str, Any]) -> None:
     print(f"day {info['day']} (load {info['load_before']:.2f}):{extra}\n  {tools}", flush=True)
 
 
-def report(res: dict[str, Any]) -> None:
-    print(f"\ndatabase {mb(res['database_bytes'])} MB, {res['rows']} accounts rows")
-    print(f"load average (1 min) during the run: {min(LOADS):.2f}-{max(LOADS):.2f}")
-    labels = ["cozybackup", "borg", "restic"]
-    print(f"\n{'day':>3} " + " ".join(f"{lb + ' s':>12} {lb + ' +MB':>14}" for lb in labels))
-    for d in res["days"]:
+LABELS = ["cozybackup", "borg", "restic"]
+
+
+def print_days(days: list[dict[str, Any]], repo_bytes: dict[str, int]) -> None:
+    """The per-day table (seconds, MB added), days 2-7's sum and the repositories' size."""
+    print(f"{'day':>3} " + " ".join(f"{lb + ' s':>12} {lb + ' +MB':>14}" for lb in LABELS))
+    for d in days:
         t = d["tools"]
         print(
             f"{d['day']:>3} "
-            + " ".join(f"{t[lb]['seconds']:12.1f} {mb(t[lb]['added_bytes']):>14}" for lb in labels)
+            + " ".join(f"{t[lb]['seconds']:12.1f} {mb(t[lb]['added_bytes']):>14}" for lb in LABELS)
         )
-    week = {lb: sum(d["tools"][lb]["added_bytes"] for d in res["days"][1:7]) for lb in labels}
+    week = {lb: sum(d["tools"][lb]["added_bytes"] for d in days[1:7]) for lb in LABELS}
     print("added days 2-7: " + ", ".join(f"{k} {mb(v)} MB" for k, v in week.items()))
-    print("repository: " + ", ".join(f"{k} {mb(v)} MB" for k, v in res["repo_bytes"].items()))
+    print("repository: " + ", ".join(f"{k} {mb(v)} MB" for k, v in repo_bytes.items()))
+    print("peak RSS over the series (largest process / tree, MB):")
+    for lb in LABELS:
+        proc = max(d["tools"][lb]["peak_proc_mb"] for d in days)
+        tree = max(d["tools"][lb]["peak_tree_mb"] for d in days)
+        print(f"  {lb:18} {proc:5.0f} {tree:5.0f}")
+
+
+def report(res: dict[str, Any]) -> None:
+    print(f"\ndatabase {mb(res['database_bytes'])} MB, {res['rows']} accounts rows")
+    print(f"load average (1 min) during the run: {min(LOADS):.2f}-{max(LOADS):.2f}")
+    print()
+    print_days(res["days"], res["repo_bytes"])
     if res["days"][0].get("order"):
         print("\norder study (new chunk MB before compression; rows written MB as text)")
         for d in res["days"][1:]:
@@ -449,11 +462,6 @@ def report(res: dict[str, Any]) -> None:
         print(
             f"  {k:18} {v['seconds']:6.1f}s {v['all']} {v['peak_proc_mb']:5.0f} {v['peak_tree_mb']:5.0f}"
         )
-    print("peak RSS over the series (largest process / tree, MB):")
-    for lb in labels:
-        proc = max(d["tools"][lb]["peak_proc_mb"] for d in res["days"])
-        tree = max(d["tools"][lb]["peak_tree_mb"] for d in res["days"])
-        print(f"  {lb:18} {proc:5.0f} {tree:5.0f}")
 
 
 # ---------------------------------------------------------------------------- main

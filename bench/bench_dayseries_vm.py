@@ -43,6 +43,7 @@ from bench_dayseries import (
     dir_bytes,
     load_now,
     mb,
+    print_days,
     restic,
     rotate,
     summary,
@@ -170,17 +171,7 @@ def report(res: dict[str, Any]) -> None:
         f"\ndisk {mb(res['size_bytes'])} MB (qcow2 {mb(res['image_bytes'])} MB); load average"
         f" {res['load'][0]:.2f}-{res['load'][1]:.2f}"
     )
-    labels = ["cozybackup", "borg", "restic"]
-    print(f"{'day':>3} " + " ".join(f"{lb + ' s':>12} {lb + ' +MB':>14}" for lb in labels))
-    for d in res["days"]:
-        t = d["tools"]
-        print(
-            f"{d['day']:>3} "
-            + " ".join(f"{t[lb]['seconds']:12.1f} {mb(t[lb]['added_bytes']):>14}" for lb in labels)
-        )
-    week = {lb: sum(d["tools"][lb]["added_bytes"] for d in res["days"][1:]) for lb in labels}
-    print("added days 2-7: " + ", ".join(f"{k} {mb(v)} MB" for k, v in week.items()))
-    print("repository: " + ", ".join(f"{k} {mb(v)} MB" for k, v in res["repo_bytes"].items()))
+    print_days(res["days"], res["repo_bytes"])
     for k, v in res["restore"].items():
         print(f"restore day 7 {k:18} {v['seconds']:6.1f}s {v['all']} RSS {v['peak_proc_mb']:.0f}MB")
 

@@ -60,29 +60,29 @@ NS = "bench"
 # ---------------------------------------------------------------------------- data
 
 
+def tsv_row(rnd: random.Random, row_id: int) -> str:
+    """One row of the benchmark's tables, as LOAD DATA reads it (no newline)."""
+    return "\t".join(
+        (
+            str(row_id),
+            " ".join(rnd.choices(WORDS, k=2)).title(),
+            f"{rnd.choice(WORDS)}.{rnd.randrange(10**6)}@example.com",
+            " ".join(rnd.choices(WORDS, k=10)),
+            f"{rnd.randrange(10**7) / 100:.2f}",
+            f"2024-{rnd.randrange(1, 13):02d}-{rnd.randrange(1, 29):02d} "
+            f"{rnd.randrange(24):02d}:{rnd.randrange(60):02d}:00",
+            rnd.randbytes(12).hex(),
+        )
+    )
+
+
 def make_tsv(path: Path, mib: int, seed: int) -> None:
     rnd = random.Random(seed)
     with path.open("w") as f:
         written, row_id = 0, 0
         while written < mib * CHUNK:
-            rows = []
-            for _ in range(2000):
-                row_id += 1
-                rows.append(
-                    "\t".join(
-                        (
-                            str(row_id),
-                            " ".join(rnd.choices(WORDS, k=2)).title(),
-                            f"{rnd.choice(WORDS)}.{rnd.randrange(10**6)}@example.com",
-                            " ".join(rnd.choices(WORDS, k=10)),
-                            f"{rnd.randrange(10**7) / 100:.2f}",
-                            f"2024-{rnd.randrange(1, 13):02d}-{rnd.randrange(1, 29):02d} "
-                            f"{rnd.randrange(24):02d}:{rnd.randrange(60):02d}:00",
-                            rnd.randbytes(12).hex(),
-                        )
-                    )
-                )
-            text = "\n".join(rows) + "\n"
+            text = "".join(tsv_row(rnd, row_id + i) + "\n" for i in range(1, 2001))
+            row_id += 2000
             f.write(text)
             written += len(text)
 
