@@ -67,7 +67,7 @@ from cozybackup_core import (
 from ._basebackup import BASE_STREAM
 from ._params import PostgresParameters
 from ._pg import PHYSICAL_TOOLS, Server, find_tools
-from ._wal import Replay, plan
+from ._wal import Replay, plan, superseding
 
 DEFAULT_SERVICE_TIMEOUT = 120.0
 _WHAT = "data directory"
@@ -248,7 +248,20 @@ class _Restore:
         with self.parent.open_dir(wal, what=_WHAT) as held:
             for name, segment in wanted.items():
                 self.deadline.check()
-                _fetch(archive, name, segment, Path(held.fd_path, segment))
+                dest = Path(held.fd_path, segment)
+                fetching: str | None = name
+                while fetching is not None:
+                    try:
+                        _fetch(archive, fetching, segment, dest, self.replay.segment_size)
+                        break
+                    except ArtifactCorruptError:
+                        # A partial the running streamer superseded while this restore
+                        # ran: take what replaced it (it holds the same WAL, and more).
+                        newer = superseding(archive.names(), fetching)
+                        if newer is None:
+                            raise
+                        dest.unlink(missing_ok=True)
+                        fetching = newer
 
     def _configure(self, stage: str, wal: str) -> None:
         # The server runs it through the shell, as its own user (the staged directory is
@@ -384,11 +397,15 @@ class _Restore:
             ) from None
 
 
-def _fetch(archive: SegmentStore, name: str, segment: str, dest: Path) -> None:
-    """Copy an archived segment to ``dest``; a damaged one fails the restore, named."""
+def _fetch(archive: SegmentStore, name: str, segment: str, dest: Path, size: int) -> None:
+    """Copy an archived segment to ``dest``; a damaged one fails the restore, named.  A
+    partial is padded with zeros to the segment's size, as ``pg_receivewal`` pads it:
+    PostgreSQL wants whole segments, and replays up to the zeros."""
     try:
         with archive.open(name) as src, open(dest, "xb") as out:
             shutil.copyfileobj(src, out, 1 << 20)
+            if out.tell() < size:
+                out.truncate(size)
     except ArtifactCorruptError as exc:
         raise ArtifactCorruptError(
             f"archived WAL segment {segment} is damaged; the restore stopped before the "

@@ -20,7 +20,17 @@ import attrs
 import pytest
 import yaml
 from cozybackup_postgres import PostgresDriver
-from cozybackup_postgres._wal import expired, format_lsn, parse_lsn, segment_name, segment_of
+from cozybackup_postgres._wal import (
+    best_by_segment,
+    expired,
+    format_lsn,
+    parse_archived,
+    parse_lsn,
+    partial_name,
+    plan,
+    segment_name,
+    segment_of,
+)
 from cozybackup_postgres.testing import PostgresServer, ServerPool, free_port, write_dataset
 
 from cozybackup_core import API_VERSION, APPS_GROUP, ApplicationRef, Plan, RestoreJob, Runner, load
@@ -145,6 +155,11 @@ def restore(
         ),
         ({"walArchiving": True}, "walArchiving: means nothing with mode: logical"),
         ({"mode": "physical", "pitrWindowSeconds": 60}, "pitrWindowSeconds: needs walArchiving"),
+        ({"mode": "physical", "walPartialSeconds": 5}, "walPartialSeconds: needs walArchiving"),
+        (
+            {"mode": "physical", "walArchiving": True, "walPartialSeconds": 0},
+            "walPartialSeconds: must be between 1 and 3600",
+        ),
     ],
 )
 def test_mode_parameters_are_checked_naming_the_field(
@@ -351,6 +366,117 @@ def test_a_damaged_segment_fails_the_restore_naming_it(
     assert list(target.root.iterdir()) == []
 
 
+# ---------------------------------------------------------------------------- partials
+
+
+def test_commits_after_the_last_completed_segment_are_restored_from_the_stored_partial(
+    platform: LocalPlatform,
+    pg_servers: ServerPool,
+    tmp_path: Path,
+    fresh_targets: list[FreshTarget],
+) -> None:
+    platform.apply(
+        driver_class_yaml(
+            PostgresDriver,
+            "pg-partial",
+            json.dumps({"mode": "physical", "walArchiving": True, "walPartialSeconds": 1}),
+        )
+    )
+    src = pg_servers.start()
+    write_dataset(src, seed=7)
+    ref = declare(platform, "src", src.connection(), src)
+    platform.apply(plan_manifest("nightly", "src", "pg-partial"))
+    runner = Runner(platform.engine, streams_dir=tmp_path / "streams")
+    assert runner.streams is not None
+    try:
+        runner.streams.reconcile()
+        wait_for("the streamer's slot", lambda: slot_active(src))
+        ok(platform.backup(NS, ref, "b1", "pg-partial"))
+        last_completed = switch_and_wait(platform, src)
+        # Two commits in the segment being filled: no segment completes after them.
+        src.psql("INSERT INTO public.notes VALUES (3001, 'first after the last segment')")
+        mid = src.psql("SELECT clock_timestamp()").strip().replace(" ", "T")
+        after_first = src.fingerprint()
+        src.psql("UPDATE public.notes SET body = 'second after the last segment' WHERE id = 1")
+        last = src.fingerprint()
+
+        def partial_past_mid() -> str | None:
+            for name, meta in archived(platform).items():
+                item = parse_archived(name)
+                commit = meta.get("lastCommit")
+                if item and item.partial and commit and commit > mid:
+                    return name
+            return None
+
+        partial = wait_for("a partial holding the second commit", partial_past_mid)
+        completed = sorted(n for n in archived(platform) if not parse_archived(n).partial)  # type: ignore[union-attr]
+        assert completed[-1] == last_completed  # no segment completed after the commits
+        assert parse_archived(partial).segment > last_completed.split(".", 1)[1]  # type: ignore[union-attr]
+        # The streamer keeps running (and storing newer partials) during both restores.
+        at_mid = FreshTarget(src)
+        fresh_targets.append(at_mid)
+        copy = declare(platform, "at-mid", at_mid.connection(), src)
+        ok(restore(platform, "b1", "r1", copy, {"recoveryTime": mid}))
+        assert at_mid.server().fingerprint() == after_first
+        to_end = FreshTarget(src)
+        fresh_targets.append(to_end)
+        copy = declare(platform, "to-end", to_end.connection(), src)
+        ok(restore(platform, "b1", "r2", copy))
+        assert to_end.server().fingerprint() == last
+        (lag,) = runner.streams.lags().values()
+        assert lag["partialsStored"] >= 1
+    finally:
+        runner.close()
+    # One answer per segment once the streamer has stopped.
+    assert best_by_segment(list(archived(platform)))[1] == []
+
+
+class _Names:
+    """An archive's listing and metadata, for the planning functions."""
+
+    def __init__(self, metas: dict[str, dict[str, Any]]) -> None:
+        self.metas = metas
+
+    def names(self) -> list[str]:
+        return sorted(self.metas)
+
+    def metadata(self, name: str) -> dict[str, Any]:
+        return self.metas[name]
+
+
+def test_the_archive_gives_one_answer_per_segment_and_a_partial_ends_the_replay() -> None:
+    size = 16 << 20
+    seg = [segment_name(1, n, size) for n in range(12)]
+    at = "2026-01-01T00:{:02d}:00+00:00".format
+    metas = {f"7.{seg[n]}": {"lastCommit": at(n)} for n in (4, 5, 6)}
+    # Segment 6 completed after a partial of it was stored (a kill between the two);
+    # two partials of 7, the longer stored last; a partial of 9 after a gap.
+    metas[partial_name("7", seg[6], 0x1000)] = {"lastCommit": at(6)}
+    metas[partial_name("7", seg[7], 0x2000)] = {"lastCommit": at(7)}
+    metas[partial_name("7", seg[7], 0x9000)] = {"lastCommit": at(8)}
+    metas[partial_name("7", seg[9], 0x100)] = {"lastCommit": at(9)}
+    backup = {**_meta("7", 4, at(0)), "walSegmentSize": size}
+    replay = plan(_Names(metas), backup)  # type: ignore[arg-type]
+    assert list(replay.segments) == [
+        f"7.{seg[4]}",
+        f"7.{seg[5]}",
+        f"7.{seg[6]}",
+        partial_name("7", seg[7], 0x9000),
+    ]
+    assert replay.end is not None and replay.end.minute == 8
+    _, superseded = best_by_segment(list(metas))
+    assert sorted(superseded) == sorted(
+        [partial_name("7", seg[6], 0x1000), partial_name("7", seg[7], 0x2000)]
+    )
+    # Retention: superseded partials go even when every segment is kept; the partials
+    # before the kept backup's WAL go with the segments.
+    gone, _ = expired(list(metas), [backup], None, dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc))
+    assert sorted(gone) == sorted(superseded)
+    early = {**backup, "endLsn": format_lsn(8 * size + 0x100)}
+    gone, _ = expired(list(metas), [early], None, dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc))
+    assert sorted(gone) == sorted(n for n in metas if n != partial_name("7", seg[9], 0x100))
+
+
 # ---------------------------------------------------------------------------- the streamer
 
 
@@ -368,7 +494,9 @@ def plan_manifest(name: str, app: str, backup_class: str) -> dict[str, Any]:
 
 
 def segment_numbers(plat: LocalPlatform) -> list[int]:
-    return sorted(segment_of(n.split(".", 1)[1], 16 << 20)[1] for n in archived(plat))
+    """The segment numbers the archive answers for (a completed segment or its partial)."""
+    best, _ = best_by_segment(list(archived(plat)))
+    return sorted(segment_of(segment, 16 << 20)[1] for _, segment in best)
 
 
 def slot_active(src: PostgresServer) -> bool:
@@ -439,6 +567,8 @@ def test_a_streamer_killed_with_sigkill_and_restarted_leaves_no_gap(
     # WAL written while no streamer ran (two batches' worth) was archived after it.
     assert numbers[-1] > before_kill[-1] + 1, (numbers, before_kill, log_tail)
     assert numbers == list(range(numbers[0], numbers[-1] + 1)), (numbers, log_tail)  # no gap
+    # One answer per segment: no partial left beside what superseded it.
+    assert best_by_segment(list(archived(platform)))[1] == [], log_tail
     target = FreshTarget(src)
     fresh_targets.append(target)
     copy = declare(platform, "copy", target.connection(), src)
