@@ -65,6 +65,7 @@ from cozybackup_core import (
 )
 
 from ._basebackup import BASE_STREAM
+from ._drill import physical_login
 from ._params import PostgresParameters
 from ._pg import PHYSICAL_TOOLS, Server, find_tools
 from ._wal import Replay, plan, superseding
@@ -176,6 +177,10 @@ class _Restore:
         wal = self._mkdir("wal")
         try:
             self._unpack(stage)
+            # A drill's scratch target: the restored server is logged in to as its own
+            # bootstrap superuser (the scratch's credentials are not in it).
+            login = physical_login(self.ctx.target, Path(self.parent.fd_path, stage))
+            self.server = Server.from_location(login, self.server.tools)
             self._stage_wal(wal)
             self._configure(stage, wal)
             with self._errors("hand the restored files to the database's user"):

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -364,6 +365,47 @@ def test_a_damaged_segment_fails_the_restore_naming_it(
     assert job.status.phase == "Failed"
     assert f"archived WAL segment {name.split('.', 1)[1]} is damaged" in job.status.message
     assert list(target.root.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- drills
+
+
+def test_a_drill_of_a_physical_backup_restores_on_a_scratch_data_directory_and_removes_it(
+    platform: LocalPlatform,
+    pg_servers: ServerPool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src = pg_servers.start(superuser="drill_boot")  # a name the scratch server does not use
+    write_dataset(src, seed=9)
+    before = src.fingerprint()
+    tables = 0
+    for db in src.databases():
+        tables += int(
+            src.psql(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN "
+                "('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'",
+                db,
+            ).strip()
+        )
+    ok(platform.backup(NS, declare(platform, "src", src.connection(), src), "b1", PHYSICAL))
+    (backup,) = platform.backups(NS)
+    # Where the drill makes its temporary directory (the server's user passes through).
+    scratch = Path(tempfile.mkdtemp(prefix="cozy-pg-drills-"))
+    scratch.chmod(0o711)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    try:
+        checked = platform.engine.verify(backup, drill=True)
+        left = list(scratch.iterdir())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    v = checked.status.last_verified
+    assert v is not None and (v.method, v.result) == ("RestoreDrill", "Passed"), v
+    assert v.message.startswith(f"{len(src.databases())} databases with {tables} tables"), v.message
+    assert src.fingerprint() == before, "the drill never touches the application"
+    leftovers = subprocess.run(["pgrep", "-f", "cozybackup-drill-"], capture_output=True, text=True)
+    assert leftovers.stdout == "", "the scratch server was stopped"
+    assert left == [], "and removed"
 
 
 # ---------------------------------------------------------------------------- partials
