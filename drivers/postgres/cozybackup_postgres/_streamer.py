@@ -53,6 +53,7 @@ from ._wal import (
     archive_name,
     best_by_segment,
     commit_times,
+    format_lsn,
     is_segment,
     parse_archived,
     parse_lsn,
@@ -266,7 +267,7 @@ class WalStreamer:
                 )
             self._drop_partials(path.name, keep=None)  # superseded by the segment
             path.unlink()
-            self._stored_upto(path.name, self._segment_size, read_at)
+            self._stored_upto(path.name, self._segment_size, read_at)  # all of it
             self._progress.segments += 1
             done += 1
         for history in self.workdir.glob("*.history"):
@@ -309,7 +310,7 @@ class WalStreamer:
         self.archive.put(name, io.BytesIO(written), meta)
         self._drop_partials(segment, keep=name)
         self._partials[segment] = [name]
-        self._stored_upto(segment, len(written) - self._segment_size, read_at)
+        self._stored_upto(segment, len(written), read_at)
         self._progress.partials += 1
         return True
 
@@ -322,11 +323,10 @@ class WalStreamer:
             "lastCommit": last,
         }
 
-    def _stored_upto(self, segment: str, past_start: int, read_at: float) -> None:
-        """The archive now holds WAL up to ``past_start`` bytes past the start of the
-        segment after ``segment``, as the streamer's directory held it at ``read_at``."""
-        segno = segment_of(segment, self._segment_size)[1]
-        upto = (segno + 1) * self._segment_size + past_start
+    def _stored_upto(self, segment: str, length: int, read_at: float) -> None:
+        """The archive now holds WAL up to ``length`` bytes into ``segment``, as the
+        streamer's directory held it at ``read_at``."""
+        upto = segment_of(segment, self._segment_size)[1] * self._segment_size + length
         if self._progress.archived_upto is None or upto > self._progress.archived_upto:
             self._progress.archived_upto = upto
         self._progress.read_at = read_at
@@ -372,6 +372,7 @@ class WalStreamer:
         if behind and self._progress.read_at is not None:
             seconds = max(0.0, time.time() - self._progress.read_at)
         return {
+            "archivedLsn": format_lsn(upto) if upto is not None else None,
             "lagBytes": behind,
             "lagSeconds": round(seconds, 1),
             "segmentsStored": self._progress.segments,

@@ -35,9 +35,10 @@ from typing import Any
 
 import attrs
 
-from cozybackup_core import RecoveryTargetUnreachable, SegmentStore
+from cozybackup_core import ArtifactCorruptError, RecoveryTargetUnreachable, SegmentStore
 
 DEFAULT_SEGMENT_SIZE = 16 << 20
+_PLAN_TRIES = 3
 _NAME = re.compile(r"^[0-9A-F]{24}$")
 _COMMIT = re.compile(
     r"desc: (?:COMMIT|ABORT)(?:_PREPARED)? (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) UTC"
@@ -193,6 +194,8 @@ class Replay:
         out: dict[str, str] = {}
         for name, segment in self.segments.items():
             out[name] = segment
+            if len(out) == len(self.segments):
+                break  # the last (maybe a partial the streamer has superseded since)
             last = _time(archive.metadata(name).get("lastCommit"))
             if last is not None and last > target:
                 break
@@ -213,7 +216,17 @@ class Replay:
 def plan(archive: SegmentStore | None, meta: Mapping[str, Any]) -> Replay:
     """The archived segments a restore of the base backup described by ``meta`` (its
     driverMetadata) can replay: the segment holding its end, then every one after it
-    while none is missing."""
+    while none is missing.  Planned again when a partial it listed was superseded (and
+    deleted) by the running streamer before its metadata was read."""
+    for _ in range(_PLAN_TRIES - 1):
+        try:
+            return _plan(archive, meta)
+        except ArtifactCorruptError:
+            continue
+    return _plan(archive, meta)
+
+
+def _plan(archive: SegmentStore | None, meta: Mapping[str, Any]) -> Replay:
     size = int(meta.get("walSegmentSize") or DEFAULT_SEGMENT_SIZE)
     timeline = int(meta["timeline"])
     system_id = str(meta["systemIdentifier"])

@@ -363,8 +363,12 @@ def test_a_damaged_segment_fails_the_restore_naming_it(
     copy = declare(platform, "copy", target.connection(), history.src)
     job = restore(platform, "b1", "r1", copy)
     assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == "ArtifactCorrupt"
+    # Found when the server asked for it: its recovery aborted, the target put back
+    # as it was (no data directory), nothing of the restore left beside it.
     assert f"archived WAL segment {name.split('.', 1)[1]} is damaged" in job.status.message
-    assert list(target.root.iterdir()) == []
+    assert "the previous data was put back" in job.status.message
+    assert [p.name for p in target.root.iterdir()] == ["server.log"]
 
 
 # ---------------------------------------------------------------------------- drills
@@ -467,6 +471,11 @@ def test_commits_after_the_last_completed_segment_are_restored_from_the_stored_p
         assert to_end.server().fingerprint() == last
         (lag,) = runner.streams.lags().values()
         assert lag["partialsStored"] >= 1
+        # What the archive holds: inside the partial's segment, never past the server.
+        held = parse_lsn(lag["archivedLsn"])
+        server_at = parse_lsn(src.psql("SELECT pg_current_wal_lsn()").strip())
+        assert segment_of(parse_archived(partial).segment, 16 << 20)[1] * (16 << 20) < held  # type: ignore[union-attr]
+        assert held <= server_at
     finally:
         runner.close()
     # One answer per segment once the streamer has stopped.
