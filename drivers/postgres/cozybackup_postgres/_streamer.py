@@ -62,6 +62,7 @@ from ._wal import (
 )
 
 _POLL = 0.5
+_WAL_ALIGN = 8
 _PARTIAL = ".partial"
 #: Default seconds between two stores of the segment being filled.
 PARTIAL_SECONDS = 5
@@ -117,6 +118,7 @@ class WalStreamer:
         self.workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._prepare_slot()
         self.store_completed()  # what a killed run left behind
+        self._drop_unpadded()
         proc = self._receive()
         next_partial = time.monotonic() + self.partial_seconds
         try:
@@ -191,6 +193,17 @@ class WalStreamer:
                     admin_detail=f"slot {self.slot} restart {slot['restartLsn']}, newest "
                     f"archived segment number {newest}",
                 )
+
+    def _drop_unpadded(self) -> None:
+        """Remove a ``.partial`` file a killed ``pg_receivewal`` left while padding it:
+        it pads a new file with zeros to the segment's size before writing any WAL
+        into it, so one of another size holds none, and it would refuse to resume
+        ("should be 0 or 16777216 bytes") forever; the slot still holds that WAL."""
+        for path in self.workdir.glob(f"*{_PARTIAL}"):
+            size = path.stat().st_size
+            if size not in (0, self._segment_size):
+                self.log.warning("removing %s: %d bytes, padding interrupted", path.name, size)
+                path.unlink()
 
     def _wait_released(self) -> None:
         limit = Deadline.after(30)
@@ -295,6 +308,9 @@ class WalStreamer:
             return False  # completed (renamed) meanwhile: the next pass stores it
         stored = [parse_archived(n) for n in self._partials.get(segment, [])]
         if not written or any(a is not None and (a.length or 0) >= len(written) for a in stored):
+            if written and self._partials.get(segment):
+                # Nothing new: the archive holds what pg_receivewal has, as of now.
+                self._stored_upto(segment, _aligned(len(written)), read_at)
             return False
         name = partial_name(self._system_id, segment, len(written))
         snapshot = self.workdir / ".partial-snapshot"
@@ -310,7 +326,7 @@ class WalStreamer:
         self.archive.put(name, io.BytesIO(written), meta)
         self._drop_partials(segment, keep=name)
         self._partials[segment] = [name]
-        self._stored_upto(segment, len(written), read_at)
+        self._stored_upto(segment, _aligned(len(written)), read_at)
         self._progress.partials += 1
         return True
 
@@ -389,6 +405,12 @@ class WalStreamer:
 
     def _query(self, sql: str, doing: str) -> Any:
         return self.server.query_json(sql, deadline=Deadline.after(60), doing=doing)
+
+
+def _aligned(length: int) -> int:
+    """Where the WAL in a partial's first ``length`` bytes ends: records end on 8-byte
+    boundaries (MAXALIGN), and the zeros cut off before them were theirs."""
+    return -(-length // _WAL_ALIGN) * _WAL_ALIGN
 
 
 def _die_with_parent() -> None:
