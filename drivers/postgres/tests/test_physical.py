@@ -34,7 +34,16 @@ from cozybackup_postgres._wal import (
 )
 from cozybackup_postgres.testing import PostgresServer, ServerPool, free_port, write_dataset
 
-from cozybackup_core import API_VERSION, APPS_GROUP, ApplicationRef, Plan, RestoreJob, Runner, load
+from cozybackup_core import (
+    API_VERSION,
+    APPS_GROUP,
+    ApplicationRef,
+    AppLocation,
+    Plan,
+    RestoreJob,
+    Runner,
+    load,
+)
 from cozybackup_core.testing import (
     LocalPlatform,
     cli_ok,
@@ -625,6 +634,26 @@ def test_a_streamer_killed_with_sigkill_and_restarted_leaves_no_gap(
     copy = declare(platform, "copy", target.connection(), src)
     ok(restore(platform, "b1", "r1", copy))
     assert target.server().fingerprint() == expected
+
+
+def test_a_partial_file_left_while_pg_receivewal_padded_it_is_removed_before_resuming(
+    tmp_path: Path,
+) -> None:
+    from cozybackup_postgres._streamer import WalStreamer
+
+    app = AppLocation(
+        ref=ApplicationRef(api_group=APPS_GROUP, kind="Postgres", name="src"),
+        namespace=NS,
+        connection={"host": "127.0.0.1", "port": 5432},
+    )
+    streamer = WalStreamer(app, None, tmp_path)  # type: ignore[arg-type]
+    killed = tmp_path / "000000010000000000000007.partial"
+    killed.write_bytes(bytes(441 * 8192))  # pg_receivewal killed while padding it
+    whole = tmp_path / "000000010000000000000006.partial"
+    whole.write_bytes(b"\1" + bytes((16 << 20) - 1))
+    streamer._drop_unpadded()
+    assert not killed.exists()
+    assert whole.exists()  # a padded one holds WAL: pg_receivewal resumes from it
 
 
 def test_lag_is_reported_and_a_lost_slot_fails_loudly_on_the_plan(
