@@ -16,7 +16,9 @@ of the whole process tree:
              pgBackRest full backup (compress-type=zst, process-max=2)
     traffic  ``pgbench -c2 -j2`` for ``--traffic`` seconds after the backups; half way it
              pauses, the data is fingerprinted and the time taken is the recovery target
-             (the WAL streamer's lag is sampled every second throughout)
+             (the lag of both archives is sampled every second throughout: the WAL
+             streamer's own report, and pgBackRest's ``archive_command`` from
+             ``pg_stat_archiver``, the baseline in the same run)
     restore  each into a fresh data directory, to that time, until the server promoted:
              cozybackup (``run --once`` with a RestoreJob, ``options.recoveryTime``), and
              ``pgbackrest restore --type=time`` + start + replay + promote
@@ -40,6 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cozybackup_postgres._wal import is_segment, segment_of
 from cozybackup_postgres.testing import PostgresServer, free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,6 +54,7 @@ from cozybackup_core.hosts.local import LocalHost
 
 NS = "tenant-bench"
 AS_PG = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+SEGMENT = 16 << 20
 
 
 def fingerprint(server: PostgresServer, port: int | None = None) -> str:
@@ -103,6 +107,9 @@ def main() -> None:
     ap.add_argument("--traffic", type=int, default=600, help="seconds of pgbench after the backups")
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--partial-seconds", type=int, default=None, help="the class's walPartialSeconds"
+    )
     args = ap.parse_args()
 
     work = owned_dir(Path(tempfile.mkdtemp(prefix="cozy-pitr-bench-", dir=args.workdir)))
@@ -148,7 +155,7 @@ pg1-user={server.superuser}
         subprocess.run(pgbackrest(conf, "stanza-create"), check=True, capture_output=True)
 
         home = work / "home"
-        cli(home, "apply", "-f", "-", stdin=_admin(server))
+        cli(home, "apply", "-f", "-", stdin=_admin(server, args.partial_seconds))
         # The WAL streamer, as `cozybackup run` hosts it (here, so that `run --once`
         # below can take the runner lock for the jobs).
         server.psql("CHECKPOINT")  # the slot reserves WAL from the last checkpoint on
@@ -162,6 +169,8 @@ pg1-user={server.superuser}
             )
         )
         lags: list[dict[str, Any]] = []
+        baseline: list[dict[str, Any]] = []
+        loads: list[float] = []
         sampling = threading.Event()
         phase = ["backups"]
 
@@ -169,6 +178,8 @@ pg1-user={server.superuser}
             while not sampling.wait(1.0):
                 assert runner is not None and runner.streams is not None
                 lags.extend({**lag, "phase": phase[0]} for lag in runner.streams.lags().values())
+                baseline.append({**_archiver_lag(server), "phase": phase[0]})
+                loads.append(float(Path("/proc/loadavg").read_text().split()[0]))
                 runner.streams.reconcile()
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -204,15 +215,16 @@ pg1-user={server.superuser}
         )
         sampling.set()
         sampler.join()
-        results["streaming"] = {"walBytes": int(end)}
+        results["streaming"] = {
+            "walBytes": int(end),
+            "loadAverage": {"median": statistics.median(loads or [0]), "max": max(loads or [0])},
+        }
         for name in ("backups", "traffic"):
-            seen = [x for x in lags if x["phase"] == name and x["lagBytes"] is not None]
             results["streaming"][name] = {
-                "maxLagBytes": max((x["lagBytes"] for x in seen), default=0),
-                "maxLagSeconds": max((x["lagSeconds"] for x in seen), default=0),
-                "medianLagSeconds": statistics.median([x["lagSeconds"] for x in seen] or [0]),
+                "cozybackup": _lag_figures(lags, name),
+                "pgBackRest archive_command": _lag_figures(baseline, name),
             }
-        print(f"streaming: {results['streaming']}")
+        print(f"streaming: {json.dumps(results['streaming'], indent=1)}")
 
         # cozybackup: into a fresh data directory declared as an application.
         port = free_port()
@@ -274,6 +286,34 @@ def _caught_up(runner: Runner, server: PostgresServer) -> None:
     _wait(behind, 600)
 
 
+def _archiver_lag(server: PostgresServer) -> dict[str, Any]:
+    """How far ``archive_command`` (pgBackRest) is behind: WAL written past the end of the
+    last segment it archived, and seconds since it archived one while WAL waits."""
+    row = server.psql(
+        "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn, coalesce(last_archived_wal, ''), "
+        "coalesce(extract(epoch FROM clock_timestamp() - last_archived_time), 0) "
+        "FROM pg_stat_archiver"
+    ).strip()
+    current, wal, seconds = row.split("|")
+    if not is_segment(wal[:24]):
+        return {"lagBytes": None, "lagSeconds": None}
+    upto = (segment_of(wal[:24], SEGMENT)[1] + 1) * SEGMENT
+    behind = max(0, int(current) - upto)
+    return {"lagBytes": behind, "lagSeconds": round(float(seconds), 1) if behind else 0.0}
+
+
+def _lag_figures(samples: list[dict[str, Any]], phase: str) -> dict[str, Any]:
+    seen = [x for x in samples if x["phase"] == phase and x["lagBytes"] is not None]
+    seconds = sorted(x["lagSeconds"] for x in seen) or [0.0]
+    return {
+        "samples": len(seen),
+        "maxLagBytes": max((x["lagBytes"] for x in seen), default=0),
+        "medianLagSeconds": statistics.median(seconds),
+        "p95LagSeconds": seconds[min(len(seconds) - 1, int(0.95 * len(seconds)))],
+        "maxLagSeconds": seconds[-1],
+    }
+
+
 def _row(r: dict[str, Any]) -> dict[str, Any]:
     return {k: round(r[k], 2) for k in ("seconds", "peak_proc_mb", "peak_tree_mb")} | {
         "label": r["label"]
@@ -288,7 +328,9 @@ def _wait(check: Any, seconds: float = 60) -> None:
         time.sleep(0.5)
 
 
-def _admin(server: PostgresServer) -> str:
+def _admin(server: PostgresServer, partial_seconds: int | None) -> str:
+    params = "{mode: physical, walArchiving: true"
+    params += f", walPartialSeconds: {partial_seconds}}}" if partial_seconds else "}"
     return f"""\
 apiVersion: backups.cozystack.io/v1alpha1
 kind: BackupClass
@@ -297,7 +339,7 @@ spec:
   strategies:
   - application: {{apiGroup: apps.cozystack.io, kind: Postgres}}
     strategyRef: {{apiGroup: strategy.backups.cozystack.io, kind: Postgres, name: pitr}}
-    parameters: {{mode: physical, walArchiving: true}}
+    parameters: {params}
 ---
 apiVersion: v1
 kind: Secret

@@ -35,7 +35,7 @@ from cozybackup_core import (
 from . import _backup, _basebackup, _params, _physical, _restore, _wal
 from ._drill import Drills
 from ._params import PostgresParameters
-from ._streamer import WalStreamer
+from ._streamer import PARTIAL_SECONDS, WalStreamer
 
 __version__ = distribution_version("cozybackup-postgres")
 
@@ -84,7 +84,8 @@ class PostgresDriver(Drills, Driver[PostgresParameters]):
         archive: SegmentStore,
         workdir: Path,
     ) -> Streamer:
-        return WalStreamer(application, archive, workdir)
+        every = parameters.wal_partial_seconds
+        return WalStreamer(application, archive, workdir, partial_seconds=every or PARTIAL_SECONDS)
 
     def archive_expired(
         self,

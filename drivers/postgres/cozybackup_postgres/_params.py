@@ -12,6 +12,8 @@ In a BackupClass (camelCase on the wire)::
       mode: physical                     # logical (default) or physical (pg_basebackup)
       walArchiving: true                 # physical only: stream WAL continuously (PITR)
       pitrWindowSeconds: 604800          # physical only: how far back recoveryTime may go
+      walPartialSeconds: 5               # physical only: how often the segment being
+                                         # filled is stored (1-3600)
 """
 
 from __future__ import annotations
@@ -92,12 +94,20 @@ class PostgresParameters:
     #: Physical only: the archived WAL retention keeps for this long, whatever the base
     #: backups kept (None: only what the kept base backups need).
     pitr_window_seconds: int | None = None
+    #: Physical only: seconds between two stores of the WAL segment being filled (the
+    #: archive's lag is about this much); None: the default, 5.
+    wal_partial_seconds: int | None = None
 
 
+MAX_PARTIAL_SECONDS = 3600
 MODES = ("logical", "physical")
 #: Fields that mean something to one mode only.
 _LOGICAL_ONLY = (("databases", "databases"), ("extra_dump_options", "extraDumpOptions"))
-_PHYSICAL_ONLY = (("wal_archiving", "walArchiving"), ("pitr_window_seconds", "pitrWindowSeconds"))
+_PHYSICAL_ONLY = (
+    ("wal_archiving", "walArchiving"),
+    ("pitr_window_seconds", "pitrWindowSeconds"),
+    ("wal_partial_seconds", "walPartialSeconds"),
+)
 
 
 def check(parameters: PostgresParameters) -> None:
@@ -149,6 +159,11 @@ def _mode_problems(p: PostgresParameters) -> list[tuple[str, str]]:
         problems.append(("pitrWindowSeconds", "must be at least 1"))
     if p.pitr_window_seconds is not None and not p.wal_archiving:
         problems.append(("pitrWindowSeconds", "needs walArchiving: true"))
+    if p.wal_partial_seconds is not None:
+        if not 1 <= p.wal_partial_seconds <= MAX_PARTIAL_SECONDS:
+            problems.append(("walPartialSeconds", f"must be between 1 and {MAX_PARTIAL_SECONDS}"))
+        if not p.wal_archiving:
+            problems.append(("walPartialSeconds", "needs walArchiving: true"))
     return problems
 
 

@@ -34,8 +34,18 @@ TOOLS = ("pg_dump", "pg_dumpall", "pg_restore", "psql")
 PHYSICAL_TOOLS = ("pg_basebackup", "pg_receivewal", "pg_waldump", "psql")
 #: Connection keys of a physical restore's target (``_physical``): where its data
 #: directory is and how the platform stops and starts its server.
+#: Set by a restore drill's scratch target only (``_drill``): the socket directory a
+#: restored physical backup is reached through.
+SCRATCH_SOCKET = "scratchSocketDir"
 PHYSICAL_KEYS = frozenset(
-    {"dataDir", "dataDirOwner", "startCommand", "stopCommand", "serviceTimeoutSeconds"}
+    {
+        "dataDir",
+        "dataDirOwner",
+        "startCommand",
+        "stopCommand",
+        "serviceTimeoutSeconds",
+        SCRATCH_SOCKET,
+    }
 )
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 DEFAULT_PORT = 5432

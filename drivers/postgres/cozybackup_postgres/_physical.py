@@ -12,19 +12,18 @@ touched before step 4:
     ``startCommand``; without them the restore is refused.
 2.  The base backup is unpacked into a fresh 0700 directory beside the data directory
     (same filesystem, so the swap is a rename), reached through its parent held open.
-3.  The archived segments to replay (up to the first with a commit after
-    ``recoveryTime``) are fetched through the platform's storage, each
-    verified as it is read (a damaged one fails the restore, naming it), into a second
-    directory beside it; the unpacked directory gets ``recovery.signal`` and a
-    ``restore_command`` that copies from there, ``recovery_target_time`` when asked,
-    and ``recovery_target_action = promote``.
+3.  The unpacked directory gets ``recovery.signal``, ``recovery_target_time`` when
+    asked, ``recovery_target_action = promote`` and a ``restore_command`` that asks this
+    process for each WAL segment as the server needs it (``_walfeed``): fetched through
+    the platform's storage and verified as it is read (a damaged one aborts the
+    recovery, fails the restore naming it and puts the previous data back, step 5).
 4.  A running server is stopped (``stopCommand``); the data directory is renamed aside
     and the unpacked one takes its name.
 5.  The server is started (``startCommand``); the driver waits until it has replayed
     and promoted (it answers and is no longer in recovery), then resets the recovery
     settings.  If it stops or does not get there in time, it is stopped, the previous
     data directory is put back and started again if it ran: the target is left as it was.
-6.  The previous data directory and the staged WAL are deleted.
+6.  The previous data directory and the feed's directory are deleted.
 
 The restored server is the source server as it was at that moment, roles and passwords
 included: afterwards the target accepts the source's credentials.
@@ -55,7 +54,6 @@ from cozybackup_core import (
     DriverError,
     LocalDir,
     RestoreContext,
-    SegmentStore,
     UnsupportedError,
     chown_tree,
     connection_argv,
@@ -65,13 +63,16 @@ from cozybackup_core import (
 )
 
 from ._basebackup import BASE_STREAM
+from ._drill import physical_login
 from ._params import PostgresParameters
 from ._pg import PHYSICAL_TOOLS, Server, find_tools
 from ._wal import Replay, plan
+from ._walfeed import SCRIPT, WalFeed
 
 DEFAULT_SERVICE_TIMEOUT = 120.0
 _WHAT = "data directory"
 _POLL = 0.2
+_SERVE_POLL = 0.01
 #: Settings the restore adds to the unpacked directory and resets after the promotion.
 _RECOVERY_SETTINGS = ("restore_command", "recovery_target_time", "recovery_target_action")
 
@@ -166,6 +167,7 @@ class _Restore:
     deadline: Deadline
     running: bool
     name: str = attrs.field(init=False)
+    feed: WalFeed | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.name = self.target.data_dir.name
@@ -176,11 +178,15 @@ class _Restore:
         wal = self._mkdir("wal")
         try:
             self._unpack(stage)
-            self._stage_wal(wal)
+            # A drill's scratch target: the restored server is logged in to as its own
+            # bootstrap superuser (the scratch's credentials are not in it).
+            login = physical_login(self.ctx.target, Path(self.parent.fd_path, stage))
+            self.server = Server.from_location(login, self.server.tools)
             self._configure(stage, wal)
             with self._errors("hand the restored files to the database's user"):
                 for name in (stage, wal):
                     chown_tree(Path(self.parent.fd_path, name), uid, gid)
+                self.feed = self._feed(wal, (uid, gid))
             self.deadline.check()
             if self.running:
                 self.ctx.progress.stage("stopping the server")
@@ -191,11 +197,13 @@ class _Restore:
             self.ctx.progress.stage("replaying WAL and starting the server")
             try:
                 self._start_and_promote()
-            except DriverError as exc:
+            except (DriverError, ArtifactCorruptError) as exc:
                 self._roll_back(stage, old, exc)
             if old is not None:
                 self._remove(old)
         finally:
+            if self.feed is not None:
+                self.feed.close()
             self._remove(stage)
             self._remove(wal)
 
@@ -238,24 +246,30 @@ class _Restore:
                     admin_detail=repr(exc),
                 ) from None
 
-    def _stage_wal(self, wal: str) -> None:
+    def _feed(self, wal: str, owner: tuple[int, int]) -> WalFeed:
+        """What answers the server's ``restore_command`` (``_walfeed``): the archived
+        segments this restore replays, fetched when the server asks."""
         archive = self.ctx.archive
-        if not self.replay.segments:
-            return
-        assert archive is not None
-        wanted = self.replay.to_replay(archive, self.ctx.recovery_time)
-        self.ctx.progress.stage(f"fetching {len(wanted)} archived WAL segments")
-        with self.parent.open_dir(wal, what=_WHAT) as held:
-            for name, segment in wanted.items():
-                self.deadline.check()
-                _fetch(archive, name, segment, Path(held.fd_path, segment))
+        wanted: dict[str, str] = {}
+        if self.replay.segments and archive is not None:
+            chosen = self.replay.to_replay(archive, self.ctx.recovery_time)
+            wanted = {segment: name for name, segment in chosen.items()}
+        feed = WalFeed(
+            archive=archive,
+            wanted=wanted,
+            directory=Path(self.parent.fd_path, wal),
+            segment_size=self.replay.segment_size,
+            owner=owner,
+        )
+        feed.prepare()
+        return feed
 
     def _configure(self, stage: str, wal: str) -> None:
         # The server runs it through the shell, as its own user (the staged directory is
         # its own); "%" would be one of its placeholders.
         where = shlex.quote(self.parent.join(wal)).replace("%", "%%")
         settings = {
-            "restore_command": f"cp {where}/%f %p",
+            "restore_command": f"/bin/sh {where}/{SCRIPT} %f %p",
             "recovery_target_action": "promote",
         }
         if self.ctx.recovery_time is not None:
@@ -303,20 +317,31 @@ class _Restore:
                     admin_detail=f"{self.target.data_dir}: no postmaster "
                     f"{self.target.timeout:.0f}s after startCommand",
                 )
-            if pid is not None and self._promoted():
+            if pid is not None and self._serve_until_checked() and self._promoted():
                 break
             if limit.expired:
                 raise DriverError(
                     "the restored server did not finish replaying WAL before the job's deadline",
                     admin_detail=f"{self.target.data_dir}: still in recovery",
                 )
-            time.sleep(_POLL)
+            if pid is None:
+                time.sleep(_POLL)
         resets = "".join(f"ALTER SYSTEM RESET {s};\n" for s in _RECOVERY_SETTINGS)
         self.server.psql(
             resets + "SELECT pg_reload_conf();",
             deadline=self.deadline,
             doing="resetting the recovery settings",
         )
+
+    def _serve_until_checked(self) -> bool:
+        """Answer the server's requests for WAL for one poll interval; True (a
+        request is answered within about 10 ms, at most two segments are fetched)."""
+        until = time.monotonic() + _POLL
+        while time.monotonic() < until:
+            if self.feed is not None:
+                self.feed.serve()
+            time.sleep(_SERVE_POLL)
+        return True
 
     def _promoted(self) -> bool:
         with contextlib.suppress(CozyError):
@@ -337,7 +362,9 @@ class _Restore:
                 )
             time.sleep(_POLL)
 
-    def _roll_back(self, stage: str, old: str | None, cause: DriverError) -> None:
+    def _roll_back(
+        self, stage: str, old: str | None, cause: DriverError | ArtifactCorruptError
+    ) -> None:
         self.ctx.log.warning("restored server did not come up (%s); rolling back", cause)
         with contextlib.suppress(DriverError):
             if _postmaster(self.target.data_dir) is not None and self.target.stop:
@@ -355,7 +382,7 @@ class _Restore:
                 "needs the platform operator's attention",
                 admin_detail=f"{cause.admin_detail}; rollback: {exc!r}",
             ) from None
-        raise DriverError(
+        raise type(cause)(
             f"{cause.message}; the previous data was put back", admin_detail=cause.admin_detail
         )
 
@@ -382,19 +409,6 @@ class _Restore:
                 f"the backup worker could not {doing}; ask the platform operator",
                 admin_detail=f"{self.ctx.target.ref}: {exc!r}",
             ) from None
-
-
-def _fetch(archive: SegmentStore, name: str, segment: str, dest: Path) -> None:
-    """Copy an archived segment to ``dest``; a damaged one fails the restore, named."""
-    try:
-        with archive.open(name) as src, open(dest, "xb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-    except ArtifactCorruptError as exc:
-        raise ArtifactCorruptError(
-            f"archived WAL segment {segment} is damaged; the restore stopped before the "
-            "target was touched",
-            admin_detail=f"{exc.message} ({exc.admin_detail})",
-        ) from None
 
 
 def _pg_time(when: dt.datetime) -> str:

@@ -49,7 +49,7 @@ def free_port() -> int:
         return port
 
 
-def _as_server_user(argv: Sequence[str]) -> list[str]:
+def as_server_user(argv: Sequence[str]) -> list[str]:
     if os.geteuid() == 0:
         return ["runuser", "-u", SERVER_USER, "--", *argv]
     return list(argv)
@@ -237,7 +237,7 @@ class PostgresServer:
 
     def _run(self, argv: Sequence[str]) -> None:
         subprocess.run(
-            _as_server_user(argv),
+            as_server_user(argv),
             check=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,10 +21,29 @@ import attrs
 import pytest
 import yaml
 from cozybackup_postgres import PostgresDriver
-from cozybackup_postgres._wal import expired, format_lsn, parse_lsn, segment_name, segment_of
+from cozybackup_postgres._wal import (
+    best_by_segment,
+    expired,
+    format_lsn,
+    parse_archived,
+    parse_lsn,
+    partial_name,
+    plan,
+    segment_name,
+    segment_of,
+)
 from cozybackup_postgres.testing import PostgresServer, ServerPool, free_port, write_dataset
 
-from cozybackup_core import API_VERSION, APPS_GROUP, ApplicationRef, Plan, RestoreJob, Runner, load
+from cozybackup_core import (
+    API_VERSION,
+    APPS_GROUP,
+    ApplicationRef,
+    AppLocation,
+    Plan,
+    RestoreJob,
+    Runner,
+    load,
+)
 from cozybackup_core.testing import (
     LocalPlatform,
     cli_ok,
@@ -145,6 +165,11 @@ def restore(
         ),
         ({"walArchiving": True}, "walArchiving: means nothing with mode: logical"),
         ({"mode": "physical", "pitrWindowSeconds": 60}, "pitrWindowSeconds: needs walArchiving"),
+        ({"mode": "physical", "walPartialSeconds": 5}, "walPartialSeconds: needs walArchiving"),
+        (
+            {"mode": "physical", "walArchiving": True, "walPartialSeconds": 0},
+            "walPartialSeconds: must be between 1 and 3600",
+        ),
     ],
 )
 def test_mode_parameters_are_checked_naming_the_field(
@@ -347,8 +372,169 @@ def test_a_damaged_segment_fails_the_restore_naming_it(
     copy = declare(platform, "copy", target.connection(), history.src)
     job = restore(platform, "b1", "r1", copy)
     assert job.status.phase == "Failed"
+    assert job.status.conditions[0].reason == "ArtifactCorrupt"
+    # Found when the server asked for it: its recovery aborted, the target put back
+    # as it was (no data directory), nothing of the restore left beside it.
     assert f"archived WAL segment {name.split('.', 1)[1]} is damaged" in job.status.message
-    assert list(target.root.iterdir()) == []
+    assert "the previous data was put back" in job.status.message
+    assert [p.name for p in target.root.iterdir()] == ["server.log"]
+
+
+# ---------------------------------------------------------------------------- drills
+
+
+def test_a_drill_of_a_physical_backup_restores_on_a_scratch_data_directory_and_removes_it(
+    platform: LocalPlatform,
+    pg_servers: ServerPool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    src = pg_servers.start(superuser="drill_boot")  # a name the scratch server does not use
+    write_dataset(src, seed=9)
+    before = src.fingerprint()
+    tables = 0
+    for db in src.databases():
+        tables += int(
+            src.psql(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN "
+                "('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'",
+                db,
+            ).strip()
+        )
+    ok(platform.backup(NS, declare(platform, "src", src.connection(), src), "b1", PHYSICAL))
+    (backup,) = platform.backups(NS)
+    # Where the drill makes its temporary directory (the server's user passes through).
+    scratch = Path(tempfile.mkdtemp(prefix="cozy-pg-drills-"))
+    scratch.chmod(0o711)
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    try:
+        checked = platform.engine.verify(backup, drill=True)
+        left = list(scratch.iterdir())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    v = checked.status.last_verified
+    assert v is not None and (v.method, v.result) == ("RestoreDrill", "Passed"), v
+    assert v.message.startswith(f"{len(src.databases())} databases with {tables} tables"), v.message
+    assert src.fingerprint() == before, "the drill never touches the application"
+    leftovers = subprocess.run(["pgrep", "-f", "cozybackup-drill-"], capture_output=True, text=True)
+    assert leftovers.stdout == "", "the scratch server was stopped"
+    assert left == [], "and removed"
+
+
+# ---------------------------------------------------------------------------- partials
+
+
+def test_commits_after_the_last_completed_segment_are_restored_from_the_stored_partial(
+    platform: LocalPlatform,
+    pg_servers: ServerPool,
+    tmp_path: Path,
+    fresh_targets: list[FreshTarget],
+) -> None:
+    platform.apply(
+        driver_class_yaml(
+            PostgresDriver,
+            "pg-partial",
+            json.dumps({"mode": "physical", "walArchiving": True, "walPartialSeconds": 1}),
+        )
+    )
+    src = pg_servers.start()
+    write_dataset(src, seed=7)
+    ref = declare(platform, "src", src.connection(), src)
+    platform.apply(plan_manifest("nightly", "src", "pg-partial"))
+    runner = Runner(platform.engine, streams_dir=tmp_path / "streams")
+    assert runner.streams is not None
+    try:
+        runner.streams.reconcile()
+        wait_for("the streamer's slot", lambda: slot_active(src))
+        ok(platform.backup(NS, ref, "b1", "pg-partial"))
+        last_completed = switch_and_wait(platform, src)
+        # Two commits in the segment being filled: no segment completes after them.
+        src.psql("INSERT INTO public.notes VALUES (3001, 'first after the last segment')")
+        mid = src.psql("SELECT clock_timestamp()").strip().replace(" ", "T")
+        after_first = src.fingerprint()
+        src.psql("UPDATE public.notes SET body = 'second after the last segment' WHERE id = 1")
+        last = src.fingerprint()
+
+        def partial_past_mid() -> str | None:
+            for name, meta in archived(platform).items():
+                item = parse_archived(name)
+                commit = meta.get("lastCommit")
+                if item and item.partial and commit and commit > mid:
+                    return name
+            return None
+
+        partial = wait_for("a partial holding the second commit", partial_past_mid)
+        completed = sorted(n for n in archived(platform) if not parse_archived(n).partial)  # type: ignore[union-attr]
+        assert completed[-1] == last_completed  # no segment completed after the commits
+        assert parse_archived(partial).segment > last_completed.split(".", 1)[1]  # type: ignore[union-attr]
+        # The streamer keeps running (and storing newer partials) during both restores.
+        at_mid = FreshTarget(src)
+        fresh_targets.append(at_mid)
+        copy = declare(platform, "at-mid", at_mid.connection(), src)
+        ok(restore(platform, "b1", "r1", copy, {"recoveryTime": mid}))
+        assert at_mid.server().fingerprint() == after_first
+        to_end = FreshTarget(src)
+        fresh_targets.append(to_end)
+        copy = declare(platform, "to-end", to_end.connection(), src)
+        ok(restore(platform, "b1", "r2", copy))
+        assert to_end.server().fingerprint() == last
+        (lag,) = runner.streams.lags().values()
+        assert lag["partialsStored"] >= 1
+        # What the archive holds: inside the partial's segment, never past the server.
+        held = parse_lsn(lag["archivedLsn"])
+        server_at = parse_lsn(src.psql("SELECT pg_current_wal_lsn()").strip())
+        assert segment_of(parse_archived(partial).segment, 16 << 20)[1] * (16 << 20) < held  # type: ignore[union-attr]
+        assert held <= server_at
+    finally:
+        runner.close()
+    # One answer per segment once the streamer has stopped.
+    assert best_by_segment(list(archived(platform)))[1] == []
+
+
+class _Names:
+    """An archive's listing and metadata, for the planning functions."""
+
+    def __init__(self, metas: dict[str, dict[str, Any]]) -> None:
+        self.metas = metas
+
+    def names(self) -> list[str]:
+        return sorted(self.metas)
+
+    def metadata(self, name: str) -> dict[str, Any]:
+        return self.metas[name]
+
+
+def test_the_archive_gives_one_answer_per_segment_and_a_partial_ends_the_replay() -> None:
+    size = 16 << 20
+    seg = [segment_name(1, n, size) for n in range(12)]
+    at = "2026-01-01T00:{:02d}:00+00:00".format
+    metas = {f"7.{seg[n]}": {"lastCommit": at(n)} for n in (4, 5, 6)}
+    # Segment 6 completed after a partial of it was stored (a kill between the two);
+    # two partials of 7, the longer stored last; a partial of 9 after a gap.
+    metas[partial_name("7", seg[6], 0x1000)] = {"lastCommit": at(6)}
+    metas[partial_name("7", seg[7], 0x2000)] = {"lastCommit": at(7)}
+    metas[partial_name("7", seg[7], 0x9000)] = {"lastCommit": at(8)}
+    metas[partial_name("7", seg[9], 0x100)] = {"lastCommit": at(9)}
+    backup = {**_meta("7", 4, at(0)), "walSegmentSize": size}
+    replay = plan(_Names(metas), backup)  # type: ignore[arg-type]
+    assert list(replay.segments) == [
+        f"7.{seg[4]}",
+        f"7.{seg[5]}",
+        f"7.{seg[6]}",
+        partial_name("7", seg[7], 0x9000),
+    ]
+    assert replay.end is not None and replay.end.minute == 8
+    _, superseded = best_by_segment(list(metas))
+    assert sorted(superseded) == sorted(
+        [partial_name("7", seg[6], 0x1000), partial_name("7", seg[7], 0x2000)]
+    )
+    # Retention: superseded partials go even when every segment is kept; the partials
+    # before the kept backup's WAL go with the segments.
+    gone, _ = expired(list(metas), [backup], None, dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc))
+    assert sorted(gone) == sorted(superseded)
+    early = {**backup, "endLsn": format_lsn(8 * size + 0x100)}
+    gone, _ = expired(list(metas), [early], None, dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc))
+    assert sorted(gone) == sorted(n for n in metas if n != partial_name("7", seg[9], 0x100))
 
 
 # ---------------------------------------------------------------------------- the streamer
@@ -368,7 +554,9 @@ def plan_manifest(name: str, app: str, backup_class: str) -> dict[str, Any]:
 
 
 def segment_numbers(plat: LocalPlatform) -> list[int]:
-    return sorted(segment_of(n.split(".", 1)[1], 16 << 20)[1] for n in archived(plat))
+    """The segment numbers the archive answers for (a completed segment or its partial)."""
+    best, _ = best_by_segment(list(archived(plat)))
+    return sorted(segment_of(segment, 16 << 20)[1] for _, segment in best)
 
 
 def slot_active(src: PostgresServer) -> bool:
@@ -439,11 +627,33 @@ def test_a_streamer_killed_with_sigkill_and_restarted_leaves_no_gap(
     # WAL written while no streamer ran (two batches' worth) was archived after it.
     assert numbers[-1] > before_kill[-1] + 1, (numbers, before_kill, log_tail)
     assert numbers == list(range(numbers[0], numbers[-1] + 1)), (numbers, log_tail)  # no gap
+    # One answer per segment: no partial left beside what superseded it.
+    assert best_by_segment(list(archived(platform)))[1] == [], log_tail
     target = FreshTarget(src)
     fresh_targets.append(target)
     copy = declare(platform, "copy", target.connection(), src)
     ok(restore(platform, "b1", "r1", copy))
     assert target.server().fingerprint() == expected
+
+
+def test_a_partial_file_left_while_pg_receivewal_padded_it_is_removed_before_resuming(
+    tmp_path: Path,
+) -> None:
+    from cozybackup_postgres._streamer import WalStreamer
+
+    app = AppLocation(
+        ref=ApplicationRef(api_group=APPS_GROUP, kind="Postgres", name="src"),
+        namespace=NS,
+        connection={"host": "127.0.0.1", "port": 5432},
+    )
+    streamer = WalStreamer(app, None, tmp_path)  # type: ignore[arg-type]
+    killed = tmp_path / "000000010000000000000007.partial"
+    killed.write_bytes(bytes(441 * 8192))  # pg_receivewal killed while padding it
+    whole = tmp_path / "000000010000000000000006.partial"
+    whole.write_bytes(b"\1" + bytes((16 << 20) - 1))
+    streamer._drop_unpadded()
+    assert not killed.exists()
+    assert whole.exists()  # a padded one holds WAL: pg_receivewal resumes from it
 
 
 def test_lag_is_reported_and_a_lost_slot_fails_loudly_on_the_plan(
