@@ -185,6 +185,11 @@ class Manifest:
     new_bytes: int | None = None
 
     @property
+    def deduplicated(self) -> bool:
+        """Format 2: the streams are chunk references into the tenant's repository."""
+        return self.format_version == DEDUP_FORMAT_VERSION
+
+    @property
     def size_bytes(self) -> int:
         return sum(s.size_bytes for s in self.streams) + self._server_bytes
 
@@ -579,7 +584,7 @@ class ArtifactReader:
 
     @property
     def deduplicated(self) -> bool:
-        return self.manifest.format_version == DEDUP_FORMAT_VERSION
+        return self.manifest.deduplicated
 
     def unlock(self) -> None:
         """Unwrap the data key of an encrypted backup (no-op otherwise).  Raises
@@ -779,7 +784,8 @@ class ArtifactStore:
     server_access: ServerSideAccess | None = None
     #: Set where the location has encryption keys: every new backup is encrypted.
     keyring: KeyRing | None = None
-    #: Set where the location opted in: new backups go to the tenant's repository.
+    #: The location's ``deduplication`` (on unless it says false; the providers set it):
+    #: new backups go to the tenant's repository.  Off here, for a store made directly.
     deduplicate: bool = False
 
     def repository(self, namespace: str, *, sealed: bool, create: bool = True) -> Repository:
@@ -1071,7 +1077,7 @@ class ArtifactStore:
     def chunk_references(self, namespace: str, sealed: bool) -> Iterator[tuple[ChunkRef, ...]]:
         """Every stream's chunks, of each committed backup in that repository."""
         for _, m in self.manifests(namespace):
-            if m.format_version == DEDUP_FORMAT_VERSION and (m.encryption is not None) == sealed:
+            if m.deduplicated and (m.encryption is not None) == sealed:
                 yield from (s.chunks for s in m.streams)
 
     def collect_garbage(self) -> dict[str, Collected]:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import attrs
 
 from .repo import Repository
-from .store import DEDUP_FORMAT_VERSION, ArtifactStore, Manifest
+from .store import ArtifactStore, Manifest
 
 
 @attrs.frozen(kw_only=True)
@@ -74,7 +74,7 @@ def tenant_usage(store: ArtifactStore, namespace: str) -> TenantUsage:
     for path, m in store.manifests(namespace):
         kind, app, uid = path.rsplit("/", 4)[1:4]
         meta[uid] = (kind, app, m)
-        if m.format_version != DEDUP_FORMAT_VERSION:
+        if not m.deduplicated:
             stream_bytes[uid] = m.stored_bytes
             continue
         sealed = m.encryption is not None
