@@ -198,6 +198,20 @@ class Manifest:
         return sum(s.stored_bytes for s in self.streams) + self._server_bytes
 
     @property
+    def added_bytes(self) -> int:
+        """Stored bytes the backup added when it was made: all of a stream-format one's;
+        of a deduplicated one, its new chunks and what the application's server wrote."""
+        if self.new_bytes is None:
+            return self.stored_bytes
+        return self.new_bytes + self._server_bytes
+
+    @property
+    def own_bytes(self) -> int:
+        """Stored bytes under the backup's own folder, which no other backup shares: all
+        of a stream-format one's; of a deduplicated one, what the server wrote."""
+        return self._server_bytes if self.deduplicated else self.stored_bytes
+
+    @property
     def _server_bytes(self) -> int:
         return sum(f.size_bytes for f in self.server_files)
 
@@ -671,9 +685,11 @@ class ArtifactReader:
         without decompressing (about 1.5 GB/s of sha256 instead of a full decode).  What
         was stored is what was written; the raw digest is checked again as a driver reads.
 
-        A deduplicated backup has its packs checked instead (``verify_packs``)."""
+        A deduplicated backup has its packs checked instead (``verify_packs``); what the
+        application's server wrote is checked the same way in both formats."""
         if self.deduplicated:
             self.verify_packs(on_bytes)
+            self._verify_server_files(on_bytes)
             return
         for info in self.manifest.streams:
             path = self.store.stream_path(self.key, info.name)
