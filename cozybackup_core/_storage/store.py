@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, cast
@@ -435,6 +436,9 @@ class ArtifactWriter:
         # A fresh data key for every backup; only its wrapped form is ever stored.
         self._data_key = new_data_key() if store.keyring and not self.deduplicate else None
         self._sink: PackSink | None = None
+        # A driver may open its first streams from several threads at once (Postgres
+        # dumps databases in parallel): one sink for them all, or a pack goes unindexed.
+        self._sink_lock = threading.Lock()
 
     @property
     def encryption(self) -> EncryptionInfo | None:
@@ -447,16 +451,17 @@ class ArtifactWriter:
 
     def _packs(self) -> PackSink:
         """The tenant's repository, its key made on the first backup that needs it."""
-        if self._sink is None:
-            repo = self.store.repository(self.key.namespace, sealed=bool(self.store.keyring))
-            self._sink = PackSink(
-                repo,
-                _discard,
-                threads=self.store.threads,
-                writer=self.key.uid,
-                manifest=self.store.path(self.key, MANIFEST),
-            )
-        return self._sink
+        with self._sink_lock:
+            if self._sink is None:
+                repo = self.store.repository(self.key.namespace, sealed=bool(self.store.keyring))
+                self._sink = PackSink(
+                    repo,
+                    _discard,
+                    threads=self.store.threads,
+                    writer=self.key.uid,
+                    manifest=self.store.path(self.key, MANIFEST),
+                )
+            return self._sink
 
     @property
     def added_bytes(self) -> int:
