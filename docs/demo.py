@@ -163,7 +163,10 @@ def main() -> int:
         compare(before, after, width=42, digits=12)
         print("== report")
         print(f"   databases  {size / 2**20:8.0f} MiB on disk (tables + indexes)")
-        print(f"   stored     {stored_mib(home):8.0f} MiB (pg_dump -Fc -Z0, zstd by cozybackup)")
+        print(
+            f"   stored     {stored_mib(home):8.0f} MiB (pg_dump -Fc -Z0, chunked, deduplicated "
+            "and zstd-compressed by cozybackup)"
+        )
         print(
             f"   backup     {backup_s:8.1f} s   restore {restore_s:.1f} s (checksums verified first; both incl. CLI start)"
         )

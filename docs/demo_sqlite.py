@@ -190,7 +190,7 @@ def main() -> int:
         compare(before, after, width=12)
         print("== report")
         print(f"   database   {size / 2**20:8.1f} MiB")
-        print(f"   stored     {stored_mib(home):8.1f} MiB (zstd)")
+        print(f"   stored     {stored_mib(home):8.1f} MiB (chunked, deduplicated, zstd)")
         print(
             f"   backup     {backup_s:8.1f} s  ({size / 2**20 / backup_s:.0f} MiB/s of database, incl. CLI start)"
         )

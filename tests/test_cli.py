@@ -71,6 +71,11 @@ def test_seed_manifests_apply_unchanged_and_fail_honestly_without_a_driver(tmp_p
             "spec: {applicationRef: {kind: MariaDB}, backupClassName: cozy-default}\n",
             "error: spec.applicationRef.name: required",
         ),
+        (
+            "apiVersion: backups.cozystack.io/v1alpha1\nkind: StorageLocation\nmetadata: {name: s}\n"
+            "spec: {bucket: s, deduplication: 'off'}\n",
+            "error: spec.deduplication: expected true or false, got str",
+        ),
         ("kind: [unclosed\n", "not valid YAML"),
     ],
 )

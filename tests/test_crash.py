@@ -72,7 +72,7 @@ def test_kill_9_then_run_once_settles_everything(tmp_path: Path, kill: dict[str,
         assert verify.returncode == 0, verify.stderr
     else:
         assert job.status.conditions[0].reason == "Interrupted"
-        assert backups == [] and records == [] and plat.stored_files() == []
+        assert backups == [] and records == [] and plat.leftovers() == []
     # Kill points after the commit must not lose the finished backup.
     if kill.get("COZYBACKUP_TEST_KILL_AT") in ("committed", "recorded"):
         assert job.status.phase == "Succeeded"

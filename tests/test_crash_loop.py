@@ -1,6 +1,6 @@
 """kill -9 at 155 points (by default) spread over a backup, a restore and a prune, in the
-stream format and (backup and prune, whose pass collects garbage) deduplicated, then
-``run --once``.
+stream format (named) and (backup and prune, whose pass collects garbage) deduplicated
+(the built-in location's default), then ``run --once``.
 
 Each run forks a child that runs the real CLI with a line tracer over cozybackup's own
 code (and the test driver's); the child SIGKILLs itself when the tracer reaches the
@@ -34,7 +34,7 @@ import pytest
 import cozybackup_core
 from cozybackup_core import Backup, BackupJob, RestoreJob
 from cozybackup_core._api.types import ArtifactRecord
-from cozybackup_core.testing import LocalPlatform
+from cozybackup_core.testing import LocalPlatform, local_location_yaml
 
 from conftest import FILES_CLASS
 
@@ -61,12 +61,8 @@ GC_STEPS = frozenset(
 )
 ORIGINAL = random.Random(1).randbytes(600_000)
 RETAINING_CLASS = FILES_CLASS.replace("spec:\n", "spec:\n  retention: {keepLast: 1}\n", 1)
-DEDUP_LOCATION = """
-apiVersion: backups.cozystack.io/v1alpha1
-kind: StorageLocation
-metadata: {name: cozy-backups}
-spec: {bucket: cozy-backups, deduplication: true}
-"""
+#: The stream format, named (the built-in location deduplicates: the dedup- operations').
+STREAM_LOCATION = local_location_yaml(deduplication=False)
 
 
 def _day(i: int) -> bytes:
@@ -165,8 +161,8 @@ def _template(root: Path, op: str) -> Path:
     (data / "small.txt").write_text("x" * 1000)
     plat = LocalPlatform(home)
     plat.apply(FILES_CLASS)
-    if op.startswith("dedup-"):
-        plat.apply(DEDUP_LOCATION)
+    if not op.startswith("dedup-"):
+        plat.apply(STREAM_LOCATION)
     plat.declare_app(NS, "app1", "Directory", {"path": str(data)}, api_group="apps.example.com")
     if op == "backup":
         plat.apply(_backup_job("nightly"))

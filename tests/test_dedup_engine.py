@@ -1,6 +1,7 @@
-"""The deduplicating format through the engine: backups and restores on a Local location and
-on SeaweedFS, a second backup adding little, a damaged pack refused before the target is
-touched, both formats restoring after the setting changes, encryption and rekey."""
+"""The deduplicating format through the engine: backups and restores on a Local location
+(the built-in one too) and on SeaweedFS, all with the setting left at its default; a second
+backup adding little, a damaged pack refused before the target is touched, both formats
+restoring after the setting changes, encryption and rekey."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import s3fs
 from cozybackup_sqlite import SQLiteDriver
 
 from cozybackup_core import Backup, BackupContext
-from cozybackup_core.testing import LocalPlatform, S3ServerInfo
+from cozybackup_core.testing import LocalPlatform, S3ServerInfo, local_location_yaml
 from cozybackup_core.testing import key_secret_yaml as _key_secret
 
 from support.drivers import FilesDriver, RaisingDriver
@@ -26,15 +27,9 @@ from support.manifests import FILES_CLASS, directory_app, directory_class
 NS = "tenant-a"
 
 
-def _local_location(dedup: bool = True, keys: str = "") -> str:
-    return f"""
-apiVersion: backups.cozystack.io/v1alpha1
-kind: StorageLocation
-metadata: {{name: cozy-backups}}
-spec:
-  bucket: cozy-backups
-  deduplication: {str(dedup).lower()}
-{keys}"""
+def _local_location(dedup: bool | None = None, keys: str = "") -> str:
+    """The built-in location overridden (``dedup`` None: the setting at its default)."""
+    return local_location_yaml(deduplication=dedup) + keys
 
 
 def _s3_location(s3: S3ServerInfo, prefix: str) -> str:
@@ -53,7 +48,6 @@ spec:
   bucket: cozy-dedup
   prefix: {prefix}
   credentialsSecretRef: {{name: s3-creds}}
-  deduplication: true
 """
 
 
@@ -92,7 +86,8 @@ def _ok(job) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_local_round_trip_and_a_second_backup_adds_little(tmp_path: Path) -> None:
-    plat = _platform(tmp_path, _local_location())
+    """On the built-in location (no StorageLocation applied): it deduplicates."""
+    plat = _platform(tmp_path)
     original = random.Random(1).randbytes(48 << 20)
     ref = directory_app(plat, tmp_path / "app", original)
     _ok(plat.backup(NS, ref, "b1", "files"))
@@ -196,7 +191,7 @@ def test_both_formats_restore_after_the_setting_changes(tmp_path: Path) -> None:
     assert [p for p in plat.stored_files() if p.suffix == ".zst"]
     assert not _repo_files(plat)
     plat.engine.invalidate_stores()
-    plat.apply(_local_location(dedup=True))
+    plat.apply(_local_location())  # the setting left out: the default, deduplicating
     _ok(plat.backup(NS, ref, "new", "files"))
     assert _repo_files(plat)
     for name in ("old", "new"):

@@ -9,7 +9,7 @@ import pytest
 
 from cozybackup_core import ApplicationRef, Backup, BackupJob, EngineConfig, StorageError
 from cozybackup_core._api.types import ArtifactRecord
-from cozybackup_core.testing import LocalPlatform
+from cozybackup_core.testing import LocalPlatform, local_location_yaml
 
 from support.drivers import FILES
 from support.manifests import directory_class
@@ -19,7 +19,7 @@ NS = "tenant-a"
 
 def _nothing_committed(platform: LocalPlatform) -> None:
     assert platform.backups(NS) == []
-    assert platform.stored_files() == []
+    assert platform.leftovers() == []
     assert platform.host.objects.list(ArtifactRecord) == []
 
 
@@ -152,7 +152,10 @@ def test_storage_write_error(
 def test_corrupted_artifact_is_refused_before_touching_the_target(
     platform: LocalPlatform, files_app
 ) -> None:  # type: ignore[no-untyped-def]
+    """The stream format, named: one stream damaged (a damaged pack of the default
+    format: tests/test_dedup_engine.py)."""
     ref, data = files_app
+    platform.apply(local_location_yaml(deduplication=False))
     platform.backup(NS, ref, "b1", "files")
     (data / "b.txt").write_text("newer data")
     stream = next(p for p in platform.stored_files() if p.name == "b.txt.zst")

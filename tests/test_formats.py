@@ -53,3 +53,43 @@ def test_an_old_backup_verifies_and_restores_exactly(tmp_path: Path, backup: str
     assert job.status.phase == "Succeeded", job.status.message
     assert _rows(target) == _rows(expected_db)
     assert len(_rows(target)) == 300
+
+
+@pytest.mark.parametrize("location", ["plain", "sealed"])
+def test_an_old_backup_restores_beside_backups_of_the_new_default(
+    tmp_path: Path, location: str
+) -> None:
+    """The old home's locations do not name ``deduplication``: written when the stream
+    format was the default, they deduplicate now.  A new backup there is chunks in the
+    tenant's repository, and the old stream-format Backup still restores exactly."""
+    expected_db = tmp_path / "expected.sqlite"
+    _fill()(expected_db)  # type: ignore[operator]
+    home = tmp_path / "home"
+    shutil.copytree(DATA / "home", home)
+    plat = LocalPlatform(home, drivers=(SQLiteDriver,))
+    assert (
+        "deduplication"
+        not in (home / f"state/StorageLocation/_cluster/{location}.yaml").read_text()
+    )
+    assert not plat.manifest("tenant-a", location).deduplicated
+
+    source = plat.declare_app(
+        "tenant-a",
+        "shop-now",
+        "SQLiteDatabase",
+        {"path": str(expected_db)},
+        api_group="apps.example.com",
+    )
+    job = plat.backup("tenant-a", source, "now", location)
+    assert job.status.phase == "Succeeded", job.status.message
+    assert plat.manifest("tenant-a", "now").deduplicated
+    assert [p for p in plat.stored_files() if "_repos" in p.parts and "packs" in p.parts]
+
+    target = tmp_path / "restored.sqlite"
+    ref = plat.declare_app(
+        "tenant-a", "copy", "SQLiteDatabase", {"path": str(target)}, api_group="apps.example.com"
+    )
+    job = plat.restore("tenant-a", location, "r-old", target=ref)
+    assert job.status.phase == "Succeeded", job.status.message
+    assert _rows(target) == _rows(expected_db)
+    assert len(_rows(target)) == 300

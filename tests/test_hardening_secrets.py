@@ -16,7 +16,7 @@ from cozybackup_core import ApplicationRef, BackupJob, StorageLocation
 from cozybackup_core._api.errors import ValidationError
 from cozybackup_core._api.types import BackupJobSpec, ObjectMeta
 from cozybackup_core._engine.runner import Runner
-from cozybackup_core.testing import LocalPlatform, key_secret_yaml
+from cozybackup_core.testing import LocalPlatform, key_secret_yaml, local_location_yaml
 
 from support.cli import cli
 from support.drivers import FILES, FilesDriver
@@ -25,16 +25,11 @@ from support.manifests import FILES_CLASS, directory_app, directory_class
 NS = "tenant-a"
 
 
-def location(keys: list[tuple[str, str]], name: str = "cozy-backups") -> str:
+def location(
+    keys: list[tuple[str, str]], name: str = "cozy-backups", dedup: bool | None = None
+) -> str:
     items = ", ".join(f"{{id: {i}, secretRef: {{name: {s}}}}}" for i, s in keys)
-    return f"""
-apiVersion: backups.cozystack.io/v1alpha1
-kind: StorageLocation
-metadata: {{name: {name}}}
-spec:
-  bucket: {name}
-  encryption: {{keys: [{items}]}}
-"""
+    return local_location_yaml(name, deduplication=dedup) + f"  encryption: {{keys: [{items}]}}\n"
 
 
 def data_secret(name: str, raw: bytes) -> str:
@@ -129,10 +124,15 @@ def test_d6_data_that_is_not_base64_names_the_key(tmp_path: Path) -> None:
 # -- D9: a running runner reads Secrets fresh
 
 
-def test_d9_a_changed_key_secret_takes_effect_on_the_next_pass(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dedup", [False, None], ids=["streams", "default"])
+def test_d9_a_changed_key_secret_takes_effect_on_the_next_pass(
+    tmp_path: Path, dedup: bool | None
+) -> None:
     k1, k2 = os.urandom(32), os.urandom(32)
     plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,))
-    plat.apply(key_secret_yaml("key-one", k1), location([("k1", "key-one")]), FILES_CLASS)
+    plat.apply(
+        key_secret_yaml("key-one", k1), location([("k1", "key-one")], dedup=dedup), FILES_CLASS
+    )
     ref = directory_app(plat, tmp_path / "app", os.urandom(10_000))
     runner = Runner(plat.engine)  # one runner across passes, as `cozybackup run` keeps it
     submit(plat, ref, "b1", "files")
@@ -142,11 +142,19 @@ def test_d9_a_changed_key_secret_takes_effect_on_the_next_pass(tmp_path: Path) -
     # The admin replaces the key material in place (same Secret, same key id).
     plat.apply(key_secret_yaml("key-one", k2))
     submit(plat, ref, "b2", "files")
-    assert runner.run_pass().finished[0].status.phase == "Succeeded"
-    # b2 is wrapped under the new material: readable with k2 alone, b1 only with k1.
+    b2 = runner.run_pass().finished[0]
     fresh = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,))
-    assert fresh.restore(NS, "b2", "r2").status.phase == "Succeeded"
-    assert fresh.restore(NS, "b1", "r1").status.phase == "Failed"
+    if dedup is None:
+        # The tenant's repository key is wrapped under the old material: the new one, in
+        # effect, cannot open it, so b2 fails before storing anything (rotation, with a
+        # new key id beside the old, is how keys change: test_encryption.py).
+        assert b2.status.phase == "Failed"
+        assert b2.status.conditions[0].reason == "EncryptionKeyUnavailable"
+    else:
+        # b2 is wrapped under the new material: readable with k2 alone.
+        assert b2.status.phase == "Succeeded"
+        assert fresh.restore(NS, "b2", "r2").status.phase == "Succeeded"
+    assert fresh.restore(NS, "b1", "r1").status.phase == "Failed"  # only with k1
 
 
 # -- D8: a deleted StorageLocation under retention
@@ -239,15 +247,17 @@ spec: {{provider: Local, path: "{blocker / "bk"}", bucket: b}}
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("planted", ["fifo", "link"])
+@pytest.mark.parametrize("dedup", [False, None], ids=["streams", "default"])
 def test_d14_a_fifo_or_link_in_the_bucket_is_refused_not_waited_on(
-    tmp_path: Path, planted: str
+    tmp_path: Path, planted: str, dedup: bool | None
 ) -> None:
     plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,))
-    plat.apply(FILES_CLASS)
+    plat.apply(FILES_CLASS, local_location_yaml(deduplication=dedup))
     data = tmp_path / "app"
     ref = directory_app(plat, data, b"x" * 10_000)
     assert plat.backup(NS, ref, "b1", "files").status.phase == "Succeeded"
-    [stream] = [p for p in plat.stored_files() if p.parent.name == "streams"]
+    # The backup's data: its stream, or the pack holding its chunks.
+    [stream] = [p for p in plat.stored_files() if p.parent.name == "streams" or "packs" in p.parts]
     stream.unlink()
     if planted == "fifo":
         os.mkfifo(stream)

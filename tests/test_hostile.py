@@ -236,8 +236,12 @@ def test_restores_cannot_cross_namespaces(tmp_path: Path) -> None:
     assert (tmp_path / "tenant-a-app1" / "data.bin").read_bytes() == b"tenant a data"
     assert (tmp_path / "tenant-b-app1" / "data.bin").read_bytes() == b_data
 
-    # Every stored artifact sits under its own tenant's directory, nothing elsewhere.
+    # Every stored artifact sits under its own tenant's directory, its chunks in its own
+    # tenant's repository (``_repos/<tenant>``: the default format), nothing elsewhere.
     bucket = Path(plat.host.local_bucket_path("cozy-backups"))
-    tops = {p.relative_to(bucket).parts[0] for p in plat.stored_files()}
+    stored = [p.relative_to(bucket).parts for p in plat.stored_files()]
+    repos = {parts[1] for parts in stored if parts[0] == "_repos"}
+    assert repos == {"tenant-a", "tenant-b"}
+    tops = {parts[0] for parts in stored if parts[0] != "_repos"}
     assert tops == {"tenant-a", "tenant-b"}
     assert all(r.spec.namespace in tops for r in plat.host.objects.list(ArtifactRecord))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cozybackup_core import ValidationError, load_yaml
+from cozybackup_core._api.types import ANNOTATION_STORED_BYTES, ANNOTATION_UNIQUE_BYTES
 from cozybackup_core.testing import LocalPlatform, S3ServerInfo, s3_location_yaml
 
 from support.drivers import FILES, ServerSideDriver
@@ -21,11 +22,23 @@ pytestmark = [pytest.mark.s3, pytest.mark.timeout(120)]
 NS = "tenant-a"
 
 
-def _platform(tmp_path: Path, s3: S3ServerInfo, *, opt_in: bool) -> LocalPlatform:
+#: The location's default (deduplicating: what the server writes is still never chunked)
+#: and the stream format.
+FORMATS = pytest.mark.parametrize("dedup", [None, False], ids=["default", "streams"])
+
+
+def _platform(
+    tmp_path: Path, s3: S3ServerInfo, *, opt_in: bool, dedup: bool | None = None
+) -> LocalPlatform:
     plat = LocalPlatform(tmp_path / "home", drivers=(ServerSideDriver,))
     plat.apply(
         s3_location_yaml(
-            s3, "native-bucket", "native-only", prefix=tmp_path.name, server_side=opt_in
+            s3,
+            "native-bucket",
+            "native-only",
+            prefix=tmp_path.name,
+            server_side=opt_in,
+            deduplication=dedup,
         ),
         directory_class("native", "ServerSide", "server-side", storage="native-bucket"),
     )
@@ -40,16 +53,26 @@ def _app(plat: LocalPlatform, tmp_path: Path, name: str, files: dict[str, bytes]
     return plat.declare_app(NS, name, "Directory", {"path": str(d)}, api_group=FILES.api_group)
 
 
-def test_server_side_round_trip_is_recorded_and_verified(tmp_path: Path, s3: S3ServerInfo) -> None:
-    plat = _platform(tmp_path, s3, opt_in=True)
+@FORMATS
+def test_server_side_round_trip_is_recorded_and_verified(
+    tmp_path: Path, s3: S3ServerInfo, dedup: bool | None
+) -> None:
+    plat = _platform(tmp_path, s3, opt_in=True, dedup=dedup)
     files = {"a.bin": os.urandom(50_000), "b.bin": b"hello" * 1000}
     ref = _app(plat, tmp_path, "app1", files)
     job = plat.backup(NS, ref, "b1", "native")  # type: ignore[arg-type]
     assert job.status.phase == "Succeeded", job.status.message
     backup = plat.backups(NS)[0]
     manifest = plat.engine.open_backup(backup).manifest
+    assert manifest.deduplicated == (dedup is None)
     assert sorted(f.path for f in manifest.server_files) == ["a.bin", "b.bin"]
-    assert manifest.size_bytes == sum(len(b) for b in files.values())
+    size = sum(len(b) for b in files.values())
+    assert manifest.size_bytes == size
+    # What the server wrote is stored bytes of this backup alone, in either format.
+    plat.engine.prune(collect=True)
+    [backup] = plat.backups(NS)
+    notes = backup.metadata.annotations
+    assert notes[ANNOTATION_STORED_BYTES] == notes[ANNOTATION_UNIQUE_BYTES] == str(size)
 
     for f in (tmp_path / "app1").iterdir():
         f.write_bytes(b"damaged")
@@ -61,10 +84,11 @@ def test_server_side_round_trip_is_recorded_and_verified(tmp_path: Path, s3: S3S
     assert not leaks, view
 
 
+@FORMATS
 def test_a_changed_server_object_is_refused_before_the_restore(
-    tmp_path: Path, s3: S3ServerInfo
+    tmp_path: Path, s3: S3ServerInfo, dedup: bool | None
 ) -> None:
-    plat = _platform(tmp_path, s3, opt_in=True)
+    plat = _platform(tmp_path, s3, opt_in=True, dedup=dedup)
     ref = _app(plat, tmp_path, "app1", {"a.bin": b"original" * 100})
     assert plat.backup(NS, ref, "b1", "native").status.phase == "Succeeded"  # type: ignore[arg-type]
     store, key, _ = plat.engine.artifact_of(plat.backups(NS)[0])

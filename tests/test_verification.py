@@ -7,10 +7,11 @@ import datetime as dt
 import sqlite3
 from pathlib import Path
 
+import pytest
 from cozybackup_sqlite import SQLiteDriver
 
 from cozybackup_core import Backup
-from cozybackup_core.testing import LocalPlatform
+from cozybackup_core.testing import LocalPlatform, local_location_yaml
 
 from support.drivers import FILES, FilesDriver
 
@@ -28,11 +29,15 @@ spec:
 """
 
 
-def _setup(tmp_path: Path, now: list[dt.datetime]) -> LocalPlatform:
+#: Both formats: the default (chunks in the tenant's repository) and the stream format.
+FORMATS = pytest.mark.parametrize("dedup", [True, False], ids=["chunks", "streams"])
+
+
+def _setup(tmp_path: Path, now: list[dt.datetime], dedup: bool = True) -> LocalPlatform:
     plat = LocalPlatform(
         tmp_path / "home", drivers=(SQLiteDriver, FilesDriver), clock=lambda: now[0]
     )
-    plat.apply(CLASS)
+    plat.apply(CLASS, local_location_yaml(deduplication=dedup))
     db = tmp_path / "app.sqlite"
     con = sqlite3.connect(db)
     con.executescript("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT); CREATE TABLE u(x);")
@@ -46,18 +51,25 @@ def _setup(tmp_path: Path, now: list[dt.datetime]) -> LocalPlatform:
     return plat
 
 
+def _stored_data(plat: LocalPlatform) -> Path:
+    """The one file holding the backup's data: its pack, or its stream."""
+    [found] = [p for p in plat.stored_files() if p.suffix == ".zst" or "packs" in p.parts]
+    return found
+
+
 def _backup(plat: LocalPlatform, name: str = "b1") -> Backup:
     b = plat.host.objects.get(Backup, NS, name)
     assert b is not None
     return b
 
 
-def test_checksum_verification_is_recorded(tmp_path: Path) -> None:
+@FORMATS
+def test_checksum_verification_is_recorded(tmp_path: Path, dedup: bool) -> None:
     now = [dt.datetime(2026, 11, 24, 10, 0, tzinfo=UTC)]
-    plat = _setup(tmp_path, now)
+    plat = _setup(tmp_path, now, dedup)
     v = plat.engine.verify(_backup(plat)).status.last_verified
     assert v is not None and (v.method, v.result, v.time) == ("Checksums", "Passed", now[0])
-    stream = next(p for p in plat.stored_files() if p.suffix == ".zst")
+    stream = _stored_data(plat)
     raw = bytearray(stream.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     stream.write_bytes(bytes(raw))
@@ -82,15 +94,17 @@ def test_scheduled_restore_drill(tmp_path: Path) -> None:
     assert [e["reason"] for e in events] == ["Verified", "Verified"]
 
 
-def test_drill_of_a_corrupted_backup_fails_and_says_so(tmp_path: Path) -> None:
+@FORMATS
+def test_drill_of_a_corrupted_backup_fails_and_says_so(tmp_path: Path, dedup: bool) -> None:
     now = [dt.datetime(2026, 11, 24, 10, 0, tzinfo=UTC)]
-    plat = _setup(tmp_path, now)
-    stream = next(p for p in plat.stored_files() if p.suffix == ".zst")
+    plat = _setup(tmp_path, now, dedup)
+    stream = _stored_data(plat)
     stream.write_bytes(stream.read_bytes()[:-50])
     [drilled] = plat.engine.run_due_drills()
     v = drilled.status.last_verified
     assert v is not None and v.result == "Failed"
-    assert "checksum" in v.message or "corrupted" in v.message
+    # The stream's checksum, or the pack found shorter than its index says.
+    assert any(word in v.message for word in ("checksum", "corrupted", "truncated")), v.message
 
 
 def test_drill_without_driver_support_is_reported(tmp_path: Path) -> None:

@@ -621,9 +621,11 @@ class StorageLocationSpec:
     ``serverSideAccess`` lets drivers hand those credentials to the application's own
     server (ClickHouse's native BACKUP): use it only on a bucket of its own.
     ``encryption`` encrypts every stream before it leaves the process.
-    ``deduplication`` (off by default) stores new backups' streams as content-defined
+    ``deduplication`` (on by default) stores new backups' streams as content-defined
     chunks in one repository per tenant namespace, so data a tenant already stored is
-    not stored again; backups in either format restore whatever the setting is now.
+    not stored again; ``false`` keeps the stream format (one compressed object per
+    stream).  Backups in either format restore whatever the setting is now, and what an
+    application's server writes itself (``serverSideAccess``) is never chunked.
     """
 
     provider: str = enum_field("Local", "S3", default="Local")
@@ -635,7 +637,7 @@ class StorageLocationSpec:
     credentials_secret_ref: SecretKeyRef | None = None
     server_side_access: bool = False
     encryption: EncryptionSpec | None = None
-    deduplication: bool = False
+    deduplication: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.server_side_access and self.provider != "S3":

@@ -110,7 +110,7 @@ def run_backup(svc: Services, job: BackupJob) -> BackupJob:
         return svc.finish(job, False, reason, msg, redact)
     took = time.monotonic() - started
     # Deduplicated, most of what a backup references may be shared: say what was new.
-    new = "" if manifest.new_bytes is None else f", {human_bytes(manifest.new_bytes)} of it new"
+    new = "" if manifest.new_bytes is None else f", {human_bytes(manifest.added_bytes)} of it new"
     msg = (
         f"Backup {backup.metadata.name} is ready: {human_bytes(manifest.size_bytes)} "
         f"({human_bytes(manifest.stored_bytes)} stored{new}) in {took:.1f}s"

@@ -354,9 +354,7 @@ class Services:
                 labels=labels,
                 annotations={
                     ANNOTATION_JOB_UID: job.metadata.uid or "",
-                    ANNOTATION_STORED_BYTES: str(
-                        manifest.stored_bytes if manifest.new_bytes is None else manifest.new_bytes
-                    ),
+                    ANNOTATION_STORED_BYTES: str(manifest.added_bytes),
                 },
             ),
             spec=BackupSpec(

@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, cast
@@ -185,12 +186,31 @@ class Manifest:
     new_bytes: int | None = None
 
     @property
+    def deduplicated(self) -> bool:
+        """Format 2: the streams are chunk references into the tenant's repository."""
+        return self.format_version == DEDUP_FORMAT_VERSION
+
+    @property
     def size_bytes(self) -> int:
         return sum(s.size_bytes for s in self.streams) + self._server_bytes
 
     @property
     def stored_bytes(self) -> int:
         return sum(s.stored_bytes for s in self.streams) + self._server_bytes
+
+    @property
+    def added_bytes(self) -> int:
+        """Stored bytes the backup added when it was made: all of a stream-format one's;
+        of a deduplicated one, its new chunks and what the application's server wrote."""
+        if self.new_bytes is None:
+            return self.stored_bytes
+        return self.new_bytes + self._server_bytes
+
+    @property
+    def own_bytes(self) -> int:
+        """Stored bytes under the backup's own folder, which no other backup shares: all
+        of a stream-format one's; of a deduplicated one, what the server wrote."""
+        return self._server_bytes if self.deduplicated else self.stored_bytes
 
     @property
     def _server_bytes(self) -> int:
@@ -416,6 +436,9 @@ class ArtifactWriter:
         # A fresh data key for every backup; only its wrapped form is ever stored.
         self._data_key = new_data_key() if store.keyring and not self.deduplicate else None
         self._sink: PackSink | None = None
+        # A driver may open its first streams from several threads at once (Postgres
+        # dumps databases in parallel): one sink for them all, or a pack goes unindexed.
+        self._sink_lock = threading.Lock()
 
     @property
     def encryption(self) -> EncryptionInfo | None:
@@ -428,16 +451,17 @@ class ArtifactWriter:
 
     def _packs(self) -> PackSink:
         """The tenant's repository, its key made on the first backup that needs it."""
-        if self._sink is None:
-            repo = self.store.repository(self.key.namespace, sealed=bool(self.store.keyring))
-            self._sink = PackSink(
-                repo,
-                _discard,
-                threads=self.store.threads,
-                writer=self.key.uid,
-                manifest=self.store.path(self.key, MANIFEST),
-            )
-        return self._sink
+        with self._sink_lock:
+            if self._sink is None:
+                repo = self.store.repository(self.key.namespace, sealed=bool(self.store.keyring))
+                self._sink = PackSink(
+                    repo,
+                    _discard,
+                    threads=self.store.threads,
+                    writer=self.key.uid,
+                    manifest=self.store.path(self.key, MANIFEST),
+                )
+            return self._sink
 
     @property
     def added_bytes(self) -> int:
@@ -579,7 +603,7 @@ class ArtifactReader:
 
     @property
     def deduplicated(self) -> bool:
-        return self.manifest.format_version == DEDUP_FORMAT_VERSION
+        return self.manifest.deduplicated
 
     def unlock(self) -> None:
         """Unwrap the data key of an encrypted backup (no-op otherwise).  Raises
@@ -666,9 +690,11 @@ class ArtifactReader:
         without decompressing (about 1.5 GB/s of sha256 instead of a full decode).  What
         was stored is what was written; the raw digest is checked again as a driver reads.
 
-        A deduplicated backup has its packs checked instead (``verify_packs``)."""
+        A deduplicated backup has its packs checked instead (``verify_packs``); what the
+        application's server wrote is checked the same way in both formats."""
         if self.deduplicated:
             self.verify_packs(on_bytes)
+            self._verify_server_files(on_bytes)
             return
         for info in self.manifest.streams:
             path = self.store.stream_path(self.key, info.name)
@@ -779,7 +805,8 @@ class ArtifactStore:
     server_access: ServerSideAccess | None = None
     #: Set where the location has encryption keys: every new backup is encrypted.
     keyring: KeyRing | None = None
-    #: Set where the location opted in: new backups go to the tenant's repository.
+    #: The location's ``deduplication`` (on unless it says false; the providers set it):
+    #: new backups go to the tenant's repository.  Off here, for a store made directly.
     deduplicate: bool = False
 
     def repository(self, namespace: str, *, sealed: bool, create: bool = True) -> Repository:
@@ -1071,7 +1098,7 @@ class ArtifactStore:
     def chunk_references(self, namespace: str, sealed: bool) -> Iterator[tuple[ChunkRef, ...]]:
         """Every stream's chunks, of each committed backup in that repository."""
         for _, m in self.manifests(namespace):
-            if m.format_version == DEDUP_FORMAT_VERSION and (m.encryption is not None) == sealed:
+            if m.deduplicated and (m.encryption is not None) == sealed:
                 yield from (s.chunks for s in m.streams)
 
     def collect_garbage(self) -> dict[str, Collected]:

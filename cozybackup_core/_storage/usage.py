@@ -2,11 +2,11 @@
 
 For each backup: its logical bytes (what it restores), the stored bytes it added when it
 was made, and the stored bytes it alone holds now (what deleting it would free: the
-chunks no other committed backup references; all of a stream-format backup's).  Per
-application and per tenant: logical bytes, stored bytes (each chunk counted once), and
-their ratio.  Deduplicated chunks are counted where they are now (through the forwards
-of rewritten packs); a chunk shared by two applications of a tenant counts in each
-application's figure and once in the tenant's.
+chunks no other committed backup references; all of a stream-format backup's, and what
+an application's server wrote).  Per application and per tenant: logical bytes, stored
+bytes (each chunk counted once), and their ratio.  Deduplicated chunks are counted where
+they are now (through the forwards of rewritten packs); a chunk shared by two
+applications of a tenant counts in each application's figure and once in the tenant's.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import attrs
 
 from .repo import Repository
-from .store import DEDUP_FORMAT_VERSION, ArtifactStore, Manifest
+from .store import ArtifactStore, Manifest
 
 
 @attrs.frozen(kw_only=True)
@@ -53,7 +53,7 @@ class TenantUsage:
     total: Totals
 
     _held: dict[str, dict[tuple[str, str], int]] = attrs.field(factory=dict, repr=False)
-    _stream_bytes: dict[str, int] = attrs.field(factory=dict, repr=False)
+    _own_bytes: dict[str, int] = attrs.field(factory=dict, repr=False)
 
     def freed_by(self, uids: Iterable[str]) -> int:
         """Stored bytes deleting all of ``uids`` together would free (chunks shared only
@@ -61,7 +61,7 @@ class TenantUsage:
         gone = set(uids)
         kept = {k for uid, chunks in self._held.items() if uid not in gone for k in chunks}
         freed = {k: n for uid in gone for k, n in self._held.get(uid, {}).items() if k not in kept}
-        return sum(freed.values()) + sum(self._stream_bytes.get(uid, 0) for uid in gone)
+        return sum(freed.values()) + sum(self._own_bytes.get(uid, 0) for uid in gone)
 
 
 def tenant_usage(store: ArtifactStore, namespace: str) -> TenantUsage:
@@ -69,14 +69,14 @@ def tenant_usage(store: ArtifactStore, namespace: str) -> TenantUsage:
     deduplicated ones, the forwards of rewritten packs)."""
     repos: dict[bool, Repository] = {}
     held: dict[str, dict[tuple[str, str], int]] = {}
-    stream_bytes: dict[str, int] = {}
+    own_bytes: dict[str, int] = {}
     meta: dict[str, tuple[str, str, Manifest]] = {}
     for path, m in store.manifests(namespace):
         kind, app, uid = path.rsplit("/", 4)[1:4]
         meta[uid] = (kind, app, m)
-        if m.format_version != DEDUP_FORMAT_VERSION:
-            stream_bytes[uid] = m.stored_bytes
-            continue
+        own_bytes[uid] = m.own_bytes
+        if not any(s.chunks for s in m.streams):
+            continue  # the stream format, or only what the server wrote: no repository
         sealed = m.encryption is not None
         if sealed not in repos:
             repos[sealed] = store.repository(namespace, sealed=sealed, create=False)
@@ -91,18 +91,14 @@ def tenant_usage(store: ArtifactStore, namespace: str) -> TenantUsage:
     refs = Counter(k for chunks in held.values() for k in chunks)
     backups = []
     for uid, (kind, app, m) in sorted(meta.items()):
-        if uid in held:
-            unique = sum(n for k, n in held[uid].items() if refs[k] == 1)
-            new = m.new_bytes if m.new_bytes is not None else 0
-        else:
-            unique = new = stream_bytes[uid]
+        unique = own_bytes[uid] + sum(n for k, n in held.get(uid, {}).items() if refs[k] == 1)
         backups.append(
             BackupUsage(
                 uid=uid,
                 kind=kind,
                 application=app,
                 logical_bytes=m.size_bytes,
-                new_bytes=new,
+                new_bytes=m.added_bytes,
                 unique_bytes=unique,
             )
         )
@@ -113,11 +109,11 @@ def tenant_usage(store: ArtifactStore, namespace: str) -> TenantUsage:
         namespace=namespace,
         backups=tuple(backups),
         applications={
-            app: _totals(uids, meta, held, stream_bytes) for app, uids in sorted(groups.items())
+            app: _totals(uids, meta, held, own_bytes) for app, uids in sorted(groups.items())
         },
-        total=_totals(list(meta), meta, held, stream_bytes),
+        total=_totals(list(meta), meta, held, own_bytes),
         held=held,
-        stream_bytes=stream_bytes,
+        own_bytes=own_bytes,
     )
 
 
@@ -125,7 +121,7 @@ def _totals(
     uids: list[str],
     meta: dict[str, tuple[str, str, Manifest]],
     held: dict[str, dict[tuple[str, str], int]],
-    stream_bytes: dict[str, int],
+    own_bytes: dict[str, int],
 ) -> Totals:
     chunks: dict[tuple[str, str], int] = {}
     for uid in uids:
@@ -133,5 +129,5 @@ def _totals(
     return Totals(
         backups=len(uids),
         logical_bytes=sum(meta[u][2].size_bytes for u in uids),
-        stored_bytes=sum(chunks.values()) + sum(stream_bytes.get(u, 0) for u in uids),
+        stored_bytes=sum(chunks.values()) + sum(own_bytes.get(u, 0) for u in uids),
     )

@@ -42,6 +42,7 @@ from ..hosts.local import LOCAL_KINDS
 from ._app import AppHandle
 from ._cozystack import MISSING_CRDS, cozystack_schemas, invalid_under_cozystack
 from ._manifests import key_secret_yaml as _key_secret
+from ._manifests import local_location_yaml
 from ._platform import LocalPlatform
 
 NS = "tenant-conformance"
@@ -115,7 +116,16 @@ class DriverConformance(abc.ABC):
 
     # ---- the guarantees
 
+    def _stored_deduplicated(self, platform: LocalPlatform, name: str) -> bool:
+        """Whether Backup ``name`` was stored in the deduplicating format (chunks in the
+        tenant's repository; what an application's server wrote itself is never chunked)."""
+        manifest = platform.manifest(NS, name)
+        chunked = all(s.chunks or not s.size_bytes for s in manifest.streams)
+        return manifest.deduplicated and chunked
+
     def test_round_trip_in_place(self, platform: LocalPlatform, tmp_path: Path) -> None:
+        """On the default storage, which deduplicates: the backup is chunks in the
+        tenant's repository."""
         if not self.driver.capabilities.in_place_restore:
             pytest.skip(f"{self.driver.name} does not restore in place")
         app = self.create_app(tmp_path, "origin")
@@ -123,6 +133,7 @@ class DriverConformance(abc.ABC):
         self.write_data(app, seed=1)
         before = self.checksum(app)
         self._ok(platform.backup(NS, ref, "b1", self.backup_class))
+        assert self._stored_deduplicated(platform, "b1")
         self.write_data(app, seed=2)
         assert self.checksum(app) != before
         self._ok(platform.restore(NS, "b1", "r1"))
@@ -138,9 +149,37 @@ class DriverConformance(abc.ABC):
         self.write_data(app, seed=3)
         before = self.checksum(app)
         self._ok(platform.backup(NS, ref, "b1", self.backup_class))
+        assert self._stored_deduplicated(platform, "b1")
         self._ok(platform.restore(NS, "b1", "r1", target=copy_ref))
         assert self.checksum(copy) == before
         assert self.checksum(app) == before
+
+    def test_stream_format_backup_restores_after_the_default_changes(
+        self, platform: LocalPlatform, tmp_path: Path
+    ) -> None:
+        """A backup stored in the stream format (``deduplication: false``, the default
+        before deduplication was) restores exactly once the location deduplicates, beside
+        a deduplicated backup of the same application."""
+        platform.apply(local_location_yaml(deduplication=False))
+        platform.engine.invalidate_stores()
+        app = self.create_app(tmp_path, "origin")
+        ref = self._declare(platform, app)
+        self.write_data(app, seed=14)
+        before = self.checksum(app)
+        self._ok(platform.backup(NS, ref, "streamed", self.backup_class))
+        assert not self._stored_deduplicated(platform, "streamed")
+        platform.apply(local_location_yaml())
+        platform.engine.invalidate_stores()
+        self.write_data(app, seed=15)
+        self._ok(platform.backup(NS, ref, "chunked", self.backup_class))
+        assert self._stored_deduplicated(platform, "chunked")
+        if self.driver.capabilities.in_place_restore:
+            self._ok(platform.restore(NS, "streamed", "r1"))
+            assert self.checksum(app) == before
+        else:
+            copy = self.create_app(tmp_path, "copy")
+            self._ok(platform.restore(NS, "streamed", "r1", target=self._declare(platform, copy)))
+            assert self.checksum(copy) == before
 
     def test_backup_describes_what_it_holds(self, platform: LocalPlatform, tmp_path: Path) -> None:
         """``Backup.status.underlyingResources``: Cozystack's self-typed record of what a
@@ -179,7 +218,7 @@ class DriverConformance(abc.ABC):
         assert job.status.phase == "Failed"
         assert job.status.message
         assert platform.backups(NS) == []
-        assert platform.stored_files() == []
+        assert platform.leftovers() == []
         assert platform.host.objects.list(ArtifactRecord) == []
 
     def test_corrupted_artifact_is_refused(self, platform: LocalPlatform, tmp_path: Path) -> None:
@@ -189,11 +228,13 @@ class DriverConformance(abc.ABC):
         self._ok(platform.backup(NS, ref, "b1", self.backup_class))
         self.write_data(app, seed=5)
         after = self.checksum(app)
-        streams = [p for p in platform.stored_files() if p.suffix == ".zst"]
-        assert streams
-        data = bytearray(streams[0].read_bytes())
+        # The backup's data: the packs of the tenant's repository (the default format),
+        # or its streams on a location that does not deduplicate.
+        stored = [p for p in platform.stored_files() if p.suffix == ".zst" or "packs" in p.parts]
+        assert stored
+        data = bytearray(stored[0].read_bytes())
         data[len(data) // 2] ^= 0xFF
-        streams[0].write_bytes(bytes(data))
+        stored[0].write_bytes(bytes(data))
         target = None if self.driver.capabilities.in_place_restore else ref
         job = platform.restore(NS, "b1", "r1", target=target)
         assert job.status.phase == "Failed"

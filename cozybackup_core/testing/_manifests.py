@@ -102,6 +102,25 @@ spec:
 {f"    parameters: {parameters}{chr(10)}" if parameters else ""}"""
 
 
+def _deduplication(value: bool | None) -> str:
+    """The location's ``deduplication`` line; None leaves the setting at its default (on)."""
+    return "" if value is None else f"  deduplication: {str(value).lower()}\n"
+
+
+def local_location_yaml(
+    name: str = "cozy-backups", *, bucket: str | None = None, deduplication: bool | None = None
+) -> str:
+    """A Local StorageLocation ``name`` (by default the built-in one, overridden);
+    ``deduplication=False`` keeps new backups in the stream format."""
+    return f"""
+apiVersion: backups.cozystack.io/v1alpha1
+kind: StorageLocation
+metadata: {{name: {name}}}
+spec:
+  bucket: {bucket or name}
+{_deduplication(deduplication)}"""
+
+
 class S3Endpoint(Protocol):
     endpoint_url: str
     access_key: str
@@ -117,9 +136,11 @@ def s3_location_yaml(
     endpoint: str | None = None,
     keys: str = "s3-creds",
     server_side: bool | None = None,
+    deduplication: bool | None = None,
 ) -> str:
     """An S3 StorageLocation ``name`` on the server ``s3`` (or at ``endpoint``, a proxy in
-    front of it) and the Secret ``keys`` holding its keys."""
+    front of it) and the Secret ``keys`` holding its keys; ``deduplication=False`` keeps
+    new backups in the stream format."""
     access = "" if server_side is None else f"  serverSideAccess: {str(server_side).lower()}\n"
     return f"""
 apiVersion: v1
@@ -136,7 +157,7 @@ spec:
   bucket: {bucket}
   prefix: {prefix}
   credentialsSecretRef: {{name: {keys}}}
-{access}"""
+{access}{_deduplication(deduplication)}"""
 
 
 def key_secret_yaml(name: str, raw: bytes) -> str:

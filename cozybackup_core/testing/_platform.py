@@ -27,6 +27,7 @@ from .._api.wire import dump, load, load_yaml
 from .._drivers.contract import Driver
 from .._engine.engine import Engine, EngineConfig
 from .._plugins.host import PluginHost
+from .._storage.store import Manifest
 from ..hookspecs import hookimpl
 from ..hosts._local_types import Application, ApplicationSpec, Secret
 from ..hosts.local import LOCAL_KINDS, LocalHost
@@ -135,16 +136,35 @@ class LocalPlatform:
     def backups(self, namespace: str) -> list[Backup]:
         return self.host.objects.list(Backup, namespace)
 
+    def manifest(self, namespace: str, backup: str) -> Manifest:
+        """The stored manifest of Backup ``backup``: its streams whatever their format."""
+        [found] = [b for b in self.backups(namespace) if b.metadata.name == backup]
+        return self.engine.open_backup(found).manifest
+
     def stored_files(self) -> list[Path]:
-        """Every file under the local buckets (to check nothing partial is left)."""
+        """Every file under the local buckets."""
         root = self.home / "buckets"
         return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+    def leftovers(self) -> list[Path]:
+        """What a failed backup must not leave: every stored file but a tenant
+        repository's key (``_repos/<namespace>/<plain|sealed>/config.json``, made by the
+        tenant's first deduplicated backup and kept whatever becomes of that backup)."""
+        return [p for p in self.stored_files() if not _repository_key(p)]
 
     def tenant_view(self, namespace: str) -> str:
         return tenant_visible_text(self.host, namespace)
 
     def now(self) -> dt.datetime:
         return self.host.now()
+
+
+def _repository_key(path: Path) -> bool:
+    return (
+        path.name == "config.json"
+        and path.parts[-4] == "_repos"
+        and path.parts[-2] in ("plain", "sealed")
+    )
 
 
 def tenant_visible_text(host: LocalHost, namespace: str) -> str:

@@ -1,7 +1,7 @@
 """The deduplicating artifact format: per-tenant repositories of chunks in packs.
 
-Opt-in per StorageLocation (``spec.deduplication: true``).  Layout under the location's
-root, beside the per-backup folders of the stream format::
+The default of every StorageLocation (``spec.deduplication: false`` turns it off).  Layout
+under the location's root, beside the per-backup folders of the stream format::
 
     _repos/<namespace>/<plain|sealed>/
         config.json               <- the repository key (wrapped when sealed), written once

@@ -95,7 +95,7 @@ def declare(
 
 def assert_nothing_committed(plat: LocalPlatform) -> None:
     assert plat.backups(NS) == []
-    assert plat.stored_files() == []
+    assert plat.leftovers() == []
     assert plat.host.objects.list(ArtifactRecord) == []
 
 

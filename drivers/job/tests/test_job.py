@@ -82,7 +82,7 @@ def thing(plat: LocalPlatform, tmp_path: Path, name: str = "thing") -> tuple[App
 
 def assert_nothing_committed(plat: LocalPlatform) -> None:
     assert plat.backups(NS) == []
-    assert plat.stored_files() == []
+    assert plat.leftovers() == []
     assert plat.host.objects.list(ArtifactRecord) == []
 
 

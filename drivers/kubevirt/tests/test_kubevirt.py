@@ -102,12 +102,8 @@ def failed(job: Any) -> str:
 
 def nothing_committed(plat: LocalPlatform) -> None:
     assert plat.backups(NS) == []
-    assert plat.stored_files() == []
+    assert plat.leftovers() == []
     assert plat.host.objects.list(ArtifactRecord) == []
-
-
-def stream_files(plat: LocalPlatform) -> list[Path]:
-    return [p for p in plat.stored_files() if p.suffix == ".zst"]
 
 
 def metadata(plat: LocalPlatform, name: str) -> dict[str, Any]:
@@ -130,8 +126,8 @@ def test_a_4gib_disk_with_20mib_of_data_stores_about_20mib(
     ref = disk_app(platform, "big", src, fmt)
     ok(platform.backup(NS, ref, "b1"))
 
-    (stream,) = stream_files(platform)
-    stored = stream.stat().st_size
+    (stream,) = platform.manifest(NS, "b1").streams
+    stored = stream.stored_bytes
     assert 20 * MiB <= stored < 21 * MiB, stored  # random data: zstd cannot shrink it
     meta = metadata(platform, "b1")
     assert meta["virtualSize"] == 4 * GiB
@@ -343,7 +339,7 @@ def test_vminstance_frozen_backup_of_running_disks(
     meta = metadata(platform, "b1")
     assert meta["consistency"] == "frozen"
     assert [d["name"] for d in meta["disks"]] == ["root", "data"]
-    assert len(stream_files(platform)) == 2
+    assert len(platform.manifest(NS, "b1").streams) == 2
     vm.stop()
 
     copies = [(n, tmp_path / f"copy-{n}", f) for n, _, f in disks]

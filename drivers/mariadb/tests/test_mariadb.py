@@ -94,7 +94,7 @@ def assert_no_secrets(
 
 def assert_nothing_committed(plat: LocalPlatform) -> None:
     assert plat.backups(NS) == []
-    assert plat.stored_files() == []
+    assert plat.leftovers() == []
     # ArtifactRecord is not exported by cozybackup_core: look at the embedded state.
     records = plat.home / "state" / "ArtifactRecord"
     assert not records.exists() or not any(records.rglob("*.yaml"))
