@@ -419,6 +419,15 @@ def print_day(info: dict[str, Any]) -> None:
 LABELS = ["cozybackup", "borg", "restic"]
 
 
+def print_restores(restores: dict[str, dict[str, Any]]) -> None:
+    """Day 7's restore by each tool: median seconds, every round, peak RSS (MB)."""
+    print("restore day 7 (median s, all rounds, largest process MB, tree MB):")
+    for k, v in restores.items():
+        print(
+            f"  {k:18} {v['seconds']:6.1f}s {v['all']} {v['peak_proc_mb']:5.0f} {v['peak_tree_mb']:5.0f}"
+        )
+
+
 def print_days(days: list[dict[str, Any]], repo_bytes: dict[str, int]) -> None:
     """The per-day table (seconds, MB added), days 2-7's sum and the repositories' size."""
     print(f"{'day':>3} " + " ".join(f"{lb + ' s':>12} {lb + ' +MB':>14}" for lb in LABELS))
@@ -457,11 +466,7 @@ def report(res: dict[str, Any]) -> None:
         f"\nfull backup: dedup {f['cozybackup']['all']} stream {f['cozybackup stream']['all']}"
         f" -> dedup throughput {ratio:.2f}x the stream format's (medians)"
     )
-    print("restore day 7 (median s, largest process MB, tree MB):")
-    for k, v in res["restore"].items():
-        print(
-            f"  {k:18} {v['seconds']:6.1f}s {v['all']} {v['peak_proc_mb']:5.0f} {v['peak_tree_mb']:5.0f}"
-        )
+    print_restores(res["restore"])
 
 
 # ---------------------------------------------------------------------------- main

@@ -56,6 +56,7 @@ from bench_dayseries import (
     load_now,
     mb,
     print_days,
+    print_restores,
     restic,
     rotate,
     summary,
@@ -211,11 +212,7 @@ def report(res: dict[str, Any]) -> None:
         f" {res['load'][0]:.2f}-{res['load'][1]:.2f}"
     )
     print_days(res["days"], res["repo_bytes"])
-    print("restore day 7 (median s, all, largest process MB, tree MB):")
-    for k, v in res["restore"].items():
-        print(
-            f"  {k:12} {v['seconds']:6.1f}s {v['all']} {v['peak_proc_mb']:5.0f} {v['peak_tree_mb']:5.0f}"
-        )
+    print_restores(res["restore"])
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ _RECORD_SECONDS = 60.0
 
 def backup(m: KubeMachine, cluster: Cluster, ctx: BackupContext[KubeVirtParameters]) -> None:
     assert m.vm_name is not None
-    tracker = _tracker(cluster, m.vm_name)
+    tracker = _tracker(cluster, m)
     latest = ((tracker.get("status") or {}).get("latestCheckpoint") or {}).get("name")
     volumes_id = _volumes_id(m)
     base, why_full = _base(ctx.prior(), latest, volumes_id, ctx.parameters.full_every)
@@ -146,13 +146,12 @@ def tracker_name(m: KubeMachine) -> str:
     return f"cozybackup-{m.vm_name}"
 
 
-def _tracker(cluster: Cluster, vm: str) -> dict[str, Any]:
-    name = f"cozybackup-{vm}"
-    found = cluster.get(TRACKER, name)
+def _tracker(cluster: Cluster, m: KubeMachine) -> dict[str, Any]:
+    found = cluster.get(TRACKER, tracker_name(m))
     if found is not None:
         return found
-    source = {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": vm}
-    return cluster.create(TRACKER, name, {"source": source}, labels=LABELS)
+    source = {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": m.vm_name}
+    return cluster.create(TRACKER, tracker_name(m), {"source": source}, labels=LABELS)
 
 
 def _base(
@@ -194,7 +193,9 @@ def _disk(
         if base is None:
             # A full backup's map: data, or a hole / zeros (never read).
             wanted = [Change(o, n) for o, n, desc in extents if desc == "data"]
-            summary = write_runs(out, size, overlay((), aligned(wanted, size), read, _tick(ctx)))
+            summary = write_runs(
+                out, size, overlay((), aligned(wanted, size), read, ctx.deadline.check)
+            )
         else:
             with base.artifact.open(d.stream) as src:
                 summary = write_runs(out, size, _over_base(src, size, extents, read, ctx, base, d))
@@ -218,14 +219,16 @@ def _over_base(
         # incremental backup still covers the whole disk).
         ctx.log.info("disk %s resized since Backup %s: read whole", d.name, base.name)
         whole = [Change(o, n) for o, n, desc in extents if "zero" not in desc.split(",")]
-        yield from overlay((), aligned(whole, size), read, _tick(ctx))
+        yield from overlay((), aligned(whole, size), read, ctx.deadline.check)
         return
     dirty = [
         Change(o, n, zero="zero" in desc.split(","))
         for o, n, desc in extents
         if "dirty" in desc.split(",")
     ]
-    yield from overlay(records(src, size, Summary(size)), aligned(dirty, size), read, _tick(ctx))
+    yield from overlay(
+        records(src, size, Summary(size)), aligned(dirty, size), read, ctx.deadline.check
+    )
 
 
 def _extents(endpoint: BackupEndpoint, what: str) -> list[tuple[int, int, str]]:
@@ -252,10 +255,6 @@ def _counted(endpoint: BackupEndpoint, what: str, counter: list[int], offset: in
     data = endpoint.read(offset, n, what)
     counter[0] += len(data)
     return data
-
-
-def _tick(ctx: BackupContext[KubeVirtParameters]) -> Any:
-    return ctx.deadline.check
 
 
 def _scratch_size(cluster: Cluster, m: KubeMachine) -> int:
