@@ -156,6 +156,37 @@ def test_a_damaged_pack_fails_reading_and_verification(dedup_store: ArtifactStor
         dedup_store.reader(KEY).verify()
 
 
+def test_packs_are_checked_several_at_once_and_any_damaged_one_fails(
+    dedup_store: ArtifactStore,
+) -> None:
+    # Three backups, a pack each; a fourth holds all their data, so it references three
+    # packs, which verify_stored checks in threads.
+    dedup_store.threads = 3
+    parts = [random.Random(20 + i).randbytes(2 << 20) for i in range(3)]
+    for i, part in enumerate(parts):
+        write_backup(dedup_store, _key(f"part-{i}"), {"dump": part})
+    packs = sorted(p for p in _objects(dedup_store, REPOS) if "/packs/" in p)
+    assert len(packs) == 3
+    write_backup(dedup_store, _key("all"), {f"s{i}": part for i, part in enumerate(parts)})
+    assert len([p for p in _objects(dedup_store, REPOS) if "/packs/" in p]) == 3
+    seen: list[int] = []
+    dedup_store.reader(_key("all")).verify_stored(seen.append)
+    reader = dedup_store.reader(_key("all"))
+    assert sum(seen) == sum(s.stored_bytes for s in reader.manifest.streams)
+    blob = bytearray(dedup_store.fs.cat_file(packs[1]))
+    blob[-100] ^= 0x01
+    dedup_store.fs.pipe_file(packs[1], bytes(blob))
+    with pytest.raises(ArtifactCorruptError):
+        dedup_store.reader(_key("all")).verify_stored()
+    failed = []
+    for i in range(3):
+        try:
+            dedup_store.reader(_key(f"part-{i}")).verify_stored()
+        except ArtifactCorruptError:
+            failed.append(i)
+    assert len(failed) == 1  # only the backup whose own pack was damaged
+
+
 def test_encrypted_repository_holds_no_plaintext(tmp_path: Path) -> None:
     store = ArtifactStore.local(str(tmp_path / "bucket"))
     store.deduplicate, store.keyring = True, _ring()

@@ -272,7 +272,8 @@ class ChunkReader(io.RawIOBase):
             self._chunk = self._next()
             self._pos = 0
         n = min(len(b), len(self._chunk) - self._pos)
-        b[:n] = self._chunk[self._pos : self._pos + n]
+        # Through a view: slicing the bytes would copy each piece once more.
+        b[:n] = memoryview(self._chunk)[self._pos : self._pos + n]
         self._pos += n
         self._on_bytes(n)
         return n
