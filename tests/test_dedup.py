@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 from pathlib import Path
 
+import attrs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -185,6 +187,53 @@ def test_packs_are_checked_several_at_once_and_any_damaged_one_fails(
         except ArtifactCorruptError:
             failed.append(i)
     assert len(failed) == 1  # only the backup whose own pack was damaged
+
+
+def _forge(store: ArtifactStore, pack: str) -> None:
+    """Change a byte of ``pack`` and record the new sha256 in its (unsealed) index, as
+    someone who can write to the bucket could: only the manifest still knows better."""
+    blob = bytearray(store.fs.cat_file(pack))
+    blob[len(blob) // 3] ^= 0x10
+    store.fs.pipe_file(pack, bytes(blob))
+    index = pack.replace("/packs/", "/index/")
+    doc = json.loads(store.fs.cat_file(index))
+    doc["sha256"] = hashlib.sha256(bytes(blob)).hexdigest()
+    store.fs.pipe_file(index, json.dumps(doc).encode())
+
+
+def test_the_manifest_anchors_every_referenced_packs_digest(tmp_path: Path) -> None:
+    store = ArtifactStore.local(str(tmp_path / "bucket"))
+    store.deduplicate = True
+    first = random.Random(30).randbytes(3 << 20)
+    write_backup(store, _key("u-1"), {"dump": first})
+    write_backup(store, _key("u-2"), {"dump": first + random.Random(31).randbytes(1 << 20)})
+    packs = {
+        p.rsplit("/", 1)[-1]: hashlib.sha256(store.fs.cat_file(p)).hexdigest()
+        for p in _objects(store, REPOS)
+        if "/packs/" in p
+    }
+    assert len(packs) == 2
+    # The second backup reuses the first one's pack and adds its own: both anchored.
+    assert dict(store.reader(_key("u-2")).manifest.pack_sha256) == packs
+    (one,) = store.reader(_key("u-1")).manifest.pack_sha256
+    assert store.reader(_key("u-1")).manifest.pack_sha256[one] == packs[one]
+
+
+def test_a_forged_pack_fails_verification_with_or_without_the_anchor(tmp_path: Path) -> None:
+    store = ArtifactStore.local(str(tmp_path / "bucket"))
+    store.deduplicate = True
+    write_backup(store, KEY, {"dump": random.Random(32).randbytes(3 << 20)})
+    (pack,) = [p for p in _objects(store, REPOS) if "/packs/" in p]
+    _forge(store, pack)
+    with pytest.raises(ArtifactCorruptError, match="recorded checksum"):
+        store.reader(KEY).verify_stored()  # by the manifest's digest, no chunk opened
+    reader = store.reader(KEY)
+    # A manifest without digests (made before they were recorded): each chunk is opened.
+    reader.manifest = attrs.evolve(reader.manifest, pack_sha256={})
+    with pytest.raises(ArtifactCorruptError):
+        reader.verify_stored()
+    with pytest.raises(ArtifactCorruptError):
+        read_streams(store, KEY)
 
 
 def test_encrypted_repository_holds_no_plaintext(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ class KnownChunks:
             "CREATE TABLE chunk (id BLOB PRIMARY KEY, size INT, pack TEXT, "
             "offset INT, length INT) WITHOUT ROWID"
         )
+        self._db.execute("CREATE TABLE pack (id TEXT PRIMARY KEY, sha256 TEXT) WITHOUT ROWID")
 
     def add(self, refs: list[ChunkRef]) -> None:
         with self._lock:
@@ -43,6 +44,16 @@ class KnownChunks:
                 "INSERT OR REPLACE INTO chunk VALUES (?, ?, ?, ?, ?)",
                 [(bytes.fromhex(r.id), r.size, r.pack, r.offset, r.length) for r in refs],
             )
+
+    def add_pack(self, pack: str, sha256: str) -> None:
+        """The whole pack's sha256, as its index recorded it (a manifest anchors it)."""
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO pack VALUES (?, ?)", (pack, sha256))
+
+    def pack_sha256(self, pack: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT sha256 FROM pack WHERE id = ?", (pack,)).fetchone()
+        return None if row is None else str(row[0])
 
     def get(self, cid: str) -> ChunkRef | None:
         with self._lock:
@@ -78,7 +89,7 @@ def known_chunks(repo: Repository) -> KnownChunks:
             if pack in condemned:
                 continue
             try:
-                refs = repo.read_index(pack)
+                refs, sha256 = repo.read_index_doc(pack)
             except ArtifactCorruptError as exc:
                 log.warning(
                     "index of pack %s is unreadable, not deduplicating against it: %s",
@@ -87,6 +98,8 @@ def known_chunks(repo: Repository) -> KnownChunks:
                 )
                 continue
             out.add(refs)
+            if sha256 is not None:
+                out.add_pack(pack, sha256)
     except BaseException:
         out.close()
         raise

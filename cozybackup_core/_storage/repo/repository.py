@@ -270,11 +270,21 @@ class Repository:
             "the backup's repository is unreadable", admin_detail=f"forwards of {ref.pack} loop"
         )
 
-    def check_pack(self, pack: str, refs: list[ChunkRef], on_bytes: Callable[[int], None]) -> None:
-        """Read the whole pack once: its sha256 must be the one its index recorded, each
-        reference must be a chunk its index lists there, and each referenced chunk must
-        open (authentic, decodable, its keyed hash and size).  So a pack damaged anywhere
-        fails every backup that references it, not only those whose chunk was hit."""
+    def check_pack(
+        self,
+        pack: str,
+        refs: list[ChunkRef],
+        on_bytes: Callable[[int], None],
+        anchored: str | None = None,
+    ) -> None:
+        """Read the whole pack once: each reference must be a chunk its index lists
+        there, and its sha256 must be the one its index recorded.  With ``anchored``
+        (the sha256 a manifest recorded, which its Backup's checksum covers) the pack
+        must also have that digest, and then no chunk need be opened: the bytes are
+        those the backup wrote.  Without it, each referenced chunk must open (authentic,
+        decodable, its keyed hash and size), since an index of an unsealed repository
+        proves nothing by itself.  So a pack damaged anywhere fails every backup that
+        references it, not only those whose chunk was hit."""
         try:
             listed, recorded = self.read_index_doc(pack)
         except ArtifactCorruptError as exc:
@@ -306,8 +316,9 @@ class Repository:
                     digest.update(piece)
                     buf += piece
                     while nxt is not None and start + len(buf) >= nxt.offset + nxt.length:
-                        lo = nxt.offset - start
-                        self.open_blob(nxt, bytes(buf[lo : lo + nxt.length]))
+                        if anchored is None:
+                            lo = nxt.offset - start
+                            self.open_blob(nxt, bytes(buf[lo : lo + nxt.length]))
                         on_bytes(nxt.length)  # progress in the stored bytes referenced
                         nxt = next(pending, None)
                     # Keep only what the next referenced chunk needs (memory: one chunk).
@@ -330,7 +341,13 @@ class Repository:
                 "the backup's data in storage is truncated",
                 admin_detail=f"pack {pack} ends before chunk {nxt.id[:16]}",
             )
-        if recorded is not None and not hmac.compare_digest(digest.hexdigest(), recorded):
+        actual = digest.hexdigest()
+        if anchored is not None and not hmac.compare_digest(actual, anchored):
+            raise ArtifactCorruptError(
+                "the backup's data in storage does not match its recorded checksum",
+                admin_detail=f"pack {pack}: sha256 differs from the manifest's",
+            )
+        if recorded is not None and not hmac.compare_digest(actual, recorded):
             raise ArtifactCorruptError(
                 "the backup's data in storage does not match its recorded checksum",
                 admin_detail=f"pack {pack}: sha256 differs from its index",

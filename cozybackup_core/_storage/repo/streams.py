@@ -142,13 +142,26 @@ class PackSink:
         if file is None or pack is None:
             return
         _guard(file.close)
-        self.repo.write_index(pack, entries, self._digest.hexdigest())
+        digest = self._digest.hexdigest()
+        self.repo.write_index(pack, entries, digest)
+        if self._known is not None:
+            self._known.add_pack(pack, digest)
 
     def flush(self) -> None:
         """Store the open pack and its index (before the manifest that references it)."""
         with self._lock:
             self._close_pack()
         self._stop()
+
+    def pack_digests(self, packs: set[str]) -> dict[str, str]:
+        """The sha256 of each of ``packs`` (the ones a manifest references) as recorded
+        when it was stored; a pack whose index recorded none is left out."""
+        with self._lock:
+            known = self._known
+            if known is None:
+                return {}
+            found = {p: known.pack_sha256(p) for p in sorted(packs)}
+        return {p: d for p, d in found.items() if d is not None}
 
     def _stop(self) -> None:
         if self._pool is not None:
