@@ -225,8 +225,9 @@ def test_a_forged_pack_fails_verification_with_or_without_the_anchor(tmp_path: P
     write_backup(store, KEY, {"dump": random.Random(32).randbytes(3 << 20)})
     (pack,) = [p for p in _objects(store, REPOS) if "/packs/" in p]
     _forge(store, pack)
-    with pytest.raises(ArtifactCorruptError, match="recorded checksum"):
+    with pytest.raises(ArtifactCorruptError, match="recorded checksum") as caught:
         store.reader(KEY).verify_stored()  # by the manifest's digest, no chunk opened
+    assert "differs from the manifest's" in (caught.value.admin_detail or "")
     reader = store.reader(KEY)
     # A manifest without digests (made before they were recorded): each chunk is opened.
     reader.manifest = attrs.evolve(reader.manifest, pack_sha256={})
