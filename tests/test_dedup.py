@@ -318,6 +318,11 @@ def test_a_missing_or_wrong_key_fails_before_reading(tmp_path: Path) -> None:
     store.keyring = _ring()  # same id, other bytes
     with pytest.raises(EncryptionKeyError, match="operator"):
         store.reader(KEY).unlock()
+    # A new backup needs the repository's key: the error says so, not "the backup is...".
+    with pytest.raises(EncryptionKeyError) as err:
+        write_backup(store, _key("u-new"), {"a": b"more"})
+    assert err.value.message.startswith("the tenant's backup repository is encrypted")
+    assert "config.json" in err.value.admin_detail and "cozybackup rekey" in err.value.admin_detail
 
 
 def test_a_repository_key_replaced_while_writing_fails_the_commit(tmp_path: Path) -> None:

@@ -494,7 +494,19 @@ def read_key(bucket: Bucket, path: str, namespace: str, keyring: KeyRing | None)
                 "the backup is encrypted but the platform has no key for it; ask the platform operator",
                 admin_detail="the StorageLocation holding it has no encryption keys configured",
             )
-        return RepoKey(keyring.unwrap(doc["wraps"], namespace, _WRAP_SUBJECT, check))
+        try:
+            return RepoKey(keyring.unwrap(doc["wraps"], namespace, _WRAP_SUBJECT, check))
+        except EncryptionKeyError as exc:
+            # Said of the repository: a new backup needs its key too, and "the backup is
+            # encrypted..." would speak of a backup that does not exist yet.
+            raise EncryptionKeyError(
+                "the tenant's backup repository is encrypted with a key the platform "
+                "cannot use; ask the platform operator",
+                admin_detail=f"{path}: {exc.admin_detail}. If a key's material was "
+                "replaced under the same id, add the previous material back under its id "
+                "(as a second key) and run `cozybackup rekey`; this repository's key, "
+                "every backup in it and new backups depend on it",
+            ) from None
     try:
         secret = base64.b64decode(doc["key"], validate=True)
     except (KeyError, ValueError, TypeError):
