@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import attrs
+import blake3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -83,8 +84,9 @@ def test_round_trip_and_a_second_backup_adds_little(dedup_store: ArtifactStore) 
     added1 = write_backup(dedup_store, _key("u-1"), first)
     assert read_streams(dedup_store, _key("u-1")) == first
     m = dedup_store.reader(_key("u-1")).manifest
-    assert m.format_version == 2
-    assert m.stream("dump").sha256 == hashlib.sha256(first["dump"]).hexdigest()
+    assert m.format_version == 3
+    assert m.stream("dump").blake3 == blake3.blake3(first["dump"]).hexdigest()
+    assert m.stream("dump").sha256 == ""
     assert len(m.stream("dump").chunks) > 10
     seen: list[int] = []
     dedup_store.reader(_key("u-1")).verify_stored(seen.append)  # progress in stored bytes
@@ -239,6 +241,25 @@ def test_a_forged_pack_fails_verification_with_or_without_the_anchor(tmp_path: P
         read_streams(store, KEY)
 
 
+@pytest.mark.parametrize("sealed", [False, True])
+def test_the_whole_streams_digest_catches_chunks_out_of_order(tmp_path: Path, sealed: bool) -> None:
+    """Each chunk passes its own keyed hash wherever it is listed: only the whole stream's
+    digest (BLAKE3 since format 3) sees two of them swapped."""
+    store = ArtifactStore.local(str(tmp_path / "bucket"))
+    store.deduplicate = True
+    if sealed:
+        store.keyring = _ring()
+    write_backup(store, KEY, {"dump": random.Random(33).randbytes(12 << 20)})
+    reader = store.reader(KEY)
+    info = reader.manifest.stream("dump")
+    assert len(info.chunks) > 2 and info.blake3 and not info.sha256
+    swapped = (info.chunks[1], info.chunks[0], *info.chunks[2:])
+    reader.manifest = attrs.evolve(reader.manifest, streams=(attrs.evolve(info, chunks=swapped),))
+    with pytest.raises(ArtifactCorruptError, match="recorded checksum"), reader.open("dump") as f:
+        while f.read(1 << 20):
+            pass
+
+
 def test_encrypted_repository_holds_no_plaintext(tmp_path: Path) -> None:
     store = ArtifactStore.local(str(tmp_path / "bucket"))
     store.deduplicate, store.keyring = True, _ring()
@@ -255,7 +276,7 @@ def test_encrypted_repository_holds_no_plaintext(tmp_path: Path) -> None:
         assert raw not in stored
     m = store.reader(KEY).manifest
     assert m.encryption is not None and m.encryption.algorithm == "aes-256-gcm-chunks"
-    assert m.stream("dump").sha256 != hashlib.sha256(text).hexdigest()  # keyed digest
+    assert m.stream("dump").blake3 not in ("", blake3.blake3(text).hexdigest())  # keyed
     # The index is sealed too: chunk ids and sizes are not listed in the clear.
     for idx in (tmp_path / "bucket").rglob("index/*/*"):
         assert m.stream("dump").chunks[0].id.encode() not in idx.read_bytes()

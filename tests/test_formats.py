@@ -1,7 +1,9 @@
-"""Artifacts and state written before the core's reorganisation still restore, exactly.
+"""Artifacts and state written by earlier versions still restore, exactly.
 
 ``tests/data/format-v1/home`` is a home directory written by cozybackup at commit 0791b16
-(``make.py`` there says how): two SQLite backups, one plain and one encrypted.
+(``make.py`` there says how): two SQLite backups, one plain and one encrypted, in the
+stream format.  ``tests/data/format-v2/home`` was written by the same ``make.py`` at
+commit d4801eb: the same two, deduplicated, in format 2 (whole-stream sha256).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from cozybackup_sqlite import SQLiteDriver
 from cozybackup_core.testing import LocalPlatform
 
 DATA = Path(__file__).parent / "data" / "format-v1"
+V2 = Path(__file__).parent / "data" / "format-v2"
 
 
 def _fill() -> object:
@@ -34,13 +37,17 @@ def _rows(db: Path) -> list[tuple[object, ...]]:
 
 
 @pytest.mark.parametrize("backup", ["plain", "sealed"])
-def test_an_old_backup_verifies_and_restores_exactly(tmp_path: Path, backup: str) -> None:
+@pytest.mark.parametrize("data", [DATA, V2], ids=["format-v1", "format-v2"])
+def test_an_old_backup_verifies_and_restores_exactly(
+    tmp_path: Path, backup: str, data: Path
+) -> None:
     expected_db = tmp_path / "expected.sqlite"
     _fill()(expected_db)  # type: ignore[operator]
     home = tmp_path / "home"
-    shutil.copytree(DATA / "home", home)
+    shutil.copytree(data / "home", home)
     plat = LocalPlatform(home, drivers=(SQLiteDriver,))
     [old] = [b for b in plat.backups("tenant-a") if b.metadata.name == backup]
+    assert plat.manifest("tenant-a", backup).format_version == int(data.name[-1])
     assert old.status.phase == "Ready"
     checked = plat.engine.verify(old).status.last_verified
     assert checked is not None and checked.result == "Passed", checked
@@ -93,3 +100,37 @@ def test_an_old_backup_restores_beside_backups_of_the_new_default(
     assert job.status.phase == "Succeeded", job.status.message
     assert _rows(target) == _rows(expected_db)
     assert len(_rows(target)) == 300
+
+
+@pytest.mark.parametrize("location", ["plain", "sealed"])
+def test_a_new_backup_reuses_a_format_2_backups_chunks(tmp_path: Path, location: str) -> None:
+    """Format 3 changed only the whole-stream digest: the same data backed up again into
+    the format-2 home's repository stores no new chunk, and both restore exactly."""
+    expected_db = tmp_path / "expected.sqlite"
+    _fill()(expected_db)  # type: ignore[operator]
+    home = tmp_path / "home"
+    shutil.copytree(V2 / "home", home)
+    plat = LocalPlatform(home, drivers=(SQLiteDriver,))
+    source = plat.declare_app(
+        "tenant-a",
+        "shop",
+        "SQLiteDatabase",
+        {"path": str(expected_db)},
+        api_group="apps.example.com",
+    )
+    job = plat.backup("tenant-a", source, "again", location)
+    assert job.status.phase == "Succeeded", job.status.message
+    new = plat.manifest("tenant-a", "again")
+    assert new.format_version == 3 and new.new_bytes == 0
+    for backup in (location, "again"):
+        target = tmp_path / f"restored-{backup}.sqlite"
+        ref = plat.declare_app(
+            "tenant-a",
+            f"copy-{backup}",
+            "SQLiteDatabase",
+            {"path": str(target)},
+            api_group="apps.example.com",
+        )
+        job = plat.restore("tenant-a", backup, f"r-{backup}", target=ref)
+        assert job.status.phase == "Succeeded", job.status.message
+        assert _rows(target) == _rows(expected_db)

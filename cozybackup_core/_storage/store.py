@@ -10,11 +10,15 @@ Layout under the location's root (admin-visible only)::
 
 With ``deduplication`` on the location, streams are not stored under the backup at all:
 they are cut into chunks kept in the tenant's repository (see ``repo``), and the manifest
-(format version 2) lists each stream's chunk references.
+(format version 3; 2 before the whole-stream digest became BLAKE3) lists each stream's
+chunk references.
 
-Every stream records two sha256 digests: of the stored (compressed, maybe encrypted)
-bytes, which checks the store, and of the raw bytes, which checks the whole pipeline end to
-end (keyed by the data key when the stream is encrypted: see ``_crypto``).
+Every stream records a digest of its raw bytes, which checks the whole pipeline end to
+end (keyed when the stream is encrypted: see ``_crypto``): a sha256 in the stream format
+(which also records the sha256 of the stored, compressed and maybe encrypted, bytes, to
+check the store) and in format 2, a BLAKE3 in format 3 (each chunk is then checked by its
+own keyed hash).  BLAKE3 because the digest is computed in the thread that feeds the
+driver or takes its output: 0.12 s per 743 MiB here against 0.43 s for sha256.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import attrs
+import blake3
 import fsspec
 import zstandard
 from fsspec.implementations.local import LocalFileSystem
@@ -81,8 +86,12 @@ from .repo.repository import (
 log = logging.getLogger("cozybackup.storage")
 
 FORMAT_VERSION = 1
-#: Streams as chunk references into the tenant's repository.
-DEDUP_FORMAT_VERSION = 2
+#: Streams as chunk references into the tenant's repository, each whole stream's digest
+#: a sha256 (read, no longer written).
+DEDUP_SHA256_FORMAT_VERSION = 2
+#: The same with each whole stream's digest a BLAKE3: what is written.
+DEDUP_FORMAT_VERSION = 3
+_DEDUP_FORMATS = (DEDUP_SHA256_FORMAT_VERSION, DEDUP_FORMAT_VERSION)
 MANIFEST = "manifest.json"
 _STREAM_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
@@ -131,9 +140,11 @@ class StreamInfo:
     stored_sha256: str
     compression: str = "zstd"
     encryption: str = "none"
-    #: Format 2: the stream's chunks, in order (``stored_sha256`` is then empty: each
-    #: chunk is checked by its own keyed hash instead).
+    #: Format 2 and 3: the stream's chunks, in order (``stored_sha256`` is then empty:
+    #: each chunk is checked by its own keyed hash instead).
     chunks: tuple[ChunkRef, ...] = ()
+    #: Format 3: the whole stream's BLAKE3 (keyed when encrypted), and ``sha256`` empty.
+    blake3: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -192,8 +203,8 @@ class Manifest:
 
     @property
     def deduplicated(self) -> bool:
-        """Format 2: the streams are chunk references into the tenant's repository."""
-        return self.format_version == DEDUP_FORMAT_VERSION
+        """Format 2 or 3: the streams are chunk references into the tenant's repository."""
+        return self.format_version in _DEDUP_FORMATS
 
     @property
     def size_bytes(self) -> int:
@@ -247,7 +258,7 @@ def _manifest_from_json(data: bytes) -> Manifest:
         raise ArtifactCorruptError(
             "the backup's manifest is malformed", admin_detail=str(exc)
         ) from None
-    if m.format_version not in (FORMAT_VERSION, DEDUP_FORMAT_VERSION):
+    if m.format_version not in (FORMAT_VERSION, *_DEDUP_FORMATS):
         raise ArtifactCorruptError(f"unsupported artifact format version {m.format_version}")
     return m
 
@@ -337,6 +348,16 @@ def _raw_digest(data_key: bytes | None, name: str) -> Any:
     if data_key is None:
         return hashlib.sha256()
     return hmac.new(digest_key(data_key, name), digestmod=hashlib.sha256)
+
+
+def _chunked_digest(format_version: int, secret: bytes | None, name: str) -> Any:
+    """The whole-stream digest of a deduplicated stream of ``format_version``, keyed by
+    the repository's secret when it is sealed (the name keeps two streams' keys apart)."""
+    if format_version == DEDUP_SHA256_FORMAT_VERSION:
+        return _raw_digest(secret, name)
+    if secret is None:
+        return blake3.blake3()
+    return blake3.blake3(key=digest_key(secret, name))
 
 
 class _HashingSource(io.RawIOBase):
@@ -547,16 +568,19 @@ class ArtifactWriter:
     def _open_chunked(self, name: str) -> Iterator[IO[bytes]]:
         sink = self._packs()
         sealed = sink.repo.sealed
-        digest = _raw_digest(sink.repo.key.secret if sealed else None, name)
+        digest = _chunked_digest(
+            DEDUP_FORMAT_VERSION, sink.repo.key.secret if sealed else None, name
+        )
         writer = DedupStreamWriter(sink, digest, self._on_bytes)
         yield writer  # type: ignore[misc]
-        refs, sha = writer.finish()
+        refs, whole = writer.finish()
         self.streams.append(
             StreamInfo(
                 name=name,
                 size_bytes=writer.count,
                 stored_bytes=sum(r.length for r in refs),
-                sha256=sha,
+                sha256="",
+                blake3=whole,
                 stored_sha256="",
                 encryption=SEALED if sealed else "none",
                 chunks=tuple(refs),
@@ -659,14 +683,14 @@ class ArtifactReader:
         info = self.manifest.stream(name)
         self.unlock()
         if self._repo is not None:
-            repo = self._repo
+            repo, fmt = self._repo, self.manifest.format_version
             chunks = ChunkReader(
                 repo,
                 info.chunks,
                 name=name,
                 size=info.size_bytes,
-                digest_hex=info.sha256,
-                digest=_raw_digest(repo.key.secret if repo.sealed else None, name),
+                digest_hex=info.sha256 if fmt == DEDUP_SHA256_FORMAT_VERSION else info.blake3,
+                digest=_chunked_digest(fmt, repo.key.secret if repo.sealed else None, name),
                 on_bytes=self.on_bytes,
                 on_stored=on_stored,
             )
