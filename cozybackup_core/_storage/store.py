@@ -802,12 +802,8 @@ class ArtifactReader:
                 on_bytes(n)
 
         packs = sorted(by_pack)
-        if self.store.threads <= 1 or len(packs) <= 1:
-            for pack in packs:
-                repo.check_pack(pack, by_pack[pack], on_bytes, anchored.get(pack))
-            return
         with concurrent.futures.ThreadPoolExecutor(
-            self.store.threads, thread_name_prefix="cozybackup-check"
+            max(1, min(self.store.threads, len(packs))), thread_name_prefix="cozybackup-check"
         ) as pool:
             futures = [
                 pool.submit(repo.check_pack, p, by_pack[p], progress, anchored.get(p))
