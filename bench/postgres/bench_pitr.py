@@ -35,6 +35,7 @@ import json
 import os
 import pwd
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -295,6 +296,8 @@ pg1-user={server.superuser}
             if (d / "postmaster.pid").exists():
                 subprocess.run(stop_cmd, check=False, capture_output=True)
         server.destroy()
+        # Two restored data directories, two repositories and the home: gigabytes a run.
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _caught_up(runner: Runner, server: PostgresServer) -> None:
