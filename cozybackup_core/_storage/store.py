@@ -14,11 +14,13 @@ they are cut into chunks kept in the tenant's repository (see ``repo``), and the
 chunk references.
 
 Every stream records a digest of its raw bytes, which checks the whole pipeline end to
-end (keyed when the stream is encrypted: see ``_crypto``): a sha256 in the stream format
-(which also records the sha256 of the stored, compressed and maybe encrypted, bytes, to
-check the store) and in format 2, a BLAKE3 in format 3 (each chunk is then checked by its
-own keyed hash).  BLAKE3 because the digest is computed in the thread that feeds the
-driver or takes its output: 0.12 s per 743 MiB here against 0.43 s for sha256.
+end (keyed when the stream is encrypted: see ``_crypto``):
+
+- stream format: a sha256, beside the sha256 of the stored (compressed, maybe
+  encrypted) bytes, which checks the store;
+- format 2: a sha256 (each chunk is also checked by its own keyed hash);
+- format 3: a BLAKE3, because the digest is computed in the thread that feeds the driver
+  or takes its output (0.12 s per 743 MiB here against 0.43 s for sha256).
 """
 
 from __future__ import annotations
