@@ -48,6 +48,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchkit import NATO, process_tree, rss_bytes
 
 DB = "bench"
+#: The benchmark server's settings (the scripts beside this one start theirs alike).
+SERVER_SETTINGS = [
+    "shared_buffers=256MB",
+    "maintenance_work_mem=512MB",
+    "max_wal_size=8GB",
+    "checkpoint_timeout=30min",
+    "autovacuum=off",
+    "wal_level=minimal",
+    "max_wal_senders=0",
+]
 WORDS = [*NATO, "order", "invoice", "paid", "shipped", "pending", "customer"]
 
 
@@ -287,17 +297,7 @@ def main() -> None:
         sys.exit("zstd is needed: apt-get install zstd")
 
     work = Path(tempfile.mkdtemp(prefix="cozy-bench-", dir=args.workdir))
-    server = PostgresServer.start(
-        settings=[
-            "shared_buffers=256MB",
-            "maintenance_work_mem=512MB",
-            "max_wal_size=8GB",
-            "checkpoint_timeout=30min",
-            "autovacuum=off",
-            "wal_level=minimal",
-            "max_wal_senders=0",
-        ]
-    )
+    server = PostgresServer.start(settings=SERVER_SETTINGS)
     results: dict[str, Any] = {"scale": args.scale, "repeat": args.repeat, "loadavg": []}
     try:
         t = time.monotonic()
