@@ -237,8 +237,8 @@ def test_controller_namespace_rights(objs: list[dict[str, Any]]) -> None:
 def test_worker_rights(objs: list[dict[str, Any]]) -> None:
     """Worker Jobs read what a job needs and write only ArtifactRecords; in the platform
     namespace, Secrets one by one and their own Job (their reports).  In tenants'
-    namespaces, the KubeVirt driver's objects, and Secrets and scratch PVCs it may create
-    but never read."""
+    namespaces, the KubeVirt driver's objects, Secrets it may create but never read, and
+    PVCs (scratch ones, and those restored from volume snapshots)."""
     cluster = _one(objs, "ClusterRole", "cozybackup:worker")
     readable = {"backupjobs", "restorejobs", "backups", "backupclasses", "storagelocations"}
     made = {"get", "create", "delete"}
@@ -254,7 +254,9 @@ def test_worker_rights(objs: list[dict[str, Any]]) -> None:
         | _cross("backup.kubevirt.io", {"virtualmachinebackups"}, made)
         | _cross("backup.kubevirt.io", {"virtualmachinebackuptrackers"}, {"get", "create"})
         | _cross("upload.cdi.kubevirt.io", {"uploadtokenrequests"}, {"get", "create"})
-        | {("", "secrets", "create"), ("", "persistentvolumeclaims", "create")}
+        | _cross("snapshot.storage.k8s.io", {"volumesnapshots"}, made)
+        | {("", "secrets", "create")}
+        | _cross("", {"persistentvolumeclaims"}, made)
         | {("", "configmaps", "get")}
     )
     role = _one(objs, "Role", "cozybackup-worker")

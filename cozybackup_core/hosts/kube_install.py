@@ -129,7 +129,9 @@ def kubevirt_worker_rules() -> list[dict[str, Any]]:
     """The KubeVirt driver's, in tenants' namespaces: find the VM and its disks, stop and
     start it and point its volumes at restored disks (patch); snapshot and export it, or
     back it up through changed-block tracking (a pull-mode VirtualMachineBackup, its
-    tracker, and the scratch PVC KubeVirt needs); the export's and the backup's token
+    tracker, and the scratch PVC KubeVirt needs), or through CSI VolumeSnapshots of its
+    disks' PVCs and PVCs restored from them (read: the disk's PVC as their template;
+    delete: the restored ones); the export's and the backup's token
     Secrets, which it makes itself (create only: it reads no tenant Secret);
     upload restored disks through CDI; CDI's upload CA in its ConfigMap."""
     return [
@@ -139,7 +141,8 @@ def kubevirt_worker_rules() -> list[dict[str, Any]]:
         _rule("export.kubevirt.io", ["virtualmachineexports"], ["get", "create", "delete"]),
         _rule("backup.kubevirt.io", ["virtualmachinebackups"], ["get", "create", "delete"]),
         _rule("backup.kubevirt.io", ["virtualmachinebackuptrackers"], ["get", "create"]),
-        _rule("", ["persistentvolumeclaims"], ["create"]),
+        _rule("snapshot.storage.k8s.io", ["volumesnapshots"], ["get", "create", "delete"]),
+        _rule("", ["persistentvolumeclaims"], ["get", "create", "delete"]),
         _rule("cdi.kubevirt.io", ["datavolumes"], ["get", "create", "delete"]),
         _rule("upload.cdi.kubevirt.io", ["uploadtokenrequests"], ["get", "create"]),
         _rule("", ["secrets"], ["create"]),

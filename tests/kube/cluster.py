@@ -72,6 +72,9 @@ CONTROLLERS = (
     # Publishes ConfigMap kube-root-ca.crt in every namespace: the ServiceAccount admission
     # plugin mounts it into every Pod (the kube-api-access-* projected volume).
     "root-ca-certificate-publisher-controller",
+    # Removes the kubernetes.io/pvc-protection finalizer (which admission puts on every
+    # PVC) once no Pod uses the claim: without it a deleted PVC stays Terminating.
+    "persistentvolumeclaim-protection-controller",
 )
 SA_ISSUER = "https://kubernetes.default.svc"
 

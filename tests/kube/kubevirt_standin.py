@@ -34,6 +34,9 @@ OpenAPI documents (``../shared/kubevirt-openapi/``, read at test time, never cop
   it as KubeVirt does: ``Complete``, the tracker moved to its checkpoint.
   ``backup_reads`` records every data read; ``forget_checkpoints`` plays a VM whose
   changed-block bitmaps were lost (KubeVirt then clears the tracker's checkpoint).
+* **VolumeSnapshot** (CSI's, from ``VOLUME_SNAPSHOT_SCHEMA``) of a PVC → its image
+  copied aside, then ``readyToUse`` with its ``restoreSize``; a **PersistentVolumeClaim**
+  whose ``dataSource`` is one → that copy as its image (an export of it waits for that).
 * **DataVolume** ``source.upload`` → ``UploadReady``; **UploadTokenRequest** → a token in
   its status; ``POST /v1beta1/upload`` with ``Authorization: Bearer <token>`` (chunked or
   not, raw or gzip) writes the image, sparse, and the DataVolume becomes ``Succeeded``
@@ -76,42 +79,65 @@ KINDS = {
     "UploadTokenRequest": ("cdi-swagger.json", "v1beta1.UploadTokenRequest"),
     "VirtualMachineBackup": ("kubevirt-swagger.json", "v1alpha1.VirtualMachineBackup"),
 }
-#: VirtualMachineBackupTracker as KubeVirt's Go API types declare it
-#: (staging/src/kubevirt.io/api/backup/v1alpha1/types.go): the published OpenAPI
-#: document lacks it.  Unknown fields are refused, as for the documents' kinds.
 _REF = {
     "type": "object",
     "required": ["kind", "name"],
     "additionalProperties": False,
     "properties": {"apiGroup": {"type": "string"}, "kind": {"type": "string"}, "name": {"type": "string"}},
 }  # fmt: skip
-TRACKER_SCHEMA = {
-    "type": "object",
-    "required": ["spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"type": "string"},
-        "kind": {"type": "string"},
-        "metadata": {"type": "object"},
-        "spec": {"type": "object", "required": ["source"], "additionalProperties": False, "properties": {"source": _REF}},
-        "status": {
+
+
+def _object_schema(spec: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """A namespaced kind's schema with unknown fields refused: ``spec`` (whose ``source``
+    is required) and ``status`` properties."""
+    closed = {"type": "object", "additionalProperties": False}
+    return {
+        **closed,
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": {**closed, "required": ["source"], "properties": spec},
+            "status": {**closed, "properties": status},
+        },
+    }
+
+
+#: VirtualMachineBackupTracker as KubeVirt's Go API types declare it
+#: (staging/src/kubevirt.io/api/backup/v1alpha1/types.go): the published OpenAPI
+#: document lacks it.  Unknown fields are refused, as for the documents' kinds.
+TRACKER_SCHEMA = _object_schema(
+    {"source": _REF},
+    {
+        "checkpointRedefinitionRequired": {"type": "boolean"},
+        "latestCheckpoint": {
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "checkpointRedefinitionRequired": {"type": "boolean"},
-                "latestCheckpoint": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "name": {"type": "string"},
-                        "creationTime": {"type": "string"},
-                        "volumes": {"type": "array", "items": {"type": "object", "additionalProperties": False, "required": ["volumeName"], "properties": {"volumeName": {"type": "string"}, "dataEndpoint": {"type": "string"}, "mapEndpoint": {"type": "string"}}}},
-                    },
-                },
+                "name": {"type": "string"},
+                "creationTime": {"type": "string"},
+                "volumes": {"type": "array", "items": {"type": "object", "additionalProperties": False, "required": ["volumeName"], "properties": {"volumeName": {"type": "string"}, "dataEndpoint": {"type": "string"}, "mapEndpoint": {"type": "string"}}}},
             },
         },
     },
-}  # fmt: skip
+)  # fmt: skip
+#: VolumeSnapshot as the CSI external-snapshotter's Go API types declare it
+#: (client/apis/volumesnapshot/v1/types.go; not KubeVirt's, so not in its documents).
+VOLUME_SNAPSHOT_SCHEMA = _object_schema(
+    {
+        "source": {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1, "properties": {"persistentVolumeClaimName": {"type": "string"}, "volumeSnapshotContentName": {"type": "string"}}},
+        "volumeSnapshotClassName": {"type": "string"},
+    },
+    {
+        "boundVolumeSnapshotContentName": {"type": "string"},
+        "creationTime": {"type": "string"},
+        "readyToUse": {"type": "boolean"},
+        "restoreSize": {"type": ["string", "integer"]},
+        "error": {"type": "object", "additionalProperties": False, "properties": {"time": {"type": "string"}, "message": {"type": "string"}}},
+        "volumeGroupSnapshotName": {"type": "string"},
+    },
+)  # fmt: skip
 #: KubeVirt's finalizer on a VirtualMachineBackup until it has ended.
 BACKUP_FINALIZER = "backup.kubevirt.io/vmbackup-protection"
 BLOCK = 64 << 10
@@ -176,13 +202,27 @@ def load_kinds(openapi: Path) -> dict[str, Kind]:
         "virtualmachinebackuptrackers",
         jsonschema.Draft4Validator(TRACKER_SCHEMA),
     )
+    out["VolumeSnapshot"] = Kind(
+        "VolumeSnapshot",
+        "snapshot.storage.k8s.io",
+        "v1",
+        "volumesnapshots",
+        jsonschema.Draft4Validator(VOLUME_SNAPSHOT_SCHEMA),
+    )
     return out
 
 
 def _crd(k: Kind) -> dict[str, Any]:
     open_object = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    meta: dict[str, Any] = {"name": f"{k.plural}.{k.group}"}
+    if k.group.endswith(".k8s.io"):
+        # A protected group: the API server wants the approval (as the external-
+        # snapshotter's own CRDs carry it).
+        meta["annotations"] = {
+            "api-approved.kubernetes.io": "https://github.com/kubernetes-csi/external-snapshotter"
+        }
     return {
-        "metadata": {"name": f"{k.plural}.{k.group}"},
+        "metadata": meta,
         "spec": {
             "group": k.group,
             "names": {"kind": k.kind, "plural": k.plural, "singular": k.kind.lower()},
@@ -366,6 +406,13 @@ class StandIn:
         for snap in self._list("VirtualMachineSnapshot", ns):
             if not snap.get("status"):
                 self._snapshot(ns, snap, vms, vmis)
+        for snap in self._list("VolumeSnapshot", ns):
+            if not snap.get("status"):
+                self._volume_snapshot(ns, snap)
+        for pvc in self._core.list_namespaced_persistent_volume_claim(ns).items:
+            source = pvc.spec.data_source
+            if source is not None and source.kind == "VolumeSnapshot":
+                self._restore_claim(ns, pvc.metadata.name, source.name)
         exports = self._list("VirtualMachineExport", ns)
         live = {f"/{ns}/{e['metadata']['name']}/" for e in exports}
         with self._lock:
@@ -441,6 +488,69 @@ class StandIn:
             },
         )
 
+    def _volume_snapshot(self, ns: str, snap: dict[str, Any]) -> None:
+        claim = snap["spec"]["source"].get("persistentVolumeClaimName")
+        image = self.disk(ns, claim) if claim else None
+        if image is None or not image.exists():
+            return  # the snapshot controller waits for the PVC too
+        folder = self.root / "volume-snapshots" / ns
+        folder.mkdir(parents=True, exist_ok=True)
+        copy = folder / snap["metadata"]["name"]
+        subprocess.run(["cp", "--sparse=always", str(image), str(copy)], check=True)
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        status = {
+            "boundVolumeSnapshotContentName": f"snapcontent-{snap['metadata']['uid']}",
+            "creationTime": now,
+            "readyToUse": True,
+            "restoreSize": str(copy.stat().st_size),
+        }
+        self._status("VolumeSnapshot", snap, status)
+
+    def _disk_image(self, ns: str, claim: str) -> bool:
+        """Whether KubeVirt's export takes PVC ``claim`` for a disk image (its
+        ``isKubevirtContentType``): Block mode, CDI's content type ``kubevirt`` (or empty),
+        or a DataVolume's.  The stand-in's DataVolumes have no PVC objects: theirs are."""
+        try:
+            pvc = self._core.read_namespaced_persistent_volume_claim(claim, ns)
+        except ApiException:
+            return True  # a DataVolume's disk
+        annotations = pvc.metadata.annotations or {}
+        owners = [o for o in pvc.metadata.owner_references or () if o.controller]
+        return (
+            pvc.spec.volume_mode == "Block"
+            or annotations.get("cdi.kubevirt.io/storage.contentType") in ("kubevirt", "")
+            or any(o.kind == "DataVolume" for o in owners)
+        )
+
+    def _restore_claim(self, ns: str, claim: str, snapshot: str) -> None:
+        """A PVC restored from a VolumeSnapshot gets the snapshot's copy, once; its spec
+        must be what a CSI driver restores: the snapshot's size at least, and the source
+        PVC's storage class and volume mode."""
+        image = self.disk(ns, claim)
+        copy = self.root / "volume-snapshots" / ns / snapshot
+        if image.exists() or not copy.exists():
+            return
+        self._check_restored(ns, claim, snapshot)
+        part = image.with_suffix(".part")
+        subprocess.run(["cp", "--sparse=always", str(copy), str(part)], check=True)
+        part.rename(image)
+
+    def _check_restored(self, ns: str, claim: str, snapshot: str) -> None:
+        pvc = self._core.read_namespaced_persistent_volume_claim(claim, ns)
+        k = self.kinds["VolumeSnapshot"]
+        snap = self._custom.get_namespaced_custom_object(k.group, k.version, ns, k.plural, snapshot)
+        source = self._core.read_namespaced_persistent_volume_claim(
+            snap["spec"]["source"]["persistentVolumeClaimName"], ns
+        )
+        asked = _bytes(pvc.spec.resources.requests["storage"])
+        if asked < int(snap["status"]["restoreSize"]):
+            self.errors.append(f"PVC {claim}: {asked} bytes, less than its snapshot's restoreSize")
+        if asked < _bytes(source.spec.resources.requests["storage"]):
+            self.errors.append(f"PVC {claim}: {asked} bytes, less than the PVC it was taken of")
+        for field in ("storage_class_name", "volume_mode", "access_modes"):
+            if getattr(pvc.spec, field) != getattr(source.spec, field):
+                self.errors.append(f"PVC {claim}: {field} differs from the PVC it was taken of")
+
     def _export(self, ns: str, export: dict[str, Any], vmis: Mapping[str, Any]) -> None:
         name = export["metadata"]["name"]
         spec = export["spec"]
@@ -457,6 +567,12 @@ class StandIn:
                 self._status("VirtualMachineExport", export, {"phase": "Pending"})
                 return
             files[source["name"]] = self.disk(ns, source["name"])
+            if not files[source["name"]].exists():
+                return  # a PVC still being restored from a snapshot: KubeVirt waits
+            if not self._disk_image(ns, source["name"]):
+                # KubeVirt serves such a PVC as a directory (dir, tar.gz), never raw.
+                self._status("VirtualMachineExport", export, {"phase": "Ready", "serviceName": f"virt-export-{name}", "tokenSecretRef": spec["tokenSecretRef"], "links": {"internal": {"cert": self.ca_pem, "volumes": [{"name": source["name"], "formats": [{"format": "dir", "url": f"{self.url}/{ns}/{name}/dir/"}]}]}}})  # fmt: skip
+                return
         elif source["kind"] == "VirtualMachineSnapshot":
             folder = self.root / "snapshots" / ns / source["name"]
             if not folder.is_dir():
@@ -700,6 +816,12 @@ def _map(image: Path, base: Path | None) -> list[dict[str, Any]]:
                 {"offset": offset, "length": len(block), "type": flags, "description": names[flags]}
             )
     return out
+
+
+def _bytes(quantity: str) -> int:
+    """A storage quantity as the tests write them: bytes, or ``<n>Mi``/``<n>Gi``."""
+    units = {"Mi": 1 << 20, "Gi": 1 << 30}
+    return int(quantity[:-2]) * units[quantity[-2:]] if quantity[-2:] in units else int(quantity)
 
 
 def _b64(text: str) -> str:

@@ -10,6 +10,7 @@ compared with the backed-up images byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -403,6 +404,149 @@ def test_a_vminstance_with_two_disks_backed_up_and_restored(
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
     assert proc.returncode == 0, platform.output("vminstance")
+
+
+def _class(platform: Platform, name: str, parameters: dict[str, Any]) -> None:
+    """BackupClass ``name``: the KubeVirt strategy for VMInstances with ``parameters``."""
+    cls = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "BackupClass",
+        "metadata": {"name": name},
+        "spec": {
+            "storageRef": {"name": "vms-s3"},
+            "strategies": [{"application": {"apiGroup": "apps.cozystack.io", "kind": "VMInstance"}, "strategyRef": {"kind": "KubeVirt", "name": "vms"}, "parameters": parameters}],
+        },
+    }  # fmt: skip
+    platform.host.objects.create(load(cls))
+
+
+def _made_for_volume_snapshots(platform: Platform) -> list[str]:
+    """The VolumeSnapshots and the PVCs restored from them still in the namespace."""
+    core = client.CoreV1Api(platform.cluster.admin)
+    claims = [c.metadata.name for c in core.list_namespaced_persistent_volume_claim(ACME).items]
+    snaps = _left_over(platform, "snapshot.storage.k8s.io", "v1", "volumesnapshots")
+    return snaps + [c for c in claims if c.startswith("cozybackup-volsnap-claim-")]
+
+
+def _disk_claim(platform: Platform, name: str, size: int) -> None:
+    """The PVC CDI makes for DataVolume ``vm-disk-<name>`` (the stand-in keeps its image
+    as a file): what a PVC restored from a snapshot of it must look like."""
+    pvc = {
+        "metadata": {"name": f"vm-disk-{name}"},
+        "spec": {"accessModes": ["ReadWriteMany"], "volumeMode": "Filesystem", "storageClassName": "standin-replicated", "resources": {"requests": {"storage": f"{size // MiB}Mi"}}},
+    }  # fmt: skip
+    client.CoreV1Api(platform.cluster.admin).create_namespaced_persistent_volume_claim(ACME, pvc)
+
+
+@contextlib.contextmanager
+def _snapshot_gate_off(platform: Platform) -> Iterator[None]:
+    """KubeVirt with its Snapshot feature gate off: the snapshot API is served (virt-
+    operator installs it regardless) and admission refuses every VirtualMachineSnapshot
+    with KubeVirt's message (here a ValidatingAdmissionPolicy, there its webhook)."""
+    adm = client.AdmissionregistrationV1Api(platform.cluster.admin)
+    rule = {"apiGroups": ["snapshot.kubevirt.io"], "apiVersions": ["*"], "operations": ["CREATE"], "resources": ["virtualmachinesnapshots"]}  # fmt: skip
+    policy = {
+        "metadata": {"name": "gate-off"},
+        "spec": {"failurePolicy": "Fail", "matchConstraints": {"resourceRules": [rule]}, "validations": [{"expression": "false", "message": "snapshot feature gate not enabled"}]},
+    }  # fmt: skip
+    binding = {"metadata": {"name": "gate-off"}, "spec": {"policyName": "gate-off", "validationActions": ["Deny"]}}  # fmt: skip
+    probe = {"apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineSnapshot", "metadata": {"name": "probe"}, "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "none"}}}  # fmt: skip
+
+    def refused() -> bool:
+        try:
+            _custom(platform).create_namespaced_custom_object("snapshot.kubevirt.io", "v1beta1", ACME, "virtualmachinesnapshots", probe, dry_run="All")  # fmt: skip
+        except ApiException as exc:
+            return "snapshot feature gate not enabled" in str(exc.body)
+        return False
+
+    adm.create_validating_admission_policy(policy)
+    adm.create_validating_admission_policy_binding(binding)
+    try:
+        until("the snapshot API to refuse snapshots", refused)
+        yield
+    finally:
+        adm.delete_validating_admission_policy_binding("gate-off")
+        adm.delete_validating_admission_policy("gate-off")
+        until("the snapshot API to take snapshots again", lambda: not refused())
+
+
+@pytest.mark.timeout(600)
+def test_volume_snapshots_where_kubevirt_snapshots_are_not_used(
+    vms: tuple[Platform, StandIn], kubelet: Kubelet
+) -> None:
+    """``snapshots: volume``, and ``auto`` where KubeVirt refuses snapshots (its feature
+    gate off): a CSI VolumeSnapshot of each disk's PVC, then a PVC restored from each
+    (sized, classed and moded as the disk's, marked as a disk image), exported and read;
+    no guest is frozen, so a running VM is refused unless the class accepts
+    crash-consistent copies.  Everything made is deleted after, and the restores bring
+    every disk back bit for bit."""
+    platform, standin = vms
+    sys_before = _disk(platform, standin, "csisys", 24 * MiB, seed=11)
+    data_before = _disk(platform, standin, "csidata", 16 * MiB, seed=12)
+    _disk_claim(platform, "csisys", 24 * MiB)
+    _disk_claim(platform, "csidata", 16 * MiB)
+    _vm(platform, "csi", ["csisys", "csidata"])
+    until("the VM to run", lambda: any(b[0] == "vm-instance-csi" for b in standin.boots))
+    _class(platform, "vms-volume", {"snapshots": "volume"})
+    _class(platform, "vms-volume-crash", {"snapshots": "volume", "consistency": "crash"})
+    ref = {"apiGroup": "apps.cozystack.io", "kind": "VMInstance", "name": "csi"}
+    kubevirt_snapshots = set(standin.seen["VirtualMachineSnapshot"])
+    freezes = list(standin.freezes)
+    proc = platform.controller("volsnap", *_with_workers(platform))
+    try:
+        platform.says("volsnap", "leading")
+        # Running, and the class wants the guest frozen: refused before anything is made.
+        job = _run(platform, "BackupJob", "vsb1", {"applicationRef": ref, "backupClassName": "vms-volume"})  # fmt: skip
+        assert job.status.phase == "Failed"
+        assert "storage snapshots, which cannot pause the guest's writes" in job.status.message
+        assert not standin.seen["VolumeSnapshot"]
+
+        # Running, crash-consistent copies accepted: taken, and the Backup says so.
+        job = _run(platform, "BackupJob", "vsb2", {"applicationRef": ref, "backupClassName": "vms-volume-crash"})  # fmt: skip
+        assert job.status.phase == "Succeeded", job.status.message
+        backup = platform.host.objects.get(Backup, ACME, "vsb2")
+        assert backup is not None and backup.status.underlying_resources is not None
+        assert backup.spec.driver_metadata["via"] == "VolumeSnapshot, VirtualMachineExport"
+        made = backup.status.underlying_resources
+        assert made["consistency"] == "crash"
+        assert [w["reason"] for w in made["warnings"]] == ["CrashConsistent"]
+        assert {d["name"]: d["virtualSize"] for d in made["disks"]} == {"csisys": 24 * MiB, "csidata": 16 * MiB}  # fmt: skip
+        assert len(standin.seen["VolumeSnapshot"]) == 2
+        assert standin.seen["VirtualMachineSnapshot"] == kubevirt_snapshots
+        assert standin.freezes == freezes
+        until("the volume snapshots and their PVCs to be deleted", lambda: not _made_for_volume_snapshots(platform))  # fmt: skip
+        until("the exports to be deleted", lambda: not _left_over(platform, "export.kubevirt.io", "v1", "virtualmachineexports"))  # fmt: skip
+
+        # Stopped, and the default class ("auto") on a KubeVirt that refuses snapshots:
+        # volume snapshots, an offline copy.
+        _custom(platform).patch_namespaced_custom_object("kubevirt.io", "v1", ACME, "virtualmachines", "vm-instance-csi", {"spec": {"runStrategy": "Halted"}})  # fmt: skip
+        until("the VM to stop", lambda: "vm-instance-csi" not in _left_over(platform, "kubevirt.io", "v1", "virtualmachineinstances"))  # fmt: skip
+        _scribble(standin.disk(ACME, "vm-disk-csidata"), seed=13)
+        data_later = standin.disk(ACME, "vm-disk-csidata").read_bytes()
+        with _snapshot_gate_off(platform):
+            job = _backup(platform, "vsb3", "VMInstance", "csi")
+        assert job.status.phase == "Succeeded", job.status.message
+        backup = platform.host.objects.get(Backup, ACME, "vsb3")
+        assert backup is not None and backup.status.underlying_resources is not None
+        assert backup.status.underlying_resources["consistency"] == "offline"
+        assert backup.spec.driver_metadata["via"] == "VolumeSnapshot, VirtualMachineExport"
+        assert len(standin.seen["VolumeSnapshot"]) == 4
+        assert standin.seen["VirtualMachineSnapshot"] == kubevirt_snapshots
+        until("the volume snapshots and their PVCs to be deleted", lambda: not _made_for_volume_snapshots(platform))  # fmt: skip
+
+        # Each Backup restores exactly what its snapshots held.
+        _scribble(standin.disk(ACME, "vm-disk-csisys"), seed=14)
+        for backup_name, data in (("vsb2", data_before), ("vsb3", data_later)):
+            restored = _restore(platform, f"{backup_name}-r", backup_name)
+            assert restored.status.phase == "Succeeded", restored.status.message
+            claims = _claims(_get_vm(platform, "csi"))
+            assert standin.disk(ACME, claims["disk-csisys"]).read_bytes() == sys_before
+            assert standin.disk(ACME, claims["disk-csidata"]).read_bytes() == data
+        _no_storage_seen_by_tenant(platform)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, platform.output("volsnap")
 
 
 @pytest.mark.timeout(300)

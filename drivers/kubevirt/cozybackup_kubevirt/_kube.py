@@ -8,6 +8,7 @@ of the worker's ClusterRole: see the README's "On Kubernetes" table).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -18,6 +19,8 @@ import attrs
 
 from cozybackup_core import Deadline, DriverError
 
+#: Objects the driver makes carry this label, so an operator can find any left behind.
+LABELS = {"app.kubernetes.io/managed-by": "cozybackup"}
 #: Seconds between two reads of an object a step waits on.
 POLL_SECONDS = 0.5
 #: Seconds for connect and read of every API call.
@@ -51,6 +54,10 @@ VM_BACKUP = Kind("backup.kubevirt.io", "v1alpha1", "virtualmachinebackups", "Vir
 TRACKER = Kind(
     "backup.kubevirt.io", "v1alpha1", "virtualmachinebackuptrackers", "VirtualMachineBackupTracker"
 )
+#: A CSI snapshot of a PVC (the external-snapshotter's API), where KubeVirt's are not used.
+VOLUME_SNAPSHOT = Kind("snapshot.storage.k8s.io", "v1", "volumesnapshots", "VolumeSnapshot")
+#: CDI's annotation saying what a PVC holds (``kubevirt``: a disk image).
+CONTENT_TYPE = "cdi.kubevirt.io/storage.contentType"
 DATA_VOLUME = Kind("cdi.kubevirt.io", "v1beta1", "datavolumes", "DataVolume")
 UPLOAD_TOKEN = Kind(
     "upload.cdi.kubevirt.io", "v1beta1", "uploadtokenrequests", "UploadTokenRequest"
@@ -165,14 +172,61 @@ class Cluster:
             found.append(self._core.read_namespaced_config_map(name, namespace, **self._timeout()))
         return dict(found[0].data or {}) if found else None
 
-    def served(self, kind: Kind, versions: tuple[str, ...]) -> Kind:
-        """``kind`` in the first of ``versions`` the cluster serves (API discovery, which
-        every authenticated user may read)."""
+    def claim(self, name: str) -> dict[str, Any] | None:
+        """PVC ``name`` as a plain mapping (camelCase), or None when there is none."""
+        with _refused(f"read PersistentVolumeClaim {name}", missing_ok=True) as found:
+            found.append(
+                self._core.read_namespaced_persistent_volume_claim(
+                    name, self.namespace, **self._timeout()
+                )
+            )
+        claim: dict[str, Any] | None = (
+            self._api.sanitize_for_serialization(found[0]) if found else None
+        )
+        return claim
+
+    def create_claim_from_snapshot(
+        self, name: str, snapshot: str, size: str, template: Mapping[str, Any]
+    ) -> None:
+        """A PVC restored from VolumeSnapshot ``snapshot``: ``size``, and the storage
+        class, access modes and volume mode of ``template`` (the disk's own PVC).  Marked
+        as a disk image (CDI's content type annotation), which KubeVirt's export wants
+        before it serves a filesystem PVC's ``disk.img`` as ``raw``."""
+        spec = template.get("spec") or {}
+        body = {
+            "metadata": {"name": name, "labels": dict(LABELS), "annotations": {CONTENT_TYPE: "kubevirt"}},
+            "spec": {
+                "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+                "volumeMode": spec.get("volumeMode") or "Filesystem",
+                "resources": {"requests": {"storage": size}},
+                "dataSource": {"apiGroup": VOLUME_SNAPSHOT.group, "kind": VOLUME_SNAPSHOT.kind, "name": snapshot},
+                **({"storageClassName": spec["storageClassName"]} if spec.get("storageClassName") else {}),
+            },
+        }  # fmt: skip
+        with _refused(f"create PersistentVolumeClaim {name}"):
+            self._core.create_namespaced_persistent_volume_claim(
+                self.namespace, body, **self._timeout()
+            )
+
+    def delete_claim(self, name: str) -> None:
+        """Cleanup: runs past the job's deadline too."""
+        with _refused(f"delete PersistentVolumeClaim {name}", missing_ok=True):
+            self._core.delete_namespaced_persistent_volume_claim(
+                name, self.namespace, **self._timeout(cleanup=True)
+            )
+
+    def versions(self, group: str) -> set[str]:
+        """The versions of API ``group`` the cluster serves (API discovery, which every
+        authenticated user may read)."""
         from kubernetes import client  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
         with _refused("discover the API groups"):
             groups = client.ApisApi(self._api).get_api_versions(**self._timeout()).groups
-        served = {v.version for g in groups or () if g.name == kind.group for v in g.versions}
+        return {v.version for g in groups or () if g.name == group for v in g.versions}
+
+    def served(self, kind: Kind, versions: tuple[str, ...]) -> Kind:
+        """``kind`` in the first of ``versions`` the cluster serves."""
+        served = self.versions(kind.group)
         for version in versions:
             if version in served:
                 return attrs.evolve(kind, version=version)
@@ -249,19 +303,36 @@ def _refused(call: str, *, missing_ok: bool = False) -> Iterator[list[Any]]:
     except ApiException as exc:
         if exc.status == 404 and missing_ok:
             return
-        why = {403: "forbidden: a rule missing from the worker's ClusterRole?"}.get(
-            exc.status, str(exc.reason)
-        )
+        said = f"{call}: HTTP {exc.status} {_message(exc.body)}"
+        if exc.status == 403 and "exceeded quota" in said:
+            raise DriverError(
+                "the namespace's resource quota leaves no room for what this job must create "
+                "for a while (a temporary copy of a disk); free some or ask the platform "
+                "operator to raise the quota",
+                admin_detail=said,
+            ) from None
+        if exc.status == 403 and "is forbidden: User" in said:
+            said += " (a rule missing from the worker's ClusterRole?)"
         raise DriverError(
             "the platform could not reach KubeVirt's API for this virtual machine; ask the "
             "platform operator",
-            admin_detail=f"{call}: HTTP {exc.status} {why}: {str(exc.body)[:300]}",
+            admin_detail=said,
         ) from None
     except (ConfigException, OSError, HTTPError) as exc:
         raise DriverError(
             "the platform could not reach the Kubernetes API; ask the platform operator",
             admin_detail=f"{call}: {exc!r}",
         ) from None
+
+
+def _message(body: object) -> str:
+    """What the API server said: its Status's message whole (an admission webhook's or
+    policy's reason is at its end), else the start of the body."""
+    try:
+        message = json.loads(str(body)).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message)[:2000] if message else str(body)[:300]
 
 
 def condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:

@@ -3,23 +3,38 @@ through its agent for the snapshot, and thaws it), a VirtualMachineExport of tha
 snapshot, each disk's raw image streamed from the export server into the artifact with
 its zero blocks dropped (the same stream as on the embedded host), then export and
 snapshot deleted.  A VMDisk no VM uses is exported as its PVC, without a snapshot.
+
+Where KubeVirt's snapshots are not served (or the class says ``snapshots: volume``),
+each disk's PVC gets a CSI VolumeSnapshot, a PVC is restored from it, and that PVC is
+exported and read the same way; all three are deleted after.  No guest is frozen that
+way, so a running VM is refused unless the class accepts ``consistency: crash``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from cozybackup_core import BackupContext, DriverError
+from cozybackup_core import BackupContext, DriverError, parse_bytes
 
 from . import _kube_cbt
-from ._kube import DATA_VOLUME, SNAPSHOT, VMI, Cluster
-from ._kube_export import LABELS, exported, object_name
-from ._kube_machine import CRASH_CONSISTENT, KubeMachine, located, unfrozen
-from ._params import Consistency, KubeVirtParameters
+from ._kube import DATA_VOLUME, EXPORT, LABELS, SNAPSHOT, VMI, VOLUME_SNAPSHOT, Cluster
+from ._kube_export import exported, object_name
+from ._kube_machine import CRASH_CONSISTENT, KubeDisk, KubeMachine, located, unfrozen
+from ._params import Consistency, KubeVirtParameters, Snapshots
 from ._stream import Summary, write_runs
+
+#: What KubeVirt's admission says to a VirtualMachineSnapshot while its Snapshot feature
+#: gate is off (pkg/storage/admitters/vmsnapshot.go).
+_GATE_OFF = "snapshot feature gate not enabled"
+#: How long a VolumeSnapshot may report an error before the backup gives up on it (the
+#: external-snapshotter retries, and clears the error once it succeeds).
+SNAPSHOT_ERROR_SECONDS = 300.0
+#: What to export, and which disks it holds under which PVC name (made as it is iterated).
+Sources = Iterable[tuple[Mapping[str, str], list[tuple[KubeDisk, str]]]]
 
 
 def backup(ctx: BackupContext[KubeVirtParameters]) -> None:
@@ -40,18 +55,19 @@ def _backup(m: KubeMachine, cluster: Cluster, ctx: BackupContext[KubeVirtParamet
         _kube_cbt.backup(m, cluster, ctx)
         return
     summaries: dict[str, Summary] = {}
-    with _source(m, cluster, ctx) as (source, mode):
+    with _sources(m, cluster, ctx) as (sources, mode, via):
         ctx.progress.stage("exporting the disks")
-        with exported(cluster, source, "exporting the virtual machine's disks") as export:
-            for d in m.disks:
-                ctx.progress.stage(f"reading disk {d.name}")
-                with ctx.artifact.open(d.stream) as out:
-                    summaries[d.name] = export.runs(
-                        cluster,
-                        d.claim,
-                        f"reading disk {d.name}",
-                        functools.partial(write_runs, out),
-                    )
+        for source, held in sources:
+            with exported(cluster, source, "exporting the virtual machine's disks") as export:
+                for d, claim in held:
+                    ctx.progress.stage(f"reading disk {d.name}")
+                    with ctx.artifact.open(d.stream) as out:
+                        summaries[d.name] = export.runs(
+                            cluster,
+                            claim,
+                            f"reading disk {d.name}",
+                            functools.partial(write_runs, out),
+                        )
     disks = [
         {
             "name": d.name,
@@ -61,7 +77,7 @@ def _backup(m: KubeMachine, cluster: Cluster, ctx: BackupContext[KubeVirtParamet
         }
         for d in m.disks
     ]
-    ctx.metadata.update({"consistency": mode, "disks": disks, "via": "VirtualMachineExport"})
+    ctx.metadata.update({"consistency": mode, "disks": disks, "via": via})
     ctx.resources.update({"consistency": mode, "disks": disks})
     if mode == "crash":
         ctx.warn(CRASH_CONSISTENT, reason="CrashConsistent")
@@ -69,12 +85,22 @@ def _backup(m: KubeMachine, cluster: Cluster, ctx: BackupContext[KubeVirtParamet
         ctx.metadata.update({k: v for k, v in disks[0].items() if k != "name"})
 
 
+def snapshots(cluster: Cluster, params: KubeVirtParameters) -> Snapshots:
+    """How a backup captures a VM's disks: KubeVirt's snapshot or CSI volume snapshots
+    (``auto``: KubeVirt's where the cluster serves them)."""
+    if params.snapshots is not Snapshots.AUTO:
+        return params.snapshots
+    served = SNAPSHOT.version in cluster.versions(SNAPSHOT.group)
+    return Snapshots.KUBEVIRT if served else Snapshots.VOLUME
+
+
 @contextlib.contextmanager
-def _source(
+def _sources(
     m: KubeMachine, cluster: Cluster, ctx: BackupContext[KubeVirtParameters]
-) -> Iterator[tuple[Mapping[str, str], str]]:
-    """What to export, and the consistency it gives: a snapshot of the VM (deleted after),
-    or the PVC of a disk no VM uses."""
+) -> Iterator[tuple[Sources, str, str]]:
+    """What to export, the consistency it gives and how it was taken (the Backup's
+    ``via``): a snapshot of the VM (deleted after), volume snapshots of its disks, or the
+    PVC of a disk no VM uses."""
     if m.vm_name is None:
         claim = m.disks[0].claim
         if cluster.get(DATA_VOLUME, claim) is None:
@@ -83,29 +109,198 @@ def _source(
                 "operator",
                 admin_detail=f"DataVolume {claim} not found",
             )
-        yield {"apiGroup": "", "kind": "PersistentVolumeClaim", "name": claim}, "offline"
+        pvc = {"apiGroup": "", "kind": "PersistentVolumeClaim", "name": claim}
+        yield [(pvc, [(m.disks[0], claim)])], "offline", EXPORT.kind
         return
+    kind = snapshots(cluster, ctx.parameters)
     name = object_name("snapshot")
-    ctx.progress.stage("taking a snapshot of the virtual machine")
-    cluster.create(
-        SNAPSHOT,
-        name,
-        {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": m.vm_name}},
-        labels=LABELS,
-    )
+    if kind is Snapshots.KUBEVIRT:
+        ctx.progress.stage("taking a snapshot of the virtual machine")
+        try:
+            cluster.create(
+                SNAPSHOT,
+                name,
+                {
+                    "source": {
+                        "apiGroup": "kubevirt.io",
+                        "kind": "VirtualMachine",
+                        "name": m.vm_name,
+                    }
+                },
+                labels=LABELS,
+            )
+        except DriverError as exc:
+            # KubeVirt installs its snapshot API whatever its Snapshot feature gate says,
+            # and its admission refuses every snapshot while the gate is off.
+            if ctx.parameters.snapshots is not Snapshots.AUTO or _GATE_OFF not in str(
+                exc.admin_detail
+            ):
+                raise
+            ctx.log.info("KubeVirt refuses snapshots (%s): volume snapshots", exc.admin_detail)
+            kind = Snapshots.VOLUME
+    if kind is Snapshots.VOLUME:
+        with _volume_snapshots(m, cluster, ctx) as (sources, mode):
+            yield sources, mode, f"{VOLUME_SNAPSHOT.kind}, {EXPORT.kind}"
+        return
     try:
         snap = cluster.wait(
             "taking a snapshot of the virtual machine",
             SNAPSHOT,
             name,
-            lambda o: bool((o.get("status") or {}).get("readyToUse")),
+            _ready_to_use,
             _snapshot_failed,
         )
         assert snap is not None
         mode = _consistency(snap, m, ctx.parameters.consistency)
-        yield {"apiGroup": SNAPSHOT.group, "kind": SNAPSHOT.kind, "name": name}, mode
+        source = {"apiGroup": SNAPSHOT.group, "kind": SNAPSHOT.kind, "name": name}
+        yield [(source, [(d, d.claim) for d in m.disks])], mode, EXPORT.kind
     finally:
         cluster.delete(SNAPSHOT, name)
+
+
+@contextlib.contextmanager
+def _volume_snapshots(
+    m: KubeMachine, cluster: Cluster, ctx: BackupContext[KubeVirtParameters]
+) -> Iterator[tuple[Sources, str]]:
+    """A CSI VolumeSnapshot of each disk, taken one right after the other (a running VM's
+    disks are then each crash-consistent, not consistent with each other); then, one disk
+    at a time, a PVC restored from its snapshot: what to export (one extra PVC at a time,
+    each deleted once read).  Everything made is deleted after, also on failure."""
+    before = _instance(m, cluster)
+    if before:
+        _crash_accepted(m, ctx.parameters)
+    templates = {d.name: _claim_template(m, cluster, d) for d in m.disks}
+    ctx.progress.stage("taking snapshots of the disks")
+    snaps = {d.name: object_name("volsnap") for d in m.disks}
+    made: list[tuple[str, str]] = []  # (kind, name) to delete, in order
+    spec_class = (
+        {"volumeSnapshotClassName": ctx.parameters.volume_snapshot_class}
+        if ctx.parameters.volume_snapshot_class
+        else {}
+    )
+
+    def restored() -> Iterator[tuple[Mapping[str, str], list[tuple[KubeDisk, str]]]]:
+        for d in m.disks:
+            claim = object_name("volsnap-claim")
+            made.insert(0, ("PersistentVolumeClaim", claim))
+            cluster.create_claim_from_snapshot(
+                claim, snaps[d.name], sizes[d.name], templates[d.name]
+            )
+            try:
+                yield {"apiGroup": "", "kind": "PersistentVolumeClaim", "name": claim}, [(d, claim)]
+            finally:
+                _delete(cluster, ctx, "PersistentVolumeClaim", claim)
+
+    try:
+        for d in m.disks:
+            made.append((VOLUME_SNAPSHOT.kind, snaps[d.name]))
+            cluster.create(
+                VOLUME_SNAPSHOT,
+                snaps[d.name],
+                {"source": {"persistentVolumeClaimName": d.claim}, **spec_class},
+                labels=LABELS,
+            )
+        sizes = {d.name: _restore_size(cluster, snaps[d.name], templates[d.name]) for d in m.disks}
+        # Every snapshot is cut: a VM started meanwhile was written to while they were.
+        after = _instance(m, cluster)
+        if after:
+            _crash_accepted(m, ctx.parameters)
+        yield restored(), "crash" if before or after else "offline"
+    finally:
+        for kind, name in made:
+            _delete(cluster, ctx, kind, name)
+
+
+def _delete(cluster: Cluster, ctx: BackupContext[KubeVirtParameters], kind: str, name: str) -> None:
+    """Cleanup that tries everything: a failure is logged for the operator (the object
+    keeps its label) and does not hide what happened before it."""
+    try:
+        if kind == VOLUME_SNAPSHOT.kind:
+            cluster.delete(VOLUME_SNAPSHOT, name)
+        else:
+            cluster.delete_claim(name)
+    except DriverError as exc:
+        ctx.log.error("could not delete %s %s: %s", kind, name, exc.admin_detail)
+
+
+def _claim_template(m: KubeMachine, cluster: Cluster, d: KubeDisk) -> dict[str, Any]:
+    """The disk's own PVC: what a PVC restored from its snapshot must look like (a wrong
+    volume mode would leave that PVC pending, so it is never guessed)."""
+    claim = cluster.claim(d.claim)
+    if claim is None:
+        raise DriverError(
+            f"the {m.ref.kind} {m.ref.name} has no disk on the cluster; ask the platform operator",
+            admin_detail=f"PersistentVolumeClaim {d.claim} of disk {d.name} not found",
+        )
+    return claim
+
+
+def _restore_size(cluster: Cluster, snapshot: str, template: Mapping[str, Any]) -> str:
+    """Wait for VolumeSnapshot ``snapshot``; the size a PVC restored from it asks for:
+    the larger of its ``restoreSize`` (a minimum, and optional) and the disk's PVC's
+    request (as KubeVirt sizes the PVCs it restores from snapshots)."""
+    first_error: list[float] = []
+
+    def failed(obj: Mapping[str, Any]) -> str | None:
+        error = (obj.get("status") or {}).get("error") or {}
+        if not error.get("message"):
+            first_error.clear()
+            return None
+        first_error[:] = first_error or [time.monotonic()]
+        if time.monotonic() - first_error[0] < SNAPSHOT_ERROR_SECONDS:
+            return None  # the external-snapshotter retries
+        return f"volume snapshot failed: {error['message']}"
+
+    ready = cluster.wait(
+        "taking snapshots of the disks",
+        VOLUME_SNAPSHOT,
+        snapshot,
+        _ready_to_use,
+        failed,
+    )
+    assert ready is not None
+    requested = ((template.get("spec") or {}).get("resources") or {}).get("requests") or {}
+    sizes = [str(q) for q in (ready["status"].get("restoreSize"), requested.get("storage")) if q]
+    if not sizes:
+        raise DriverError(
+            "taking snapshots of the disks failed; ask the platform operator",
+            admin_detail=f"VolumeSnapshot {snapshot}: no restoreSize, and the disk's PVC "
+            "requests no size",
+        )
+    known = [(n, q) for q in sizes if (n := _quantity(q)) is not None]
+    return str(max(known)[0]) if known else sizes[0]
+
+
+def _quantity(text: str) -> int | None:
+    try:
+        return parse_bytes(text)
+    except (KeyError, ValueError):
+        return None  # a form parse_bytes does not read ("1.5Gi"): the API server will
+
+
+def _instance(m: KubeMachine, cluster: Cluster) -> str | None:
+    """The uid of the VM's instance while it runs (one that has finished, as with run
+    strategy ``Manual``, does not write)."""
+    vmi = cluster.get(VMI, m.vm_name) if m.vm_name else None
+    if vmi is None or (vmi.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+        return None
+    return str(vmi["metadata"].get("uid") or "running")
+
+
+def _crash_accepted(m: KubeMachine, params: KubeVirtParameters) -> None:
+    """Volume snapshots of a running VM's disks are crash-consistent: refused unless the
+    class says ``consistency: crash``."""
+    if params.consistency is Consistency.CRASH:
+        return
+    raise DriverError(
+        "the virtual machine is running, and on this platform its disks are copied through "
+        "storage snapshots, which cannot pause the guest's writes; stop the virtual machine "
+        "for the backup, or ask the platform operator for a backup class that accepts "
+        "crash-consistent copies",
+        admin_detail=f"{m.ref}: VolumeSnapshots of a running VM need consistency crash "
+        f"(snapshots: {params.snapshots.value}; KubeVirt's VirtualMachineSnapshot freezes the "
+        "guest where it is served)",
+    )
 
 
 def _consistency(snap: Mapping[str, Any], m: KubeMachine, wanted: Consistency) -> str:
@@ -122,6 +317,11 @@ def _consistency(snap: Mapping[str, Any], m: KubeMachine, wanted: Consistency) -
     if wanted is not Consistency.CRASH:
         raise unfrozen(m, f"snapshot indications {sorted(said)}")
     return "crash"
+
+
+def _ready_to_use(obj: Mapping[str, Any]) -> bool:
+    """A VirtualMachineSnapshot's or a VolumeSnapshot's: its content can be read."""
+    return bool((obj.get("status") or {}).get("readyToUse"))
 
 
 def _snapshot_failed(obj: Mapping[str, Any]) -> str | None:

@@ -26,8 +26,8 @@ from typing import Any
 from cozybackup_core import BackupContext, DriverError, PriorBackup, parse_bytes
 
 from ._https import BackupEndpoint
-from ._kube import DATA_VOLUME, POLL_SECONDS, TRACKER, VM_BACKUP, Cluster, condition
-from ._kube_export import LABELS, object_name
+from ._kube import DATA_VOLUME, LABELS, POLL_SECONDS, TRACKER, VM_BACKUP, Cluster, condition
+from ._kube_export import object_name
 from ._kube_machine import CRASH_CONSISTENT, KubeDisk, KubeMachine, unfrozen
 from ._params import Consistency, KubeVirtParameters
 from ._stream import Change, Summary, aligned, overlay, read_header, records, write_runs

@@ -14,12 +14,10 @@ import attrs
 from cozybackup_core import DriverError
 
 from . import _https
-from ._kube import EXPORT, EXPORT_VERSIONS, Cluster
+from ._kube import EXPORT, EXPORT_VERSIONS, LABELS, Cluster
 from ._stream import StreamInvalid, sequential_runs
 
 T = TypeVar("T")
-#: Objects the driver makes carry this label, so an operator can find any left behind.
-LABELS = {"app.kubernetes.io/managed-by": "cozybackup"}
 _ENDED = ("Terminated", "Skipped")
 
 

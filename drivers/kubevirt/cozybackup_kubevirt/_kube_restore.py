@@ -19,8 +19,8 @@ from typing import IO, Any
 from cozybackup_core import DeadlineExceeded, DriverError, RestoreContext
 
 from . import _https
-from ._kube import DATA_VOLUME, UPLOAD_TOKEN, VM, VMI, Cluster
-from ._kube_export import LABELS, exported
+from ._kube import DATA_VOLUME, LABELS, UPLOAD_TOKEN, VM, VMI, Cluster
+from ._kube_export import exported
 from ._kube_machine import KubeDisk, KubeMachine, located
 from ._params import KubeVirtParameters
 from ._stream import StreamInvalid, Summary, read_header, records, runs_digest

@@ -10,6 +10,8 @@ In a BackupClass (camelCase on the wire)::
                                # backup (KubeVirt's VirtualMachineBackup, changed-block tracking)
       fullEvery: 0             # with changedBlocks: read every block on each Nth backup (0: never)
       scratchStorageClass: ""  # with changedBlocks: StorageClass of the backup's scratch PVC
+      snapshots: auto          # on Kubernetes: auto (default) | kubevirt | volume
+      volumeSnapshotClass: ""  # with volume snapshots: the VolumeSnapshotClass (the default if unset)
 """
 
 from __future__ import annotations
@@ -44,6 +46,18 @@ class Consistency(_Choice):
     CRASH = "crash"
 
 
+class Snapshots(_Choice):
+    """On Kubernetes, how a VM's disks are captured before they are read."""
+
+    #: KubeVirt's VirtualMachineSnapshot where the cluster serves it, else ``volume``.
+    AUTO = "auto"
+    #: KubeVirt's VirtualMachineSnapshot (it freezes the guest through its agent).
+    KUBEVIRT = "kubevirt"
+    #: A CSI VolumeSnapshot of each disk's PVC, read through a PVC restored from it; no
+    #: guest freeze, so a running VM needs ``consistency: crash``.
+    VOLUME = "volume"
+
+
 class DiskFormat(_Choice):
     QCOW2 = "qcow2"
     RAW = "raw"
@@ -72,6 +86,11 @@ class KubeVirtParameters:
     ``scratch_storage_class`` (``scratchStorageClass``)
         With ``changed_blocks``: the StorageClass of the filesystem PVC KubeVirt keeps the
         blocks the guest overwrites during the backup in (the cluster's default if unset).
+    ``snapshots``
+        See :class:`Snapshots`.
+    ``volume_snapshot_class`` (``volumeSnapshotClass``)
+        With volume snapshots: the VolumeSnapshotClass to take them with (the cluster's
+        default for the disk's CSI driver if unset).
     """
 
     consistency: Consistency = Consistency.AUTO
@@ -80,3 +99,5 @@ class KubeVirtParameters:
     changed_blocks: bool = False
     full_every: int = attrs.field(default=0, validator=attrs.validators.ge(0))
     scratch_storage_class: str | None = None
+    snapshots: Snapshots = Snapshots.AUTO
+    volume_snapshot_class: str | None = None

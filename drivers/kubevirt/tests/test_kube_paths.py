@@ -7,6 +7,7 @@ at the repository's root.)"""
 from __future__ import annotations
 
 import io
+import json
 import random
 import zlib
 from pathlib import Path
@@ -14,8 +15,11 @@ from typing import Any
 
 import pytest
 from cozybackup_kubevirt._https import gzip_image
+from cozybackup_kubevirt._kube import _refused
+from cozybackup_kubevirt._kube_backup import snapshots
 from cozybackup_kubevirt._kube_machine import is_kube, locate
 from cozybackup_kubevirt._nbd import serve
+from cozybackup_kubevirt._params import KubeVirtParameters, Snapshots
 from cozybackup_kubevirt._stream import (
     BLOCK,
     StreamInvalid,
@@ -28,7 +32,13 @@ from cozybackup_kubevirt._stream import (
     write_stream,
 )
 
-from cozybackup_core import ApplicationMisconfigured, ApplicationRef, AppLocation, Deadline
+from cozybackup_core import (
+    ApplicationMisconfigured,
+    ApplicationRef,
+    AppLocation,
+    Deadline,
+    DriverError,
+)
 
 from conftest import MiB, make_image
 
@@ -120,3 +130,73 @@ def test_a_wrong_kubernetes_connection_is_the_operators(
 
 def test_a_file_connection_is_not_a_kubernetes_one() -> None:
     assert not is_kube(_loc("VMDisk", {"path": "/var/lib/vms/x.qcow2", "format": "qcow2"}))
+
+
+class _Discovery:
+    """A cluster as API discovery answers: the versions each group serves."""
+
+    def __init__(self, served: dict[str, set[str]]) -> None:
+        self.served = served
+
+    def versions(self, group: str) -> set[str]:
+        return self.served.get(group, set())
+
+
+@pytest.mark.parametrize(
+    ("asked", "served", "taken"),
+    [
+        ("auto", {"v1beta1"}, "kubevirt"),
+        ("auto", set(), "volume"),
+        # A KubeVirt serving only another version of its snapshot API: the driver's
+        # v1beta1 objects would be refused, so volume snapshots.
+        ("auto", {"v1alpha1"}, "volume"),
+        ("volume", {"v1beta1"}, "volume"),
+        ("kubevirt", set(), "kubevirt"),
+    ],
+)
+def test_auto_takes_kubevirts_snapshots_where_served_else_volume_snapshots(
+    asked: str, served: set[str], taken: str
+) -> None:
+    params = KubeVirtParameters(snapshots=Snapshots(asked))
+    cluster = _Discovery({"snapshot.kubevirt.io": served})
+    assert snapshots(cluster, params) is Snapshots(taken)  # type: ignore[arg-type]
+
+
+def test_a_misspelled_snapshots_choice_names_the_choices() -> None:
+    with pytest.raises(ValueError, match='use one of "auto", "kubevirt", "volume"'):
+        Snapshots("csi")
+
+
+def _api_error(status: int, message: str) -> Exception:
+    from kubernetes.client.exceptions import (  # type: ignore[import-untyped, import-not-found, unused-ignore]
+        ApiException,
+    )
+
+    exc = ApiException(status=status, reason="refused")
+    exc.body = json.dumps({"kind": "Status", "status": "Failure", "message": message})
+    return exc  # type: ignore[no-any-return]
+
+
+def test_a_quota_refusal_tells_the_tenant_what_is_missing_and_nothing_else() -> None:
+    said = (
+        'persistentvolumeclaims "cozybackup-volsnap-claim-1" is forbidden: exceeded quota: '
+        "storage, requested: requests.storage=40Gi, used: requests.storage=90Gi, "
+        "limited: requests.storage=100Gi"
+    )
+    with pytest.raises(DriverError) as caught, _refused("create PersistentVolumeClaim x"):
+        raise _api_error(403, said)
+    assert "resource quota leaves no room" in caught.value.message
+    assert "40Gi" not in caught.value.message and said in str(caught.value.admin_detail)
+
+
+def test_an_admission_refusal_reaches_the_operator_whole() -> None:
+    """A webhook's reason comes last in a long message: it is kept, past 300 characters
+    (the driver looks for KubeVirt's "snapshot feature gate not enabled" in it)."""
+    said = (
+        'admission webhook "virtualmachine-snapshot-validator.snapshot.kubevirt.io" denied '
+        "the request: " + "x" * 300 + " snapshot feature gate not enabled"
+    )
+    with pytest.raises(DriverError) as caught, _refused("create VirtualMachineSnapshot s"):
+        raise _api_error(400, said)
+    assert "snapshot feature gate not enabled" in str(caught.value.admin_detail)
+    assert "ClusterRole" not in str(caught.value.admin_detail)  # not an RBAC refusal
