@@ -9,6 +9,7 @@ of the worker's ClusterRole: see the README's "On Kubernetes" table).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -21,6 +22,10 @@ from cozybackup_core import Deadline, DriverError
 
 #: Objects the driver makes carry this label, so an operator can find any left behind.
 LABELS = {"app.kubernetes.io/managed-by": "cozybackup"}
+#: How an operator finds what a failed cleanup left.
+_LEFT = (
+    "delete it by hand; what the driver makes is labelled app.kubernetes.io/managed-by=cozybackup"
+)
 #: Seconds between two reads of an object a step waits on.
 POLL_SECONDS = 0.5
 #: Seconds for connect and read of every API call.
@@ -65,9 +70,13 @@ UPLOAD_TOKEN = Kind(
 
 
 class Cluster:
-    """The objects of ``namespace``; every call bounded by ``deadline``."""
+    """The objects of ``namespace``; every call bounded by ``deadline``.  Deletions are
+    cleanup: they never raise (a failure goes to ``log`` for the operator, with the
+    object's name and the label it carries), so they cannot hide what happened before."""
 
-    def __init__(self, namespace: str, deadline: Deadline) -> None:
+    def __init__(
+        self, namespace: str, deadline: Deadline, log: logging.Logger | None = None
+    ) -> None:
         from kubernetes import client, config  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
         cfg = client.Configuration()
@@ -78,6 +87,7 @@ class Cluster:
                 config.load_kube_config(client_configuration=cfg)
         self.namespace = namespace
         self.deadline = deadline
+        self.log = log or logging.getLogger(__name__)
         self._api = client.ApiClient(cfg)
         self._custom = client.CustomObjectsApi(self._api)
         self._core = client.CoreV1Api(self._api)
@@ -114,18 +124,23 @@ class Cluster:
             )
         return made
 
-    def delete(self, kind: Kind, name: str) -> None:
-        """Cleanup: runs past the job's deadline too."""
-        with _refused(f"delete {kind.kind} {name}", missing_ok=True):
-            self._custom.delete_namespaced_custom_object(
-                kind.group,
-                kind.version,
-                self.namespace,
-                kind.plural,
-                name,
-                propagation_policy="Background",
-                **self._timeout(cleanup=True),
-            )
+    def delete(self, kind: Kind, name: str) -> bool:
+        """Cleanup: runs past the job's deadline too; whether it was deleted (or gone)."""
+        try:
+            with _refused(f"delete {kind.kind} {name}", missing_ok=True):
+                self._custom.delete_namespaced_custom_object(
+                    kind.group,
+                    kind.version,
+                    self.namespace,
+                    kind.plural,
+                    name,
+                    propagation_policy="Background",
+                    **self._timeout(cleanup=True),
+                )
+        except DriverError as exc:
+            self.log.error("left behind: %s (%s)", exc.admin_detail, _LEFT)
+            return False
+        return True
 
     def patch(
         self, kind: Kind, name: str, ops: list[dict[str, Any]], *, cleanup: bool = False
@@ -208,12 +223,17 @@ class Cluster:
                 self.namespace, body, **self._timeout()
             )
 
-    def delete_claim(self, name: str) -> None:
-        """Cleanup: runs past the job's deadline too."""
-        with _refused(f"delete PersistentVolumeClaim {name}", missing_ok=True):
-            self._core.delete_namespaced_persistent_volume_claim(
-                name, self.namespace, **self._timeout(cleanup=True)
-            )
+    def delete_claim(self, name: str) -> bool:
+        """Cleanup, as :meth:`delete`."""
+        try:
+            with _refused(f"delete PersistentVolumeClaim {name}", missing_ok=True):
+                self._core.delete_namespaced_persistent_volume_claim(
+                    name, self.namespace, **self._timeout(cleanup=True)
+                )
+        except DriverError as exc:
+            self.log.error("left behind: %s (%s)", exc.admin_detail, _LEFT)
+            return False
+        return True
 
     def versions(self, group: str) -> set[str]:
         """The versions of API ``group`` the cluster serves (API discovery, which every

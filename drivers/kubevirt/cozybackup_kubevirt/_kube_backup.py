@@ -38,7 +38,7 @@ Sources = Iterable[tuple[Mapping[str, str], list[tuple[KubeDisk, str]]]]
 
 
 def backup(ctx: BackupContext[KubeVirtParameters]) -> None:
-    with located(ctx.application, ctx.deadline) as (m, cluster):
+    with located(ctx.application, ctx.deadline, ctx.log) as (m, cluster):
         _backup(m, cluster, ctx)
 
 
@@ -172,7 +172,7 @@ def _volume_snapshots(
     templates = {d.name: _claim_template(m, cluster, d) for d in m.disks}
     ctx.progress.stage("taking snapshots of the disks")
     snaps = {d.name: object_name("volsnap") for d in m.disks}
-    made: list[tuple[str, str]] = []  # (kind, name) to delete, in order
+    claims: list[str] = []
     spec_class = (
         {"volumeSnapshotClassName": ctx.parameters.volume_snapshot_class}
         if ctx.parameters.volume_snapshot_class
@@ -182,18 +182,17 @@ def _volume_snapshots(
     def restored() -> Iterator[tuple[Mapping[str, str], list[tuple[KubeDisk, str]]]]:
         for d in m.disks:
             claim = object_name("volsnap-claim")
-            made.insert(0, ("PersistentVolumeClaim", claim))
+            claims.append(claim)
             cluster.create_claim_from_snapshot(
                 claim, snaps[d.name], sizes[d.name], templates[d.name]
             )
             try:
                 yield {"apiGroup": "", "kind": "PersistentVolumeClaim", "name": claim}, [(d, claim)]
             finally:
-                _delete(cluster, ctx, "PersistentVolumeClaim", claim)
+                cluster.delete_claim(claim)
 
     try:
         for d in m.disks:
-            made.append((VOLUME_SNAPSHOT.kind, snaps[d.name]))
             cluster.create(
                 VOLUME_SNAPSHOT,
                 snaps[d.name],
@@ -207,20 +206,10 @@ def _volume_snapshots(
             _crash_accepted(m, ctx.parameters)
         yield restored(), "crash" if before or after else "offline"
     finally:
-        for kind, name in made:
-            _delete(cluster, ctx, kind, name)
-
-
-def _delete(cluster: Cluster, ctx: BackupContext[KubeVirtParameters], kind: str, name: str) -> None:
-    """Cleanup that tries everything: a failure is logged for the operator (the object
-    keeps its label) and does not hide what happened before it."""
-    try:
-        if kind == VOLUME_SNAPSHOT.kind:
+        for claim in claims:
+            cluster.delete_claim(claim)
+        for name in snaps.values():
             cluster.delete(VOLUME_SNAPSHOT, name)
-        else:
-            cluster.delete_claim(name)
-    except DriverError as exc:
-        ctx.log.error("could not delete %s %s: %s", kind, name, exc.admin_detail)
 
 
 def _claim_template(m: KubeMachine, cluster: Cluster, d: KubeDisk) -> dict[str, Any]:

@@ -21,6 +21,7 @@ Connection keys (a tenant never sees them)::
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -95,9 +96,11 @@ class KubeMachine:
 
 
 @contextlib.contextmanager
-def located(loc: AppLocation, deadline: Deadline) -> Iterator[tuple[KubeMachine, Cluster]]:
+def located(
+    loc: AppLocation, deadline: Deadline, log: logging.Logger
+) -> Iterator[tuple[KubeMachine, Cluster]]:
     """The machine ``loc`` names and a client of its namespace, closed after the block."""
-    cluster = Cluster(loc.namespace, deadline)
+    cluster = Cluster(loc.namespace, deadline, log)
     try:
         yield locate(loc, cluster), cluster
     finally:

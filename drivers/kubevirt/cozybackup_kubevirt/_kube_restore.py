@@ -33,7 +33,7 @@ _BIND_NOW = {"cdi.kubevirt.io/storage.bind.immediate.requested": ""}
 
 
 def restore(ctx: RestoreContext[KubeVirtParameters]) -> None:
-    with located(ctx.target, ctx.deadline) as (m, cluster):
+    with located(ctx.target, ctx.deadline, ctx.log) as (m, cluster):
         _restore(m, cluster, ctx)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import random
 import zlib
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 from cozybackup_kubevirt._https import gzip_image
-from cozybackup_kubevirt._kube import _refused
+from cozybackup_kubevirt._kube import VOLUME_SNAPSHOT, Cluster, _refused
 from cozybackup_kubevirt._kube_backup import snapshots
 from cozybackup_kubevirt._kube_machine import is_kube, locate
 from cozybackup_kubevirt._nbd import serve
@@ -200,3 +201,29 @@ def test_an_admission_refusal_reaches_the_operator_whole() -> None:
         raise _api_error(400, said)
     assert "snapshot feature gate not enabled" in str(caught.value.admin_detail)
     assert "ClusterRole" not in str(caught.value.admin_detail)  # not an RBAC refusal
+
+
+def test_a_cleanup_that_fails_is_logged_and_never_hides_what_happened(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Deletions are cleanup (in ``finally`` blocks): a refused one must not replace the
+    error that brought the job there, nor fail a backup whose data is stored."""
+
+    class Refusing:
+        def delete_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> None:
+            raise _api_error(500, "etcdserver: request timed out")
+
+        def delete_namespaced_persistent_volume_claim(self, *args: Any, **kwargs: Any) -> None:
+            raise _api_error(404, "not found")
+
+    cluster = Cluster.__new__(Cluster)
+    cluster.namespace, cluster.deadline = "tenant-a", Deadline.after(60)
+    cluster.log = logging.getLogger("cleanup-test")
+    cluster._custom, cluster._core = Refusing(), Refusing()
+    with caplog.at_level(logging.ERROR, "cleanup-test"):
+        assert cluster.delete(VOLUME_SNAPSHOT, "cozybackup-volsnap-1") is False
+        assert cluster.delete_claim("cozybackup-volsnap-claim-1") is True  # already gone
+    [record] = caplog.records
+    assert "VolumeSnapshot cozybackup-volsnap-1" in record.getMessage()
+    assert "etcdserver: request timed out" in record.getMessage()
+    assert "app.kubernetes.io/managed-by=cozybackup" in record.getMessage()
