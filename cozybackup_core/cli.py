@@ -435,8 +435,9 @@ def cmd_controller(ctx: Ctx) -> int:
         local_bucket_root=ctx.args.local_buckets,
     )
     engine = Engine(host, ctx.plugins, ctx.config())
-    if ctx.args.data_mover == "jobs":
-        engine.executor = _worker_jobs(ctx, host)
+    workers = _worker_jobs(ctx, host) if ctx.args.data_mover == "jobs" else None
+    if workers is not None:
+        engine.executor = workers
     stop = stop_on_signals()
     elector = host.elector(ctx.args.lease)
     leading_now, recovered = threading.Event(), threading.Event()
@@ -469,9 +470,11 @@ def cmd_controller(ctx: Ctx) -> int:
                 return 0
             print(f"leading: holding the controller Lease {where}", file=sys.stderr)
             leading_now.set()
-            # Passes read informers; a new job starts one at once, not at the next --interval.
+            # Passes read informers; a new job starts one at once, not at the next --interval,
             wake = threading.Event()
             host.objects.inform(stop, wake)
+            if workers is not None:  # and a worker Job that ends wakes it too
+                workers.watch_ends(stop, wake)
             serve(
                 engine,
                 interval=ctx.args.interval,

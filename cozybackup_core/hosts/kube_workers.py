@@ -19,6 +19,8 @@ on Kubernetes).
 * **Reports**: the worker writes its progress and its outcome as annotations of its own
   Job; the controller, the only writer of tenant-visible status, copies them.  A worker
   killed before it reports ends ``Failed`` by the Job controller, with no outcome.
+* **Ends are watched** (``watch_ends``): a worker Job that becomes Complete or Failed
+  wakes the controller, which reads its outcome at once instead of at the next pass.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,9 @@ from .._engine.executor import Outcome, WorkerState
 from .kube import KubeHost
 
 log = logging.getLogger("cozybackup.kube.workers")
+#: Seconds a watch of worker Jobs lasts before it is renewed; before a failed one is retried.
+WATCH_SECONDS = 300
+RETRY_SECONDS = 5.0
 
 LABEL_WORKER = "backups.cozystack.io/worker"
 ANNOTATION_FOR = "backups.cozystack.io/for"
@@ -148,6 +154,13 @@ def _add_tool(
             },
         },
     ]
+
+
+def _ended(job: Any) -> tuple[str, bool]:
+    """A watched Job's name, and whether it has ended."""
+    conditions = (job.status.conditions if job.status else None) or []
+    done = any(c.type in ("Complete", "Failed") and c.status == "True" for c in conditions)
+    return job.metadata.name, done
 
 
 def worker_name(job: Any) -> str:
@@ -303,6 +316,37 @@ class KubeWorkers:
                 "template": {"metadata": {"labels": dict(labels)}, "spec": pod},
             },
         }
+
+    def watch_ends(self, stop: threading.Event, wake: threading.Event) -> threading.Thread:
+        """Until ``stop``: set ``wake`` when a worker Job ends (Complete or Failed), so the
+        controller reads its outcome at once, not at the next ``--interval``.  Only a
+        trigger: the pass reads every Job itself, so a missed event costs an interval."""
+
+        def run() -> None:
+            from kubernetes import watch  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+            ended: set[str] = set()
+            while not stop.is_set():
+                try:
+                    for event in watch.Watch().stream(
+                        self._batch.list_namespaced_job,
+                        self.namespace,
+                        label_selector=LABEL_WORKER,
+                        timeout_seconds=WATCH_SECONDS,
+                    ):
+                        name, done = _ended(event["object"])
+                        if done and name not in ended:
+                            ended.add(name)
+                            wake.set()
+                        if stop.is_set():
+                            return
+                except Exception as exc:  # noqa: BLE001 - retried: passes go on meanwhile
+                    log.warning("watching worker Jobs failed (retried): %r", exc)
+                    stop.wait(RETRY_SECONDS)
+
+        thread = threading.Thread(target=run, name="cozy-worker-ends", daemon=True)
+        thread.start()
+        return thread
 
     def state(self, job: Any) -> WorkerState | None:
         name = worker_name(job)

@@ -923,6 +923,29 @@ def test_a_new_job_starts_at_once_not_at_the_next_interval(platform: Platform) -
         proc.wait(timeout=60)
 
 
+@pytest.mark.timeout(300)
+def test_a_worker_that_ends_is_read_at_once_not_at_the_next_interval(
+    platform: Platform, kubelet: Kubelet
+) -> None:
+    """The controller watches its worker Jobs: with --interval 600, a job whose worker
+    ended is Succeeded within seconds (its outcome is read by a pass the Job's end
+    starts, not by the one ten minutes later)."""
+    platform.app("prompt-worker", b"w" * 1000)
+    proc = platform.controller("worker-ends", *_with_workers(platform), "--interval", "600")
+    try:
+        platform.says("worker-ends", "leading")
+        time.sleep(3)  # the first pass is over; the next would be 600 s away
+        platform.tenant_creates(platform.job_body("prompt-worker", "prompt-worker"))
+        job = platform.finished(BackupJob, "prompt-worker", seconds=240)
+        assert job.status.phase == "Succeeded", job.status.message
+        worker = _worker_of(platform, kubelet, "prompt-worker")
+        assert "backup tenant-acme/prompt-worker: Completed" in worker.container().stdout
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, platform.output("worker-ends")
+
+
 def test_the_controller_refuses_a_service_that_leads_elsewhere(platform: Platform) -> None:
     """K5 on the real API server, with the controller's own rights: a Service of type
     ExternalName, or one without a selector, is refused before any connection."""
