@@ -69,6 +69,8 @@ from kubernetes.client.exceptions import (  # type: ignore[import-untyped, impor
     ApiException,
 )
 
+from cozybackup_core import parse_bytes
+
 #: (document, definition) of every kind the stand-in serves.
 KINDS = {
     "VirtualMachine": ("kubevirt-swagger.json", "v1.VirtualMachine"),
@@ -542,10 +544,10 @@ class StandIn:
         source = self._core.read_namespaced_persistent_volume_claim(
             snap["spec"]["source"]["persistentVolumeClaimName"], ns
         )
-        asked = _bytes(pvc.spec.resources.requests["storage"])
+        asked = parse_bytes(pvc.spec.resources.requests["storage"])
         if asked < int(snap["status"]["restoreSize"]):
             self.errors.append(f"PVC {claim}: {asked} bytes, less than its snapshot's restoreSize")
-        if asked < _bytes(source.spec.resources.requests["storage"]):
+        if asked < parse_bytes(source.spec.resources.requests["storage"]):
             self.errors.append(f"PVC {claim}: {asked} bytes, less than the PVC it was taken of")
         for field in ("storage_class_name", "volume_mode", "access_modes"):
             if getattr(pvc.spec, field) != getattr(source.spec, field):
@@ -816,12 +818,6 @@ def _map(image: Path, base: Path | None) -> list[dict[str, Any]]:
                 {"offset": offset, "length": len(block), "type": flags, "description": names[flags]}
             )
     return out
-
-
-def _bytes(quantity: str) -> int:
-    """A storage quantity as the tests write them: bytes, or ``<n>Mi``/``<n>Gi``."""
-    units = {"Mi": 1 << 20, "Gi": 1 << 30}
-    return int(quantity[:-2]) * units[quantity[-2:]] if quantity[-2:] in units else int(quantity)
 
 
 def _b64(text: str) -> str:
