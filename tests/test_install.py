@@ -238,7 +238,8 @@ def test_worker_rights(objs: list[dict[str, Any]]) -> None:
     """Worker Jobs read what a job needs and write only ArtifactRecords; in the platform
     namespace, Secrets one by one and their own Job (their reports).  In tenants'
     namespaces, the KubeVirt driver's objects, Secrets it may create but never read, and
-    PVCs (scratch ones, and those restored from volume snapshots)."""
+    PVCs (scratch ones, and those restored from volume snapshots; the disks' labelled for
+    a group snapshot)."""
     cluster = _one(objs, "ClusterRole", "cozybackup:worker")
     readable = {"backupjobs", "restorejobs", "backups", "backupclasses", "storagelocations"}
     made = {"get", "create", "delete"}
@@ -254,9 +255,10 @@ def test_worker_rights(objs: list[dict[str, Any]]) -> None:
         | _cross("backup.kubevirt.io", {"virtualmachinebackups"}, made)
         | _cross("backup.kubevirt.io", {"virtualmachinebackuptrackers"}, {"get", "create"})
         | _cross("upload.cdi.kubevirt.io", {"uploadtokenrequests"}, {"get", "create"})
-        | _cross("snapshot.storage.k8s.io", {"volumesnapshots"}, made)
+        | _cross("snapshot.storage.k8s.io", {"volumesnapshots"}, made | {"list"})
+        | _cross("groupsnapshot.storage.k8s.io", {"volumegroupsnapshots"}, made)
         | {("", "secrets", "create")}
-        | _cross("", {"persistentvolumeclaims"}, made)
+        | _cross("", {"persistentvolumeclaims"}, made | {"patch"})
         | {("", "configmaps", "get")}
     )
     role = _one(objs, "Role", "cozybackup-worker")

@@ -130,8 +130,9 @@ def kubevirt_worker_rules() -> list[dict[str, Any]]:
     start it and point its volumes at restored disks (patch); snapshot and export it, or
     back it up through changed-block tracking (a pull-mode VirtualMachineBackup, its
     tracker, and the scratch PVC KubeVirt needs), or through CSI VolumeSnapshots of its
-    disks' PVCs and PVCs restored from them (read: the disk's PVC as their template;
-    delete: the restored ones); the export's and the backup's token
+    disks' PVCs (or one VolumeGroupSnapshot of them: its members listed, the PVCs
+    labelled for its selector while it is cut) and PVCs restored from them (read: the
+    disk's PVC as their template; delete: the restored ones); the export's and the backup's token
     Secrets, which it makes itself (create only: it reads no tenant Secret);
     upload restored disks through CDI; CDI's upload CA in its ConfigMap."""
     return [
@@ -141,8 +142,11 @@ def kubevirt_worker_rules() -> list[dict[str, Any]]:
         _rule("export.kubevirt.io", ["virtualmachineexports"], ["get", "create", "delete"]),
         _rule("backup.kubevirt.io", ["virtualmachinebackups"], ["get", "create", "delete"]),
         _rule("backup.kubevirt.io", ["virtualmachinebackuptrackers"], ["get", "create"]),
-        _rule("snapshot.storage.k8s.io", ["volumesnapshots"], ["get", "create", "delete"]),
-        _rule("", ["persistentvolumeclaims"], ["get", "create", "delete"]),
+        _rule("snapshot.storage.k8s.io", ["volumesnapshots"], ["get", "list", "create", "delete"]),
+        _rule(
+            "groupsnapshot.storage.k8s.io", ["volumegroupsnapshots"], ["get", "create", "delete"]
+        ),
+        _rule("", ["persistentvolumeclaims"], ["get", "create", "patch", "delete"]),
         _rule("cdi.kubevirt.io", ["datavolumes"], ["get", "create", "delete"]),
         _rule("upload.cdi.kubevirt.io", ["uploadtokenrequests"], ["get", "create"]),
         _rule("", ["secrets"], ["create"]),

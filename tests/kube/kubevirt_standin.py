@@ -37,6 +37,11 @@ OpenAPI documents (``../shared/kubevirt-openapi/``, read at test time, never cop
 * **VolumeSnapshot** (CSI's, from ``VOLUME_SNAPSHOT_SCHEMA``) of a PVC → its image
   copied aside, then ``readyToUse`` with its ``restoreSize``; a **PersistentVolumeClaim**
   whose ``dataSource`` is one → that copy as its image (an export of it waits for that).
+* **VolumeGroupSnapshot** (from ``VOLUME_GROUP_SNAPSHOT_SCHEMA``) → the images of the PVCs
+  its ``matchLabels`` select copied aside in one step (``group_cuts``), and per PVC a
+  VolumeSnapshot owned by the group, named, finalized and described as the
+  external-snapshotter's controller makes them; then ``readyToUse``.  A member being
+  deleted loses its in-group finalizer (the controller's part once the group goes).
 * **DataVolume** ``source.upload`` → ``UploadReady``; **UploadTokenRequest** → a token in
   its status; ``POST /v1beta1/upload`` with ``Authorization: Bearer <token>`` (chunked or
   not, raw or gzip) writes the image, sparse, and the DataVolume becomes ``Succeeded``
@@ -48,6 +53,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import http.server
 import json
 import secrets
@@ -140,6 +146,22 @@ VOLUME_SNAPSHOT_SCHEMA = _object_schema(
         "volumeGroupSnapshotName": {"type": "string"},
     },
 )  # fmt: skip
+#: VolumeGroupSnapshot as the external-snapshotter's Go API types declare it
+#: (client/apis/volumegroupsnapshot/v1/types.go).
+VOLUME_GROUP_SNAPSHOT_SCHEMA = _object_schema(
+    {
+        "source": {"type": "object", "additionalProperties": False, "minProperties": 1, "maxProperties": 1, "properties": {"selector": {"type": "object", "additionalProperties": False, "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}, "matchExpressions": {"type": "array"}}}, "volumeGroupSnapshotContentName": {"type": "string"}}},
+        "volumeGroupSnapshotClassName": {"type": "string"},
+    },
+    {
+        "boundVolumeGroupSnapshotContentName": {"type": "string"},
+        "creationTime": {"type": "string"},
+        "readyToUse": {"type": "boolean"},
+        "error": {"type": "object", "additionalProperties": False, "properties": {"time": {"type": "string"}, "message": {"type": "string"}}},
+    },
+)  # fmt: skip
+#: The snapshot controller's finalizer on a group's member until the group goes.
+IN_GROUP_FINALIZER = "snapshot.storage.kubernetes.io/volumesnapshot-in-group-protection"
 #: KubeVirt's finalizer on a VirtualMachineBackup until it has ended.
 BACKUP_FINALIZER = "backup.kubevirt.io/vmbackup-protection"
 BLOCK = 64 << 10
@@ -211,6 +233,13 @@ def load_kinds(openapi: Path) -> dict[str, Kind]:
         "volumesnapshots",
         jsonschema.Draft4Validator(VOLUME_SNAPSHOT_SCHEMA),
     )
+    out["VolumeGroupSnapshot"] = Kind(
+        "VolumeGroupSnapshot",
+        "groupsnapshot.storage.k8s.io",
+        "v1",
+        "volumegroupsnapshots",
+        jsonschema.Draft4Validator(VOLUME_GROUP_SNAPSHOT_SCHEMA),
+    )
     return out
 
 
@@ -273,6 +302,8 @@ class StandIn:
         self.boots: list[tuple[str, tuple[str, ...]]] = []
         #: (vm, "freeze" | "thaw") as snapshots of running VMs with an agent go
         self.freezes: list[tuple[str, str]] = []
+        #: (group snapshot, the PVCs it copied in one step)
+        self.group_cuts: list[tuple[str, tuple[str, ...]]] = []
         #: every object name the stand-in saw, by kind (a test checks what was cleaned up)
         self.seen: dict[str, set[str]] = {k: set() for k in self.kinds}
         self._exports: dict[str, tuple[str, dict[str, Path]]] = {}  # path prefix -> token, files
@@ -408,8 +439,17 @@ class StandIn:
         for snap in self._list("VirtualMachineSnapshot", ns):
             if not snap.get("status"):
                 self._snapshot(ns, snap, vms, vmis)
+        for group in self._list("VolumeGroupSnapshot", ns):
+            if not group.get("status"):
+                self._group_snapshot(ns, group)
         for snap in self._list("VolumeSnapshot", ns):
-            if not snap.get("status"):
+            meta = snap["metadata"]
+            if meta.get("deletionTimestamp") and IN_GROUP_FINALIZER in meta.get("finalizers", ()):
+                finalizers = [f for f in meta["finalizers"] if f != IN_GROUP_FINALIZER]
+                k = self.kinds["VolumeSnapshot"]
+                patch = {"metadata": {"finalizers": finalizers}}
+                self._custom.patch_namespaced_custom_object(k.group, k.version, ns, k.plural, meta["name"], patch)  # fmt: skip
+            elif not snap.get("status"):
                 self._volume_snapshot(ns, snap)
         for pvc in self._core.list_namespaced_persistent_volume_claim(ns).items:
             source = pvc.spec.data_source
@@ -507,6 +547,48 @@ class StandIn:
             "restoreSize": str(copy.stat().st_size),
         }
         self._status("VolumeSnapshot", snap, status)
+
+    def _group_snapshot(self, ns: str, group: dict[str, Any]) -> None:
+        """The PVCs ``matchLabels`` selects copied in one step, then a member VolumeSnapshot
+        per PVC as the external-snapshotter's controller makes it (its name from the
+        group's uid and the volume, the group its owner, the in-group finalizer)."""
+        selector = group["spec"]["source"].get("selector") or {}
+        if selector.get("matchExpressions"):
+            self.errors.append("VolumeGroupSnapshot: matchExpressions are not played")
+        labels = ",".join(f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items())
+        pvcs = self._core.list_namespaced_persistent_volume_claim(ns, label_selector=labels).items
+        claims = sorted(p.metadata.name for p in pvcs)
+        if not claims or not all(self.disk(ns, c).exists() for c in claims):
+            return  # the controller waits for the PVCs too
+        name, uid = group["metadata"]["name"], group["metadata"]["uid"]
+        folder = self.root / "volume-snapshots" / ns
+        folder.mkdir(parents=True, exist_ok=True)
+        members = {c: "snapshot-" + hashlib.sha256((uid + c).encode()).hexdigest() for c in claims}
+        with self._lock:  # every disk in one step, as one cut
+            for claim, member in members.items():
+                subprocess.run(["cp", "--sparse=always", str(self.disk(ns, claim)), str(folder / member)], check=True)  # fmt: skip
+        self.group_cuts.append((name, tuple(claims)))
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        k = self.kinds["VolumeSnapshot"]
+        owner = {"apiVersion": group["apiVersion"], "kind": "VolumeGroupSnapshot", "name": name, "uid": uid}  # fmt: skip
+        for claim, member in members.items():
+            body = {
+                "apiVersion": k.api_version,
+                "kind": k.kind,
+                "metadata": {"name": member, "namespace": ns, "ownerReferences": [owner], "finalizers": [IN_GROUP_FINALIZER]},
+                "spec": {"source": {"persistentVolumeClaimName": claim}},
+            }  # fmt: skip
+            made = self._custom.create_namespaced_custom_object(k.group, k.version, ns, k.plural, body)  # fmt: skip
+            status = {
+                "boundVolumeSnapshotContentName": "snapcontent-" + member.removeprefix("snapshot-"),
+                "creationTime": now,
+                "readyToUse": True,
+                "restoreSize": str((folder / member).stat().st_size),
+                "volumeGroupSnapshotName": name,
+            }
+            self._status("VolumeSnapshot", made, status)
+        status = {"boundVolumeGroupSnapshotContentName": f"groupsnapcontent-{uid}", "creationTime": now, "readyToUse": True}  # fmt: skip
+        self._status("VolumeGroupSnapshot", group, status)
 
     def _disk_image(self, ns: str, claim: str) -> bool:
         """Whether KubeVirt's export takes PVC ``claim`` for a disk image (its

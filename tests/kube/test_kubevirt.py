@@ -549,6 +549,65 @@ def test_volume_snapshots_where_kubevirt_snapshots_are_not_used(
     assert proc.returncode == 0, platform.output("volsnap")
 
 
+@pytest.mark.timeout(600)
+def test_a_volume_group_snapshot_cuts_every_disk_of_a_running_vm_at_once(
+    vms: tuple[Platform, StandIn], kubelet: Kubelet
+) -> None:
+    """``volumeGroupSnapshots``: one VolumeGroupSnapshot of the running VM's two disks
+    (selected by a label the driver puts on their PVCs for the cut and takes off after),
+    its members read through PVCs restored from them; the Backup says the disks are
+    crash-consistent together; everything made is deleted; the restore is bit for bit."""
+    platform, standin = vms
+    sys_before = _disk(platform, standin, "grpsys", 20 * MiB, seed=21)
+    data_before = _disk(platform, standin, "grpdata", 12 * MiB, seed=22)
+    _disk_claim(platform, "grpsys", 20 * MiB)
+    _disk_claim(platform, "grpdata", 12 * MiB)
+    _vm(platform, "grp", ["grpsys", "grpdata"])
+    until("the VM to run", lambda: any(b[0] == "vm-instance-grp" for b in standin.boots))
+    params = {"snapshots": "volume", "consistency": "crash", "volumeGroupSnapshots": True}
+    _class(platform, "vms-group", params)
+    ref = {"apiGroup": "apps.cozystack.io", "kind": "VMInstance", "name": "grp"}
+    snapshots_before = set(standin.seen["VolumeSnapshot"])
+    proc = platform.controller("volgroup", *_with_workers(platform))
+    try:
+        platform.says("volgroup", "leading")
+        job = _run(platform, "BackupJob", "vgb1", {"applicationRef": ref, "backupClassName": "vms-group"})  # fmt: skip
+        assert job.status.phase == "Succeeded", job.status.message
+        backup = platform.host.objects.get(Backup, ACME, "vgb1")
+        assert backup is not None and backup.status.underlying_resources is not None
+        assert backup.spec.driver_metadata["via"] == "VolumeGroupSnapshot, VirtualMachineExport"
+        made = backup.status.underlying_resources
+        assert made["consistency"] == "crash"
+        [warning] = made["warnings"]
+        assert warning["reason"] == "CrashConsistent"
+        assert "cut together (one group snapshot)" in warning["message"]
+        # One cut of exactly the VM's PVCs; the only VolumeSnapshots are its members.
+        [(group, cut)] = standin.group_cuts
+        assert standin.seen["VolumeGroupSnapshot"] == {group}
+        assert cut == ("vm-disk-grpdata", "vm-disk-grpsys")
+        members = standin.seen["VolumeSnapshot"] - snapshots_before
+        assert len(members) == 2 and all(m.startswith("snapshot-") for m in members)
+        core = client.CoreV1Api(platform.cluster.admin)
+        for claim in cut:
+            labels = core.read_namespaced_persistent_volume_claim(claim, ACME).metadata.labels or {}
+            assert "backups.cozystack.io/volume-group" not in labels
+        until("the group snapshot to be deleted", lambda: not _left_over(platform, "groupsnapshot.storage.k8s.io", "v1", "volumegroupsnapshots"))  # fmt: skip
+        until("its snapshots and their PVCs to be deleted", lambda: not _made_for_volume_snapshots(platform))  # fmt: skip
+
+        _scribble(standin.disk(ACME, "vm-disk-grpsys"), seed=23)
+        _scribble(standin.disk(ACME, "vm-disk-grpdata"), seed=24)
+        restored = _restore(platform, "vgb1-r", "vgb1")
+        assert restored.status.phase == "Succeeded", restored.status.message
+        claims = _claims(_get_vm(platform, "grp"))
+        assert standin.disk(ACME, claims["disk-grpsys"]).read_bytes() == sys_before
+        assert standin.disk(ACME, claims["disk-grpdata"]).read_bytes() == data_before
+        _no_storage_seen_by_tenant(platform)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, platform.output("volgroup")
+
+
 @pytest.mark.timeout(300)
 def test_a_running_vm_without_guest_agent_is_refused_and_nothing_is_left(
     vms: tuple[Platform, StandIn], kubelet: Kubelet

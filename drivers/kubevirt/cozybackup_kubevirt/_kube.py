@@ -61,6 +61,14 @@ TRACKER = Kind(
 )
 #: A CSI snapshot of a PVC (the external-snapshotter's API), where KubeVirt's are not used.
 VOLUME_SNAPSHOT = Kind("snapshot.storage.k8s.io", "v1", "volumesnapshots", "VolumeSnapshot")
+#: CSI snapshots of several PVCs cut at one moment; the snapshot controller makes one
+#: VolumeSnapshot per PVC, owned by the group.
+VOLUME_GROUP_SNAPSHOT = Kind(
+    "groupsnapshot.storage.k8s.io", "v1", "volumegroupsnapshots", "VolumeGroupSnapshot"
+)
+#: Versions of groupsnapshot.storage.k8s.io this driver speaks, the newest first: the
+#: fields it uses are the same in each (members found by their owner, since v1beta1).
+GROUP_SNAPSHOT_VERSIONS = ("v1", "v1beta2", "v1beta1")
 #: CDI's annotation saying what a PVC holds (``kubevirt``: a disk image).
 CONTENT_TYPE = "cdi.kubevirt.io/storage.contentType"
 DATA_VOLUME = Kind("cdi.kubevirt.io", "v1beta1", "datavolumes", "DataVolume")
@@ -223,6 +231,26 @@ class Cluster:
                 self.namespace, body, **self._timeout()
             )
 
+    def label_claim(self, name: str, key: str, value: str | None) -> None:
+        """Set label ``key`` of PVC ``name`` (None: take it away)."""
+        with _refused(f"label PersistentVolumeClaim {name}"):
+            self._core.patch_namespaced_persistent_volume_claim(
+                name,
+                self.namespace,
+                {"metadata": {"labels": {key: value}}},
+                _content_type="application/merge-patch+json",
+                **self._timeout(cleanup=value is None),
+            )
+
+    def unlabel_claim(self, name: str, key: str) -> bool:
+        """Cleanup, as :meth:`delete`: label ``key`` taken off PVC ``name``."""
+        try:
+            self.label_claim(name, key, None)
+        except DriverError as exc:
+            self.log.error("left behind: %s (remove label %s by hand)", exc.admin_detail, key)
+            return False
+        return True
+
     def delete_claim(self, name: str) -> bool:
         """Cleanup, as :meth:`delete`."""
         try:
@@ -244,8 +272,14 @@ class Cluster:
             groups = client.ApisApi(self._api).get_api_versions(**self._timeout()).groups
         return {v.version for g in groups or () if g.name == group for v in g.versions}
 
-    def served(self, kind: Kind, versions: tuple[str, ...]) -> Kind:
-        """``kind`` in the first of ``versions`` the cluster serves."""
+    def served(
+        self,
+        kind: Kind,
+        versions: tuple[str, ...],
+        hint: str = "KubeVirt's VMExport feature gate?",
+    ) -> Kind:
+        """``kind`` in the first of ``versions`` the cluster serves (``hint``: what the
+        operator may be missing, if none)."""
         served = self.versions(kind.group)
         for version in versions:
             if version in served:
@@ -254,7 +288,7 @@ class Cluster:
             "this cluster does not offer what backing up virtual machines needs; ask the "
             "platform operator",
             admin_detail=f"{kind.group} serves {sorted(served)}, not any of {list(versions)} "
-            "(KubeVirt's VMExport feature gate?)",
+            f"({hint})",
         )
 
     def wait(

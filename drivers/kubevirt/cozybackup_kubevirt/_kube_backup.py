@@ -5,8 +5,9 @@ its zero blocks dropped (the same stream as on the embedded host), then export a
 snapshot deleted.  A VMDisk no VM uses is exported as its PVC, without a snapshot.
 
 Where KubeVirt's snapshots are not served (or the class says ``snapshots: volume``),
-each disk's PVC gets a CSI VolumeSnapshot, a PVC is restored from it, and that PVC is
-exported and read the same way; all three are deleted after.  No guest is frozen that
+each disk's PVC gets a CSI VolumeSnapshot (or, with ``volumeGroupSnapshots``, all of
+them one VolumeGroupSnapshot, cut at one moment), a PVC is restored from it, and that PVC
+is exported and read the same way; all three are deleted after.  No guest is frozen that
 way, so a running VM is refused unless the class accepts ``consistency: crash``.
 """
 
@@ -15,13 +16,24 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from cozybackup_core import BackupContext, DriverError, parse_bytes
 
 from . import _kube_cbt
-from ._kube import DATA_VOLUME, EXPORT, LABELS, SNAPSHOT, VMI, VOLUME_SNAPSHOT, Cluster
+from ._kube import (
+    DATA_VOLUME,
+    EXPORT,
+    GROUP_SNAPSHOT_VERSIONS,
+    LABELS,
+    SNAPSHOT,
+    VMI,
+    VOLUME_GROUP_SNAPSHOT,
+    VOLUME_SNAPSHOT,
+    Cluster,
+    Kind,
+)
 from ._kube_export import exported, object_name
 from ._kube_machine import CRASH_CONSISTENT, KubeDisk, KubeMachine, located, unfrozen
 from ._params import Consistency, KubeVirtParameters, Snapshots
@@ -35,6 +47,23 @@ _GATE_OFF = "snapshot feature gate not enabled"
 SNAPSHOT_ERROR_SECONDS = 300.0
 #: What to export, and which disks it holds under which PVC name (made as it is iterated).
 Sources = Iterable[tuple[Mapping[str, str], list[tuple[KubeDisk, str]]]]
+#: The label that puts a VM's PVCs in its group snapshot's selector while it is cut (its
+#: value is the group's name, so no other PVC is selected).
+GROUP_LABEL = "backups.cozystack.io/volume-group"
+#: What a crash-consistent Backup of a running VM through storage snapshots tells.
+_UNFROZEN = (
+    "the virtual machine was running, and its disks were copied through storage snapshots "
+    "without freezing its filesystems: "
+)
+CRASH_TOGETHER = _UNFROZEN + (
+    "they were cut together (one group snapshot) and are crash-consistent with each other "
+    "(as after a power cut)"
+)
+CRASH_EACH = _UNFROZEN + (
+    "each disk is crash-consistent on its own (as after a power cut), not with the others "
+    "(their snapshots were cut one after the other)"
+)
+CRASH_ONE = _UNFROZEN + "the disk is crash-consistent (as after a power cut)"
 
 
 def backup(ctx: BackupContext[KubeVirtParameters]) -> None:
@@ -55,7 +84,7 @@ def _backup(m: KubeMachine, cluster: Cluster, ctx: BackupContext[KubeVirtParamet
         _kube_cbt.backup(m, cluster, ctx)
         return
     summaries: dict[str, Summary] = {}
-    with _sources(m, cluster, ctx) as (sources, mode, via):
+    with _sources(m, cluster, ctx) as (sources, mode, via, crash_note):
         ctx.progress.stage("exporting the disks")
         for source, held in sources:
             with exported(cluster, source, "exporting the virtual machine's disks") as export:
@@ -80,7 +109,7 @@ def _backup(m: KubeMachine, cluster: Cluster, ctx: BackupContext[KubeVirtParamet
     ctx.metadata.update({"consistency": mode, "disks": disks, "via": via})
     ctx.resources.update({"consistency": mode, "disks": disks})
     if mode == "crash":
-        ctx.warn(CRASH_CONSISTENT, reason="CrashConsistent")
+        ctx.warn(crash_note, reason="CrashConsistent")
     if m.ref.kind == "VMDisk":
         ctx.metadata.update({k: v for k, v in disks[0].items() if k != "name"})
 
@@ -97,10 +126,10 @@ def snapshots(cluster: Cluster, params: KubeVirtParameters) -> Snapshots:
 @contextlib.contextmanager
 def _sources(
     m: KubeMachine, cluster: Cluster, ctx: BackupContext[KubeVirtParameters]
-) -> Iterator[tuple[Sources, str, str]]:
-    """What to export, the consistency it gives and how it was taken (the Backup's
-    ``via``): a snapshot of the VM (deleted after), volume snapshots of its disks, or the
-    PVC of a disk no VM uses."""
+) -> Iterator[tuple[Sources, str, str, str]]:
+    """What to export, the consistency it gives, how it was taken (the Backup's ``via``)
+    and what a crash-consistent copy warns: a snapshot of the VM (deleted after), volume
+    snapshots of its disks, or the PVC of a disk no VM uses."""
     if m.vm_name is None:
         claim = m.disks[0].claim
         if cluster.get(DATA_VOLUME, claim) is None:
@@ -110,7 +139,7 @@ def _sources(
                 admin_detail=f"DataVolume {claim} not found",
             )
         pvc = {"apiGroup": "", "kind": "PersistentVolumeClaim", "name": claim}
-        yield [(pvc, [(m.disks[0], claim)])], "offline", EXPORT.kind
+        yield [(pvc, [(m.disks[0], claim)])], "offline", EXPORT.kind, CRASH_CONSISTENT
         return
     kind = snapshots(cluster, ctx.parameters)
     name = object_name("snapshot")
@@ -139,8 +168,12 @@ def _sources(
             ctx.log.info("KubeVirt refuses snapshots (%s): volume snapshots", exc.admin_detail)
             kind = Snapshots.VOLUME
     if kind is Snapshots.VOLUME:
-        with _volume_snapshots(m, cluster, ctx) as (sources, mode):
-            yield sources, mode, f"{VOLUME_SNAPSHOT.kind}, {EXPORT.kind}"
+        with _volume_snapshots(m, cluster, ctx) as (sources, mode, grouped):
+            if grouped:
+                yield sources, mode, f"{VOLUME_GROUP_SNAPSHOT.kind}, {EXPORT.kind}", CRASH_TOGETHER
+            else:
+                note = CRASH_EACH if len(m.disks) > 1 else CRASH_ONE
+                yield sources, mode, f"{VOLUME_SNAPSHOT.kind}, {EXPORT.kind}", note
         return
     try:
         snap = cluster.wait(
@@ -153,7 +186,7 @@ def _sources(
         assert snap is not None
         mode = _consistency(snap, m, ctx.parameters.consistency)
         source = {"apiGroup": SNAPSHOT.group, "kind": SNAPSHOT.kind, "name": name}
-        yield [(source, [(d, d.claim) for d in m.disks])], mode, EXPORT.kind
+        yield [(source, [(d, d.claim) for d in m.disks])], mode, EXPORT.kind, CRASH_CONSISTENT
     finally:
         cluster.delete(SNAPSHOT, name)
 
@@ -161,23 +194,22 @@ def _sources(
 @contextlib.contextmanager
 def _volume_snapshots(
     m: KubeMachine, cluster: Cluster, ctx: BackupContext[KubeVirtParameters]
-) -> Iterator[tuple[Sources, str]]:
+) -> Iterator[tuple[Sources, str, bool]]:
     """A CSI VolumeSnapshot of each disk, taken one right after the other (a running VM's
-    disks are then each crash-consistent, not consistent with each other); then, one disk
-    at a time, a PVC restored from its snapshot: what to export (one extra PVC at a time,
-    each deleted once read).  Everything made is deleted after, also on failure."""
+    disks are then each crash-consistent, not consistent with each other), or with
+    ``volumeGroupSnapshots`` one VolumeGroupSnapshot of them all (cut at one moment);
+    then, one disk at a time, a PVC restored from its snapshot: what to export (one extra
+    PVC at a time, each deleted once read), the consistency, and whether it was one
+    group.  Everything made is deleted after, also on failure."""
+    params = ctx.parameters
     before = _instance(m, cluster)
     if before:
-        _crash_accepted(m, ctx.parameters)
+        _crash_accepted(m, params)
     templates = {d.name: _claim_template(m, cluster, d) for d in m.disks}
-    ctx.progress.stage("taking snapshots of the disks")
-    snaps = {d.name: object_name("volsnap") for d in m.disks}
+    grouped = params.volume_group_snapshots and len(m.disks) > 1
     claims: list[str] = []
-    spec_class = (
-        {"volumeSnapshotClassName": ctx.parameters.volume_snapshot_class}
-        if ctx.parameters.volume_snapshot_class
-        else {}
-    )
+    group: tuple[Kind, str] | None = None
+    snaps: dict[str, str] = {}
 
     def restored() -> Iterator[tuple[Mapping[str, str], list[tuple[KubeDisk, str]]]]:
         for d in m.disks:
@@ -192,24 +224,86 @@ def _volume_snapshots(
                 cluster.delete_claim(claim)
 
     try:
-        for d in m.disks:
-            cluster.create(
-                VOLUME_SNAPSHOT,
-                snaps[d.name],
-                {"source": {"persistentVolumeClaimName": d.claim}, **spec_class},
-                labels=LABELS,
+        if grouped:
+            ctx.progress.stage("taking a group snapshot of the disks")
+            kind = cluster.served(
+                VOLUME_GROUP_SNAPSHOT,
+                GROUP_SNAPSHOT_VERSIONS,
+                hint="the class asks for volumeGroupSnapshots: the external-snapshotter's "
+                "group snapshot CRDs and its CSIVolumeGroupSnapshot feature gate?",
             )
+            group = (kind, object_name("volgroup"))
+            snaps = _group_snapshot(m, cluster, params, *group)
+        else:
+            ctx.progress.stage("taking snapshots of the disks")
+            snaps = {d.name: object_name("volsnap") for d in m.disks}
+            spec_class = (
+                {"volumeSnapshotClassName": params.volume_snapshot_class}
+                if params.volume_snapshot_class
+                else {}
+            )
+            for d in m.disks:
+                cluster.create(
+                    VOLUME_SNAPSHOT,
+                    snaps[d.name],
+                    {"source": {"persistentVolumeClaimName": d.claim}, **spec_class},
+                    labels=LABELS,
+                )
         sizes = {d.name: _restore_size(cluster, snaps[d.name], templates[d.name]) for d in m.disks}
         # Every snapshot is cut: a VM started meanwhile was written to while they were.
         after = _instance(m, cluster)
         if after:
-            _crash_accepted(m, ctx.parameters)
-        yield restored(), "crash" if before or after else "offline"
+            _crash_accepted(m, params)
+        yield restored(), "crash" if before or after else "offline", grouped
     finally:
         for claim in claims:
             cluster.delete_claim(claim)
-        for name in snaps.values():
-            cluster.delete(VOLUME_SNAPSHOT, name)
+        if group is not None:
+            cluster.delete(*group)  # the snapshot controller deletes its members with it
+        else:
+            for name in snaps.values():
+                cluster.delete(VOLUME_SNAPSHOT, name)
+
+
+def _group_snapshot(
+    m: KubeMachine, cluster: Cluster, params: KubeVirtParameters, kind: Kind, name: str
+) -> dict[str, str]:
+    """VolumeGroupSnapshot ``name`` of every disk's PVC, selected by a label the driver
+    puts on them until it is cut; the VolumeSnapshot the snapshot controller made for
+    each disk (owned by the group), by disk name."""
+    spec: dict[str, Any] = {"source": {"selector": {"matchLabels": {GROUP_LABEL: name}}}}
+    if params.volume_group_snapshot_class:
+        spec["volumeGroupSnapshotClassName"] = params.volume_group_snapshot_class
+    labelled: list[str] = []
+    try:
+        for d in m.disks:
+            cluster.label_claim(d.claim, GROUP_LABEL, name)
+            labelled.append(d.claim)
+        made = cluster.create(kind, name, spec, labels=LABELS)
+        cluster.wait(
+            "taking a group snapshot of the disks",
+            kind,
+            name,
+            _ready_to_use,
+            _errors_tolerated("group snapshot"),
+        )
+    finally:
+        for claim in labelled:
+            cluster.unlabel_claim(claim, GROUP_LABEL)
+    uid = made["metadata"]["uid"]
+    members: dict[str, str] = {}
+    for snap in cluster.items(VOLUME_SNAPSHOT):
+        if any(o.get("uid") == uid for o in snap["metadata"].get("ownerReferences") or ()):
+            source = (snap["spec"].get("source") or {}).get("persistentVolumeClaimName")
+            members[str(source)] = snap["metadata"]["name"]
+    wanted = {d.claim for d in m.disks}
+    if set(members) != wanted:
+        raise DriverError(
+            "taking a group snapshot of the disks failed; ask the platform operator",
+            admin_detail=f"{kind.kind} {cluster.namespace}/{name} holds snapshots of PVCs "
+            f"{sorted(members)}, not of the VM's {sorted(wanted)}",
+        )
+    return {d.name: members[d.claim] for d in m.disks}
 
 
 def _claim_template(m: KubeMachine, cluster: Cluster, d: KubeDisk) -> dict[str, Any]:
@@ -228,24 +322,12 @@ def _restore_size(cluster: Cluster, snapshot: str, template: Mapping[str, Any]) 
     """Wait for VolumeSnapshot ``snapshot``; the size a PVC restored from it asks for:
     the larger of its ``restoreSize`` (a minimum, and optional) and the disk's PVC's
     request (as KubeVirt sizes the PVCs it restores from snapshots)."""
-    first_error: list[float] = []
-
-    def failed(obj: Mapping[str, Any]) -> str | None:
-        error = (obj.get("status") or {}).get("error") or {}
-        if not error.get("message"):
-            first_error.clear()
-            return None
-        first_error[:] = first_error or [time.monotonic()]
-        if time.monotonic() - first_error[0] < SNAPSHOT_ERROR_SECONDS:
-            return None  # the external-snapshotter retries
-        return f"volume snapshot failed: {error['message']}"
-
     ready = cluster.wait(
         "taking snapshots of the disks",
         VOLUME_SNAPSHOT,
         snapshot,
         _ready_to_use,
-        failed,
+        _errors_tolerated("volume snapshot"),
     )
     assert ready is not None
     requested = ((template.get("spec") or {}).get("resources") or {}).get("requests") or {}
@@ -258,6 +340,25 @@ def _restore_size(cluster: Cluster, snapshot: str, template: Mapping[str, Any]) 
         )
     known = [(n, q) for q in sizes if (n := _quantity(q)) is not None]
     return str(max(known)[0]) if known else sizes[0]
+
+
+def _errors_tolerated(what: str) -> Callable[[Mapping[str, Any]], str | None]:
+    """A ``failed`` test for :meth:`Cluster.wait` on a CSI snapshot: its ``status.error``
+    fails the wait only once it has lasted ``SNAPSHOT_ERROR_SECONDS`` (the
+    external-snapshotter retries, and clears the error once it succeeds)."""
+    first_error: list[float] = []
+
+    def failed(obj: Mapping[str, Any]) -> str | None:
+        error = (obj.get("status") or {}).get("error") or {}
+        if not error.get("message"):
+            first_error.clear()
+            return None
+        first_error[:] = first_error or [time.monotonic()]
+        if time.monotonic() - first_error[0] < SNAPSHOT_ERROR_SECONDS:
+            return None
+        return f"{what} failed: {error['message']}"
+
+    return failed
 
 
 def _quantity(text: str) -> int | None:

@@ -12,6 +12,9 @@ In a BackupClass (camelCase on the wire)::
       scratchStorageClass: ""  # with changedBlocks: StorageClass of the backup's scratch PVC
       snapshots: auto          # on Kubernetes: auto (default) | kubevirt | volume
       volumeSnapshotClass: ""  # with volume snapshots: the VolumeSnapshotClass (the default if unset)
+      volumeGroupSnapshots: false  # with volume snapshots: cut a VM's disks together, at one
+                                   # moment (a CSI VolumeGroupSnapshot; the CSI driver must offer it)
+      volumeGroupSnapshotClass: "" # its VolumeGroupSnapshotClass (the default if unset)
 """
 
 from __future__ import annotations
@@ -91,6 +94,14 @@ class KubeVirtParameters:
     ``volume_snapshot_class`` (``volumeSnapshotClass``)
         With volume snapshots: the VolumeSnapshotClass to take them with (the cluster's
         default for the disk's CSI driver if unset).
+    ``volume_group_snapshots`` (``volumeGroupSnapshots``)
+        With volume snapshots of a VM with several disks: one CSI ``VolumeGroupSnapshot``
+        of all of them, cut at one moment, so that a running VM's disks are
+        crash-consistent with each other, not only each on its own (a database whose
+        data and journal are on two disks).  The cluster's snapshot controller and the
+        CSI driver must offer group snapshots; a backup says so when they do not.
+    ``volume_group_snapshot_class`` (``volumeGroupSnapshotClass``)
+        The VolumeGroupSnapshotClass to take them with (the cluster's default if unset).
     """
 
     consistency: Consistency = Consistency.AUTO
@@ -101,3 +112,5 @@ class KubeVirtParameters:
     scratch_storage_class: str | None = None
     snapshots: Snapshots = Snapshots.AUTO
     volume_snapshot_class: str | None = None
+    volume_group_snapshots: bool = False
+    volume_group_snapshot_class: str | None = None

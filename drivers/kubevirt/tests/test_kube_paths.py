@@ -16,7 +16,13 @@ from typing import Any
 
 import pytest
 from cozybackup_kubevirt._https import gzip_image
-from cozybackup_kubevirt._kube import VOLUME_SNAPSHOT, Cluster, _refused
+from cozybackup_kubevirt._kube import (
+    GROUP_SNAPSHOT_VERSIONS,
+    VOLUME_GROUP_SNAPSHOT,
+    VOLUME_SNAPSHOT,
+    Cluster,
+    _refused,
+)
 from cozybackup_kubevirt._kube_backup import snapshots
 from cozybackup_kubevirt._kube_machine import is_kube, locate
 from cozybackup_kubevirt._nbd import serve
@@ -163,6 +169,34 @@ def test_auto_takes_kubevirts_snapshots_where_served_else_volume_snapshots(
     assert snapshots(cluster, params) is Snapshots(taken)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("served", "taken"),
+    [({"v1", "v1beta2"}, "v1"), ({"v1beta2", "v1beta1"}, "v1beta2"), ({"v1beta1"}, "v1beta1")],
+)
+def test_group_snapshots_are_taken_in_the_newest_version_served(
+    served: set[str], taken: str
+) -> None:
+    cluster = Cluster.__new__(Cluster)
+    cluster.versions = _Discovery({VOLUME_GROUP_SNAPSHOT.group: served}).versions  # type: ignore[method-assign]
+    kind = cluster.served(VOLUME_GROUP_SNAPSHOT, GROUP_SNAPSHOT_VERSIONS, hint="h")
+    assert kind.api_version == f"groupsnapshot.storage.k8s.io/{taken}"
+
+
+def test_group_snapshots_asked_of_a_cluster_without_them_tell_the_operator_what_is_missing() -> (
+    None
+):
+    cluster = Cluster.__new__(Cluster)
+    cluster.versions = _Discovery({VOLUME_GROUP_SNAPSHOT.group: {"v1alpha1"}}).versions  # type: ignore[method-assign]
+    with pytest.raises(DriverError) as caught:
+        cluster.served(
+            VOLUME_GROUP_SNAPSHOT, GROUP_SNAPSHOT_VERSIONS, hint="CSIVolumeGroupSnapshot"
+        )
+    assert "ask the platform operator" in caught.value.message
+    assert "groupsnapshot" not in caught.value.message  # the tenant is told no API names
+    detail = str(caught.value.admin_detail)
+    assert "serves ['v1alpha1']" in detail and "CSIVolumeGroupSnapshot" in detail
+
+
 def test_a_misspelled_snapshots_choice_names_the_choices() -> None:
     with pytest.raises(ValueError, match='use one of "auto", "kubevirt", "volume"'):
         Snapshots("csi")
@@ -216,6 +250,9 @@ def test_a_cleanup_that_fails_is_logged_and_never_hides_what_happened(
         def delete_namespaced_persistent_volume_claim(self, *args: Any, **kwargs: Any) -> None:
             raise _api_error(404, "not found")
 
+        def patch_namespaced_persistent_volume_claim(self, *args: Any, **kwargs: Any) -> None:
+            raise _api_error(409, "the object has been modified")
+
     cluster = Cluster.__new__(Cluster)
     cluster.namespace, cluster.deadline = "tenant-a", Deadline.after(60)
     cluster.log = logging.getLogger("cleanup-test")
@@ -223,7 +260,10 @@ def test_a_cleanup_that_fails_is_logged_and_never_hides_what_happened(
     with caplog.at_level(logging.ERROR, "cleanup-test"):
         assert cluster.delete(VOLUME_SNAPSHOT, "cozybackup-volsnap-1") is False
         assert cluster.delete_claim("cozybackup-volsnap-claim-1") is True  # already gone
-    [record] = caplog.records
-    assert "VolumeSnapshot cozybackup-volsnap-1" in record.getMessage()
-    assert "etcdserver: request timed out" in record.getMessage()
-    assert "app.kubernetes.io/managed-by=cozybackup" in record.getMessage()
+        assert cluster.unlabel_claim("vm-disk-a", "backups.cozystack.io/volume-group") is False
+    deleted, unlabelled = caplog.records
+    assert "VolumeSnapshot cozybackup-volsnap-1" in deleted.getMessage()
+    assert "etcdserver: request timed out" in deleted.getMessage()
+    assert "app.kubernetes.io/managed-by=cozybackup" in deleted.getMessage()
+    assert "PersistentVolumeClaim vm-disk-a" in unlabelled.getMessage()
+    assert "remove label backups.cozystack.io/volume-group" in unlabelled.getMessage()
