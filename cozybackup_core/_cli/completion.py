@@ -5,12 +5,10 @@ script to source, e.g. ``source <(cozybackup completion bash)``."""
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
-
-import argcomplete
-from argcomplete.shell_integration import shellcode
 
 from ..hosts.local import LocalHost
 
@@ -18,6 +16,8 @@ SHELLS = ("bash", "zsh")
 
 
 def script(shell: str, prog: str = "cozybackup") -> str:
+    from argcomplete.shell_integration import shellcode
+
     return str(shellcode([prog], shell=shell))
 
 
@@ -46,5 +46,11 @@ def name_completer(aliases: Mapping[str, type[Any]]) -> Callable[..., Iterable[s
 
 
 def autocomplete(parser: argparse.ArgumentParser) -> None:
-    """Answer a completing shell and exit (argcomplete's protocol); a no-op otherwise."""
+    """Answer a completing shell and exit (argcomplete's protocol); a no-op otherwise.
+    argcomplete is imported only when a shell is completing: every other run of the CLI
+    starts without it."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    import argcomplete
+
     argcomplete.autocomplete(parser)
