@@ -41,7 +41,7 @@ OpenAPI documents (``../shared/kubevirt-openapi/``, read at test time, never cop
   its ``matchLabels`` select copied aside in one step (``group_cuts``), and per PVC a
   VolumeSnapshot owned by the group, named, finalized and described as the
   external-snapshotter's controller makes them; then ``readyToUse``.  A member being
-  deleted loses its in-group finalizer (the controller's part once the group goes).
+  deleted loses its in-group finalizer once its group is gone (the controller's part).
 * **DataVolume** ``source.upload`` → ``UploadReady``; **UploadTokenRequest** → a token in
   its status; ``POST /v1beta1/upload`` with ``Authorization: Bearer <token>`` (chunked or
   not, raw or gzip) writes the image, sparse, and the DataVolume becomes ``Succeeded``
@@ -439,12 +439,17 @@ class StandIn:
         for snap in self._list("VirtualMachineSnapshot", ns):
             if not snap.get("status"):
                 self._snapshot(ns, snap, vms, vmis)
-        for group in self._list("VolumeGroupSnapshot", ns):
+        groups = {g["metadata"]["name"]: g for g in self._list("VolumeGroupSnapshot", ns)}
+        for group in groups.values():
             if not group.get("status"):
                 self._group_snapshot(ns, group)
         for snap in self._list("VolumeSnapshot", ns):
             meta = snap["metadata"]
+            # A member goes only once its group is gone (the controller refuses before).
+            in_group = (snap.get("status") or {}).get("volumeGroupSnapshotName") in groups
             if meta.get("deletionTimestamp") and IN_GROUP_FINALIZER in meta.get("finalizers", ()):
+                if in_group:
+                    continue
                 finalizers = [f for f in meta["finalizers"] if f != IN_GROUP_FINALIZER]
                 k = self.kinds["VolumeSnapshot"]
                 patch = {"metadata": {"finalizers": finalizers}}
