@@ -9,6 +9,7 @@ processes, as the worker ServiceAccount.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -174,6 +175,19 @@ class Platform:
         err.close()
         self._controllers.append(proc)
         return proc
+
+    @contextlib.contextmanager
+    def leading(self, name: str, *extra: str) -> Iterator[subprocess.Popen[bytes]]:
+        """Controller ``name`` started and leading; stopped (SIGTERM) after, when it must
+        exit cleanly (unless the block failed: its error is the one to see)."""
+        proc = self.controller(name, *extra)
+        try:
+            self.says(name, "leading")
+            yield proc
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        assert proc.returncode == 0, self.output(name)
 
     def output(self, name: str) -> tuple[str, str]:
         return (
@@ -979,9 +993,7 @@ def test_the_controller_refuses_a_service_that_leads_elsewhere(platform: Platfor
 def test_a_backup_deleted_with_kubectl_takes_its_data_with_it(platform: Platform) -> None:
     """Our finalizer holds a deleted Backup until the controller has deleted its data."""
     platform.app("fin", b"f" * 5000)
-    proc = platform.controller("fin")
-    try:
-        platform.says("fin", "leading")
+    with platform.leading("fin"):
         platform.tenant_creates(platform.job_body("fb1", "fin"))
         assert platform.finished(BackupJob, "fb1").status.phase == "Succeeded"
         backup = platform.host.objects.get(Backup, ACME, "fb1")
@@ -1006,7 +1018,3 @@ def test_a_backup_deleted_with_kubectl_takes_its_data_with_it(platform: Platform
         assert platform.host.objects.get(ArtifactRecord, None, uid) is None
         s3.invalidate_cache()
         assert not [k for k in s3.find("hidden-bucket-name") if uid in k]
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-    assert proc.returncode == 0, platform.output("fin")

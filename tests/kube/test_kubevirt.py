@@ -291,6 +291,33 @@ def _restore(platform: Platform, name: str, backup: str) -> Any:
     return _run(platform, "RestoreJob", name, {"backupRef": {"name": backup}})
 
 
+def _taken(
+    platform: Platform, name: str, ref: dict[str, str], backup_class: str, via: str
+) -> dict[str, Any]:
+    """BackupJob ``name`` of ``ref`` by ``backup_class`` succeeds, taken ``via`` (its
+    Backup's ``driverMetadata``); the Backup's underlying resources."""
+    job = _run(platform, "BackupJob", name, {"applicationRef": ref, "backupClassName": backup_class})  # fmt: skip
+    assert job.status.phase == "Succeeded", job.status.message
+    backup = platform.host.objects.get(Backup, ACME, name)
+    assert backup is not None and backup.status.underlying_resources is not None
+    assert backup.spec.driver_metadata["via"] == via
+    return dict(backup.status.underlying_resources)
+
+
+def _restored_exactly(
+    vms: tuple[Platform, StandIn], name: str, backup: str, vm: str, disks: dict[str, bytes]
+) -> dict[str, str]:
+    """RestoreJob ``name`` of ``backup`` succeeds and VMInstance ``vm``'s volumes hold
+    ``disks`` (volume name: image) bit for bit; the claims it now names, by volume."""
+    platform, standin = vms
+    restored = _restore(platform, name, backup)
+    assert restored.status.phase == "Succeeded", restored.status.message
+    claims = _claims(_get_vm(platform, vm))
+    for volume, image in disks.items():
+        assert standin.disk(ACME, claims[volume]).read_bytes() == image, volume
+    return claims
+
+
 def _no_storage_seen_by_tenant(platform: Platform) -> None:
     seen = json.dumps([platform.alice.list_namespaced_custom_object(GROUP, VERSION, ACME, p) for p in ("backupjobs", "restorejobs", "backups")])  # fmt: skip
     for secret in (platform.s3.endpoint_url, platform.s3.secret_key, "hidden-bucket-name", "hidden/vms", "vms-s3", "127.0.0.1"):  # fmt: skip
@@ -309,9 +336,7 @@ def test_a_vmdisk_backed_up_by_snapshot_and_export_restored_by_upload(
     before = _disk(platform, standin, "root", size, seed=1)
     _vm(platform, "web", ["root"])
     until("the VM to run", lambda: standin.boots and standin.boots[-1][0] == "vm-instance-web")
-    proc = platform.controller("vmdisk", *_with_workers(platform))
-    try:
-        platform.says("vmdisk", "leading")
+    with platform.leading("vmdisk", *_with_workers(platform)):
         job = _backup(platform, "vmb1", "VMDisk", "root")
         assert job.status.phase == "Succeeded", job.status.message
         assert (
@@ -351,10 +376,6 @@ def test_a_vmdisk_backed_up_by_snapshot_and_export_restored_by_upload(
         # The exports' token Secrets went with them (owned by them: the garbage collector).
         core = client.CoreV1Api(platform.cluster.admin)
         until("the token Secrets to be collected", lambda: not [s for s in core.list_namespaced_secret(ACME).items if s.metadata.name.startswith("cozybackup-export-")])  # fmt: skip
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-    assert proc.returncode == 0, platform.output("vmdisk")
 
 
 @pytest.mark.timeout(600)
@@ -366,9 +387,7 @@ def test_a_vminstance_with_two_disks_backed_up_and_restored(
     data_before = _disk(platform, standin, "data", 24 * MiB, seed=4)
     _vm(platform, "db", ["sys", "data"])
     until("the VM to run", lambda: any(b[0] == "vm-instance-db" for b in standin.boots))
-    proc = platform.controller("vminstance", *_with_workers(platform))
-    try:
-        platform.says("vminstance", "leading")
+    with platform.leading("vminstance", *_with_workers(platform)):
         job = _backup(platform, "vmb2", "VMInstance", "db")
         assert job.status.phase == "Succeeded", job.status.message
         backup = platform.host.objects.get(Backup, ACME, "vmb2")
@@ -382,28 +401,17 @@ def test_a_vminstance_with_two_disks_backed_up_and_restored(
         _scribble(standin.disk(ACME, "vm-disk-sys"), seed=5)
         _scribble(standin.disk(ACME, "vm-disk-data"), seed=6)
         boots = len(standin.boots)
-        restored = _restore(platform, "vmr2", "vmb2")
-        assert restored.status.phase == "Succeeded", restored.status.message
-        claims = _claims(_get_vm(platform, "db"))
-        assert standin.disk(ACME, claims["disk-sys"]).read_bytes() == sys_before
-        assert standin.disk(ACME, claims["disk-data"]).read_bytes() == data_before
+        claims = _restored_exactly(vms, "vmr2", "vmb2", "db", {"disk-sys": sys_before, "disk-data": data_before})  # fmt: skip
         # One stop and one start for both disks, the VM on both restored disks.
         until("the VM to run again", lambda: len(standin.boots) == boots + 1)
         assert standin.boots[-1] == ("vm-instance-db", (claims["disk-sys"], claims["disk-data"]))
 
         # A second restore replaces the first's DataVolumes, which it deletes.
         first = set(claims.values())
-        restored = _restore(platform, "vmr3", "vmb2")
-        assert restored.status.phase == "Succeeded", restored.status.message
-        claims = _claims(_get_vm(platform, "db"))
+        claims = _restored_exactly(vms, "vmr3", "vmb2", "db", {"disk-sys": sys_before})
         assert not first & set(claims.values())
-        assert standin.disk(ACME, claims["disk-sys"]).read_bytes() == sys_before
         left = _left_over(platform, "cdi.kubevirt.io", "v1beta1", "datavolumes")
         assert not first & set(left) and {"vm-disk-sys", "vm-disk-data"} <= set(left)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-    assert proc.returncode == 0, platform.output("vminstance")
 
 
 def _class(platform: Platform, name: str, parameters: dict[str, Any]) -> None:
@@ -436,6 +444,21 @@ def _disk_claim(platform: Platform, name: str, size: int) -> None:
         "spec": {"accessModes": ["ReadWriteMany"], "volumeMode": "Filesystem", "storageClassName": "standin-replicated", "resources": {"requests": {"storage": f"{size // MiB}Mi"}}},
     }  # fmt: skip
     client.CoreV1Api(platform.cluster.admin).create_namespaced_persistent_volume_claim(ACME, pvc)
+
+
+def _running_vm_with_claims(
+    vms: tuple[Platform, StandIn], vm: str, disks: dict[str, tuple[int, int]]
+) -> dict[str, bytes]:
+    """VMInstance ``vm`` running on ``disks`` (name: size, seed), each with the PVC CDI
+    makes for it (what volume snapshots are taken of); their images by volume name."""
+    platform, standin = vms
+    images = {}
+    for name, (size, seed) in disks.items():
+        images[f"disk-{name}"] = _disk(platform, standin, name, size, seed=seed)
+        _disk_claim(platform, name, size)
+    _vm(platform, vm, list(disks))
+    until("the VM to run", lambda: any(b[0] == f"vm-instance-{vm}" for b in standin.boots))
+    return images
 
 
 @contextlib.contextmanager
@@ -481,20 +504,13 @@ def test_volume_snapshots_where_kubevirt_snapshots_are_not_used(
     crash-consistent copies.  Everything made is deleted after, and the restores bring
     every disk back bit for bit."""
     platform, standin = vms
-    sys_before = _disk(platform, standin, "csisys", 24 * MiB, seed=11)
-    data_before = _disk(platform, standin, "csidata", 16 * MiB, seed=12)
-    _disk_claim(platform, "csisys", 24 * MiB)
-    _disk_claim(platform, "csidata", 16 * MiB)
-    _vm(platform, "csi", ["csisys", "csidata"])
-    until("the VM to run", lambda: any(b[0] == "vm-instance-csi" for b in standin.boots))
+    before = _running_vm_with_claims(vms, "csi", {"csisys": (24 * MiB, 11), "csidata": (16 * MiB, 12)})  # fmt: skip
     _class(platform, "vms-volume", {"snapshots": "volume"})
     _class(platform, "vms-volume-crash", {"snapshots": "volume", "consistency": "crash"})
     ref = {"apiGroup": "apps.cozystack.io", "kind": "VMInstance", "name": "csi"}
     kubevirt_snapshots = set(standin.seen["VirtualMachineSnapshot"])
     freezes = list(standin.freezes)
-    proc = platform.controller("volsnap", *_with_workers(platform))
-    try:
-        platform.says("volsnap", "leading")
+    with platform.leading("volsnap", *_with_workers(platform)):
         # Running, and the class wants the guest frozen: refused before anything is made.
         job = _run(platform, "BackupJob", "vsb1", {"applicationRef": ref, "backupClassName": "vms-volume"})  # fmt: skip
         assert job.status.phase == "Failed"
@@ -502,12 +518,7 @@ def test_volume_snapshots_where_kubevirt_snapshots_are_not_used(
         assert not standin.seen["VolumeSnapshot"]
 
         # Running, crash-consistent copies accepted: taken, and the Backup says so.
-        job = _run(platform, "BackupJob", "vsb2", {"applicationRef": ref, "backupClassName": "vms-volume-crash"})  # fmt: skip
-        assert job.status.phase == "Succeeded", job.status.message
-        backup = platform.host.objects.get(Backup, ACME, "vsb2")
-        assert backup is not None and backup.status.underlying_resources is not None
-        assert backup.spec.driver_metadata["via"] == "VolumeSnapshot, VirtualMachineExport"
-        made = backup.status.underlying_resources
+        made = _taken(platform, "vsb2", ref, "vms-volume-crash", "VolumeSnapshot, VirtualMachineExport")  # fmt: skip
         assert made["consistency"] == "crash"
         assert [w["reason"] for w in made["warnings"]] == ["CrashConsistent"]
         assert {d["name"]: d["virtualSize"] for d in made["disks"]} == {"csisys": 24 * MiB, "csidata": 16 * MiB}  # fmt: skip
@@ -536,17 +547,9 @@ def test_volume_snapshots_where_kubevirt_snapshots_are_not_used(
 
         # Each Backup restores exactly what its snapshots held.
         _scribble(standin.disk(ACME, "vm-disk-csisys"), seed=14)
-        for backup_name, data in (("vsb2", data_before), ("vsb3", data_later)):
-            restored = _restore(platform, f"{backup_name}-r", backup_name)
-            assert restored.status.phase == "Succeeded", restored.status.message
-            claims = _claims(_get_vm(platform, "csi"))
-            assert standin.disk(ACME, claims["disk-csisys"]).read_bytes() == sys_before
-            assert standin.disk(ACME, claims["disk-csidata"]).read_bytes() == data
+        for backup_name, data in (("vsb2", before["disk-csidata"]), ("vsb3", data_later)):
+            _restored_exactly(vms, f"{backup_name}-r", backup_name, "csi", {**before, "disk-csidata": data})  # fmt: skip
         _no_storage_seen_by_tenant(platform)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-    assert proc.returncode == 0, platform.output("volsnap")
 
 
 @pytest.mark.timeout(600)
@@ -558,29 +561,17 @@ def test_a_volume_group_snapshot_cuts_every_disk_of_a_running_vm_at_once(
     its members read through PVCs restored from them; the Backup says the disks are
     crash-consistent together; everything made is deleted; the restore is bit for bit."""
     platform, standin = vms
-    sys_before = _disk(platform, standin, "grpsys", 20 * MiB, seed=21)
-    data_before = _disk(platform, standin, "grpdata", 12 * MiB, seed=22)
-    _disk_claim(platform, "grpsys", 20 * MiB)
-    _disk_claim(platform, "grpdata", 12 * MiB)
-    _vm(platform, "grp", ["grpsys", "grpdata"])
-    until("the VM to run", lambda: any(b[0] == "vm-instance-grp" for b in standin.boots))
+    before = _running_vm_with_claims(vms, "grp", {"grpsys": (20 * MiB, 21), "grpdata": (12 * MiB, 22)})  # fmt: skip
     params = {"snapshots": "volume", "consistency": "crash", "volumeGroupSnapshots": True}
     _class(platform, "vms-group", params)
     ref = {"apiGroup": "apps.cozystack.io", "kind": "VMInstance", "name": "grp"}
     snapshots_before = set(standin.seen["VolumeSnapshot"])
-    proc = platform.controller("volgroup", *_with_workers(platform))
-    try:
-        platform.says("volgroup", "leading")
-        job = _run(platform, "BackupJob", "vgb1", {"applicationRef": ref, "backupClassName": "vms-group"})  # fmt: skip
-        assert job.status.phase == "Succeeded", job.status.message
-        backup = platform.host.objects.get(Backup, ACME, "vgb1")
-        assert backup is not None and backup.status.underlying_resources is not None
-        assert backup.spec.driver_metadata["via"] == "VolumeGroupSnapshot, VirtualMachineExport"
-        made = backup.status.underlying_resources
+    with platform.leading("volgroup", *_with_workers(platform)):
+        made = _taken(platform, "vgb1", ref, "vms-group", "VolumeGroupSnapshot, VirtualMachineExport")  # fmt: skip
         assert made["consistency"] == "crash"
         [warning] = made["warnings"]
         assert warning["reason"] == "CrashConsistent"
-        assert "cut together (one group snapshot)" in warning["message"]
+        assert "cut together (one group snapshot of the storage)" in warning["message"]
         # One cut of exactly the VM's PVCs; the only VolumeSnapshots are its members.
         [(group, cut)] = standin.group_cuts
         assert standin.seen["VolumeGroupSnapshot"] == {group}
@@ -596,16 +587,8 @@ def test_a_volume_group_snapshot_cuts_every_disk_of_a_running_vm_at_once(
 
         _scribble(standin.disk(ACME, "vm-disk-grpsys"), seed=23)
         _scribble(standin.disk(ACME, "vm-disk-grpdata"), seed=24)
-        restored = _restore(platform, "vgb1-r", "vgb1")
-        assert restored.status.phase == "Succeeded", restored.status.message
-        claims = _claims(_get_vm(platform, "grp"))
-        assert standin.disk(ACME, claims["disk-grpsys"]).read_bytes() == sys_before
-        assert standin.disk(ACME, claims["disk-grpdata"]).read_bytes() == data_before
+        _restored_exactly(vms, "vgb1-r", "vgb1", "grp", before)
         _no_storage_seen_by_tenant(platform)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-    assert proc.returncode == 0, platform.output("volgroup")
 
 
 @pytest.mark.timeout(300)
@@ -620,9 +603,7 @@ def test_a_running_vm_without_guest_agent_is_refused_and_nothing_is_left(
     _disk(platform, standin, "bare", 8 * MiB, seed=7)
     _vm(platform, "noagent", ["bare"], agent=False)
     until("the VM to run", lambda: any(b[0] == "vm-instance-noagent" for b in standin.boots))
-    proc = platform.controller("noagent", *_with_workers(platform))
-    try:
-        platform.says("noagent", "leading")
+    with platform.leading("noagent", *_with_workers(platform)):
         job = _backup(platform, "vmb4", "VMInstance", "noagent")
         assert job.status.phase == "Failed"
         assert "runs without a guest agent" in job.status.message
@@ -664,10 +645,6 @@ def test_a_running_vm_without_guest_agent_is_refused_and_nothing_is_left(
         assert "attached to no virtual machine" in restored.status.message
         assert set(_left_over(platform, "cdi.kubevirt.io", "v1beta1", "datavolumes")) == volumes
         assert standin.disk(ACME, "vm-disk-spare").read_bytes() == spare
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-    assert proc.returncode == 0, platform.output("noagent")
 
 
 @pytest.mark.timeout(300)
@@ -680,9 +657,7 @@ def test_an_upload_that_reads_back_otherwise_changes_nothing(
     _disk(platform, standin, "cache", 8 * MiB, seed=9)
     _vm(platform, "cache", ["cache"])
     until("the VM to run", lambda: any(b[0] == "vm-instance-cache" for b in standin.boots))
-    proc = platform.controller("corrupt", *_with_workers(platform))
-    try:
-        platform.says("corrupt", "leading")
+    with platform.leading("corrupt", *_with_workers(platform)):
         job = _backup(platform, "vmb6", "VMInstance", "cache")
         assert job.status.phase == "Succeeded", job.status.message
         _scribble(standin.disk(ACME, "vm-disk-cache"), seed=10)
@@ -699,10 +674,6 @@ def test_an_upload_that_reads_back_otherwise_changes_nothing(
         assert standin.disk(ACME, "vm-disk-cache").read_bytes() == now
         assert len(standin.boots) == boots
         until("the new DataVolume to be deleted", lambda: set(_left_over(platform, "cdi.kubevirt.io", "v1beta1", "datavolumes")) == volumes)  # fmt: skip
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
-    assert proc.returncode == 0, platform.output("corrupt")
 
 
 @pytest.mark.timeout(300)

@@ -45,6 +45,15 @@ _GATE_OFF = "snapshot feature gate not enabled"
 #: How long a VolumeSnapshot may report an error before the backup gives up on it (the
 #: external-snapshotter retries, and clears the error once it succeeds).
 SNAPSHOT_ERROR_SECONDS = 300.0
+#: How long a VolumeGroupSnapshot may stay unbound (no VolumeGroupSnapshotContent) before
+#: the backup gives up: a snapshot controller without its CSIVolumeGroupSnapshot feature
+#: gate, or a CSI driver without group snapshots, never writes its status at all.
+GROUP_UNBOUND_SECONDS = 300.0
+#: What the operator may be missing when group snapshots do not happen.
+_GROUP_HINT = (
+    "the external-snapshotter's group snapshot CRDs, its CSIVolumeGroupSnapshot feature gate, "
+    "a CSI driver with group snapshots and a VolumeGroupSnapshotClass for it?"
+)
 #: What to export, and which disks it holds under which PVC name (made as it is iterated).
 Sources = Iterable[tuple[Mapping[str, str], list[tuple[KubeDisk, str]]]]
 #: The label that puts a VM's PVCs in its group snapshot's selector while it is cut (its
@@ -56,8 +65,8 @@ _UNFROZEN = (
     "without freezing its filesystems: "
 )
 CRASH_TOGETHER = _UNFROZEN + (
-    "they were cut together (one group snapshot) and are crash-consistent with each other "
-    "(as after a power cut)"
+    "they were cut together (one group snapshot of the storage) and are crash-consistent "
+    "with each other (as after a power cut)"
 )
 CRASH_EACH = _UNFROZEN + (
     "each disk is crash-consistent on its own (as after a power cut), not with the others "
@@ -229,8 +238,7 @@ def _volume_snapshots(
             kind = cluster.served(
                 VOLUME_GROUP_SNAPSHOT,
                 GROUP_SNAPSHOT_VERSIONS,
-                hint="the class asks for volumeGroupSnapshots: the external-snapshotter's "
-                "group snapshot CRDs and its CSIVolumeGroupSnapshot feature gate?",
+                hint=f"the class asks for volumeGroupSnapshots: {_GROUP_HINT}",
             )
             group = (kind, object_name("volgroup"))
             snaps = _group_snapshot(m, cluster, params, *group)
@@ -285,7 +293,7 @@ def _group_snapshot(
             kind,
             name,
             _ready_to_use,
-            _errors_tolerated("group snapshot"),
+            group_failed(time.monotonic()),
         )
     finally:
         for claim in labelled:
@@ -294,14 +302,16 @@ def _group_snapshot(
     members: dict[str, str] = {}
     for snap in cluster.items(VOLUME_SNAPSHOT):
         if any(o.get("uid") == uid for o in snap["metadata"].get("ownerReferences") or ()):
+            # "" where the snapshot controller found no PV for a volume of the group
             source = (snap["spec"].get("source") or {}).get("persistentVolumeClaimName")
-            members[str(source)] = snap["metadata"]["name"]
+            members[str(source or "")] = snap["metadata"]["name"]
     wanted = {d.claim for d in m.disks}
     if set(members) != wanted:
         raise DriverError(
             "taking a group snapshot of the disks failed; ask the platform operator",
             admin_detail=f"{kind.kind} {cluster.namespace}/{name} holds snapshots of PVCs "
-            f"{sorted(members)}, not of the VM's {sorted(wanted)}",
+            f"{sorted(members)}, not of the VM's {sorted(wanted)}"
+            + (" ('': a volume the snapshot controller found no PV for)" if "" in members else ""),
         )
     return {d.name: members[d.claim] for d in m.disks}
 
@@ -357,6 +367,27 @@ def _errors_tolerated(what: str) -> Callable[[Mapping[str, Any]], str | None]:
         if time.monotonic() - first_error[0] < SNAPSHOT_ERROR_SECONDS:
             return None
         return f"{what} failed: {error['message']}"
+
+    return failed
+
+
+def group_failed(started: float) -> Callable[[Mapping[str, Any]], str | None]:
+    """A ``failed`` test for a VolumeGroupSnapshot made at ``started`` (monotonic): its
+    errors as any CSI snapshot's, and no content bound after ``GROUP_UNBOUND_SECONDS``."""
+    errors = _errors_tolerated("group snapshot")
+
+    def failed(obj: Mapping[str, Any]) -> str | None:
+        status = obj.get("status") or {}
+        if status.get("boundVolumeGroupSnapshotContentName"):
+            return errors(obj)
+        if time.monotonic() - started < GROUP_UNBOUND_SECONDS:
+            return errors(obj)
+        said = (status.get("error") or {}).get("message")
+        return (
+            f"no VolumeGroupSnapshotContent after {GROUP_UNBOUND_SECONDS:.0f} s"
+            + (f" ({said})" if said else "")
+            + f": {_GROUP_HINT}"
+        )
 
     return failed
 

@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import random
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from cozybackup_kubevirt._kube import (
     Cluster,
     _refused,
 )
-from cozybackup_kubevirt._kube_backup import snapshots
+from cozybackup_kubevirt._kube_backup import GROUP_UNBOUND_SECONDS, group_failed, snapshots
 from cozybackup_kubevirt._kube_machine import is_kube, locate
 from cozybackup_kubevirt._nbd import serve
 from cozybackup_kubevirt._params import KubeVirtParameters, Snapshots
@@ -195,6 +196,20 @@ def test_group_snapshots_asked_of_a_cluster_without_them_tell_the_operator_what_
     assert "groupsnapshot" not in caught.value.message  # the tenant is told no API names
     detail = str(caught.value.admin_detail)
     assert "serves ['v1alpha1']" in detail and "CSIVolumeGroupSnapshot" in detail
+
+
+def test_a_group_snapshot_never_bound_fails_with_what_may_be_missing() -> None:
+    """A snapshot controller without its group snapshot feature gate (or a CSI driver
+    without group snapshots) never writes the group's status: the backup fails after
+    ``GROUP_UNBOUND_SECONDS`` instead of waiting for the job's deadline."""
+    unbound: dict[str, Any] = {"metadata": {"name": "g"}}
+    assert group_failed(time.monotonic())(unbound) is None
+    said = group_failed(time.monotonic() - GROUP_UNBOUND_SECONDS - 1)(unbound)
+    assert said is not None and "no VolumeGroupSnapshotContent after 300 s" in said
+    assert "CSIVolumeGroupSnapshot feature gate" in said
+    # Bound: only a lasting status.error fails it (the controller retries).
+    bound = {"status": {"boundVolumeGroupSnapshotContentName": "c", "error": {"message": "x"}}}
+    assert group_failed(time.monotonic() - GROUP_UNBOUND_SECONDS - 1)(bound) is None
 
 
 def test_a_misspelled_snapshots_choice_names_the_choices() -> None:
