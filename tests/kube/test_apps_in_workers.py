@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -81,15 +80,11 @@ def workers_for(
             }
         )
     )
-    proc = platform.controller(name, *controller._with_workers(platform))
     try:
-        platform.says(name, "leading")
-        yield
+        with platform.leading(name, *controller._with_workers(platform)):
+            yield
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
         platform.conventions.write_text(saved)
-    assert proc.returncode == 0, platform.output(name)
 
 
 def backup_of(platform: Platform, job: str, kind: str, app: str, backup_class: str) -> BackupJob:
