@@ -521,7 +521,7 @@ class StandIn:
         finally:
             if frozen:
                 self.freezes.append((source["name"], "thaw"))
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = _now()
         self._status(
             "VirtualMachineSnapshot",
             snap,
@@ -544,13 +544,7 @@ class StandIn:
         folder.mkdir(parents=True, exist_ok=True)
         copy = folder / snap["metadata"]["name"]
         subprocess.run(["cp", "--sparse=always", str(image), str(copy)], check=True)
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        status = {
-            "boundVolumeSnapshotContentName": f"snapcontent-{snap['metadata']['uid']}",
-            "creationTime": now,
-            "readyToUse": True,
-            "restoreSize": str(copy.stat().st_size),
-        }
+        status = _snapshot_ready(copy, f"snapcontent-{snap['metadata']['uid']}")
         self._status("VolumeSnapshot", snap, status)
 
     def _group_snapshot(self, ns: str, group: dict[str, Any]) -> None:
@@ -573,7 +567,6 @@ class StandIn:
             for claim, member in members.items():
                 subprocess.run(["cp", "--sparse=always", str(self.disk(ns, claim)), str(folder / member)], check=True)  # fmt: skip
         self.group_cuts.append((name, tuple(claims)))
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         k = self.kinds["VolumeSnapshot"]
         owner = {"apiVersion": group["apiVersion"], "kind": "VolumeGroupSnapshot", "name": name, "uid": uid}  # fmt: skip
         for claim, member in members.items():
@@ -584,15 +577,10 @@ class StandIn:
                 "spec": {"source": {"persistentVolumeClaimName": claim}},
             }  # fmt: skip
             made = self._custom.create_namespaced_custom_object(k.group, k.version, ns, k.plural, body)  # fmt: skip
-            status = {
-                "boundVolumeSnapshotContentName": "snapcontent-" + member.removeprefix("snapshot-"),
-                "creationTime": now,
-                "readyToUse": True,
-                "restoreSize": str((folder / member).stat().st_size),
-                "volumeGroupSnapshotName": name,
-            }
+            content = "snapcontent-" + member.removeprefix("snapshot-")
+            status = _snapshot_ready(folder / member, content, volumeGroupSnapshotName=name)
             self._status("VolumeSnapshot", made, status)
-        status = {"boundVolumeGroupSnapshotContentName": f"groupsnapcontent-{uid}", "creationTime": now, "readyToUse": True}  # fmt: skip
+        status = {"boundVolumeGroupSnapshotContentName": f"groupsnapcontent-{uid}", "creationTime": _now(), "readyToUse": True}  # fmt: skip
         self._status("VolumeGroupSnapshot", group, status)
 
     def _disk_image(self, ns: str, claim: str) -> bool:
@@ -755,7 +743,7 @@ class StandIn:
         }
         with self._lock:
             self._backups[prefix] = (_b64(secret.data["token"]), files)
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        now = _now()
         quiesced = {"type": "Quiesced", "status": "True" if agent else "False", "reason": "QuiesceSucceeded" if agent else "QuiesceFailed", "message": "stand-in", "lastTransitionTime": now}  # fmt: skip
         ready = {"type": "Progressing", "status": "True", "reason": "ExportReady", "message": "stand-in: export ready", "lastTransitionTime": now}  # fmt: skip
         self._status(
@@ -788,7 +776,7 @@ class StandIn:
             self._backups.pop(f"/{ns}/{name}/backup/", None)
         tracker = trackers.get(backup["spec"]["source"]["name"])
         if tracker is not None and status.get("checkpointName"):
-            now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            now = _now()
             latest = {"name": status["checkpointName"], "creationTime": now, "volumes": [{"volumeName": v["volumeName"]} for v in status.get("includedVolumes") or ()]}  # fmt: skip
             self._status("VirtualMachineBackupTracker", tracker, {"latestCheckpoint": latest})
         done = {"type": "Progressing", "status": "False", "reason": "Completed", "message": "stand-in", "lastTransitionTime": status.get("conditions", [{}])[0].get("lastTransitionTime", "")}  # fmt: skip
@@ -869,6 +857,22 @@ class StandIn:
             "DataVolume", dv, {"phase": "Succeeded", "claimName": claim, "progress": "100.0%"}
         )
         return 200
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _snapshot_ready(copy: Path, content: str, **more: str) -> dict[str, Any]:
+    """A VolumeSnapshot's status once its ``copy`` is made: bound to ``content``, ready
+    to use, as large as the copy."""
+    return {
+        "boundVolumeSnapshotContentName": content,
+        "creationTime": _now(),
+        "readyToUse": True,
+        "restoreSize": str(copy.stat().st_size),
+        **more,
+    }
 
 
 def _claims(vm: Mapping[str, Any]) -> dict[str, str]:

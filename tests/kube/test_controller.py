@@ -923,15 +923,10 @@ def _runs_between_passes(platform: Platform, name: str, *flags: str) -> Any:
     """A BackupJob created after the controller's first pass, with ``flags`` putting the
     next pass minutes away: what it has become within 240 s."""
     platform.app(name, b"q" * 1000)
-    proc = platform.controller(name, *flags)
-    try:
-        platform.says(name, "leading")
+    with platform.leading(name, *flags):
         time.sleep(3)  # the first pass is over; the next is minutes away
         platform.tenant_creates(platform.job_body(name, name))
         return platform.finished(BackupJob, name, seconds=240)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
 
 
 @pytest.mark.timeout(300)

@@ -177,12 +177,8 @@ def _sources(
             ctx.log.info("KubeVirt refuses snapshots (%s): volume snapshots", exc.admin_detail)
             kind = Snapshots.VOLUME
     if kind is Snapshots.VOLUME:
-        with _volume_snapshots(m, cluster, ctx) as (sources, mode, grouped):
-            if grouped:
-                yield sources, mode, f"{VOLUME_GROUP_SNAPSHOT.kind}, {EXPORT.kind}", CRASH_TOGETHER
-            else:
-                note = CRASH_EACH if len(m.disks) > 1 else CRASH_ONE
-                yield sources, mode, f"{VOLUME_SNAPSHOT.kind}, {EXPORT.kind}", note
+        with _volume_snapshots(m, cluster, ctx) as taken:
+            yield taken
         return
     try:
         snap = cluster.wait(
@@ -203,13 +199,13 @@ def _sources(
 @contextlib.contextmanager
 def _volume_snapshots(
     m: KubeMachine, cluster: Cluster, ctx: BackupContext[KubeVirtParameters]
-) -> Iterator[tuple[Sources, str, bool]]:
+) -> Iterator[tuple[Sources, str, str, str]]:
     """A CSI VolumeSnapshot of each disk, taken one right after the other (a running VM's
     disks are then each crash-consistent, not consistent with each other), or with
     ``volumeGroupSnapshots`` one VolumeGroupSnapshot of them all (cut at one moment);
     then, one disk at a time, a PVC restored from its snapshot: what to export (one extra
-    PVC at a time, each deleted once read), the consistency, and whether it was one
-    group.  Everything made is deleted after, also on failure."""
+    PVC at a time, each deleted once read), as :func:`_sources` says it.  Everything
+    made is deleted after, also on failure."""
     params = ctx.parameters
     before = _instance(m, cluster)
     if before:
@@ -262,7 +258,12 @@ def _volume_snapshots(
         after = _instance(m, cluster)
         if after:
             _crash_accepted(m, params)
-        yield restored(), "crash" if before or after else "offline", grouped
+        mode = "crash" if before or after else "offline"
+        if grouped:
+            yield restored(), mode, f"{VOLUME_GROUP_SNAPSHOT.kind}, {EXPORT.kind}", CRASH_TOGETHER
+        else:
+            note = CRASH_EACH if len(m.disks) > 1 else CRASH_ONE
+            yield restored(), mode, f"{VOLUME_SNAPSHOT.kind}, {EXPORT.kind}", note
     finally:
         for claim in claims:
             cluster.delete_claim(claim)
@@ -378,9 +379,8 @@ def group_failed(started: float) -> Callable[[Mapping[str, Any]], str | None]:
 
     def failed(obj: Mapping[str, Any]) -> str | None:
         status = obj.get("status") or {}
-        if status.get("boundVolumeGroupSnapshotContentName"):
-            return errors(obj)
-        if time.monotonic() - started < GROUP_UNBOUND_SECONDS:
+        bound = status.get("boundVolumeGroupSnapshotContentName")
+        if bound or time.monotonic() - started < GROUP_UNBOUND_SECONDS:
             return errors(obj)
         said = (status.get("error") or {}).get("message")
         return (
