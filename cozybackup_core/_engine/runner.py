@@ -108,14 +108,17 @@ class Runner:
         streams = self._stage("streams", errors, self._reconcile_streams, [])
         finished += self._stage("jobs", errors, lambda: self.engine.run_once(stop), [])
         if stop is None or not stop.is_set():
-            if self.drills:
-                drills = self._stage("drills", errors, self.engine.run_due_drills, [])
-            if self.retention:
-                pruned = self._stage("retention", errors, self._retention, [])
-            judged = self._stage("objectives", errors, self.engine.evaluate_objectives, [])
-            expired = self._stage("expiry", errors, self.engine.expire_finished, [])
-            if self.retention:
-                swept = self._stage("orphans", errors, self.engine.sweep_orphans, [])
+            # The controller's own work: a location that failed to open is left alone
+            # until its backoff has passed (``stores.py``); jobs above always try.
+            with self.engine.background():
+                if self.drills:
+                    drills = self._stage("drills", errors, self.engine.run_due_drills, [])
+                if self.retention:
+                    pruned = self._stage("retention", errors, self._retention, [])
+                judged = self._stage("objectives", errors, self.engine.evaluate_objectives, [])
+                expired = self._stage("expiry", errors, self.engine.expire_finished, [])
+                if self.retention:
+                    swept = self._stage("orphans", errors, self.engine.sweep_orphans, [])
         return PassReport(
             fired=tuple(fired),
             finished=tuple(finished),

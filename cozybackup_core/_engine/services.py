@@ -8,6 +8,7 @@ restore.  The crash-safety order is described in ``backup.py``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -46,7 +47,6 @@ from .._api.types import (
     ObjectMeta,
     RestoreJob,
     StorageLocation,
-    StorageLocationSpec,
     StrategyRef,
     artifact_uid,
     label_value,
@@ -64,6 +64,7 @@ from .executor import Executor
 from .port import Host
 from .progress import Progress, ProgressUpdate
 from .redact import Redactor, chosen_by_tenant, sensitive_values
+from .stores import StoreCache
 
 log = logging.getLogger("cozybackup.engine")
 
@@ -123,7 +124,7 @@ class Services:
         self.storage = plugins.storage
         self.config = config or EngineConfig()
         self.on_progress = on_progress
-        self._stores: dict[tuple[str, StorageLocationSpec], ArtifactStore] = {}
+        self.stores = StoreCache(self._open_store, host.now)
         #: Where data moves: None inline (this process), else a host's workers.
         self.executor: Executor | None = None
         #: In a worker whose driver's tool runs in a container beside it: its end.
@@ -136,31 +137,36 @@ class Services:
             self.plugins.registry, objs.list(BackupClass), objs.list(StorageLocation)
         )
 
+    def _open_store(self, loc: StorageLocation) -> ArtifactStore:
+        try:
+            return self.storage.open(loc.spec, self.host)
+        except OSError as exc:
+            # A read-only or misplaced bucket path is the storage's fault, not the
+            # driver's: retried, then reported as such (the path only in the log).
+            raise StorageError(
+                "the backup storage cannot be opened; ask the platform operator",
+                admin_detail=f"StorageLocation {loc.metadata.name}: {exc}",
+            ) from exc
+
     def store_for(self, loc: StorageLocation) -> ArtifactStore:
-        """The store of a location, opened once and kept until :meth:`invalidate_stores`
-        (or until the location's spec changes: the cache is keyed by the whole spec)."""
-        key = (loc.metadata.name, loc.spec)
-        if key not in self._stores:
-            try:
-                self._stores[key] = self.storage.open(loc.spec, self.host)
-            except OSError as exc:
-                # A read-only or misplaced bucket path is the storage's fault, not the
-                # driver's: retried, then reported as such (the path only in the log).
-                raise StorageError(
-                    "the backup storage cannot be opened; ask the platform operator",
-                    admin_detail=f"StorageLocation {loc.metadata.name}: {exc}",
-                ) from exc
-        return self._stores[key]
+        """The store of a location (``stores.py``: opened once per pass; inside
+        :meth:`background`, a location that just failed to open fails at once)."""
+        return self.stores.store_for(loc)
+
+    def background(self) -> contextlib.AbstractContextManager[None]:
+        """Around the controller's own work (retention, collection, usage, drills,
+        orphans): a location that failed to open is not tried again before its backoff."""
+        return self.stores.background()
 
     def invalidate_stores(self) -> None:
         """Forget every open store, so the next job re-reads credentials and keys."""
-        self._stores.clear()
+        self.stores.clear()
 
     def redactor(self, *locations: AppLocation) -> Redactor:
         r = Redactor()
         for loc in self.catalog().storages.values():
             r.add(*self.storage.sensitive(loc.spec, self.host))
-        for store in self._stores.values():
+        for _, store in self.stores.open_stores():
             r.add(*store_secrets(store))
         for app in locations:
             r.add(*sensitive_values(app.connection, app.credentials))
@@ -440,7 +446,7 @@ class Services:
         ArtifactRecord names, and those whose store is open.  Never the others: opening a
         Local location creates its directory."""
         names = {r.spec.storage_ref.name for r in self.host.objects.list(ArtifactRecord)}
-        names.update(name for name, _ in self._stores)
+        names.update(name for name, _ in self.stores.open_stores())
         return {n: loc for n, loc in sorted(self.catalog().storages.items()) if n in names}
 
     def usages(self) -> list[tuple[str, TenantUsage]]:
@@ -456,12 +462,19 @@ class Services:
         )
         storages = self.catalog().storages
         out = []
+        unopened: set[str] = set()
         for location, namespace in pairs:
             loc = storages.get(location)
-            if loc is None:
+            if loc is None or location in unopened:
                 continue
             try:
-                out.append((location, tenant_usage(self.store_for(loc), namespace)))
+                store = self.store_for(loc)
+            except StorageError as exc:
+                unopened.add(location)  # not once more for each of its other tenants
+                log.warning("usage in %s not measured: %s (%s)", location, exc, exc.admin_detail)
+                continue
+            try:
+                out.append((location, tenant_usage(store, namespace)))
             except CozyError as exc:
                 log.warning(
                     "usage of %s in %s not measured: %s (%s)",
