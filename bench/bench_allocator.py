@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_pipeline import make_data
+from bench_pipeline import bench_manifest, make_data
 
 VARIANTS = {
     "default": {},
@@ -51,27 +51,12 @@ def _store(root: str) -> tuple[Any, Any]:
 
 
 def child_write(src: str, root: str) -> None:
-    from cozybackup_core._storage.store import Manifest
-
     store, key = _store(root)
     writer = store.writer(key)
     with writer.open("data") as out, open(src, "rb") as f:
         while piece := f.read(1 << 20):
             out.write(piece)
-    writer.commit(
-        Manifest(
-            format_version=3,
-            backup_uid="u1",
-            namespace="bench",
-            application={},
-            driver={},
-            strategy_ref={},
-            parameters={},
-            taken_at="2026-01-01T00:00:00Z",
-            streams=tuple(writer.streams),
-            encryption=writer.encryption,
-        )
-    )
+    writer.commit(bench_manifest(writer, format_version=3))
 
 
 def child_read(root: str) -> None:

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from benchkit import WORDS as TEXT_WORDS
 
@@ -55,10 +56,27 @@ def make_data(path: Path, mib: int) -> None:
             f.write(b"".join(parts)[:CHUNK])
 
 
+def bench_manifest(writer: Any, format_version: int) -> Any:
+    """The manifest of the benchmark's one-stream backup ``u1`` that ``writer`` wrote."""
+    from cozybackup_core._storage.store import Manifest
+
+    return Manifest(
+        format_version=format_version,
+        backup_uid="u1",
+        namespace="bench",
+        application={},
+        driver={},
+        strategy_ref={},
+        parameters={},
+        taken_at="2026-01-01T00:00:00Z",
+        streams=tuple(writer.streams),
+        encryption=writer.encryption,
+    )
+
+
 def child_cozy(src: str, dest: str, threads: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from cozybackup_core import ArtifactKey, ArtifactStore
-    from cozybackup_core._storage.store import Manifest
 
     store = ArtifactStore.local(dest)
     store.threads = threads
@@ -72,20 +90,7 @@ def child_cozy(src: str, dest: str, threads: int) -> None:
     with writer.open("data") as out, open(src, "rb") as f:
         while chunk := f.read(CHUNK):
             out.write(chunk)
-    writer.commit(
-        Manifest(
-            format_version=1,
-            backup_uid="u1",
-            namespace="bench",
-            application={},
-            driver={},
-            strategy_ref={},
-            parameters={},
-            taken_at="2026-01-01T00:00:00Z",
-            streams=tuple(writer.streams),
-            encryption=writer.encryption,
-        )
-    )
+    writer.commit(bench_manifest(writer, format_version=1))
     if os.environ.get("BENCH_VERIFY") == "1":
         store.reader(key).verify()
     print(f"{time.monotonic() - start:.4f}", flush=True)
