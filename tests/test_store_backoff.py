@@ -4,6 +4,7 @@ work one attempt per backoff, not one per stage, tenant and pass; jobs always tr
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,17 +53,22 @@ spec:
 
 @attrs.define
 class DeadS3:
-    """``ArtifactStore.s3`` as it behaves when the endpoint is down (after its retries),
-    counting the attempts; ``up`` brings it back (a local store stands in)."""
+    """``ArtifactStore.s3`` counting its attempts.  With ``real`` it is the real client,
+    against a port of 127.0.0.1 nothing listens on (each attempt pays its retries); else
+    it fails as that does, at once.  ``up`` brings the location back (a local store)."""
 
     root: Path
+    real: Callable[..., ArtifactStore]
     attempts: int = 0
     up: bool = False
+    connect: bool = False
 
-    def __call__(self, **_: Any) -> ArtifactStore:
+    def __call__(self, **kwargs: Any) -> ArtifactStore:
         self.attempts += 1
         if self.up:
             return ArtifactStore.local(str(self.root))
+        if self.connect:
+            return self.real(**kwargs)
         raise StorageError(
             "the backup storage is unreachable", admin_detail="ConnectionRefusedError(111)"
         )
@@ -74,7 +80,7 @@ def platform(
 ) -> tuple[LocalPlatform, DeadS3, list[dt.datetime]]:
     now = [dt.datetime(2026, 12, 7, 8, 0, tzinfo=dt.timezone.utc)]
     plat = LocalPlatform(tmp_path / "home", drivers=(FilesDriver,), clock=lambda: now[0])
-    dead = DeadS3(tmp_path / "far")
+    dead = DeadS3(tmp_path / "far", ArtifactStore.s3)
     monkeypatch.setattr(ArtifactStore, "s3", dead)
     plat.apply(FILES_CLASS, FAR)
     return plat, dead, now
@@ -153,6 +159,7 @@ def test_a_dead_location_costs_a_pass_one_attempt_and_jobs_elsewhere_run(
     platform: tuple[LocalPlatform, DeadS3, list[dt.datetime]], tmp_path: Path
 ) -> None:
     plat, dead, _ = platform
+    dead.connect = True
     _record_on_far(plat)
     ref = directory_app(plat, tmp_path / "app", b"live data")
     plat.host.objects.create(
